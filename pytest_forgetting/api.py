@@ -1,0 +1,93 @@
+"""The ``forgetting`` fixture object: compare checkpoints or in-memory modules from test code."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+
+from .checks import bind_task, parse_check
+from .errors import ForgettingError
+
+
+class Forgetting:
+    """``compare`` returns a Comparison; ``assert_retains`` / ``assert_improves`` fail the test like a marker would."""
+
+    def __init__(self, run_state: Any) -> None:
+        self._state = run_state
+        self._counter = 1000  # row indices of API calls, after those of markers
+
+    @property
+    def session(self) -> Any:
+        return self._state.session
+
+    def _slot(self, role: str, model: Any) -> Any:
+        sess = self.session
+        if model is None:
+            return sess.base_slot() if role == "base" else sess.tuned_slot()
+        if isinstance(model, str):
+            from .session import ModelSlot
+
+            return ModelSlot(role, model)
+        return sess.module_slot(role, getattr(model, "model", model) if not hasattr(model, "state_dict") else model)
+
+    def _run(self, kind: str, kwargs: dict[str, Any], base: Any, tuned: Any) -> Any:
+        __tracebackhide__ = True
+        where = f"forgetting.{'assert_' + kind if kind else 'compare'}"
+        item = getattr(self._state, "current_item", None)
+        try:
+            check = parse_check(kind, kwargs, where)
+            check = bind_task(check, where, self.session.task(check.task))
+            result = self.session.run_check(
+                check,
+                test=item.nodeid if item is not None else "<api>",
+                base=self._slot("base", base),
+                tuned=self._slot("tuned", tuned),
+            )
+        except ForgettingError as exc:
+            pytest.fail(f"{where}: {exc}", pytrace=False)
+        return result
+
+    def compare(self, task: str, base: Any = None, tuned: Any = None, *, metric: str | None = None, split: str = "test",
+                max_drop: float = 0.0, relative: bool = False) -> Any:
+        """Evaluate base and tuned on ``task`` (paired) and return the Comparison; never fails the test."""
+        __tracebackhide__ = True
+        kwargs = {"task": task, "max_drop": max_drop, "relative": relative, "split": split}
+        if metric:
+            kwargs["metric"] = metric
+        result = self._run("retains", kwargs, base, tuned)
+        if result.comparison is None:  # the tuned model is broken (NaN/Inf)
+            pytest.fail(result.row["reason"], pytrace=False)
+        return result.comparison
+
+    def assert_retains(self, tuned: Any = None, *, task: str, max_drop: float, base: Any = None, **kwargs: Any) -> Any:
+        """Fail the test unless ``tuned`` keeps ``task`` within ``max_drop`` of the base (same rules as the marker)."""
+        __tracebackhide__ = True
+        return self._assert("retains", {"task": task, "max_drop": max_drop, **kwargs}, base, tuned)
+
+    def assert_improves(self, tuned: Any = None, *, task: str, min_gain: float, base: Any = None, **kwargs: Any) -> Any:
+        """Fail the test unless ``tuned`` beats the base on ``task`` by more than ``min_gain``."""
+        __tracebackhide__ = True
+        return self._assert("improves", {"task": task, "min_gain": min_gain, **kwargs}, base, tuned)
+
+    def _assert(self, kind: str, kwargs: dict[str, Any], base: Any, tuned: Any) -> Any:
+        __tracebackhide__ = True
+        from .report import failure_message
+        from .runner import ForgettingInconclusiveWarning, record_row
+
+        result = self._run(kind, kwargs, base, tuned)
+        row = result.row
+        verdict = row["verdict"]
+        action = self._state.settings.inconclusive
+        row["outcome"] = "failed" if verdict == "fail" or (verdict == "inconclusive" and action == "fail") else (
+            "warned" if verdict == "inconclusive" and action == "warn" else "passed")
+        item = getattr(self._state, "current_item", None)
+        if item is not None:
+            self._counter += 1
+            record_row(item, self._counter, row)
+        if row["outcome"] == "failed":
+            pytest.fail(failure_message(row), pytrace=False)
+        if row["outcome"] == "warned":
+            warnings.warn(ForgettingInconclusiveWarning(failure_message(row).splitlines()[0]), stacklevel=2)
+        return result.comparison

@@ -1,0 +1,148 @@
+"""Retention / improvement checks: what a marker (or a declaration) asks for, validated.
+
+``@pytest.mark.retains(task=..., max_drop=...)`` and ``@pytest.mark.improves(task=...,
+min_gain=...)`` become frozen ``Check`` records at collection time. Validation needs only
+the task registry (no model, no data beyond the task's size), so a typo is a usage error
+before anything heavy runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+from .errors import ConfigError
+from .registry import REGISTRY, suggest
+
+RETAINS_KEYS = ("task", "max_drop", "metric", "relative", "max_class_drop", "max_nfr", "split", "slices")
+IMPROVES_KEYS = ("task", "min_gain", "metric", "relative", "split")
+
+RETAINS_DOC = (
+    "retains(task, max_drop, metric=None, relative=False, max_class_drop=None, max_nfr=None, split='test', slices=None): "
+    "the tuned checkpoint must keep the base checkpoint's `metric` on `task` within `max_drop` "
+    "(absolute, or a fraction of the base value with relative=True), optionally per class / slice "
+    "(max_class_drop) and within a budget of negative flips (max_nfr)."
+)
+IMPROVES_DOC = (
+    "improves(task, min_gain, metric=None, relative=False, split='test'): the tuned checkpoint must beat "
+    "the base checkpoint on `task` by more than `min_gain` (proven at level alpha)."
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    kind: str  # "retains" | "improves"
+    task: str
+    metric: str
+    margin: float  # max_drop, or -min_gain for improves
+    relative: bool = False
+    split: str = "test"
+    max_class_drop: float | None = None
+    max_nfr: float | None = None
+    slices: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}[{self.task}]" if self.metric == "accuracy" else f"{self.kind}[{self.task}:{self.metric}]"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _number(where: str, key: str, value: Any, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{where}: {key}={value!r} must be a finite number")
+    value = float(value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        hint = ""
+        if high == 1.0 and 1.0 < value <= 100.0:
+            hint = f" (a fraction: {value:g}% is {key}={value / 100:g})"
+        raise ConfigError(f"{where}: {key}={value:g} is outside [{low:g}, {high:g}]{hint}")
+    return value
+
+
+def parse_check(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[Any, ...] = ()) -> Check:
+    """Validate marker/declaration arguments into a Check; ConfigError with "did you mean" on mistakes."""
+    allowed = RETAINS_KEYS if kind == "retains" else IMPROVES_KEYS
+    kwargs = dict(kwargs)
+    if args:
+        if len(args) > 1 or "task" in kwargs:
+            raise ConfigError(f"{where}: {kind}() takes the task as its only positional argument; use keywords for the rest")
+        kwargs["task"] = args[0]
+    for key in kwargs:
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown keyword {key!r} for {kind}(){suggest(key, allowed)}; allowed: {', '.join(allowed)}")
+    if "task" not in kwargs:
+        raise ConfigError(f"{where}: {kind}() needs task=")
+    task_name = kwargs["task"]
+    if not isinstance(task_name, str):
+        raise ConfigError(f"{where}: task={task_name!r} must be a task name (str)")
+    if task_name not in REGISTRY:
+        _unknown_task(where, task_name)
+
+    metric = kwargs.get("metric")
+    relative = kwargs.get("relative", False)
+    if not isinstance(relative, bool):
+        raise ConfigError(f"{where}: relative={relative!r} must be True or False")
+    split = kwargs.get("split", "test")
+    if not isinstance(split, str):
+        raise ConfigError(f"{where}: split={split!r} must be a string")
+    if metric is not None and not isinstance(metric, str):
+        raise ConfigError(f"{where}: metric={metric!r} must be a metric name")
+
+    from .metrics import CLASSIFICATION_METRICS, LM_METRICS
+
+    known_metrics = {**CLASSIFICATION_METRICS, **LM_METRICS}
+    metric_obj = known_metrics.get(metric) if metric else None
+    bounded = metric_obj.bounded if metric_obj is not None else True
+
+    if kind == "retains":
+        if "max_drop" not in kwargs:
+            raise ConfigError(f"{where}: retains() needs max_drop= (e.g. max_drop=0.02 for two points)")
+        high = 1.0 if (bounded or relative) else None
+        margin = _number(where, "max_drop", kwargs["max_drop"], 0.0, high)
+        mcd = kwargs.get("max_class_drop")
+        mnfr = kwargs.get("max_nfr")
+        slices = kwargs.get("slices")
+        if slices is not None and not isinstance(slices, str):
+            raise ConfigError(f"{where}: slices={slices!r} must be a column name")
+        return Check(
+            "retains",
+            task_name,
+            metric or "",
+            margin,
+            relative,
+            split,
+            None if mcd is None else _number(where, "max_class_drop", mcd, 0.0, 1.0),
+            None if mnfr is None else _number(where, "max_nfr", mnfr, 0.0, 1.0),
+            slices,
+        )
+    if "min_gain" not in kwargs:
+        raise ConfigError(f"{where}: improves() needs min_gain= (e.g. min_gain=0.05 for five points)")
+    gain = _number(where, "min_gain", kwargs["min_gain"], 0.0, 1.0 if (bounded or relative) else None)
+    return Check("improves", task_name, metric or "", -gain, relative, split)
+
+
+def _unknown_task(where: str, name: str) -> None:
+    names = REGISTRY.names()
+    raise ConfigError(f"{where}: unknown task {name!r}{suggest(name, names)}; known tasks: {', '.join(names)}")
+
+
+def bind_task(check: Check, where: str, task: Any) -> Check:
+    """Fill the default metric and validate metric / split / slices against the built task."""
+    from dataclasses import replace
+
+    try:
+        metric = check.metric or task.default_metric
+        m = task.check_metric(metric)
+        task.check_split(check.split)
+        if check.slices:
+            task.slice_column(check.split, check.slices)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if not m.bounded and not check.relative:
+        pass  # any non-negative margin is meaningful in the metric's own units
+    elif abs(check.margin) > 1.0:
+        raise ConfigError(f"{where}: margin {abs(check.margin):g} is outside [0, 1] for metric {metric!r}")
+    return replace(check, metric=metric)

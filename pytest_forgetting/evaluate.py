@@ -1,0 +1,156 @@
+"""Running a model over a task split: batched, deterministic, under ``torch.inference_mode()``.
+
+Both models see exactly the same batches (same indices, batch size and padding), in eval
+mode, in the same dtype and on the same device. The loop is kept as thin as a hand-written
+one: per-example outputs stay on the device until the end, one copy back per output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import ConfigError, EvaluationError
+from .tasks.base import EvalResult, ModelMeta, Task
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class NonFiniteOutputs(EvaluationError):
+    """The model produced NaN/Inf outputs on some examples."""
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        super().__init__(message)
+        self.ids = ids
+
+
+def resolve_device(spec: str) -> tuple[str, str]:
+    """(device, note): ``auto`` picks CUDA when available; an unavailable CUDA is an error, never a skip."""
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return "cuda", "auto -> cuda"
+        return "cpu", "auto -> cpu (no CUDA device)"
+    if spec == "cpu":
+        return "cpu", ""
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--forgetting-device {spec}: CUDA is not available on this machine (torch {torch.__version__}); use auto or cpu")
+        if ":" in spec:
+            index = int(spec.split(":", 1)[1])
+            if index >= torch.cuda.device_count():
+                raise ConfigError(f"--forgetting-device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+        return spec, ""
+    raise ConfigError(f"--forgetting-device {spec!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+@contextlib.contextmanager
+def deterministic() -> Iterator[None]:
+    """Seeded, deterministic kernels for the duration of an evaluation; the caller's state is restored."""
+    import torch
+
+    was = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    rng = torch.random.get_rng_state()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(0)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+        torch.random.set_rng_state(rng)
+
+
+def _to_device(batch: Any, device: Any, dtype: Any) -> Any:
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        if batch.is_floating_point():
+            batch = batch.to(dtype)
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device, dtype) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device, dtype) for v in batch)
+    return batch
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_model(
+    task: Task,
+    model: Any,
+    prepared: Any,
+    indices: np.ndarray,
+    ids: np.ndarray,
+    *,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    static: dict[str, np.ndarray] | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` on ``indices`` of a prepared split; raises NonFiniteOutputs on NaN/Inf."""
+    import torch
+
+    tdtype = torch_dtype(dtype)
+    dev = torch.device(device)
+    collected: dict[str, list[Any]] = {}
+    start = time.perf_counter()
+    with deterministic(), torch.inference_mode():
+        for batch in task.batches(prepared, indices, batch_size):
+            out = task.forward(model, _to_device(batch, dev, tdtype))
+            for key, value in out.items():
+                collected.setdefault(key, []).append(value)
+    outputs: dict[str, np.ndarray] = {}
+    for key, parts in collected.items():
+        tensor = torch.cat([p.reshape(p.shape[0], *p.shape[1:]) for p in parts]) if parts else torch.empty(0)
+        if tensor.is_floating_point() and tensor.dtype != torch.float64:
+            tensor = tensor.float()
+        outputs[key] = tensor.cpu().numpy()
+    seconds = time.perf_counter() - start
+    finite = outputs.pop("finite", None)
+    if finite is not None and not bool(np.all(finite)):
+        bad = ids[~finite.astype(bool)]
+        raise NonFiniteOutputs(
+            f"NaN/Inf outputs on {len(bad)} of {len(ids)} examples (e.g. {', '.join(bad[:3].tolist())})", bad[:10].tolist()
+        )
+    if static:
+        for key, value in static.items():
+            outputs.setdefault(key, value[indices])
+    return EvalResult(ids=ids[indices], outputs=outputs, seconds=seconds)
+
+
+def evaluate(
+    task: Task,
+    model: Any,
+    *,
+    split: str,
+    meta: ModelMeta | None = None,
+    indices: np.ndarray | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    batch_size: int = 64,
+    prepared: Any = None,
+) -> EvalResult:
+    """One-shot evaluation (prepares the split itself unless ``prepared`` is given)."""
+    ids = task.ids(split)
+    if indices is None:
+        indices = np.arange(len(ids))
+    if prepared is None:
+        prepared = task.prepare(split, meta or ModelMeta())
+    return run_model(task, model, prepared, indices, ids, device=device, dtype=dtype, batch_size=batch_size, static=task.static_outputs(split))

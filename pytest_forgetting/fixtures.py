@@ -1,0 +1,54 @@
+"""Session-scoped fixtures (so they work under ``@hypothesis.given``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .api import Forgetting
+from .runner import state
+
+
+@pytest.fixture(scope="session")
+def forgetting(request: pytest.FixtureRequest) -> Forgetting:
+    """compare / assert_retains / assert_improves against the configured checkpoints."""
+    return Forgetting(state(request.config))
+
+
+def _fixture_error(exc: Exception) -> None:
+    __tracebackhide__ = True
+    pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def base_model(request: pytest.FixtureRequest) -> Any:
+    """The base checkpoint's nn.Module: loaded once, lazily, on the chosen device, in eval mode."""
+    from .errors import ForgettingError
+
+    sess = state(request.config).session
+    try:
+        return sess.load(sess.base_slot()).model
+    except ForgettingError as exc:
+        _fixture_error(exc)
+
+
+@pytest.fixture(scope="session")
+def tuned_model(request: pytest.FixtureRequest) -> Any:
+    """The tuned checkpoint's nn.Module: loaded once, lazily, on the chosen device, in eval mode."""
+    from .errors import ForgettingError
+    from .session import TunedRegression
+
+    sess = state(request.config).session
+    try:
+        return sess.load(sess.tuned_slot()).model
+    except (ForgettingError, TunedRegression) as exc:
+        _fixture_error(exc)
+
+
+@pytest.fixture(autouse=True)
+def _forgetting_checks(request: pytest.FixtureRequest) -> None:
+    """Runs the checks of a ``retains`` / ``improves`` marked test at setup (errors are ERRORs)."""
+    from .runner import run_item_checks
+
+    run_item_checks(request.node)

@@ -1,0 +1,87 @@
+"""Metrics: one record per metric, carrying its direction and how it is computed.
+
+A metric reads the per-example outputs of an evaluation (``dict[str, np.ndarray]``, e.g.
+``{"pred": ..., "label": ...}`` for classification or ``{"nll": ..., "ntok": ...}`` for
+language modelling). *Per-example* metrics give one score per example (0/1 correctness, so
+the paired score interval applies); *aggregate* metrics are a function of a set of examples
+(macro-F1, perplexity) and are compared with a paired bootstrap over examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+Outputs = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+    bounded: bool  # values in [0, 1]: max_drop must lie in [0, 1] for absolute drops
+    per_example: Callable[[Outputs], np.ndarray] | None = None
+    aggregate: Callable[[Outputs, np.ndarray], float] | None = None
+    description: str = ""
+
+    def value(self, outputs: Outputs, idx: np.ndarray | None = None) -> float:
+        if idx is None:
+            idx = np.arange(len(next(iter(outputs.values()))))
+        if self.per_example is not None:
+            return float(np.mean(self.per_example(outputs)[idx]))
+        assert self.aggregate is not None
+        return float(self.aggregate(outputs, idx))
+
+
+def _correct(o: Outputs) -> np.ndarray:
+    return (o["pred"] == o["label"]).astype(np.float64)
+
+
+def _error(o: Outputs) -> np.ndarray:
+    return (o["pred"] != o["label"]).astype(np.float64)
+
+
+def f1_macro(o: Outputs, idx: np.ndarray, n_classes: int | None = None) -> float:
+    """Macro-averaged F1 over the classes present in the labels or predictions of idx."""
+    y = np.asarray(o["label"])[idx].astype(np.int64)
+    p = np.asarray(o["pred"])[idx].astype(np.int64)
+    k = int(max(y.max(initial=0), p.max(initial=0))) + 1 if n_classes is None else n_classes
+    tp = np.bincount(y[y == p], minlength=k).astype(np.float64)
+    support = np.bincount(y, minlength=k).astype(np.float64)
+    predicted = np.bincount(p, minlength=k).astype(np.float64)
+    present = (support + predicted) > 0
+    denom = support + predicted
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(f1[present].mean()) if present.any() else 0.0
+
+
+def balanced_accuracy(o: Outputs, idx: np.ndarray) -> float:
+    y = np.asarray(o["label"])[idx].astype(np.int64)
+    p = np.asarray(o["pred"])[idx].astype(np.int64)
+    k = int(y.max(initial=0)) + 1
+    support = np.bincount(y, minlength=k).astype(np.float64)
+    hits = np.bincount(y[y == p], minlength=k).astype(np.float64)
+    present = support > 0
+    return float((hits[present] / support[present]).mean()) if present.any() else 0.0
+
+
+def _mean_nll(o: Outputs, idx: np.ndarray) -> float:
+    tokens = float(np.sum(o["ntok"][idx]))
+    return float(np.sum(o["nll"][idx]) / tokens) if tokens > 0 else float("nan")
+
+
+def _perplexity(o: Outputs, idx: np.ndarray) -> float:
+    return float(np.exp(_mean_nll(o, idx)))
+
+
+ACCURACY = Metric("accuracy", True, True, per_example=_correct, description="fraction of correct predictions (per example 0/1)")
+ERROR_RATE = Metric("error_rate", False, True, per_example=_error, description="fraction of wrong predictions (per example 0/1)")
+F1_MACRO = Metric("f1_macro", True, True, aggregate=f1_macro, description="macro-averaged F1 over classes")
+BALANCED_ACCURACY = Metric("balanced_accuracy", True, True, aggregate=balanced_accuracy, description="mean per-class recall")
+NLL = Metric("nll", False, False, aggregate=_mean_nll, description="mean negative log-likelihood per token (nats)")
+PERPLEXITY = Metric("perplexity", False, False, aggregate=_perplexity, description="exp(mean token NLL)")
+
+CLASSIFICATION_METRICS: dict[str, Metric] = {m.name: m for m in (ACCURACY, ERROR_RATE, F1_MACRO, BALANCED_ACCURACY)}
+LM_METRICS: dict[str, Metric] = {m.name: m for m in (PERPLEXITY, NLL)}

@@ -1,0 +1,199 @@
+"""Command-line options, ini keys and environment variables, resolved once into ``Settings``.
+
+Precedence is CLI > environment > ini > default. Every value remembers where it came from,
+so a bad value is a usage error naming its source, and the report header shows which
+source won. Settings are plain, serialisable values (pytest-xdist ships options to workers).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import ConfigError
+
+GROUP = "forgetting"
+INCONCLUSIVE_ACTIONS = ("fail", "warn", "pass")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # Settings attribute
+    cli: str
+    help: str
+    ini: str | None = None
+    env: str | None = None
+    default: Any = None
+    kind: str = "str"  # str | bool | list | path | paths
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("base_ckpt", "--base-ckpt", "base checkpoint: HF model folder, .safetensors file (with --model-factory), .gguf file or hub id", "forgetting_base_ckpt", "FORGETTING_BASE_CKPT", kind="path", metavar="REF"),
+    Option("tuned_ckpts", "--tuned-ckpt", "fine-tuned checkpoint (repeat to compare several candidates)", "forgetting_tuned_ckpt", "FORGETTING_TUNED_CKPT", default=(), kind="paths", metavar="REF"),
+    Option("model_factory", "--model-factory", "module:callable building the nn.Module for a bare .safetensors checkpoint", "forgetting_model_factory", metavar="MOD:FN"),
+    Option("device", "--forgetting-device", "auto | cpu | cuda | cuda:N (default auto: CUDA when available)", "forgetting_device", default="auto", metavar="DEV"),
+    Option("dtype", "--forgetting-dtype", "dtype both models are evaluated in", "forgetting_dtype", default="float32", choices=("float32", "bfloat16", "float16")),
+    Option("batch_size", "--forgetting-batch-size", "evaluation batch size, or auto (halves on CUDA OOM for both models alike)", "forgetting_batch_size", default="64", metavar="N|auto"),
+    Option("alpha", "--forgetting-alpha", "one-sided error rate of every verdict (default 0.05)", "forgetting_alpha", default="0.05", metavar="A"),
+    Option("inconclusive", "--forgetting-inconclusive", "what an INCONCLUSIVE verdict does to the test (default fail)", "forgetting_inconclusive", default="fail", choices=INCONCLUSIVE_ACTIONS),
+    Option("limit", "--forgetting-limit", "seeded subsample of N examples per task (smoke runs)", None, metavar="N"),
+    Option("seed", "--forgetting-seed", "seed of subsampling and bootstrap (default 0)", "forgetting_seed", default="0", metavar="N"),
+    Option("json_path", "--forgetting-json", "write the machine-readable report here", "forgetting_json", kind="path", metavar="PATH"),
+    Option("markdown_path", "--forgetting-markdown", "write the summary table as Markdown here", "forgetting_markdown", kind="path", metavar="PATH"),
+    Option("plot_path", "--forgetting-plot", "write a PNG of base vs tuned per task with intervals (needs matplotlib)", "forgetting_plot", kind="path", metavar="PATH"),
+    Option("cache_dir", "--forgetting-cache-dir", "cache of base-model evaluations (default .forgetting_cache under the rootdir)", "forgetting_cache_dir", kind="path", metavar="DIR"),
+    Option("no_cache", "--forgetting-no-cache", "do not read or write the base-evaluation cache", None, default=False, kind="bool"),
+    Option("allow_pickle", "--forgetting-allow-pickle", "permit .bin/.pt/.pth pickle checkpoints (still loaded with weights_only=True)", None, default=False, kind="bool"),
+    Option("trust_remote_code", "--forgetting-trust-remote-code", "permit checkpoints that carry their own Python code", None, default=False, kind="bool"),
+    Option("allow_download", "--forgetting-allow-download", "let hub ids download (default: local Hugging Face cache only)", None, default=False, kind="bool"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    base_ckpt: str | None = None
+    tuned_ckpts: tuple[str, ...] = ()
+    model_factory: str | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    batch_size: int | str = 64
+    alpha: float = 0.05
+    inconclusive: str = "fail"
+    limit: int | None = None
+    seed: int = 0
+    json_path: str | None = None
+    markdown_path: str | None = None
+    plot_path: str | None = None
+    cache_dir: str | None = None
+    no_cache: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+    allow_download: bool = False
+    rootdir: str = "."
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def add_options(parser: Any) -> None:
+    group = parser.getgroup(GROUP, "forgetting: gate fine-tuned checkpoints on what the base could do")
+    for opt in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": "forgetting_" + opt.name, "help": opt.help}
+        if opt.kind == "bool":
+            kwargs.update(action="store_true", default=None)
+        elif opt.kind == "paths":
+            kwargs.update(action="append", default=None, metavar=opt.metavar)
+        else:
+            kwargs.update(default=None, metavar=opt.metavar or opt.name.upper())
+            if opt.choices:
+                kwargs["choices"] = list(opt.choices)
+        group.addoption(opt.cli, **kwargs)
+        if opt.ini:
+            ini_type = {"bool": "bool", "paths": "linelist"}.get(opt.kind, "string")
+            parser.addini(opt.ini, opt.help + (f" (or ${opt.env})" if opt.env else ""), type=ini_type, default=None)
+
+
+def _raw_values(opt: Option, getoption: Callable[[str], Any], getini: Callable[[str], Any], environ: dict[str, str]) -> tuple[Any, str]:
+    value = getoption("forgetting_" + opt.name)
+    if value not in (None, []):
+        return value, "cli"
+    if opt.env and environ.get(opt.env, "").strip():
+        raw = environ[opt.env].strip()
+        return (raw.split(os.pathsep) if opt.kind == "paths" else raw), "env"
+    if opt.ini:
+        try:
+            value = getini(opt.ini)
+        except ValueError:
+            value = None
+        if value not in (None, "", []):
+            return value, "ini"
+    return opt.default, "default"
+
+
+def _where(opt: Option, source: str) -> str:
+    return {"cli": opt.cli, "env": f"${opt.env}", "ini": f"ini key {opt.ini}", "default": f"default of {opt.cli}"}[source]
+
+
+def _parse_int(opt: Option, source: str, value: Any, minimum: int) -> int:
+    try:
+        out = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{_where(opt, source)}={value!r}: expected an integer") from None
+    if out < minimum:
+        raise ConfigError(f"{_where(opt, source)}={value!r}: must be >= {minimum}")
+    return out
+
+
+def resolve(
+    getoption: Callable[[str], Any],
+    getini: Callable[[str], Any],
+    *,
+    environ: dict[str, str] | None = None,
+    invocation_dir: str | Path = ".",
+    ini_dir: str | Path | None = None,
+    rootdir: str | Path = ".",
+) -> Settings:
+    """Resolve every option into one frozen Settings; ConfigError names the source of a bad value."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for opt in OPTIONS:
+        raw, source = _raw_values(opt, getoption, getini, environ)
+        sources[opt.name] = source
+        base_dir = Path(ini_dir or rootdir) if source == "ini" else Path(invocation_dir)
+        if opt.kind == "path" and raw is not None:
+            raw = _resolve_ref(str(raw), base_dir)
+        elif opt.kind == "paths":
+            items = [str(x).strip() for x in (raw or ()) if str(x).strip()]
+            raw = tuple(_resolve_ref(x, base_dir) for x in items)
+        elif opt.kind == "bool":
+            raw = bool(raw) if not isinstance(raw, str) else raw.strip().lower() in ("1", "true", "yes", "on")
+        if opt.choices and raw is not None and raw not in opt.choices:
+            raise ConfigError(f"{_where(opt, source)}={raw!r}: expected one of {', '.join(opt.choices)}")
+        values[opt.name] = raw
+
+    # typed values
+    opt_by_name = {o.name: o for o in OPTIONS}
+    bs = str(values["batch_size"]).strip().lower()
+    values["batch_size"] = "auto" if bs == "auto" else _parse_int(opt_by_name["batch_size"], sources["batch_size"], bs, 1)
+    try:
+        alpha = float(values["alpha"])
+    except (TypeError, ValueError):
+        alpha = -1.0
+    if not 0.0 < alpha < 0.5:
+        raise ConfigError(f"{_where(opt_by_name['alpha'], sources['alpha'])}={values['alpha']!r}: alpha must be a number in (0, 0.5), e.g. 0.05")
+    values["alpha"] = alpha
+    if values["limit"] is not None:
+        values["limit"] = _parse_int(opt_by_name["limit"], sources["limit"], values["limit"], 1)
+    values["seed"] = _parse_int(opt_by_name["seed"], sources["seed"], values["seed"], 0)
+    device = str(values["device"]).strip().lower()
+    if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ConfigError(f"{_where(opt_by_name['device'], sources['device'])}={values['device']!r}: expected auto, cpu, cuda or cuda:N")
+    values["device"] = device
+    factory = values["model_factory"]
+    if factory is not None and (factory.count(":") != 1 or not all(factory.split(":"))):
+        raise ConfigError(f"{_where(opt_by_name['model_factory'], sources['model_factory'])}={factory!r}: expected module:callable, e.g. mymodels:build_cnn")
+    if values["cache_dir"] is None:
+        values["cache_dir"] = str(Path(rootdir) / ".forgetting_cache")
+    return Settings(**values, rootdir=str(rootdir), sources=sources)
+
+
+def _resolve_ref(ref: str, base_dir: Path) -> str:
+    """Paths become absolute against where they were given; hub ids (org/name, not on disk) stay as they are."""
+    p = Path(ref).expanduser()
+    if p.is_absolute():
+        return str(p)
+    candidate = base_dir / p
+    if candidate.exists() or ref.startswith((".", "~")) or p.suffix or not _looks_like_hub_id(ref):
+        return str(candidate.resolve()) if candidate.exists() else str(candidate.absolute())
+    return ref
+
+
+def _looks_like_hub_id(ref: str) -> bool:
+    parts = ref.split("/")
+    return len(parts) == 2 and all(parts) and all(c.isalnum() or c in "-_." for c in ref.replace("/", ""))

@@ -1,0 +1,41 @@
+"""pytest hooks of pytest-forgetting. Each hands off to a module that works without pytest running.
+
+Importing this module must stay cheap: pytest imports every installed plugin in every run of
+every project, so torch, transformers and datasets are imported only where they are used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from . import options, runner
+from .fixtures import _forgetting_checks, base_model, forgetting, tuned_model  # noqa: F401  (registered fixtures)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    options.add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    runner.configure(config)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return runner.report_header(config)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    runner.collect_checks(config, items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    runner.enforce(item)
+    with runner.current_item(item):
+        return (yield)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    runner.terminal_summary(terminalreporter, config)

@@ -1,0 +1,338 @@
+"""What the pytest hooks hand off to: settings, marker validation, running checks, the summary.
+
+Per-test results travel as JSON rows in ``item.user_properties`` (copied into every report,
+so they reach the pytest-xdist controller and the JUnit XML); only the controller prints the
+table and writes the reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from .checks import IMPROVES_DOC, RETAINS_DOC, Check, bind_task, parse_check
+from .errors import ConfigError, ForgettingError, TaskError
+from .options import Settings, resolve
+
+SETTINGS_KEY = pytest.StashKey[Settings]()
+STATE_KEY = pytest.StashKey["RunState"]()
+CHECKS_KEY = pytest.StashKey[list]()
+RESULTS_KEY = pytest.StashKey[list]()
+ROW_PROPERTY = "forgetting_row"
+MARKERS = ("retains", "improves")
+
+
+class ForgettingInconclusiveWarning(pytest.PytestWarning):
+    """A check could not be settled with the examples available (``--forgetting-inconclusive warn``)."""
+
+
+class RunState:
+    """Per-process state: the lazily created ForgettingSession and the rows seen by this process."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self._session: Any = None
+        self.rows: dict[tuple[str, int], dict[str, Any]] = {}
+        self.header: dict[str, Any] = {}
+        self.current_item: pytest.Item | None = None
+
+    @property
+    def session(self) -> Any:
+        if self._session is None:
+            from .session import ForgettingSession
+
+            self._session = ForgettingSession(self.settings)
+        return self._session
+
+    def add_row(self, key: tuple[str, int], row: dict[str, Any]) -> None:
+        self.rows[key] = row
+
+    def sorted_rows(self) -> list[dict[str, Any]]:
+        return [self.rows[k] for k in sorted(self.rows)]
+
+
+def is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+# -- configure ----------------------------------------------------------------------------------
+def configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", RETAINS_DOC)
+    config.addinivalue_line("markers", IMPROVES_DOC)
+    ini_dir = Path(config.inipath).parent if config.inipath else config.rootpath
+    try:
+        settings = resolve(
+            config.getoption,
+            config.getini,
+            invocation_dir=config.invocation_params.dir,
+            ini_dir=ini_dir,
+            rootdir=config.rootpath,
+        )
+    except ConfigError as exc:
+        raise pytest.UsageError(f"pytest-forgetting: {exc}") from None
+    config.stash[SETTINGS_KEY] = settings
+    config.stash[STATE_KEY] = RunState(config, settings)
+    config.pluginmanager.register(_RowListener(config), "forgetting-rows")
+
+
+class _RowListener:
+    """Collects rows from test reports (on the xdist controller they arrive from the workers)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        collect_report(self.config, report)
+
+
+def state(config: pytest.Config) -> RunState:
+    return config.stash[STATE_KEY]
+
+
+# -- collection ---------------------------------------------------------------------------------
+def collect_checks(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Parse and validate every marker; a mistake is a usage error before any model loads."""
+    st = state(config)
+    for item in items:
+        checks: list[Check] = []
+        for mark in item.iter_markers():
+            if mark.name not in MARKERS:
+                continue
+            try:
+                check = parse_check(mark.name, mark.kwargs, f"{item.nodeid}: @pytest.mark.{mark.name}", mark.args)
+                check = _bind(st, check, item.nodeid)
+            except ConfigError as exc:
+                raise pytest.UsageError(f"pytest-forgetting: {exc}") from None
+            checks.append(check)
+        if checks:
+            # iter_markers yields the closest first; keep the source order of the decorators
+            item.stash[CHECKS_KEY] = list(reversed(checks))
+
+
+def _bind(st: RunState, check: Check, where: str) -> Check:
+    """Validate against the built task when it can be built now; data errors surface on the test."""
+    try:
+        task = st.session.task(check.task)
+    except TaskError:
+        return check
+    check = bind_task(check, f"{where}: @pytest.mark.{check.kind}", task)
+    if check.kind == "retains":
+        from .stats import min_n_to_pass
+
+        n = task.size(check.split)
+        if st.settings.limit:
+            n = min(n, st.settings.limit)
+        metric = task.metrics[check.metric]
+        if n == 0:
+            raise ConfigError(f"{where}: task {check.task!r} split {check.split!r} has no examples")
+        if metric.per_example is not None and metric.bounded and not check.relative:
+            need = min_n_to_pass(check.margin, st.settings.alpha)
+            if need is None or n < need:
+                raise ConfigError(
+                    f"{where}: task {check.task!r} has {n} examples in split {check.split!r}; at max_drop={check.margin:g} "
+                    f"and alpha={st.settings.alpha:g} even identical models cannot PASS below n={need if need else 'infinity'}; "
+                    "raise max_drop, add examples or drop --forgetting-limit"
+                )
+    return check
+
+
+# -- running ------------------------------------------------------------------------------------
+def run_item_checks(item: pytest.Item) -> None:
+    """Setup phase of a marked test: evaluate and decide every check; a bad input is an ERROR here."""
+    checks = item.stash.get(CHECKS_KEY, None)
+    if not checks:
+        return
+    st = state(item.config)
+    results = []
+    for index, check in enumerate(checks):
+        try:
+            result = st.session.run_check(check, test=item.nodeid, candidate=None)
+        except ForgettingError as exc:
+            _error_row(item, index, check, str(exc))
+            pytest.fail(f"{check.label}: {exc}", pytrace=False)
+        except Exception as exc:  # an unexpected library error: still one clear line on this test
+            _error_row(item, index, check, f"{type(exc).__name__}: {exc}")
+            pytest.fail(f"{check.label}: unexpected {type(exc).__name__} while evaluating: {exc}", pytrace=False)
+        results.append((index, result))
+    item.stash[RESULTS_KEY] = results
+
+
+def _error_row(item: pytest.Item, index: int, check: Check, reason: str) -> None:
+    row = {"test": item.nodeid, "task": check.task, "split": check.split, "metric": check.metric or "", "kind": check.kind,
+           "candidate": "", "n": 0, "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None,
+           "margin": check.margin, "relative": check.relative, "nfr": None, "verdict": "error", "reason": reason,
+           "n_needed": None, "worst_classes": [], "flipped_ids": [], "base_cached": False, "base_eval_s": 0.0,
+           "tuned_eval_s": 0.0, "higher_is_better": True, "outcome": "error"}
+    record_row(item, index, row)
+
+
+def record_row(item: pytest.Item, index: int, row: dict[str, Any]) -> None:
+    from .report import junit_properties
+
+    item.user_properties.append((ROW_PROPERTY, json.dumps({"index": index, "row": row}, sort_keys=True, default=_json_default)))
+    if row.get("verdict") != "error":
+        item.user_properties.extend(junit_properties(row))
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(type(obj).__name__)
+
+
+def enforce(item: pytest.Item) -> None:
+    """Call phase: turn the verdicts into the test outcome (before the test body runs)."""
+    __tracebackhide__ = True
+    results = item.stash.get(RESULTS_KEY, None)
+    if not results:
+        return
+    settings = state(item.config).settings
+    failures: list[str] = []
+    from .report import failure_message
+
+    for index, result in results:
+        row = result.row
+        verdict = row["verdict"]
+        if verdict == "fail" or (verdict == "inconclusive" and settings.inconclusive == "fail"):
+            row["outcome"] = "failed"
+            failures.append(failure_message(row))
+        elif verdict == "inconclusive" and settings.inconclusive == "warn":
+            row["outcome"] = "warned"
+            warnings.warn(ForgettingInconclusiveWarning(failure_message(row).splitlines()[0]), stacklevel=1)
+        else:
+            row["outcome"] = "passed"
+        record_row(item, index, row)
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)
+
+
+@contextlib.contextmanager
+def current_item(item: pytest.Item) -> Iterator[None]:
+    """Lets the session-scoped ``forgetting`` fixture record rows on the test that is running."""
+    st = item.config.stash.get(STATE_KEY, None)
+    if st is None:
+        yield
+        return
+    st.current_item = item
+    try:
+        yield
+    finally:
+        st.current_item = None
+
+
+def collect_report(config: pytest.Config, report: pytest.TestReport) -> None:
+    st = config.stash.get(STATE_KEY, None)
+    if st is None:
+        return
+    for name, value in report.user_properties:
+        if name == ROW_PROPERTY:
+            data = json.loads(value)
+            st.add_row((report.nodeid, int(data["index"])), data["row"])
+
+
+# -- end of run ---------------------------------------------------------------------------------
+def header(st: RunState) -> dict[str, Any]:
+    from . import __version__
+
+    s = st.settings
+    sess = st._session
+    fps: dict[str, str] = {}
+    if sess is not None:
+        for slot in ([sess.base] if sess.base else []) + list(sess.candidates.values()):
+            if slot._fingerprint:
+                fps[slot.display] = slot._fingerprint
+    rows = st.sorted_rows()
+    for row in rows:
+        fps.update(row.get("_fingerprints", {}))
+    return {
+        "base_ckpt": {"ref": s.base_ckpt, "fingerprint": fps.get(s.base_ckpt or "", "")},
+        "tuned_ckpts": [{"ref": r, "fingerprint": fps.get(r, ""), "name": _cand_name(r, s.tuned_ckpts)} for r in s.tuned_ckpts],
+        "device": next((row.get("_device") for row in rows if row.get("_device")), s.device),
+        "dtype": s.dtype,
+        "alpha": s.alpha,
+        "torch_version": _torch_version(),
+        "plugin_version": __version__,
+        "settings_sources": dict(sorted(s.sources.items())),
+    }
+
+
+def _cand_name(ref: str, refs: tuple[str, ...]) -> str:
+    from .session import candidate_name
+
+    return candidate_name(ref, refs) if len(refs) > 1 else ""
+
+
+def _torch_version() -> str:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.__version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return ""
+
+
+def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Print the table and write the reports. Never raises: a report problem is one line, not a crash."""
+    if is_worker(config):
+        return
+    st = config.stash.get(STATE_KEY, None)
+    if st is None or not st.rows:
+        return
+    from . import report
+
+    rows = [_public(r) for r in st.sorted_rows()]
+    tr = terminalreporter
+    tr.write_sep("=", "forgetting summary")
+    for line in report.format_table(rows, alpha=st.settings.alpha):
+        tr.write_line(line)
+    head = header(st)
+    s = st.settings
+    outputs = ((s.json_path, lambda p: report.write_json(p, head, rows)),
+               (s.markdown_path, lambda p: report.write_markdown(p, head, rows)),
+               (s.plot_path, lambda p: report.write_plot(p, rows, alpha=s.alpha)))
+    for path, write in outputs:
+        if not path:
+            continue
+        try:
+            write(path)
+            tr.write_line(f"forgetting: wrote {path}")
+        except Exception as exc:  # noqa: BLE001 - the run's results must not be lost to a report error
+            tr.write_line(f"forgetting: could not write {path}: {exc}", red=True)
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if not k.startswith("_")}
+
+
+def report_header(config: pytest.Config) -> list[str]:
+    st = config.stash.get(STATE_KEY, None)
+    if st is None or is_worker(config):
+        return []
+    s = st.settings
+    if not (s.base_ckpt or s.tuned_ckpts):
+        return []
+    src = s.sources
+    device = s.device
+    if device == "auto":
+        import torch
+
+        device = "auto -> cuda" if torch.cuda.is_available() else "auto -> cpu (no CUDA device)"
+    lines = [f"forgetting: base={s.base_ckpt} ({src.get('base_ckpt')}), tuned={', '.join(s.tuned_ckpts) or '-'} ({src.get('tuned_ckpts')})"]
+    lines.append(f"forgetting: device={device} ({src.get('device')}), dtype={s.dtype}, alpha={s.alpha:g}, batch_size={s.batch_size}, "
+                 f"inconclusive={s.inconclusive}, cache={'off' if s.no_cache else s.cache_dir}")
+    return lines

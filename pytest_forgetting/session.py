@@ -1,0 +1,380 @@
+"""The forgetting session: loads checkpoints lazily, evaluates tasks (base cached), decides checks.
+
+One ``ForgettingSession`` lives per pytest process (controller or xdist worker). It is the
+only place that knows about both models; the plugin hooks and fixtures hand off to it, and
+the Python API (``forgetting.compare`` and friends) uses it directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import stats
+from .cache import EvalCache, cache_key
+from .checks import Check
+from .errors import CheckpointError, ConfigError, EvaluationError, TaskError
+from .evaluate import NonFiniteOutputs, is_oom, resolve_device, run_model
+from .metrics import Metric
+from .options import Settings
+from .registry import REGISTRY
+from .tasks.base import EvalResult, ModelMeta, Task, hash_arrays
+
+N_FLIPPED_IDS = 5
+N_WORST_CLASSES = 3
+
+
+class TunedRegression(Exception):
+    """The tuned model itself is broken (NaN/Inf): a FAIL of the check, not an ERROR."""
+
+
+@dataclass
+class ModelSlot:
+    """A checkpoint reference (or module) that is fingerprinted and loaded on first use."""
+
+    role: str
+    ref: Any
+    name: str = ""
+    loaded: Any = None
+    _fingerprint: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.ref if isinstance(self.ref, str) else f"<in-memory {type(self.ref).__name__}>"
+
+
+@dataclass
+class CheckResult:
+    check: Check
+    comparison: stats.Comparison | None
+    row: dict[str, Any]
+    budgets: list[stats.Budget] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return self.row["verdict"]
+
+
+def candidate_name(ref: str, all_refs: tuple[str, ...]) -> str:
+    """A short, unique, readable name for a tuned checkpoint (its last path parts)."""
+    from pathlib import PurePath
+
+    parts = PurePath(ref).parts
+    for depth in range(1, len(parts) + 1):
+        name = "/".join(parts[-depth:])
+        others = ["/".join(PurePath(r).parts[-depth:]) for r in all_refs if r != ref]
+        if name not in others:
+            return name.removesuffix(".safetensors")
+    return ref
+
+
+class ForgettingSession:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cache = EvalCache(settings.cache_dir or ".forgetting_cache", enabled=not settings.no_cache)
+        self._device: tuple[str, str] | None = None
+        self.base = ModelSlot("base", settings.base_ckpt) if settings.base_ckpt else None
+        refs = settings.tuned_ckpts
+        self.candidates: dict[str, ModelSlot] = {
+            candidate_name(r, refs) if len(refs) > 1 else "": ModelSlot("tuned", r, candidate_name(r, refs) if len(refs) > 1 else "")
+            for r in refs
+        }
+        self._prepared: dict[tuple[str, str, str], Any] = {}
+        self._results: dict[tuple[str, str, str, str], tuple[EvalResult, bool]] = {}
+        self.batch_size = 64 if settings.batch_size == "auto" else int(settings.batch_size)
+        self.rows: list[dict[str, Any]] = []
+
+    # -- device and models -------------------------------------------------------------------
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = resolve_device(self.settings.device)
+        return self._device[0]
+
+    @property
+    def device_note(self) -> str:
+        return self._device[1] if self._device else ""
+
+    def tuned_slot(self, candidate: str | None = None) -> ModelSlot:
+        if not self.candidates:
+            raise ConfigError(
+                "no tuned checkpoint: pass --tuned-ckpt REF (or set $FORGETTING_TUNED_CKPT / ini forgetting_tuned_ckpt)"
+            )
+        if candidate is None:
+            return next(iter(self.candidates.values()))
+        return self.candidates[candidate]
+
+    def base_slot(self) -> ModelSlot:
+        if self.base is None:
+            raise ConfigError("no base checkpoint: pass --base-ckpt REF (or set $FORGETTING_BASE_CKPT / ini forgetting_base_ckpt)")
+        return self.base
+
+    def fingerprint(self, slot: ModelSlot) -> str:
+        from . import checkpoints
+
+        if slot._fingerprint is None:
+            if slot.loaded is not None:
+                slot._fingerprint = slot.loaded.fingerprint
+            else:
+                slot._fingerprint = checkpoints.fingerprint_ref(slot.ref, rootdir=self.settings.rootdir, allow_pickle=self.settings.allow_pickle)
+        return slot._fingerprint
+
+    def load(self, slot: ModelSlot) -> Any:
+        """The LoadedCheckpoint of a slot, on the session's device and dtype, in eval mode."""
+        from . import checkpoints
+        from .evaluate import torch_dtype
+
+        if slot.loaded is None:
+            base_loaded = None
+            if slot.role == "tuned" and _is_adapter(slot.ref):
+                base_loaded = self.load(self.base_slot())
+            loaded = checkpoints.load_checkpoint(
+                slot.ref,
+                role=slot.role,
+                model_factory=self.settings.model_factory,
+                allow_pickle=self.settings.allow_pickle,
+                trust_remote_code=self.settings.trust_remote_code,
+                allow_download=self.settings.allow_download,
+                rootdir=self.settings.rootdir,
+                base=base_loaded,
+            )
+            loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
+            loaded.model.eval()
+            bad = checkpoints.nonfinite_params(loaded.model)
+            if bad:
+                msg = f"{slot.role} checkpoint {slot.display} has NaN/Inf weights in {', '.join(bad[:3])}"
+                if slot.role == "base":
+                    raise CheckpointError(msg)
+                slot.loaded = loaded
+                raise TunedRegression(msg)
+            slot.loaded = loaded
+            if slot.role == "tuned" and self.base is not None and self.base.loaded is not None:
+                checkpoints.check_compatible(self.base.loaded, loaded)
+        return slot.loaded
+
+    def module_slot(self, role: str, module: Any) -> ModelSlot:
+        """Wrap an in-memory nn.Module (Python API) as a slot, reusing the checkpoint machinery."""
+        from . import checkpoints
+
+        slot = ModelSlot(role, module, name="")
+        slot.loaded = checkpoints.load_checkpoint(module, role=role)
+        slot.loaded.model.to(device=self.device)
+        slot.loaded.model.eval()
+        slot._fingerprint = slot.loaded.fingerprint
+        return slot
+
+    # -- tasks and evaluation ----------------------------------------------------------------
+    def task(self, name: str) -> Task:
+        return REGISTRY.get(name)
+
+    def indices(self, task: Task, split: str) -> np.ndarray:
+        n = task.size(split)
+        if n == 0:
+            raise TaskError(f"task {task.name!r} split {split!r} has no examples")
+        limit = self.settings.limit
+        if limit is None or limit >= n:
+            return np.arange(n)
+        rng = np.random.default_rng(self.settings.seed)
+        return np.sort(rng.choice(n, size=limit, replace=False))
+
+    def _meta(self, loaded: Any) -> ModelMeta:
+        tok = getattr(loaded, "tokenizer", None)
+        if tok is None:
+            return ModelMeta(config=getattr(loaded, "config", None))
+        vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+        fp = hash_arrays(type(tok).__name__, sorted(vocab.items()), getattr(tok, "model_max_length", None))
+        return ModelMeta(tokenizer=tok, tokenizer_fingerprint=fp, config=getattr(loaded, "config", None))
+
+    def _prepare(self, task: Task, split: str, meta: ModelMeta) -> Any:
+        key = (task.name, split, task.prepare_key(meta))
+        if key not in self._prepared:
+            self._prepared[key] = task.prepare(split, meta)
+        return self._prepared[key]
+
+    def _run(self, slot: ModelSlot, task: Task, split: str, idx: np.ndarray) -> EvalResult:
+        loaded = self.load(slot)
+        meta = self._meta(loaded)
+        prepared = self._prepare(task, split, meta)
+        while True:
+            try:
+                return run_model(
+                    task, loaded.model, prepared, idx, task.ids(split),
+                    device=self.device, dtype=self.settings.dtype, batch_size=self.batch_size,
+                    static=task.static_outputs(split),
+                )
+            except NonFiniteOutputs:
+                raise
+            except RuntimeError as exc:
+                if self.settings.batch_size == "auto" and is_oom(exc) and self.batch_size > 1:
+                    self.batch_size //= 2
+                    _empty_cuda_cache()
+                    continue
+                if is_oom(exc):
+                    raise EvaluationError(f"out of memory evaluating {slot.role} on {task.name!r} at batch size {self.batch_size}; try --forgetting-batch-size auto or a smaller N") from None
+                raise
+
+    def evaluate(self, slot: ModelSlot, task: Task, split: str) -> tuple[EvalResult, bool]:
+        """(result, from_cache). Base evaluations go through the on-disk cache; everything is memoised."""
+        idx = self.indices(task, split)
+        fp = self.fingerprint(slot)
+        memo = (fp, task.name, split, hash_arrays(idx))
+        if memo in self._results:
+            return self._results[memo]
+        if slot.role != "base":
+            try:
+                result = self._run(slot, task, split, idx)
+            except NonFiniteOutputs as exc:
+                raise TunedRegression(f"tuned model produces NaN/Inf: {exc}") from None
+            out = (result, False)
+        else:
+            key = cache_key(
+                base=fp, task=task.name, task_version=task.version, data=task.data_fingerprint(split), split=split,
+                indices=hash_arrays(idx), device=self.device, dtype=self.settings.dtype, batch_size=self.batch_size,
+                torch=_torch_version(),
+            )
+            with self.cache.lock(key):
+                cached = self.cache.load(key)
+                if cached is not None:
+                    out = (cached, True)
+                else:
+                    try:
+                        result = self._run(slot, task, split, idx)
+                    except NonFiniteOutputs as exc:
+                        raise EvaluationError(f"base model produces NaN/Inf: {exc}") from None
+                    self.cache.store(key, result)
+                    out = (result, False)
+        self._results[memo] = out
+        return out
+
+    # -- deciding ----------------------------------------------------------------------------
+    def run_check(self, check: Check, *, test: str, base: ModelSlot | None = None, tuned: ModelSlot | None = None, candidate: str | None = None) -> CheckResult:
+        """Evaluate both models on the check's task and decide. Raises ForgettingError for ERRORs."""
+        task = self.task(check.task)
+        metric_name = check.metric or task.default_metric
+        metric = task.check_metric(metric_name)
+        base = base or self.base_slot()
+        tuned = tuned or self.tuned_slot(candidate)
+        row = self._row_skeleton(check, metric, test, tuned)
+        row["_device"] = self.device + (f" ({self.device_note})" if self.device_note else "")
+        row["_fingerprints"] = {base.display: self.fingerprint(base), tuned.display: self.fingerprint(tuned)}
+        base_res, cached = self.evaluate(base, task, check.split)
+        row["base_cached"] = cached
+        row["base_eval_s"] = round(base_res.seconds, 4) if not cached else 0.0
+        try:
+            tuned_res, _ = self.evaluate(tuned, task, check.split)
+        except TunedRegression as exc:
+            row.update(verdict="fail", reason=str(exc), n=len(base_res), base=metric.value(base_res.outputs))
+            return CheckResult(check, None, row)
+        row["tuned_eval_s"] = round(tuned_res.seconds, 4)
+        tuned_res = align(base_res, tuned_res, task.name)
+        return self._decide(check, task, metric, base_res, tuned_res, row)
+
+    def _row_skeleton(self, check: Check, metric: Metric, test: str, tuned: ModelSlot) -> dict[str, Any]:
+        return {
+            "test": test, "task": check.task, "split": check.split, "metric": metric.name, "kind": check.kind,
+            "candidate": tuned.name, "n": 0, "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None,
+            "margin": check.margin, "relative": check.relative, "nfr": None, "verdict": "error", "reason": "",
+            "n_needed": None, "worst_classes": [], "flipped_ids": [], "base_cached": False, "base_eval_s": 0.0,
+            "tuned_eval_s": 0.0, "higher_is_better": metric.higher_is_better, "bounded": metric.bounded,
+            "max_class_drop": check.max_class_drop, "max_nfr": check.max_nfr, "slices": check.slices, "outcome": "",
+        }
+
+    def _decide(self, check: Check, task: Task, metric: Metric, b: EvalResult, t: EvalResult, row: dict[str, Any]) -> CheckResult:
+        alpha, seed = self.settings.alpha, self.settings.seed
+        common = dict(max_drop=check.margin, relative=check.relative, alpha=alpha, higher_is_better=metric.higher_is_better, seed=seed)
+        if metric.per_example is not None:
+            cmp = stats.compare_scores(metric.per_example(b.outputs), metric.per_example(t.outputs), **common)
+        else:
+            agg = metric.aggregate
+            cmp = stats.compare_statistic(lambda idx: (agg(b.outputs, idx), agg(t.outputs, idx)), len(b), **common)
+        verdicts = [cmp.verdict]
+        reasons = [cmp.reason]
+        budgets: list[stats.Budget] = []
+        row.update(n=cmp.n, base=cmp.base, tuned=cmp.tuned, drop=cmp.drop, ci_low=cmp.ci_low, ci_high=cmp.ci_high, n_needed=cmp.n_needed)
+        if "pred" in b.outputs and "label" in b.outputs:
+            bc = (b.outputs["pred"] == b.outputs["label"])
+            tc = (t.outputs["pred"] == t.outputs["label"])
+            row["nfr"] = float(np.mean(bc & ~tc))
+            row["flipped_ids"] = b.ids[bc & ~tc][:N_FLIPPED_IDS].tolist()
+            if check.kind == "retains":
+                names = task.class_names()
+                groups, group_names = b.outputs["label"], names
+                if check.slices:
+                    groups, group_names = _encode_groups(task.slice_column(check.split, check.slices), b.ids, task.ids(check.split))
+                limit = check.max_class_drop if check.max_class_drop is not None else 1.0
+                per_class = stats.class_drops(bc.astype(float), tc.astype(float), groups, limit=limit, alpha=alpha, class_names=group_names)
+                row["worst_classes"] = [
+                    {"name": c.name, "drop": c.value, "ci_low": c.ci_low, "ci_high": c.ci_high, "verdict": c.verdict, "n": c.n}
+                    for c in per_class[:N_WORST_CLASSES]
+                ]
+                if check.max_class_drop is not None:
+                    budgets.extend(per_class)
+                    broken = [c for c in per_class if c.verdict != "pass"]
+                    if broken:
+                        what = "slice" if check.slices else "class"
+                        reasons.append(
+                            f"{what} drop budget {check.max_class_drop:g}: "
+                            + ", ".join(f"{c.name} {c.value:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.verdict}" for c in broken[:3])
+                        )
+                    verdicts.extend(c.verdict for c in per_class)
+                if check.max_nfr is not None:
+                    nb = stats.nfr_budget(bc.astype(float), tc.astype(float), limit=check.max_nfr, alpha=alpha)
+                    budgets.append(nb)
+                    verdicts.append(nb.verdict)
+                    if nb.verdict != "pass":
+                        reasons.append(f"negative-flip rate {nb.value:.3f} [{nb.ci_low:.3f}, {nb.ci_high:.3f}] vs budget {check.max_nfr:g}: {nb.verdict}")
+        elif check.max_class_drop is not None or check.max_nfr is not None:
+            raise ConfigError(f"max_class_drop / max_nfr need a classification task; {task.name!r} has no per-example correctness")
+        row["verdict"] = stats.combine_verdicts(*verdicts)
+        row["reason"] = "; ".join(r for r in reasons if r)
+        return CheckResult(check, cmp, row, budgets)
+
+
+def align(base: EvalResult, tuned: EvalResult, task: str) -> EvalResult:
+    """Reorder ``tuned`` to ``base``'s ids; alignment is by id, never by position."""
+    for name, res in (("base", base), ("tuned", tuned)):
+        uniq, counts = np.unique(res.ids, return_counts=True)
+        if (counts > 1).any():
+            raise TaskError(f"task {task!r}: duplicate example ids in the {name} evaluation: {uniq[counts > 1][:3].tolist()}")
+    if len(base.ids) == len(tuned.ids) and np.array_equal(base.ids, tuned.ids):
+        return tuned
+    missing = np.setdiff1d(base.ids, tuned.ids)
+    extra = np.setdiff1d(tuned.ids, base.ids)
+    if len(missing) or len(extra):
+        raise TaskError(
+            f"task {task!r}: base and tuned evaluations cover different examples "
+            f"(missing in tuned: {missing[:3].tolist()}, only in tuned: {extra[:3].tolist()})"
+        )
+    order = np.argsort(tuned.ids)
+    pos = order[np.searchsorted(tuned.ids[order], base.ids)]
+    return EvalResult(ids=base.ids, outputs={k: v[pos] for k, v in tuned.outputs.items()}, seconds=tuned.seconds)
+
+
+def _encode_groups(column: np.ndarray, eval_ids: np.ndarray, split_ids: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    pos = {i: k for k, i in enumerate(split_ids.tolist())}
+    values = np.asarray([str(column[pos[i]]) for i in eval_ids.tolist()])
+    names = sorted(set(values.tolist()))
+    index = {n: k for k, n in enumerate(names)}
+    return np.array([index[v] for v in values.tolist()], dtype=np.int64), names
+
+
+def _is_adapter(ref: Any) -> bool:
+    from pathlib import Path
+
+    return isinstance(ref, str) and (Path(ref) / "adapter_config.json").is_file()
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

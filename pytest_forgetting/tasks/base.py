@@ -1,0 +1,153 @@
+"""The Task abstraction: examples with stable ids, how to run a model on them, and metrics.
+
+A task owns its data per named split and knows three things the evaluator needs:
+``prepare`` (model-dependent preprocessing such as tokenisation, done once per split and
+tokenizer and shared by both models), ``batches`` (slices of the prepared inputs) and
+``forward`` (a model call that returns per-example outputs as tensors). Everything that does
+not depend on the model (labels, ids, slice columns) is returned by ``static_outputs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, TaskError
+from ..metrics import Metric
+from ..registry import suggest
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a task may need to know about the checkpoint it prepares inputs for."""
+
+    tokenizer: Any = None
+    tokenizer_fingerprint: str = ""
+    config: Any = None
+
+
+def hash_arrays(*parts: Any) -> str:
+    """sha256 over arrays, strings and nested sequences (stable across runs and processes)."""
+    h = hashlib.sha256()
+
+    def feed(obj: Any) -> None:
+        if obj is None:
+            h.update(b"\x00none")
+        elif isinstance(obj, np.ndarray):
+            arr = np.ascontiguousarray(obj)
+            h.update(f"nd{arr.dtype.str}{arr.shape}".encode())
+            if arr.dtype.kind in "OU":
+                for item in arr.ravel().tolist():
+                    feed(str(item))
+            else:
+                h.update(arr.tobytes())
+        elif isinstance(obj, (str, bytes)):
+            data = obj.encode() if isinstance(obj, str) else obj
+            h.update(b"s%d:" % len(data))
+            h.update(data)
+        elif isinstance(obj, Mapping):
+            h.update(b"map")
+            for k in sorted(obj):
+                feed(str(k))
+                feed(obj[k])
+        elif isinstance(obj, (list, tuple)):
+            h.update(b"seq%d" % len(obj))
+            for item in obj:
+                feed(item)
+        else:
+            feed(repr(obj))
+
+    for part in parts:
+        feed(part)
+    return h.hexdigest()
+
+
+def normalize_ids(ids: Sequence[Any] | np.ndarray | None, n: int, prefix: str) -> np.ndarray:
+    if ids is None:
+        return np.array([f"{prefix}{i}" for i in range(n)], dtype=str)
+    arr = np.asarray([str(i) for i in ids], dtype=str)
+    if arr.shape != (n,):
+        raise TaskError(f"{len(arr)} ids for {n} examples")
+    uniq, counts = np.unique(arr, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][:3].tolist()
+        raise TaskError(f"example ids must be unique; duplicated: {dup}")
+    return arr
+
+
+class Task:
+    """Base class of every task. Subclasses fill ``metrics`` / ``default_metric`` and the hooks."""
+
+    name: str = "<unregistered>"
+    version: str = "1"
+    metrics: Mapping[str, Metric] = {}
+    default_metric: str = ""
+    #: outputs that identify the class of an example, used for per-class drops
+    label_key: str | None = "label"
+
+    # -- data ------------------------------------------------------------------------------
+    def split_names(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def check_split(self, split: str) -> None:
+        names = self.split_names()
+        if split not in names:
+            raise ConfigError(f"task {self.name!r} has no split {split!r}{suggest(split, names)}; splits: {', '.join(names)}")
+
+    def ids(self, split: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def size(self, split: str) -> int:
+        return len(self.ids(split))
+
+    def class_names(self) -> list[str] | None:
+        return None
+
+    def data_fingerprint(self, split: str) -> str:
+        """Hash of the split's data and the task version (part of every cache key)."""
+        raise NotImplementedError
+
+    def static_outputs(self, split: str) -> dict[str, np.ndarray]:
+        """Model-independent per-example outputs (labels, slice columns)."""
+        return {}
+
+    def slice_column(self, split: str, column: str) -> np.ndarray:
+        raise ConfigError(f"task {self.name!r} has no slice column {column!r}")
+
+    def check_metric(self, metric: str) -> Metric:
+        if metric not in self.metrics:
+            raise ConfigError(
+                f"task {self.name!r} has no metric {metric!r}{suggest(metric, list(self.metrics))}; "
+                f"metrics: {', '.join(self.metrics)}"
+            )
+        return self.metrics[metric]
+
+    # -- running a model -------------------------------------------------------------------
+    def prepare_key(self, meta: ModelMeta) -> str:
+        """What the prepared inputs depend on besides the data (e.g. the tokenizer)."""
+        return ""
+
+    def prepare(self, split: str, meta: ModelMeta) -> Any:
+        raise NotImplementedError
+
+    def batches(self, prepared: Any, indices: np.ndarray, batch_size: int) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def forward(self, model: Any, batch: Any) -> dict[str, Any]:
+        """Per-example outputs as tensors (first dim = batch), plus optional ``"finite"`` flags."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Per-example outputs of one model on one task split, aligned with ``ids``."""
+
+    ids: np.ndarray
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __len__(self) -> int:
+        return len(self.ids)

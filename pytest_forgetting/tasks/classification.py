@@ -1,0 +1,304 @@
+"""Classification tasks over in-memory arrays: images and texts.
+
+Both keep one ``SplitData`` per split (ids, inputs, integer labels, optional slice columns)
+and share the label handling, ids, fingerprints and metrics; they differ in how inputs are
+prepared for a model and fed to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, TaskError
+from ..metrics import CLASSIFICATION_METRICS
+from .base import ModelMeta, Task, hash_arrays, normalize_ids
+
+
+@dataclass
+class SplitData:
+    ids: np.ndarray
+    inputs: Any
+    labels: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def _encode_labels(labels: Sequence[Any], class_names: Sequence[str] | None) -> tuple[np.ndarray, list[str]]:
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise TaskError(f"labels must be one-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind in "iu":
+        out = arr.astype(np.int64)
+        if len(out) and out.min() < 0:
+            raise TaskError("integer labels must be >= 0")
+        k = int(out.max()) + 1 if len(out) else 0
+        names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
+        if len(names) < k:
+            raise TaskError(f"label {k - 1} has no class name ({len(names)} class names given)")
+        return out, names
+    names = list(class_names) if class_names is not None else sorted({str(x) for x in arr.tolist()})
+    index = {n: i for i, n in enumerate(names)}
+    try:
+        return np.array([index[str(x)] for x in arr.tolist()], dtype=np.int64), names
+    except KeyError as exc:
+        raise TaskError(f"label {exc.args[0]!r} is not among the class names {names}") from None
+
+
+def logits_of(out: Any) -> Any:
+    """Logits from a plain module (a tensor) or a transformers model (an output object)."""
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out
+
+
+def classification_outputs(logits: Any) -> dict[str, Any]:
+    import torch
+
+    if logits.ndim != 2:
+        raise TaskError(f"a classification model must return logits of shape (batch, classes), got {tuple(logits.shape)}")
+    return {"pred": logits.argmax(dim=1), "finite": torch.isfinite(logits).all(dim=1)}
+
+
+class ClassificationTask(Task):
+    """Shared machinery of array-backed classification tasks."""
+
+    metrics = CLASSIFICATION_METRICS
+    default_metric = "accuracy"
+
+    def __init__(self, splits: Mapping[str, SplitData], class_names: list[str]) -> None:
+        if not splits:
+            raise TaskError("a task needs at least one split")
+        self._splits = dict(splits)
+        self._class_names = class_names
+        self._fingerprints: dict[str, str] = {}
+
+    def split_names(self) -> tuple[str, ...]:
+        return tuple(self._splits)
+
+    def split(self, split: str) -> SplitData:
+        self.check_split(split)
+        return self._splits[split]
+
+    def ids(self, split: str) -> np.ndarray:
+        return self.split(split).ids
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.split(split).labels
+
+    def class_names(self) -> list[str]:
+        return self._class_names
+
+    def static_outputs(self, split: str) -> dict[str, np.ndarray]:
+        return {"label": self.split(split).labels}
+
+    def slice_column(self, split: str, column: str) -> np.ndarray:
+        data = self.split(split)
+        if column not in data.columns:
+            from ..registry import suggest
+
+            raise ConfigError(
+                f"task {self.name!r} has no slice column {column!r}{suggest(column, list(data.columns))}"
+                f"; columns: {', '.join(data.columns) or '(none)'}"
+            )
+        return data.columns[column]
+
+    def data_fingerprint(self, split: str) -> str:
+        if split not in self._fingerprints:
+            d = self.split(split)
+            self._fingerprints[split] = hash_arrays(type(self).__name__, self.version, d.ids, d.labels, self._fingerprint_inputs(d.inputs))
+        return self._fingerprints[split]
+
+    def _fingerprint_inputs(self, inputs: Any) -> Any:
+        return inputs
+
+
+# -- images ---------------------------------------------------------------------------------
+
+
+def _as_image_array(images: Any) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(images, torch.Tensor):
+            images = images.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    arr = np.asarray(images)
+    if arr.ndim == 3:
+        arr = arr[:, None, :, :]
+    if arr.ndim != 4:
+        raise TaskError(f"images must have shape (N, H, W) or (N, C, H, W), got {arr.shape}")
+    if arr.dtype == np.uint8:
+        return (arr.astype(np.float32) / 255.0)
+    arr = arr.astype(np.float32, copy=False)
+    if arr.size and (not np.isfinite(arr).all()):
+        raise TaskError("images contain NaN or Inf")
+    return np.ascontiguousarray(arr)
+
+
+class ImageClassificationTask(ClassificationTask):
+    """Images (N, H, W) or (N, C, H, W), uint8 or float in [0, 1], with integer or string labels.
+
+    Models receive float32 tensors (N, C, H, W) in [0, 1] (cast to the evaluation dtype).
+    """
+
+    def __init__(
+        self,
+        images: Any = None,
+        labels: Sequence[Any] | None = None,
+        ids: Sequence[Any] | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        splits: Mapping[str, tuple] | None = None,
+        columns: Mapping[str, Sequence[Any]] | None = None,
+    ) -> None:
+        if splits is None:
+            if images is None or labels is None:
+                raise TaskError("ImageClassificationTask needs images and labels (or splits={...})")
+            splits = {"test": (images, labels, ids, columns)}
+        all_labels = [np.asarray(s[1]) for s in splits.values()]
+        if class_names is None and any(a.dtype.kind not in "iu" for a in all_labels):
+            class_names = sorted({str(x) for a in all_labels for x in a.tolist()})
+        if class_names is None:
+            k = max((int(a.max()) + 1 for a in all_labels if len(a)), default=0)
+            class_names = [str(i) for i in range(k)]
+        built: dict[str, SplitData] = {}
+        for name, spec in splits.items():
+            x, y, split_ids, cols = (tuple(spec) + (None, None))[:4]
+            arr = _as_image_array(x)
+            enc, names = _encode_labels(y, class_names)
+            if len(enc) != len(arr):
+                raise TaskError(f"split {name!r}: {len(arr)} images but {len(enc)} labels")
+            built[name] = SplitData(
+                normalize_ids(split_ids, len(arr), f"{name}/"),
+                arr,
+                enc,
+                {k: np.asarray(v) for k, v in (cols or {}).items()},
+            )
+        super().__init__(built, list(class_names))
+
+    def prepare(self, split: str, meta: ModelMeta) -> Any:
+        import torch
+
+        return torch.from_numpy(self.split(split).inputs)
+
+    def batches(self, prepared: Any, indices: np.ndarray, batch_size: int) -> Iterator[Any]:
+        import torch
+
+        contiguous = len(indices) > 0 and indices[0] + len(indices) - 1 == indices[-1] and bool(np.all(np.diff(indices) == 1))
+        if contiguous:
+            start = int(indices[0])
+            for lo in range(0, len(indices), batch_size):
+                yield prepared[start + lo : start + min(lo + batch_size, len(indices))]
+        else:
+            idx = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+            for lo in range(0, len(indices), batch_size):
+                yield prepared.index_select(0, idx[lo : lo + batch_size])
+
+    def forward(self, model: Any, batch: Any) -> dict[str, Any]:
+        return classification_outputs(logits_of(model(batch)))
+
+
+# -- texts ----------------------------------------------------------------------------------
+
+
+class TextClassificationTask(ClassificationTask):
+    """Texts with labels; the tokenizer comes from the checkpoint (both models must share it)."""
+
+    def __init__(
+        self,
+        texts: Sequence[str] | None = None,
+        labels: Sequence[Any] | None = None,
+        ids: Sequence[Any] | None = None,
+        *,
+        max_length: int = 128,
+        class_names: Sequence[str] | None = None,
+        splits: Mapping[str, tuple] | None = None,
+        columns: Mapping[str, Sequence[Any]] | None = None,
+        text_pair: bool = False,
+    ) -> None:
+        if splits is None:
+            if texts is None or labels is None:
+                raise TaskError("TextClassificationTask needs texts and labels (or splits={...})")
+            splits = {"test": (texts, labels, ids, columns)}
+        all_labels = [np.asarray(s[1]) for s in splits.values()]
+        if class_names is None and any(a.dtype.kind not in "iu" for a in all_labels):
+            class_names = sorted({str(x) for a in all_labels for x in a.tolist()})
+        if class_names is None:
+            k = max((int(a.max()) + 1 for a in all_labels if len(a)), default=0)
+            class_names = [str(i) for i in range(k)]
+        built: dict[str, SplitData] = {}
+        for name, spec in splits.items():
+            x, y, split_ids, cols = (tuple(spec) + (None, None))[:4]
+            texts_list = [str(t) for t in x]
+            enc, _ = _encode_labels(y, class_names)
+            if len(enc) != len(texts_list):
+                raise TaskError(f"split {name!r}: {len(texts_list)} texts but {len(enc)} labels")
+            built[name] = SplitData(
+                normalize_ids(split_ids, len(texts_list), f"{name}/"),
+                texts_list,
+                enc,
+                {k: np.asarray(v) for k, v in (cols or {}).items()},
+            )
+        self.max_length = int(max_length)
+        super().__init__(built, list(class_names))
+
+    def _fingerprint_inputs(self, inputs: Any) -> Any:
+        return [self.max_length, list(inputs)]
+
+    def prepare_key(self, meta: ModelMeta) -> str:
+        return meta.tokenizer_fingerprint
+
+    def prepare(self, split: str, meta: ModelMeta) -> Any:
+        """Tokenise the whole split once into padded tensors; batches are trimmed to their longest member."""
+        return tokenize_padded(meta, self.split(split).inputs, self.max_length, self.name)
+
+    def batches(self, prepared: Any, indices: np.ndarray, batch_size: int) -> Iterator[Any]:
+        return padded_batches(prepared, indices, batch_size)
+
+    def forward(self, model: Any, batch: Any) -> dict[str, Any]:
+        return classification_outputs(logits_of(model(**batch)))
+
+
+def tokenize_padded(meta: ModelMeta, texts: Sequence[str], max_length: int, task_name: str) -> dict[str, Any]:
+    """Tokenise once, right-padded to the split's longest sequence: {"tensors": {...}, "lengths": (N,)}."""
+    import torch
+
+    if meta.tokenizer is None:
+        raise TaskError(f"task {task_name!r} needs a tokenizer, and the checkpoint folder has none")
+    tok = meta.tokenizer
+    if tok.pad_token_id is None:
+        # causal LM tokenizers often have no pad token; any id works because the mask hides it
+        pad = tok.eos_token_id if tok.eos_token_id is not None else 0
+    else:
+        pad = tok.pad_token_id
+    enc = tok(list(texts), truncation=True, max_length=max_length, padding=False)
+    seqs = enc["input_ids"]
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    width = int(lengths.max(initial=1))
+    tensors: dict[str, Any] = {}
+    for key in enc.keys():
+        fill = pad if key == "input_ids" else 0
+        flat = np.full((len(seqs), width), fill, dtype=np.int64)
+        mask = np.arange(width)[None, :] < lengths[:, None]
+        flat[mask] = np.concatenate([np.asarray(s, dtype=np.int64) for s in enc[key]]) if len(seqs) else []
+        tensors[key] = torch.from_numpy(flat)
+    if "attention_mask" not in tensors:
+        tensors["attention_mask"] = torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
+    return {"tensors": tensors, "lengths": lengths}
+
+
+def padded_batches(prepared: dict[str, Any], indices: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
+    import torch
+
+    lengths = prepared["lengths"]
+    idx_all = torch.from_numpy(np.asarray(indices, dtype=np.int64))
+    for lo in range(0, len(indices), batch_size):
+        chunk = indices[lo : lo + batch_size]
+        width = max(int(lengths[chunk].max(initial=1)), 1)
+        idx = idx_all[lo : lo + batch_size]
+        yield {k: t.index_select(0, idx)[:, :width] for k, t in prepared["tensors"].items()}

@@ -1,0 +1,623 @@
+"""Tests of the statistical decision core (pytest_forgetting.stats).
+
+Three layers: hand-computed reference values, Hypothesis properties that any sane
+non-inferiority rule must have, and a seeded simulation showing that the rule holds its error
+rate exactly at the margin (where the naive "point estimate <= margin" rule is a coin flip).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.stats import norm
+
+from pytest_forgetting.stats import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    Budget,
+    Comparison,
+    class_drops,
+    combine_verdicts,
+    compare_scores,
+    compare_statistic,
+    min_n_to_pass,
+    nfr_budget,
+    tango_interval,
+    wilson_bounds,
+)
+
+RANK = {FAIL: 0, INCONCLUSIVE: 1, PASS: 2}
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def paired(n11: int, n10: int, n01: int, n00: int) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 correctness arrays with the given cell counts (n10 = base right, tuned wrong)."""
+    base = np.array([1] * n11 + [1] * n10 + [0] * n01 + [0] * n00, dtype=float)
+    tuned = np.array([1] * n11 + [0] * n10 + [1] * n01 + [0] * n00, dtype=float)
+    return base, tuned
+
+
+counts = st.tuples(*(st.integers(0, 120) for _ in range(4))).filter(lambda t: sum(t) > 0)
+alphas = st.sampled_from([0.01, 0.025, 0.05, 0.1])
+
+
+def score_statistic_naive(delta: np.ndarray, b: float, c: float, n: float) -> np.ndarray:
+    """Tango's statistic written straight from the paper (naive quadratic root), vectorised."""
+    big_a = 2.0 * n
+    big_b = -b - c + (2.0 * n - b + c) * delta
+    big_c = -c * delta * (1.0 - delta)
+    q21 = (np.sqrt(np.maximum(big_b**2 - 4 * big_a * big_c, 0.0)) - big_b) / (2 * big_a)
+    var = n * (2 * q21 + delta * (1 - delta))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (b - c - n * delta) / np.sqrt(var)
+
+
+# ------------------------------------------------------------------------------------------
+# (a) reference values
+# ------------------------------------------------------------------------------------------
+
+
+def test_tango_reference_example():
+    low, high = tango_interval(40, 20, 160, alpha=0.025)
+    assert low == pytest.approx(0.031, abs=5e-4)
+    assert high == pytest.approx(0.218, abs=5e-4)
+
+
+@pytest.mark.parametrize("n", [1, 10, 133, 1000])
+@pytest.mark.parametrize("alpha", [0.025, 0.05])
+def test_tango_no_discordant_pairs_closed_form(n, alpha):
+    z = norm.ppf(1 - alpha)
+    low, high = tango_interval(0, 0, n, alpha)
+    assert high == pytest.approx(z * z / (n + z * z), rel=1e-12)
+    assert low == -high
+
+
+def test_tango_all_flipped_edges():
+    z2 = norm.ppf(0.975) ** 2
+    low, high = tango_interval(50, 0, 50, alpha=0.025)
+    assert high == 1.0
+    assert low == pytest.approx((50 - z2) / (50 + z2), rel=1e-9)  # closed form when b = n
+    assert tango_interval(0, 50, 50, alpha=0.025) == (-1.0, -low)
+
+
+@pytest.mark.parametrize(
+    "b,c,n,alpha",
+    [(40, 20, 160, 0.025), (3, 0, 40, 0.05), (0, 4, 25, 0.05), (7, 7, 30, 0.05),
+     (1, 0, 1, 0.05), (12, 1, 13, 0.01), (2.5, 1.25, 60.0, 0.05)],
+)
+def test_tango_matches_brute_force_inversion(b, c, n, alpha):
+    """The interval is exactly the set of deltas the score test does not reject."""
+    z = norm.ppf(1 - alpha)
+    grid = np.linspace(-1, 1, 400_001)[1:-1]  # step 5e-6
+    accepted = grid[np.abs(score_statistic_naive(grid, b, c, n)) <= z]
+    low, high = tango_interval(b, c, n, alpha)
+    step = grid[1] - grid[0]
+    assert accepted.min() == pytest.approx(low, abs=2 * step)
+    assert accepted.max() == pytest.approx(high, abs=2 * step)
+    # and the acceptance region is one piece (no holes) -- the root finder relies on it
+    assert np.all(np.diff(np.flatnonzero(np.abs(score_statistic_naive(grid, b, c, n)) <= z)) == 1)
+
+
+def test_wilson_against_closed_form():
+    # 5 successes of 20, 95% two-sided: the textbook value (0.1119, 0.4687)
+    low, high = wilson_bounds(5, 20, alpha=0.025)
+    assert (round(low, 4), round(high, 4)) == (0.1119, 0.4687)
+    z = norm.ppf(0.95)
+    p, n = 0.3, 50
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    assert wilson_bounds(15, 50) == pytest.approx((centre - half, centre + half), rel=1e-12)
+    assert wilson_bounds(0, 100) == pytest.approx((0.0, z * z / (100 + z * z)), rel=1e-12)
+    assert wilson_bounds(100, 100)[1] == 1.0
+
+
+def test_min_n_to_pass_and_the_boundary():
+    assert min_n_to_pass(0.02) == 133
+    ones = np.ones(133)
+    assert compare_scores(ones, ones, max_drop=0.02).verdict == PASS
+    res = compare_scores(ones[:132], ones[:132], max_drop=0.02)
+    assert res.verdict == INCONCLUSIVE
+    assert res.n_needed == 133
+    assert min_n_to_pass(0.0) is None
+    assert min_n_to_pass(-0.1) is None
+    assert min_n_to_pass(1.0) == 1
+
+
+@pytest.mark.parametrize("margin", [0.001, 0.01, 0.05, 0.2, 0.5])
+@pytest.mark.parametrize("alpha", [0.01, 0.05, 0.1])
+def test_min_n_to_pass_is_exactly_the_threshold(margin, alpha):
+    n = min_n_to_pass(margin, alpha)
+    zeros = np.zeros(n)
+    assert compare_scores(zeros, zeros, max_drop=margin, alpha=alpha).verdict == PASS
+    if n > 1:
+        assert compare_scores(zeros[1:], zeros[1:], max_drop=margin, alpha=alpha).verdict != PASS
+
+
+def test_bootstrap_agrees_with_normal_approximation():
+    rng = np.random.default_rng(42)
+    n = 3000
+    base = rng.normal(0.7, 0.1, size=n)
+    tuned = base - 0.01 + rng.normal(0, 0.05, size=n)
+    res = compare_scores(base, tuned, max_drop=0.02, alpha=0.05)
+    d = base - tuned
+    half = norm.ppf(0.95) * d.std(ddof=1) / math.sqrt(n)
+    assert res.method == "bootstrap"
+    assert res.drop == pytest.approx(d.mean(), abs=1e-12)
+    assert res.ci_low == pytest.approx(d.mean() - half, abs=0.15 * half)
+    assert res.ci_high == pytest.approx(d.mean() + half, abs=0.15 * half)
+    assert res.verdict == PASS
+    assert res.nfr is None and res.pfr is None
+
+
+def test_bootstrap_is_seeded_and_degenerate_case_has_zero_width():
+    rng = np.random.default_rng(0)
+    base, tuned = rng.normal(size=200), rng.normal(size=200)
+    a = compare_scores(base, tuned, max_drop=0.1, seed=3)
+    assert a == compare_scores(base, tuned, max_drop=0.1, seed=3)
+    assert a != compare_scores(base, tuned, max_drop=0.1, seed=4)
+    quarters = rng.integers(0, 40, size=200) / 4.0  # exact in binary floating point
+    shifted = compare_scores(quarters, quarters - 0.25, max_drop=0.1)  # every difference 0.25
+    assert shifted.ci_low == shifted.ci_high == pytest.approx(0.25)
+    assert shifted.verdict == FAIL
+
+
+def test_tango_comparison_fields():
+    base, tuned = paired(100, 40, 20, 0)
+    res = compare_scores(base, tuned, max_drop=0.02, alpha=0.025)
+    assert isinstance(res, Comparison)
+    assert res.method == "tango"
+    assert res.n == 160
+    assert res.drop == pytest.approx(20 / 160)
+    assert (res.ci_low, res.ci_high) == tango_interval(40, 20, 160, 0.025)
+    assert res.nfr == pytest.approx(40 / 160) and res.pfr == pytest.approx(20 / 160)
+    assert res.base == pytest.approx(140 / 160) and res.tuned == pytest.approx(120 / 160)
+    assert res.verdict == FAIL and res.n_needed is None
+    assert "proven regression" in res.reason and "0.031" in res.reason
+
+
+def test_improves_is_a_negative_margin():
+    base, tuned = paired(300, 5, 120, 75)  # tuned gains ~0.23
+    assert compare_scores(base, tuned, max_drop=-0.10).verdict == PASS
+    assert compare_scores(base, tuned, max_drop=-0.40).verdict == FAIL
+
+
+# ------------------------------------------------------------------------------------------
+# n_needed
+# ------------------------------------------------------------------------------------------
+
+
+def test_tango_n_needed_is_the_smallest_settling_n():
+    base, tuned = paired(170, 12, 8, 10)  # drop 0.02, margin 0.05: too few examples
+    res = compare_scores(base, tuned, max_drop=0.05)
+    assert res.verdict == INCONCLUSIVE
+    m = res.n_needed
+    assert m is not None and m > res.n
+    scale = lambda k: tango_interval(12 * k / 200, 8 * k / 200, k)[1]  # noqa: E731
+    assert scale(m) < 0.05 <= scale(m - 1)
+    assert f"{m:,} examples would settle it" in res.reason
+
+
+def test_tango_n_needed_for_a_likely_regression():
+    base, tuned = paired(150, 30, 10, 10)  # drop 0.10, margin 0.05
+    res = compare_scores(base, tuned, max_drop=0.05, alpha=0.01)
+    assert res.verdict == INCONCLUSIVE
+    m = res.n_needed
+    low = lambda k: tango_interval(30 * k / 200, 10 * k / 200, k, 0.01)[0]  # noqa: E731
+    assert low(m) > 0.05 >= low(m - 1)
+
+
+def test_n_needed_none_when_estimate_equals_margin():
+    base, tuned = paired(80, 10, 10, 0)
+    res = compare_scores(base, tuned, max_drop=0.0)
+    assert res.verdict == INCONCLUSIVE and res.n_needed is None
+    assert "no sample size" in res.reason
+    boot = compare_scores(np.arange(10.0), np.arange(10.0), max_drop=0.0)
+    assert boot.verdict == INCONCLUSIVE and boot.n_needed is None
+
+
+def test_n_needed_capped():
+    # drop 1e-5 against a margin of 0 with ~100% discordance: ~3e10 examples would be needed
+    base, tuned = paired(0, 50_001, 50_000, 0)
+    res = compare_scores(base, tuned, max_drop=0.0)
+    assert res.verdict == INCONCLUSIVE and res.n_needed is None
+    assert "more than 1,000,000,000" in res.reason
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=100)
+    y = x + rng.normal(size=100)
+    first = compare_scores(x, y, max_drop=0.0)
+    close = compare_scores(x, y, max_drop=first.drop + 1e-7 * (first.ci_high - first.drop))
+    assert close.verdict == INCONCLUSIVE and close.n_needed is None
+
+
+def test_bootstrap_n_needed_scales_like_inverse_square():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=400)
+    tuned = base - 0.01 + rng.normal(0, 0.3, size=400)
+    res = compare_scores(base, tuned, max_drop=0.03)
+    assert res.verdict == INCONCLUSIVE
+    half = res.ci_high - res.drop
+    expected = 400 * (half / (0.03 - res.drop)) ** 2
+    assert res.n_needed == math.floor(expected) + 1
+
+
+# ------------------------------------------------------------------------------------------
+# (b) properties
+# ------------------------------------------------------------------------------------------
+
+
+@FAST
+@given(counts, alphas, st.floats(-0.3, 0.3))
+def test_swap_negates_drop_and_mirrors_interval_tango(cells, alpha, margin):
+    base, tuned = paired(*cells)
+    a = compare_scores(base, tuned, max_drop=margin, alpha=alpha)
+    b = compare_scores(tuned, base, max_drop=margin, alpha=alpha)
+    assert b.drop == -a.drop
+    assert (b.ci_low, b.ci_high) == (-a.ci_high, -a.ci_low)
+    assert (b.nfr, b.pfr) == (a.pfr, a.nfr)
+
+
+@FAST
+@given(st.lists(st.floats(-5, 5), min_size=1, max_size=40), st.integers(0, 2**32 - 1))
+def test_swap_mirrors_bootstrap(xs, seed):
+    rng = np.random.default_rng(seed)
+    base = np.array(xs)
+    tuned = base + rng.normal(size=base.size)
+    a = compare_scores(base, tuned, max_drop=0.1, n_boot=199, seed=seed)
+    b = compare_scores(tuned, base, max_drop=0.1, n_boot=199, seed=seed)
+    assert b.drop == pytest.approx(-a.drop, abs=1e-12)
+    assert b.ci_low == pytest.approx(-a.ci_high, abs=1e-12)
+    assert b.ci_high == pytest.approx(-a.ci_low, abs=1e-12)
+
+
+@FAST
+@given(counts, alphas, st.floats(-0.5, 0.5), st.floats(0, 0.5))
+def test_larger_margin_never_worse(cells, alpha, margin, extra):
+    base, tuned = paired(*cells)
+    small = compare_scores(base, tuned, max_drop=margin, alpha=alpha)
+    large = compare_scores(base, tuned, max_drop=margin + extra, alpha=alpha)
+    assert RANK[large.verdict] >= RANK[small.verdict]
+
+
+@FAST
+@given(counts, alphas, st.floats(-0.3, 0.3))
+def test_more_negative_flips_never_better(cells, alpha, margin):
+    n11, n10, n01, n00 = cells
+    if n11 == 0:
+        n11 = 1
+    before = compare_scores(*paired(n11, n10, n01, n00), max_drop=margin, alpha=alpha)
+    after = compare_scores(*paired(n11 - 1, n10 + 1, n01, n00), max_drop=margin, alpha=alpha)
+    assert RANK[after.verdict] <= RANK[before.verdict]
+    assert after.ci_low >= before.ci_low - 1e-12
+    assert after.ci_high >= before.ci_high - 1e-12
+
+
+@FAST
+@given(
+    st.one_of(
+        st.lists(st.sampled_from([0.0, 1.0]), min_size=1, max_size=300),
+        st.lists(st.floats(-1e3, 1e3), min_size=1, max_size=60),
+    ),
+    st.floats(0, 1),
+    alphas,
+    st.booleans(),
+    st.booleans(),
+)
+def test_identical_inputs_never_fail(xs, margin, alpha, higher, relative):
+    x = np.array(xs)
+    if relative and x.mean() == 0:
+        x = x + 1.0
+    res = compare_scores(x, x.copy(), max_drop=margin, alpha=alpha, higher_is_better=higher,
+                         relative=relative, n_boot=200)
+    assert res.verdict != FAIL
+    assert res.drop == 0
+
+
+@FAST
+@given(counts, alphas)
+def test_interval_contains_point_estimate_tango(cells, alpha):
+    res = compare_scores(*paired(*cells), max_drop=0.05, alpha=alpha)
+    assert res.ci_low <= res.drop <= res.ci_high
+    assert -1 <= res.ci_low and res.ci_high <= 1
+
+
+@FAST
+@given(st.lists(st.tuples(st.floats(0.01, 10), st.floats(0.01, 10)), min_size=1, max_size=40),
+       st.booleans(), st.booleans())
+def test_interval_contains_point_estimate_bootstrap(pairs, relative, higher):
+    base = np.array([p[0] for p in pairs])
+    tuned = np.array([p[1] for p in pairs])
+    res = compare_scores(base, tuned, max_drop=0.05, relative=relative,
+                         higher_is_better=higher, n_boot=100)
+    assert res.ci_low <= res.drop <= res.ci_high
+
+
+@FAST
+@given(counts, alphas, st.floats(-0.3, 0.3))
+def test_lower_is_better_mirrors_higher_is_better_binary(cells, alpha, margin):
+    base, tuned = paired(*cells)
+    hib = compare_scores(base, tuned, max_drop=margin, alpha=alpha)
+    lib = compare_scores(1 - base, 1 - tuned, max_drop=margin, alpha=alpha,
+                         higher_is_better=False)
+    assert lib.method == "tango"
+    assert (lib.verdict, lib.drop, lib.ci_low, lib.ci_high, lib.nfr, lib.pfr, lib.n_needed) == (
+        hib.verdict, hib.drop, hib.ci_low, hib.ci_high, hib.nfr, hib.pfr, hib.n_needed)
+    assert lib.base == pytest.approx(1 - hib.base) and lib.tuned == pytest.approx(1 - hib.tuned)
+
+
+@FAST
+@given(st.lists(st.tuples(st.floats(-10, 10), st.floats(-10, 10)), min_size=1, max_size=40),
+       st.floats(-1, 1))
+def test_lower_is_better_mirrors_higher_is_better_continuous(pairs, margin):
+    base = np.array([p[0] for p in pairs])
+    tuned = np.array([p[1] for p in pairs])
+    hib = compare_scores(base, tuned, max_drop=margin, n_boot=150)
+    lib = compare_scores(-base, -tuned, max_drop=margin, n_boot=150, higher_is_better=False)
+    assert lib.verdict == hib.verdict
+    assert lib.drop == pytest.approx(hib.drop, abs=1e-12)
+    assert lib.ci_low == pytest.approx(hib.ci_low, abs=1e-12)
+    assert lib.ci_high == pytest.approx(hib.ci_high, abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------
+# (c) simulation: the error rate at the margin
+# ------------------------------------------------------------------------------------------
+
+
+def _upper_bounds(b: np.ndarray, c: np.ndarray, n: int, alpha: float) -> np.ndarray:
+    """Tango upper bounds for many replications; each distinct (b, c) is computed once."""
+    pairs, inverse = np.unique(np.stack([b, c], axis=1), axis=0, return_inverse=True)
+    uppers = np.array([tango_interval(bb, cc, n, alpha)[1] for bb, cc in pairs])
+    return uppers[inverse.ravel()]
+
+
+def test_pass_rate_at_the_margin_is_at_most_alpha():
+    rng = np.random.default_rng(20240601)
+    n, reps, alpha, margin = 500, 2000, 0.05, 0.03
+    # joint outcome probabilities: both right, neg flip, pos flip, both wrong.
+    # base accuracy 0.85 + 0.05 = 0.9; paired drop 0.05 - 0.02 = 0.03 = the margin.
+    probs = [0.85, 0.05, 0.02, 0.08]
+    cells = rng.multinomial(n, probs, size=reps)
+    b, c = cells[:, 1], cells[:, 2]
+    upper = _upper_bounds(b, c, n, alpha)
+    pass_rate = np.mean(upper < margin)
+    se = math.sqrt(alpha * (1 - alpha) / reps)
+    assert pass_rate <= alpha + 3 * se
+    naive_rate = np.mean((b - c) / n <= margin)
+    assert 0.4 <= naive_rate <= 0.65
+    # the end-to-end function agrees with the bound used above
+    for i in range(5):
+        base, tuned = paired(*cells[i])
+        res = compare_scores(base, tuned, max_drop=margin, alpha=alpha)
+        assert (res.verdict == PASS) == bool(upper[i] < margin)
+
+
+def test_power_when_nothing_was_lost():
+    rng = np.random.default_rng(7)
+    n, reps, margin = 2000, 400, 0.03
+    cells = rng.multinomial(n, [0.84, 0.03, 0.03, 0.10], size=reps)
+    upper = _upper_bounds(cells[:, 1], cells[:, 2], n, 0.05)
+    assert np.mean(upper < margin) >= 0.95
+
+
+# ------------------------------------------------------------------------------------------
+# compare_statistic
+# ------------------------------------------------------------------------------------------
+
+
+def macro_f1(y: np.ndarray, p: np.ndarray, k: int) -> float:
+    cm = np.bincount(y * k + p, minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(0) + cm.sum(1)
+    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+    return float(f1.mean())
+
+
+def test_compare_statistic_macro_f1():
+    rng = np.random.default_rng(5)
+    n, k = 600, 4
+    y = rng.integers(0, k, size=n)
+    pb = np.where(rng.random(n) < 0.9, y, rng.integers(0, k, size=n))
+    pt = np.where(rng.random(n) < 0.6, y, rng.integers(0, k, size=n))
+
+    def stat(idx):
+        return macro_f1(y[idx], pb[idx], k), macro_f1(y[idx], pt[idx], k)
+
+    res = compare_statistic(stat, n, max_drop=0.05, n_boot=500)
+    assert res.method == "bootstrap" and res.nfr is None and res.pfr is None
+    assert res.base == pytest.approx(macro_f1(y, pb, k))
+    assert res.verdict == FAIL
+    assert res.ci_low <= res.drop <= res.ci_high
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_compare_statistic_identical_never_fails(seed):
+    rng = np.random.default_rng(seed)
+    n, k = 300, 3
+    y = rng.integers(0, k, size=n)
+    p = np.where(rng.random(n) < 0.8, y, rng.integers(0, k, size=n))
+    for margin in (0.0, 0.01, 0.2):
+        res = compare_statistic(lambda i: (macro_f1(y[i], p[i], k),) * 2, n, max_drop=margin,
+                                n_boot=200, seed=seed)
+        assert res.verdict != FAIL
+        assert res.drop == res.ci_low == res.ci_high == 0.0
+        assert res.verdict == (PASS if margin > 0 else INCONCLUSIVE)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+@pytest.mark.parametrize("higher", [False, True])
+def test_compare_statistic_of_means_reproduces_compare_scores(relative, higher):
+    rng = np.random.default_rng(11)
+    base = rng.gamma(2.0, size=250)
+    tuned = base * rng.uniform(0.8, 1.1, size=250)
+    a = compare_scores(base, tuned, max_drop=0.02, relative=relative, higher_is_better=higher,
+                       n_boot=300, seed=9)
+    b = compare_statistic(lambda i: (base[i].mean(), tuned[i].mean()), 250, max_drop=0.02,
+                          relative=relative, higher_is_better=higher, n_boot=300, seed=9)
+    for field in ("drop", "ci_low", "ci_high", "base", "tuned"):
+        assert getattr(b, field) == pytest.approx(getattr(a, field), abs=1e-12)
+    assert a.verdict == b.verdict
+
+
+def test_perplexity_style_lower_is_better_relative():
+    rng = np.random.default_rng(3)
+    n = 400
+    tokens = rng.integers(5, 50, size=n)
+    nll_b = tokens * rng.normal(2.0, 0.2, size=n)
+    nll_t = nll_b + tokens * rng.normal(0.3, 0.05, size=n)  # per-token NLL up 0.3 -> ppl x1.35
+
+    def ppl(idx):
+        return (math.exp(nll_b[idx].sum() / tokens[idx].sum()),
+                math.exp(nll_t[idx].sum() / tokens[idx].sum()))
+
+    res = compare_statistic(ppl, n, max_drop=0.10, relative=True, higher_is_better=False,
+                            n_boot=300)
+    assert res.drop == pytest.approx(res.tuned / res.base - 1)
+    assert res.verdict == FAIL
+    ok = compare_statistic(ppl, n, max_drop=0.6, relative=True, higher_is_better=False,
+                           n_boot=300)
+    assert ok.verdict == PASS
+
+
+# ------------------------------------------------------------------------------------------
+# budgets
+# ------------------------------------------------------------------------------------------
+
+
+def test_class_drops_names_the_collapsed_class_first():
+    rng = np.random.default_rng(2)
+    k, per = 10, 150
+    labels = np.repeat(np.arange(k), per)
+    base = rng.random(k * per) < 0.95
+    tuned = base.copy()
+    collapsed = labels == 3
+    tuned[collapsed] = base[collapsed] & (rng.random(per) < 0.2)
+    names = [f"digit-{i}" for i in range(k)]
+    budgets = class_drops(base, tuned, labels, limit=0.10, class_names=names)
+    assert len(budgets) == k and all(isinstance(x, Budget) for x in budgets)
+    assert budgets[0].name == "digit-3"
+    assert budgets[0].verdict == FAIL and budgets[0].n == per
+    assert all(x.verdict == PASS for x in budgets[1:])
+    assert combine_verdicts(*(x.verdict for x in budgets)) == FAIL
+    values = [x.value for x in budgets]
+    assert values == sorted(values, reverse=True)
+
+
+def test_class_drops_bonferroni_only_on_the_fail_side():
+    base, tuned = paired(60, 30, 0, 10)  # one class, drop 0.3
+    labels = np.zeros(100, dtype=int)
+    (single,) = class_drops(base, tuned, labels, limit=0.1, alpha=0.05)
+    low, high = tango_interval(30, 0, 100, 0.05)
+    assert (single.ci_low, single.ci_high) == (low, high)
+    # the same data as one of 20 classes: lower bound at alpha/20, upper bound unchanged
+    b2 = np.concatenate([base, np.ones(19 * 100)])
+    t2 = np.concatenate([tuned, np.ones(19 * 100)])
+    l2 = np.concatenate([labels, np.repeat(np.arange(1, 20), 100)])
+    worst = class_drops(b2, t2, l2, limit=0.1, alpha=0.05, class_names={0: "zero"})[0]
+    assert worst.name == "zero"
+    assert worst.ci_low == tango_interval(30, 0, 100, 0.05 / 20)[0] < low
+    assert worst.ci_high == high
+
+
+def test_class_drops_identical_all_pass_with_string_labels():
+    rng = np.random.default_rng(4)
+    labels = rng.choice(["cat", "dog", "eel"], size=900)
+    correct = rng.random(900) < 0.7
+    budgets = class_drops(correct, correct, labels, limit=0.05)
+    assert {b.name for b in budgets} == {"cat", "dog", "eel"}
+    assert all(b.verdict == PASS and b.value == 0 for b in budgets)
+
+
+def test_nfr_budget_three_ways():
+    n = 1000
+    z = norm.ppf(0.95)
+    none = nfr_budget(np.ones(n), np.ones(n), limit=0.01)
+    assert none.verdict == PASS and none.value == 0 and none.name == "nfr"
+    assert none.ci_high == pytest.approx(z * z / (n + z * z))
+    many = np.ones(n)
+    many[:50] = 0
+    assert nfr_budget(np.ones(n), many, limit=0.01).verdict == FAIL
+    some = np.ones(n)
+    some[:10] = 0
+    budget = nfr_budget(np.ones(n), some, limit=0.01)
+    assert budget.verdict == INCONCLUSIVE
+    assert (budget.ci_low, budget.ci_high) == wilson_bounds(10, n, 0.05)
+    # positive flips are not negative flips
+    assert nfr_budget(some, np.ones(n), limit=0.01).value == 0
+
+
+def test_combine_verdicts():
+    assert combine_verdicts(PASS, PASS) == PASS
+    assert combine_verdicts(PASS, INCONCLUSIVE, PASS) == INCONCLUSIVE
+    assert combine_verdicts(INCONCLUSIVE, FAIL, PASS) == FAIL
+    with pytest.raises(ValueError):
+        combine_verdicts()
+    with pytest.raises(ValueError, match="unknown verdict"):
+        combine_verdicts(PASS, "ok")
+
+
+# ------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "base,tuned,kwargs,match",
+    [
+        ([1, 0, 1], [1, 0], {}, "aligned"),
+        ([], [], {}, "empty"),
+        ([1.0, np.nan], [1.0, 1.0], {}, "non-finite"),
+        ([1.0, 1.0], [np.inf, 1.0], {}, "non-finite"),
+        ([[1, 0]], [[1, 0]], {}, "1-D"),
+        ([1, 0], [1, 0], {"alpha": 0.0}, "alpha"),
+        ([1, 0], [1, 0], {"alpha": 0.5}, "alpha"),
+        ([1, 0], [1, 0], {"max_drop": float("nan")}, "max_drop"),
+        ([1, 0], [1, 0], {"n_boot": 0}, "n_boot"),
+        (["a", "b"], ["a", "b"], {}, "numeric"),
+        ([0.0, 0.0], [1.0, 0.5], {"relative": True}, "relative"),
+    ],
+)
+def test_compare_scores_rejects_bad_input(base, tuned, kwargs, match):
+    kwargs = {"max_drop": 0.02, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        compare_scores(base, tuned, **kwargs)
+
+
+def test_other_validation():
+    with pytest.raises(ValueError, match="n must be positive"):
+        tango_interval(0, 0, 0)
+    with pytest.raises(ValueError):
+        tango_interval(5, 6, 10)
+    with pytest.raises(ValueError, match="alpha"):
+        tango_interval(1, 1, 10, alpha=0.7)
+    with pytest.raises(ValueError):
+        wilson_bounds(3, 2)
+    with pytest.raises(ValueError):
+        min_n_to_pass(0.02, alpha=1.0)
+    with pytest.raises(ValueError, match="0/1"):
+        class_drops([0.5, 1], [1, 1], [0, 1], limit=0.1)
+    with pytest.raises(ValueError, match="aligned"):
+        class_drops([1, 1], [1, 1], [0], limit=0.1)
+    with pytest.raises(ValueError, match="aligned"):
+        nfr_budget([1, 1], [1], limit=0.1)
+    with pytest.raises(ValueError, match="positive integer"):
+        compare_statistic(lambda i: (1.0, 1.0), 0, max_drop=0.1)
+    with pytest.raises(ValueError, match="pair"):
+        compare_statistic(lambda i: 1.0, 5, max_drop=0.1)
+    with pytest.raises(ValueError, match="not finite"):
+        compare_statistic(lambda i: (1.0, float("nan")), 5, max_drop=0.1)
+
+
+def test_speed_on_ten_thousand_examples():
+    import time
+
+    rng = np.random.default_rng(0)
+    base = (rng.random(10_000) < 0.9).astype(float)
+    tuned = np.where(rng.random(10_000) < 0.03, 1 - base, base)
+    start = time.perf_counter()
+    compare_scores(base, tuned, max_drop=0.01)
+    assert time.perf_counter() - start < 0.2
