@@ -1,0 +1,1167 @@
+"""Loading the base and the fine-tuned checkpoint, safely.
+
+Checkpoints arrive in pull requests, so every file this module reads is untrusted input.
+The rules, in the order they are applied:
+
+* Nothing here ever unpickles with ``weights_only=False``. Pickle formats (``.bin``, ``.pt``,
+  ``.pth``, ``.ckpt``, ``.pkl``) are refused unless the user opts in, and even then they go
+  through ``torch.load(..., weights_only=True)`` only.
+* A checkpoint that carries Python code (``auto_map`` in its config, any ``*.py`` file) is
+  refused unless the user says they trust its author.
+* Files are checked before a third-party loader sees them: regular files only (a FIFO would
+  hang the reader), no Git LFS pointers, safetensors headers validated by hand, JSON parsed
+  with its errors caught, implausible model sizes refused before anything is allocated.
+* Loading is strict: a missing, unexpected or mis-shaped weight is an error, never a randomly
+  initialised layer evaluated as if it had been trained.
+* Every problem is a one-line :class:`~pytest_forgetting.errors.CheckpointError`.
+
+torch, transformers, safetensors and peft are imported inside the functions that need them:
+pytest imports the plugin in every run of every project.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import importlib
+import json
+import math
+import os
+import re
+import stat
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
+
+from .errors import CheckpointError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+__all__ = [
+    "KINDS",
+    "LoadedCheckpoint",
+    "check_compatible",
+    "fingerprint_ref",
+    "load_checkpoint",
+    "nonfinite_params",
+    "resolve_factory",
+]
+
+KINDS = ("hf-folder", "peft-adapter", "safetensors", "gguf", "hub", "module", "pickle")
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
+_LFS_POINTER_MAX = 1024  # real pointers are ~130 bytes
+_CHUNK = 1 << 20
+_MAX_JSON_BYTES = 64 << 20
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
+_MAX_FOLDER_ENTRIES = 10_000
+# Files of a folder that change what gets evaluated (weights, configs, tokenizer, code).
+# README edits must not bust the cache of base-model evaluations.
+_AUX_SUFFIXES = (".json", ".txt", ".model", ".tiktoken", ".py", ".jinja")
+_TOKENIZER_FILES = frozenset(
+    {
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "vocab.json",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+        "tokenizer.model",
+    }
+)
+_HF_PICKLE_WEIGHTS = re.compile(r"pytorch_model(-\d+-of-\d+)?\.bin")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_FACTORY_SPEC = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
+# Config fields whose absurd values make model construction itself hang or exhaust memory
+# (one module per layer / expert, one dict entry per label), before any weight is read.
+_COUNT_FIELD = re.compile(r"layers|layer$|experts|blocks|num_labels")
+_MAX_COUNT = 10_000
+_ST_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
+    "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
+    "U32": 4, "I32": 4, "F32": 4,
+    "U64": 8, "I64": 8, "F64": 8, "C64": 8,
+}  # fmt: skip
+_ST_SUBBYTE_BITS = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+
+Ref = Union[str, "os.PathLike[str]", "torch.nn.Module"]
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint loaded for evaluation.
+
+    ``model`` is in eval mode, on the CPU, in the default dtype; the caller moves it.
+    """
+
+    model: "torch.nn.Module" = field(repr=False)
+    ref: str  # as the user gave it
+    resolved: str  # absolute path, hub id, or "<in-memory ClassName>"
+    kind: str  # one of KINDS
+    fingerprint: str  # "sha256:<hex>"
+    tokenizer: object | None = field(default=None, repr=False)
+    config: object | None = field(default=None, repr=False)
+    label_map: dict[int, str] | None = None  # config.id2label when the names mean something
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a reference points and what its fingerprint covers; nothing loaded yet."""
+
+    kind: str
+    path: Path  # the file or folder to load (for a hub id: its snapshot folder)
+    resolved: str
+    weights: str  # how the weights are stored: "safetensors" | "pickle" | "gguf"
+    files: tuple[Path, ...]  # hashed into the fingerprint
+
+
+# --------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------
+
+
+def fingerprint_ref(
+    ref: Ref,
+    *,
+    rootdir: str | os.PathLike[str] | None = None,
+    allow_pickle: bool = False,
+    allow_download: bool = False,
+) -> str:
+    """Content fingerprint of a checkpoint reference, without loading the model.
+
+    Files: sha256 over (relative name, size, bytes) of the weight, config and tokenizer files
+    in sorted order, streamed in 1 MiB chunks. An ``nn.Module``: sha256 over its sorted
+    state_dict (name, dtype, shape, bytes). A hub id is looked up in the local cache
+    (``allow_download`` fetches it first). Pickle references are refused unless
+    ``allow_pickle``, exactly as :func:`load_checkpoint` would.
+    """
+    try:
+        if not isinstance(ref, (str, os.PathLike)):
+            return _fingerprint_module(_as_module(ref))
+        target = _describe(ref, rootdir, allow_pickle=allow_pickle, allow_download=allow_download)
+        return _fingerprint_files(target)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # a bug or an exotic file: still one clear line
+        raise CheckpointError(f"cannot fingerprint checkpoint {_show(ref)}: {_describe_exc(exc)}") from exc
+
+
+def load_checkpoint(
+    ref: Ref,
+    *,
+    role: str = "tuned",
+    model_factory: str | Callable[[], "torch.nn.Module"] | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    allow_download: bool = False,
+    rootdir: str | os.PathLike[str] | None = None,
+    base: LoadedCheckpoint | None = None,
+) -> LoadedCheckpoint:
+    """Load ``ref`` (a path, a hub id or an ``nn.Module``) under the safety rules above.
+
+    ``role`` ("base" / "tuned") only labels error messages. ``model_factory`` is a callable
+    or a ``"module:callable"`` spec, needed for bare ``.safetensors`` and pickle files.
+    ``base`` is the loaded base checkpoint, needed when ``ref`` is a PEFT adapter.
+    """
+    try:
+        return _load(
+            ref,
+            model_factory=model_factory,
+            allow_pickle=allow_pickle,
+            trust_remote_code=trust_remote_code,
+            allow_download=allow_download,
+            rootdir=rootdir,
+            base=base,
+        )
+    except CheckpointError as exc:
+        raise CheckpointError(f"{role} checkpoint {_show(ref)}: {exc}") from exc.__cause__
+    except Exception as exc:  # a loader's own exception type: never let it escape raw
+        raise CheckpointError(f"{role} checkpoint {_show(ref)}: could not load: {_describe_exc(exc)}") from exc
+
+
+def check_compatible(base: LoadedCheckpoint, tuned: LoadedCheckpoint) -> None:
+    """Refuse a pair whose outputs cannot be compared example by example.
+
+    Raises :class:`CheckpointError` when both define label names (``id2label``) and they
+    differ, or both have a tokenizer and the vocabularies differ.
+    """
+    base_labels, tuned_labels = _id2label(base), _id2label(tuned)
+    if base_labels is not None and tuned_labels is not None and base_labels != tuned_labels:
+        diffs = []
+        for key in sorted(base_labels.keys() | tuned_labels.keys()):
+            b, t = base_labels.get(key), tuned_labels.get(key)
+            if b != t:
+                diffs.append(f"{key}: {'missing' if b is None else repr(b)} vs {'missing' if t is None else repr(t)}")
+        raise CheckpointError(
+            f"base and tuned label maps (id2label) differ: {_few(diffs)} (base vs tuned); paired "
+            "comparison needs the same class ids, so make id2label agree in both config.json files"
+        )
+    if base.tokenizer is None or tuned.tokenizer is None:
+        return
+    try:
+        base_vocab = dict(base.tokenizer.get_vocab())  # type: ignore[attr-defined]
+        tuned_vocab = dict(tuned.tokenizer.get_vocab())  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise CheckpointError(f"cannot read the tokenizers' vocabularies: {_describe_exc(exc)}") from exc
+    if base_vocab == tuned_vocab:
+        return
+    only_base = sorted(base_vocab.keys() - tuned_vocab.keys())
+    only_tuned = sorted(tuned_vocab.keys() - base_vocab.keys())
+    moved = sorted(t for t in base_vocab.keys() & tuned_vocab.keys() if base_vocab[t] != tuned_vocab[t])
+    parts = [f"base has {len(base_vocab)} tokens, tuned {len(tuned_vocab)}"]
+    if only_base:
+        parts.append(f"only in base: {_few([repr(t) for t in only_base])}")
+    if only_tuned:
+        parts.append(f"only in tuned: {_few([repr(t) for t in only_tuned])}")
+    if moved:
+        parts.append(f"different ids: {_few([f'{t!r} ({base_vocab[t]} vs {tuned_vocab[t]})' for t in moved])}")
+    raise CheckpointError(
+        "base and tuned tokenizers have different vocabularies (" + "; ".join(parts) + "); the two models "
+        "would see different inputs, so ship the base tokenizer with the tuned checkpoint"
+    )
+
+
+def resolve_factory(spec: str, rootdir: str | os.PathLike[str] | None = None) -> Callable[[], "torch.nn.Module"]:
+    """Turn ``"package.module:callable"`` into a callable that builds an ``nn.Module``.
+
+    ``rootdir`` is put on ``sys.path`` first so a project's own modules import. The returned
+    callable raises :class:`CheckpointError` when the factory fails or returns something
+    other than an ``nn.Module``.
+    """
+    match = _FACTORY_SPEC.fullmatch(spec.strip()) if isinstance(spec, str) else None
+    if match is None:
+        raise CheckpointError(
+            f"--model-factory {spec!r} is not of the form 'package.module:callable' (e.g. 'models.cnn:build')"
+        )
+    module_name, attr_path = match.groups()
+    if rootdir is not None:
+        root = str(Path(rootdir).resolve())
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            where = f" (rootdir {rootdir} is on sys.path)" if rootdir is not None else ""
+            raise CheckpointError(
+                f"--model-factory {spec!r}: no module named {exc.name!r}{where}; check the spelling or install it"
+            ) from None
+        raise CheckpointError(f"--model-factory {spec!r}: importing {module_name!r} failed: {_describe_exc(exc)}") from exc
+    except (Exception, SystemExit) as exc:
+        raise CheckpointError(f"--model-factory {spec!r}: importing {module_name!r} failed: {_describe_exc(exc)}") from exc
+    obj: Any = module
+    walked = module_name
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            close = difflib.get_close_matches(part, [n for n in dir(obj) if not n.startswith("_")], n=3)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise CheckpointError(f"--model-factory {spec!r}: {walked!r} has no attribute {part!r}{hint}")
+        obj = getattr(obj, part)
+        walked = f"{walked}.{part}"
+    if not callable(obj):
+        raise CheckpointError(f"--model-factory {spec!r}: {walked} is a {type(obj).__name__}, not a callable")
+    return _Factory(spec, obj)
+
+
+def nonfinite_params(model: "torch.nn.Module", limit: int = 5) -> list[str]:
+    """Names of the first ``limit`` parameters / buffers holding NaN or Inf (empty when clean).
+
+    Non-finite weights are not a loading error: the evaluator decides what they mean.
+    """
+    import torch
+
+    names: list[str] = []
+    seen: set[int] = set()
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if id(tensor) in seen or tensor.device.type == "meta":
+            continue
+        seen.add(id(tensor))
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(torch.isfinite(tensor).all()):
+            names.append(name)
+            if len(names) >= limit:
+                break
+    return names
+
+
+# --------------------------------------------------------------------------------------
+# Finding what a reference points at
+# --------------------------------------------------------------------------------------
+
+
+def _describe(
+    ref: str | os.PathLike[str],
+    rootdir: str | os.PathLike[str] | None,
+    *,
+    allow_pickle: bool,
+    allow_download: bool,
+    trust_remote_code: bool = False,
+) -> _Target:
+    located = _locate(ref, rootdir)
+    if isinstance(located, str):  # a hub id
+        snapshot = _hub_snapshot(located, allow_download=allow_download, trust_remote_code=trust_remote_code)
+        inner = _describe_folder(snapshot, allow_pickle=allow_pickle)
+        return _Target("hub", snapshot, located, inner.weights, inner.files)
+    if located.is_dir():
+        return _describe_folder(located, allow_pickle=allow_pickle)
+    _require_regular(located)
+    name = located.name.lower()
+    if name.endswith(".safetensors"):
+        target = _Target("safetensors", located, str(located), "safetensors", (located,))
+    elif name.endswith(".gguf"):
+        target = _Target("gguf", located, str(located), "gguf", (located,))
+    elif name.endswith(PICKLE_SUFFIXES):
+        target = _Target("pickle", located, str(located), "pickle", (located,))
+    elif name == "config.json" or name == "adapter_config.json":
+        raise CheckpointError(f"{located} is a config file; pass the folder that holds it: {located.parent}")
+    else:
+        raise CheckpointError(
+            f"don't know how to load {located}: expected a model folder, a .safetensors or .gguf file "
+            f"(or, with --forgetting-allow-pickle, {'/'.join(PICKLE_SUFFIXES)})"
+        )
+    _check_files(target)
+    if target.weights == "pickle" and not allow_pickle:
+        raise _pickle_refusal(located)
+    return target
+
+
+def _locate(ref: str | os.PathLike[str], rootdir: str | os.PathLike[str] | None) -> Path | str:
+    """An existing absolute path, or a hub id; otherwise a not-found error naming where we looked."""
+    raw = os.fspath(ref)
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    if not raw.strip():
+        raise CheckpointError("empty checkpoint reference; pass a folder, a file or a hub id (org/name)")
+    path = Path(raw).expanduser()
+    cwd = Path.cwd()
+    candidates = [path if path.is_absolute() else cwd / path]
+    if rootdir is not None and not path.is_absolute():
+        candidates.append(Path(rootdir) / path)
+    for candidate in candidates:
+        if os.path.exists(candidate):  # os.path.exists swallows odd-name errors (NUL, too long)
+            return candidate.resolve()
+    looks_like_path = (  # then a typo in a path is reported as such, not as a missing hub repo
+        raw.startswith((".", "/", "~", "\\"))
+        or raw.lower().endswith((".safetensors", ".gguf", ".json", *PICKLE_SUFFIXES))
+        or any(os.path.isdir(c.parent) for c in candidates)
+    )
+    if isinstance(ref, str) and _HUB_ID.fullmatch(raw) and not looks_like_path:
+        return raw
+    where = f"{_abspath(candidates[0])}"
+    if len(candidates) > 1:
+        where += f" nor at {_abspath(candidates[1])} (relative to rootdir {Path(rootdir).resolve()})"  # type: ignore[arg-type]
+    hub_hint = "" if "/" in raw else "; a Hugging Face hub id looks like org/name"
+    raise CheckpointError(
+        f"checkpoint not found: nothing at {where}; the current working directory is {cwd}{hub_hint}"
+    )
+
+
+def _describe_folder(folder: Path, *, allow_pickle: bool) -> _Target:
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError as exc:
+        raise CheckpointError(f"cannot list folder {folder}: {exc.strerror or exc}") from None
+    names = [n for n in entries if os.path.isfile(folder / n)]  # regular files, symlinks followed
+    safetensors = [n for n in names if n.lower().endswith(".safetensors")]
+    ggufs = [n for n in names if n.lower().endswith(".gguf")]
+    pickles = [n for n in names if n.lower().endswith(PICKLE_SUFFIXES)]
+    aux = [n for n in names if n.lower().endswith(_AUX_SUFFIXES)]
+
+    def make(kind: str, weights: str, weight_files: Iterable[str], with_aux: bool = True) -> _Target:
+        chosen = sorted(set(weight_files) | (set(aux) if with_aux else set()))
+        target = _Target(kind, folder, str(folder), weights, tuple(folder / n for n in chosen))
+        _check_files(target)
+        if weights == "pickle" and not allow_pickle:
+            pickled = [folder / n for n in weight_files]
+            raise _pickle_refusal(pickled[0], folder / "model.safetensors" if kind == "pickle" else None)
+        return target
+
+    if "adapter_config.json" in names:
+        if "adapter_model.safetensors" in names:
+            return make("peft-adapter", "safetensors", ["adapter_model.safetensors"])
+        if "adapter_model.bin" in names:
+            return make("peft-adapter", "pickle", ["adapter_model.bin"])
+        raise CheckpointError(f"PEFT adapter folder {folder} has adapter_config.json but no adapter_model.safetensors")
+    if "config.json" in names:
+        if safetensors:
+            return make("hf-folder", "safetensors", safetensors)
+        hf_pickles = [n for n in pickles if _HF_PICKLE_WEIGHTS.fullmatch(n)]
+        if hf_pickles:
+            return make("pickle", "pickle", hf_pickles)
+        if len(ggufs) == 1:
+            return make("gguf", "gguf", ggufs, with_aux=False)
+        raise CheckpointError(
+            f"model folder {folder} has config.json but no weights: expected model.safetensors "
+            f"(or sharded model-*.safetensors); found {_few(names) or 'nothing else'}"
+        )
+    if len(ggufs) == 1 and not safetensors:
+        return make("gguf", "gguf", ggufs, with_aux=False)
+    if len(safetensors) == 1 and not ggufs:
+        return make("safetensors", "safetensors", safetensors, with_aux=False)
+    if len(pickles) == 1 and not safetensors and not ggufs:
+        return make("pickle", "pickle", pickles, with_aux=False)
+    raise CheckpointError(
+        f"{folder} is not a checkpoint folder: expected config.json + *.safetensors (Hugging Face), "
+        f"adapter_config.json (PEFT), or a single .safetensors / .gguf file; found {_few(names) or 'no files'}"
+    )
+
+
+def _hub_snapshot(repo_id: str, *, allow_download: bool, trust_remote_code: bool) -> Path:
+    """The local snapshot folder of a hub repo; downloads only when allowed, never pickles."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+    except ImportError as exc:
+        raise CheckpointError(f"hub id {repo_id!r} needs the huggingface_hub package: pip install huggingface_hub") from exc
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+    if trust_remote_code:
+        patterns.append("*.py")
+    try:
+        folder = snapshot_download(repo_id, local_files_only=not allow_download, allow_patterns=patterns)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise CheckpointError(
+            f"{repo_id!r} is not in the local Hugging Face cache and downloads are off "
+            f"(HF_HUB_OFFLINE / local_files_only); download it first (hf download {repo_id}) or allow downloads"
+        ) from exc
+    except Exception as exc:
+        raise CheckpointError(f"could not fetch {repo_id!r} from the Hugging Face hub: {_describe_exc(exc)}") from exc
+    return Path(folder)
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+
+def _load(
+    ref: Ref,
+    *,
+    model_factory: str | Callable[[], "torch.nn.Module"] | None,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    allow_download: bool,
+    rootdir: str | os.PathLike[str] | None,
+    base: LoadedCheckpoint | None,
+) -> LoadedCheckpoint:
+    if not isinstance(ref, (str, os.PathLike)):
+        module = _as_module(ref)
+        module.eval()
+        config = getattr(module, "config", None)
+        name = f"<in-memory {type(module).__name__}>"
+        return LoadedCheckpoint(
+            model=module, ref=name, resolved=name, kind="module", fingerprint=_fingerprint_module(module),
+            config=config, label_map=_label_map(config),
+        )  # fmt: skip
+
+    target = _describe(
+        ref, rootdir, allow_pickle=allow_pickle, allow_download=allow_download, trust_remote_code=trust_remote_code
+    )
+    fingerprint = _fingerprint_files(target)
+    factory = _as_factory(model_factory, rootdir)
+    folder = target.path if target.path.is_dir() else None
+    if folder is not None:
+        _refuse_remote_code(folder, trust_remote_code)
+
+    tokenizer = config = None
+    if target.kind == "peft-adapter":
+        model, tokenizer, config, label_map = _load_adapter(target, base, trust_remote_code)
+    elif target.weights == "gguf":
+        gguf_path = target.files[0]
+        model, tokenizer = _load_gguf(gguf_path)
+        config = getattr(model, "config", None)
+        label_map = _label_map(config)
+    elif folder is not None and (folder / "config.json").is_file():  # hf-folder, hub, pickled HF folder
+        model, config = _load_hf_folder(target, trust_remote_code)
+        tokenizer = _load_tokenizer(folder, trust_remote_code)
+        label_map = _label_map(config)
+    else:  # a bare weights file (or a folder holding just one): the factory builds the module
+        weights_file = target.files[0]
+        if factory is None:
+            raise CheckpointError(
+                f"{weights_file} holds bare weights without an architecture; pass --model-factory "
+                "module:callable (a function returning the nn.Module to load them into)"
+            )
+        if target.weights == "safetensors":
+            state_dict = _load_safetensors(weights_file)
+        else:
+            state_dict = _torch_load_weights_only(weights_file)
+        model = factory()
+        _check_state_dict_fits(model, state_dict, weights_file, factory)
+        try:
+            model.load_state_dict(state_dict, strict=True)
+        except Exception as exc:
+            raise CheckpointError(f"{weights_file}: load_state_dict failed: {_describe_exc(exc)}") from exc
+        model.to("cpu")
+        config = getattr(model, "config", None)
+        label_map = _label_map(config)
+
+    model.eval()
+    return LoadedCheckpoint(
+        model=model, ref=_show(ref, quote=False), resolved=target.resolved, kind=target.kind,
+        fingerprint=fingerprint, tokenizer=tokenizer, config=config, label_map=label_map,
+    )  # fmt: skip
+
+
+def _load_hf_folder(target: _Target, trust_remote_code: bool) -> tuple["torch.nn.Module", Any]:
+    """A transformers model folder: class from config.architectures, strict loading."""
+    import torch
+    import transformers
+
+    folder = target.path
+    config_dict = _read_config(folder)
+    architectures = config_dict.get("architectures")
+    if (
+        not isinstance(architectures, list)
+        or not architectures
+        or not isinstance(architectures[0], str)
+        or not architectures[0].isidentifier()
+    ):
+        raise CheckpointError(
+            f"{folder / 'config.json'} has no usable 'architectures' list; add the model class, "
+            'e.g. "architectures": ["BertForSequenceClassification"] (save_pretrained writes it)'
+        )
+    arch = architectures[0]
+    weight_files = [p for p in target.files if p.name.lower().endswith((".safetensors", ".bin"))]
+    if target.weights == "safetensors":
+        _check_safetensors_index(folder)
+        checkpoint_elements = sum(
+            math.prod(shape) for p in weight_files for _dtype, shape in _read_safetensors_header(p).values()
+        )
+        state_dict = None
+    else:
+        state_dict = {}
+        for p in weight_files:
+            state_dict.update(_torch_load_weights_only(p))
+        checkpoint_elements = sum(t.numel() for t in state_dict.values())
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            str(folder), local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except Exception as exc:
+        raise CheckpointError(f"{folder / 'config.json'} is not a valid transformers config: {_describe_exc(exc)}") from exc
+    model_cls = _model_class(transformers, arch, config_dict)
+    _refuse_oversized(model_cls, config, checkpoint_elements, folder, trust_remote_code)
+
+    kwargs: dict[str, Any] = {
+        "config": config,
+        "trust_remote_code": trust_remote_code,
+        "local_files_only": True,
+        "output_loading_info": True,
+        # Report mismatched shapes in the loading info instead of a bare RuntimeError; any
+        # mismatch is refused below, so nothing re-initialised is ever returned.
+        "ignore_mismatched_sizes": True,
+        _dtype_kwarg(transformers): torch.get_default_dtype(),
+    }
+    try:
+        if state_dict is None:
+            model, info = model_cls.from_pretrained(str(folder), use_safetensors=True, **kwargs)
+        else:  # weights already read with torch.load(weights_only=True); transformers never unpickles
+            model, info = model_cls.from_pretrained(None, state_dict=state_dict, **kwargs)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{model_cls.__name__}.from_pretrained({folder}) failed: {_describe_exc(exc)}") from exc
+    _check_loading_info(info, folder, model_cls.__name__)
+    return model.to("cpu"), model.config
+
+
+def _model_class(transformers: Any, arch: str, config_dict: dict[str, Any]) -> Any:
+    """The class named in config.architectures; AutoModel when transformers has no such class."""
+    from transformers import PreTrainedModel
+
+    auto_map = config_dict.get("auto_map")
+    if isinstance(auto_map, dict):  # remote code, already trusted: find the Auto class serving `arch`
+        for auto_name, target in auto_map.items():
+            if isinstance(target, str) and target.rsplit(".", 1)[-1] == arch and auto_name.startswith("AutoModel"):
+                candidate = getattr(transformers, auto_name, None)
+                if candidate is not None:
+                    return candidate
+    try:
+        candidate = getattr(transformers, arch, None)
+    except Exception:  # a lazy import of an optional backend failing
+        candidate = None
+    if isinstance(candidate, type) and issubclass(candidate, PreTrainedModel):
+        return candidate
+    return transformers.AutoModel
+
+
+def _refuse_oversized(model_cls: Any, config: Any, checkpoint_elements: int, folder: Path, trust: bool) -> None:
+    """Refuse a config that describes far more parameters than the weight files hold.
+
+    Such a model would be mostly randomly initialised (refused anyway, as missing keys) and
+    allocating it first can exhaust memory; measuring it on the meta device costs nothing.
+    """
+    import torch
+
+    try:
+        with torch.device("meta"):
+            if hasattr(model_cls, "_from_config"):
+                skeleton = model_cls._from_config(config)
+            else:
+                skeleton = model_cls.from_config(config, trust_remote_code=trust)
+    except Exception:
+        return  # the real load below reports what is wrong with the config
+    expected = sum(p.numel() for p in skeleton.parameters()) + sum(b.numel() for b in skeleton.buffers())
+    if expected > checkpoint_elements * 1.25 + (1 << 24):
+        raise CheckpointError(
+            f"{folder / 'config.json'} describes a model of {expected:,} values but the weight files hold only "
+            f"{checkpoint_elements:,}; the config does not belong to these weights"
+        )
+
+
+def _check_loading_info(info: dict[str, Any], folder: Path, class_name: str) -> None:
+    missing = sorted(info.get("missing_keys") or ())
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    errors = [str(e) for e in info.get("error_msgs") or ()]
+    if not (missing or unexpected or mismatched or errors):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_few(unexpected)})")
+    if mismatched:
+        shown = [f"{m[0]}: file {tuple(m[1])} vs model {tuple(m[2])}" if isinstance(m, tuple) and len(m) == 3 else str(m)
+                 for m in mismatched]  # fmt: skip
+        parts.append(f"{len(mismatched)} shape-mismatched ({_few(shown)})")
+    if errors:
+        parts.append(f"errors: {_few([_one_line_text(e) for e in errors], 2)}")
+    raise CheckpointError(
+        f"weights in {folder} do not match {class_name}: " + "; ".join(parts) + " — refusing to evaluate "
+        "randomly initialised weights as if trained; fix 'architectures' in config.json or save the full model"
+    )
+
+
+def _load_tokenizer(folder: Path, trust_remote_code: bool) -> Any:
+    if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise CheckpointError(f"the tokenizer files in {folder} do not load: {_describe_exc(exc)}") from exc
+
+
+def _load_adapter(
+    target: _Target, base: LoadedCheckpoint | None, trust_remote_code: bool
+) -> tuple["torch.nn.Module", Any, Any, dict[int, str] | None]:
+    """Base + PEFT adapter, merged into a copy of the base (the base itself is never touched)."""
+    folder = target.path
+    if base is None:
+        raise CheckpointError(f"{folder} is a PEFT adapter; a PEFT adapter needs a base checkpoint (--base-ckpt)")
+    if not isinstance(base, LoadedCheckpoint):
+        raise CheckpointError(f"base must be a LoadedCheckpoint, got {type(base).__name__}")
+    adapter_config = _read_json(folder / "adapter_config.json")
+    if not isinstance(adapter_config, dict) or not isinstance(adapter_config.get("peft_type"), str):
+        raise CheckpointError(f"{folder / 'adapter_config.json'} is not a PEFT adapter config (no 'peft_type')")
+    if target.weights == "safetensors":
+        file_keys = set(_read_safetensors_header(folder / "adapter_model.safetensors"))
+    else:  # validate it the safe way first; peft then reads it with weights_only=True as well
+        file_keys = set(_torch_load_weights_only(folder / "adapter_model.bin"))
+    try:
+        import peft
+        import torch
+        from peft.utils import get_peft_model_state_dict
+    except ImportError as exc:
+        raise CheckpointError(f"{folder} is a PEFT adapter; loading it needs the peft package: pip install peft") from exc
+
+    model_copy = copy.deepcopy(base.model).to("cpu", dtype=torch.get_default_dtype())
+    try:
+        peft_model = peft.PeftModel.from_pretrained(model_copy, str(folder), is_trainable=False, torch_device="cpu")
+        expected_keys = set(get_peft_model_state_dict(peft_model).keys())
+    except Exception as exc:
+        raise CheckpointError(f"PEFT adapter {folder} does not apply to the base model: {_describe_exc(exc)}") from exc
+    missing, unexpected = sorted(expected_keys - file_keys), sorted(file_keys - expected_keys)
+    if missing or unexpected:
+        parts = [f"{len(missing)} missing ({_few(missing)})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected ({_few(unexpected)})"] if unexpected else []
+        raise CheckpointError(
+            f"PEFT adapter {folder} does not fit the base model: " + "; ".join(parts) + " — was it trained on "
+            "a different base?"
+        )
+    try:
+        merged = peft_model.merge_and_unload()
+    except Exception as exc:
+        raise CheckpointError(f"merging PEFT adapter {folder} into the base failed: {_describe_exc(exc)}") from exc
+
+    tokenizer = _load_tokenizer(folder, trust_remote_code) or base.tokenizer
+    config = getattr(merged, "config", None) or base.config
+    label_map = base.label_map
+    if (folder / "config.json").is_file():
+        own = _read_config(folder).get("id2label")
+        if isinstance(own, dict):
+            label_map = _label_map_from_dict(own) or label_map
+    return merged, tokenizer, config, label_map
+
+
+def _load_gguf(path: Path) -> tuple["torch.nn.Module", Any]:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise CheckpointError(f"{path} ({_size(path)} bytes) is not a GGUF file (it does not start with 'GGUF')")
+    try:
+        import gguf  # noqa: F401  (transformers needs it to read the file)
+    except ImportError:
+        raise CheckpointError(f"loading {path.name} needs the 'gguf' package: pip install gguf") from None
+    import torch
+    import transformers
+
+    kwargs = {"gguf_file": str(path), "local_files_only": True, "trust_remote_code": False}
+    try:
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), output_loading_info=True, **kwargs, **{_dtype_kwarg(transformers): torch.get_default_dtype()}
+        )
+    except Exception as exc:
+        raise CheckpointError(f"transformers cannot load GGUF file {path}: {_describe_exc(exc)}") from exc
+    _check_loading_info(info, path, type(model).__name__)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), **kwargs)
+    except Exception as exc:
+        raise CheckpointError(f"the tokenizer inside GGUF file {path} does not load: {_describe_exc(exc)}") from exc
+    return model.to("cpu"), tokenizer
+
+
+# --------------------------------------------------------------------------------------
+# Weight files
+# --------------------------------------------------------------------------------------
+
+
+def _read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Validate a safetensors file's header by hand; returns {name: (dtype, shape)}.
+
+    The safetensors library is robust, but a clear message naming the file and its size is
+    worth a few lines, and a header claiming more data than the file holds is caught here.
+    """
+    size = _require_regular(path)
+
+    def bad(reason: str) -> CheckpointError:
+        return CheckpointError(
+            f"{path} ({size} bytes) is not a valid safetensors file: {reason}; re-export it with safetensors.torch.save_file"
+        )
+
+    if size < 8:
+        raise bad("shorter than the 8-byte header length")
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        if header_len > size - 8:
+            raise bad(f"the header claims {header_len} bytes but only {size - 8} follow (truncated?)")
+        if header_len > _MAX_SAFETENSORS_HEADER:
+            raise bad(f"the header claims {header_len} bytes (limit {_MAX_SAFETENSORS_HEADER})")
+        raw = fh.read(header_len)
+    if len(raw) != header_len:
+        raise bad("the file shrank while being read")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise bad(f"the header is not JSON ({_describe_exc(exc, with_type=False)})") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    data_len = size - 8 - header_len
+    tensors: dict[str, tuple[str, tuple[int, ...]]] = {}
+    spans: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            if info is not None and not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                raise bad("__metadata__ must map strings to strings")
+            continue
+        if not isinstance(info, dict):
+            raise bad(f"the entry for {name!r} is not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or (dtype not in _ST_ITEMSIZE and dtype not in _ST_SUBBYTE_BITS):
+            raise bad(f"tensor {name!r} has an unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or len(shape) > 64 or not all(_is_int(d) and d >= 0 for d in shape):
+            raise bad(f"tensor {name!r} has an invalid shape {_short(shape)}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+            raise bad(f"tensor {name!r} has invalid data_offsets {_short(offsets)}")
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_len:
+            raise bad(f"tensor {name!r} lies outside the file (bytes {begin}..{end} of a {data_len}-byte data section; truncated?)")
+        numel = math.prod(shape)
+        if dtype in _ST_ITEMSIZE:
+            nbytes = numel * _ST_ITEMSIZE[dtype]
+        else:
+            nbytes = -(-numel * _ST_SUBBYTE_BITS[dtype] // 8)
+        if end - begin != nbytes:
+            raise bad(f"tensor {name!r} ({dtype} {tuple(shape)}) needs {nbytes} bytes but its offsets span {end - begin}")
+        spans.append((begin, end, name))
+        tensors[name] = (dtype, tuple(shape))
+    spans.sort()
+    for (_b0, end0, name0), (begin1, _e1, name1) in zip(spans, spans[1:]):
+        if begin1 < end0:
+            raise bad(f"tensors {name0!r} and {name1!r} overlap")
+    return tensors
+
+
+def _check_safetensors_index(folder: Path) -> None:
+    index_path = folder / "model.safetensors.index.json"
+    if not index_path.is_file():
+        return
+    index = _read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index_path} has no valid 'weight_map' (tensor name -> shard file)")
+    for shard in sorted(set(weight_map.values())):
+        if Path(shard).name != shard or not (folder / shard).is_file():
+            raise CheckpointError(f"{index_path} refers to shard {shard!r}, which is not a file in {folder}")
+
+
+def _load_safetensors(path: Path) -> dict[str, "torch.Tensor"]:
+    _read_safetensors_header(path)
+    try:
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise CheckpointError(f"{path} ({_size(path)} bytes) does not load as safetensors: {_describe_exc(exc)}") from exc
+
+
+def _torch_load_weights_only(path: Path) -> dict[str, "torch.Tensor"]:
+    """torch.load with weights_only=True, the only way this plugin ever unpickles."""
+    import torch
+
+    _require_regular(path)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        reason = f"it references {found.group(1)}" if found else _describe_exc(exc)
+        raise CheckpointError(
+            f"torch.load(weights_only=True) refused {path} ({reason}); it holds more than tensors, which could run "
+            "code, and this plugin never uses weights_only=False: save only the state_dict, as safetensors"
+        ) from None
+    return _state_dict_from(obj, path)
+
+
+def _state_dict_from(obj: Any, path: Path) -> dict[str, "torch.Tensor"]:
+    import torch
+
+    def is_state_dict(value: Any) -> bool:
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+    if is_state_dict(obj):
+        return dict(obj)
+    if isinstance(obj, dict):  # training checkpoints: Lightning's "state_dict", common "model_state_dict"
+        for key in ("state_dict", "model_state_dict", "model"):
+            if is_state_dict(obj.get(key)):
+                return dict(obj[key])
+    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict (a mapping of names to tensors)")
+
+
+def _check_state_dict_fits(model: "torch.nn.Module", state_dict: dict[str, Any], source: Path, factory: Any) -> None:
+    """Strict-load pre-check with a readable report (torch's own error is one long blob)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    missing = sorted(expected.keys() - got.keys())
+    unexpected = sorted(got.keys() - expected.keys())
+    mismatched = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_few(unexpected)})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape-mismatched ({_few([f'{k}: file {got[k]} vs model {expected[k]}' for k in mismatched])})")
+    raise CheckpointError(
+        f"{source} does not fit the model built by {factory}: " + "; ".join(parts) + _prefix_hint(set(expected), set(got))
+    )
+
+
+def _prefix_hint(model_keys: set[str], file_keys: set[str]) -> str:
+    """Suggest stripping (or adding) a shared key prefix such as 'module.' when that makes the keys match."""
+    prefix = _stripping_prefix(file_keys, model_keys)
+    if prefix:
+        return (
+            f"; every key in the file starts with {prefix!r} and matches once stripped: "
+            f"save {{k.removeprefix({prefix!r}): v for k, v in state_dict.items()}}"
+        )
+    prefix = _stripping_prefix(model_keys, file_keys)
+    if prefix:
+        return f"; every model key starts with {prefix!r} and the file's lack it: the factory may return a wrapper"
+    return ""
+
+
+def _stripping_prefix(keys: set[str], target: set[str]) -> str | None:
+    for depth in (1, 2, 3):
+        heads = {".".join(k.split(".")[:depth]) + "." for k in keys if k.count(".") >= depth}
+        if len(heads) != 1 or len(keys) == 0 or any(k.count(".") < depth for k in keys):
+            return None
+        (prefix,) = heads
+        if {k[len(prefix):] for k in keys} == target:
+            return prefix
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Files, JSON and code
+# --------------------------------------------------------------------------------------
+
+
+def _check_files(target: _Target) -> None:
+    """Every file we would read: a regular file, and not a Git LFS pointer."""
+    for path in target.files:
+        size = _require_regular(path)
+        if size <= _LFS_POINTER_MAX:
+            with open(path, "rb") as fh:
+                head = fh.read(len(_LFS_MAGIC))
+            if head == _LFS_MAGIC:
+                raise CheckpointError(f"{path} is a Git LFS pointer, not weights; run `git lfs pull` (in CI: lfs: true)")
+
+
+def _require_regular(path: Path) -> int:
+    """The size of a regular file; anything else (missing, FIFO, device) is an error, never a hang."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a regular file")
+    return st.st_size
+
+
+def _read_json(path: Path) -> Any:
+    size = _require_regular(path)
+    if size > _MAX_JSON_BYTES:
+        raise CheckpointError(f"{path} is {size} bytes, too large for a JSON config")
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if raw.startswith(_LFS_MAGIC):
+        raise CheckpointError(f"{path} is a Git LFS pointer, not the real file; run `git lfs pull`")
+    try:
+        return json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({_describe_exc(exc, with_type=False)})") from None
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, not a {type(config).__name__}")
+    for key, value in _walk_config(config):
+        if _COUNT_FIELD.search(key) and _is_int(value) and value > _MAX_COUNT:
+            raise CheckpointError(f"{path}: {key}={value} is implausible (limit {_MAX_COUNT}); is this config corrupt?")
+    return config
+
+
+def _walk_config(config: dict[str, Any], depth: int = 0) -> Iterable[tuple[str, Any]]:
+    for key, value in config.items():
+        yield key, value
+        if isinstance(value, dict) and depth < 3:  # nested text_config / vision_config
+            yield from _walk_config(value, depth + 1)
+
+
+def _refuse_remote_code(folder: Path, trust_remote_code: bool) -> None:
+    if trust_remote_code:
+        return
+    reasons: list[str] = []
+    for name in ("config.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.is_file():
+            content = _read_json(path)
+            if isinstance(content, dict) and "auto_map" in content:
+                reasons.append(f"auto_map in {name}")
+    py_files: list[str] = []
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        seen += len(dirnames) + len(filenames)
+        if seen > _MAX_FOLDER_ENTRIES:
+            raise CheckpointError(f"{folder} holds more than {_MAX_FOLDER_ENTRIES} files; is it really a checkpoint?")
+        py_files += sorted(os.path.relpath(os.path.join(dirpath, f), folder) for f in filenames if f.endswith(".py"))
+    if py_files:
+        reasons.append(_few(py_files, 3))
+    if reasons:
+        raise CheckpointError(
+            f"this checkpoint carries its own Python code ({'; '.join(reasons)}); pass "
+            "--forgetting-trust-remote-code only if you trust its author"
+        )
+
+
+def _pickle_refusal(path: Path, out: Path | None = None) -> CheckpointError:
+    out = out or path.with_suffix(".safetensors")
+    command = (
+        "python -c 'import torch; from safetensors.torch import save_file; "
+        f"save_file(torch.load({json.dumps(str(path))}, weights_only=True), {json.dumps(str(out))})'"
+    )
+    return CheckpointError(
+        f"{path} is a pickle; pickle checkpoints can run code when loaded; convert to safetensors: "
+        f"{command} or pass --forgetting-allow-pickle"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Fingerprints
+# --------------------------------------------------------------------------------------
+
+
+def _fingerprint_files(target: _Target) -> str:
+    digest = hashlib.sha256(b"pytest-forgetting/files/v1\0")
+    base = target.path if target.path.is_dir() else target.path.parent
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    for path in sorted(target.files, key=lambda p: p.relative_to(base).as_posix()):
+        name = path.relative_to(base).as_posix().encode("utf-8", "surrogateescape")
+        size = _require_regular(path)
+        digest.update(struct.pack("<Q", len(name)) + name + struct.pack("<Q", size))
+        with open(path, "rb") as fh:
+            while True:
+                n = fh.readinto(buffer)
+                if not n:
+                    break
+                digest.update(view[:n])
+    return "sha256:" + digest.hexdigest()
+
+
+def _fingerprint_module(model: "torch.nn.Module") -> str:
+    import torch
+
+    digest = hashlib.sha256(b"pytest-forgetting/module/v1\0")
+    state = model.state_dict()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):  # extra_state can be anything
+            digest.update(f"{name}\0{type(tensor).__name__}\0".encode())
+            continue
+        tensor = tensor.detach()
+        if tensor.device.type == "meta":
+            raise CheckpointError(f"parameter {name!r} is on the meta device (never materialised); cannot fingerprint it")
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        flat = tensor.to("cpu").contiguous().reshape(-1)
+        if flat.numel():
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return "sha256:" + digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------
+
+
+class _Factory:
+    """A resolved --model-factory: calls it and checks it built an nn.Module."""
+
+    def __init__(self, spec: str, fn: Callable[[], Any]) -> None:
+        self.spec, self.fn = spec, fn
+
+    def __call__(self) -> "torch.nn.Module":
+        import torch
+
+        try:
+            model = self.fn()
+        except Exception as exc:
+            raise CheckpointError(f"--model-factory {self.spec} raised {_describe_exc(exc)}") from exc
+        if not isinstance(model, torch.nn.Module):
+            raise CheckpointError(f"--model-factory {self.spec} returned a {type(model).__name__}, not a torch.nn.Module")
+        return model
+
+    def __repr__(self) -> str:
+        return self.spec
+
+
+def _as_factory(factory: str | Callable[[], Any] | None, rootdir: Any) -> _Factory | None:
+    if factory is None or isinstance(factory, _Factory):
+        return factory
+    if isinstance(factory, str):
+        return resolve_factory(factory, rootdir)  # type: ignore[return-value]
+    if callable(factory):
+        return _Factory(getattr(factory, "__qualname__", repr(factory)), factory)
+    raise CheckpointError(f"model_factory must be 'module:callable' or a callable, not {type(factory).__name__}")
+
+
+def _as_module(ref: Any) -> "torch.nn.Module":
+    try:
+        import torch
+    except ImportError:
+        torch = None  # type: ignore[assignment]
+    if torch is None or not isinstance(ref, torch.nn.Module):
+        raise CheckpointError(
+            f"a checkpoint reference is a path, a hub id (org/name) or an nn.Module, not a {type(ref).__name__}"
+        )
+    return ref
+
+
+def _label_map(config: Any) -> dict[int, str] | None:
+    id2label = getattr(config, "id2label", None)
+    return _label_map_from_dict(id2label) if isinstance(id2label, dict) else None
+
+
+def _label_map_from_dict(id2label: dict[Any, Any]) -> dict[int, str] | None:
+    """{int: name}, or None for transformers' placeholder names (LABEL_0, LABEL_1, ...)."""
+    try:
+        labels = {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        return None
+    if not labels or all(v == f"LABEL_{k}" for k, v in labels.items()):
+        return None
+    return labels
+
+
+def _id2label(ckpt: LoadedCheckpoint) -> dict[int, str] | None:
+    """Label names to compare: the meaningful map, else the config's placeholder one."""
+    if ckpt.label_map is not None:
+        return ckpt.label_map
+    id2label = getattr(ckpt.config, "id2label", None)
+    if isinstance(id2label, dict) and id2label:
+        try:
+            return {int(k): str(v) for k, v in id2label.items()}
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _dtype_kwarg(transformers: Any) -> str:
+    """transformers renamed torch_dtype= to dtype= in 4.56."""
+    numbers = [int(x) for x in re.findall(r"\d+", transformers.__version__)[:2]]
+    return "dtype" if tuple(numbers) >= (4, 56) else "torch_dtype"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
+def _abspath(path: Path) -> str:
+    return os.path.abspath(path)
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    shown = ", ".join(str(i) for i in items[:n])
+    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line_text(text: str, limit: int = 300) -> str:
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _describe_exc(exc: BaseException, with_type: bool = True) -> str:
+    text = _one_line_text(str(exc))
+    if not with_type:
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _show(ref: Any, quote: bool = True) -> str:
+    if isinstance(ref, (str, os.PathLike)):
+        text = os.fsdecode(os.fspath(ref))
+        return repr(text) if quote else text
+    return f"<in-memory {type(ref).__name__}>"

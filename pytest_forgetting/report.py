@@ -1,0 +1,920 @@
+"""Reports of a forgetting run: terminal table, failure messages, JSON, Markdown, PNG, JUnit.
+
+Everything here works on plain, JSON-serialisable *rows* (one per marker or check), so the
+same functions serve a single process and the pytest-xdist controller, which receives the
+rows from its workers in whatever order they finish. Every report sorts the rows first
+(:func:`sort_rows`), which is what makes the output identical with and without xdist.
+
+A row holds ``test``, ``task``, ``split``, ``metric``, ``kind`` ("retains" | "improves"),
+``candidate``, ``n``, ``base``, ``tuned``, ``drop``, ``ci_low``, ``ci_high``, ``margin``,
+``relative``, ``nfr``, ``verdict``, ``reason``, ``n_needed``, ``worst_classes``,
+``flipped_ids``, ``base_cached``, ``base_eval_s``, ``tuned_eval_s``, ``higher_is_better``,
+``outcome`` and optionally ``bounded`` (default True: a metric in [0, 1] shown in percent).
+A *drop* is signed so that positive means worse; for ``improves`` rows the gain is
+``-drop`` and the margin is ``-min_gain``.
+
+No heavy imports: this module is loaded with the plugin, in every pytest run. matplotlib is
+imported inside :func:`write_plot` only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pytest_forgetting.errors import ConfigError
+
+__all__ = [
+    "build_json",
+    "dumps_json",
+    "failure_message",
+    "format_markdown",
+    "format_table",
+    "junit_properties",
+    "sort_rows",
+    "summary_counts",
+    "write_json",
+    "write_markdown",
+    "write_plot",
+]
+
+Row = Mapping[str, Any]
+
+VERDICTS = ("pass", "fail", "inconclusive", "error")
+_LABELS = {"pass": "PASS", "fail": "FAIL", "inconclusive": "INCONCLUSIVE", "error": "ERROR"}
+_PAST = {"pass": "passed", "fail": "failed", "inconclusive": "inconclusive", "error": "error"}
+_ICONS = {"pass": "✅", "fail": "❌", "inconclusive": "⚠️", "error": "❗"}
+_DASH = "—"
+_ELLIPSIS = "…"
+
+# The order of the JUnit properties (and the order a reader expects); other keys follow, sorted.
+_ROW_KEYS = (
+    "test", "candidate", "task", "split", "metric", "kind", "n", "base", "tuned", "drop",
+    "ci_low", "ci_high", "margin", "relative", "bounded", "higher_is_better", "nfr", "verdict",
+    "reason", "n_needed", "outcome", "worst_classes", "flipped_ids", "base_cached",
+    "base_eval_s", "tuned_eval_s",
+)
+
+
+# --------------------------------------------------------------------------- ordering, counts
+
+
+def _float_key(value: Any) -> tuple[int, float]:
+    # NaN breaks sorting (every comparison is False), so it gets a slot of its own.
+    if not _is_number(value):
+        return (2, 0.0)
+    value = float(value)
+    if math.isnan(value):
+        return (1, 0.0)
+    return (0, value)
+
+
+def _sort_key(row: Row) -> tuple:
+    return (
+        str(row.get("candidate") or ""),
+        str(row.get("test") or ""),
+        str(row.get("task") or ""),
+        str(row.get("split") or ""),
+        str(row.get("metric") or ""),
+        str(row.get("kind") or ""),
+        bool(row.get("relative")),
+        _float_key(row.get("margin")),
+        str(row.get("verdict") or ""),
+    )
+
+
+def sort_rows(rows: Iterable[Row]) -> list[Row]:
+    """The rows in report order: by candidate, then test node id, then task and metric.
+
+    The order does not depend on the order the rows arrived in (xdist workers finish in any
+    order), so every report built from the same rows is the same.
+    """
+    return sorted(rows, key=_sort_key)
+
+
+def summary_counts(rows: Iterable[Row]) -> dict[str, int]:
+    """``{"checks": N, "pass": .., "fail": .., "inconclusive": .., "error": ..}``."""
+    counts = Counter(_verdict(r) for r in rows)
+    out = {"checks": sum(counts.values())}
+    for verdict in VERDICTS:
+        out[verdict] = counts.get(verdict, 0)
+    return out
+
+
+def _verdict(row: Row) -> str:
+    verdict = str(row.get("verdict") or "error").lower()
+    return verdict if verdict in _LABELS else "error"
+
+
+def _candidates(rows: Iterable[Row]) -> list[str]:
+    return sorted({str(r.get("candidate") or "") for r in rows})
+
+
+def _counts_phrase(rows: list[Row]) -> str:
+    counts = summary_counts(rows)
+    checks = counts["checks"]
+    parts = [f"{checks} check{'s' if checks != 1 else ''}"]
+    candidates = _candidates(rows)
+    if len(candidates) > 1:
+        parts[0] += f" on {len(candidates)} candidates"
+    for verdict in VERDICTS:
+        if counts[verdict]:
+            word = _PAST[verdict]
+            if verdict == "error" and counts[verdict] > 1:
+                word = "errors"
+            parts.append(f"{counts[verdict]} {word}")
+    return ", ".join(parts)
+
+
+def _ci_percent(alpha: float) -> str:
+    return f"{(1 - 2 * alpha) * 100:g}%"
+
+
+# --------------------------------------------------------------------------- number formatting
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(float(value))
+
+
+def _nonfinite_text(value: Any) -> str:
+    if value is None or not _is_number(value):
+        return _DASH
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    return "+inf" if value > 0 else "-inf"
+
+
+def _sig_decimals(magnitude: float, sig: int = 3) -> int:
+    """Decimals that show ``sig`` significant digits of a number of this magnitude."""
+    if not magnitude or not math.isfinite(magnitude):
+        return sig - 1
+    return max(0, min(6, sig - 1 - math.floor(math.log10(abs(magnitude)))))
+
+
+def _fixed(value: Any, decimals: int, *, signed: bool = False) -> str:
+    if not _finite(value):
+        return _nonfinite_text(value)
+    text = f"{float(value):{'+' if signed else ''}.{decimals}f}"
+    # "-0.0" after rounding says "worse by nothing" with the wrong sign.
+    if text.lstrip("+-").strip("0.") == "":
+        text = ("+" if signed else "") + text.lstrip("+-")
+    return text
+
+
+def _bounded(row: Row) -> bool:
+    return bool(row.get("bounded", True))
+
+
+def _is_improves(row: Row) -> bool:
+    return str(row.get("kind") or "retains") == "improves"
+
+
+def _delta_unit(row: Row) -> tuple[float, str]:
+    """Scale and unit of drops and margins: relative %, percentage points, or metric units."""
+    if row.get("relative"):
+        return 100.0, "% rel"
+    if _bounded(row):
+        return 100.0, " pp"
+    return 1.0, ""
+
+
+def _delta_texts(row: Row, values: list[Any], *, signed: bool) -> tuple[list[str], str]:
+    """Format drops (or gains, or margins) of one row with common decimals and its unit."""
+    scale, unit = _delta_unit(row)
+    if scale != 1.0:
+        decimals = 1
+    else:
+        mags = [abs(float(v)) for v in values if _finite(v)]
+        decimals = _sig_decimals(max(mags) if mags else 0.0)
+    texts = [_fixed(float(v) * scale if _finite(v) else v, decimals, signed=signed) for v in values]
+    return texts, unit
+
+
+def _values_texts(row: Row, values: list[Any]) -> list[str]:
+    """Format metric values (base, tuned): percent with one decimal, or 3 significant digits.
+
+    Unbounded values get at least as many decimals as the row's drop, so that base and
+    tuned visibly differ by the drop shown beside them (12.34 -> 13.15, drop +0.81).
+    """
+    if _bounded(row):
+        return [
+            f"{_fixed(float(v) * 100, 1)}%" if _finite(v) else _nonfinite_text(v) for v in values
+        ]
+    mags = [abs(float(v)) for v in values if _finite(v)]
+    decimals = _sig_decimals(max(mags) if mags else 0.0)
+    if not row.get("relative"):
+        drops = [abs(float(row[k])) for k in ("drop", "ci_low", "ci_high") if _finite(row.get(k))]
+        if drops:
+            decimals = max(decimals, min(4, _sig_decimals(max(drops))))
+    return [_fixed(v, decimals) for v in values]
+
+
+def _trim_zeros(text: str) -> str:
+    if "." in text and text[-1:].isdigit():
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def _margin_value_text(row: Row, value: Any, *, signed: bool) -> str:
+    [text], unit = _delta_texts(row, [value], signed=signed)
+    if _delta_unit(row)[0] == 1.0:
+        text = _trim_zeros(text)
+    return text + unit
+
+
+def _gain_triple(row: Row) -> tuple[Any, Any, Any]:
+    """Gain and its interval of an improves row (the negated drop, ends swapped)."""
+    drop, lo, hi = row.get("drop"), row.get("ci_low"), row.get("ci_high")
+    neg = lambda v: -float(v) if _is_number(v) else v  # noqa: E731
+    return neg(drop), neg(hi), neg(lo)
+
+
+def _interval_text(row: Row, value: Any, lo: Any, hi: Any, *, signed: bool) -> str:
+    texts, unit = _delta_texts(row, [value, lo, hi], signed=signed)
+    out = f"{texts[0]}{unit}"
+    if lo is not None or hi is not None:
+        out += f" [{texts[1]}, {texts[2]}]"
+    return out
+
+
+def _drop_cell(row: Row) -> str:
+    if row.get("drop") is None:
+        return _DASH
+    if _is_improves(row):
+        return "gain " + _interval_text(row, *_gain_triple(row), signed=True)
+    return _interval_text(row, row.get("drop"), row.get("ci_low"), row.get("ci_high"), signed=True)
+
+
+def _margin_cell(row: Row) -> str:
+    margin = row.get("margin")
+    if margin is None:
+        return _DASH
+    if _is_improves(row):
+        min_gain = -float(margin) if _is_number(margin) else margin
+        return "≥ " + _margin_value_text(row, min_gain, signed=True)
+    return _margin_value_text(row, margin, signed=False)
+
+
+def _nfr_text(row: Row) -> str:
+    nfr = row.get("nfr")
+    if nfr is None:
+        return _DASH
+    return f"{_fixed(float(nfr) * 100, 1)}%" if _finite(nfr) else _nonfinite_text(nfr)
+
+
+def _n_text(row: Row) -> str:
+    n = row.get("n")
+    return _DASH if n is None else str(n)
+
+
+def _task_text(row: Row, *, default_split: str | None = None) -> str:
+    """``task/split``; just ``task`` when the split is ``default_split`` (saves table width)."""
+    task = str(row.get("task") or "?")
+    split = row.get("split")
+    return f"{task}/{split}" if split and split != default_split else task
+
+
+def _verdict_text(row: Row) -> str:
+    text = _LABELS[_verdict(row)]
+    if _soft_inconclusive(row):
+        text += "*"
+    return text
+
+
+def _soft_inconclusive(row: Row) -> bool:
+    """An INCONCLUSIVE verdict that did not fail its test (--forgetting-inconclusive warn|pass)."""
+    return _verdict(row) == "inconclusive" and row.get("outcome") in ("passed", "warned")
+
+
+# --------------------------------------------------------------------------- test names
+
+
+def _short_names(nodeids: Iterable[str]) -> dict[str, str]:
+    """Node ids without their file path, unless two tests would then read the same."""
+    unique = sorted(set(nodeids))
+
+    def without_path(nodeid: str) -> str:
+        return nodeid.split("::", 1)[1] if "::" in nodeid else nodeid
+
+    def with_basename(nodeid: str) -> str:
+        if "::" not in nodeid:
+            return nodeid
+        path, rest = nodeid.split("::", 1)
+        return f"{path.rsplit('/', 1)[-1]}::{rest}"
+
+    out: dict[str, str] = {}
+    remaining = unique
+    for shorten in (without_path, with_basename):
+        names = {n: shorten(n) for n in remaining}
+        clashes = Counter(names.values())
+        out.update((n, name) for n, name in names.items() if clashes[name] == 1)
+        remaining = [n for n in remaining if n not in out]
+    out.update((n, n) for n in remaining)
+    return out
+
+
+def _truncate_left(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return _ELLIPSIS[:width]
+    return _ELLIPSIS + text[-(width - 1):]
+
+
+# --------------------------------------------------------------------------- terminal table
+
+_COLUMNS = ("test", "task", "metric", "n", "base", "tuned", "drop [CI]", "margin", "NFR", "verdict")
+_RIGHT = frozenset({3, 4, 5, 6, 7, 8})
+_SEP = "  "
+_DEFAULT_WIDTH = 120
+_MIN_TEST_WIDTH = 16
+_DEFAULT_SPLIT = "test"  # the markers' default split, left out of the table's task column
+
+
+def _row_cells(row: Row, short: Mapping[str, str]) -> list[str]:
+    base, tuned = _values_texts(row, [row.get("base"), row.get("tuned")])
+    return [
+        short.get(str(row.get("test") or ""), str(row.get("test") or "")),
+        _task_text(row, default_split=_DEFAULT_SPLIT),
+        str(row.get("metric") or "?"),
+        _n_text(row),
+        base,
+        tuned,
+        _drop_cell(row),
+        _margin_cell(row),
+        _nfr_text(row),
+        _verdict_text(row),
+    ]
+
+
+def format_table(rows: Iterable[Row], *, alpha: float, width: int | None = None) -> list[str]:
+    """The end-of-run table, as lines without newlines; ``[]`` when there are no rows.
+
+    ``width`` is the terminal width to fit (default 120): only the test column shrinks,
+    truncated from the left so that the test function's name stays visible.
+    """
+    rows = sort_rows(rows)
+    if not rows:
+        return []
+    candidates = _candidates(rows)
+    several = len(candidates) > 1
+    short = _short_names(str(r.get("test") or "") for r in rows)
+    cells = [_row_cells(r, short) for r in rows]
+
+    widths = [max(len(_COLUMNS[i]), *(len(c[i]) for c in cells)) for i in range(len(_COLUMNS))]
+    others = sum(widths[1:]) + len(_SEP) * (len(_COLUMNS) - 1)
+    room = (width or _DEFAULT_WIDTH) - others
+    widths[0] = max(_MIN_TEST_WIDTH, len(_COLUMNS[0]), min(widths[0], room))
+
+    def render(values: list[str]) -> str:
+        out = []
+        for i, value in enumerate(values):
+            if i == 0:
+                value = _truncate_left(value, widths[0])
+            out.append(value.rjust(widths[i]) if i in _RIGHT else value.ljust(widths[i]))
+        return _SEP.join(out).rstrip()
+
+    lines = [f"forgetting: {_counts_phrase(rows)} (alpha={alpha:g}, one-sided)"]
+    lines.append(render(list(_COLUMNS)))
+    lines.append(render(["-" * w for w in widths]))
+    current = None
+    for row, row_cells in zip(rows, cells):
+        candidate = str(row.get("candidate") or "")
+        if several and candidate != current:
+            current = candidate
+            lines.append(f"candidate {candidate or '(unnamed)'}:")
+        lines.append(render(row_cells))
+
+    lines.append(
+        f"drop > 0 is worse; [..] = two-sided {_ci_percent(alpha)} interval, its ends the "
+        f"one-sided bounds at alpha={alpha:g}"
+    )
+    if any(_soft_inconclusive(r) for r in rows):
+        lines.append("* INCONCLUSIVE that did not fail its test (--forgetting-inconclusive)")
+    if several:
+        lines.append("ranking:")
+        lines.extend("  " + line for line in _ranking_lines(rows))
+    return lines
+
+
+def _ranking_lines(rows: list[Row]) -> list[str]:
+    """One line per task: who passes every check on it, and the best gain on improves tasks."""
+    by_task: dict[str, list[Row]] = {}
+    for row in rows:
+        by_task.setdefault(str(row.get("task") or "?"), []).append(row)
+    lines = []
+    for task in sorted(by_task):
+        task_rows = by_task[task]
+        passing, not_passing = [], []
+        for candidate in _candidates(task_rows):
+            mine = [r for r in task_rows if str(r.get("candidate") or "") == candidate]
+            bad = sum(_verdict(r) != "pass" for r in mine)
+            name = candidate or "(unnamed)"
+            if bad:
+                not_passing.append(f"{name} ({bad}/{len(mine)} not passed)")
+            else:
+                passing.append(name)
+        if passing:
+            line = f"{task}: every check passed by {', '.join(passing)}"
+        else:
+            line = f"{task}: no candidate passes every check"
+        if not_passing:
+            line += f"; not by {', '.join(not_passing)}"
+        line += _best_gain_phrase(task_rows)
+        lines.append(line)
+    return lines
+
+
+def _best_gain_phrase(task_rows: list[Row]) -> str:
+    improves = [r for r in task_rows if _is_improves(r) and _finite(r.get("drop"))]
+    if not improves:
+        return ""
+    # Gains are only comparable in the same metric and unit.
+    groups: dict[tuple[str, bool], list[Row]] = {}
+    for row in improves:
+        key = (str(row.get("metric") or "?"), bool(row.get("relative")))
+        groups.setdefault(key, []).append(row)
+    parts = []
+    for (metric, _), group in sorted(groups.items()):
+        best = min(group, key=lambda r: (float(r["drop"]), str(r.get("candidate") or "")))
+        gain = _margin_value_text(best, -float(best["drop"]), signed=True)
+        label = f" {metric}" if len(groups) > 1 else ""
+        parts.append(f"best gain{label} {best.get('candidate') or '(unnamed)'} {gain}")
+    return "; " + "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- failure message
+
+
+def _values_phrase(row: Row) -> str:
+    base, tuned = _values_texts(row, [row.get("base"), row.get("tuned")])
+    return f"base {base}, tuned {tuned}, n={_n_text(row)}"
+
+
+def _first_line(row: Row) -> str:
+    head = f"{_task_text(row)} {row.get('metric') or '?'}"
+    verdict = _verdict(row)
+    reason = str(row.get("reason") or "").strip()
+    if verdict == "error" or row.get("drop") is None:
+        return f"{head} could not be compared: {reason or 'no result'}"
+    values = _values_phrase(row)
+    margin = row.get("margin")
+    ci_low = row.get("ci_low")
+
+    if _is_improves(row):
+        gain = _interval_text(row, *_gain_triple(row), signed=True)
+        required = _margin_cell(row).removeprefix("≥ ")
+        if verdict == "pass":
+            return f"{head} gained {gain} > required {required} ({values})"
+        if verdict == "inconclusive":
+            return f"{head} gain {gain} not clearly above required {required} ({values})"
+        if _finite(ci_low) and _finite(margin) and float(ci_low) > float(margin):
+            return f"{head} gain {gain} < required {required} ({values})"
+        return f"{head} failed: {reason} ({values})"
+
+    moved = "dropped" if row.get("higher_is_better", True) else "rose"
+    drop = _interval_text(row, row.get("drop"), ci_low, row.get("ci_high"), signed=False)
+    limit = _margin_cell(row)
+    if verdict == "pass":
+        return f"{head} kept: drop {drop} < margin {limit} ({values})"
+    if verdict == "inconclusive":
+        return f"{head} inconclusive: drop {drop} straddles margin {limit} ({values})"
+    if _finite(ci_low) and _finite(margin) and float(ci_low) > float(margin):
+        return f"{head} {moved} {drop} > margin {limit} ({values})"
+    return f"{head} failed: {reason or 'a budget was broken'} ({values})"
+
+
+def _class_text(row: Row, cls: Mapping[str, Any]) -> str:
+    texts, unit = _delta_texts(
+        {"bounded": _bounded(row)}, [cls.get("drop"), cls.get("ci_low"), cls.get("ci_high")],
+        signed=True,
+    )
+    out = f"{cls.get('name')} {texts[0]}{unit}"
+    if cls.get("ci_low") is not None or cls.get("ci_high") is not None:
+        out += f" [{texts[1]}, {texts[2]}]"
+    verdict = str(cls.get("verdict") or "")
+    if verdict:
+        out += f" {_LABELS.get(verdict.lower(), verdict.upper())}"
+    return out
+
+
+def failure_message(row: Row, *, max_classes: int = 3, max_ids: int = 5) -> str:
+    """The message of a failing or inconclusive check; its first line is a one-line summary."""
+    lines = [_first_line(row)]
+    verdict = _verdict(row)
+    reason = str(row.get("reason") or "").strip()
+    lines.append(f"  verdict:  {_LABELS[verdict]}" + (f" - {reason}" if reason else ""))
+    if row.get("drop") is not None:
+        drop = _interval_text(row, row.get("drop"), row.get("ci_low"), row.get("ci_high"),
+                              signed=True)
+        limit = _margin_cell(row)
+        if _is_improves(row):
+            gain = _interval_text(row, *_gain_triple(row), signed=True)
+            lines.append(f"  gain:     {gain} (interval), required {limit.removeprefix('≥ ')}")
+        else:
+            lines.append(f"  drop:     {drop} (interval; positive = worse), margin {limit}")
+    direction = "higher" if row.get("higher_is_better", True) else "lower"
+    lines.append(
+        f"  values:   {_values_phrase(row)} paired examples "
+        f"({row.get('metric') or '?'}, {direction} is better)"
+    )
+    if row.get("nfr") is not None:
+        lines.append(f"  NFR:      {_nfr_text(row)} of examples flipped from right (base) "
+                     "to wrong (tuned)")
+    if verdict == "inconclusive" and row.get("n_needed"):
+        lines.append(f"  settle:   about {int(row['n_needed']):,} examples would settle it "
+                     f"(n={_n_text(row)} now)")
+    classes = [c for c in (row.get("worst_classes") or []) if isinstance(c, Mapping)]
+    if classes:
+        def worst_first(cls: Mapping[str, Any]) -> tuple[float, str]:
+            drop = cls.get("drop")
+            return (-float(drop) if _finite(drop) else math.inf, str(cls.get("name")))
+
+        classes = sorted(classes, key=worst_first)
+        lines.append("  classes:  worst " + "; ".join(
+            _class_text(row, c) for c in classes[:max_classes]))
+    ids = [str(i) for i in (row.get("flipped_ids") or [])]
+    if ids:
+        more = f" (+{len(ids) - max_ids} more)" if len(ids) > max_ids else ""
+        lines.append(f"  flipped:  {', '.join(ids[:max_ids])}{more}")
+    if row.get("candidate"):
+        lines.append(f"  tuned:    {row['candidate']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy: NaN/inf become None, tuples lists, numpy scalars Python numbers."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = [_plain(v) for v in value]
+        return sorted(items, key=repr) if isinstance(value, (set, frozenset)) else items
+    return str(value)
+
+
+def build_json(header: Mapping[str, Any], rows: Iterable[Row]) -> dict[str, Any]:
+    """The JSON report: the header's keys, ``rows`` (in table order) and ``summary`` counts."""
+    rows = sort_rows(rows)
+    summary: dict[str, Any] = summary_counts(rows)
+    summary["by_candidate"] = {
+        c: summary_counts(r for r in rows if str(r.get("candidate") or "") == c)
+        for c in _candidates(rows)
+    }
+    report = _plain(dict(header))
+    report["rows"] = [_plain(dict(r)) for r in rows]
+    report["summary"] = summary
+    return report
+
+
+def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` so that readers see the old file or the new one, never half of it."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def dumps_json(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
+    """The JSON report as text: same input, same bytes."""
+    report = build_json(header, rows)
+    return json.dumps(report, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def write_json(
+    path: str | os.PathLike[str], header: Mapping[str, Any], rows: Iterable[Row]
+) -> None:
+    """Write the JSON report atomically (temp file in the same folder, then ``os.replace``)."""
+    _atomic_write(path, dumps_json(header, rows).encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def _md_cell(text: Any) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_code(text: Any) -> str:
+    text = str(text).replace("\n", " ")
+    fence = "``" if "`" in text else "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{_md_cell(text)}{pad}{fence}"
+
+
+def _short_fingerprint(fingerprint: Any, length: int = 12) -> str:
+    text = str(fingerprint or "")
+    if ":" in text:  # "sha256:abcd..." -> "abcd..."
+        text = text.split(":", 1)[1]
+    return text[:length] or "?"
+
+
+def _ckpt_text(ckpt: Any) -> str:
+    if not isinstance(ckpt, Mapping):
+        return _md_code(ckpt) if ckpt else "?"
+    fingerprint = _short_fingerprint(ckpt.get("fingerprint"))
+    out = f"{_md_code(ckpt.get('ref') or '?')} ({_md_code(fingerprint)})"
+    if ckpt.get("name"):
+        out = f"**{_md_cell(ckpt['name'])}** " + out
+    return out
+
+
+def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
+    """A GitHub-flavoured Markdown summary (PR comment, ``$GITHUB_STEP_SUMMARY``)."""
+    rows = sort_rows(rows)
+    alpha = header.get("alpha", 0.05)
+    alpha = float(alpha) if _finite(alpha) else 0.05
+    several = len(_candidates(rows)) > 1
+    out = [f"### pytest-forgetting: {_counts_phrase(rows) if rows else 'no checks'}", ""]
+
+    tuned = header.get("tuned_ckpts") or []
+    tuned_text = ", ".join(_ckpt_text(t) for t in tuned) if tuned else "?"
+    out.append(f"Base {_ckpt_text(header.get('base_ckpt'))} → tuned {tuned_text}  ")
+    env = [f"alpha {alpha:g} (one-sided)"]
+    for key in ("device", "dtype"):
+        if header.get(key):
+            env.append(str(header[key]))
+    for key, label in (("torch_version", "torch"), ("plugin_version", "pytest-forgetting")):
+        if header.get(key):
+            env.append(f"{label} {header[key]}")
+    out.append(_md_cell(" · ".join(env)))
+    out.append("")
+    if not rows:
+        return "\n".join(out) + "\n"
+
+    short = _short_names(str(r.get("test") or "") for r in rows)
+    columns = list(_COLUMNS)
+    align = ["---", "---", "---", "--:", "--:", "--:", "--:", "--:", "--:", "---"]
+    if several:
+        columns.insert(0, "candidate")
+        align.insert(0, "---")
+    columns = [c[0].upper() + c[1:] if c != "n" else c for c in columns]
+    out.append("| " + " | ".join(_md_cell(c) for c in columns) + " |")
+    out.append("|" + "|".join(align) + "|")
+    for row in rows:
+        cells = _row_cells(row, short)
+        cells[-1] = f"{_ICONS[_verdict(row)]} {cells[-1]}"
+        cells = [_md_code(cells[0])] + [_md_cell(c) for c in cells[1:]]
+        if several:
+            cells.insert(0, _md_cell(row.get("candidate") or "(unnamed)"))
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    out.append(
+        f"Drop > 0 is worse; brackets hold the two-sided {_ci_percent(alpha)} interval, whose ends "
+        f"are the one-sided bounds at alpha={alpha:g}."
+    )
+    if any(_soft_inconclusive(r) for r in rows):
+        out.append("\\* INCONCLUSIVE that did not fail its test (`--forgetting-inconclusive`).")
+    if several:
+        out.append("")
+        out.append("**Ranking**")
+        out.append("")
+        out.extend(f"- {_md_cell(line)}" for line in _ranking_lines(rows))
+
+    bad = [r for r in rows if _verdict(r) != "pass"]
+    if bad:
+        out.append("")
+        out.append("#### Details")
+        for row in bad:
+            out.append("")
+            title = f"{_ICONS[_verdict(row)]} {_md_code(row.get('test') or '?')}"
+            if several:
+                title += f" ({_md_cell(row.get('candidate') or '(unnamed)')})"
+            out.append(title)
+            out.append("")
+            out.append("```text")
+            out.append(failure_message(row).replace("```", "'''"))
+            out.append("```")
+    return "\n".join(out) + "\n"
+
+
+def write_markdown(path: str | os.PathLike[str], header: Mapping[str, Any],
+                   rows: Iterable[Row]) -> None:
+    """Write :func:`format_markdown` atomically. ``$GITHUB_STEP_SUMMARY`` wants appending:
+    the plugin (not this function) should append the text there instead."""
+    _atomic_write(path, format_markdown(header, rows).encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- PNG plot
+
+_COLOURS = {"pass": "#2e7d32", "fail": "#c62828", "inconclusive": "#ef8f00", "error": "#757575"}
+_ALLOWED = "#66bb6a"
+
+
+def _tuned_from_drop(row: Row, drop: float) -> float:
+    """The tuned value that a given drop means, for this row's direction and scale."""
+    base = float(row["base"])
+    scale = abs(base) if row.get("relative") else 1.0
+    sign = -1.0 if row.get("higher_is_better", True) else 1.0
+    return base + sign * drop * scale
+
+
+def _plot_geometry(row: Row) -> dict[str, float] | None:
+    if not (_finite(row.get("base")) and _finite(row.get("drop"))):
+        return None
+    geo = {"base": float(row["base"])}
+    tuned = row.get("tuned")
+    geo["tuned"] = float(tuned) if _finite(tuned) else _tuned_from_drop(row, float(row["drop"]))
+    ends = [_tuned_from_drop(row, float(row[k])) for k in ("ci_low", "ci_high")
+            if _finite(row.get(k))]
+    if len(ends) == 2:
+        geo["lo"], geo["hi"] = min(ends), max(ends)
+    if _finite(row.get("margin")):
+        geo["threshold"] = _tuned_from_drop(row, float(row["margin"]))
+    return geo
+
+
+def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: float) -> None:
+    """A PNG of base vs tuned per check, grouped by task and metric.
+
+    Each check is one line: base (black bar), tuned (dot coloured by verdict) with its
+    interval, the worst tuned value the margin allows (dashed) and the allowed region
+    (green). Rendered with the Agg canvas directly, so the user's pyplot backend and global
+    state are left alone.
+    """
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+        from matplotlib.ticker import FuncFormatter
+        from matplotlib.transforms import blended_transform_factory
+    except ImportError:
+        raise ConfigError(
+            "--forgetting-plot needs matplotlib: pip install 'pytest-forgetting[plot]'"
+        ) from None
+
+    rows = sort_rows(rows)
+    several = len(_candidates(rows)) > 1
+    short = _short_names(str(r.get("test") or "") for r in rows)
+    groups: dict[tuple[str, str, str], list[Row]] = {}
+    for row in rows:
+        key = (str(row.get("task") or "?"), str(row.get("split") or ""),
+               str(row.get("metric") or "?"))
+        groups.setdefault(key, []).append(row)
+    groups = dict(sorted(groups.items()))
+    if not groups:
+        groups[("", "", "")] = []
+
+    heights = [max(1, len(g)) * 0.55 + 0.35 for g in groups.values()]
+    fig = Figure(figsize=(12, sum(heights) + 1.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(groups), 1, squeeze=False,
+                        gridspec_kw={"height_ratios": heights})[:, 0]
+
+    for ax, ((task, split, metric), group) in zip(axes, groups.items()):
+        if not group:
+            ax.text(0.5, 0.5, "no checks", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        geos = [_plot_geometry(r) for r in group]
+        xs = [v for g in geos if g for v in g.values()]
+        if xs:
+            lo, hi = min(xs), max(xs)
+            pad = (hi - lo) * 0.08 or max(abs(hi) * 0.05, 0.01)
+            lo, hi = lo - pad, hi + pad
+            if all(_bounded(r) for r in group):
+                lo, hi = max(lo, -0.005), min(hi, 1.005)
+        else:
+            lo, hi = 0.0, 1.0
+        ax.set_xlim(lo, hi)
+        label_at = blended_transform_factory(ax.transAxes, ax.transData)
+
+        for y, (row, geo) in enumerate(zip(group, geos)):
+            verdict = _verdict(row)
+            colour = _COLOURS[verdict]
+            if geo is None:
+                ax.text(0.5, y, f"ERROR: {row.get('reason') or 'no values'}", ha="center",
+                        va="center", color=colour, transform=label_at, fontsize=9)
+            else:
+                top, bottom = y - 0.38, y + 0.38
+                if "threshold" in geo:
+                    higher = row.get("higher_is_better", True)
+                    edge = hi if higher else lo
+                    ax.fill_betweenx([top, bottom], geo["threshold"], edge, color=_ALLOWED,
+                                     alpha=0.18, linewidth=0, zorder=1)
+                    ax.plot([geo["threshold"]] * 2, [top, bottom], color=_ALLOWED, ls="--",
+                            lw=1.5, zorder=2)
+                ax.plot([geo["base"]] * 2, [top, bottom], color="black", lw=2.5, zorder=3)
+                xerr = None
+                if "lo" in geo:
+                    xerr = [[max(0.0, geo["tuned"] - geo["lo"])],
+                            [max(0.0, geo["hi"] - geo["tuned"])]]
+                ax.errorbar(geo["tuned"], y, xerr=xerr, fmt="o", color=colour, ms=8,
+                            capsize=5, elinewidth=2.2, capthick=2.2, zorder=4)
+            note = _LABELS[verdict]
+            if geo is not None:
+                note += f"  {_drop_cell(row)}, margin {_margin_cell(row)}"
+            ax.text(1.01, y, note, transform=label_at, va="center", ha="left", fontsize=9,
+                    color=colour, fontweight="bold" if verdict != "pass" else "normal")
+
+        labels = []
+        for row in group:
+            label = _truncate_left(short.get(str(row.get("test") or ""), "?"), 36)
+            if several:
+                label = f"{row.get('candidate') or '(unnamed)'}: {label}"
+            labels.append(label)
+        ax.set_yticks(range(len(group)), labels, fontsize=9)
+        ax.set_ylim(len(group) - 0.5, -0.5)
+        ax.tick_params(axis="y", length=0)
+        direction = "higher" if group[0].get("higher_is_better", True) else "lower"
+        title = f"{task}/{split}" if split else task
+        ax.set_title(f"{title}  ·  {metric} ({direction} is better)", loc="left", fontsize=10,
+                     fontweight="bold")
+        if all(_bounded(r) for r in group):
+            ax.xaxis.set_major_formatter(
+                FuncFormatter(lambda v, _pos: _trim_zeros(f"{v * 100:.2f}") + "%"))
+        ax.grid(axis="x", color="#dddddd", lw=0.8, zorder=0)
+        ax.set_axisbelow(True)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+
+    present = [v for v in VERDICTS if any(_verdict(r) == v for r in rows)]
+    handles = [
+        Line2D([], [], color="black", lw=2.5, marker="|", ms=14, ls="none", mew=2.5, label="base"),
+        Line2D([], [], color="#555555", marker="o", ls="-", lw=2,
+               label=f"tuned, {_ci_percent(alpha)} interval"),
+        Line2D([], [], color=_ALLOWED, ls="--", lw=1.5,
+               label="worst tuned value the margin allows"),
+        Patch(color=_ALLOWED, alpha=0.25, label="allowed"),
+    ] + [Patch(color=_COLOURS[v], label=_LABELS[v]) for v in present]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8),
+               fontsize=9, frameon=False)
+    summary = _counts_phrase(rows) if rows else "no checks"
+    fig.suptitle(f"pytest-forgetting: base vs tuned — {summary} (alpha={alpha:g}, one-sided)",
+                 fontsize=12)
+
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(os.fspath(path))}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110, metadata={"Software": None})
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, os.fspath(path))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+# --------------------------------------------------------------------------- JUnit
+
+
+def _property_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, numbers.Integral):
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return f"{value:.6g}" if math.isfinite(value) else _nonfinite_text(value).lstrip("+")
+    if isinstance(value, (Mapping, list, tuple)):
+        return json.dumps(_plain(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+def junit_properties(row: Row) -> list[tuple[str, str]]:
+    """The row as ``("forgetting_<key>", text)`` pairs for ``record_property`` (JUnit XML)."""
+    keys = [k for k in _ROW_KEYS if k in row] + sorted(k for k in row if k not in _ROW_KEYS)
+    return [(f"forgetting_{k}", _property_text(row[k])) for k in keys]
