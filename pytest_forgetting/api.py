@@ -25,7 +25,13 @@ class Forgetting:
     def _slot(self, role: str, model: Any) -> Any:
         sess = self.session
         if model is None:
-            return sess.base_slot() if role == "base" else sess.tuned_slot()
+            if role == "base":
+                return sess.base_slot()
+            item = getattr(self._state, "current_item", None)
+            callspec = getattr(item, "callspec", None)
+            from .runner import CANDIDATE_ARG
+
+            return sess.tuned_slot(callspec.params.get(CANDIDATE_ARG) if callspec is not None else None)
         if isinstance(model, str):
             from .session import ModelSlot
 

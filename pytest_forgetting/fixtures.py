@@ -34,20 +34,26 @@ def base_model(request: pytest.FixtureRequest) -> Any:
 
 
 @pytest.fixture(scope="session")
-def tuned_model(request: pytest.FixtureRequest) -> Any:
-    """The tuned checkpoint's nn.Module: loaded once, lazily, on the chosen device, in eval mode."""
+def _forgetting_candidate(request: pytest.FixtureRequest) -> str | None:
+    """The tuned candidate of this test (parametrised when several --tuned-ckpt are given)."""
+    return getattr(request, "param", None)
+
+
+@pytest.fixture(scope="session")
+def tuned_model(request: pytest.FixtureRequest, _forgetting_candidate: str | None) -> Any:
+    """The tuned checkpoint's nn.Module (one per candidate): loaded once, lazily, on the chosen device, in eval mode."""
     from .errors import ForgettingError
     from .session import TunedRegression
 
     sess = state(request.config).session
     try:
-        return sess.load(sess.tuned_slot()).model
+        return sess.load(sess.tuned_slot(_forgetting_candidate)).model
     except (ForgettingError, TunedRegression) as exc:
         _fixture_error(exc)
 
 
 @pytest.fixture(autouse=True)
-def _forgetting_checks(request: pytest.FixtureRequest) -> None:
+def _forgetting_checks(request: pytest.FixtureRequest, _forgetting_candidate: str | None) -> None:
     """Runs the checks of a ``retains`` / ``improves`` marked test at setup (errors are ERRORs)."""
     from .runner import run_item_checks
 

@@ -49,6 +49,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("no_cache", "--forgetting-no-cache", "do not read or write the base-evaluation cache", None, default=False, kind="bool"),
     Option("allow_pickle", "--forgetting-allow-pickle", "permit .bin/.pt/.pth pickle checkpoints (still loaded with weights_only=True)", None, default=False, kind="bool"),
     Option("trust_remote_code", "--forgetting-trust-remote-code", "permit checkpoints that carry their own Python code", None, default=False, kind="bool"),
+    Option("retains", "--retains", "declare a retention check without writing a test: TASK:MAX_DROP[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
+    Option("improves", "--improves", "declare an improvement check: TASK:MIN_GAIN[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
     Option("allow_download", "--forgetting-allow-download", "let hub ids download (default: local Hugging Face cache only)", None, default=False, kind="bool"),
 )
 
@@ -73,6 +75,8 @@ class Settings:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     allow_download: bool = False
+    retains: tuple[str, ...] = ()
+    improves: tuple[str, ...] = ()
     rootdir: str = "."
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -86,7 +90,7 @@ def add_options(parser: Any) -> None:
         kwargs: dict[str, Any] = {"dest": "forgetting_" + opt.name, "help": opt.help}
         if opt.kind == "bool":
             kwargs.update(action="store_true", default=None)
-        elif opt.kind == "paths":
+        elif opt.kind in ("paths", "list"):
             kwargs.update(action="append", default=None, metavar=opt.metavar)
         else:
             kwargs.update(default=None, metavar=opt.metavar or opt.name.upper())
@@ -151,6 +155,8 @@ def resolve(
         elif opt.kind == "paths":
             items = [str(x).strip() for x in (raw or ()) if str(x).strip()]
             raw = tuple(_resolve_ref(x, base_dir) for x in items)
+        elif opt.kind == "list":
+            raw = tuple(str(x) for x in (raw or ()))
         elif opt.kind == "bool":
             raw = bool(raw) if not isinstance(raw, str) else raw.strip().lower() in ("1", "true", "yes", "on")
         if opt.choices and raw is not None and raw not in opt.choices:

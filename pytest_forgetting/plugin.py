@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from . import options, runner
-from .fixtures import _forgetting_checks, base_model, forgetting, tuned_model  # noqa: F401  (registered fixtures)
+from .fixtures import _forgetting_candidate, _forgetting_checks, base_model, forgetting, tuned_model  # noqa: F401  (registered fixtures)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,8 +26,13 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return runner.report_header(config)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k / -m deselection, so declared checks can be selected
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    runner.collect_checks(config, items)
+    runner.collect_checks(session, config, items)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    runner.generate_tests(metafunc)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -96,10 +96,94 @@ def state(config: pytest.Config) -> RunState:
 
 
 # -- collection ---------------------------------------------------------------------------------
-def collect_checks(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Parse and validate every marker; a mistake is a usage error before any model loads."""
+CANDIDATE_ARG = "_forgetting_candidate"
+
+
+class DeclaredChecks(pytest.Collector):
+    """Parent of the checks declared with --retains / --improves / [tool.pytest_forgetting]."""
+
+    def collect(self) -> list[pytest.Item]:  # pragma: no cover - items are created directly
+        return []
+
+
+class CheckItem(pytest.Item):
+    """A declared check as a real test item: selectable with -k, reported, run under xdist."""
+
+    def __init__(self, *, check: Check, candidate: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stash[CHECKS_KEY] = [check]
+        self.candidate = candidate
+
+    def setup(self) -> None:
+        run_item_checks(self)
+
+    def runtest(self) -> None:
+        enforce(self)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"forgetting::{self.name}"
+
+    def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
+        if isinstance(excinfo.value, pytest.fail.Exception):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+
+def candidates(config: pytest.Config) -> list[str]:
+    """Names of the tuned candidates when there are several (tests are parametrised over them)."""
+    from .session import candidate_name
+
+    refs = state(config).settings.tuned_ckpts
+    return [candidate_name(r, refs) for r in refs] if len(refs) > 1 else []
+
+
+def generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Several --tuned-ckpt: every marked test and every user of tuned_model runs once per candidate."""
+    names = candidates(metafunc.config)
+    if not names or CANDIDATE_ARG not in metafunc.fixturenames:
+        return
+    marked = any(metafunc.definition.iter_markers(name) for name in MARKERS)
+    if marked or "tuned_model" in metafunc.fixturenames:
+        metafunc.parametrize(CANDIDATE_ARG, names, ids=names, scope="session")
+
+
+def declared_checks(session: pytest.Session, config: pytest.Config) -> list[pytest.Item]:
+    """Items for the checks declared on the command line and in pyproject.toml."""
+    from .declarations import check_duplicates, load_pyproject, parse_spec
+
+    st = state(config)
+    s = st.settings
+    try:
+        decls = [parse_spec("retains", x) for x in s.retains] + [parse_spec("improves", x) for x in s.improves]
+        decls += load_pyproject(Path(config.rootpath) / "pyproject.toml")
+        checks = [(_bind(st, parse_check(d.kind, d.kwargs, d.where), d.where), d.where) for d in decls]
+        check_duplicates(checks)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"pytest-forgetting: {exc}") from None
+    if not checks:
+        return []
+    parent = DeclaredChecks.from_parent(session, name="forgetting", path=Path(config.rootpath), nodeid="forgetting")
+    labels: dict[str, int] = {}
+    items: list[pytest.Item] = []
+    names = candidates(config) or [None]
+    for check, _ in checks:
+        label = check.label
+        labels[label] = labels.get(label, 0) + 1
+        if labels[label] > 1:
+            label = f"{label[:-1]}-{labels[label]}]"
+        for cand in names:
+            name = label if cand is None else f"{label[:-1]}-{cand}]"
+            items.append(CheckItem.from_parent(parent, name=name, check=check, candidate=cand))
+    return items
+
+
+def collect_checks(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Add declared checks, then parse and validate every marker: a mistake is a usage error before any model loads."""
+    items.extend(declared_checks(session, config))
     st = state(config)
     for item in items:
+        if isinstance(item, CheckItem):
+            continue
         checks: list[Check] = []
         for mark in item.iter_markers():
             if mark.name not in MARKERS:
@@ -150,9 +234,13 @@ def run_item_checks(item: pytest.Item) -> None:
         return
     st = state(item.config)
     results = []
+    candidate = getattr(item, "candidate", None)
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None:
+        candidate = callspec.params.get(CANDIDATE_ARG, candidate)
     for index, check in enumerate(checks):
         try:
-            result = st.session.run_check(check, test=item.nodeid, candidate=None)
+            result = st.session.run_check(check, test=item.nodeid, candidate=candidate)
         except ForgettingError as exc:
             _error_row(item, index, check, str(exc))
             pytest.fail(f"{check.label}: {exc}", pytrace=False)
