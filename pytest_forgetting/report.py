@@ -550,7 +550,7 @@ def failure_message(row: Row, *, max_classes: int = 3, max_ids: int = 5) -> str:
         more = f" (+{len(ids) - max_ids} more)" if len(ids) > max_ids else ""
         lines.append(f"  flipped:  {', '.join(ids[:max_ids])}{more}")
     if row.get("candidate"):
-        lines.append(f"  tuned:    {row['candidate']}")
+        lines.append(f"  candidate: {row['candidate']}")
     return "\n".join(lines)
 
 

@@ -386,7 +386,9 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     rows = [_public(r) for r in st.sorted_rows()]
     tr = terminalreporter
     tr.write_sep("=", "forgetting summary")
-    for line in report.format_table(rows, alpha=st.settings.alpha):
+    # the table is wider than 80 columns anyway; full test names matter more than wrapping
+    width = max(getattr(getattr(tr, "_tw", None), "fullwidth", 0), 150)
+    for line in report.format_table(rows, alpha=st.settings.alpha, width=width):
         tr.write_line(line)
     head = header(st)
     s = st.settings

@@ -221,8 +221,8 @@ class ForgettingSession:
         idx = self.indices(task, split)
         fp = self.fingerprint(slot)
         memo = (fp, task.name, split, hash_arrays(idx))
-        if memo in self._results:
-            return self._results[memo]
+        if memo in self._results:  # evaluated earlier in this process: reused, not recomputed
+            return self._results[memo][0], True
         if slot.role != "base":
             try:
                 result = self._run(slot, task, split, idx)
@@ -306,8 +306,9 @@ class ForgettingSession:
                     groups, group_names = _encode_groups(task.slice_column(check.split, check.slices), b.ids, task.ids(check.split))
                 limit = check.max_class_drop if check.max_class_drop is not None else 1.0
                 per_class = stats.class_drops(bc.astype(float), tc.astype(float), groups, limit=limit, alpha=alpha, class_names=group_names)
-                row["worst_classes"] = [
-                    {"name": c.name, "drop": c.value, "ci_low": c.ci_low, "ci_high": c.ci_high, "verdict": c.verdict, "n": c.n}
+                gated = check.max_class_drop is not None
+                row["worst_classes"] = [  # a class verdict is shown only when a class budget gates it
+                    {"name": c.name, "drop": c.value, "ci_low": c.ci_low, "ci_high": c.ci_high, "verdict": c.verdict if gated else "", "n": c.n}
                     for c in per_class[:N_WORST_CLASSES]
                 ]
                 if check.max_class_drop is not None:
