@@ -52,8 +52,10 @@ class Forgetting:
                 tuned=self._slot("tuned", tuned),
             )
         except ForgettingError as exc:
-            pytest.fail(f"{where}: {exc}", pytrace=False)
-        return result
+            error = str(exc)
+        else:
+            return result
+        pytest.fail(f"{where}: {error}", pytrace=False)
 
     def compare(self, task: str, base: Any = None, tuned: Any = None, *, metric: str | None = None, split: str = "test",
                 max_drop: float = 0.0, relative: bool = False) -> Any:

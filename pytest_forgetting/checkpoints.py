@@ -77,10 +77,15 @@ _TOKENIZER_FILES = frozenset(
 _HF_PICKLE_WEIGHTS = re.compile(r"pytorch_model(-\d+-of-\d+)?\.bin")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _FACTORY_SPEC = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
-# Config fields whose absurd values make model construction itself hang or exhaust memory
-# (one module per layer / expert, one dict entry per label), before any weight is read.
-_COUNT_FIELD = re.compile(r"layers|layer$|experts|blocks|num_labels")
-_MAX_COUNT = 10_000
+# Config fields whose absurd values make model construction itself slow or memory-hungry
+# (one module per layer / expert, one dict entry per label), checked before anything is
+# built. The limits are far above any released model (the deepest have ~160 layers) and
+# keep even the meta-device size check below to a couple of seconds.
+_COUNT_LIMITS = (
+    (re.compile(r"layers|layer$|blocks"), 256),
+    (re.compile(r"experts"), 1024),
+    (re.compile(r"num_labels"), 100_000),
+)
 _ST_ITEMSIZE = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
     "U16": 2, "I16": 2, "F16": 2, "BF16": 2,
@@ -226,6 +231,25 @@ def check_compatible(base: LoadedCheckpoint, tuned: LoadedCheckpoint) -> None:
     )
 
 
+def load_metadata(ref: Any, *, rootdir: str | os.PathLike[str] | None = None, trust_remote_code: bool = False) -> LoadedCheckpoint:
+    """Label map and tokenizer of a checkpoint folder without building its model.
+
+    Lets ``check_compatible`` run when the base evaluation comes from the cache and the base
+    model itself is never loaded. Files, hub ids and modules have no such metadata here.
+    """
+    located = _locate(ref, rootdir) if not hasattr(ref, "state_dict") else None
+    empty = LoadedCheckpoint(model=None, ref=str(ref), resolved=str(located), kind="metadata", fingerprint="")  # type: ignore[arg-type]
+    if not isinstance(located, Path) or not located.is_dir():
+        return empty
+    labels = None
+    if (located / "config.json").is_file():
+        id2label = _read_config(located).get("id2label")
+        labels = _label_map_from_dict(id2label) if isinstance(id2label, dict) else None
+    empty.label_map = labels
+    empty.tokenizer = _load_tokenizer(located, trust_remote_code)
+    return empty
+
+
 def resolve_factory(spec: str, rootdir: str | os.PathLike[str] | None = None) -> Callable[[], "torch.nn.Module"]:
     """Turn ``"package.module:callable"`` into a callable that builds an ``nn.Module``.
 
@@ -353,7 +377,8 @@ def _locate(ref: str | os.PathLike[str], rootdir: str | os.PathLike[str] | None)
         return raw
     where = f"{_abspath(candidates[0])}"
     if len(candidates) > 1:
-        where += f" nor at {_abspath(candidates[1])} (relative to rootdir {Path(rootdir).resolve()})"  # type: ignore[arg-type]
+        root = Path(rootdir).resolve()  # type: ignore[arg-type]
+        where += f" nor at {_abspath(candidates[1])} (relative to rootdir {root})"
     hub_hint = "" if "/" in raw else "; a Hugging Face hub id looks like org/name"
     raise CheckpointError(
         f"checkpoint not found: nothing at {where}; the current working directory is {cwd}{hub_hint}"
@@ -591,10 +616,12 @@ def _model_class(transformers: Any, arch: str, config_dict: dict[str, Any]) -> A
 
 
 def _refuse_oversized(model_cls: Any, config: Any, checkpoint_elements: int, folder: Path, trust: bool) -> None:
-    """Refuse a config that describes far more parameters than the weight files hold.
+    """Refuse a config that describes more parameters than the weight files hold.
 
-    Such a model would be mostly randomly initialised (refused anyway, as missing keys) and
-    allocating it first can exhaust memory; measuring it on the meta device costs nothing.
+    Every parameter must come from the files (a missing one is refused anyway), so a model
+    bigger than its weights is a config that does not belong to them, and allocating it
+    first can exhaust memory or take minutes; measuring it on the meta device is cheap.
+    Buffers (position ids, masks) are not in the files; they only get a generous bound.
     """
     import torch
 
@@ -606,11 +633,12 @@ def _refuse_oversized(model_cls: Any, config: Any, checkpoint_elements: int, fol
                 skeleton = model_cls.from_config(config, trust_remote_code=trust)
     except Exception:
         return  # the real load below reports what is wrong with the config
-    expected = sum(p.numel() for p in skeleton.parameters()) + sum(b.numel() for b in skeleton.buffers())
-    if expected > checkpoint_elements * 1.25 + (1 << 24):
+    params = sum(p.numel() for p in skeleton.parameters())  # shared (tied) parameters counted once
+    buffers = sum(b.numel() for b in skeleton.buffers())
+    if params > checkpoint_elements * 1.05 + 1024 or buffers > checkpoint_elements * 1.25 + (1 << 24):
         raise CheckpointError(
-            f"{folder / 'config.json'} describes a model of {expected:,} values but the weight files hold only "
-            f"{checkpoint_elements:,}; the config does not belong to these weights"
+            f"{folder / 'config.json'} describes a model of {params:,} parameters and {buffers:,} buffer values but "
+            f"the weight files hold only {checkpoint_elements:,} values; the config does not belong to these weights"
         )
 
 
@@ -743,7 +771,8 @@ def _read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]
 
     def bad(reason: str) -> CheckpointError:
         return CheckpointError(
-            f"{path} ({size} bytes) is not a valid safetensors file: {reason}; re-export it with safetensors.torch.save_file"
+            f"{path} ({size} bytes) is not a valid safetensors file: {reason}; "
+            "re-export it with safetensors.torch.save_file"
         )
 
     if size < 8:
@@ -782,7 +811,10 @@ def _read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]
             raise bad(f"tensor {name!r} has invalid data_offsets {_short(offsets)}")
         begin, end = offsets
         if not 0 <= begin <= end <= data_len:
-            raise bad(f"tensor {name!r} lies outside the file (bytes {begin}..{end} of a {data_len}-byte data section; truncated?)")
+            raise bad(
+                f"tensor {name!r} lies outside the file (bytes {begin}..{end} of a {data_len}-byte data section; "
+                "truncated?)"
+            )
         numel = math.prod(shape)
         if dtype in _ST_ITEMSIZE:
             nbytes = numel * _ST_ITEMSIZE[dtype]
@@ -830,7 +862,7 @@ def _torch_load_weights_only(path: Path) -> dict[str, "torch.Tensor"]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         reason = f"it references {found.group(1)}" if found else _describe_exc(exc)
         raise CheckpointError(
             f"torch.load(weights_only=True) refused {path} ({reason}); it holds more than tensors, which could run "
@@ -869,7 +901,8 @@ def _check_state_dict_fits(model: "torch.nn.Module", state_dict: dict[str, Any],
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected ({_few(unexpected)})")
     if mismatched:
-        parts.append(f"{len(mismatched)} shape-mismatched ({_few([f'{k}: file {got[k]} vs model {expected[k]}' for k in mismatched])})")
+        shown = [f"{k}: file {got[k]} vs model {expected[k]}" for k in mismatched]
+        parts.append(f"{len(mismatched)} shape-mismatched ({_few(shown)})")
     raise CheckpointError(
         f"{source} does not fit the model built by {factory}: " + "; ".join(parts) + _prefix_hint(set(expected), set(got))
     )
@@ -947,8 +980,9 @@ def _read_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object, not a {type(config).__name__}")
     for key, value in _walk_config(config):
-        if _COUNT_FIELD.search(key) and _is_int(value) and value > _MAX_COUNT:
-            raise CheckpointError(f"{path}: {key}={value} is implausible (limit {_MAX_COUNT}); is this config corrupt?")
+        for pattern, limit in _COUNT_LIMITS:
+            if pattern.search(key) and _is_int(value) and value > limit:
+                raise CheckpointError(f"{path}: {key}={value} is implausible (limit {limit}); is this config corrupt?")
     return config
 
 

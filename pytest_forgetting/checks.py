@@ -44,7 +44,7 @@ class Check:
 
     @property
     def label(self) -> str:
-        return f"{self.kind}[{self.task}]" if self.metric == "accuracy" else f"{self.kind}[{self.task}:{self.metric}]"
+        return f"{self.kind}[{self.task}]" if self.metric in ("", "accuracy") else f"{self.kind}[{self.task}:{self.metric}]"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -239,20 +239,21 @@ def run_item_checks(item: pytest.Item) -> None:
     if callspec is not None:
         candidate = callspec.params.get(CANDIDATE_ARG, candidate)
     for index, check in enumerate(checks):
+        error = None
         try:
-            result = st.session.run_check(check, test=item.nodeid, candidate=candidate)
+            results.append((index, st.session.run_check(check, test=item.nodeid, candidate=candidate)))
         except ForgettingError as exc:
-            _error_row(item, index, check, str(exc))
-            pytest.fail(f"{check.label}: {exc}", pytrace=False)
+            error = str(exc)
         except Exception as exc:  # an unexpected library error: still one clear line on this test
-            _error_row(item, index, check, f"{type(exc).__name__}: {exc}")
-            pytest.fail(f"{check.label}: unexpected {type(exc).__name__} while evaluating: {exc}", pytrace=False)
-        results.append((index, result))
+            error = f"unexpected {type(exc).__name__} while evaluating: {exc}"
+        if error is not None:  # failed outside the except block: no chained traceback in the report
+            _error_row(item, index, check, error)
+            pytest.fail(f"{check.label}: {error}", pytrace=False)
     item.stash[RESULTS_KEY] = results
 
 
 def _error_row(item: pytest.Item, index: int, check: Check, reason: str) -> None:
-    row = {"test": item.nodeid, "task": check.task, "split": check.split, "metric": check.metric or "", "kind": check.kind,
+    row = {"test": item.nodeid, "task": check.task, "split": check.split, "metric": check.metric or "-", "kind": check.kind,
            "candidate": "", "n": 0, "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None,
            "margin": check.margin, "relative": check.relative, "nfr": None, "verdict": "error", "reason": reason,
            "n_needed": None, "worst_classes": [], "flipped_ids": [], "base_cached": False, "base_eval_s": 0.0,

@@ -119,7 +119,9 @@ class ForgettingSession:
             if slot.loaded is not None:
                 slot._fingerprint = slot.loaded.fingerprint
             else:
-                slot._fingerprint = checkpoints.fingerprint_ref(slot.ref, rootdir=self.settings.rootdir, allow_pickle=self.settings.allow_pickle)
+                slot._fingerprint = checkpoints.fingerprint_ref(
+                    slot.ref, rootdir=self.settings.rootdir, allow_pickle=self.settings.allow_pickle, allow_download=self.settings.allow_download
+                )
         return slot._fingerprint
 
     def load(self, slot: ModelSlot) -> Any:
@@ -151,8 +153,11 @@ class ForgettingSession:
                 slot.loaded = loaded
                 raise TunedRegression(msg)
             slot.loaded = loaded
-            if slot.role == "tuned" and self.base is not None and self.base.loaded is not None:
-                checkpoints.check_compatible(self.base.loaded, loaded)
+            if slot.role == "tuned" and self.base is not None:
+                base_meta = self.base.loaded or checkpoints.load_metadata(
+                    self.base.ref, rootdir=self.settings.rootdir, trust_remote_code=self.settings.trust_remote_code
+                )
+                checkpoints.check_compatible(base_meta, loaded)
         return slot.loaded
 
     def module_slot(self, role: str, module: Any) -> ModelSlot:
