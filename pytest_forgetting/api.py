@@ -16,7 +16,7 @@ class Forgetting:
 
     def __init__(self, run_state: Any) -> None:
         self._state = run_state
-        self._counter = 1000  # row indices of API calls, after those of markers
+        self._indices: dict[tuple, int] = {}  # row indices of API calls, after those of markers
 
     @property
     def session(self) -> Any:
@@ -92,8 +92,10 @@ class Forgetting:
             "warned" if verdict == "inconclusive" and action == "warn" else "passed")
         item = getattr(self._state, "current_item", None)
         if item is not None:
-            self._counter += 1
-            record_row(item, self._counter, row)
+            # one row per (test, check): under @given the last example (Hypothesis' final, shrunk one) wins
+            key = (item.nodeid, result.check, row.get("candidate", ""))
+            index = self._indices.setdefault(key, 1000 + len(self._indices))
+            record_row(item, index, row)
         if row["outcome"] == "failed":
             pytest.fail(failure_message(row), pytrace=False)
         if row["outcome"] == "warned":

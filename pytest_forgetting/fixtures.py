@@ -58,3 +58,14 @@ def _forgetting_checks(request: pytest.FixtureRequest, _forgetting_candidate: st
     from .runner import run_item_checks
 
     run_item_checks(request.node)
+
+
+@pytest.fixture(scope="session")
+def finetune(request: pytest.FixtureRequest) -> Any:
+    """finetune(model=None, train=..., strategy="full", lr=..., epochs=..., seed=0, **options) -> nn.Module.
+
+    A deterministic short fine-tune of (a copy of) the base checkpoint; see pytest_forgetting.finetune.
+    """
+    from .finetune import fixture
+
+    return fixture(request.config)

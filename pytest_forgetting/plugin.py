@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from . import options, runner
-from .fixtures import _forgetting_candidate, _forgetting_checks, base_model, forgetting, tuned_model  # noqa: F401  (registered fixtures)
+from .fixtures import _forgetting_candidate, _forgetting_checks, base_model, finetune, forgetting, tuned_model  # noqa: F401  (registered fixtures)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,7 +39,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_runtest_call(item: pytest.Item) -> Any:
     runner.enforce(item)
     with runner.current_item(item):
-        return (yield)
+        try:
+            return (yield)
+        except pytest.fail.Exception as exc:
+            runner.show_notes(exc)  # e.g. Hypothesis' falsifying example under @given
+            raise
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

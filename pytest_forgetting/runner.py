@@ -319,6 +319,18 @@ def current_item(item: pytest.Item) -> Iterator[None]:
         st.current_item = None
 
 
+def show_notes(exc: BaseException) -> None:
+    """Append ``__notes__`` to a ``pytest.fail(..., pytrace=False)`` message, which pytest prints alone.
+
+    Hypothesis reports the falsifying (shrunk) example as a note: without this, a property test
+    failing in ``forgetting.assert_retains`` would show the verdict but not the configuration.
+    """
+    notes = [n for n in getattr(exc, "__notes__", []) if isinstance(n, str)]
+    msg = getattr(exc, "msg", None)
+    if notes and isinstance(msg, str) and not getattr(exc, "pytrace", True) and notes[0] not in msg:
+        exc.msg = "\n".join([msg, "", *notes])  # type: ignore[attr-defined]
+
+
 def collect_report(config: pytest.Config, report: pytest.TestReport) -> None:
     st = config.stash.get(STATE_KEY, None)
     if st is None:

@@ -165,8 +165,10 @@ class ForgettingSession:
         from . import checkpoints
 
         slot = ModelSlot(role, module, name="")
+        from .evaluate import torch_dtype
+
         slot.loaded = checkpoints.load_checkpoint(module, role=role)
-        slot.loaded.model.to(device=self.device)
+        slot.loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
         slot.loaded.model.eval()
         slot._fingerprint = slot.loaded.fingerprint
         return slot
