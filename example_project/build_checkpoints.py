@@ -4,6 +4,9 @@
 - checkpoints/tuned.safetensors: the base fine-tuned naively on scikit-learn's digits upscaled
   to 28x28 (a shifted domain). It gains on digits-28 and forgets part of MNIST: the pre-merge
   check in tests/ is meant to catch exactly that.
+- checkpoints/replay.safetensors and checkpoints/lora/ (a PEFT adapter folder): the same
+  fine-tune with two forgetting mitigations, made with pytest_forgetting's own runner; the
+  candidates of the README's "Comparing fine-tunes".
 
 Usage: python build_checkpoints.py [--force] [--out DIR]
 """
@@ -16,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -38,7 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     base_path, tuned_path = out / "base.safetensors", out / "tuned.safetensors"
-    if base_path.exists() and tuned_path.exists() and not args.force:
+    replay_path, lora_path = out / "replay.safetensors", out / "lora"
+    if all(p.exists() for p in (base_path, tuned_path, replay_path, lora_path)) and not args.force:
         print(f"checkpoints exist in {out} (use --force to rebuild)")
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -54,6 +58,14 @@ def main() -> None:
     tuned = train(base, xd, yd, epochs=3, lr=2e-3, seed=1)
     save_file({k: v.contiguous() for k, v in tuned.state_dict().items()}, str(tuned_path))
     print(f"tuned: fine-tuned on {len(xd)} upscaled digits in {time.perf_counter() - t1:.1f}s -> {tuned_path}")
+    from pytest_forgetting.finetune import finetune
+
+    base = build_model()
+    base.load_state_dict(load_file(str(base_path)))
+    t2 = time.perf_counter()
+    finetune(base, "digits-28", strategy="replay", retain="mnist", fraction=0.25, lr=1e-3, epochs=2, seed=0, save_to=replay_path)
+    finetune(base, "digits-28", strategy="lora", r=4, lr=1e-3, epochs=2, seed=0, save_to=lora_path)
+    print(f"replay, lora: mitigated fine-tunes in {time.perf_counter() - t2:.1f}s -> {replay_path}, {lora_path}")
 
 
 if __name__ == "__main__":

