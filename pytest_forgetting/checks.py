@@ -91,9 +91,9 @@ def parse_check(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[An
     if metric is not None and not isinstance(metric, str):
         raise ConfigError(f"{where}: metric={metric!r} must be a metric name")
 
-    from .metrics import CLASSIFICATION_METRICS, LM_METRICS
+    from . import metrics as _metrics
 
-    known_metrics = {**CLASSIFICATION_METRICS, **LM_METRICS}
+    known_metrics = {m.name: m for m in vars(_metrics).values() if isinstance(m, _metrics.Metric)}
     metric_obj = known_metrics.get(metric) if metric else None
     bounded = metric_obj.bounded if metric_obj is not None else True
 

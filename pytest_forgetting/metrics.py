@@ -76,12 +76,32 @@ def _perplexity(o: Outputs, idx: np.ndarray) -> float:
     return float(np.exp(_mean_nll(o, idx)))
 
 
+def _exact(o: Outputs) -> np.ndarray:
+    return np.asarray(o["exact"]).astype(np.float64)
+
+
+def _error_ratio(errors: str, total: str) -> Callable[[Outputs, np.ndarray], float]:
+    """Corpus-level error rate: errors summed over examples / reference units summed (not a mean of ratios)."""
+
+    def rate(o: Outputs, idx: np.ndarray) -> float:
+        den = float(np.sum(o[total][idx]))
+        return float(np.sum(o[errors][idx]) / den) if den > 0 else float("nan")
+
+    return rate
+
+
 ACCURACY = Metric("accuracy", True, True, per_example=_correct, description="fraction of correct predictions (per example 0/1)")
 ERROR_RATE = Metric("error_rate", False, True, per_example=_error, description="fraction of wrong predictions (per example 0/1)")
 F1_MACRO = Metric("f1_macro", True, True, aggregate=f1_macro, description="macro-averaged F1 over classes")
 BALANCED_ACCURACY = Metric("balanced_accuracy", True, True, aggregate=balanced_accuracy, description="mean per-class recall")
 NLL = Metric("nll", False, False, aggregate=_mean_nll, description="mean negative log-likelihood per token (nats)")
 PERPLEXITY = Metric("perplexity", False, False, aggregate=_perplexity, description="exp(mean token NLL)")
+EXACT_MATCH = Metric("exact_match", True, True, per_example=_exact, description="fraction of generations equal to a reference answer (per example 0/1)")
+# Error rates can exceed 1 (insertions) but are read, and given margins, as fractions: shown in percent.
+WER = Metric("wer", False, True, aggregate=_error_ratio("word_errors", "ref_words"), description="word error rate: word edits / reference words")
+CER = Metric("cer", False, True, aggregate=_error_ratio("char_errors", "ref_chars"), description="character error rate: character edits / reference characters")
 
 CLASSIFICATION_METRICS: dict[str, Metric] = {m.name: m for m in (ACCURACY, ERROR_RATE, F1_MACRO, BALANCED_ACCURACY)}
 LM_METRICS: dict[str, Metric] = {m.name: m for m in (PERPLEXITY, NLL)}
+GENERATION_METRICS: dict[str, Metric] = {m.name: m for m in (EXACT_MATCH,)}
+SPEECH_METRICS: dict[str, Metric] = {m.name: m for m in (WER, CER)}

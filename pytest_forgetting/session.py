@@ -301,12 +301,11 @@ class ForgettingSession:
         reasons = [cmp.reason]
         budgets: list[stats.Budget] = []
         row.update(n=cmp.n, base=cmp.base, tuned=cmp.tuned, drop=cmp.drop, ci_low=cmp.ci_low, ci_high=cmp.ci_high, n_needed=cmp.n_needed)
-        if "pred" in b.outputs and "label" in b.outputs:
-            bc = (b.outputs["pred"] == b.outputs["label"])
-            tc = (t.outputs["pred"] == t.outputs["label"])
+        bc, tc = _correctness(metric, b, t)
+        if bc is not None:
             row["nfr"] = float(np.mean(bc & ~tc))
             row["flipped_ids"] = b.ids[bc & ~tc][:N_FLIPPED_IDS].tolist()
-            if check.kind == "retains":
+            if check.kind == "retains" and "label" in b.outputs and b.outputs["label"].ndim == 1:
                 names = task.class_names()
                 groups, group_names = b.outputs["label"], names
                 if check.slices:
@@ -328,17 +327,31 @@ class ForgettingSession:
                             + ", ".join(f"{c.name} {c.value:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.verdict}" for c in broken[:3])
                         )
                     verdicts.extend(c.verdict for c in per_class)
-                if check.max_nfr is not None:
-                    nb = stats.nfr_budget(bc.astype(float), tc.astype(float), limit=check.max_nfr, alpha=alpha)
-                    budgets.append(nb)
-                    verdicts.append(nb.verdict)
-                    if nb.verdict != "pass":
-                        reasons.append(f"negative-flip rate {nb.value:.3f} [{nb.ci_low:.3f}, {nb.ci_high:.3f}] vs budget {check.max_nfr:g}: {nb.verdict}")
-        elif check.max_class_drop is not None or check.max_nfr is not None:
-            raise ConfigError(f"max_class_drop / max_nfr need a classification task; {task.name!r} has no per-example correctness")
+            elif check.max_class_drop is not None:
+                raise ConfigError(f"max_class_drop needs class labels; task {task.name!r} has none (use slices= with a column)")
+            if check.max_nfr is not None and check.kind == "retains":
+                nb = stats.nfr_budget(bc.astype(float), tc.astype(float), limit=check.max_nfr, alpha=alpha)
+                budgets.append(nb)
+                verdicts.append(nb.verdict)
+                if nb.verdict != "pass":
+                    reasons.append(f"negative-flip rate {nb.value:.3f} [{nb.ci_low:.3f}, {nb.ci_high:.3f}] vs budget {check.max_nfr:g}: {nb.verdict}")
+        if bc is None and (check.max_class_drop is not None or check.max_nfr is not None):
+            raise ConfigError(f"max_class_drop / max_nfr need per-example right/wrong outcomes; task {task.name!r} metric {metric.name!r} has none")
         row["verdict"] = stats.combine_verdicts(*verdicts)
         row["reason"] = "; ".join(r for r in reasons if r)
         return CheckResult(check, cmp, row, budgets)
+
+
+def _correctness(metric: Metric, b: EvalResult, t: EvalResult) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-example right/wrong of both models (for flips, NFR and class drops), when the task has it."""
+    if "pred" in b.outputs and "label" in b.outputs and b.outputs["pred"].shape == b.outputs["label"].shape and b.outputs["pred"].ndim == 1:
+        return b.outputs["pred"] == b.outputs["label"], t.outputs["pred"] == t.outputs["label"]
+    if metric.per_example is not None:
+        sb, st = metric.per_example(b.outputs), metric.per_example(t.outputs)
+        if np.isin(sb, (0, 1)).all() and np.isin(st, (0, 1)).all():
+            good = 1 if metric.higher_is_better else 0
+            return sb == good, st == good
+    return None, None
 
 
 def align(base: EvalResult, tuned: EvalResult, task: str) -> EvalResult:
