@@ -49,6 +49,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("no_cache", "--forgetting-no-cache", "do not read or write the base-evaluation cache", None, default=False, kind="bool"),
     Option("allow_pickle", "--forgetting-allow-pickle", "permit .bin/.pt/.pth pickle checkpoints (still loaded with weights_only=True)", None, default=False, kind="bool"),
     Option("trust_remote_code", "--forgetting-trust-remote-code", "permit checkpoints that carry their own Python code", None, default=False, kind="bool"),
+    Option("early_stop", "--forgetting-early-stop", "evaluate the tuned model in seeded random order and stop once the verdict is settled (anytime-valid confidence sequence)", "forgetting_early_stop", default=False, kind="bool"),
     Option("retains", "--retains", "declare a retention check without writing a test: TASK:MAX_DROP[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
     Option("improves", "--improves", "declare an improvement check: TASK:MIN_GAIN[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
     Option("allow_download", "--forgetting-allow-download", "let hub ids download (default: local Hugging Face cache only)", None, default=False, kind="bool"),
@@ -75,6 +76,7 @@ class Settings:
     allow_pickle: bool = False
     trust_remote_code: bool = False
     allow_download: bool = False
+    early_stop: bool = False
     retains: tuple[str, ...] = ()
     improves: tuple[str, ...] = ()
     rootdir: str = "."

