@@ -62,22 +62,68 @@ def deterministic() -> Iterator[None]:
 
     was = torch.are_deterministic_algorithms_enabled()
     was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_fill = _fill_uninitialized(None)
     rng = torch.random.get_rng_state()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_deterministic(True, warn_only=True)
+    # deterministic mode also fills every new tensor with NaN before use (torch.utils.deterministic.
+    # fill_uninitialized_memory): a write of every activation that costs a few percent of a small
+    # model's forward pass and changes no result of a correct kernel
+    _fill_uninitialized(False)
     torch.manual_seed(0)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+        set_deterministic(was, warn_only=was_warn)
+        _fill_uninitialized(was_fill)
         torch.random.set_rng_state(rng)
 
 
+def _fill_uninitialized(mode: bool | None) -> bool | None:
+    """Read (``mode=None``) or set torch's fill-uninitialized-memory flag; None where torch lacks it."""
+    import torch
+
+    getter = getattr(torch._C, "_get_deterministic_fill_uninitialized_memory", None)
+    setter = getattr(torch._C, "_set_deterministic_fill_uninitialized_memory", None)
+    if getter is None or setter is None:
+        return None
+    if mode is not None:
+        setter(mode)
+    return bool(getter())
+
+
+def set_deterministic(mode: bool, *, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms`` without its import of ``torch._inductor.config``.
+
+    That import pulls in torch._dynamo and sympy: seconds on a small machine, paid by every run of
+    a plain-torch model. The inductor flag only matters to ``torch.compile``d models, and
+    ``torch.compile`` imports ``torch._dynamo`` first; so while ``torch._dynamo`` is not loaded no
+    compiled model can exist and the C-level switch alone is the same thing.
+    """
+    import sys
+
+    import torch
+
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._dynamo" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
+
+
 def _to_device(batch: Any, device: Any, dtype: Any) -> Any:
+    """Cast floating tensors to the evaluation dtype and copy to ``device``.
+
+    On CUDA a CPU batch is first copied into page-locked (pinned) memory, so the host-to-device
+    copy is truly asynchronous and overlaps with the previous batch's kernels; elsewhere
+    ``non_blocking`` is a no-op.
+    """
     import torch
 
     if isinstance(batch, torch.Tensor):
         if batch.is_floating_point():
             batch = batch.to(dtype)
+        if device.type == "cuda" and batch.device.type == "cpu":
+            batch = batch.pin_memory()
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
         return {k: _to_device(v, device, dtype) for k, v in batch.items()}

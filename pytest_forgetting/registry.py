@@ -23,6 +23,12 @@ _BUILTINS: dict[str, str] = {
     "digits-28": "pytest_forgetting.tasks.builtin:digits_28",
     "mnist": "pytest_forgetting.tasks.builtin:mnist",
     "fashion-mnist": "pytest_forgetting.tasks.builtin:fashion_mnist",
+    "python-docs": "pytest_forgetting.tasks.lm:python_docs",
+    "bbc-news": "pytest_forgetting.tasks.builtin_text:bbc_news",
+    "bbc-news-probe": "pytest_forgetting.tasks.builtin_text:bbc_news_probe",
+    "rotten-tomatoes": "pytest_forgetting.tasks.builtin_text:rotten_tomatoes",
+    "rotten-tomatoes-probe": "pytest_forgetting.tasks.builtin_text:rotten_tomatoes_probe",
+    "wnut16": "pytest_forgetting.tasks.builtin_text:wnut16",
 }
 
 

@@ -7,6 +7,7 @@ prepared for a model and fed to it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -120,13 +121,11 @@ class ClassificationTask(Task):
 
 
 def _as_image_array(images: Any) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(images, torch.Tensor):
-            images = images.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    # a tensor can only exist once torch is imported: building a task from arrays (at collection)
+    # must not pay torch's import by itself
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[:, None, :, :]
@@ -138,6 +137,48 @@ def _as_image_array(images: Any) -> np.ndarray:
     if arr.size and (not np.isfinite(arr).all()):
         raise TaskError("images contain NaN or Inf")
     return np.ascontiguousarray(arr)
+
+
+def build_splits(
+    kind: str,
+    inputs: Any,
+    labels: Any,
+    ids: Any,
+    columns: Any,
+    splits: Mapping[str, tuple] | None,
+    class_names: Sequence[str] | None,
+    convert: Any,
+) -> tuple[dict[str, SplitData], list[str]]:
+    """Validated SplitData per split, and the class names shared by all splits.
+
+    ``splits`` maps a split name to ``(inputs, labels[, ids[, columns]])``; without it the single
+    split ``"test"`` is built from the other arguments. ``convert`` turns one split's inputs into
+    the task's stored form.
+    """
+    if splits is None:
+        if inputs is None or labels is None:
+            raise TaskError(f"a task needs {kind} and labels (or splits={{...}})")
+        splits = {"test": (inputs, labels, ids, columns)}
+    all_labels = [np.asarray(s[1]) for s in splits.values()]
+    if class_names is None and any(a.dtype.kind not in "iu" for a in all_labels):
+        class_names = sorted({str(x) for a in all_labels for x in a.tolist()})
+    if class_names is None:
+        k = max((int(a.max()) + 1 for a in all_labels if len(a)), default=0)
+        class_names = [str(i) for i in range(k)]
+    built: dict[str, SplitData] = {}
+    for name, spec in splits.items():
+        x, y, split_ids, cols = (tuple(spec) + (None, None))[:4]
+        stored = convert(x)
+        enc, _ = _encode_labels(y, class_names)
+        if len(enc) != len(stored):
+            raise TaskError(f"split {name!r}: {len(stored)} {kind} but {len(enc)} labels")
+        built[name] = SplitData(
+            normalize_ids(split_ids, len(stored), f"{name}/"),
+            stored,
+            enc,
+            {k: np.asarray(v) for k, v in (cols or {}).items()},
+        )
+    return built, list(class_names)
 
 
 class ImageClassificationTask(ClassificationTask):
@@ -156,30 +197,8 @@ class ImageClassificationTask(ClassificationTask):
         splits: Mapping[str, tuple] | None = None,
         columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> None:
-        if splits is None:
-            if images is None or labels is None:
-                raise TaskError("ImageClassificationTask needs images and labels (or splits={...})")
-            splits = {"test": (images, labels, ids, columns)}
-        all_labels = [np.asarray(s[1]) for s in splits.values()]
-        if class_names is None and any(a.dtype.kind not in "iu" for a in all_labels):
-            class_names = sorted({str(x) for a in all_labels for x in a.tolist()})
-        if class_names is None:
-            k = max((int(a.max()) + 1 for a in all_labels if len(a)), default=0)
-            class_names = [str(i) for i in range(k)]
-        built: dict[str, SplitData] = {}
-        for name, spec in splits.items():
-            x, y, split_ids, cols = (tuple(spec) + (None, None))[:4]
-            arr = _as_image_array(x)
-            enc, names = _encode_labels(y, class_names)
-            if len(enc) != len(arr):
-                raise TaskError(f"split {name!r}: {len(arr)} images but {len(enc)} labels")
-            built[name] = SplitData(
-                normalize_ids(split_ids, len(arr), f"{name}/"),
-                arr,
-                enc,
-                {k: np.asarray(v) for k, v in (cols or {}).items()},
-            )
-        super().__init__(built, list(class_names))
+        built, names = build_splits("images", images, labels, ids, columns, splits, class_names, _as_image_array)
+        super().__init__(built, names)
 
     def prepare(self, split: str, meta: ModelMeta) -> Any:
         import torch
@@ -219,33 +238,10 @@ class TextClassificationTask(ClassificationTask):
         class_names: Sequence[str] | None = None,
         splits: Mapping[str, tuple] | None = None,
         columns: Mapping[str, Sequence[Any]] | None = None,
-        text_pair: bool = False,
     ) -> None:
-        if splits is None:
-            if texts is None or labels is None:
-                raise TaskError("TextClassificationTask needs texts and labels (or splits={...})")
-            splits = {"test": (texts, labels, ids, columns)}
-        all_labels = [np.asarray(s[1]) for s in splits.values()]
-        if class_names is None and any(a.dtype.kind not in "iu" for a in all_labels):
-            class_names = sorted({str(x) for a in all_labels for x in a.tolist()})
-        if class_names is None:
-            k = max((int(a.max()) + 1 for a in all_labels if len(a)), default=0)
-            class_names = [str(i) for i in range(k)]
-        built: dict[str, SplitData] = {}
-        for name, spec in splits.items():
-            x, y, split_ids, cols = (tuple(spec) + (None, None))[:4]
-            texts_list = [str(t) for t in x]
-            enc, _ = _encode_labels(y, class_names)
-            if len(enc) != len(texts_list):
-                raise TaskError(f"split {name!r}: {len(texts_list)} texts but {len(enc)} labels")
-            built[name] = SplitData(
-                normalize_ids(split_ids, len(texts_list), f"{name}/"),
-                texts_list,
-                enc,
-                {k: np.asarray(v) for k, v in (cols or {}).items()},
-            )
+        built, names = build_splits("texts", texts, labels, ids, columns, splits, class_names, lambda x: [str(t) for t in x])
         self.max_length = int(max_length)
-        super().__init__(built, list(class_names))
+        super().__init__(built, names)
 
     def _fingerprint_inputs(self, inputs: Any) -> Any:
         return [self.max_length, list(inputs)]

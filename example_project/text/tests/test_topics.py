@@ -1,0 +1,34 @@
+"""The pre-merge contract of a MiniLM topic classifier whose encoder is also shared for other uses.
+
+The fine-tune must make the BBC topic classifier better, and must not cost the encoder what
+it knew about sentiment: the Rotten Tomatoes reviews are read through an embedding probe
+(a seeded logistic regression fitted on each model's own mean-pooled embeddings), because
+the topic head cannot say anything about sentiment, before or after.
+"""
+
+import pytest
+
+
+@pytest.mark.improves(task="bbc-news", min_gain=0.0)
+def test_topic_accuracy_improves():
+    """The point of the fine-tune: proven better than the frozen-encoder classifier on held-out articles."""
+
+
+@pytest.mark.retains(task="bbc-news", metric="f1_macro", max_drop=0.01, max_class_drop=0.05)
+def test_no_topic_is_sacrificed():
+    """Macro-F1 within a point, and no topic loses more than 5 points of recall."""
+
+
+@pytest.mark.retains(task="rotten-tomatoes-probe", max_drop=0.03, max_class_drop=0.05)
+def test_encoder_keeps_sentiment():
+    """Probe accuracy on 2,000 held-out reviews within 3 points; neither class loses more than 5."""
+
+
+@pytest.mark.retains(task="rotten-tomatoes-probe", metric="f1_macro", max_drop=0.03)
+def test_encoder_keeps_sentiment_macro_f1():
+    """The same through macro-F1 (paired bootstrap over reviews)."""
+
+
+@pytest.mark.retains(task="rotten-tomatoes-probe", max_drop=0.05, slices="length", max_class_drop=0.06)
+def test_encoder_keeps_sentiment_on_short_and_long_reviews():
+    """Per slice of review length (short <= 12 words < medium <= 24 < long): no group loses more than 6 points."""

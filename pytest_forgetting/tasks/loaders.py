@@ -1,0 +1,569 @@
+"""Build tasks from files and Hugging Face ``datasets``: CSV, JSONL, CoNLL, datasets on disk, hub ids.
+
+Every loader ends in the same builder, so the column conventions are the same everywhere:
+
+- ``kind``: ``"text"`` (:class:`TextClassificationTask`), ``"embedding"``
+  (:class:`EmbeddingProbeTask`), ``"image"`` (:class:`ImageClassificationTask`) or ``"token"``
+  (:class:`TokenClassificationTask`).
+- Column names: ``text=`` (text kinds), ``image=`` (image kind: file paths relative to the
+  data file, PIL images from a ``datasets.Image`` column, or arrays), ``label=``; ``tokens=`` and
+  ``tags=`` (token kind: lists, or whitespace-separated strings in CSV); ``id=`` (stable example
+  ids; default ``"<split>/<row>"``).
+- Splits: a mapping ``{split: path}``, a ``split_column=`` whose values name each row's split,
+  or the splits of a ``DatasetDict``; a single unsplit file is the split ``"test"``.
+- Slices: ``columns=None`` keeps every other column of scalar values (str, int, float, bool)
+  as a slice column, so ``retains(..., slices="column")`` works out of the box; pass a list to
+  choose, or ``[]`` for none.
+- Labels: class names come from ``class_names=`` (text/image) or ``tag_names=`` (token), else
+  from a ``datasets.ClassLabel`` feature, else from the data (sorted strings; integer labels
+  stay integers, also when a CSV spells them as text).
+
+Everything else (``max_length``, the probe options of the embedding kind) goes to the task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import TaskError
+from ..registry import suggest
+
+KINDS = ("text", "embedding", "image", "token")
+FILE_BUILDERS = ("csv", "json", "parquet", "text", "arrow")
+PathLike = str | os.PathLike
+
+# --------------------------------------------------------------------------------------------
+# Readers
+# --------------------------------------------------------------------------------------------
+
+
+def read_conll(
+    path: PathLike, *, token_column: int = 0, tag_column: int = -1, encoding: str = "utf-8"
+) -> tuple[list[list[str]], list[list[str]]]:
+    """Sentences and tags of a CoNLL-style file: one word per line, blank lines between sentences.
+
+    Columns are separated by tabs when a line has one, else by whitespace. ``-DOCSTART-``
+    lines separate documents and are skipped. A line with too few columns is an error that
+    names the line.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding=encoding).splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskError(f"cannot read CoNLL file {path}: {exc}") from None
+    sentences: list[list[str]] = []
+    tags: list[list[str]] = []
+    words: list[str] = []
+    row_tags: list[str] = []
+
+    def close() -> None:
+        nonlocal words, row_tags
+        if words:
+            sentences.append(words)
+            tags.append(row_tags)
+        words, row_tags = [], []
+
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            close()
+            continue
+        parts = line.rstrip("\r\n").split("\t") if "\t" in line else line.split()
+        parts = [p.strip() for p in parts]
+        if parts[0] == "-DOCSTART-":
+            close()
+            continue
+        try:
+            word, tag = parts[token_column], parts[tag_column]
+        except IndexError:
+            raise TaskError(
+                f"{path}:{line_no}: expected a token column {token_column} and a tag column {tag_column}, got {len(parts)} column(s): {line!r}"
+            ) from None
+        if not word or not tag:
+            raise TaskError(f"{path}:{line_no}: empty token or tag in {line!r}")
+        words.append(word)
+        row_tags.append(tag)
+    close()
+    if not sentences:
+        raise TaskError(f"{path} holds no sentences")
+    return sentences, tags
+
+
+def read_csv(path: PathLike, *, delimiter: str = ",", encoding: str = "utf-8") -> dict[str, list[Any]]:
+    """Columns of a CSV file with a header row (values stay strings)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding=encoding) as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            if not reader.fieldnames:
+                raise TaskError(f"{path} has no header row")
+            names = list(reader.fieldnames)
+            cols: dict[str, list[Any]] = {n: [] for n in names}
+            for line_no, row in enumerate(reader, 2):
+                if None in row:
+                    raise TaskError(f"{path}:{line_no}: more fields than the header's {len(names)}")
+                for n in names:
+                    cols[n].append(row[n])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TaskError(f"cannot read CSV file {path}: {exc}") from None
+    return cols
+
+
+def read_jsonl(path: PathLike, *, encoding: str = "utf-8") -> dict[str, list[Any]]:
+    """Columns of a JSON Lines file (one object per line; a key missing on a row is None)."""
+    path = Path(path)
+    rows: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding=encoding) as fh:
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TaskError(f"{path}:{line_no}: not valid JSON: {exc.msg}") from None
+                if not isinstance(obj, dict):
+                    raise TaskError(f"{path}:{line_no}: expected a JSON object per line, got {type(obj).__name__}")
+                rows.append(obj)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskError(f"cannot read JSONL file {path}: {exc}") from None
+    names: list[str] = []
+    for r in rows:
+        names.extend(k for k in r if k not in names)
+    return {n: [r.get(n) for r in rows] for n in names}
+
+
+# --------------------------------------------------------------------------------------------
+# The shared builder
+# --------------------------------------------------------------------------------------------
+
+
+class _Part:
+    """One split's columns, with where they came from (for messages and relative image paths)."""
+
+    def __init__(self, columns: Mapping[str, Sequence[Any]], source: str, base_dir: Path | None = None,
+                 names: Mapping[str, list[str]] | None = None) -> None:
+        self.columns = {k: list(v) for k, v in columns.items()}
+        self.source = source
+        self.base_dir = base_dir
+        self.names = dict(names or {})  # ClassLabel names per column (datasets)
+        lengths = {len(v) for v in self.columns.values()}
+        if len(lengths) > 1:
+            raise TaskError(f"{source}: columns have different lengths {sorted(lengths)}")
+        self.n = lengths.pop() if lengths else 0
+
+    def column(self, name: str, what: str) -> list[Any]:
+        if name not in self.columns:
+            raise TaskError(
+                f"{self.source}: no {what} column {name!r}{suggest(name, list(self.columns))}; "
+                f"columns: {', '.join(self.columns) or '(none)'} (choose it with {what}=...)"
+            )
+        return self.columns[name]
+
+    def take(self, rows: np.ndarray, source: str) -> "_Part":
+        return _Part({k: [v[i] for i in rows] for k, v in self.columns.items()}, source, self.base_dir, self.names)
+
+
+def _split_by_column(parts: dict[str, _Part], split_column: str | None) -> dict[str, _Part]:
+    if split_column is None:
+        return parts
+    out: dict[str, _Part] = {}
+    for part in parts.values():
+        values = [str(v) for v in part.column(split_column, "split")]
+        for name in dict.fromkeys(values):
+            rows = np.flatnonzero(np.asarray(values) == name)
+            if name in out:
+                raise TaskError(f"split {name!r} comes from more than one source; use either split_column= or several files")
+            out[name] = part.take(rows, f"{part.source} [{split_column}={name}]")
+    return out
+
+
+def _is_scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool, np.integer, np.floating, np.bool_))
+
+
+def _slice_columns(part: _Part, used: set[str], columns: Sequence[str] | None) -> dict[str, np.ndarray]:
+    if columns is None:
+        chosen = [c for c, v in part.columns.items() if c not in used and all(_is_scalar(x) for x in v)]
+    else:
+        chosen = [str(c) for c in columns]
+        for c in chosen:
+            part.column(c, "slice")
+    out = {}
+    for c in chosen:
+        values = part.columns[c]
+        names = part.names.get(c)
+        if names is not None:
+            values = [names[int(v)] if v is not None else "None" for v in values]
+        out[c] = np.asarray(["None" if v is None else str(v) for v in values])
+    return out
+
+
+def _coerce_labels(values: list[Any], where: str) -> list[Any]:
+    """Labels as ints when they all are (also "3" from a CSV), else as strings."""
+    if any(v is None or (isinstance(v, str) and not v.strip()) for v in values):
+        raise TaskError(f"{where}: some labels are missing")
+    if all(isinstance(v, (bool, np.bool_)) for v in values):
+        return [int(v) for v in values]
+    if all(isinstance(v, (int, np.integer)) for v in values):
+        return [int(v) for v in values]
+    if all(isinstance(v, str) for v in values):
+        try:
+            ints = [int(v) for v in values]
+        except ValueError:
+            return [v.strip() for v in values]
+        if all(i >= 0 for i in ints):
+            return ints
+    return [str(v) for v in values]
+
+
+def _ids(part: _Part, id_column: str | None) -> list[str] | None:
+    if id_column is None:
+        return None
+    return [str(v) for v in part.column(id_column, "id")]
+
+
+def _words(value: Any, where: str) -> list[Any]:
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return list(value)
+    raise TaskError(f"{where}: expected a list of tokens/tags (or a whitespace-separated string), got {type(value).__name__}")
+
+
+def _image_array(value: Any, base_dir: Path | None, where: str) -> np.ndarray:
+    if isinstance(value, (str, os.PathLike)):
+        path = Path(value)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        try:
+            from PIL import Image
+        except ImportError:  # pragma: no cover - pillow comes with datasets/transformers
+            raise TaskError(f"{where}: image files need Pillow: pip install pillow") from None
+        try:
+            with Image.open(path) as im:
+                value = im.copy()
+        except OSError as exc:
+            raise TaskError(f"{where}: cannot read image {path}: {exc}") from None
+    if hasattr(value, "mode") and hasattr(value, "convert"):  # a PIL image
+        if value.mode not in ("L", "RGB"):
+            value = value.convert("RGB" if value.mode in ("RGBA", "P", "CMYK", "YCbCr") else "L")
+        arr = np.asarray(value)
+        return arr if arr.ndim == 2 else np.transpose(arr, (2, 0, 1))
+    return np.asarray(value)
+
+
+def _images(part: _Part, column: str) -> np.ndarray:
+    arrays = [_image_array(v, part.base_dir, f"{part.source}, row {i}") for i, v in enumerate(part.column(column, "image"))]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise TaskError(f"{part.source}: images have different shapes {sorted(shapes)[:4]}; resize them to one shape first")
+    if not arrays:
+        raise TaskError(f"{part.source}: no images")
+    return np.stack(arrays)
+
+
+def build_task(
+    parts: Mapping[str, _Part],
+    *,
+    kind: str = "text",
+    text: str = "text",
+    label: str = "label",
+    image: str = "image",
+    tokens: str = "tokens",
+    tags: str | None = None,
+    id: str | None = None,
+    columns: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+    tag_names: Sequence[str] | None = None,
+    **options: Any,
+) -> Any:
+    """The task of ``kind`` over ``parts`` (one per split); see the module docstring for the conventions."""
+    from .classification import ImageClassificationTask, TextClassificationTask
+    from .embedding import EmbeddingProbeTask
+    from .token import TokenClassificationTask
+
+    if kind not in KINDS:
+        raise TaskError(f"kind={kind!r}: expected one of {', '.join(KINDS)}{suggest(str(kind), KINDS)}")
+    if not parts:
+        raise TaskError("no data: the loader found no splits")
+    specs: dict[str, tuple] = {}
+    if kind == "token":
+        for split, part in parts.items():
+            tag_col = tags or next((c for c in ("tags", "ner_tags", "labels") if c in part.columns), "tags")
+            words = [_words(v, f"{part.source}, row {i}") for i, v in enumerate(part.column(tokens, "tokens"))]
+            tag_rows = [_words(v, f"{part.source}, row {i}") for i, v in enumerate(part.column(tag_col, "tags"))]
+            if tag_names is None and tag_col in part.names:
+                tag_names = part.names[tag_col]
+            cols = _slice_columns(part, {tokens, tag_col, id or ""}, columns)
+            specs[split] = (words, tag_rows, _ids(part, id), cols)
+        return TokenClassificationTask(splits=specs, tag_names=tag_names, **options)
+
+    input_col = image if kind == "image" else text
+    for split, part in parts.items():
+        labels = _coerce_labels(part.column(label, "label"), part.source)
+        if class_names is None and label in part.names:
+            class_names = part.names[label]
+        if kind == "image":
+            x: Any = _images(part, input_col)
+        else:
+            raw = part.column(input_col, "text")
+            if any(v is None for v in raw):
+                raise TaskError(f"{part.source}: some texts in column {input_col!r} are missing")
+            x = [str(v) for v in raw]
+        cols = _slice_columns(part, {input_col, label, id or ""}, columns)
+        specs[split] = (x, labels, _ids(part, id), cols)
+    # a mix of int and str labels across splits would not encode consistently
+    kinds_seen = {type(v).__name__ for spec in specs.values() for v in spec[1][:1]}
+    if len(kinds_seen) > 1:
+        raise TaskError(f"labels are integers in some splits and names in others ({sorted(kinds_seen)})")
+    if kind == "image":
+        return ImageClassificationTask(splits=specs, class_names=class_names, **options)
+    if kind == "embedding":
+        return EmbeddingProbeTask(splits=specs, class_names=class_names, **options)
+    return TextClassificationTask(splits=specs, class_names=class_names, **options)
+
+
+def _file_parts(path: PathLike | Mapping[str, PathLike], reader: Any, what: str) -> dict[str, _Part]:
+    paths = dict(path) if isinstance(path, Mapping) else {"test": path}
+    parts = {}
+    for split, p in paths.items():
+        p = Path(p)
+        if not p.is_file():
+            raise TaskError(f"{what} file {p} does not exist")
+        parts[str(split)] = _Part(reader(p), str(p), base_dir=p.parent)
+    return parts
+
+
+# --------------------------------------------------------------------------------------------
+# File loaders
+# --------------------------------------------------------------------------------------------
+
+
+def from_csv(
+    path: PathLike | Mapping[str, PathLike], *, kind: str = "text", split_column: str | None = None,
+    delimiter: str = ",", encoding: str = "utf-8", **spec: Any,
+) -> Any:
+    """A task from a CSV file with a header (or ``{split: path}``); see the module docstring.
+
+    ``pf.from_csv("reviews.csv", text="review", label="stars", split_column="split")``
+    """
+    parts = _file_parts(path, lambda p: read_csv(p, delimiter=delimiter, encoding=encoding), "CSV")
+    return build_task(_split_by_column(parts, split_column), kind=kind, **spec)
+
+
+def from_jsonl(
+    path: PathLike | Mapping[str, PathLike], *, kind: str = "text", split_column: str | None = None,
+    encoding: str = "utf-8", **spec: Any,
+) -> Any:
+    """A task from a JSON Lines file (or ``{split: path}``); token tasks use list-valued fields."""
+    parts = _file_parts(path, lambda p: read_jsonl(p, encoding=encoding), "JSONL")
+    return build_task(_split_by_column(parts, split_column), kind=kind, **spec)
+
+
+def from_conll(
+    path: PathLike | Mapping[str, PathLike], *, token_column: int = 0, tag_column: int = -1,
+    encoding: str = "utf-8", tag_names: Sequence[str] | None = None, id_prefix: str | None = None, **options: Any,
+) -> Any:
+    """A :class:`TokenClassificationTask` from CoNLL files (``{split: path}``, or one file = ``"test"``).
+
+    Ids are ``"<id_prefix or split>/<sentence index>"``.
+    """
+    from .token import TokenClassificationTask
+
+    paths = dict(path) if isinstance(path, Mapping) else {"test": path}
+    splits = {}
+    for split, p in paths.items():
+        words, tags = read_conll(p, token_column=token_column, tag_column=tag_column, encoding=encoding)
+        prefix = id_prefix if id_prefix is not None else str(split)
+        splits[str(split)] = (words, tags, [f"{prefix}/{i}" for i in range(len(words))])
+    return TokenClassificationTask(splits=splits, tag_names=tag_names, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face datasets
+# --------------------------------------------------------------------------------------------
+
+
+def _feature_names(feature: Any) -> list[str] | None:
+    """ClassLabel names of a feature, or of the items of a list-of-ClassLabel feature."""
+    names = getattr(feature, "names", None)
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
+    inner = getattr(feature, "feature", None)
+    if inner is not None and inner is not feature:
+        return _feature_names(inner)
+    return None
+
+
+def _dataset_part(ds: Any, source: str) -> _Part:
+    features = getattr(ds, "features", None) or {}
+    names = {c: n for c in ds.column_names if (n := _feature_names(features.get(c))) is not None}
+    return _Part({c: list(ds[c]) for c in ds.column_names}, source, names=names)
+
+
+def _select_splits(parts: dict[str, Any], splits: Sequence[str] | Mapping[str, str] | None, source: str) -> dict[str, Any]:
+    if splits is None:
+        return parts
+    mapping = dict(splits) if isinstance(splits, Mapping) else {s: s for s in splits}
+    missing = [s for s in mapping if s not in parts]
+    if missing:
+        raise TaskError(f"{source} has no split {missing[0]!r}{suggest(missing[0], list(parts))}; splits: {', '.join(parts)}")
+    return {mapping[s]: parts[s] for s in mapping}
+
+
+def _as_parts(data: Any, source: str, splits: Any) -> dict[str, _Part]:
+    import datasets
+
+    if isinstance(data, datasets.DatasetDict):
+        raw = dict(data)
+    elif isinstance(data, datasets.Dataset):
+        raw = {"test": data}
+    elif isinstance(data, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+        raise TaskError(f"{source}: streaming datasets are not supported; load it without streaming=True")
+    else:
+        raise TaskError(f"{source}: expected a datasets.Dataset or DatasetDict, got {type(data).__name__}")
+    raw = _select_splits(raw, splits, source)
+    return {str(s): _dataset_part(ds, f"{source} [{s}]") for s, ds in raw.items()}
+
+
+def from_hf_dataset(
+    data: Any, *, kind: str = "text", data_files: Any = None, splits: Sequence[str] | Mapping[str, str] | None = None,
+    split_column: str | None = None, cache_dir: PathLike | None = None, **spec: Any,
+) -> Any:
+    """A task from Hugging Face ``datasets`` data, all local.
+
+    ``data`` is one of: a ``Dataset`` (the split ``"test"``) or ``DatasetDict``; a folder written
+    by ``save_to_disk`` (read with ``datasets.load_from_disk``); or a file builder name
+    (``"csv"``, ``"json"``, ``"parquet"``, ``"text"``, ``"arrow"``) with ``data_files=`` as for
+    ``datasets.load_dataset`` — a dict names the splits, a single file or list is ``"test"``.
+    ``splits`` keeps (a list) or renames (``{"validation": "test"}``) splits. ClassLabel
+    features give the class / tag names. ``cache_dir`` is where ``load_dataset`` keeps its
+    Arrow copy of data files (default: datasets' own cache).
+    """
+    source = repr(data) if not isinstance(data, (str, os.PathLike)) else str(data)
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        raise TaskError("Hugging Face datasets support needs the datasets package: pip install datasets") from None
+    if isinstance(data, str) and data in FILE_BUILDERS:
+        if data_files is None:
+            raise TaskError(f"from_hf_dataset({data!r}) needs data_files= (a path, a list, or {{split: path}})")
+        try:
+            loaded = datasets.load_dataset(data, data_files=_abs_files(data_files), cache_dir=_opt_str(cache_dir))
+        except Exception as exc:
+            raise TaskError(f"datasets.load_dataset({data!r}, data_files={data_files!r}) failed: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(data_files, Mapping) and isinstance(loaded, datasets.DatasetDict) and list(loaded) == ["train"]:
+            loaded = datasets.DatasetDict({"test": loaded["train"]})  # one unnamed file is what we evaluate
+        source = f"{data} files {data_files!r}"
+        data = loaded
+    elif isinstance(data, (str, os.PathLike)):
+        folder = Path(data)
+        if not folder.is_dir():
+            raise TaskError(
+                f"{folder} is not a folder saved with Dataset.save_to_disk; for data files use "
+                "from_hf_dataset('csv'|'json'|'parquet', data_files=...), for a hub id from_hub(...)"
+            )
+        try:
+            data = datasets.load_from_disk(str(folder))
+        except Exception as exc:
+            raise TaskError(f"datasets.load_from_disk({str(folder)!r}) failed: {type(exc).__name__}: {exc}") from exc
+    parts = _split_by_column(_as_parts(data, source, splits), split_column)
+    return build_task(parts, kind=kind, **spec)
+
+
+def _opt_str(path: PathLike | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def _abs_files(data_files: Any) -> Any:
+    if isinstance(data_files, Mapping):
+        return {k: _abs_files(v) for k, v in data_files.items()}
+    if isinstance(data_files, (list, tuple)):
+        return [str(Path(p).resolve()) for p in data_files]
+    return str(Path(data_files).resolve())
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Force datasets / huggingface_hub offline for one call (their flags are read at import)."""
+    import datasets.config
+    import huggingface_hub.constants as hub_constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = True
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
+def load_hub_dataset(
+    repo_id: str, *, name: str | None = None, revision: str | None = None, cache_dir: PathLike | None = None,
+    allow_download: bool = False, datasets_cache_dir: PathLike | None = None,
+) -> Any:
+    """A hub dataset, offline first: the hub snapshot cache, then datasets' own cache, then (if allowed) the network.
+
+    ``cache_dir`` is the hub cache (default ``$HF_HUB_CACHE``), ``datasets_cache_dir`` datasets'
+    Arrow cache (default ``$HF_DATASETS_CACHE``).
+    """
+    import datasets
+
+    ds_cache = _opt_str(datasets_cache_dir)
+
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            repo_id, repo_type="dataset", revision=revision, local_files_only=True,
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
+        )  # fmt: skip
+    except Exception:
+        folder = None
+    if folder is not None:
+        try:
+            return datasets.load_dataset(folder, name=name, cache_dir=ds_cache)
+        except Exception as exc:
+            raise TaskError(f"dataset {repo_id!r} is cached at {folder} but does not load: {type(exc).__name__}: {exc}") from exc
+    try:
+        with _hub_offline():
+            return datasets.load_dataset(repo_id, name=name, revision=revision, cache_dir=ds_cache)
+    except Exception:
+        pass
+    if allow_download:
+        try:
+            return datasets.load_dataset(repo_id, name=name, revision=revision, cache_dir=ds_cache)
+        except Exception as exc:
+            raise TaskError(f"dataset {repo_id!r} could not be downloaded: {type(exc).__name__}: {exc}") from exc
+    where = str(cache_dir) if cache_dir is not None else "the Hugging Face caches ($HF_HUB_CACHE, $HF_DATASETS_CACHE)"
+    raise TaskError(
+        f"dataset {repo_id!r}{f' (config {name!r})' if name else ''} is not cached locally (looked in {where}); "
+        f"fetch it once where the network is reachable (`hf download {repo_id} --repo-type dataset`), "
+        "or pass allow_download=True"
+    )
+
+
+def from_hub(
+    repo_id: str, *, kind: str = "text", name: str | None = None, revision: str | None = None,
+    cache_dir: PathLike | None = None, allow_download: bool = False, datasets_cache_dir: PathLike | None = None,
+    splits: Sequence[str] | Mapping[str, str] | None = None, split_column: str | None = None, **spec: Any,
+) -> Any:
+    """A task from a Hugging Face hub dataset id, offline first (a clear error when it is not cached).
+
+    Looks in the hub cache (``cache_dir``, default ``$HF_HUB_CACHE``: what ``hf download`` and
+    ``snapshot_download`` fill), then in datasets' cache of earlier ``load_dataset`` calls, and
+    downloads only with ``allow_download=True``.
+    """
+    data = load_hub_dataset(
+        repo_id, name=name, revision=revision, cache_dir=cache_dir, allow_download=allow_download,
+        datasets_cache_dir=datasets_cache_dir,
+    )  # fmt: skip
+    parts = _split_by_column(_as_parts(data, repo_id, splits), split_column)
+    return build_task(parts, kind=kind, **spec)
