@@ -205,3 +205,16 @@ def _resolve_ref(ref: str, base_dir: Path) -> str:
 def _looks_like_hub_id(ref: str) -> bool:
     parts = ref.split("/")
     return len(parts) == 2 and all(parts) and all(c.isalnum() or c in "-_." for c in ref.replace("/", ""))
+
+
+def candidate_name(ref: str, all_refs: tuple[str, ...]) -> str:
+    """A short, unique, readable name for a tuned checkpoint (its last path parts)."""
+    from pathlib import PurePath
+
+    parts = PurePath(ref).parts
+    for depth in range(1, len(parts) + 1):
+        name = "/".join(parts[-depth:])
+        others = ["/".join(PurePath(r).parts[-depth:]) for r in all_refs if r != ref]
+        if name not in others:
+            return name.removesuffix(".safetensors")
+    return ref

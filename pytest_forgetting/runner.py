@@ -131,7 +131,7 @@ class CheckItem(pytest.Item):
 
 def candidates(config: pytest.Config) -> list[str]:
     """Names of the tuned candidates when there are several (tests are parametrised over them)."""
-    from .session import candidate_name
+    from .options import candidate_name
 
     refs = state(config).settings.tuned_ckpts
     return [candidate_name(r, refs) for r in refs] if len(refs) > 1 else []
@@ -368,7 +368,7 @@ def header(st: RunState) -> dict[str, Any]:
 
 
 def _cand_name(ref: str, refs: tuple[str, ...]) -> str:
-    from .session import candidate_name
+    from .options import candidate_name
 
     return candidate_name(ref, refs) if len(refs) > 1 else ""
 

@@ -19,7 +19,7 @@ from .checks import Check
 from .errors import CheckpointError, ConfigError, EvaluationError, TaskError
 from .evaluate import NonFiniteOutputs, is_oom, resolve_device, run_model
 from .metrics import Metric
-from .options import Settings
+from .options import Settings, candidate_name
 from .registry import REGISTRY
 from .tasks.base import EvalResult, ModelMeta, Task, hash_arrays
 
@@ -56,19 +56,6 @@ class CheckResult:
     @property
     def verdict(self) -> str:
         return self.row["verdict"]
-
-
-def candidate_name(ref: str, all_refs: tuple[str, ...]) -> str:
-    """A short, unique, readable name for a tuned checkpoint (its last path parts)."""
-    from pathlib import PurePath
-
-    parts = PurePath(ref).parts
-    for depth in range(1, len(parts) + 1):
-        name = "/".join(parts[-depth:])
-        others = ["/".join(PurePath(r).parts[-depth:]) for r in all_refs if r != ref]
-        if name not in others:
-            return name.removesuffix(".safetensors")
-    return ref
 
 
 class ForgettingSession:
@@ -390,6 +377,9 @@ class ForgettingSession:
                 verdicts.append(nb.verdict)
                 if nb.verdict != "pass":
                     reasons.append(f"negative-flip rate {nb.value:.3f} [{nb.ci_low:.3f}, {nb.ci_high:.3f}] vs budget {check.max_nfr:g}: {nb.verdict}")
+        has_groups = bc is not None and "label" in b.outputs and b.outputs["label"].ndim == 1
+        if check.slices and not has_groups:
+            raise ConfigError(f"slices={check.slices!r} needs per-example right/wrong outcomes; task {task.name!r} metric {metric.name!r} has none")
         if bc is None and (check.max_class_drop is not None or check.max_nfr is not None):
             raise ConfigError(f"max_class_drop / max_nfr need per-example right/wrong outcomes; task {task.name!r} metric {metric.name!r} has none")
         row["verdict"] = stats.combine_verdicts(*verdicts)

@@ -355,3 +355,17 @@ def test_early_stop_settles_clear_cases_on_a_fraction(make_project, tuned_kw, ve
     assert row["verdict"] == verdict
     assert row["fraction_used"] < 0.5 and row["n"] < 1000
     assert "early stop" in row["reason"]
+
+
+def test_unrelated_suite_pays_no_heavy_imports(tmp_path):
+    """A project that has the plugin installed but does not use it must not import torch or scipy."""
+    (tmp_path / "test_plain.py").write_text("def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    code = (
+        "import sys, pytest\n"
+        f"rc = pytest.main(['-q', '-p', 'no:cacheprovider', {str(tmp_path)!r}])\n"
+        "print(sorted(m for m in ('torch', 'scipy', 'transformers', 'datasets', 'sklearn') if m in sys.modules))\n"
+        "sys.exit(rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
