@@ -298,7 +298,7 @@ from test_checkpoints import WORDS
 @pf.task("words")
 def words():
     texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(4)) for i in range(300)]
-    return pf.TextClassificationTask(texts, [i % 3 for i in range(300)])
+    return pf.TextClassificationTask(texts, [i % 3 for i in range(300)], class_names=["negative", "neutral", "positive"])
 '''
 
 
@@ -356,3 +356,9 @@ def test_vocabulary_difference(text_project):
     save_bert(tuned, tokenizer=False)
     tc.make_tokenizer(words=tc.WORDS[::-1]).save_pretrained(tuned)
     _expect_error(pytester.runpytest("--base-ckpt", str(base), "--tuned-ckpt", str(tuned)), "different vocabularies")
+
+
+def test_model_labels_that_are_not_task_classes(text_project):
+    pytester, base, _ = text_project
+    pytester.makeconftest(TEXT_CONFTEST.replace('"negative", "neutral", "positive"', '"spam", "ham", "eggs"'))
+    _expect_error(pytester.runpytest("--base-ckpt", str(base), "--tuned-ckpt", str(base)), "are not classes of the task")

@@ -257,7 +257,43 @@ class TextClassificationTask(ClassificationTask):
         return padded_batches(prepared, indices, batch_size)
 
     def forward(self, model: Any, batch: Any) -> dict[str, Any]:
-        return classification_outputs(logits_of(model(**batch)))
+        out = classification_outputs(logits_of(model(**batch)))
+        lookup = class_lookup(model, self._class_names, self.name)
+        if lookup is not None:  # the model orders its labels differently: score in the task's class ids
+            out["pred"] = lookup.to(out["pred"].device)[out["pred"]]
+        return out
+
+
+def class_lookup(model: Any, class_names: Sequence[str], task_name: str) -> Any:
+    """Model label id -> task class id through ``config.id2label``; None when they already agree.
+
+    Placeholder names (LABEL_0, ...) carry no meaning and are taken in order. Real names must all be
+    classes of the task: a classifier trained on other labels cannot be scored on this task.
+    """
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if not isinstance(id2label, Mapping) or not id2label:
+        return None
+    try:
+        names = {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        return None
+    if all(v == f"LABEL_{k}" for k, v in names.items()):
+        return None
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted({v for v in names.values() if v not in index})
+    if unknown:
+        raise TaskError(
+            f"task {task_name!r}: the model's labels (config.id2label) {unknown[:5]} are not classes of the task "
+            f"{list(class_names)[:10]}; name the task's classes like the model's labels"
+        )
+    order = [index[names[i]] for i in range(max(names) + 1)] if set(names) == set(range(max(names) + 1)) else None
+    if order is None:
+        raise TaskError(f"task {task_name!r}: the model's config.id2label does not name label ids 0..{max(names)}")
+    if order == list(range(len(order))):
+        return None
+    import torch
+
+    return torch.tensor(order, dtype=torch.long)
 
 
 def tokenize_padded(meta: ModelMeta, texts: Sequence[str], max_length: int, task_name: str) -> dict[str, Any]:
