@@ -34,19 +34,33 @@ def resolve_device(spec: str) -> tuple[str, str]:
     spec = spec.strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():
-            return "cuda", "auto -> cuda"
+            device, note = worker_device(torch.cuda.device_count())
+            return device, f"auto -> {device}" + (f" ({note})" if note else "")
         return "cpu", "auto -> cpu (no CUDA device)"
     if spec == "cpu":
         return "cpu", ""
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"--forgetting-device {spec}: CUDA is not available on this machine (torch {torch.__version__}); use auto or cpu")
+        if spec == "cuda":
+            return worker_device(torch.cuda.device_count())
         if ":" in spec:
             index = int(spec.split(":", 1)[1])
             if index >= torch.cuda.device_count():
                 raise ConfigError(f"--forgetting-device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
         return spec, ""
     raise ConfigError(f"--forgetting-device {spec!r}: expected auto, cpu, cuda or cuda:N")
+
+
+def worker_device(count: int) -> tuple[str, str]:
+    """Under pytest-xdist, worker k takes GPU k (mod the number of GPUs) so workers do not share one."""
+    import os
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if count > 1 and worker.startswith("gw") and worker[2:].isdigit():
+        index = int(worker[2:]) % count
+        return f"cuda:{index}", f"xdist worker {worker} -> cuda:{index}"
+    return "cuda", ""
 
 
 def torch_dtype(name: str) -> Any:

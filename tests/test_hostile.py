@@ -362,3 +362,28 @@ def test_model_labels_that_are_not_task_classes(text_project):
     pytester, base, _ = text_project
     pytester.makeconftest(TEXT_CONFTEST.replace('"negative", "neutral", "positive"', '"spam", "ham", "eggs"'))
     _expect_error(pytester.runpytest("--base-ckpt", str(base), "--tuned-ckpt", str(base)), "are not classes of the task")
+
+
+def test_alignment_is_by_id_never_by_position():
+    import numpy as np
+
+    from pytest_forgetting.errors import TaskError
+    from pytest_forgetting.session import align
+    from pytest_forgetting.tasks.base import EvalResult
+
+    base = EvalResult(np.array(["a", "b", "c"]), {"pred": np.array([0, 1, 2])})
+    shuffled = EvalResult(np.array(["c", "a", "b"]), {"pred": np.array([2, 0, 1])})
+    assert align(base, shuffled, "t").outputs["pred"].tolist() == [0, 1, 2]
+    with pytest.raises(TaskError, match="cover different examples"):
+        align(base, EvalResult(np.array(["a", "b", "x"]), {"pred": np.array([0, 1, 2])}), "t")
+    with pytest.raises(TaskError, match="duplicate example ids in the tuned evaluation"):
+        align(base, EvalResult(np.array(["a", "a", "b"]), {"pred": np.array([0, 1, 2])}), "t")
+
+
+def test_xdist_workers_map_to_their_own_gpu(monkeypatch):
+    from pytest_forgetting.evaluate import worker_device
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw3")
+    assert worker_device(2)[0] == "cuda:1" and worker_device(1)[0] == "cuda"
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert worker_device(4)[0] == "cuda"
