@@ -7,7 +7,6 @@ the Python API (``forgetting.compare`` and friends) uses it directly.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 

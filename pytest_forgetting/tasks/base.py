@@ -78,6 +78,16 @@ def normalize_ids(ids: Sequence[Any] | np.ndarray | None, n: int, prefix: str) -
     return arr
 
 
+def lookup_column(task_name: str, columns: Mapping[str, np.ndarray], column: str) -> np.ndarray:
+    """A slice column of a split, or a ConfigError with "did you mean" and the available columns."""
+    if column not in columns:
+        raise ConfigError(
+            f"task {task_name!r} has no slice column {column!r}{suggest(column, list(columns))}"
+            f"; columns: {', '.join(columns) or '(none)'}"
+        )
+    return columns[column]
+
+
 class Task:
     """Base class of every task. Subclasses fill ``metrics`` / ``default_metric`` and the hooks."""
 

@@ -13,9 +13,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, TaskError
+from ..errors import TaskError
 from ..metrics import CLASSIFICATION_METRICS
-from .base import ModelMeta, Task, hash_arrays, normalize_ids
+from .base import ModelMeta, Task, hash_arrays, lookup_column, normalize_ids
 
 
 @dataclass
@@ -97,15 +97,7 @@ class ClassificationTask(Task):
         return {"label": self.split(split).labels}
 
     def slice_column(self, split: str, column: str) -> np.ndarray:
-        data = self.split(split)
-        if column not in data.columns:
-            from ..registry import suggest
-
-            raise ConfigError(
-                f"task {self.name!r} has no slice column {column!r}{suggest(column, list(data.columns))}"
-                f"; columns: {', '.join(data.columns) or '(none)'}"
-            )
-        return data.columns[column]
+        return lookup_column(self.name, self.split(split).columns, column)
 
     def data_fingerprint(self, split: str) -> str:
         if split not in self._fingerprints:

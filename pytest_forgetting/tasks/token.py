@@ -26,9 +26,9 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, TaskError
+from ..errors import TaskError
 from ..metrics import Metric, Outputs
-from .base import ModelMeta, Task, hash_arrays, normalize_ids
+from .base import ModelMeta, Task, hash_arrays, lookup_column, normalize_ids
 from .classification import logits_of
 
 PAD = -100
@@ -383,15 +383,7 @@ class TokenClassificationTask(Task):
         return {"tag_gold": self.split(split).tags}
 
     def slice_column(self, split: str, column: str) -> np.ndarray:
-        from ..registry import suggest
-
-        data = self.split(split)
-        if column not in data.columns:
-            raise ConfigError(
-                f"task {self.name!r} has no slice column {column!r}{suggest(column, list(data.columns))}"
-                f"; columns: {', '.join(data.columns) or '(none)'}"
-            )
-        return data.columns[column]
+        return lookup_column(self.name, self.split(split).columns, column)
 
     def data_fingerprint(self, split: str) -> str:
         if split not in self._fingerprints:
