@@ -174,11 +174,23 @@ class ForgettingSession:
         return np.sort(rng.choice(n, size=limit, replace=False))
 
     def _meta(self, loaded: Any) -> ModelMeta:
+        """What tasks need of a checkpoint (memoised: hashing a large vocabulary is not free)."""
+        meta = getattr(loaded, "_forgetting_meta", None)
+        if meta is None:
+            meta = self._compute_meta(loaded)
+            try:
+                loaded._forgetting_meta = meta
+            except AttributeError:  # a slotted object: recompute next time
+                pass
+        return meta
+
+    def _compute_meta(self, loaded: Any) -> ModelMeta:
         tok = getattr(loaded, "tokenizer", None)
         if tok is None:
             return ModelMeta(config=getattr(loaded, "config", None))
         vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
-        fp = hash_arrays(type(tok).__name__, sorted(vocab.items()), getattr(tok, "model_max_length", None))
+        joined = "\n".join(f"{token}\t{index}" for token, index in sorted(vocab.items()))
+        fp = hash_arrays(type(tok).__name__, joined, getattr(tok, "model_max_length", None))
         return ModelMeta(tokenizer=tok, tokenizer_fingerprint=fp, config=getattr(loaded, "config", None))
 
     def _prepare(self, task: Task, split: str, meta: ModelMeta) -> Any:
