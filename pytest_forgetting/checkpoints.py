@@ -649,15 +649,9 @@ def _check_loading_info(info: dict[str, Any], folder: Path, class_name: str) -> 
     errors = [str(e) for e in info.get("error_msgs") or ()]
     if not (missing or unexpected or mismatched or errors):
         return
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing ({_few(missing)})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected ({_few(unexpected)})")
-    if mismatched:
-        shown = [f"{m[0]}: file {tuple(m[1])} vs model {tuple(m[2])}" if isinstance(m, tuple) and len(m) == 3 else str(m)
-                 for m in mismatched]  # fmt: skip
-        parts.append(f"{len(mismatched)} shape-mismatched ({_few(shown)})")
+    shown = [f"{m[0]}: file {tuple(m[1])} vs model {tuple(m[2])}" if isinstance(m, tuple) and len(m) == 3 else str(m)
+             for m in mismatched]  # fmt: skip
+    parts = _key_problems(missing, unexpected, shown)
     if errors:
         parts.append(f"errors: {_few([_one_line_text(e) for e in errors], 2)}")
     raise CheckpointError(
@@ -895,17 +889,22 @@ def _check_state_dict_fits(model: "torch.nn.Module", state_dict: dict[str, Any],
     mismatched = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
     if not (missing or unexpected or mismatched):
         return
+    parts = _key_problems(missing, unexpected, [f"{k}: file {got[k]} vs model {expected[k]}" for k in mismatched])
+    raise CheckpointError(
+        f"{source} does not fit the model built by {factory}: " + "; ".join(parts) + _prefix_hint(set(expected), set(got))
+    )
+
+
+def _key_problems(missing: list[str], unexpected: list[str], mismatched: list[str]) -> list[str]:
+    """The parts of a weights-do-not-fit message: counts and the first few names of each kind."""
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing ({_few(missing)})")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected ({_few(unexpected)})")
     if mismatched:
-        shown = [f"{k}: file {got[k]} vs model {expected[k]}" for k in mismatched]
-        parts.append(f"{len(mismatched)} shape-mismatched ({_few(shown)})")
-    raise CheckpointError(
-        f"{source} does not fit the model built by {factory}: " + "; ".join(parts) + _prefix_hint(set(expected), set(got))
-    )
+        parts.append(f"{len(mismatched)} shape-mismatched ({_few(mismatched)})")
+    return parts
 
 
 def _prefix_hint(model_keys: set[str], file_keys: set[str]) -> str:

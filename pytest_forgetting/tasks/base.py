@@ -98,9 +98,17 @@ class Task:
     #: outputs that identify the class of an example, used for per-class drops
     label_key: str | None = "label"
 
+    #: split name -> that split's data, for tasks that keep their splits in memory
+    _splits: Mapping[str, Any] = {}
+
     # -- data ------------------------------------------------------------------------------
     def split_names(self) -> tuple[str, ...]:
-        raise NotImplementedError
+        return tuple(self._splits)
+
+    def split(self, split: str) -> Any:
+        """The data of one split (the task's own record type, with at least ``ids``)."""
+        self.check_split(split)
+        return self._splits[split]
 
     def check_split(self, split: str) -> None:
         names = self.split_names()
@@ -108,7 +116,7 @@ class Task:
             raise ConfigError(f"task {self.name!r} has no split {split!r}{suggest(split, names)}; splits: {', '.join(names)}")
 
     def ids(self, split: str) -> np.ndarray:
-        raise NotImplementedError
+        return self.split(split).ids
 
     def size(self, split: str) -> int:
         return len(self.ids(split))

@@ -77,15 +77,8 @@ class ClassificationTask(Task):
         self._class_names = class_names
         self._fingerprints: dict[str, str] = {}
 
-    def split_names(self) -> tuple[str, ...]:
-        return tuple(self._splits)
-
     def split(self, split: str) -> SplitData:
-        self.check_split(split)
-        return self._splits[split]
-
-    def ids(self, split: str) -> np.ndarray:
-        return self.split(split).ids
+        return super().split(split)
 
     def labels(self, split: str) -> np.ndarray:
         return self.split(split).labels

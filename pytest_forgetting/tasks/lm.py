@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import TaskError
 from ..metrics import GENERATION_METRICS, LM_METRICS
-from .base import ModelMeta, Task, hash_arrays, normalize_ids
+from .base import hash_arrays, lookup_column, ModelMeta, normalize_ids, Task
 from .classification import logits_of, padded_batches
 
 
@@ -76,16 +76,7 @@ class _SplitTask(Task):
 
     def slice_column(self, split: str, column: str) -> np.ndarray:
         self.check_split(split)
-        cols = self._columns.get(split, {})
-        if column not in cols:
-            from ..errors import ConfigError
-            from ..registry import suggest
-
-            raise ConfigError(
-                f"task {self.name!r} has no slice column {column!r}{suggest(column, list(cols))}; "
-                f"columns: {', '.join(cols) or '(none)'}"
-            )
-        return cols[column]
+        return lookup_column(self.name, self._columns.get(split, {}), column)
 
     def _fingerprint(self, split: str, *parts: Any) -> str:
         if split not in self._fingerprints:

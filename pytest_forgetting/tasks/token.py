@@ -357,15 +357,8 @@ class TokenClassificationTask(Task):
         return TokenSplit(normalize_ids(ids, len(sentences), f"{name}/"), sentences, arr, columns)
 
     # -- data ------------------------------------------------------------------------------
-    def split_names(self) -> tuple[str, ...]:
-        return tuple(self._splits)
-
     def split(self, split: str) -> TokenSplit:
-        self.check_split(split)
-        return self._splits[split]
-
-    def ids(self, split: str) -> np.ndarray:
-        return self.split(split).ids
+        return super().split(split)
 
     def tokens(self, split: str) -> list[list[str]]:
         return self.split(split).tokens
