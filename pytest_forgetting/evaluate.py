@@ -63,6 +63,31 @@ def worker_device(count: int) -> tuple[str, str]:
     return "cuda", ""
 
 
+def is_dispatched(model: Any) -> bool:
+    """True for a model accelerate split over devices / offloaded (``from_pretrained(device_map=...)``).
+
+    Such a model must not be moved with ``.to()`` (accelerate refuses for offloaded modules); its
+    hooks move activations between the devices.
+    """
+    return bool(getattr(model, "hf_device_map", None))
+
+
+def input_device(model: Any, default: str) -> str:
+    """Where a batch goes: ``default`` (the session's device), or for a dispatched model the device
+    accelerate executes its first modules on: the first entry of ``hf_device_map`` that is neither
+    ``cpu`` nor ``disk`` (accelerate's main device; offloaded modules run there too), else the CPU.
+    """
+    device_map = getattr(model, "hf_device_map", None)
+    if not device_map:
+        return default
+    for device in device_map.values():
+        if isinstance(device, int):
+            return f"cuda:{device}"
+        if str(device) not in ("cpu", "disk", "meta"):
+            return str(device)
+    return "cpu"
+
+
 def torch_dtype(name: str) -> Any:
     import torch
 
@@ -168,7 +193,7 @@ def run_model(
     import torch
 
     tdtype = torch_dtype(dtype)
-    dev = torch.device(device)
+    dev = torch.device(input_device(model, device))
     collected: dict[str, list[Any]] = {}
     start = time.perf_counter()
     with deterministic(), torch.inference_mode():

@@ -735,6 +735,11 @@ def finetune(
 
     if model is None or not isinstance(model, torch.nn.Module):
         raise FinetuneError(f"model must be an nn.Module (the base checkpoint's, with the fixture), not {type(model).__name__}")
+    if getattr(model, "hf_device_map", None):  # copies of it are moved with .to(), which accelerate refuses
+        raise FinetuneError(
+            "the model is split over devices by accelerate (hf_device_map, e.g. from --forgetting-device-map); "
+            "finetune trains a copy on one device: load the model without a device map to fine-tune it"
+        )
     opts = _check_options(strategy, options)
     _check_common(lr, epochs, max_steps, batch_size, weight_decay, lr_schedule, warmup, optimizer, time_budget_s,
                   layer_lr_decay, max_grad_norm)  # fmt: skip

@@ -7,7 +7,9 @@ source won. Settings are plain, serialisable values (pytest-xdist ships options 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +55,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("retains", "--retains", "declare a retention check without writing a test: TASK:MAX_DROP[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
     Option("improves", "--improves", "declare an improvement check: TASK:MIN_GAIN[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
     Option("allow_download", "--forgetting-allow-download", "let hub ids download (default: local Hugging Face cache only)", None, default=False, kind="bool"),
+    Option("device_map", "--forgetting-device-map", "split Hugging Face folders too large for one device with accelerate: auto | balanced | balanced_low_0 | sequential | a JSON file mapping module names to devices (cpu, disk, N, cuda:N)", "forgetting_device_map", "FORGETTING_DEVICE_MAP", metavar="MAP"),
+    Option("max_memory", "--forgetting-max-memory", "memory budget per device for --forgetting-device-map auto/balanced/sequential, e.g. cpu=40GiB,0=10GiB", "forgetting_max_memory", "FORGETTING_MAX_MEMORY", metavar="DEV=SIZE,..."),
 )
 
 
@@ -77,6 +81,8 @@ class Settings:
     trust_remote_code: bool = False
     allow_download: bool = False
     early_stop: bool = False
+    device_map: str | None = None  # a strategy name or the absolute path of a JSON file
+    max_memory: str | None = None  # "cpu=40GiB,0=10GiB" (validated)
     retains: tuple[str, ...] = ()
     improves: tuple[str, ...] = ()
     rootdir: str = "."
@@ -188,7 +194,97 @@ def resolve(
         raise ConfigError(f"{_where(opt_by_name['model_factory'], sources['model_factory'])}={factory!r}: expected module:callable, e.g. mymodels:build_cnn")
     if values["cache_dir"] is None:
         values["cache_dir"] = str(Path(rootdir) / ".forgetting_cache")
+    _resolve_device_map(values, sources, opt_by_name, Path(ini_dir or rootdir), Path(invocation_dir))
     return Settings(**values, rootdir=str(rootdir), sources=sources)
+
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_DEVICE_MAP_USAGE = "expected auto, balanced, balanced_low_0, sequential or a JSON file mapping module names to devices"
+_DEVICE = re.compile(r"cpu|disk|mps|(?:cuda|xpu|npu|mlu|hpu)(?::\d+)?")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib|tb|tib)?")
+_SIZE_UNITS = {None: 1, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30, "tb": 10**12, "tib": 2**40}
+
+
+def _resolve_device_map(values: dict[str, Any], sources: dict[str, str], opts: dict[str, Option], ini_base: Path, cli_base: Path) -> None:
+    """Validate --forgetting-device-map / --forgetting-max-memory; a JSON map becomes an absolute path."""
+    raw = values["device_map"]
+    opt, source = opts["device_map"], sources["device_map"]
+    if raw is not None:
+        spec = str(raw).strip()
+        if spec.lower() in DEVICE_MAP_STRATEGIES:
+            spec = spec.lower()
+        else:
+            path = Path(spec).expanduser()
+            if not path.is_absolute():
+                path = (ini_base if source == "ini" else cli_base) / path
+            spec = str(path.absolute())
+        try:
+            parse_device_map(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{_where(opt, source)}={raw!r}: {exc}") from None
+        values["device_map"] = spec
+    mem_opt, mem_source = opts["max_memory"], sources["max_memory"]
+    if values["max_memory"] is not None:
+        mem = str(values["max_memory"]).strip()
+        try:
+            parse_max_memory(mem)
+        except ConfigError as exc:
+            raise ConfigError(f"{_where(mem_opt, mem_source)}={values['max_memory']!r}: {exc}") from None
+        if values["device_map"] not in DEVICE_MAP_STRATEGIES:
+            raise ConfigError(
+                f"{_where(mem_opt, mem_source)}={values['max_memory']!r}: only applies with --forgetting-device-map "
+                f"{', '.join(DEVICE_MAP_STRATEGIES)} (an explicit JSON map already places every module)"
+            )
+        values["max_memory"] = mem
+
+
+def parse_device_map(spec: str) -> str | dict[str, int | str]:
+    """A strategy name, or the module -> device dict of a JSON file (validated; ConfigError says what is wrong)."""
+    if spec in DEVICE_MAP_STRATEGIES:
+        return spec
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"{_DEVICE_MAP_USAGE}; no such file {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read device map {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"device map {path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    example = '{"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "disk"}'
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"device map {path} must be a non-empty JSON object mapping module names to devices, e.g. {example}")
+    out: dict[str, int | str] = {}
+    for module, device in data.items():
+        if isinstance(device, bool) or not (
+            (isinstance(device, int) and device >= 0) or (isinstance(device, str) and _DEVICE.fullmatch(device.strip().lower()))
+        ):
+            raise ConfigError(f"device map {path}: module {module!r} -> {device!r} is not a device (cpu, disk, a GPU index N or cuda:N)")
+        out[module] = device if isinstance(device, int) else device.strip().lower()
+    return out
+
+
+def parse_max_memory(spec: str) -> dict[int | str, int]:
+    """``cpu=40GiB,0=10GiB`` -> {"cpu": 42949672960, 0: 10737418240} (bytes; accelerate's max_memory)."""
+    usage = "expected DEVICE=SIZE pairs separated by commas, e.g. cpu=40GiB,0=10GiB (devices: cpu, disk, mps, N, cuda:N)"
+    out: dict[int | str, int] = {}
+    for item in spec.split(","):
+        key, sep, size = (part.strip().lower() for part in item.partition("="))
+        match = _SIZE.fullmatch(size)
+        if not sep or not key or match is None:
+            raise ConfigError(f"{item.strip()!r}: {usage}")
+        if key.isdigit():
+            dev: int | str = int(key)
+        elif key.startswith("cuda:") and key[5:].isdigit():
+            dev = int(key[5:])
+        elif key in ("cpu", "disk", "mps"):
+            dev = key
+        else:
+            raise ConfigError(f"{item.strip()!r}: unknown device {key!r}; {usage}")
+        if dev in out:
+            raise ConfigError(f"{item.strip()!r}: device {key!r} given twice")
+        out[dev] = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    return out
 
 
 def _resolve_ref(ref: str, base_dir: Path) -> str:

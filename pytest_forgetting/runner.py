@@ -438,4 +438,7 @@ def report_header(config: pytest.Config) -> list[str]:
     lines = [f"forgetting: base={s.base_ckpt} ({src.get('base_ckpt')}), tuned={', '.join(s.tuned_ckpts) or '-'} ({src.get('tuned_ckpts')})"]
     lines.append(f"forgetting: device={device} ({src.get('device')}), dtype={s.dtype}, alpha={s.alpha:g}, batch_size={s.batch_size}, "
                  f"inconclusive={s.inconclusive}, cache={'off' if s.no_cache else s.cache_dir}")
+    if s.device_map:
+        lines.append(f"forgetting: device_map={s.device_map} ({src.get('device_map')})"
+                     + (f", max_memory={s.max_memory} ({src.get('max_memory')})" if s.max_memory else ""))
     return lines

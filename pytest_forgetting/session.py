@@ -16,7 +16,7 @@ from . import stats
 from .cache import EvalCache, cache_key
 from .checks import Check
 from .errors import CheckpointError, ConfigError, EvaluationError, TaskError
-from .evaluate import NonFiniteOutputs, is_oom, resolve_device, run_model
+from .evaluate import NonFiniteOutputs, is_dispatched, is_oom, resolve_device, run_model
 from .metrics import Metric
 from .options import Settings, candidate_name
 from .registry import REGISTRY
@@ -72,6 +72,7 @@ class ForgettingSession:
         self._results: dict[tuple[str, str, str, str], tuple[EvalResult, bool]] = {}
         self.batch_size = 64 if settings.batch_size == "auto" else int(settings.batch_size)
         self.rows: list[dict[str, Any]] = []
+        self._offload_dir: str | None = None
 
     # -- device and models -------------------------------------------------------------------
     @property
@@ -111,13 +112,20 @@ class ForgettingSession:
         return slot._fingerprint
 
     def load(self, slot: ModelSlot) -> Any:
-        """The LoadedCheckpoint of a slot, on the session's device and dtype, in eval mode."""
+        """The LoadedCheckpoint of a slot, on the session's device and dtype, in eval mode.
+
+        With ``--forgetting-device-map`` a Hugging Face folder is loaded by accelerate straight onto
+        the devices of the map (in the session's dtype) and left there: a dispatched model is
+        never moved with ``.to()``, and its inputs go to its first device (``run_model``).
+        """
         from . import checkpoints
         from .evaluate import torch_dtype
 
         if slot.loaded is None:
             base_loaded = None
             if slot.role == "tuned" and _is_adapter(slot.ref):
+                if self.settings.device_map is not None:  # refused before the base is loaded for nothing
+                    raise CheckpointError(f"tuned checkpoint {slot.display}: {checkpoints.DEVICE_MAP_NEEDS_HF_FOLDER}, not a PEFT adapter")
                 base_loaded = self.load(self.base_slot())
             loaded = checkpoints.load_checkpoint(
                 slot.ref,
@@ -128,8 +136,10 @@ class ForgettingSession:
                 allow_download=self.settings.allow_download,
                 rootdir=self.settings.rootdir,
                 base=base_loaded,
+                **self._placement(),
             )
-            loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
+            if not is_dispatched(loaded.model):  # accelerate placed a dispatched one; .to() would raise
+                loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
             loaded.model.eval()
             bad = checkpoints.nonfinite_params(loaded.model)
             if bad:
@@ -154,10 +164,26 @@ class ForgettingSession:
         from .evaluate import torch_dtype
 
         slot.loaded = checkpoints.load_checkpoint(module, role=role)
-        slot.loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
+        if not is_dispatched(slot.loaded.model):  # a module the caller dispatched with accelerate stays put
+            slot.loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
         slot.loaded.model.eval()
         slot._fingerprint = slot.loaded.fingerprint
         return slot
+
+    def _placement(self) -> dict[str, Any]:
+        """load_checkpoint's device_map / max_memory / offload_folder / dtype under --forgetting-device-map."""
+        if self.settings.device_map is None:
+            return {}
+        from .options import parse_device_map, parse_max_memory
+
+        if self._offload_dir is None:
+            self._offload_dir = _offload_dir(None if self.settings.no_cache else self.settings.cache_dir)
+        return {
+            "device_map": parse_device_map(self.settings.device_map),
+            "max_memory": parse_max_memory(self.settings.max_memory) if self.settings.max_memory else None,
+            "offload_folder": self._offload_dir,
+            "dtype": self.settings.dtype,
+        }
 
     # -- tasks and evaluation ----------------------------------------------------------------
     def task(self, name: str) -> Task:
@@ -191,12 +217,25 @@ class ForgettingSession:
         vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
         joined = "\n".join(f"{token}\t{index}" for token, index in sorted(vocab.items()))
         fp = hash_arrays(type(tok).__name__, joined, getattr(tok, "model_max_length", None))
-        return ModelMeta(tokenizer=tok, tokenizer_fingerprint=fp, config=getattr(loaded, "config", None))
+        return ModelMeta(tokenizer=tok, tokenizer_fingerprint=fp, config=getattr(loaded, "config", None), tokenizer_cache_id=_tokenizer_cache_id(tok))
 
     def _prepare(self, task: Task, split: str, meta: ModelMeta) -> Any:
+        """Inputs prepared once per (task, split, tokenizer) in a process, and across runs on disk."""
         key = (task.name, split, task.prepare_key(meta))
         if key not in self._prepared:
-            self._prepared[key] = task.prepare(split, meta)
+            if task.cache_prepared and meta.tokenizer_cache_id:
+                disk_key = cache_key(
+                    kind="prepared", task_class=f"{type(task).__module__}.{type(task).__qualname__}", task=task.name,
+                    task_version=task.version, data=task.data_fingerprint(split), split=split,
+                    prepare=task.prepare_key(meta), tokenizer=meta.tokenizer_cache_id,
+                )  # fmt: skip
+                prepared = self.cache.load_prepared(disk_key)
+                if prepared is None:
+                    prepared = task.prepare(split, meta)
+                    self.cache.store_prepared(disk_key, prepared)
+            else:
+                prepared = task.prepare(split, meta)
+            self._prepared[key] = prepared
         return self._prepared[key]
 
     def _run(self, slot: ModelSlot, task: Task, split: str, idx: np.ndarray) -> EvalResult:
@@ -238,7 +277,7 @@ class ForgettingSession:
             key = cache_key(
                 base=fp, task=task.name, task_version=task.version, data=task.data_fingerprint(split), split=split,
                 indices=hash_arrays(idx), device=self.device, dtype=self.settings.dtype, batch_size=self.batch_size,
-                torch=_torch_version(),
+                torch=_torch_version(), **({"device_map": self.settings.device_map} if self.settings.device_map else {}),
             )
             with self.cache.lock(key):
                 cached = self.cache.load(key)
@@ -264,6 +303,8 @@ class ForgettingSession:
         tuned = tuned or self.tuned_slot(candidate)
         row = self._row_skeleton(check, metric, test, tuned)
         row["_device"] = self.device + (f" ({self.device_note})" if self.device_note else "")
+        if self.settings.device_map:
+            row["_device"] += f", device_map {self.settings.device_map}"
         row["_fingerprints"] = {base.display: self.fingerprint(base), tuned.display: self.fingerprint(tuned)}
         base_res, cached = self.evaluate(base, task, check.split)
         row["base_cached"] = cached
@@ -438,6 +479,28 @@ def _encode_groups(column: np.ndarray, eval_ids: np.ndarray, split_ids: np.ndarr
     return np.array([index[v] for v in values.tolist()], dtype=np.int64), names
 
 
+def _offload_dir(cache_dir: str | None) -> str:
+    """A fresh folder for accelerate's disk offload (under the cache dir when it is used and writable,
+    else the system's temporary folder), removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = None
+    if cache_dir:
+        try:
+            parent = Path(cache_dir) / "offload"
+            parent.mkdir(parents=True, exist_ok=True)
+            folder = tempfile.mkdtemp(prefix="run-", dir=parent)
+        except OSError:
+            folder = None
+    if folder is None:
+        folder = tempfile.mkdtemp(prefix="forgetting-offload-")
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 def _is_adapter(ref: Any) -> bool:
     from pathlib import Path
 
@@ -455,3 +518,22 @@ def _empty_cuda_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+#: tokenizer attributes that name where it was loaded from, not how it tokenises
+_TOKENIZER_PLACE_KWARGS = frozenset({"name_or_path", "is_local", "local_files_only", "vocab_file", "merges_file", "tokenizer_file", "cache_dir", "_commit_hash"})
+
+
+def _tokenizer_cache_id(tok: Any) -> str | None:
+    """Hash of everything that decides a fast tokenizer's output, or None for other tokenizers."""
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "to_str"):
+        return None
+    try:
+        kwargs = {k: repr(v) for k, v in sorted(getattr(tok, "init_kwargs", {}).items()) if k not in _TOKENIZER_PLACE_KWARGS}
+        return hash_arrays(
+            type(tok).__qualname__, backend.to_str(), kwargs, getattr(tok, "padding_side", None),
+            getattr(tok, "truncation_side", None), getattr(tok, "model_max_length", None),
+        )  # fmt: skip
+    except Exception:  # an exotic tokenizer: no disk cache rather than a wrong one
+        return None

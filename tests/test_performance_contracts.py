@@ -109,6 +109,99 @@ def test_cached_base_evaluation_never_loads_the_base_checkpoint(tasks, bert_fold
         assert warm.row[key] == cold.row[key]
 
 
+# -- tokenised inputs are cached on disk with the task fingerprint -------------------------------------
+def _prepared_entries(cache: Path) -> list[Path]:
+    return sorted(cache.glob("prepared-*.npz"))
+
+
+def test_tokenised_inputs_are_cached_across_sessions(tasks, bert_folders, tmp_path, monkeypatch):
+    first = session(*bert_folders, tmp_path)
+    cold = first.run_check(check(TEXT_TASK, max_drop=0.5), test="t")
+    entries = _prepared_entries(tmp_path / "cache")
+    assert len(entries) == 1
+
+    def must_not_tokenise(*args, **kwargs):
+        raise AssertionError("tokenised again although the cache holds this task's inputs")
+
+    monkeypatch.setattr(classification, "tokenize_padded", must_not_tokenise)
+    second = session(*bert_folders, tmp_path)  # a new run: base from the eval cache, inputs from disk
+    warm = second.run_check(check(TEXT_TASK, max_drop=0.5), test="t")
+    for key in ("n", "base", "tuned", "drop", "ci_low", "ci_high", "verdict"):
+        assert warm.row[key] == cold.row[key]
+    # the tuned model got exactly the tensors tokenisation makes
+    prepared = second._prepared[next(iter(second._prepared))]
+    meta = second._meta(second.tuned_slot().loaded)
+    monkeypatch.undo()
+    fresh = classification.tokenize_padded(meta, REGISTRY.get(TEXT_TASK).split("test").inputs, 16, TEXT_TASK)
+    assert set(prepared["tensors"]) == set(fresh["tensors"])
+    for k, t in fresh["tensors"].items():
+        assert prepared["tensors"][k].dtype == t.dtype and torch.equal(prepared["tensors"][k], t)
+    np.testing.assert_array_equal(prepared["lengths"], fresh["lengths"])
+
+
+def test_prepared_cache_key_covers_tokenizer_settings_and_data(tasks, bert_folders, tmp_path):
+    """The key is the tokenizer's behaviour, not its folder: same tokenizer elsewhere = same id; same
+    vocabulary with another normaliser or truncation side = another id; another max_length = another entry."""
+    from transformers import AutoTokenizer
+
+    from pytest_forgetting.session import _tokenizer_cache_id
+
+    a, b = (AutoTokenizer.from_pretrained(str(f)) for f in bert_folders)
+    assert _tokenizer_cache_id(a) is not None and _tokenizer_cache_id(a) == _tokenizer_cache_id(b)
+    assert a("Great MOVIE")["input_ids"] == b("Great MOVIE")["input_ids"]
+    b.backend_tokenizer.normalizer = None  # no lower-casing: other ids for capitalised words
+    assert a("Great MOVIE")["input_ids"] != b("Great MOVIE")["input_ids"]
+    assert _tokenizer_cache_id(a) != _tokenizer_cache_id(b)
+    c = AutoTokenizer.from_pretrained(str(bert_folders[0]), truncation_side="left")
+    assert _tokenizer_cache_id(c) != _tokenizer_cache_id(a)
+    assert _tokenizer_cache_id(object()) is None  # not a fast tokenizer: memoised in-process only
+
+    session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
+    assert len(_prepared_entries(tmp_path / "cache")) == 1
+    REGISTRY.entries.pop(TEXT_TASK)
+    texts, labels = sentiment_texts(160, seed=0)
+    REGISTRY.register(TEXT_TASK, lambda: TextClassificationTask(texts, labels, max_length=8), origin="test")
+    session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
+    assert len(_prepared_entries(tmp_path / "cache")) == 2
+
+
+def test_damaged_prepared_entry_is_recomputed(tasks, bert_folders, tmp_path):
+    cold = session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
+    (entry,) = _prepared_entries(tmp_path / "cache")
+    entry.write_bytes(b"not a zip file")
+    warm = session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
+    assert warm.row["tuned"] == cold.row["tuned"] and warm.row["verdict"] == cold.row["verdict"]
+    assert entry.read_bytes()[:2] == b"PK"  # replaced by a good entry
+
+
+def test_prepared_cache_round_trip_and_refusals(tmp_path):
+    from pytest_forgetting.cache import EvalCache
+
+    cache = EvalCache(tmp_path)
+    tree = {"tensors": {"input_ids": torch.arange(6).view(2, 3), "mask": torch.ones(2, 3, dtype=torch.bool)}, "lengths": np.array([3, 2])}
+    assert cache.store_prepared("k", tree)
+    back = cache.load_prepared("k")
+    assert torch.equal(back["tensors"]["input_ids"], tree["tensors"]["input_ids"]) and back["tensors"]["mask"].dtype == torch.bool
+    assert isinstance(back["lengths"], np.ndarray) and back["lengths"].tolist() == [3, 2]
+    # anything that is not a mapping of arrays is not stored (word-id lists, objects, non-str keys)
+    assert not cache.store_prepared("a", {"words": [[0, 1], [None]]})
+    assert not cache.store_prepared("b", {1: np.zeros(2)})
+    assert not cache.store_prepared("c", [np.zeros(2)])
+    assert not cache.store_prepared("d", {"x": np.array([object()])})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared-k.npz"]
+    assert EvalCache(tmp_path, enabled=False).load_prepared("k") is None
+
+
+def test_decision_core_imports_no_scipy():
+    """scipy.stats/optimize cost ~1.5 s per process; the plugin's decision path must not pay it."""
+    import subprocess
+    import sys
+
+    code = "import sys, pytest_forgetting.session, pytest_forgetting.sequential; print(sorted(m for m in sys.modules if m.startswith('scipy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 # -- no per-example Python in the hot path -------------------------------------------------------------
 def _python_lines(fn) -> int:
     """Python line events executed by ``fn()`` in any frame (library code included)."""

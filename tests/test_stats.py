@@ -104,6 +104,32 @@ def test_tango_matches_brute_force_inversion(b, c, n, alpha):
     assert np.all(np.diff(np.flatnonzero(np.abs(score_statistic_naive(grid, b, c, n)) <= z)) == 1)
 
 
+@pytest.mark.parametrize("alpha", [1e-6, 0.001, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5])
+def test_z_quantile_matches_scipy(alpha):
+    from pytest_forgetting.stats import _z
+
+    assert _z(alpha) == pytest.approx(norm.ppf(1 - alpha), rel=1e-14, abs=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tango_root_matches_scipy_brentq(seed):
+    """The stdlib bisection lands where scipy's brentq does, to 1e-11, on random tables."""
+    from scipy.optimize import brentq
+
+    from pytest_forgetting.stats import _tango_lower, _tango_score
+
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        n = int(rng.integers(1, 5000))
+        b, c = (int(v) for v in rng.multinomial(n, rng.dirichlet([1, 1, 3]))[:2])
+        z = float(norm.ppf(1 - rng.choice([0.01, 0.05, 0.1])))
+        dhat = (b - c) / n
+        if (b == 0 and c == 0) or dhat == -1.0:
+            continue
+        ref = brentq(lambda d: -z if d == dhat else _tango_score(d, b, c, n) - z, -1.0, dhat, xtol=1e-13)
+        assert _tango_lower(b, c, n, z) == pytest.approx(ref, abs=1e-11)
+
+
 def test_wilson_against_closed_form():
     # 5 successes of 20, 95% two-sided: the textbook value (0.1119, 0.4687)
     low, high = wilson_bounds(5, 20, alpha=0.025)

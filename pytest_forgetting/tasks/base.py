@@ -27,6 +27,10 @@ class ModelMeta:
     tokenizer: Any = None
     tokenizer_fingerprint: str = ""
     config: Any = None
+    #: hash of the tokenizer's full serialisation (normaliser, pre-tokeniser, vocabulary, special
+    #: tokens, padding/truncation settings); None when it cannot be serialised (slow tokenizers),
+    #: which keeps its tokenised inputs out of the on-disk cache
+    tokenizer_cache_id: str | None = None
 
 
 def hash_arrays(*parts: Any) -> str:
@@ -144,6 +148,11 @@ class Task:
         return self.metrics[metric]
 
     # -- running a model -------------------------------------------------------------------
+    #: whether ``prepare`` output may be cached on disk, keyed by ``data_fingerprint(split)``,
+    #: ``prepare_key(meta)`` and the tokenizer's serialisation: true only where those three
+    #: determine it completely (tokenisation of the split's own texts)
+    cache_prepared: bool = False
+
     def prepare_key(self, meta: ModelMeta) -> str:
         """What the prepared inputs depend on besides the data (e.g. the tokenizer)."""
         return ""

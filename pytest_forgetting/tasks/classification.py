@@ -228,6 +228,8 @@ class TextClassificationTask(ClassificationTask):
         self.max_length = int(max_length)
         super().__init__(built, names)
 
+    cache_prepared = True
+
     def _fingerprint_inputs(self, inputs: Any) -> Any:
         return [self.max_length, list(inputs)]
 

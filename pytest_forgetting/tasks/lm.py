@@ -166,6 +166,8 @@ class LanguageModelingTask(_SplitTask):
         self.check_split(split)
         return self._texts[split]
 
+    cache_prepared = True
+
     def data_fingerprint(self, split: str) -> str:
         return self._fingerprint(split, self.max_length, self.texts(split))
 

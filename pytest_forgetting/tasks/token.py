@@ -387,6 +387,8 @@ class TokenClassificationTask(Task):
         return self._fingerprints[split]
 
     # -- running a model ---------------------------------------------------------------------
+    cache_prepared = True
+
     def prepare_key(self, meta: ModelMeta) -> str:
         return f"{meta.tokenizer_fingerprint}:{effective_max_length(meta, self.max_length)}"
 
