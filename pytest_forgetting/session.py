@@ -72,7 +72,6 @@ class ForgettingSession:
         self._results: dict[tuple[str, str, str, str], tuple[EvalResult, bool]] = {}
         self.batch_size = 64 if settings.batch_size == "auto" else int(settings.batch_size)
         self.rows: list[dict[str, Any]] = []
-        self._offload_dir: str | None = None
 
     # -- device and models -------------------------------------------------------------------
     @property
@@ -176,12 +175,11 @@ class ForgettingSession:
             return {}
         from .options import parse_device_map, parse_max_memory
 
-        if self._offload_dir is None:
-            self._offload_dir = _offload_dir(None if self.settings.no_cache else self.settings.cache_dir)
         return {
             "device_map": parse_device_map(self.settings.device_map),
             "max_memory": parse_max_memory(self.settings.max_memory) if self.settings.max_memory else None,
-            "offload_folder": self._offload_dir,
+            # one folder per model: base and tuned offload weights of the same names
+            "offload_folder": _offload_dir(None if self.settings.no_cache else self.settings.cache_dir),
             "dtype": self.settings.dtype,
         }
 
