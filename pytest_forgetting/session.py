@@ -72,6 +72,7 @@ class ForgettingSession:
         self._results: dict[tuple[str, str, str, str], tuple[EvalResult, bool]] = {}
         self.batch_size = 64 if settings.batch_size == "auto" else int(settings.batch_size)
         self.rows: list[dict[str, Any]] = []
+        self._digests: Any = None
 
     # -- device and models -------------------------------------------------------------------
     @property
@@ -98,6 +99,15 @@ class ForgettingSession:
             raise ConfigError("no base checkpoint: pass --base-ckpt REF (or set $FORGETTING_BASE_CKPT / ini forgetting_base_ckpt)")
         return self.base
 
+    @property
+    def digests(self) -> Any:
+        """File hashes of unchanged checkpoint files, kept beside the evaluation cache."""
+        if self._digests is None:
+            from .checkpoints import FileDigests
+
+            self._digests = FileDigests(self.cache.directory / "file-digests.json" if self.cache.enabled else None)
+        return self._digests
+
     def fingerprint(self, slot: ModelSlot) -> str:
         from . import checkpoints
 
@@ -106,8 +116,9 @@ class ForgettingSession:
                 slot._fingerprint = slot.loaded.fingerprint
             else:
                 slot._fingerprint = checkpoints.fingerprint_ref(
-                    slot.ref, rootdir=self.settings.rootdir, allow_pickle=self.settings.allow_pickle, allow_download=self.settings.allow_download
-                )
+                    slot.ref, rootdir=self.settings.rootdir, allow_pickle=self.settings.allow_pickle,
+                    allow_download=self.settings.allow_download, digests=self.digests,
+                )  # fmt: skip
         return slot._fingerprint
 
     def load(self, slot: ModelSlot) -> Any:
@@ -135,6 +146,7 @@ class ForgettingSession:
                 allow_download=self.settings.allow_download,
                 rootdir=self.settings.rootdir,
                 base=base_loaded,
+                digests=self.digests,
                 **self._placement(),
             )
             if not is_dispatched(loaded.model):  # accelerate placed a dispatched one; .to() would raise

@@ -789,6 +789,62 @@ def test_fingerprint_follows_content_not_location(bert_dir, tmp_path):
     assert fingerprint_ref(copy) != fingerprint_ref(bert_dir)
 
 
+class _OpenSpy:
+    """Counts files opened by pytest_forgetting.checkpoints (its module-level ``open``)."""
+
+    def __init__(self):
+        self.paths: list[str] = []
+
+    def __call__(self, file, *args, **kwargs):
+        self.paths.append(os.fspath(file))
+        return open(file, *args, **kwargs)
+
+
+def test_file_digests_are_remembered_only_for_settled_unchanged_files(bert_dir, tmp_path, monkeypatch):
+    from pytest_forgetting import checkpoints
+
+    copy = Path(shutil.copytree(bert_dir, tmp_path / "ckpt"))
+    plain = fingerprint_ref(copy)
+    store = tmp_path / "cache" / "file-digests.json"
+
+    # files written just now are "racy" (a coarse clock could give a rewrite the same stat): never remembered
+    fresh = checkpoints.FileDigests(store)
+    assert fingerprint_ref(copy, digests=fresh) == plain
+    assert not store.exists()
+
+    monkeypatch.setattr(checkpoints.FileDigests, "RACY_NS", 0)  # as if the files were written long ago
+    monkeypatch.setattr(checkpoints, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
+    assert fingerprint_ref(copy, digests=checkpoints.FileDigests(store)) == plain
+    remembered = json.loads(store.read_text())
+    assert len(remembered) == len([p for p in copy.iterdir() if p.name != "README.md"]) and all(len(v) == 64 for v in remembered.values())
+
+    # a new process (fresh memo, same store): the same fingerprint without reading one weight byte
+    monkeypatch.setattr(checkpoints, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
+    spy = _OpenSpy()
+    monkeypatch.setattr(checkpoints, "open", spy, raising=False)
+    assert fingerprint_ref(copy, digests=checkpoints.FileDigests(store)) == plain
+    assert not any(p.endswith(".safetensors") for p in spy.paths)
+
+    # rewriting a file (same size, same name) changes its ctime: hashed again, new fingerprint
+    weights = bytearray((copy / "model.safetensors").read_bytes())
+    weights[-1] ^= 1
+    (copy / "model.safetensors").write_bytes(bytes(weights))
+    changed = fingerprint_ref(copy, digests=checkpoints.FileDigests(store))
+    assert changed != plain and any(p.endswith("model.safetensors") for p in spy.paths)
+    monkeypatch.undo()
+    assert changed == fingerprint_ref(copy)  # what a process without any memo computes
+
+
+def test_file_digest_store_damage_is_a_miss(bert_dir, tmp_path, monkeypatch):
+    from pytest_forgetting import checkpoints
+
+    store = tmp_path / "file-digests.json"
+    for junk in ("not json", "[1, 2]", json.dumps({"x": 1})):
+        store.write_text(junk)
+        monkeypatch.setattr(checkpoints, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
+        assert fingerprint_ref(bert_dir, digests=checkpoints.FileDigests(store)) == fingerprint_ref(bert_dir)
+
+
 def test_fingerprint_of_modules(bert_base):
     a, b = build_cnn(), build_cnn()
     b.load_state_dict(a.state_dict())
@@ -811,8 +867,8 @@ def test_fingerprint_streams_large_files(tmp_path):
     first = fingerprint_ref(tmp_path / "big.safetensors")
     data = (tmp_path / "big.safetensors").read_bytes()
     name = b"big.safetensors"
-    expected = hashlib.sha256(b"pytest-forgetting/files/v1\0")
-    expected.update(struct.pack("<Q", len(name)) + name + struct.pack("<Q", len(data)) + data)
+    expected = hashlib.sha256(b"pytest-forgetting/files/v2\0")
+    expected.update(struct.pack("<Q", len(name)) + name + struct.pack("<Q", len(data)) + hashlib.sha256(data).digest())
     assert first == "sha256:" + expected.hexdigest()
 
 

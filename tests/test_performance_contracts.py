@@ -109,6 +109,23 @@ def test_cached_base_evaluation_never_loads_the_base_checkpoint(tasks, bert_fold
         assert warm.row[key] == cold.row[key]
 
 
+def test_warm_run_does_not_reread_an_unchanged_base_checkpoint(tasks, bert_folders, tmp_path, monkeypatch):
+    """The base's fingerprint (the cache key) comes from remembered file digests, not from its bytes."""
+    monkeypatch.setattr(checkpoints.FileDigests, "RACY_NS", 0)  # as if the checkpoints were written long ago
+    monkeypatch.setattr(checkpoints, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
+    cold = session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
+    assert (tmp_path / "cache" / "file-digests.json").is_file()
+
+    monkeypatch.setattr(checkpoints, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))  # a new process
+    opened: list[str] = []
+    monkeypatch.setattr(checkpoints, "open", lambda f, *a, **k: opened.append(str(f)) or open(f, *a, **k), raising=False)
+    second = session(*bert_folders, tmp_path)
+    warm = second.run_check(check(TEXT_TASK, max_drop=0.5), test="t")
+    assert warm.row["base_cached"] is True and warm.row["verdict"] == cold.row["verdict"]
+    base_reads = [Path(p).name for p in opened if p.startswith(str(bert_folders[0]))]
+    assert base_reads and not [n for n in base_reads if n.endswith(".safetensors")]  # only its small JSON metadata
+
+
 # -- tokenised inputs are cached on disk with the task fingerprint -------------------------------------
 def _prepared_entries(cache: Path) -> list[Path]:
     return sorted(cache.glob("prepared-*.npz"))
