@@ -9,7 +9,8 @@ per key makes concurrent pytest-xdist workers compute an entry once.
 
 The same directory keeps tokenised inputs (``prepared-<key>.npz``): a nested mapping of
 tensors / arrays, keyed by the task's data fingerprint and the tokenizer's full serialisation, so
-a warm run does not tokenise again.
+a warm run does not tokenise again; and ``file-digests.json``, the per-file checkpoint hashes of
+:class:`pytest_forgetting.checkpoints.FileDigests`.
 """
 
 from __future__ import annotations
