@@ -637,6 +637,9 @@ def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: f
                     out.append(f"| {r['variant']} | {r['placement']} | {r['wall']:.1f} | - | - | {r['rss']:.0f} | error: {r['error']} | - |")
                 else:
                     out.append(f"| {r['variant']} | {r['placement']} | {r['wall']:.1f} | {r['base_eval']:.2f} | {r['tuned_eval']:.2f} | {r['rss']:.0f} | {r['verdict']} | {'yes' if r['same'] else 'NO'} |")
+            out += ["", "A device map is about fitting models into GPU memory. On a CPU-only machine it cannot lower peak RSS:",
+                    "the loader materialises weights in host memory before writing offloaded ones to the offload folder,",
+                    "so the rows with disk offload show what the split costs here, not what it saves on a GPU host."]
     return "\n".join(out) + "\n"
 
 
