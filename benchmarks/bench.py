@@ -22,7 +22,7 @@ Sections (``--only`` picks some):
 
 Writes the tables to ``benchmarks/RESULTS.md`` with the machine it ran on.
 
-Usage: python benchmarks/bench.py [--quick] [--only overhead,warm,startup,device-map] [--text-n 400,4000] [--out PATH]
+Usage: python benchmarks/bench.py [--quick] [--only overhead,warm,startup,device-map] [--text-n 400,5000] [--out PATH]
 """
 
 from __future__ import annotations
@@ -685,7 +685,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
-    ap.add_argument("--text-n", default="400,4000",
+    ap.add_argument("--text-n", default="400,5000",
                     help="comma-separated sizes of the MiniLM pytest project (examples; one warm/cold comparison each)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads here and OMP_NUM_THREADS of the pytest runs (default 1: on a machine shared with "

@@ -18,17 +18,6 @@ from .registry import REGISTRY, suggest
 RETAINS_KEYS = ("task", "max_drop", "metric", "relative", "max_class_drop", "max_nfr", "split", "slices")
 IMPROVES_KEYS = ("task", "min_gain", "metric", "relative", "split")
 
-RETAINS_DOC = (
-    "retains(task, max_drop, metric=None, relative=False, max_class_drop=None, max_nfr=None, split='test', slices=None): "
-    "the tuned checkpoint must keep the base checkpoint's `metric` on `task` within `max_drop` "
-    "(absolute, or a fraction of the base value with relative=True), optionally per class / slice "
-    "(max_class_drop) and within a budget of negative flips (max_nfr)."
-)
-IMPROVES_DOC = (
-    "improves(task, min_gain, metric=None, relative=False, split='test'): the tuned checkpoint must beat "
-    "the base checkpoint on `task` by more than `min_gain` (proven at level alpha)."
-)
-
 
 @dataclass(frozen=True)
 class Check:

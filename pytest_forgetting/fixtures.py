@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .api import Forgetting
 from .runner import state
+
+if TYPE_CHECKING:
+    from .api import Forgetting
 
 
 @pytest.fixture(scope="session")
 def forgetting(request: pytest.FixtureRequest) -> Forgetting:
     """compare / assert_retains / assert_improves against the configured checkpoints."""
+    from .api import Forgetting
+
     return Forgetting(state(request.config))
 
 
@@ -50,14 +54,6 @@ def tuned_model(request: pytest.FixtureRequest, _forgetting_candidate: str | Non
         return sess.load(sess.tuned_slot(_forgetting_candidate)).model
     except (ForgettingError, TunedRegression) as exc:
         _fixture_error(exc)
-
-
-@pytest.fixture(autouse=True)
-def _forgetting_checks(request: pytest.FixtureRequest, _forgetting_candidate: str | None) -> None:
-    """Runs the checks of a ``retains`` / ``improves`` marked test at setup (errors are ERRORs)."""
-    from .runner import run_item_checks
-
-    run_item_checks(request.node)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from .errors import ConfigError
 
@@ -20,8 +20,7 @@ GROUP = "forgetting"
 INCONCLUSIVE_ACTIONS = ("fail", "warn", "pass")
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):  # a NamedTuple, not a dataclass: it is built at every pytest start-up
     name: str  # Settings attribute
     cli: str
     help: str

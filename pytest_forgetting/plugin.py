@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from . import options, runner
-from .fixtures import _forgetting_candidate, _forgetting_checks, base_model, finetune, forgetting, tuned_model  # noqa: F401  (registered fixtures)
+from .fixtures import _forgetting_candidate, base_model, finetune, forgetting, tuned_model  # noqa: F401  (registered fixtures)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,6 +33,12 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     runner.generate_tests(metafunc)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # a hook, not an autouse fixture: unmarked tests (most of a suite) pay one dict lookup, not a fixture
+    runner.run_item_checks(item)  # setup phase: a bad input is an ERROR of this test
 
 
 @pytest.hookimpl(wrapper=True)

@@ -8,7 +8,6 @@ different factories is an error; an unknown name gets a "did you mean" suggestio
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import threading
 from dataclasses import dataclass, field
@@ -34,6 +33,8 @@ _BUILTINS: dict[str, str] = {
 
 def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """A " (did you mean 'x'?)" suffix, or "" when nothing is close."""
+    import difflib  # only on the error path: ~3 ms of every pytest start-up otherwise
+
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

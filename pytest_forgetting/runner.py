@@ -11,11 +11,10 @@ import contextlib
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
 
-from .checks import IMPROVES_DOC, RETAINS_DOC, Check, bind_task, parse_check
 from .errors import ConfigError, ForgettingError, TaskError
 from .options import Settings, resolve
 
@@ -25,6 +24,23 @@ CHECKS_KEY = pytest.StashKey[list]()
 RESULTS_KEY = pytest.StashKey[list]()
 ROW_PROPERTY = "forgetting_row"
 MARKERS = ("retains", "improves")
+
+RETAINS_DOC = (
+    "retains(task, max_drop, metric=None, relative=False, max_class_drop=None, max_nfr=None, split='test', slices=None): "
+    "the tuned checkpoint must keep the base checkpoint's `metric` on `task` within `max_drop` "
+    "(absolute, or a fraction of the base value with relative=True), optionally per class / slice "
+    "(max_class_drop) and within a budget of negative flips (max_nfr)."
+)
+IMPROVES_DOC = (
+    "improves(task, min_gain, metric=None, relative=False, split='test'): the tuned checkpoint must beat "
+    "the base checkpoint on `task` by more than `min_gain` (proven at level alpha)."
+)
+
+if TYPE_CHECKING:
+    from .checks import Check
+
+# checks (and the task registry behind it) are imported where a marker or a declared check needs
+# them: a suite that uses neither pays only this module at start-up
 
 
 class ForgettingInconclusiveWarning(pytest.PytestWarning):
@@ -140,15 +156,18 @@ def candidates(config: pytest.Config) -> list[str]:
 def generate_tests(metafunc: pytest.Metafunc) -> None:
     """Several --tuned-ckpt: every marked test and every user of tuned_model runs once per candidate."""
     names = candidates(metafunc.config)
-    if not names or CANDIDATE_ARG not in metafunc.fixturenames:
+    if not names:
         return
     marked = any(metafunc.definition.iter_markers(name) for name in MARKERS)
-    if marked or "tuned_model" in metafunc.fixturenames:
+    if marked and CANDIDATE_ARG not in metafunc.fixturenames:
+        metafunc.fixturenames.append(CANDIDATE_ARG)  # the checks of a marked test run per candidate
+    if CANDIDATE_ARG in metafunc.fixturenames and (marked or "tuned_model" in metafunc.fixturenames):
         metafunc.parametrize(CANDIDATE_ARG, names, ids=names, scope="session")
 
 
 def declared_checks(session: pytest.Session, config: pytest.Config) -> list[pytest.Item]:
     """Items for the checks declared on the command line and in pyproject.toml."""
+    from .checks import parse_check
     from .declarations import check_duplicates, load_pyproject, parse_spec
 
     st = state(config)
@@ -188,6 +207,8 @@ def collect_checks(session: pytest.Session, config: pytest.Config, items: list[p
         for mark in item.iter_markers():
             if mark.name not in MARKERS:
                 continue
+            from .checks import parse_check
+
             try:
                 check = parse_check(mark.name, mark.kwargs, f"{item.nodeid}: @pytest.mark.{mark.name}", mark.args)
                 check = _bind(st, check, item.nodeid)
@@ -201,6 +222,8 @@ def collect_checks(session: pytest.Session, config: pytest.Config, items: list[p
 
 def _bind(st: RunState, check: Check, where: str) -> Check:
     """Validate against the built task when it can be built now; data errors surface on the test."""
+    from .checks import bind_task
+
     try:
         task = st.session.task(check.task)
     except TaskError:
