@@ -167,14 +167,17 @@ def generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def declared_checks(session: pytest.Session, config: pytest.Config) -> list[pytest.Item]:
     """Items for the checks declared on the command line and in pyproject.toml."""
+    st = state(config)
+    s = st.settings
+    pyproject = Path(config.rootpath) / "pyproject.toml"
+    if not (s.retains or s.improves or _mentions_plugin(pyproject)):
+        return []  # the common case of an unrelated suite: no parsing, no imports
     from .checks import parse_check
     from .declarations import check_duplicates, load_pyproject, parse_spec
 
-    st = state(config)
-    s = st.settings
     try:
         decls = [parse_spec("retains", x) for x in s.retains] + [parse_spec("improves", x) for x in s.improves]
-        decls += load_pyproject(Path(config.rootpath) / "pyproject.toml")
+        decls += load_pyproject(pyproject)
         checks = [(_bind(st, parse_check(d.kind, d.kwargs, d.where), d.where), d.where) for d in decls]
         check_duplicates(checks)
     except ConfigError as exc:
@@ -194,6 +197,13 @@ def declared_checks(session: pytest.Session, config: pytest.Config) -> list[pyte
             name = label if cand is None else f"{label[:-1]}-{cand}]"
             items.append(CheckItem.from_parent(parent, name=name, check=check, candidate=cand))
     return items
+
+
+def _mentions_plugin(pyproject: Path) -> bool:
+    try:
+        return b"pytest_forgetting" in pyproject.read_bytes()
+    except OSError:
+        return False
 
 
 def collect_checks(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
