@@ -577,7 +577,7 @@ def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: f
         p = st["paired"]
         out.append(f"| 3 | start-up: plugin installed / `-p no:forgetting`, {st['name']} | {fmt_ratio(p)} | <= 1.05 | {_met(p.ratio <= 1.05)} |")
     if warm_details:
-        out.append("| 5 | peak RSS warm / cold (see below) | " + "; ".join(f"{i['name'].split(' (')[0]}: {i['rss'].ratio:.2f}" for i in res["warm"] if "rss" in i) + " | base not loaded when cached | see below |")
+        out.append("| 5 | peak RSS warm / cold (see below) | " + "; ".join(f"{_short(i['name'])}: {i['rss'].ratio:.2f}" for i in res["warm"] if "rss" in i) + " | base not loaded when cached | see below |")
     if detail:
         out += ["", "## 1. Evaluation overhead", "",
                 "`pytest_forgetting.evaluate.evaluate` (the plugin's loop, preparation and tokenisation included) vs a",
@@ -641,6 +641,12 @@ def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: f
                     "the loader materialises weights in host memory before writing offloaded ones to the offload folder,",
                     "so the rows with disk offload show what the split costs here, not what it saves on a GPU host."]
     return "\n".join(out) + "\n"
+
+
+def _short(name: str) -> str:
+    """'MiniLM-L6 text project (5,000 Rotten Tomatoes snippets, 1 check)' -> 'MiniLM-L6 text project, 5,000'."""
+    head, _, rest = name.partition(" (")
+    return f"{head}, {rest.split(' ')[0]}" if "snippets" in rest else head
 
 
 def _met(ok: bool) -> str:
