@@ -1148,6 +1148,7 @@ class FileDigests:
         self.path = Path(path) if path is not None else None
         self._memory: dict[str, str] = {}
         self._loaded = False
+        self._dirty = False
 
     @staticmethod
     def _key(path: Path, st: os.stat_result) -> str:
@@ -1192,6 +1193,13 @@ class FileDigests:
         if self is _PROCESS_DIGESTS or self.path is None:
             return
         self._memory[key] = hexdigest
+        self._dirty = True
+
+    def flush(self) -> None:
+        """Write new digests to the store in one atomic replace (once per fingerprint, not per file)."""
+        if not self._dirty or self.path is None:
+            return
+        self._dirty = False
         while len(self._memory) > self.MAX_ENTRIES:
             self._memory.pop(next(iter(self._memory)))
         try:  # atomic replace; a concurrent worker's entry lost here is only a later re-hash
@@ -1217,6 +1225,7 @@ def _fingerprint_files(target: _Target, digests: FileDigests | None = None) -> s
         name = path.relative_to(base).as_posix().encode("utf-8", "surrogateescape")
         size = _require_regular(path)
         digest.update(struct.pack("<Q", len(name)) + name + struct.pack("<Q", size) + digests.digest(path))
+    digests.flush()
     return "sha256:" + digest.hexdigest()
 
 

@@ -129,7 +129,14 @@ class Task:
         return None
 
     def data_fingerprint(self, split: str) -> str:
-        """Hash of the split's data and the task version (part of every cache key)."""
+        """Hash of the split's data and the task version (part of every cache key), memoised per split."""
+        memo: dict[str, str] = self.__dict__.setdefault("_fingerprints", {})
+        if split not in memo:
+            memo[split] = hash_arrays(type(self).__name__, self.version, *self.fingerprint_parts(split))
+        return memo[split]
+
+    def fingerprint_parts(self, split: str) -> Sequence[Any]:
+        """Everything of a split (and the task's settings) that can change a model's outputs on it."""
         raise NotImplementedError
 
     def static_outputs(self, split: str) -> dict[str, np.ndarray]:
@@ -137,7 +144,10 @@ class Task:
         return {}
 
     def slice_column(self, split: str, column: str) -> np.ndarray:
-        raise ConfigError(f"task {self.name!r} has no slice column {column!r}")
+        columns = getattr(self.split(split), "columns", None)
+        if columns is None:
+            raise ConfigError(f"task {self.name!r} has no slice column {column!r}")
+        return lookup_column(self.name, columns, column)
 
     def check_metric(self, metric: str) -> Metric:
         if metric not in self.metrics:

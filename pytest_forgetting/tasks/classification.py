@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import TaskError
 from ..metrics import CLASSIFICATION_METRICS
-from .base import ModelMeta, Task, hash_arrays, lookup_column, normalize_ids
+from .base import ModelMeta, Task, normalize_ids
 
 
 @dataclass
@@ -75,7 +75,6 @@ class ClassificationTask(Task):
             raise TaskError("a task needs at least one split")
         self._splits = dict(splits)
         self._class_names = class_names
-        self._fingerprints: dict[str, str] = {}
 
     def split(self, split: str) -> SplitData:
         return super().split(split)
@@ -89,14 +88,9 @@ class ClassificationTask(Task):
     def static_outputs(self, split: str) -> dict[str, np.ndarray]:
         return {"label": self.split(split).labels}
 
-    def slice_column(self, split: str, column: str) -> np.ndarray:
-        return lookup_column(self.name, self.split(split).columns, column)
-
-    def data_fingerprint(self, split: str) -> str:
-        if split not in self._fingerprints:
-            d = self.split(split)
-            self._fingerprints[split] = hash_arrays(type(self).__name__, self.version, d.ids, d.labels, self._fingerprint_inputs(d.inputs))
-        return self._fingerprints[split]
+    def fingerprint_parts(self, split: str) -> Sequence[Any]:
+        d = self.split(split)
+        return d.ids, d.labels, self._fingerprint_inputs(d.inputs)
 
     def _fingerprint_inputs(self, inputs: Any) -> Any:
         return inputs

@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError, TaskError
-from .base import ModelMeta, Task, hash_arrays
+from .base import ModelMeta, Task
 from .classification import TextClassificationTask, padded_batches, tokenize_padded
 from .token import effective_max_length
 
@@ -283,16 +283,13 @@ class EmbeddingProbeTask(TextClassificationTask):
             "probe_split": self.probe_split, "probe_size": self.probe_size, "normalize": self.normalize, "seed": self.seed,
         }  # fmt: skip
 
-    def data_fingerprint(self, split: str) -> str:
-        if split not in self._fingerprints:
-            d = self.split(split)
-            p = self._splits[self.probe_split]
-            self._fingerprints[split] = hash_arrays(
-                type(self).__name__, self.version, self.spec(), self.max_length,
-                d.ids, d.labels, list(d.inputs),
-                p.ids[self._probe_idx], p.labels[self._probe_idx], [p.inputs[i] for i in self._probe_idx],
-            )  # fmt: skip
-        return self._fingerprints[split]
+    def fingerprint_parts(self, split: str) -> Sequence[Any]:
+        d = self.split(split)
+        p = self._splits[self.probe_split]
+        return (
+            self.spec(), self.max_length, d.ids, d.labels, list(d.inputs),
+            p.ids[self._probe_idx], p.labels[self._probe_idx], [p.inputs[i] for i in self._probe_idx],
+        )  # fmt: skip
 
     def split(self, split: str) -> Any:
         # data access (ids, labels) works for every split, the probe split included

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import TaskError
 from ..metrics import GENERATION_METRICS, LM_METRICS
-from .base import hash_arrays, lookup_column, ModelMeta, normalize_ids, Task
+from .base import lookup_column, ModelMeta, normalize_ids, Task
 from .classification import logits_of, padded_batches
 
 
@@ -65,7 +65,6 @@ class _SplitTask(Task):
     def __init__(self) -> None:
         self._ids: dict[str, np.ndarray] = {}
         self._columns: dict[str, dict[str, np.ndarray]] = {}
-        self._fingerprints: dict[str, str] = {}
 
     def split_names(self) -> tuple[str, ...]:
         return tuple(self._ids)
@@ -78,10 +77,6 @@ class _SplitTask(Task):
         self.check_split(split)
         return lookup_column(self.name, self._columns.get(split, {}), column)
 
-    def _fingerprint(self, split: str, *parts: Any) -> str:
-        if split not in self._fingerprints:
-            self._fingerprints[split] = hash_arrays(type(self).__name__, self.version, self.ids(split), *parts)
-        return self._fingerprints[split]
 
 
 # -- held-out text likelihood ---------------------------------------------------------------
@@ -168,8 +163,8 @@ class LanguageModelingTask(_SplitTask):
 
     cache_prepared = True
 
-    def data_fingerprint(self, split: str) -> str:
-        return self._fingerprint(split, self.max_length, self.texts(split))
+    def fingerprint_parts(self, split: str) -> Sequence[Any]:
+        return self.ids(split), self.max_length, self.texts(split)
 
     def prepare_key(self, meta: ModelMeta) -> str:
         return meta.tokenizer_fingerprint
@@ -331,10 +326,10 @@ class GenerationExactMatchTask(_SplitTask):
         self.check_split(split)
         return self._targets[split]
 
-    def data_fingerprint(self, split: str) -> str:
+    def fingerprint_parts(self, split: str) -> Sequence[Any]:
         settings = [self.max_new_tokens, list(self.stop), self.match, _callable_name(self.normalize),
                     self.chat_template, self.system_prompt, self.max_prompt_length]  # fmt: skip
-        return self._fingerprint(split, settings, self.prompts(split), [list(t) for t in self.targets(split)])
+        return self.ids(split), settings, self.prompts(split), [list(t) for t in self.targets(split)]
 
     def prepare_key(self, meta: ModelMeta) -> str:
         return meta.tokenizer_fingerprint

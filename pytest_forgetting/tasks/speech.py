@@ -283,8 +283,8 @@ class SpeechRecognitionTask(_SplitTask):
         self.check_split(split)
         return self._transcripts[split]
 
-    def data_fingerprint(self, split: str) -> str:
-        return self._fingerprint(split, self.normalize_audio, self.audio(split), self.transcripts(split))
+    def fingerprint_parts(self, split: str) -> Sequence[Any]:
+        return self.ids(split), self.normalize_audio, self.audio(split), self.transcripts(split)
 
     def prepare_key(self, meta: ModelMeta) -> str:
         return f"{meta.tokenizer_fingerprint}:{_wants_mask(meta.config)}"

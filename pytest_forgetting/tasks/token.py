@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import TaskError
 from ..metrics import Metric, Outputs
-from .base import ModelMeta, Task, hash_arrays, lookup_column, normalize_ids
+from .base import ModelMeta, Task, normalize_ids
 from .classification import logits_of
 
 PAD = -100
@@ -324,7 +324,6 @@ class TokenClassificationTask(Task):
         for name, (x, y, split_ids, cols) in specs.items():
             self._splits[name] = self._build_split(name, x, y, split_ids, cols)
         self.metrics = entity_metrics(self.table)
-        self._fingerprints: dict[str, str] = {}
 
     def _build_split(self, name: str, tokens: Any, tags: Any, ids: Any, cols: Any) -> TokenSplit:
         sentences = [[str(w) for w in s] for s in tokens]
@@ -375,16 +374,9 @@ class TokenClassificationTask(Task):
     def static_outputs(self, split: str) -> dict[str, np.ndarray]:
         return {"tag_gold": self.split(split).tags}
 
-    def slice_column(self, split: str, column: str) -> np.ndarray:
-        return lookup_column(self.name, self.split(split).columns, column)
-
-    def data_fingerprint(self, split: str) -> str:
-        if split not in self._fingerprints:
-            d = self.split(split)
-            self._fingerprints[split] = hash_arrays(
-                type(self).__name__, self.version, self.max_length, list(self.table.tags), d.ids, d.tokens, d.tags
-            )
-        return self._fingerprints[split]
+    def fingerprint_parts(self, split: str) -> Sequence[Any]:
+        d = self.split(split)
+        return self.max_length, list(self.table.tags), d.ids, d.tokens, d.tags
 
     # -- running a model ---------------------------------------------------------------------
     cache_prepared = True
