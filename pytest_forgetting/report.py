@@ -13,6 +13,11 @@ A row holds ``test``, ``task``, ``split``, ``metric``, ``kind`` ("retains" | "im
 A *drop* is signed so that positive means worse; for ``improves`` rows the gain is
 ``-drop`` and the margin is ``-min_gain``.
 
+Every string of a row that a checkpoint, a data file or a pull request can choose (test ids,
+task, split, metric, class and candidate names, example ids, reasons) goes through
+:mod:`pytest_forgetting.escape` on its way into the terminal, Markdown, the PNG and the JUnit
+properties; the JSON report keeps the raw values.
+
 No heavy imports: this module is loaded with the plugin, in every pytest run. matplotlib is
 imported inside :func:`write_plot` only.
 """
@@ -28,6 +33,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pytest_forgetting import escape
 from pytest_forgetting.errors import ConfigError
 
 __all__ = [
@@ -52,6 +58,10 @@ _PAST = {"pass": "passed", "fail": "failed", "inconclusive": "inconclusive", "er
 _ICONS = {"pass": "✅", "fail": "❌", "inconclusive": "⚠️", "error": "❗"}
 _DASH = "—"
 _ELLIPSIS = "…"
+# caps on untrusted text in messages: a name is shown up to this many characters, a reason up to
+# _REASON_LIMIT (a checkpoint cannot flood the terminal or the job summary)
+_NAME_LIMIT = 120
+_REASON_LIMIT = 2000
 
 # The order of the JUnit properties (and the order a reader expects); other keys follow, sorted.
 _ROW_KEYS = (
@@ -281,9 +291,11 @@ def _n_text(row: Row) -> str:
 
 def _task_text(row: Row, *, default_split: str | None = None) -> str:
     """``task/split``; just ``task`` when the split is ``default_split`` (saves table width)."""
-    task = str(row.get("task") or "?")
+    task = escape.terminal(row.get("task") or "?", _NAME_LIMIT)
     split = row.get("split")
-    return f"{task}/{split}" if split and split != default_split else task
+    if split and split != default_split:
+        return f"{task}/{escape.terminal(split, _NAME_LIMIT)}"
+    return task
 
 
 def _verdict_text(row: Row) -> str:
@@ -345,10 +357,11 @@ _DEFAULT_SPLIT = "test"  # the markers' default split, left out of the table's t
 
 def _row_cells(row: Row, short: Mapping[str, str]) -> list[str]:
     base, tuned = _values_texts(row, [row.get("base"), row.get("tuned")])
+    test = str(row.get("test") or "")
     return [
-        short.get(str(row.get("test") or ""), str(row.get("test") or "")),
+        escape.terminal(short.get(test, test)),
         _task_text(row, default_split=_DEFAULT_SPLIT),
-        str(row.get("metric") or "?"),
+        escape.terminal(row.get("metric") or "?", _NAME_LIMIT),
         _n_text(row),
         base,
         tuned,
@@ -394,7 +407,7 @@ def format_table(rows: Iterable[Row], *, alpha: float, width: int | None = None)
         candidate = str(row.get("candidate") or "")
         if several and candidate != current:
             current = candidate
-            lines.append(f"candidate {candidate or '(unnamed)'}:")
+            lines.append(f"candidate {escape.terminal(candidate, _NAME_LIMIT) or '(unnamed)'}:")
         lines.append(render(row_cells))
 
     lines.append(
@@ -409,8 +422,11 @@ def format_table(rows: Iterable[Row], *, alpha: float, width: int | None = None)
     return lines
 
 
-def _ranking_lines(rows: list[Row]) -> list[str]:
-    """One line per task: who passes every check on it, and the best gain on improves tasks."""
+def _ranking_lines(rows: list[Row], esc: Any = escape.terminal) -> list[str]:
+    """One line per task: who passes every check on it, and the best gain on improves tasks.
+
+    ``esc`` escapes the task and candidate names for the output (terminal or Markdown).
+    """
     by_task: dict[str, list[Row]] = {}
     for row in rows:
         by_task.setdefault(str(row.get("task") or "?"), []).append(row)
@@ -421,23 +437,24 @@ def _ranking_lines(rows: list[Row]) -> list[str]:
         for candidate in _candidates(task_rows):
             mine = [r for r in task_rows if str(r.get("candidate") or "") == candidate]
             bad = sum(_verdict(r) != "pass" for r in mine)
-            name = candidate or "(unnamed)"
+            name = esc(candidate, _NAME_LIMIT) if candidate else "(unnamed)"
             if bad:
                 not_passing.append(f"{name} ({bad}/{len(mine)} not passed)")
             else:
                 passing.append(name)
+        name = esc(task, _NAME_LIMIT)
         if passing:
-            line = f"{task}: every check passed by {', '.join(passing)}"
+            line = f"{name}: every check passed by {', '.join(passing)}"
         else:
-            line = f"{task}: no candidate passes every check"
+            line = f"{name}: no candidate passes every check"
         if not_passing:
             line += f"; not by {', '.join(not_passing)}"
-        line += _best_gain_phrase(task_rows)
+        line += _best_gain_phrase(task_rows, esc)
         lines.append(line)
     return lines
 
 
-def _best_gain_phrase(task_rows: list[Row]) -> str:
+def _best_gain_phrase(task_rows: list[Row], esc: Any = escape.terminal) -> str:
     improves = [r for r in task_rows if _is_improves(r) and _finite(r.get("drop"))]
     if not improves:
         return ""
@@ -450,8 +467,9 @@ def _best_gain_phrase(task_rows: list[Row]) -> str:
     for (metric, _), group in sorted(groups.items()):
         best = min(group, key=lambda r: (float(r["drop"]), str(r.get("candidate") or "")))
         gain = _margin_value_text(best, -float(best["drop"]), signed=True)
-        label = f" {metric}" if len(groups) > 1 else ""
-        parts.append(f"best gain{label} {best.get('candidate') or '(unnamed)'} {gain}")
+        label = f" {esc(metric, _NAME_LIMIT)}" if len(groups) > 1 else ""
+        name = esc(best.get("candidate"), _NAME_LIMIT) if best.get("candidate") else "(unnamed)"
+        parts.append(f"best gain{label} {name} {gain}")
     return "; " + "; ".join(parts)
 
 
@@ -464,9 +482,9 @@ def _values_phrase(row: Row) -> str:
 
 
 def _first_line(row: Row) -> str:
-    head = f"{_task_text(row)} {row.get('metric') or '?'}"
+    head = f"{_task_text(row)} {escape.terminal(row.get('metric') or '?', _NAME_LIMIT)}"
     verdict = _verdict(row)
-    reason = str(row.get("reason") or "").strip()
+    reason = _reason_text(row)
     if verdict == "error" or row.get("drop") is None:
         return f"{head} could not be compared: {reason or 'no result'}"
     values = _values_phrase(row)
@@ -496,25 +514,32 @@ def _first_line(row: Row) -> str:
     return f"{head} failed: {reason or 'a budget was broken'} ({values})"
 
 
+def _reason_text(row: Row) -> str:
+    return escape.terminal(str(row.get("reason") or "").strip(), _REASON_LIMIT)
+
+
 def _class_text(row: Row, cls: Mapping[str, Any]) -> str:
     texts, unit = _delta_texts(
         {"bounded": _bounded(row)}, [cls.get("drop"), cls.get("ci_low"), cls.get("ci_high")],
         signed=True,
     )
-    out = f"{cls.get('name')} {texts[0]}{unit}"
+    out = f"{escape.terminal(cls.get('name'), _NAME_LIMIT)} {texts[0]}{unit}"
     if cls.get("ci_low") is not None or cls.get("ci_high") is not None:
         out += f" [{texts[1]}, {texts[2]}]"
     verdict = str(cls.get("verdict") or "")
     if verdict:
-        out += f" {_LABELS.get(verdict.lower(), verdict.upper())}"
+        out += f" {_LABELS.get(verdict.lower(), escape.terminal(verdict.upper(), _NAME_LIMIT))}"
     return out
 
 
 def failure_message(row: Row, *, max_classes: int = 3, max_ids: int = 5) -> str:
-    """The message of a failing or inconclusive check; its first line is a one-line summary."""
+    """The message of a failing or inconclusive check; its first line is a one-line summary.
+
+    Each line is one line of the output: every name, id and reason in it is escaped.
+    """
     lines = [_first_line(row)]
     verdict = _verdict(row)
-    reason = str(row.get("reason") or "").strip()
+    reason = _reason_text(row)
     lines.append(f"  verdict:  {_LABELS[verdict]}" + (f" - {reason}" if reason else ""))
     if row.get("drop") is not None:
         drop = _interval_text(row, row.get("drop"), row.get("ci_low"), row.get("ci_high"),
@@ -528,7 +553,7 @@ def failure_message(row: Row, *, max_classes: int = 3, max_ids: int = 5) -> str:
     direction = "higher" if row.get("higher_is_better", True) else "lower"
     lines.append(
         f"  values:   {_values_phrase(row)} paired examples "
-        f"({row.get('metric') or '?'}, {direction} is better)"
+        f"({escape.terminal(row.get('metric') or '?', _NAME_LIMIT)}, {direction} is better)"
     )
     if row.get("nfr") is not None:
         lines.append(f"  NFR:      {_nfr_text(row)} of examples flipped from right (base) "
@@ -545,12 +570,12 @@ def failure_message(row: Row, *, max_classes: int = 3, max_ids: int = 5) -> str:
         classes = sorted(classes, key=worst_first)
         lines.append("  classes:  worst " + "; ".join(
             _class_text(row, c) for c in classes[:max_classes]))
-    ids = [str(i) for i in (row.get("flipped_ids") or [])]
+    ids = [escape.terminal(i, _NAME_LIMIT) for i in (row.get("flipped_ids") or [])]
     if ids:
         more = f" (+{len(ids) - max_ids} more)" if len(ids) > max_ids else ""
         lines.append(f"  flipped:  {', '.join(ids[:max_ids])}{more}")
     if row.get("candidate"):
-        lines.append(f"  candidate: {row['candidate']}")
+        lines.append(f"  candidate: {escape.terminal(row['candidate'], _NAME_LIMIT)}")
     return "\n".join(lines)
 
 
@@ -626,14 +651,21 @@ def write_json(
 
 
 def _md_cell(text: Any) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """The plugin's own text (numbers, labels) in a table cell: only ``|`` needs escaping.
+
+    Untrusted text goes through :func:`escape.markdown` / :func:`escape.markdown_code`.
+    """
+    return escape.terminal(text).replace("\\", "\\\\").replace("|", "\\|")
 
 
-def _md_code(text: Any) -> str:
-    text = str(text).replace("\n", " ")
-    fence = "``" if "`" in text else "`"
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{_md_cell(text)}{pad}{fence}"
+def _md_fenced(text: str) -> list[str]:
+    """``text`` as a fenced code block whose fence no line of the text can close."""
+    longest = run = 0
+    for char in text:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}text", text, fence]
 
 
 def _short_fingerprint(fingerprint: Any, length: int = 12) -> str:
@@ -644,12 +676,15 @@ def _short_fingerprint(fingerprint: Any, length: int = 12) -> str:
 
 
 def _ckpt_text(ckpt: Any) -> str:
+    def code(text: Any) -> str:
+        return escape.markdown_code(text, _NAME_LIMIT * 2, table=False)
+
     if not isinstance(ckpt, Mapping):
-        return _md_code(ckpt) if ckpt else "?"
+        return code(ckpt) if ckpt else "?"
     fingerprint = _short_fingerprint(ckpt.get("fingerprint"))
-    out = f"{_md_code(ckpt.get('ref') or '?')} ({_md_code(fingerprint)})"
+    out = f"{code(ckpt.get('ref') or '?')} ({code(fingerprint)})"
     if ckpt.get("name"):
-        out = f"**{_md_cell(ckpt['name'])}** " + out
+        out = f"**{escape.markdown(ckpt['name'], _NAME_LIMIT)}** " + out
     return out
 
 
@@ -667,11 +702,11 @@ def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
     env = [f"alpha {alpha:g} (one-sided)"]
     for key in ("device", "dtype"):
         if header.get(key):
-            env.append(str(header[key]))
+            env.append(escape.markdown(header[key], _NAME_LIMIT))
     for key, label in (("torch_version", "torch"), ("plugin_version", "pytest-forgetting")):
         if header.get(key):
-            env.append(f"{label} {header[key]}")
-    out.append(_md_cell(" · ".join(env)))
+            env.append(f"{label} {escape.markdown(header[key], _NAME_LIMIT)}")
+    out.append(" · ".join(env))
     out.append("")
     if not rows:
         return "\n".join(out) + "\n"
@@ -688,9 +723,12 @@ def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
     for row in rows:
         cells = _row_cells(row, short)
         cells[-1] = f"{_ICONS[_verdict(row)]} {cells[-1]}"
-        cells = [_md_code(cells[0])] + [_md_cell(c) for c in cells[1:]]
+        # test, task and metric are the row's own names (escaped); the rest is the plugin's text
+        cells = ([escape.markdown_code(cells[0])] + [escape.markdown(c) for c in cells[1:3]]
+                 + [_md_cell(c) for c in cells[3:]])
         if several:
-            cells.insert(0, _md_cell(row.get("candidate") or "(unnamed)"))
+            candidate = row.get("candidate")
+            cells.insert(0, escape.markdown(candidate, _NAME_LIMIT) if candidate else "(unnamed)")
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     out.append(
@@ -703,7 +741,7 @@ def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
         out.append("")
         out.append("**Ranking**")
         out.append("")
-        out.extend(f"- {_md_cell(line)}" for line in _ranking_lines(rows))
+        out.extend(f"- {line}" for line in _ranking_lines(rows, escape.markdown))
 
     bad = [r for r in rows if _verdict(r) != "pass"]
     if bad:
@@ -711,14 +749,15 @@ def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
         out.append("#### Details")
         for row in bad:
             out.append("")
-            title = f"{_ICONS[_verdict(row)]} {_md_code(row.get('test') or '?')}"
+            test = escape.markdown_code(row.get("test") or "?", table=False)
+            title = f"{_ICONS[_verdict(row)]} {test}"
             if several:
-                title += f" ({_md_cell(row.get('candidate') or '(unnamed)')})"
+                candidate = row.get("candidate")
+                name = escape.markdown(candidate, _NAME_LIMIT) if candidate else "(unnamed)"
+                title += f" ({name})"
             out.append(title)
             out.append("")
-            out.append("```text")
-            out.append(failure_message(row).replace("```", "'''"))
-            out.append("```")
+            out.extend(_md_fenced(failure_message(row)))
     return "\n".join(out) + "\n"
 
 
@@ -819,7 +858,8 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
             verdict = _verdict(row)
             colour = _COLOURS[verdict]
             if geo is None:
-                ax.text(0.5, y, f"ERROR: {row.get('reason') or 'no values'}", ha="center",
+                reason = escape.plot(row.get("reason") or "no values", _NAME_LIMIT)
+                ax.text(0.5, y, f"ERROR: {reason}", ha="center",
                         va="center", color=colour, transform=label_at, fontsize=9)
             else:
                 top, bottom = y - 0.38, y + 0.38
@@ -845,16 +885,19 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
 
         labels = []
         for row in group:
-            label = _truncate_left(short.get(str(row.get("test") or ""), "?"), 36)
+            label = escape.plot(_truncate_left(short.get(str(row.get("test") or ""), "?"), 36))
             if several:
-                label = f"{row.get('candidate') or '(unnamed)'}: {label}"
+                candidate = row.get("candidate")
+                name = escape.plot(candidate, _NAME_LIMIT) if candidate else "(unnamed)"
+                label = f"{name}: {label}"
             labels.append(label)
         ax.set_yticks(range(len(group)), labels, fontsize=9)
         ax.set_ylim(len(group) - 0.5, -0.5)
         ax.tick_params(axis="y", length=0)
         direction = "higher" if group[0].get("higher_is_better", True) else "lower"
-        title = f"{task}/{split}" if split else task
-        ax.set_title(f"{title}  ·  {metric} ({direction} is better)", loc="left", fontsize=10,
+        title = escape.plot(f"{task}/{split}" if split else task, _NAME_LIMIT)
+        ax.set_title(f"{title}  ·  {escape.plot(metric, _NAME_LIMIT)} ({direction} is better)",
+                     loc="left", fontsize=10,
                      fontweight="bold")
         if all(_bounded(r) for r in group):
             ax.xaxis.set_major_formatter(
@@ -900,6 +943,10 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
 
 
 def _property_text(value: Any) -> str:
+    return escape.xml(_property_value(value))
+
+
+def _property_value(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -915,6 +962,9 @@ def _property_text(value: Any) -> str:
 
 
 def junit_properties(row: Row) -> list[tuple[str, str]]:
-    """The row as ``("forgetting_<key>", text)`` pairs for ``record_property`` (JUnit XML)."""
+    """The row as ``("forgetting_<key>", text)`` pairs for ``record_property`` (JUnit XML).
+
+    Values are one line each, with nothing XML cannot hold (:func:`escape.xml`).
+    """
     keys = [k for k in _ROW_KEYS if k in row] + sorted(k for k in row if k not in _ROW_KEYS)
-    return [(f"forgetting_{k}", _property_text(row[k])) for k in keys]
+    return [(f"forgetting_{escape.xml(k, _NAME_LIMIT)}", _property_text(row[k])) for k in keys]

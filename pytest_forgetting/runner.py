@@ -281,7 +281,9 @@ def run_item_checks(item: pytest.Item) -> None:
             error = f"unexpected {type(exc).__name__} while evaluating: {exc}"
         if error is not None:  # failed outside the except block: no chained traceback in the report
             _error_row(item, index, check, error)
-            pytest.fail(f"{check.label}: {error}", pytrace=False)
+            from .escape import terminal  # names and file names in the reason: one visible line
+
+            pytest.fail(terminal(f"{check.label}: {error}"), pytrace=False)
     item.stash[RESULTS_KEY] = results
 
 
@@ -448,7 +450,9 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
             write(path)
             tr.write_line(f"forgetting: wrote {path}")
         except Exception as exc:  # noqa: BLE001 - the run's results must not be lost to a report error
-            tr.write_line(f"forgetting: could not write {path}: {exc}", red=True)
+            from .escape import terminal
+
+            tr.write_line(f"forgetting: could not write {terminal(path)}: {terminal(exc)}", red=True)
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:
