@@ -22,7 +22,9 @@ def forgetting(request: pytest.FixtureRequest) -> Forgetting:
 
 def _fixture_error(exc: Exception) -> None:
     __tracebackhide__ = True
-    pytest.fail(str(exc), pytrace=False)
+    from .escape import terminal  # file and tensor names in the message: one visible line
+
+    pytest.fail(terminal(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")
