@@ -18,6 +18,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.add_options(parser)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # the first hook after our options are known and before conftests load: a mis-chosen rootdir stops here
+    from .invocation import rootdir_mixup
+
+    problem = rootdir_mixup(early_config)
+    if problem:
+        raise pytest.UsageError(f"pytest-forgetting: {problem}")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     runner.configure(config)
 
