@@ -8,5 +8,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python example_project/build_checkpoints.py
 exec .venv/bin/python -m pytest example_project -p no:cacheprovider \
-    --base-ckpt example_project/checkpoints/base.safetensors \
-    --tuned-ckpt example_project/checkpoints/tuned.safetensors "$@"
+    --base-ckpt=example_project/checkpoints/base.safetensors \
+    --tuned-ckpt=example_project/checkpoints/tuned.safetensors "$@"
