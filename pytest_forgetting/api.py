@@ -32,16 +32,15 @@ class Forgetting:
             from .runner import CANDIDATE_ARG
 
             return sess.tuned_slot(callspec.params.get(CANDIDATE_ARG) if callspec is not None else None)
-        if isinstance(model, str):
-            from .session import ModelSlot
-
-            return ModelSlot(role, model)
+        if isinstance(model, str):  # one slot per reference for the session: a refusal is remembered
+            return sess.ref_slot(role, model)
         return sess.module_slot(role, getattr(model, "model", model) if not hasattr(model, "state_dict") else model)
 
-    def _run(self, kind: str, kwargs: dict[str, Any], base: Any, tuned: Any) -> Any:
+    def _run(self, kind: str, kwargs: dict[str, Any], base: Any, tuned: Any, record: bool = False) -> Any:
         __tracebackhide__ = True
         where = f"forgetting.{'assert_' + kind if kind else 'compare'}"
         item = getattr(self._state, "current_item", None)
+        check = None
         try:
             check = parse_check(kind, kwargs, where)
             check = bind_task(check, where, self.session.task(check.task))
@@ -55,7 +54,11 @@ class Forgetting:
             error = str(exc)
         else:
             return result
-        pytest.fail(f"{where}: {error}", pytrace=False)
+        if record and item is not None and check is not None:  # an ERROR is a row of the summary, as for markers
+            from .runner import _error_row
+
+            _error_row(item, self._indices.setdefault((item.nodeid, check, ""), 1000 + len(self._indices)), check, error)
+        pytest.fail(error if error.startswith(where) else f"{where}: {error}", pytrace=False)
 
     def compare(self, task: str, base: Any = None, tuned: Any = None, *, metric: str | None = None, split: str = "test",
                 max_drop: float = 0.0, relative: bool = False) -> Any:
@@ -84,7 +87,7 @@ class Forgetting:
         from .report import failure_message
         from .runner import ForgettingInconclusiveWarning, record_row
 
-        result = self._run(kind, kwargs, base, tuned)
+        result = self._run(kind, kwargs, base, tuned, record=True)
         row = result.row
         verdict = row["verdict"]
         action = self._state.settings.inconclusive

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import ConfigError, EvaluationError
-from .tasks.base import EvalResult, ModelMeta, Task
+from .tasks.base import EvalResult, ModelMeta, Task, tokenizer_of
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -232,10 +232,16 @@ def evaluate(
     batch_size: int = 64,
     prepared: Any = None,
 ) -> EvalResult:
-    """One-shot evaluation (prepares the split itself unless ``prepared`` is given)."""
+    """One-shot evaluation (prepares the split itself unless ``prepared`` is given).
+
+    Without ``meta``, the tokenizer is the one the module carries (a module from ``load_checkpoint``
+    or ``finetune`` carries its checkpoint's).
+    """
     ids = task.ids(split)
     if indices is None:
         indices = np.arange(len(ids))
     if prepared is None:
-        prepared = task.prepare(split, meta or ModelMeta())
+        if meta is None:
+            meta = ModelMeta(tokenizer=tokenizer_of(model), config=getattr(model, "config", None))
+        prepared = task.prepare(split, meta)
     return run_model(task, model, prepared, indices, ids, device=device, dtype=dtype, batch_size=batch_size, static=task.static_outputs(split))

@@ -51,6 +51,7 @@ import pytest
 
 from .errors import ConfigError, ForgettingError
 from .registry import suggest
+from .tasks.base import attach_tokenizer, tokenizer_of
 
 if TYPE_CHECKING:
     import torch
@@ -761,6 +762,8 @@ def finetune(
         raise FinetuneError("the model has no parameters to fine-tune")
     dev = torch.device(device) if device is not None else first.device
     orig_dtype = first.dtype if first.is_floating_point() else torch.float32
+    if tokenizer is None:  # the checkpoint's own, when the plugin loaded (or fine-tuned) the model
+        tokenizer = tokenizer_of(model)
     data = as_data(train, split=split, tokenizer=tokenizer)
     if data.n == 0:
         raise FinetuneError(f"train: {data.name} has no examples")
@@ -804,6 +807,7 @@ def finetune(
     if save_to is not None:
         info.saved_to = save_model(result, save_to, tokenizer=tokenizer)
     result.finetune_info = info
+    attach_tokenizer(result, tokenizer)  # the result is evaluated (and fine-tuned again) like its checkpoint
     if strategy == "wise_ft":
         result.wise_ft_alpha = info.wise_ft_alpha
         result.wise_ft_curve = info.wise_ft_curve
@@ -1077,8 +1081,8 @@ class Finetuner:
         if model is None:
             loaded = session.load(session.base_slot())
             model, tokenizer = loaded.model, tokenizer if tokenizer is not None else loaded.tokenizer
-        elif tokenizer is None and session.base is not None and session.base.loaded is not None:
-            tokenizer = session.base.loaded.tokenizer
+        elif tokenizer is None and tokenizer_of(model) is None:  # a module of the user's: the base's tokenizer
+            tokenizer = session._base_tokenizer()
         kwargs.setdefault("device", session.device)
         kwargs.setdefault("progress", self._write)
         return finetune(model, train, session=session, tokenizer=tokenizer, **kwargs)

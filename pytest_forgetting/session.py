@@ -168,18 +168,49 @@ class ForgettingSession:
         return slot.loaded
 
     def module_slot(self, role: str, module: Any) -> ModelSlot:
-        """Wrap an in-memory nn.Module (Python API) as a slot, reusing the checkpoint machinery."""
+        """Wrap an in-memory nn.Module (Python API) as a slot, reusing the checkpoint machinery.
+
+        A module this session loaded (the ``base_model`` / ``tuned_model`` fixtures) is its own slot,
+        so its evaluations are shared and its candidate named. Another module keeps the tokenizer it
+        carries (``tasks.base.attach_tokenizer``: checkpoint loading and ``finetune`` attach one) and
+        is otherwise fed with the base checkpoint's.
+        """
         from . import checkpoints
 
+        for known in (self.base, *self.candidates.values()):
+            if known is not None and known.role == role and known.loaded is not None and known.loaded.model is module:
+                return known
         slot = ModelSlot(role, module, name="")
         from .evaluate import torch_dtype
 
         slot.loaded = checkpoints.load_checkpoint(module, role=role)
+        if slot.loaded.tokenizer is None:
+            slot.loaded.tokenizer = self._base_tokenizer()
         if not is_dispatched(slot.loaded.model):  # a module the caller dispatched with accelerate stays put
             slot.loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
         slot.loaded.model.eval()
         slot._fingerprint = slot.loaded.fingerprint
         return slot
+
+    def _base_tokenizer(self) -> Any:
+        """The base checkpoint's tokenizer (read without building its model when it is not loaded), or None."""
+        from . import checkpoints
+        from .errors import ForgettingError
+
+        base = self.base
+        if base is None:
+            return None
+        if base.loaded is not None:
+            return base.loaded.tokenizer
+        if not isinstance(base.ref, str):
+            return None
+        if "_base_tokenizer_memo" not in self.__dict__:  # read once: API calls come once per test
+            try:
+                meta = checkpoints.load_metadata(base.ref, rootdir=self.settings.rootdir, trust_remote_code=self.settings.trust_remote_code)
+                self._base_tokenizer_memo = meta.tokenizer
+            except ForgettingError:  # the base's own check reports what is wrong with it
+                self._base_tokenizer_memo = None
+        return self._base_tokenizer_memo
 
     def _placement(self) -> dict[str, Any]:
         """load_checkpoint's device_map / max_memory / offload_folder / dtype under --forgetting-device-map."""

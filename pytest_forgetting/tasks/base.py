@@ -33,6 +33,27 @@ class ModelMeta:
     tokenizer_cache_id: str | None = None
 
 
+#: where a module loaded (or fine-tuned) by the plugin keeps its checkpoint's tokenizer, so that
+#: ``forgetting.assert_retains(tuned_model, ...)`` and ``finetune(...)`` results tokenise like the
+#: checkpoint did; a user can set it on a module of their own
+TOKENIZER_ATTR = "forgetting_tokenizer"
+
+
+def attach_tokenizer(module: Any, tokenizer: Any) -> None:
+    """Let ``module`` carry ``tokenizer`` (nothing happens for None or an object that refuses attributes)."""
+    if tokenizer is None or module is None:
+        return
+    try:
+        setattr(module, TOKENIZER_ATTR, tokenizer)
+    except (AttributeError, TypeError):
+        pass
+
+
+def tokenizer_of(module: Any) -> Any:
+    """The tokenizer a module carries (see :func:`attach_tokenizer`), or None."""
+    return getattr(module, TOKENIZER_ATTR, None) if module is not None else None
+
+
 def hash_arrays(*parts: Any) -> str:
     """sha256 over arrays, strings and nested sequences (stable across runs and processes)."""
     h = hashlib.sha256()

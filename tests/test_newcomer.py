@@ -1,0 +1,142 @@
+"""A newcomer's path with a Hugging Face text model and their own data (issue 14).
+
+Each test drives pytest the way the README tells a user to: a tiny BERT-style classifier saved
+with ``save_pretrained`` next to a real ``tokenizer.json``, checks written with the fixtures,
+data given as CSV / JSONL files without Python.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from text_helpers import labelled, make_tokenizer, save, sentiment_texts, tiny_bert
+
+POLARITY = ["neg", "pos"]
+
+
+def _spread(model, texts):
+    """Centre and sharpen a random head so its predictions use both classes."""
+    import torch
+
+    enc = make_tokenizer()(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pooled = model.bert(**enc).pooler_output
+        model.classifier.weight.mul_(1000.0)
+        model.classifier.bias.copy_(-(pooled @ model.classifier.weight.T).median(dim=0).values)
+    return model
+
+
+def _predict(model, texts):
+    import torch
+
+    enc = make_tokenizer()(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits.argmax(dim=1).numpy()
+
+
+@pytest.fixture(scope="module")
+def hf_project(tmp_path_factory):
+    """A base classifier, a copy with swapped head rows (every prediction flips), and agreement data.
+
+    The labels are the base's own predictions, so the base is right on every text and the swapped
+    copy wrong on every one: the verdicts are certain.
+    """
+    import torch
+
+    root = tmp_path_factory.mktemp("hf")
+    texts, _ = sentiment_texts(120, 5)
+    base = _spread(tiny_bert(**labelled(POLARITY)), texts)
+    swapped = _spread(tiny_bert(**labelled(POLARITY)), texts)
+    swapped.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        swapped.classifier.weight.copy_(swapped.classifier.weight[[1, 0]])
+        swapped.classifier.bias.copy_(swapped.classifier.bias[[1, 0]])
+    pred = _predict(base, texts)
+    assert len(set(pred.tolist())) == 2
+    assert (tokenizer_json := save(base, root / "base") / "tokenizer.json").is_file(), tokenizer_json
+    save(swapped, root / "swapped")
+    return {"root": root, "base": root / "base", "swapped": root / "swapped", "texts": texts, "pred": pred}
+
+
+def _write_reviews(folder: Path, texts, labels, names=POLARITY) -> Path:
+    path = folder / "reviews.jsonl"
+    with path.open("w") as fh:
+        for i, (t, y) in enumerate(zip(texts, labels)):
+            fh.write(json.dumps({"id": f"r{i}", "text": t, "label": names[int(y)] if names else int(y)}) + "\n")
+    return path
+
+
+# -- 1. in-memory models carry their checkpoint's tokenizer ---------------------------------------
+
+
+def test_fixture_pattern_on_a_hf_text_model(pytester, hf_project, tmp_path):
+    """The README's fixture pattern: ``assert_retains(tuned_model, ...)`` and ``assert_retains(finetune(...))``."""
+    texts, pred = hf_project["texts"], hf_project["pred"]
+    _write_reviews(pytester.path, texts, pred)
+    pytester.makeconftest(
+        """
+        import json
+        import pytest_forgetting as pf
+
+        @pf.task("reviews")
+        def reviews():
+            rows = [json.loads(line) for line in open("reviews.jsonl")]
+            half = len(rows) // 2
+            split = lambda rs: ([r["text"] for r in rs], [r["label"] for r in rs], [r["id"] for r in rs])
+            return pf.TextClassificationTask(splits={"train": split(rows[:half]), "test": split(rows[half:])},
+                                             class_names=["neg", "pos"])
+        """
+    )
+    pytester.makepyfile(
+        """
+        def test_tuned_keeps_reviews(forgetting, tuned_model):
+            forgetting.assert_retains(tuned_model, task="reviews", max_drop=0.05)
+
+        def test_base_against_itself(forgetting, base_model):
+            forgetting.assert_retains(base_model, task="reviews", max_drop=0.05)
+
+        def test_gentle_finetune_keeps_reviews(forgetting, finetune):
+            tuned = finetune(train="reviews", strategy="freeze", train_last=1, lr=1e-6, max_steps=1, seed=0)
+            forgetting.assert_retains(tuned, task="reviews", max_drop=0.5)
+
+        def test_a_finetune_of_the_tuned_model_keeps_its_tokenizer(forgetting, finetune, tuned_model):
+            tuned = finetune(tuned_model, train="reviews", strategy="full", lr=1e-6, max_steps=1, seed=0)
+            again = finetune(tuned, train="reviews", strategy="freeze", train_last=1, lr=1e-6, max_steps=1, seed=0)
+            assert forgetting.compare("reviews", tuned=again).n == 60
+
+        def test_an_api_error_is_a_row(forgetting, tuned_model):
+            forgetting.assert_retains(tuned_model, task="reviews", split="validation", max_drop=0.05)
+        """
+    )
+    result = pytester.runpytest(
+        f"--base-ckpt={hf_project['base']}", f"--tuned-ckpt={hf_project['swapped']}", "--forgetting-device=cpu",
+        f"--forgetting-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider",
+    )  # fmt: skip
+    out = result.stdout.str()
+    assert "needs a tokenizer" not in out, out
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines([  # rows in test-name order
+        "forgetting: 4 checks, 2 passed, 1 failed, 1 error*",
+        "test_an_api_error_is_a_row *reviews/validation*ERROR",
+        "test_base_against_itself *reviews*accuracy*60*100.0%*100.0%*PASS",
+        "test_gentle_finetune_keeps_reviews *reviews*accuracy*60*100.0%*PASS",
+        "test_tuned_keeps_reviews *reviews*accuracy*60*100.0%*0.0%*FAIL",
+    ])  # fmt: skip
+    assert "forgetting.assert_retains: forgetting.assert_retains" not in out
+
+
+def test_the_python_api_keeps_the_checkpoint_tokenizer(hf_project):
+    import pytest_forgetting as pf
+
+    loaded = pf.load_checkpoint(str(hf_project["base"]))
+    assert loaded.model.forgetting_tokenizer is loaded.tokenizer is not None
+    task = pf.TextClassificationTask(hf_project["texts"], hf_project["pred"], class_names=POLARITY)
+    from pytest_forgetting.evaluate import evaluate
+
+    assert evaluate(task, loaded.model, split="test").outputs["pred"].tolist() == hf_project["pred"].tolist()
+    again = pf.load_checkpoint(loaded.model)  # a module: its carried tokenizer, not none
+    assert again.tokenizer is loaded.tokenizer
