@@ -32,8 +32,10 @@ class Forgetting:
             from .runner import CANDIDATE_ARG
 
             return sess.tuned_slot(callspec.params.get(CANDIDATE_ARG) if callspec is not None else None)
-        if isinstance(model, str):  # one slot per reference for the session: a refusal is remembered
-            return sess.ref_slot(role, model)
+        if isinstance(model, str):
+            from .session import ModelSlot
+
+            return ModelSlot(role, model)
         return sess.module_slot(role, getattr(model, "model", model) if not hasattr(model, "state_dict") else model)
 
     def _run(self, kind: str, kwargs: dict[str, Any], base: Any, tuned: Any, record: bool = False) -> Any:

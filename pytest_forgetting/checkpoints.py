@@ -58,13 +58,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
 _LFS_POINTER_MAX = 1024  # real pointers are ~130 bytes
 _CHUNK = 1 << 20
-# Size caps of a checkpoint's small files, checked before reading (the largest real ones are far
-# below: an ImageNet-22k config with every label name ~2 MB, Gemma's tokenizer.json ~33 MB).
-_CONFIG_FILES = frozenset({"config.json", "adapter_config.json", "generation_config.json", "preprocessor_config.json"})
-_MAX_CONFIG_BYTES = 4 << 20
-_MAX_TOKENIZER_BYTES = 128 << 20
-_MAX_AUX_BYTES = 32 << 20
-_SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
+_MAX_JSON_BYTES = 64 << 20
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
 _MAX_FOLDER_ENTRIES = 10_000
 # Files of a folder that change what gets evaluated (weights, configs, tokenizer, code).
@@ -366,9 +360,6 @@ def _describe(
         snapshot = _hub_snapshot(located, allow_download=allow_download, trust_remote_code=trust_remote_code)
         inner = _describe_folder(snapshot, allow_pickle=allow_pickle)
         return _Target("hub", snapshot, located, inner.weights, inner.files)
-    special = _special_root(os.path.realpath(located))
-    if special is not None:
-        raise CheckpointError(f"{_esc(str(located))} is under {special}: kernel and device files are not checkpoints")
     if located.is_dir():
         return _describe_folder(located, allow_pickle=allow_pickle)
     _require_regular(located)
@@ -429,9 +420,7 @@ def _describe_folder(folder: Path, *, allow_pickle: bool) -> _Target:
         entries = sorted(os.listdir(folder))
     except OSError as exc:
         raise CheckpointError(f"cannot list folder {folder}: {exc.strerror or exc}") from None
-    # every entry but folders: a link or a FIFO named like a checkpoint file is refused by _check_files,
-    # never silently skipped (a loader reading the folder itself would follow it)
-    names = [n for n in entries if not os.path.isdir(folder / n)]
+    names = [n for n in entries if os.path.isfile(folder / n)]  # regular files, symlinks followed
     safetensors = [n for n in names if n.lower().endswith(".safetensors")]
     ggufs = [n for n in names if n.lower().endswith(".gguf")]
     pickles = [n for n in names if n.lower().endswith(PICKLE_SUFFIXES)]
@@ -490,9 +479,8 @@ def _hub_snapshot(repo_id: str, *, allow_download: bool, trust_remote_code: bool
         folder = snapshot_download(repo_id, local_files_only=not allow_download, allow_patterns=patterns)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         raise CheckpointError(
-            f"no local path {repo_id!r} exists (relative to {Path.cwd()}), and as a hub id {repo_id!r} is not in the local "
-            f"Hugging Face cache and downloads are off (HF_HUB_OFFLINE / local_files_only); fix the path if it is a typo, "
-            f"or download it first (hf download {repo_id}) or pass --forgetting-allow-download"
+            f"{repo_id!r} is not in the local Hugging Face cache and downloads are off "
+            f"(HF_HUB_OFFLINE / local_files_only); download it first (hf download {repo_id}) or allow downloads"
         ) from exc
     except Exception as exc:
         raise CheckpointError(f"could not fetch {repo_id!r} from the Hugging Face hub: {_describe_exc(exc)}") from exc
@@ -1045,10 +1033,9 @@ def _stripping_prefix(keys: set[str], target: set[str]) -> str | None:
 
 
 def _check_files(target: _Target) -> None:
-    """Every file we would read: inside the checkpoint, a regular file of a plausible size, not a Git LFS pointer."""
-    roots = _allowed_roots(target.path) if target.path.is_dir() else None
+    """Every file we would read: a regular file, and not a Git LFS pointer."""
     for path in target.files:
-        size = _require_safe(path, roots).st_size
+        size = _require_regular(path)
         if size <= _LFS_POINTER_MAX:
             with open(path, "rb") as fh:
                 head = fh.read(len(_LFS_MAGIC))
@@ -1071,81 +1058,12 @@ def _require_regular_stat(path: Path) -> os.stat_result:
     return st
 
 
-def _size_cap(name: str) -> int | None:
-    """The largest plausible size of a checkpoint file named ``name`` (None: weights, checked against their header)."""
-    lower = name.lower()
-    if lower.endswith((".safetensors", ".gguf", *PICKLE_SUFFIXES)):
-        return None
-    if lower in _CONFIG_FILES:
-        return _MAX_CONFIG_BYTES
-    if lower in _TOKENIZER_FILES or lower.endswith((".model", ".tiktoken")) or lower in ("merges.txt", "tokenizer_config.json"):
-        return _MAX_TOKENIZER_BYTES
-    return _MAX_AUX_BYTES
-
-
-def _allowed_roots(folder: Path) -> tuple[str, ...]:
-    """Where the files of ``folder`` may really live: the folder itself, and for a Hugging Face cache
-    snapshot (``models--org--name/snapshots/<rev>``) the repository's ``blobs`` folder its links point into."""
-    real = os.path.realpath(folder)
-    snapshots = os.path.dirname(real)
-    repo = os.path.dirname(snapshots)
-    if os.path.basename(snapshots) == "snapshots" and os.path.basename(repo).startswith(("models--", "datasets--")):
-        return (real, os.path.join(repo, "blobs"))
-    return (real,)
-
-
-def _special_root(real: str) -> str | None:
-    for root in _SPECIAL_ROOTS:
-        if real == root or real.startswith(root + os.sep):
-            return root
-    return None
-
-
-def _require_safe(path: Path, roots: tuple[str, ...] | None, cap: int | None = -1) -> os.stat_result:
-    """``path`` checked before anything reads it: it resolves inside ``roots`` (None: no containment, for a
-    file the user named), not into /proc, /sys or /dev (whose files claim size 0 or never end), it is a
-    regular file, and it is at most ``cap`` bytes (default: the cap for its name; None: no cap)."""
-    real = os.path.realpath(path)
-    special = _special_root(real)
-    name = _esc(path.name)
-    if special is not None:
-        raise CheckpointError(
-            f"{name} in {_esc(str(path.parent))} leads into {special} (a kernel or device file, not checkpoint data); "
-            "refusing to read it: replace the link with the real file"
-        )
-    if roots is not None and not any(os.path.dirname(real) == r or real.startswith(r + os.sep) for r in roots):
-        raise CheckpointError(
-            f"{name} in {_esc(str(path.parent))} is a link that leads outside the checkpoint folder; refusing to read "
-            "it: copy the file itself into the folder"
-        )
-    st = _require_regular_stat(path)
-    if cap == -1:
-        cap = _size_cap(path.name)
-    if cap is not None and st.st_size > cap:
-        raise CheckpointError(
-            f"{name} in {_esc(str(path.parent))} is {st.st_size:,} bytes, more than a plausible {name} "
-            f"({cap >> 20} MiB at most); is it really part of this checkpoint?"
-        )
-    return st
-
-
-def _read_capped(path: Path, cap: int, roots: tuple[str, ...] | None = None) -> bytes:
-    """The bytes of a small file, checked by :func:`_require_safe` and read at most ``cap + 1`` bytes
-    from the one open file (whose fstat must agree): a size that lies never makes this read unbounded."""
-    st = _require_safe(path, roots, cap)
+def _read_json(path: Path) -> Any:
+    size = _require_regular(path)
+    if size > _MAX_JSON_BYTES:
+        raise CheckpointError(f"{path} is {size} bytes, too large for a JSON config")
     with open(path, "rb") as fh:
-        fst = os.fstat(fh.fileno())
-        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
-            raise CheckpointError(f"{_esc(str(path))} changed while being opened; run again once nothing writes to it")
-        raw = fh.read(cap + 1)
-    if len(raw) > cap:
-        raise CheckpointError(f"{_esc(str(path))} holds more than {cap:,} bytes, too large for a {_esc(path.name)}")
-    return raw
-
-
-def _read_json(path: Path, cap: int | None = None) -> Any:
-    """A JSON file of a checkpoint folder (config, adapter config, index): contained, capped, parsed safely."""
-    raw = _read_capped(path, cap or _size_cap(path.name) or _MAX_CONFIG_BYTES, _allowed_roots(path.parent))
+        raw = fh.read()
     if raw.startswith(_LFS_MAGIC):
         raise CheckpointError(f"{path} is a Git LFS pointer, not the real file; run `git lfs pull`")
     try:
@@ -1446,19 +1364,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _one_line_text(text: str, limit: int = 300) -> str:
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return _esc(line, limit)
-
-
-def _esc(text: str, limit: int = 200) -> str:
-    """A string that may come from a checkpoint, safe to print: every non-printable character (newline,
-    ANSI escape, bidi control) written as repr writes it, and at most ``limit`` characters."""
-    out = text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return out if len(out) <= limit else out[: limit - 3] + "..."
-
-
-def _excerpt(value: Any, limit: int = 24) -> str:
-    """A short, escaped excerpt of a value read from a checkpoint (a token, a label, a tensor name)."""
-    return _esc(repr(value) if isinstance(value, str) else str(value), limit)
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _describe_exc(exc: BaseException, with_type: bool = True) -> str:
