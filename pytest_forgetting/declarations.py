@@ -54,16 +54,24 @@ def parse_spec(kind: str, spec: str) -> Declaration:
     return Declaration(kind, kwargs, where)
 
 
+def _toml() -> Any:
+    """``tomllib`` (Python 3.11+) or its backport ``tomli`` (a dependency on 3.10); same API."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    return tomllib
+
+
 def load_pyproject(path: Path) -> list[Declaration]:
     """Declarations from ``[tool.pytest_forgetting]`` of a pyproject.toml (none when the table is absent)."""
     if not path.is_file():
         return []
-    import tomllib
-
+    toml = _toml()
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except (tomllib.TOMLDecodeError, OSError) as exc:
+            data = toml.load(fh)
+    except (toml.TOMLDecodeError, OSError) as exc:
         raise ConfigError(f"{path}: cannot read TOML: {exc}") from None
     table = data.get("tool", {}).get("pytest_forgetting")
     if table is None:
