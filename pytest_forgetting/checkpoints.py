@@ -58,7 +58,14 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
 _LFS_POINTER_MAX = 1024  # real pointers are ~130 bytes
 _CHUNK = 1 << 20
-_MAX_JSON_BYTES = 64 << 20
+_COPY_CHUNK = 8 << 20
+# Size caps of a checkpoint's small files, checked before reading (the largest real ones are far
+# below: an ImageNet-22k config with every label name ~2 MB, Gemma's tokenizer.json ~33 MB).
+_CONFIG_FILES = frozenset({"config.json", "adapter_config.json", "generation_config.json", "preprocessor_config.json"})
+_MAX_CONFIG_BYTES = 4 << 20
+_MAX_TOKENIZER_BYTES = 128 << 20
+_MAX_AUX_BYTES = 32 << 20
+_SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
 _MAX_FOLDER_ENTRIES = 10_000
 # Files of a folder that change what gets evaluated (weights, configs, tokenizer, code).
@@ -271,12 +278,20 @@ def load_metadata(ref: Any, *, rootdir: str | os.PathLike[str] | None = None, tr
     empty = LoadedCheckpoint(model=None, ref=str(ref), resolved=str(located), kind="metadata", fingerprint="")  # type: ignore[arg-type]
     if not isinstance(located, Path) or not located.is_dir():
         return empty
-    labels = None
-    if (located / "config.json").is_file():
-        id2label = _read_config(located).get("id2label")
-        labels = _label_map_from_dict(id2label) if isinstance(id2label, dict) else None
-    empty.label_map = labels
-    empty.tokenizer = _load_tokenizer(located, trust_remote_code)
+    target = _describe_folder(located, allow_pickle=True)  # the same file checks as loading it
+    aux = tuple(p for p in target.files if not p.name.lower().endswith((".safetensors", ".gguf", *PICKLE_SUFFIXES)))
+    stage = _Stage(_Target(target.kind, located, str(located), target.weights, aux))
+    try:
+        labels = None
+        if (stage.dir / "config.json").is_file():
+            id2label = _read_config(stage.dir).get("id2label")
+            labels = _label_map_from_dict(id2label) if isinstance(id2label, dict) else None
+        empty.label_map = labels
+        empty.tokenizer = _load_tokenizer(stage.dir, trust_remote_code)
+    except CheckpointError as exc:
+        raise stage.unstage(exc) from exc.__cause__
+    finally:
+        stage.remove()
     return empty
 
 
@@ -360,6 +375,9 @@ def _describe(
         snapshot = _hub_snapshot(located, allow_download=allow_download, trust_remote_code=trust_remote_code)
         inner = _describe_folder(snapshot, allow_pickle=allow_pickle)
         return _Target("hub", snapshot, located, inner.weights, inner.files)
+    special = _special_root(os.path.realpath(located))
+    if special is not None:
+        raise CheckpointError(f"{_esc(str(located))} is under {special}: kernel and device files are not checkpoints")
     if located.is_dir():
         return _describe_folder(located, allow_pickle=allow_pickle)
     _require_regular(located)
@@ -420,7 +438,9 @@ def _describe_folder(folder: Path, *, allow_pickle: bool) -> _Target:
         entries = sorted(os.listdir(folder))
     except OSError as exc:
         raise CheckpointError(f"cannot list folder {folder}: {exc.strerror or exc}") from None
-    names = [n for n in entries if os.path.isfile(folder / n)]  # regular files, symlinks followed
+    # every entry but folders: a link or a FIFO named like a checkpoint file is refused by _check_files,
+    # never silently skipped (a loader reading the folder itself would follow it)
+    names = [n for n in entries if not os.path.isdir(folder / n)]
     safetensors = [n for n in names if n.lower().endswith(".safetensors")]
     ggufs = [n for n in names if n.lower().endswith(".gguf")]
     pickles = [n for n in names if n.lower().endswith(PICKLE_SUFFIXES)]
@@ -479,8 +499,9 @@ def _hub_snapshot(repo_id: str, *, allow_download: bool, trust_remote_code: bool
         folder = snapshot_download(repo_id, local_files_only=not allow_download, allow_patterns=patterns)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         raise CheckpointError(
-            f"{repo_id!r} is not in the local Hugging Face cache and downloads are off "
-            f"(HF_HUB_OFFLINE / local_files_only); download it first (hf download {repo_id}) or allow downloads"
+            f"no local path {repo_id!r} exists (relative to {Path.cwd()}), and as a hub id {repo_id!r} is not in the local "
+            f"Hugging Face cache and downloads are off (HF_HUB_OFFLINE / local_files_only); fix the path if it is a typo, "
+            f"or download it first (hf download {repo_id}) or pass --forgetting-allow-download"
         ) from exc
     except Exception as exc:
         raise CheckpointError(f"could not fetch {repo_id!r} from the Hugging Face hub: {_describe_exc(exc)}") from exc
@@ -521,7 +542,6 @@ def _load(
     target = _describe(
         ref, rootdir, allow_pickle=allow_pickle, allow_download=allow_download, trust_remote_code=trust_remote_code
     )
-    fingerprint = _fingerprint_files(target, digests)
     factory = _as_factory(model_factory, rootdir)
     folder = target.path if target.path.is_dir() else None
     if placement is not None and not (
@@ -529,41 +549,36 @@ def _load(
     ):
         what = {"peft-adapter": "a PEFT adapter", "safetensors": "a bare .safetensors file", "gguf": "a GGUF file"}.get(target.kind, f"a {target.kind} checkpoint")
         raise CheckpointError(f"{DEVICE_MAP_NEEDS_HF_FOLDER}, not {what}")
+    has_config = folder is not None and (folder / "config.json").is_file()
     if folder is not None:
         _refuse_remote_code(folder, trust_remote_code)
+    if target.kind != "peft-adapter" and target.weights != "gguf" and not has_config and factory is None:
+        raise CheckpointError(
+            f"{target.files[0]} holds bare weights without an architecture; pass --model-factory "
+            "module:callable (a function returning the nn.Module to load them into)"
+        )
 
-    tokenizer = config = None
-    if target.kind == "peft-adapter":
-        model, tokenizer, config, label_map = _load_adapter(target, base, trust_remote_code)
-    elif target.weights == "gguf":
-        gguf_path = target.files[0]
-        model, tokenizer = _load_gguf(gguf_path)
-        config = getattr(model, "config", None)
-        label_map = _label_map(config)
-    elif folder is not None and (folder / "config.json").is_file():  # hf-folder, hub, pickled HF folder
-        model, config = _load_hf_folder(target, trust_remote_code, placement)
-        tokenizer = _load_tokenizer(folder, trust_remote_code)
-        label_map = _label_map(config)
-    else:  # a bare weights file (or a folder holding just one): the factory builds the module
-        weights_file = target.files[0]
-        if factory is None:
-            raise CheckpointError(
-                f"{weights_file} holds bare weights without an architecture; pass --model-factory "
-                "module:callable (a function returning the nn.Module to load them into)"
-            )
-        if target.weights == "safetensors":
-            state_dict = _load_safetensors(weights_file)
-        else:
-            state_dict = _torch_load_weights_only(weights_file)
-        model = factory()
-        _check_state_dict_fits(model, state_dict, weights_file, factory)
-        try:
-            model.load_state_dict(state_dict, strict=True)
-        except Exception as exc:
-            raise CheckpointError(f"{weights_file}: load_state_dict failed: {_describe_exc(exc)}") from exc
-        model.to("cpu")
-        config = getattr(model, "config", None)
-        label_map = _label_map(config)
+    stage = _Stage(target)  # validated private copies: all that the loaders below ever read
+    fingerprint = stage.fingerprint
+    try:
+        model, tokenizer, config, label_map = _load_staged(stage.target, factory, base, trust_remote_code, placement)
+    except CheckpointError as exc:
+        stage.remove()
+        raise stage.unstage(exc) from exc.__cause__
+    except BaseException:
+        stage.remove()
+        raise
+    if placement is not None:  # accelerate may read offloaded weights from the copies later
+        stage.keep_while(model)
+    else:
+        stage.remove()
+    for obj in (config, getattr(model, "config", None)):
+        if obj is not None and hasattr(obj, "_name_or_path"):
+            obj._name_or_path = target.resolved  # not the private copy's name
+    if hasattr(model, "name_or_path"):
+        model.name_or_path = target.resolved
+    if tokenizer is not None and hasattr(tokenizer, "name_or_path") and tokenizer is not getattr(base, "tokenizer", None):
+        tokenizer.name_or_path = target.resolved
 
     model.eval()
     from .tasks.base import attach_tokenizer
@@ -573,6 +588,44 @@ def _load(
         model=model, ref=_show(ref, quote=False), resolved=target.resolved, kind=target.kind,
         fingerprint=fingerprint, tokenizer=tokenizer, config=config, label_map=label_map,
     )  # fmt: skip
+
+
+def _load_staged(
+    target: _Target, factory: _Factory | None, base: LoadedCheckpoint | None, trust_remote_code: bool,
+    placement: _Placement | None,
+) -> tuple["torch.nn.Module", Any, Any, dict[int, str] | None]:
+    """Build the model of a staged target (its files are private, validated copies)."""
+    folder = target.path if target.path.is_dir() else None
+    tokenizer = config = None
+    if target.kind == "peft-adapter":
+        return _load_adapter(target, base, trust_remote_code)
+    if target.weights == "gguf":
+        model, tokenizer = _load_gguf(target.files[0])
+        config = getattr(model, "config", None)
+        return model, tokenizer, config, _label_map(config)
+    if folder is not None and (folder / "config.json").is_file():  # hf-folder, hub, pickled HF folder
+        model, config = _load_hf_folder(target, trust_remote_code, placement)
+        tokenizer = _load_tokenizer(folder, trust_remote_code)
+        return model, tokenizer, config, _label_map(config)
+    # a bare weights file (or a folder holding just one): the factory builds the module
+    weights_file = target.files[0]
+    assert factory is not None  # refused by _load before copying anything
+    if target.weights == "safetensors":
+        shapes = {k: shape for k, (_dtype, shape) in _read_safetensors_header(weights_file).items()}
+        model = factory()  # trusted code (the project's own); checked against the header before any tensor is read
+        _check_state_dict_fits(model, shapes, weights_file, factory)
+        state_dict = _load_safetensors(weights_file)
+    else:
+        state_dict = _torch_load_weights_only(weights_file)
+        model = factory()
+        _check_state_dict_fits(model, {k: tuple(v.shape) for k, v in state_dict.items()}, weights_file, factory)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except Exception as exc:
+        raise CheckpointError(f"{weights_file}: load_state_dict failed: {_describe_exc(exc)}") from exc
+    model.to("cpu")
+    config = getattr(model, "config", None)
+    return model, tokenizer, config, _label_map(config)
 
 
 def _load_hf_folder(target: _Target, trust_remote_code: bool, placement: _Placement | None = None) -> tuple["torch.nn.Module", Any]:
@@ -629,6 +682,7 @@ def _load_hf_folder(target: _Target, trust_remote_code: bool, placement: _Placem
         # mismatch is refused below, so nothing re-initialised is ever returned.
         "ignore_mismatched_sizes": True,
         _dtype_kwarg(transformers): torch.get_default_dtype(),
+        **_attn_kwarg(config_dict, trust_remote_code),
     }
     if placement is not None:
         kwargs.update(_placement_kwargs(placement, folder))
@@ -756,8 +810,18 @@ def _check_loading_info(info: dict[str, Any], folder: Path, class_name: str) -> 
 
 
 def _load_tokenizer(folder: Path, trust_remote_code: bool) -> Any:
+    """The tokenizer of a (staged) folder, or None when it has no tokenizer files."""
     if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
         return None
+    config_path = folder / "tokenizer_config.json"
+    if config_path.is_file():  # transformers < 5 opened a *_file named here verbatim, wherever it pointed
+        tok_config = _read_json(config_path)
+        for key, value in (tok_config.items() if isinstance(tok_config, dict) else ()):
+            if key.endswith("_file") and isinstance(value, str) and ("/" in value or "\\" in value or value.startswith(".")):
+                raise CheckpointError(
+                    f"{config_path} names {_esc(key, 40)}={_excerpt(value, 40)}, a path outside the checkpoint; "
+                    "tokenizer files must be plain file names in the checkpoint folder"
+                )
     try:
         from transformers import AutoTokenizer
 
@@ -975,10 +1039,14 @@ def _state_dict_from(obj: Any, path: Path) -> dict[str, "torch.Tensor"]:
     raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state_dict (a mapping of names to tensors)")
 
 
-def _check_state_dict_fits(model: "torch.nn.Module", state_dict: dict[str, Any], source: Path, factory: Any) -> None:
-    """Strict-load pre-check with a readable report (torch's own error is one long blob)."""
+def _check_state_dict_fits(model: "torch.nn.Module", shapes: dict[str, tuple[int, ...]], source: Path, factory: Any) -> None:
+    """Strict-load pre-check with a readable report (torch's own error is one long blob).
+
+    ``shapes`` are the file's tensor shapes (for safetensors: from the header, before any tensor is
+    read), so a file that does not describe exactly the module built is refused before allocating.
+    """
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state_dict.items()}
+    got = {k: tuple(v) for k, v in shapes.items()}
     missing = sorted(expected.keys() - got.keys())
     unexpected = sorted(got.keys() - expected.keys())
     mismatched = sorted(k for k in expected.keys() & got.keys() if expected[k] != got[k])
@@ -1033,9 +1101,10 @@ def _stripping_prefix(keys: set[str], target: set[str]) -> str | None:
 
 
 def _check_files(target: _Target) -> None:
-    """Every file we would read: a regular file, and not a Git LFS pointer."""
+    """Every file we would read: inside the checkpoint, a regular file of a plausible size, not a Git LFS pointer."""
+    roots = _allowed_roots(target.path) if target.path.is_dir() else None
     for path in target.files:
-        size = _require_regular(path)
+        size = _require_safe(path, roots).st_size
         if size <= _LFS_POINTER_MAX:
             with open(path, "rb") as fh:
                 head = fh.read(len(_LFS_MAGIC))
@@ -1058,12 +1127,81 @@ def _require_regular_stat(path: Path) -> os.stat_result:
     return st
 
 
-def _read_json(path: Path) -> Any:
-    size = _require_regular(path)
-    if size > _MAX_JSON_BYTES:
-        raise CheckpointError(f"{path} is {size} bytes, too large for a JSON config")
+def _size_cap(name: str) -> int | None:
+    """The largest plausible size of a checkpoint file named ``name`` (None: weights, checked against their header)."""
+    lower = name.lower()
+    if lower.endswith((".safetensors", ".gguf", *PICKLE_SUFFIXES)):
+        return None
+    if lower in _CONFIG_FILES:
+        return _MAX_CONFIG_BYTES
+    if lower in _TOKENIZER_FILES or lower.endswith((".model", ".tiktoken")) or lower in ("merges.txt", "tokenizer_config.json"):
+        return _MAX_TOKENIZER_BYTES
+    return _MAX_AUX_BYTES
+
+
+def _allowed_roots(folder: Path) -> tuple[str, ...]:
+    """Where the files of ``folder`` may really live: the folder itself, and for a Hugging Face cache
+    snapshot (``models--org--name/snapshots/<rev>``) the repository's ``blobs`` folder its links point into."""
+    real = os.path.realpath(folder)
+    snapshots = os.path.dirname(real)
+    repo = os.path.dirname(snapshots)
+    if os.path.basename(snapshots) == "snapshots" and os.path.basename(repo).startswith(("models--", "datasets--")):
+        return (real, os.path.join(repo, "blobs"))
+    return (real,)
+
+
+def _special_root(real: str) -> str | None:
+    for root in _SPECIAL_ROOTS:
+        if real == root or real.startswith(root + os.sep):
+            return root
+    return None
+
+
+def _require_safe(path: Path, roots: tuple[str, ...] | None, cap: int | None = -1) -> os.stat_result:
+    """``path`` checked before anything reads it: it resolves inside ``roots`` (None: no containment, for a
+    file the user named), not into /proc, /sys or /dev (whose files claim size 0 or never end), it is a
+    regular file, and it is at most ``cap`` bytes (default: the cap for its name; None: no cap)."""
+    real = os.path.realpath(path)
+    special = _special_root(real)
+    name = _esc(path.name)
+    if special is not None:
+        raise CheckpointError(
+            f"{name} in {_esc(str(path.parent))} leads into {special} (a kernel or device file, not checkpoint data); "
+            "refusing to read it: replace the link with the real file"
+        )
+    if roots is not None and not any(os.path.dirname(real) == r or real.startswith(r + os.sep) for r in roots):
+        raise CheckpointError(
+            f"{name} in {_esc(str(path.parent))} is a link that leads outside the checkpoint folder; refusing to read "
+            "it: copy the file itself into the folder"
+        )
+    st = _require_regular_stat(path)
+    if cap == -1:
+        cap = _size_cap(path.name)
+    if cap is not None and st.st_size > cap:
+        raise CheckpointError(
+            f"{name} in {_esc(str(path.parent))} is {st.st_size:,} bytes, more than a plausible {name} "
+            f"({cap >> 20} MiB at most); is it really part of this checkpoint?"
+        )
+    return st
+
+
+def _read_capped(path: Path, cap: int, roots: tuple[str, ...] | None = None) -> bytes:
+    """The bytes of a small file, checked by :func:`_require_safe` and read at most ``cap + 1`` bytes
+    from the one open file (whose fstat must agree): a size that lies never makes this read unbounded."""
+    st = _require_safe(path, roots, cap)
     with open(path, "rb") as fh:
-        raw = fh.read()
+        fst = os.fstat(fh.fileno())
+        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            raise CheckpointError(f"{_esc(str(path))} changed while being opened; run again once nothing writes to it")
+        raw = fh.read(cap + 1)
+    if len(raw) > cap:
+        raise CheckpointError(f"{_esc(str(path))} holds more than {cap:,} bytes, too large for a {_esc(path.name)}")
+    return raw
+
+
+def _read_json(path: Path, cap: int | None = None) -> Any:
+    """A JSON file of a checkpoint folder (config, adapter config, index): contained, capped, parsed safely."""
+    raw = _read_capped(path, cap or _size_cap(path.name) or _MAX_CONFIG_BYTES, _allowed_roots(path.parent))
     if raw.startswith(_LFS_MAGIC):
         raise CheckpointError(f"{path} is a Git LFS pointer, not the real file; run `git lfs pull`")
     try:
@@ -1097,10 +1235,15 @@ def _refuse_remote_code(folder: Path, trust_remote_code: bool) -> None:
     reasons: list[str] = []
     for name in ("config.json", "tokenizer_config.json"):
         path = folder / name
-        if path.is_file():
+        if os.path.lexists(path):
             content = _read_json(path)
             if isinstance(content, dict) and "auto_map" in content:
                 reasons.append(f"auto_map in {name}")
+            if isinstance(content, dict) and name == "config.json":
+                reasons += [
+                    f"attn_implementation={_excerpt(value, 60)} in {name}, a kernel transformers would download and import"
+                    for value in _unknown_attn_implementations(content)
+                ]
     py_files: list[str] = []
     seen = 0
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
@@ -1115,6 +1258,43 @@ def _refuse_remote_code(folder: Path, trust_remote_code: bool) -> None:
             f"this checkpoint carries its own Python code ({'; '.join(reasons)}); pass "
             "--forgetting-trust-remote-code only if you trust its author"
         )
+
+
+#: attention implementations transformers ships; anything else names a kernel on the hub (remote code)
+_BUILTIN_ATTN = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+_ATTN_KEYS = ("attn_implementation", "_attn_implementation", "_attn_implementation_internal")
+_FLASH_PACKAGES = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def _unknown_attn_implementations(config: dict[str, Any]) -> list[Any]:
+    """attn_implementation values of a config (and its sub-configs) that are not built into transformers."""
+    found = []
+    for key, value in _walk_config(config):
+        if key not in _ATTN_KEYS or value is None:
+            continue
+        values = value.values() if isinstance(value, dict) else [value]
+        found += [v for v in values if v is not None and v not in _BUILTIN_ATTN]
+    return found
+
+
+def _attn_kwarg(config_dict: dict[str, Any], trust_remote_code: bool) -> dict[str, Any]:
+    """The explicit, safe ``attn_implementation`` to load with (overriding whatever config.json holds).
+
+    A built-in name is kept; flash attention only when its package is installed (transformers would
+    otherwise fetch a kernel from the hub instead); anything else was refused as remote code unless
+    trusted. None lets transformers choose between sdpa and eager.
+    """
+    requested = next((config_dict.get(k) for k in _ATTN_KEYS if config_dict.get(k) is not None), None)
+    if trust_remote_code and requested is not None:
+        return {}
+    if isinstance(requested, str) and requested in _FLASH_PACKAGES:
+        import importlib.util
+
+        if importlib.util.find_spec(_FLASH_PACKAGES[requested]) is None:
+            requested = None
+    if not (isinstance(requested, str) and requested in _BUILTIN_ATTN):
+        requested = None
+    return {"attn_implementation": requested}
 
 
 def _pickle_refusal(path: Path, out: Path | None = None) -> CheckpointError:
@@ -1148,6 +1328,7 @@ class FileDigests:
 
     RACY_NS = 2_000_000_000
     MAX_ENTRIES = 2000
+    MAX_FILE_BYTES = 4 * 2**20  # MAX_ENTRIES entries of a few hundred bytes, with room to spare
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path) if path is not None else None
@@ -1163,9 +1344,20 @@ class FileDigests:
         if self._loaded or self.path is None:
             return
         self._loaded = True
+        # never through a symbolic link, never a FIFO (O_NONBLOCK), only a regular file of ours, bounded
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
         try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
+            fd = os.open(self.path, flags)
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                geteuid = getattr(os, "geteuid", None)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > self.MAX_FILE_BYTES or (geteuid is not None and st.st_uid != geteuid()):
+                    return
+                data = json.loads(fh.read(self.MAX_FILE_BYTES + 1).decode("utf-8"))
+        except (OSError, ValueError, RecursionError):
             return
         if isinstance(data, dict):
             self._memory.update({k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and len(v) == 64})
@@ -1207,13 +1399,26 @@ class FileDigests:
         self._dirty = False
         while len(self._memory) > self.MAX_ENTRIES:
             self._memory.pop(next(iter(self._memory)))
-        try:  # atomic replace; a concurrent worker's entry lost here is only a later re-hash
+        import contextlib
+        import tempfile
+
+        # a temporary file with an unpredictable name, created O_EXCL | O_NOFOLLOW (mkstemp), renamed over
+        # the store: a planted symbolic link (at the store or at a guessed temporary name) is replaced,
+        # never written through. A concurrent worker's entry lost here is only a later re-hash.
+        tmp = None
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._memory))
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(self._memory))
             os.replace(tmp, self.path)
+            tmp = None
         except OSError:
             pass
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
 
 #: digests remembered in this process whatever the cache settings (a cold run hashes a checkpoint
@@ -1232,6 +1437,121 @@ def _fingerprint_files(target: _Target, digests: FileDigests | None = None) -> s
         digest.update(struct.pack("<Q", len(name)) + name + struct.pack("<Q", size) + digests.digest(path))
     digests.flush()
     return "sha256:" + digest.hexdigest()
+
+
+class _Stage:
+    """Private copies of a checkpoint's files: what transformers, peft, gguf and safetensors read.
+
+    Those libraries read the folder they are given themselves, and memory-map weights (safetensors,
+    GGUF): a link in the checkpoint folder would lead them outside it, and a weights file rewritten
+    in place while mapped kills the whole process with SIGBUS. So every file of the target is first
+    validated (``_check_files``: contained, regular, plausible size), then copied once, from one open
+    descriptor whose fstat must not change during the copy, into a fresh 0700 temporary folder that
+    only this process writes (``$TMPDIR``); the loaders only ever see those copies, and the fingerprint
+    is computed from the very bytes copied, so it always describes what was evaluated. A copy costs
+    one read and one write of the checkpoint, about what hashing it cost before; reading the weights
+    into memory instead would double the peak memory of a large model and cannot serve accelerate's
+    disk offload. Mapped copies may be deleted once loaded (Linux keeps an unlinked mapped file
+    alive, and nobody else can truncate it); with a device map they live as long as the model.
+    """
+
+    def __init__(self, target: _Target) -> None:
+        import tempfile
+
+        self.source = target
+        try:
+            self.dir = Path(tempfile.mkdtemp(prefix="pytest-forgetting-load-"))
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot create a private copy of the checkpoint in {tempfile.gettempdir()}: {exc.strerror or exc}; "
+                "set TMPDIR to a writable folder"
+            ) from None
+        base = target.path if target.path.is_dir() else target.path.parent
+        digest = hashlib.sha256(b"pytest-forgetting/files/v2\0")
+        copies = []
+        try:
+            for path in sorted(target.files, key=lambda p: p.relative_to(base).as_posix()):
+                rel = path.relative_to(base).as_posix()
+                size, file_digest = _copy_verified(path, self.dir / rel)
+                name = rel.encode("utf-8", "surrogateescape")
+                digest.update(struct.pack("<Q", len(name)) + name + struct.pack("<Q", size) + file_digest)
+                copies.append(self.dir / rel)
+        except BaseException:
+            self.remove()
+            raise
+        self.fingerprint = "sha256:" + digest.hexdigest()
+        path = self.dir if target.path.is_dir() else self.dir / target.path.name
+        self.target = _Target(target.kind, path, target.resolved, target.weights, tuple(copies))
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def keep_while(self, obj: Any) -> None:
+        """Delete the copies when ``obj`` is garbage-collected (or at exit) instead of now."""
+        import shutil
+        import weakref
+
+        weakref.finalize(obj, shutil.rmtree, str(self.dir), True)
+
+    def unstage(self, exc: CheckpointError) -> CheckpointError:
+        """The same error naming the user's files instead of their private copies."""
+        message = str(exc)
+        origin = self.source.path if self.source.path.is_dir() else self.source.path.parent
+        if str(self.dir) not in message:
+            return exc
+        fixed = CheckpointError(message.replace(str(self.dir), str(origin)))
+        fixed.__cause__ = exc.__cause__
+        return fixed
+
+
+def _copy_verified(src: Path, dst: Path) -> tuple[int, bytes]:
+    """Copy ``src`` to a new private file, hashing the bytes; refuse it if it changes meanwhile."""
+    shown = _esc(str(src))
+    try:
+        fin = open(src, "rb", buffering=0)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {shown}: {exc.strerror or exc}") from None
+    with fin:
+        before = os.fstat(fin.fileno())
+        if not stat.S_ISREG(before.st_mode):
+            raise CheckpointError(f"{shown} is not a regular file")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        h = hashlib.sha256()
+        total = 0
+        buffer = bytearray(max(1, min(_COPY_CHUNK, before.st_size + 1)))
+        view = memoryview(buffer)
+        try:
+            fd = os.open(dst, flags, 0o600)
+            try:
+                while total <= before.st_size:
+                    n = fin.readinto(buffer)
+                    if not n:
+                        break
+                    h.update(view[:n])
+                    done = 0
+                    while done < n:
+                        done += os.write(fd, view[done:n])
+                    total += n
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot copy {shown} to the private folder {dst.parent} before loading it: {exc.strerror or exc}; "
+                "set TMPDIR to a folder with enough free space"
+            ) from None
+        after = os.fstat(fin.fileno())
+    if total != before.st_size or _stat_signature(before) != _stat_signature(after):
+        raise CheckpointError(
+            f"{shown} changed while it was being read ({before.st_size:,} bytes before, {after.st_size:,} after); "
+            "run again once nothing writes to the checkpoint"
+        )
+    return total, h.digest()
+
+
+def _stat_signature(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _fingerprint_module(model: "torch.nn.Module") -> str:
@@ -1353,7 +1673,7 @@ def _abspath(path: Path) -> str:
 
 
 def _few(items: list[str], n: int = 5) -> str:
-    shown = ", ".join(str(i) for i in items[:n])
+    shown = ", ".join(_esc(str(i), 120) for i in items[:n])
     return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
 
@@ -1364,7 +1684,19 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _one_line_text(text: str, limit: int = 300) -> str:
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    return _esc(line, limit)
+
+
+def _esc(text: str, limit: int = 200) -> str:
+    """A string that may come from a checkpoint, safe to print: every non-printable character (newline,
+    ANSI escape, bidi control) written as repr writes it, and at most ``limit`` characters."""
+    out = text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def _excerpt(value: Any, limit: int = 24) -> str:
+    """A short, escaped excerpt of a value read from a checkpoint (a token, a label, a tensor name)."""
+    return _esc(repr(value) if isinstance(value, str) else str(value), limit)
 
 
 def _describe_exc(exc: BaseException, with_type: bool = True) -> str:
