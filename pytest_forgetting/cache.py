@@ -1,115 +1,514 @@
 """On-disk cache of base-model evaluations (and of tokenised task inputs).
 
-An entry is the per-example outputs of one evaluation (``.npz``, loaded with
-``allow_pickle=False``), keyed by everything that can change them: the base checkpoint's
-content fingerprint, the task's data fingerprint and version, split, the subsample, device,
-dtype, batch size, torch version and the plugin's evaluation version. Writes go to a temp
-file and ``os.replace`` into place, so an interrupted run leaves no partial entry; a file lock
-per key makes concurrent pytest-xdist workers compute an entry once.
+An entry is the per-example outputs of one evaluation, an uncompressed ``.npz`` written and read by
+this module alone. Its file name is a hash of its key, and the entry *records* the whole key (the
+JSON of everything that decides the base's outputs: checkpoint fingerprint, model-factory source,
+task class, version and data fingerprint, split, subsample, device, dtype, batch size, library and
+plugin versions); a read compares the recorded key with the expected one, so an entry renamed or
+written for another key is a miss. Nothing in an entry is trusted before it is checked:
 
-The same directory keeps tokenised inputs (``prepared-<key>.npz``): a nested mapping of
-tensors / arrays, keyed by the task's data fingerprint and the tokenizer's full serialisation, so
-a warm run does not tokenise again; and ``file-digests.json``, the per-file checkpoint hashes of
-:class:`pytest_forgetting.checkpoints.FileDigests`.
+* the file is opened without following a symbolic link (``O_NOFOLLOW``), must be a regular file
+  owned by the running user, and is refused before anything is inflated when the sizes its zip
+  directory declares exceed a cap derived from the number of examples expected;
+* every array header is parsed and checked against its member's size; no pickles, no objects;
+* the caller checks ids, shapes and outputs (:meth:`EvalCache.load`): a damaged entry is a miss.
+
+The folder itself must be a real folder (not a symbolic link) owned by the running user and not
+writable by others; inside the rootdir it must not hold files tracked by git (a pull request could
+ship a forged entry). A folder that fails these checks, or that turns out read-only or full, gives
+one :class:`CacheWarning` and the run goes on without the cache.
+
+Writes go to a temporary file with an unpredictable name created with ``O_EXCL | O_NOFOLLOW`` and
+are renamed into place (``os.replace`` replaces a planted symbolic link, never writes through it),
+so an interrupted run leaves no partial entry; a file lock per key (itself refused when it is a
+symbolic link) makes concurrent pytest-xdist workers compute an entry once.
+
+The same folder keeps tokenised inputs (``prepared-<key>.npz``, the same format and checks), the
+per-file checkpoint hashes of :class:`pytest_forgetting.checkpoints.FileDigests` and accelerate's
+disk-offload folders (``offload/``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import stat
+import subprocess
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from .tasks.base import EvalResult
 
-#: bump when the evaluation loop changes what it stores
-EVAL_VERSION = "1"
+#: bump when the evaluation loop changes what it stores (2: entries record and verify their key)
+EVAL_VERSION = "2"
+#: per-example budget of an evaluation entry (outputs are a few numbers per example) and a fixed part
+EVAL_BYTES_PER_EXAMPLE = 256 * 1024
+EVAL_BYTES_FIXED = 16 * 2**20
+#: tokenised inputs are larger (token ids, masks, offsets per example)
+PREPARED_BYTES_PER_EXAMPLE = 2 * 2**20
+PREPARED_BYTES_FIXED = 64 * 2**20
+MAX_MEMBERS = 4096
+GIT_TIMEOUT_S = 10.0
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_DTYPE_KINDS = "biufcUSmM"
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+#: POSIX: every operation is relative to the folder's descriptor, opened once after its checks
+_DIR_FD = all(f in os.supports_dir_fd for f in (os.open, os.stat, os.unlink, os.rename)) and hasattr(os, "O_DIRECTORY")
+
+
+class CacheWarning(UserWarning):
+    """The cache folder cannot be used safely: the run goes on without it."""
+
+
+class _Miss(Exception):
+    """An entry that is absent, damaged, foreign or too large: recomputed, never an error."""
+
+
+def key_json(parts: Mapping[str, Any]) -> str:
+    """The canonical JSON of a key: what an entry records and what its file name hashes."""
+    return json.dumps({"eval_version": EVAL_VERSION, **parts}, sort_keys=True, default=str, separators=(",", ":"))
 
 
 def cache_key(**parts: Any) -> str:
-    payload = json.dumps({"eval_version": EVAL_VERSION, **parts}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+    """File-name part of the entry for these key parts (32 hex digits)."""
+    return hashlib.sha256(key_json(parts).encode()).hexdigest()[:32]
+
+
+def _entry_id(key: str | Mapping[str, Any]) -> tuple[str, str]:
+    """(file-name part, recorded key) of a key given as parts or as a plain string."""
+    if isinstance(key, Mapping):
+        text = key_json(key)
+        return hashlib.sha256(text.encode()).hexdigest()[:32], text
+    text = str(key)
+    name = text if _NAME.fullmatch(text) else hashlib.sha256(text.encode()).hexdigest()[:32]
+    return name, text
 
 
 class EvalCache:
-    def __init__(self, directory: str | Path, enabled: bool = True) -> None:
-        self.directory = Path(directory)
+    """The cache folder. Every operation is a no-op (a miss) when it is disabled or unusable."""
+
+    def __init__(self, directory: str | Path, enabled: bool = True, rootdir: str | Path | None = None) -> None:
+        self.directory = Path(os.path.abspath(os.path.expanduser(str(directory))))
         self.enabled = enabled
+        self.rootdir = rootdir
+        self.problem: str | None = None  # why the folder is not used (None: usable or not checked yet)
+        self._checked = False
+        self._fd: int | None = None
 
-    def _path(self, key: str) -> Path:
-        return self.directory / f"{key}.npz"
-
-    def _read(self, name: str) -> dict[str, np.ndarray] | None:
+    # -- the folder ---------------------------------------------------------------------------
+    def usable(self) -> bool:
+        """Whether the folder passed its checks (run once; a failure warns once and disables the cache)."""
         if not self.enabled:
-            return None
-        try:
-            with np.load(self.directory / f"{name}.npz", allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except FileNotFoundError:
-            return None
-        except Exception:  # a corrupt entry (disk full, foreign file) is a miss, recomputed and replaced
-            return None
+            return False
+        if not self._checked:
+            self._checked = True
+            try:
+                problem = self._check_folder()
+            except OSError as exc:
+                problem = f"cannot be used ({_strerror(exc)})"
+            if problem is not None:
+                self._disable(problem)
+        return self.enabled
 
-    def _write(self, name: str, arrays: dict[str, np.ndarray]) -> None:
+    def _disable(self, problem: str) -> None:
+        """Stop using the cache for the rest of the process, with one warning."""
         if not self.enabled:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.directory)
+        self.enabled = False
+        self.problem = problem
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        message = (
+            f"pytest-forgetting: cache folder {self.directory} {problem}; running without the cache "
+            "(set --forgetting-cache-dir or $FORGETTING_CACHE_DIR to a private folder, or pass --forgetting-no-cache)"
+        )
+        try:
+            warnings.warn(CacheWarning(message), stacklevel=3)
+        except Warning:  # warnings turned into errors (-W error): the run must still go on uncached
+            pass
+
+    def _check_folder(self) -> str | None:
+        path = self.directory
+        root = Path(os.path.abspath(str(self.rootdir))) if self.rootdir is not None else None
+        inside = root is not None and (path == root or root in path.parents)
+        if inside:  # every component below the rootdir is the checkout's: no symbolic link allowed
+            assert root is not None
+            for part in [*reversed(path.relative_to(root).parents), path.relative_to(root)]:
+                if str(part) == ".":
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISLNK(os.lstat(root / part).st_mode):
+                        return f"is reached through the symbolic link {root / part} inside the rootdir (refused)"
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
+            st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            return "is a symbolic link (refused: entries must not be written where the link points)"
+        if not stat.S_ISDIR(st.st_mode):
+            return "is not a folder"
+        owner = _owner_problem(st)
+        if owner:
+            return owner
+        if _DIR_FD:
+            fd = os.open(path, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC)
+            fst = os.fstat(fd)
+            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+                os.close(fd)
+                return "changed while it was checked (refused)"
+            self._fd = fd
+        if inside:
+            tracked = _git_tracked(path)
+            if tracked:
+                return tracked
+        # a read-only folder is found now, not at the first write after a long evaluation
+        tmp, fd = self._create_temp("probe")
+        os.close(fd)
+        self._unlink(tmp)
+        return None
+
+    # -- low-level file operations relative to the checked folder -------------------------------
+    def _create_temp(self, stem: str) -> tuple[str, int]:
+        name = f".{stem}.{secrets.token_hex(8)}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC | _O_BINARY
+        if self._fd is not None:
+            return name, os.open(name, flags, 0o600, dir_fd=self._fd)
+        return name, os.open(self.directory / name, flags, 0o600)
+
+    def _replace(self, src: str, dst: str) -> None:
+        if self._fd is not None:
+            os.replace(src, dst, src_dir_fd=self._fd, dst_dir_fd=self._fd)
+        else:
+            os.replace(self.directory / src, self.directory / dst)
+
+    def _unlink(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            if self._fd is not None:
+                os.unlink(name, dir_fd=self._fd)
+            else:
+                os.unlink(self.directory / name)
+
+    def _lstat(self, name: str) -> os.stat_result | None:
+        try:
+            if self._fd is not None:
+                return os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+            return os.lstat(self.directory / name)
+        except FileNotFoundError:
+            return None
+
+    def _open_read(self, name: str, max_bytes: int) -> Any:
+        flags = os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC | _O_BINARY  # a FIFO must not block
+        try:
+            fd = os.open(name, flags, dir_fd=self._fd) if self._fd is not None else os.open(self.directory / name, flags)
+        except FileNotFoundError:
+            raise _Miss("absent") from None
+        except OSError as exc:  # ELOOP: a symbolic link
+            raise _Miss(_strerror(exc)) from None
+        fh = os.fdopen(fd, "rb")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or _owner_problem(st) or st.st_size > max_bytes + 64 * 1024 + MAX_MEMBERS * 256:
+            fh.close()
+            raise _Miss("not a regular file of ours, or too large")
+        return fh
+
+    # -- entries ----------------------------------------------------------------------------------
+    def _read(self, name: str, key_text: str, max_bytes: int) -> dict[str, np.ndarray] | None:
+        if not self.usable():
+            return None
+        try:
+            with self._open_read(f"{name}.npz", max_bytes) as fh:
+                arrays = _read_npz(fh, max_bytes)
+        except _Miss:
+            return None
+        except Exception:  # noqa: BLE001 - any damaged entry is a miss, recomputed and replaced
+            return None
+        recorded = arrays.pop("__key__", None)
+        if recorded is None or recorded.shape != () or recorded.dtype.kind != "U" or str(recorded[()]) != key_text:
+            return None
+        return arrays
+
+    def _write(self, name: str, key_text: str, arrays: dict[str, np.ndarray]) -> bool:
+        if not self.usable():
+            return False
+        try:
+            tmp, fd = self._create_temp(name)
+        except OSError as exc:
+            self._disable(f"cannot be written ({_strerror(exc)})")
+            return False
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, self.directory / f"{name}.npz")
+                np.savez(fh, __key__=np.array(key_text), **arrays)
+            self._replace(tmp, f"{name}.npz")
+        except OSError as exc:  # full, read-only, quota: one warning, the run goes on uncached
+            self._unlink(tmp)
+            self._disable(f"cannot be written ({_strerror(exc)})")
+            return False
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            self._unlink(tmp)
             raise
+        return True
 
-    def load(self, key: str) -> EvalResult | None:
-        data = self._read(key)
-        if data is None or "__ids__" not in data:
+    def load(
+        self,
+        key: str | Mapping[str, Any],
+        *,
+        ids: np.ndarray | None = None,
+        static: Mapping[str, np.ndarray] | None = None,
+        validate: Callable[[dict[str, np.ndarray], dict[str, Any]], bool] | None = None,
+    ) -> EvalResult | None:
+        """The stored evaluation for ``key``, or None when it is absent or fails any check.
+
+        With ``ids`` the entry must cover exactly those examples (same order) and every output must
+        have one row per example; ``static`` outputs (labels...) must equal the task's; ``validate``
+        gets the outputs and the entry's recorded metadata and may still refuse them.
+        """
+        name, text = _entry_id(key)
+        n = len(ids) if ids is not None else None
+        cap = EVAL_BYTES_FIXED + EVAL_BYTES_PER_EXAMPLE * (n if n is not None else 4096)
+        data = self._read(name, text, cap)
+        if data is None:
             return None
-        outputs = {k: v for k, v in data.items() if not k.startswith("__")}
-        seconds = float(data["__seconds__"]) if "__seconds__" in data else 0.0
-        return EvalResult(ids=data["__ids__"], outputs=outputs, seconds=seconds)
+        try:
+            return _eval_result(data, ids, static, validate)
+        except Exception:  # noqa: BLE001 - a check that cannot even run is a failed check
+            return None
 
-    def store(self, key: str, result: EvalResult) -> None:
-        self._write(key, {"__ids__": result.ids, "__seconds__": np.float64(result.seconds), **result.outputs})
+    def store(self, key: str | Mapping[str, Any], result: EvalResult, meta: Mapping[str, Any] | None = None) -> bool:
+        name, text = _entry_id(key)
+        outputs = {k: np.asarray(v) for k, v in result.outputs.items()}
+        if any(k.startswith("__") for k in outputs) or any(v.dtype.kind not in _DTYPE_KINDS for v in outputs.values()):
+            return False
+        record = {"outputs": {k: [v.dtype.str, list(v.shape)] for k, v in sorted(outputs.items())}, **(meta or {})}
+        arrays = {"__ids__": np.asarray(result.ids), "__seconds__": np.float64(result.seconds), "__meta__": np.array(json.dumps(record, sort_keys=True)), **outputs}
+        return self._write(name, text, arrays)
 
-    def load_prepared(self, key: str) -> Any:
+    def load_prepared(self, key: str | Mapping[str, Any], n_examples: int | None = None) -> Any:
         """Tokenised inputs stored by :meth:`store_prepared`, or None (also for a damaged entry)."""
-        data = self._read(f"prepared-{key}")
+        name, text = _entry_id(key)
+        cap = PREPARED_BYTES_FIXED + PREPARED_BYTES_PER_EXAMPLE * (n_examples if n_examples is not None else 4096)
+        data = self._read(f"prepared-{name}", text, cap)
         if data is None:
             return None
         try:
             return _unflatten(data)
-        except Exception:
+        except Exception:  # noqa: BLE001
             return None
 
-    def store_prepared(self, key: str, prepared: Any) -> bool:
+    def store_prepared(self, key: str | Mapping[str, Any], prepared: Any) -> bool:
         """Store a nested mapping of tensors / arrays; anything else is not stored (returns False)."""
         arrays = _flatten(prepared)
         if arrays is None:
             return False
-        self._write(f"prepared-{key}", arrays)
+        name, text = _entry_id(key)
+        self._write(f"prepared-{name}", text, arrays)
         return True
 
     @contextlib.contextmanager
-    def lock(self, key: str) -> Iterator[None]:
-        """Exclusive per-key lock across processes (no-op when the cache is off)."""
-        if not self.enabled:
+    def lock(self, key: str | Mapping[str, Any]) -> Iterator[None]:
+        """Exclusive per-key lock across processes (no-op when the cache is off or unusable).
+
+        A lock file that is a symbolic link (or anything but a regular file) disables the cache: the
+        lock is never opened through it.
+        """
+        if not self.usable():
+            yield
+            return
+        name, _ = _entry_id(key)
+        lock_name = f".{name}.lock"
+        st = self._lstat(lock_name)
+        if st is not None and (not stat.S_ISREG(st.st_mode) or _owner_problem(st)):
+            self._disable(f"holds a lock file {lock_name} that is a symbolic link or not a regular file of ours (refused)")
             yield
             return
         from filelock import FileLock
 
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.directory / f".{key}.lock")):
+        lock = FileLock(str(self.directory / lock_name), mode=0o600)
+        try:
+            lock.acquire()
+        except OSError as exc:  # ELOOP: swapped for a symbolic link after the check; EACCES, EROFS...
+            self._disable(f"cannot lock {lock_name} ({_strerror(exc)})")
             yield
+            return
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.release()
+
+    def offload_parent(self) -> Path | None:
+        """``<cache>/offload``: a real folder of ours (created 0700), or None when it cannot be used safely."""
+        if not self.usable():
+            return None
+        parent = self.directory / "offload"
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(parent, 0o700)
+            st = os.lstat(parent)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or _owner_problem(st):
+            return None
+        return parent
+
+
+def _strerror(exc: OSError) -> str:
+    if getattr(exc, "errno", None) == errno.ELOOP:
+        return "a symbolic link"
+    return exc.strerror or str(exc)
+
+
+def _owner_problem(st: os.stat_result) -> str | None:
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is None:  # Windows: no owner ids to compare
+        return None
+    if st.st_uid != geteuid():
+        return f"is owned by another user (uid {st.st_uid}, refused)"
+    if stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+        return "is writable by every user (refused)"
+    return None
+
+
+def _git_tracked(path: Path) -> str | None:
+    """A refusal when git tracks files under ``path`` (a folder inside the checkout), else None.
+
+    git runs with a timeout, without the repository's fsmonitor hook (the one configuration of a
+    repository that makes ``ls-files`` run a program), with optional locks off and no pager.
+    """
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not any((p / ".git").exists() for p in (probe, *probe.parents)):
+        return None  # not inside a git work tree
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_OPTIONAL_LOCKS="0", GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_PAGER="cat")
+    cmd = ["git", "-c", "core.fsmonitor=", "-c", "core.hooksPath=/dev/null", "-C", str(probe), "ls-files", "-z", "--", str(path)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=GIT_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL, check=False)
+    except FileNotFoundError:
+        return "is inside a git work tree and git is not installed to check that none of its files are tracked (refused)"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"is inside a git work tree and `git ls-files` failed ({exc}) (refused)"
+    if proc.returncode != 0:
+        if b"not a git repository" in proc.stderr:
+            return None
+        first = proc.stderr.decode(errors="replace").strip().splitlines()[:1]
+        return f"is inside a git work tree and `git ls-files` failed ({first[0] if first else proc.returncode}) (refused)"
+    files = [f for f in proc.stdout.split(b"\0") if f]
+    if files:
+        return (
+            f"holds {len(files)} file(s) tracked by git (e.g. {files[0].decode(errors='replace')!r}); a cache inside the "
+            "checkout can be forged by a pull request (refused: use the default user cache folder)"
+        )
+    return None
+
+
+def _read_npz(fh: Any, max_bytes: int) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz``, refusing it (``_Miss``) before inflating anything too large."""
+    with zipfile.ZipFile(fh) as zf:
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise _Miss("too many members")
+        total = 0
+        for info in infos:
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or not info.filename.endswith(".npy"):
+                raise _Miss("unexpected member")
+            total += info.file_size
+        if total > max_bytes:
+            raise _Miss(f"declares {total} bytes, over the cap of {max_bytes}")
+        out: dict[str, np.ndarray] = {}
+        for info in infos:
+            key = info.filename[: -len(".npy")]
+            if key in out:
+                raise _Miss("duplicate member")
+            with zf.open(info) as member:
+                out[key] = _read_npy(member, info.file_size)
+        return out
+
+
+def _read_npy(member: Any, size: int) -> np.ndarray:
+    fmt = np.lib.format
+    version = fmt.read_magic(member)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(member)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(member)
+    else:
+        raise _Miss("unsupported npy version")
+    if dtype.hasobject or dtype.kind not in _DTYPE_KINDS or dtype.fields is not None:
+        raise _Miss("unsupported dtype")
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    nbytes = count * dtype.itemsize
+    if nbytes > size:
+        raise _Miss("header promises more data than the member holds")
+    buf = np.empty(nbytes, dtype=np.uint8)
+    view = memoryview(buf)
+    got = 0
+    while got < nbytes:
+        chunk = member.read(min(nbytes - got, 1 << 22))
+        if not chunk:
+            raise _Miss("truncated member")
+        view[got : got + len(chunk)] = chunk
+        got += len(chunk)
+    return buf.view(dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _eval_result(
+    data: dict[str, np.ndarray],
+    ids: np.ndarray | None,
+    static: Mapping[str, np.ndarray] | None,
+    validate: Callable[[dict[str, np.ndarray], dict[str, Any]], bool] | None,
+) -> EvalResult | None:
+    if not {"__ids__", "__seconds__", "__meta__"} <= set(data):
+        return None
+    got_ids = data["__ids__"]
+    meta = json.loads(str(data["__meta__"][()])) if data["__meta__"].shape == () else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("outputs"), dict):
+        return None
+    outputs = {k: v for k, v in data.items() if not k.startswith("__")}
+    if set(outputs) != set(meta["outputs"]) or got_ids.ndim != 1:
+        return None
+    n = len(got_ids)
+    for name, arr in outputs.items():
+        dtype_str, shape = meta["outputs"][name]
+        if arr.dtype.str != dtype_str or list(arr.shape) != list(shape) or arr.ndim == 0 or arr.shape[0] != n:
+            return None
+    if ids is not None:
+        ids = np.asarray(ids)
+        if got_ids.shape != ids.shape or got_ids.dtype.kind != ids.dtype.kind or not np.array_equal(got_ids, ids):
+            return None
+    for name, value in (static or {}).items():
+        value = np.asarray(value)
+        if name not in outputs or outputs[name].shape != value.shape or not np.array_equal(outputs[name], value):
+            return None
+    seconds = data["__seconds__"]
+    if seconds.shape != () or seconds.dtype.kind != "f" or not np.isfinite(seconds):
+        return None
+    result = EvalResult(ids=got_ids, outputs=outputs, seconds=float(seconds))
+    if validate is not None and not validate(outputs, meta):
+        return None
+    return result
 
 
 def _flatten(tree: Any) -> dict[str, np.ndarray] | None:
@@ -122,7 +521,7 @@ def _flatten(tree: Any) -> dict[str, np.ndarray] | None:
             if not all(isinstance(k, str) for k in node):
                 return False
             return all(walk(v, [*path, k]) for k, v in node.items())
-        if isinstance(node, np.ndarray) and node.dtype.kind not in "OV":
+        if isinstance(node, np.ndarray) and node.dtype.kind in _DTYPE_KINDS and node.dtype.fields is None:
             kind, arr = "numpy", node
         elif type(node).__module__.startswith("torch") and hasattr(node, "detach"):
             kind, arr = "torch", node.detach().cpu().numpy()
@@ -139,9 +538,13 @@ def _flatten(tree: Any) -> dict[str, np.ndarray] | None:
 
 
 def _unflatten(data: dict[str, np.ndarray]) -> dict[str, Any]:
-    layout = json.loads(str(data["__layout__"]))
+    layout = json.loads(str(data["__layout__"][()]))
+    if not isinstance(layout, list) or set(data) != {"__layout__", *(f"a{i}" for i in range(len(layout)))}:
+        raise _Miss("layout does not match the arrays")
     tree: dict[str, Any] = {}
     for i, (path, kind) in enumerate(layout):
+        if not isinstance(path, list) or not path or not all(isinstance(p, str) for p in path) or kind not in ("numpy", "torch"):
+            raise _Miss("bad layout")
         arr = data[f"a{i}"]
         if kind == "torch":
             import torch
@@ -150,5 +553,7 @@ def _unflatten(data: dict[str, np.ndarray]) -> dict[str, Any]:
         node = tree
         for part in path[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise _Miss("bad layout")
         node[path[-1]] = arr
     return tree

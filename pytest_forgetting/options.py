@@ -46,7 +46,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("json_path", "--forgetting-json", "write the machine-readable report here", "forgetting_json", kind="path", metavar="PATH"),
     Option("markdown_path", "--forgetting-markdown", "write the summary table as Markdown here", "forgetting_markdown", kind="path", metavar="PATH"),
     Option("plot_path", "--forgetting-plot", "write a PNG of base vs tuned per task with intervals (needs matplotlib)", "forgetting_plot", kind="path", metavar="PATH"),
-    Option("cache_dir", "--forgetting-cache-dir", "cache of base-model evaluations (default .forgetting_cache under the rootdir)", "forgetting_cache_dir", kind="path", metavar="DIR"),
+    Option("cache_dir", "--forgetting-cache-dir", "cache of base-model evaluations (default: the user cache folder, e.g. ~/.cache/pytest-forgetting; never a folder git tracks)", "forgetting_cache_dir", "FORGETTING_CACHE_DIR", kind="path", metavar="DIR"),
     Option("no_cache", "--forgetting-no-cache", "do not read or write the base-evaluation cache", None, default=False, kind="bool"),
     Option("allow_pickle", "--forgetting-allow-pickle", "permit .bin/.pt/.pth pickle checkpoints (still loaded with weights_only=True)", None, default=False, kind="bool"),
     Option("trust_remote_code", "--forgetting-trust-remote-code", "permit checkpoints that carry their own Python code", None, default=False, kind="bool"),
@@ -191,10 +191,33 @@ def resolve(
     factory = values["model_factory"]
     if factory is not None and (factory.count(":") != 1 or not all(factory.split(":"))):
         raise ConfigError(f"{_where(opt_by_name['model_factory'], sources['model_factory'])}={factory!r}: expected module:callable, e.g. mymodels:build_cnn")
-    if values["cache_dir"] is None:
-        values["cache_dir"] = str(Path(rootdir) / ".forgetting_cache")
+    if values["cache_dir"] is None:  # outside the checkout: a pull request cannot ship entries
+        values["cache_dir"] = str(default_cache_dir(environ))
     _resolve_device_map(values, sources, opt_by_name, Path(ini_dir or rootdir), Path(invocation_dir))
     return Settings(**values, rootdir=str(rootdir), sources=sources)
+
+
+def default_cache_dir(environ: dict[str, str] | None = None, platform: str | None = None) -> Path:
+    """The platform's user cache folder for pytest-forgetting (stdlib only).
+
+    Linux and other POSIX systems: ``$XDG_CACHE_HOME/pytest-forgetting`` (an absolute
+    ``$XDG_CACHE_HOME`` only, as the XDG specification says), else ``~/.cache/pytest-forgetting``;
+    macOS: ``~/Library/Caches/pytest-forgetting``; Windows: ``%LOCALAPPDATA%\\pytest-forgetting``.
+    """
+    import sys
+
+    env = os.environ if environ is None else environ
+    platform = platform or sys.platform
+    home = Path(env.get("HOME") or env.get("USERPROFILE") or Path.home())
+    if platform.startswith("win"):
+        local = env.get("LOCALAPPDATA", "").strip()
+        base = Path(local) if local and Path(local).is_absolute() else home / "AppData" / "Local"
+    elif platform == "darwin":
+        base = home / "Library" / "Caches"
+    else:
+        xdg = env.get("XDG_CACHE_HOME", "").strip()
+        base = Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache"
+    return base / "pytest-forgetting"
 
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")

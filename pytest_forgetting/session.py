@@ -7,16 +7,17 @@ the Python API (``forgetting.compare`` and friends) uses it directly.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from . import stats
-from .cache import EvalCache, cache_key
+from .cache import EvalCache
 from .checks import Check
-from .errors import CheckpointError, ConfigError, EvaluationError, TaskError
-from .evaluate import NonFiniteOutputs, is_dispatched, is_oom, resolve_device, run_model
+from .errors import CheckpointError, ConfigError, EvaluationError, ForgettingError, TaskError
+from .evaluate import BatchFailure, NonFiniteOutputs, describe_error, is_dispatched, is_oom, resolve_device, run_model
 from .metrics import Metric
 from .options import Settings, candidate_name
 from .registry import REGISTRY
@@ -39,10 +40,23 @@ class ModelSlot:
     name: str = ""
     loaded: Any = None
     _fingerprint: str | None = None
+    #: why this checkpoint was refused (exception class, message): every later use raises it again
+    refused: tuple[type, str] | None = field(default=None, repr=False)
+    #: compatibility with each base it was checked against: base fingerprint -> refusal or None
+    _pairs: dict[str, tuple[type, str] | None] = field(default_factory=dict, repr=False)
 
     @property
     def display(self) -> str:
         return self.ref if isinstance(self.ref, str) else f"<in-memory {type(self.ref).__name__}>"
+
+    @property
+    def label(self) -> str:
+        """How evaluation errors name the model: ``base model``, ``tuned model 'name'``."""
+        from .escape import terminal
+
+        if self.role == "base":
+            return "base model"
+        return f"{self.role} model '{terminal(self.name or self.display, 120)}'"
 
 
 @dataclass
@@ -60,7 +74,9 @@ class CheckResult:
 class ForgettingSession:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.cache = EvalCache(settings.cache_dir or ".forgetting_cache", enabled=not settings.no_cache)
+        from .options import default_cache_dir
+
+        self.cache = EvalCache(settings.cache_dir or default_cache_dir(), enabled=not settings.no_cache, rootdir=settings.rootdir)
         self._device: tuple[str, str] | None = None
         self.base = ModelSlot("base", settings.base_ckpt) if settings.base_ckpt else None
         refs = settings.tuned_ckpts
@@ -92,6 +108,8 @@ class ForgettingSession:
             )
         if candidate is None:
             return next(iter(self.candidates.values()))
+        if candidate not in self.candidates:
+            raise ConfigError(f"no tuned candidate named {candidate!r}; the candidates are {', '.join(map(repr, self.candidates))}")
         return self.candidates[candidate]
 
     def base_slot(self) -> ModelSlot:
@@ -105,7 +123,8 @@ class ForgettingSession:
         if self._digests is None:
             from .checkpoints import FileDigests
 
-            self._digests = FileDigests(self.cache.directory / "file-digests.json" if self.cache.enabled else None)
+            # only in a cache folder that passed its checks (not a symbolic link, ours, not tracked by git)
+            self._digests = FileDigests(self.cache.directory / "file-digests.json" if self.cache.usable() else None)
         return self._digests
 
     def fingerprint(self, slot: ModelSlot) -> str:
@@ -121,51 +140,108 @@ class ForgettingSession:
                 )  # fmt: skip
         return slot._fingerprint
 
-    def load(self, slot: ModelSlot) -> Any:
+    def load(self, slot: ModelSlot, *, base: ModelSlot | None = None, pair: bool = True) -> Any:
         """The LoadedCheckpoint of a slot, on the session's device and dtype, in eval mode.
 
         With ``--forgetting-device-map`` a Hugging Face folder is loaded by accelerate straight onto
         the devices of the map (in the session's dtype) and left there: a dispatched model is
         never moved with ``.to()``, and its inputs go to its first device (``run_model``).
+
+        A refusal (any load error, NaN/Inf weights, a base it cannot be compared with) is
+        remembered on the slot: every later call raises it again, with the same kind and message,
+        so no later check of that checkpoint can PASS. ``base`` is the base a tuned model is
+        checked against (default: the session's); ``pair=False`` skips that check (``_run``: the
+        caller did it).
         """
+        _raise_refusal(slot)
+        if slot.loaded is None:
+            try:
+                loaded = self._load_new(slot)
+            except Exception as exc:  # noqa: BLE001 - remembered, then raised as one clean line
+                raise self._refuse(slot, exc) from None
+            slot.loaded = loaded  # only a checkpoint that passed every check is kept
+        if pair and slot.role == "tuned":
+            self._check_pair(base if base is not None else self.base, slot)
+        return slot.loaded
+
+    def _load_new(self, slot: ModelSlot) -> Any:
+        """Load, place and check (NaN/Inf weights) a slot's checkpoint; the caller stores it."""
         from . import checkpoints
         from .evaluate import torch_dtype
 
-        if slot.loaded is None:
-            base_loaded = None
-            if slot.role == "tuned" and _is_adapter(slot.ref):
-                if self.settings.device_map is not None:  # refused before the base is loaded for nothing
-                    raise CheckpointError(f"tuned checkpoint {slot.display}: {checkpoints.DEVICE_MAP_NEEDS_HF_FOLDER}, not a PEFT adapter")
-                base_loaded = self.load(self.base_slot())
-            loaded = checkpoints.load_checkpoint(
-                slot.ref,
-                role=slot.role,
-                model_factory=self.settings.model_factory,
-                allow_pickle=self.settings.allow_pickle,
-                trust_remote_code=self.settings.trust_remote_code,
-                allow_download=self.settings.allow_download,
-                rootdir=self.settings.rootdir,
-                base=base_loaded,
-                digests=self.digests,
-                **self._placement(),
-            )
-            if not is_dispatched(loaded.model):  # accelerate placed a dispatched one; .to() would raise
-                loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
-            loaded.model.eval()
-            bad = checkpoints.nonfinite_params(loaded.model)
-            if bad:
-                msg = f"{slot.role} checkpoint {slot.display} has NaN/Inf weights in {', '.join(bad[:3])}"
-                if slot.role == "base":
-                    raise CheckpointError(msg)
-                slot.loaded = loaded
-                raise TunedRegression(msg)
-            slot.loaded = loaded
-            if slot.role == "tuned" and self.base is not None:
-                base_meta = self.base.loaded or checkpoints.load_metadata(
-                    self.base.ref, rootdir=self.settings.rootdir, trust_remote_code=self.settings.trust_remote_code
+        base_loaded = None
+        if slot.role == "tuned" and _is_adapter(slot.ref):
+            if self.settings.device_map is not None:  # refused before the base is loaded for nothing
+                raise CheckpointError(f"tuned checkpoint {slot.display}: {checkpoints.DEVICE_MAP_NEEDS_HF_FOLDER}, not a PEFT adapter")
+            base_loaded = self.load(self.base_slot())
+        loaded = checkpoints.load_checkpoint(
+            slot.ref,
+            role=slot.role,
+            model_factory=self.settings.model_factory,
+            allow_pickle=self.settings.allow_pickle,
+            trust_remote_code=self.settings.trust_remote_code,
+            allow_download=self.settings.allow_download,
+            rootdir=self.settings.rootdir,
+            base=base_loaded,
+            digests=self.digests,
+            **self._placement(),
+        )
+        if not is_dispatched(loaded.model):  # accelerate placed a dispatched one; .to() would raise
+            loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
+        loaded.model.eval()
+        _refuse_nonfinite(slot, loaded.model)
+        return loaded
+
+    def _refuse(self, slot: ModelSlot, exc: Exception) -> Exception:
+        """Remember why ``slot`` is refused and return the exception to raise (now and on every later use)."""
+        slot.refused = _refusal(slot, exc)
+        return _again(slot.refused)
+
+    def _check_pair(self, base: ModelSlot | None, tuned: ModelSlot) -> None:
+        """Refuse a tuned model whose labels or vocabulary differ from ``base`` (remembered per base)."""
+        from . import checkpoints
+
+        if base is None or tuned.loaded is None:
+            return
+        try:
+            key = self.fingerprint(base)
+        except Exception:  # noqa: BLE001 - the base's own problem is reported where the base is used
+            return
+        if key not in tuned._pairs:
+            try:
+                base_meta = base.loaded or checkpoints.load_metadata(
+                    base.ref, rootdir=self.settings.rootdir, trust_remote_code=self.settings.trust_remote_code
                 )
-                checkpoints.check_compatible(base_meta, loaded)
-        return slot.loaded
+                checkpoints.check_compatible(base_meta, tuned.loaded)
+                tuned._pairs[key] = None
+            except Exception as exc:  # noqa: BLE001
+                tuned._pairs[key] = _refusal(tuned, exc, name_it=True)
+        refusal = tuned._pairs[key]
+        if refusal is not None:
+            raise _again(refusal)
+
+    def _slot_fingerprint(self, slot: ModelSlot) -> str:
+        """``fingerprint`` of a slot that raises its remembered refusal (and remembers a new one)."""
+        if slot.refused is not None and slot._fingerprint is None and not issubclass(slot.refused[0], TunedRegression):
+            raise _again(slot.refused)  # (NaN/Inf weights are a FAIL of the check, raised by load)
+        try:
+            return self.fingerprint(slot)
+        except Exception as exc:  # noqa: BLE001
+            raise self._refuse(slot, exc) from None
+
+    def ref_slot(self, role: str, ref: str) -> ModelSlot:
+        """The slot of a checkpoint reference (Python API): the session's own when it is the same
+        checkpoint, else one per (role, ref) for the whole session, so a refusal is remembered."""
+        if role == "base" and self.base is not None and self.base.ref == ref:
+            return self.base
+        if role == "tuned":
+            for cand in self.candidates.values():
+                if cand.ref == ref:
+                    return cand
+        slots = self.__dict__.setdefault("_ref_slots", {})
+        if (role, ref) not in slots:
+            slots[(role, ref)] = ModelSlot(role, ref)
+        return slots[(role, ref)]
 
     def module_slot(self, role: str, module: Any) -> ModelSlot:
         """Wrap an in-memory nn.Module (Python API) as a slot, reusing the checkpoint machinery.
@@ -183,13 +259,19 @@ class ForgettingSession:
         slot = ModelSlot(role, module, name="")
         from .evaluate import torch_dtype
 
-        slot.loaded = checkpoints.load_checkpoint(module, role=role)
-        if slot.loaded.tokenizer is None:
-            slot.loaded.tokenizer = self._base_tokenizer()
-        if not is_dispatched(slot.loaded.model):  # a module the caller dispatched with accelerate stays put
-            slot.loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
-        slot.loaded.model.eval()
-        slot._fingerprint = slot.loaded.fingerprint
+        try:
+            loaded = checkpoints.load_checkpoint(module, role=role)
+            if loaded.tokenizer is None:
+                loaded.tokenizer = self._base_tokenizer()
+            if not is_dispatched(loaded.model):  # a module the caller dispatched with accelerate stays put
+                loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
+            loaded.model.eval()
+            slot._fingerprint = loaded.fingerprint
+            _refuse_nonfinite(slot, loaded.model)
+        except Exception as exc:  # noqa: BLE001 - raised where the slot is used: an ERROR (a FAIL for NaN/Inf weights)
+            slot.refused = _refusal(slot, exc)
+            return slot
+        slot.loaded = loaded
         return slot
 
     def _base_tokenizer(self) -> Any:
@@ -222,7 +304,7 @@ class ForgettingSession:
             "device_map": parse_device_map(self.settings.device_map),
             "max_memory": parse_max_memory(self.settings.max_memory) if self.settings.max_memory else None,
             # one folder per model: base and tuned offload weights of the same names
-            "offload_folder": _offload_dir(None if self.settings.no_cache else self.settings.cache_dir),
+            "offload_folder": _offload_dir(self.cache),
             "dtype": self.settings.dtype,
         }
 
@@ -265,12 +347,12 @@ class ForgettingSession:
         key = (task.name, split, task.prepare_key(meta))
         if key not in self._prepared:
             if task.cache_prepared and meta.tokenizer_cache_id:
-                disk_key = cache_key(
+                disk_key = dict(
                     kind="prepared", task_class=f"{type(task).__module__}.{type(task).__qualname__}", task=task.name,
                     task_version=task.version, data=task.data_fingerprint(split), split=split,
-                    prepare=task.prepare_key(meta), tokenizer=meta.tokenizer_cache_id,
+                    prepare=task.prepare_key(meta), tokenizer=meta.tokenizer_cache_id, libraries=_library_versions(),
                 )  # fmt: skip
-                prepared = self.cache.load_prepared(disk_key)
+                prepared = self.cache.load_prepared(disk_key, n_examples=task.size(split))
                 if prepared is None:
                     prepared = task.prepare(split, meta)
                     self.cache.store_prepared(disk_key, prepared)
@@ -280,7 +362,10 @@ class ForgettingSession:
         return self._prepared[key]
 
     def _run(self, slot: ModelSlot, task: Task, split: str, idx: np.ndarray) -> EvalResult:
-        loaded = self.load(slot)
+        """Evaluate one model on ``idx`` of a split. An exception of the model's forward (or of the
+        task around it) is one EvaluationError naming the model, the task and the batch; CUDA out
+        of memory halves the batch size under ``--forgetting-batch-size auto``."""
+        loaded = self.load(slot, pair=False)  # run_check compared it with its base already
         meta = self._meta(loaded)
         prepared = self._prepare(task, split, meta)
         while True:
@@ -292,14 +377,19 @@ class ForgettingSession:
                 )
             except NonFiniteOutputs:
                 raise
-            except RuntimeError as exc:
-                if self.settings.batch_size == "auto" and is_oom(exc) and self.batch_size > 1:
-                    self.batch_size //= 2
-                    _empty_cuda_cache()
-                    continue
-                if is_oom(exc):
-                    raise EvaluationError(f"out of memory evaluating {slot.role} on {task.name!r} at batch size {self.batch_size}; try --forgetting-batch-size auto or a smaller N") from None
-                raise
+            except BatchFailure as exc:
+                raise EvaluationError(f"{slot.label} {exc}") from None
+            except Exception as exc:  # noqa: BLE001 - collecting outputs, moving them: still one line
+                if isinstance(exc, RuntimeError) and is_oom(exc):
+                    if self.settings.batch_size == "auto" and self.batch_size > 1:
+                        self.batch_size //= 2
+                        _empty_cuda_cache()
+                        continue
+                    raise EvaluationError(
+                        f"out of memory evaluating {slot.label} on task {task.name!r} at batch size {self.batch_size}; "
+                        "try --forgetting-batch-size auto or a smaller N"
+                    ) from None
+                raise EvaluationError(f"{slot.label} failed on task {task.name!r}: {describe_error(exc)}") from None
 
     def evaluate(self, slot: ModelSlot, task: Task, split: str) -> tuple[EvalResult, bool]:
         """(result, from_cache). Base evaluations go through the on-disk cache; everything is memoised."""
@@ -315,13 +405,15 @@ class ForgettingSession:
                 raise TunedRegression(f"tuned model produces NaN/Inf: {exc}") from None
             out = (result, False)
         else:
-            key = cache_key(
-                base=fp, task=task.name, task_version=task.version, data=task.data_fingerprint(split), split=split,
-                indices=hash_arrays(idx), device=self.device, dtype=self.settings.dtype, batch_size=self.batch_size,
-                torch=_torch_version(), **({"device_map": self.settings.device_map} if self.settings.device_map else {}),
-            )
+            key = self._base_key(slot, fp, task, split, idx)
+            static = {k: np.asarray(v)[idx] for k, v in task.static_outputs(split).items()}
+
+            def computes(outputs: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+                # every metric that could be computed from the fresh outputs can be from the entry
+                return set(meta.get("metrics", [])) <= set(_computable_metrics(task, outputs))
+
             with self.cache.lock(key):
-                cached = self.cache.load(key)
+                cached = self.cache.load(key, ids=task.ids(split)[idx], static=static, validate=computes)
                 if cached is not None:
                     out = (cached, True)
                 else:
@@ -329,10 +421,23 @@ class ForgettingSession:
                         result = self._run(slot, task, split, idx)
                     except NonFiniteOutputs as exc:
                         raise EvaluationError(f"base model produces NaN/Inf: {exc}") from None
-                    self.cache.store(key, result)
+                    self.cache.store(key, result, meta={"metrics": _computable_metrics(task, result.outputs)})
                     out = (result, False)
         self._results[memo] = out
         return out
+
+    def _base_key(self, slot: ModelSlot, fp: str, task: Task, split: str, idx: np.ndarray) -> dict[str, Any]:
+        """Everything that decides the base's outputs on (task, split, idx): the cache key, recorded in the entry."""
+        from . import __version__
+
+        s = self.settings
+        return dict(
+            kind="eval", base=fp, model_code=_model_code(slot.ref, s.model_factory, s.rootdir), trust_remote_code=s.trust_remote_code,
+            task=task.name, task_class=f"{type(task).__module__}.{type(task).__qualname__}", task_version=task.version,
+            data=task.data_fingerprint(split), split=split, indices=hash_arrays(idx), n=len(idx), device=self.device,
+            dtype=s.dtype, batch_size=self.batch_size, device_map=s.device_map, max_memory=s.max_memory,
+            libraries=_library_versions(), plugin=__version__,
+        )  # fmt: skip
 
     # -- deciding ----------------------------------------------------------------------------
     def run_check(self, check: Check, *, test: str, base: ModelSlot | None = None, tuned: ModelSlot | None = None, candidate: str | None = None) -> CheckResult:
@@ -346,11 +451,13 @@ class ForgettingSession:
         row["_device"] = self.device + (f" ({self.device_note})" if self.device_note else "")
         if self.settings.device_map:
             row["_device"] += f", device_map {self.settings.device_map}"
-        row["_fingerprints"] = {base.display: self.fingerprint(base), tuned.display: self.fingerprint(tuned)}
+        row["_fingerprints"] = {base.display: self._slot_fingerprint(base), tuned.display: self._slot_fingerprint(tuned)}
+        _raise_refusal(base)  # a base refused once errors every check, even one whose base outputs are cached
         base_res, cached = self.evaluate(base, task, check.split)
         row["base_cached"] = cached
         row["base_eval_s"] = round(base_res.seconds, 4) if not cached else 0.0
         try:
+            self.load(tuned, base=base)  # a refusal (remembered): ERROR, or FAIL for NaN/Inf weights
             if self._early_stoppable(check, metric):
                 return self._decide_early(check, task, metric, base_res, tuned, row)
             tuned_res, _ = self.evaluate(tuned, task, check.split)
@@ -520,19 +627,23 @@ def _encode_groups(column: np.ndarray, eval_ids: np.ndarray, split_ids: np.ndarr
     return np.array([index[v] for v in values.tolist()], dtype=np.int64), names
 
 
-def _offload_dir(cache_dir: str | None) -> str:
-    """A fresh folder for accelerate's disk offload (under the cache dir when it is used and writable,
-    else the system's temporary folder), removed at exit."""
+def _offload_dir(cache: EvalCache | str | None) -> str:
+    """A fresh folder for accelerate's disk offload, removed at exit.
+
+    Under ``<cache>/offload`` when the cache folder passed its checks (a real folder of this user,
+    not a symbolic link, not tracked by git), else in the system's temporary folder; either way
+    created by ``mkdtemp`` (an unpredictable name, mode 0700), so no write follows a planted link.
+    """
     import atexit
     import shutil
     import tempfile
-    from pathlib import Path
 
+    if isinstance(cache, str):
+        cache = EvalCache(cache)
     folder = None
-    if cache_dir:
+    parent = cache.offload_parent() if cache is not None else None
+    if parent is not None:
         try:
-            parent = Path(cache_dir) / "offload"
-            parent.mkdir(parents=True, exist_ok=True)
             folder = tempfile.mkdtemp(prefix="run-", dir=parent)
         except OSError:
             folder = None
@@ -540,6 +651,70 @@ def _offload_dir(cache_dir: str | None) -> str:
         folder = tempfile.mkdtemp(prefix="forgetting-offload-")
     atexit.register(shutil.rmtree, folder, True)
     return folder
+
+
+#: torch's own advice in a weights_only refusal ("Re-running torch.load with weights_only set to
+#: False will likely succeed"): this plugin never does that, so a refusal must not suggest it
+_TORCH_ADVICE = re.compile(
+    r"\s*(?:This file can still be loaded[^.)]*\.+"
+    r"|(?:\(\d\)\s*)?In PyTorch \d+\.\d+, we changed the default(?:torch\.load|[^.)])*\.+"
+    r"|Re-running `?torch\.load`? with `?weights_only`? set to `?False`?[^.)]*\.+"
+    r"|Do it only if you[^.)]*\.*)",
+    re.IGNORECASE,
+)
+_REFUSAL_LIMIT = 2000
+
+
+def _clean_message(text: str) -> str:
+    """One escaped line, without torch's advice to load with ``weights_only=False``."""
+    from .escape import terminal
+
+    text = _TORCH_ADVICE.sub("", text)
+    text = re.sub(r"[ \t]+", " ", text).strip()
+    return terminal(text, _REFUSAL_LIMIT)
+
+
+def _refusal(slot: ModelSlot, exc: BaseException, *, name_it: bool = False) -> tuple[type, str]:
+    """(kind, message) of a refusal: the plugin's own errors keep their kind; anything else is a
+    CheckpointError naming the checkpoint. ``name_it`` prefixes the checkpoint (compatibility)."""
+    from .evaluate import describe_error
+
+    if isinstance(exc, (ForgettingError, TunedRegression)):
+        kind: type = type(exc)
+        msg = str(exc)
+        if name_it:
+            msg = f"{slot.role} checkpoint {slot.display}: {msg}"
+    else:
+        kind = CheckpointError
+        msg = f"{slot.role} checkpoint {slot.display}: could not load: {describe_error(exc)}"
+    return kind, _clean_message(msg)
+
+
+def _again(refusal: tuple[type, str]) -> Exception:
+    """A fresh exception of a remembered refusal (same kind and message, no stale traceback)."""
+    kind, msg = refusal
+    try:
+        return kind(msg)
+    except Exception:  # noqa: BLE001 - a kind whose constructor wants more than a message
+        return CheckpointError(msg)
+
+
+def _raise_refusal(slot: ModelSlot) -> None:
+    if slot.refused is not None:
+        raise _again(slot.refused)
+
+
+def _refuse_nonfinite(slot: ModelSlot, model: Any) -> None:
+    """NaN/Inf weights: an ERROR for the base, a FAIL (TunedRegression) for a tuned model."""
+    from . import checkpoints
+
+    bad = checkpoints.nonfinite_params(model)
+    if not bad:
+        return
+    msg = f"{slot.role} checkpoint {slot.display} has NaN/Inf weights in {', '.join(bad[:3])}"
+    if slot.role == "base":
+        raise CheckpointError(f"{msg}; the base must be a working checkpoint: check what --base-ckpt points at")
+    raise TunedRegression(f"{msg}; the fine-tune diverged: retrain it (e.g. a lower learning rate, gradient clipping) or pass the last finite checkpoint")
 
 
 def _is_adapter(ref: Any) -> bool:
@@ -552,6 +727,91 @@ def _torch_version() -> str:
     import torch
 
     return torch.__version__
+
+
+#: libraries whose version can change a base model's outputs (or its tokenised inputs)
+_KEY_LIBRARIES = ("torch", "transformers", "peft", "tokenizers", "safetensors", "accelerate", "gguf", "numpy")
+_LIBRARY_VERSIONS: dict[str, str] = {}
+
+
+def _library_versions() -> dict[str, str]:
+    """{library: version or "absent"}, looked up once per process."""
+    if not _LIBRARY_VERSIONS:
+        import sys
+        from importlib.metadata import PackageNotFoundError, version
+
+        for name in _KEY_LIBRARIES:
+            found = getattr(sys.modules.get(name), "__version__", None)
+            if not isinstance(found, str):
+                try:
+                    found = version(name)
+                except PackageNotFoundError:
+                    found = "absent"
+            _LIBRARY_VERSIONS[name] = found
+    return dict(_LIBRARY_VERSIONS)
+
+
+_MAX_SOURCE_BYTES = 64 * 2**20
+
+
+def _model_code(ref: Any, factory: str | None, rootdir: str | None) -> dict[str, Any]:
+    """What of the model's *code* the cache key must cover (weights are in the fingerprint).
+
+    ``--model-factory module:fn``: the spec and a hash of the module's source file (read from disk,
+    not imported: a warm run never runs it); an in-memory module: its class's source file. Modules
+    that the factory module imports in turn are not covered (README "Cache").
+    """
+    out: dict[str, Any] = {}
+    if factory:
+        module_name = factory.split(":", 1)[0].strip()
+        out["factory"] = factory
+        out["factory_source"] = _module_source_hash(module_name, rootdir)
+    if ref is not None and not isinstance(ref, str):
+        cls = type(ref)
+        out["module_class"] = f"{cls.__module__}.{cls.__qualname__}"
+        out["module_source"] = _module_source_hash(cls.__module__, None)
+    return out
+
+
+def _module_source_hash(module_name: str, rootdir: str | None) -> str:
+    """sha256 of a module's file as it is on disk now ("unresolved" when it cannot be found or read)."""
+    import hashlib
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    origin = getattr(sys.modules.get(module_name), "__file__", None)
+    if origin is None:
+        if rootdir is not None:  # where resolve_factory will import it from
+            root = str(Path(rootdir).resolve())
+            if root not in sys.path:
+                sys.path.insert(0, root)
+        try:
+            spec = importlib.util.find_spec(module_name)
+        except (Exception, SystemExit):  # noqa: BLE001 - a parent package that fails to import
+            spec = None
+        origin = spec.origin if spec is not None and spec.has_location else None
+    if not origin:
+        return "unresolved"
+    try:
+        with open(origin, "rb") as fh:
+            data = fh.read(_MAX_SOURCE_BYTES + 1)
+    except OSError:
+        return "unresolved"
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _computable_metrics(task: Task, outputs: dict[str, np.ndarray]) -> list[str]:
+    """Names of the task's metrics that compute (to a number) from these outputs."""
+    ok = []
+    for name, metric in task.metrics.items():
+        try:
+            with np.errstate(all="ignore"):
+                float(metric.value(outputs))
+        except Exception:  # noqa: BLE001 - a missing key, a wrong shape: that metric cannot be computed
+            continue
+        ok.append(name)
+    return sorted(ok)
 
 
 def _empty_cuda_cache() -> None:

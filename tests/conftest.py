@@ -24,6 +24,19 @@ import pytest_forgetting.tasks  # noqa: F401,E402
 
 pytest_plugins = ["pytester"]
 
+# The plugin's default cache folder is the user cache folder ($XDG_CACHE_HOME/pytest-forgetting):
+# the suite, and every inner run it starts, must never write to the real one.
+import tempfile  # noqa: E402
+
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="forgetting-tests-xdg-")
+
+
+@pytest.fixture(autouse=True)
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's inner runs get their own default cache folder (no cached base leaks between tests)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+    monkeypatch.delenv("FORGETTING_CACHE_DIR", raising=False)
+
 # Property tests explore a fixed, seeded sequence of examples: CI must not turn red by chance.
 # (Run with HYPOTHESIS_PROFILE=explore to search with fresh randomness.)
 import hypothesis  # noqa: E402
