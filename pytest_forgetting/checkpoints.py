@@ -671,7 +671,7 @@ def _load_hf_folder(target: _Target, trust_remote_code: bool, placement: _Placem
     except Exception as exc:
         raise CheckpointError(f"{folder / 'config.json'} is not a valid transformers config: {_describe_exc(exc)}") from exc
     model_cls = _model_class(transformers, arch, config_dict)
-    _refuse_oversized(model_cls, config, checkpoint_elements, folder, trust_remote_code)
+    _refuse_oversized(model_cls, config, checkpoint_elements, str(folder / "config.json"), trust_remote_code)
 
     kwargs: dict[str, Any] = {
         "config": config,
@@ -764,16 +764,30 @@ def _model_class(transformers: Any, arch: str, config_dict: dict[str, Any]) -> A
     return transformers.AutoModel
 
 
-def _refuse_oversized(model_cls: Any, config: Any, checkpoint_elements: int, folder: Path, trust: bool) -> None:
+def _refuse_oversized(model_cls: Any, config: Any, checkpoint_elements: int, source: str, trust: bool) -> None:
     """Refuse a config that describes more parameters than the weight files hold.
 
     Every parameter must come from the files (a missing one is refused anyway), so a model
     bigger than its weights is a config that does not belong to them, and allocating it
     first can exhaust memory or take minutes; measuring it on the meta device is cheap.
     Buffers (position ids, masks) are not in the files; they only get a generous bound.
+    Building even on the meta device takes seconds for a 7B shape, so two cheap lower bounds of
+    what any such model holds (its embedding matrix; one hidden x hidden matrix per layer), with
+    a factor 4 of slack for factorised embeddings, refuse the grossest mismatches first.
     """
     import torch
 
+    text = getattr(config, "get_text_config", lambda: config)()
+    dims = {k: getattr(text, k, None) for k in ("vocab_size", "hidden_size", "num_hidden_layers")}
+    if all(_is_int(v) and v > 0 for v in dims.values()):
+        vocab, hidden, layers = dims["vocab_size"], dims["hidden_size"], dims["num_hidden_layers"]
+        floor = max(vocab * hidden, layers * hidden * hidden)
+        if floor > 4 * checkpoint_elements + (1 << 20):
+            raise CheckpointError(
+                f"{source} describes a model of at least {floor:,} parameters (vocab_size={vocab}, hidden_size={hidden}, "
+                f"{layers} layers) but the weight files hold only {checkpoint_elements:,} values; the config does not "
+                "belong to these weights"
+            )
     try:
         with torch.device("meta"):
             if hasattr(model_cls, "_from_config"):
@@ -786,7 +800,7 @@ def _refuse_oversized(model_cls: Any, config: Any, checkpoint_elements: int, fol
     buffers = sum(b.numel() for b in skeleton.buffers())
     if params > checkpoint_elements * 1.05 + 1024 or buffers > checkpoint_elements * 1.25 + (1 << 24):
         raise CheckpointError(
-            f"{folder / 'config.json'} describes a model of {params:,} parameters and {buffers:,} buffer values but "
+            f"{source} describes a model of {params:,} parameters and {buffers:,} buffer values but "
             f"the weight files hold only {checkpoint_elements:,} values; the config does not belong to these weights"
         )
 
@@ -843,15 +857,23 @@ def _load_adapter(
     if not isinstance(adapter_config, dict) or not isinstance(adapter_config.get("peft_type"), str):
         raise CheckpointError(f"{folder / 'adapter_config.json'} is not a PEFT adapter config (no 'peft_type')")
     if target.weights == "safetensors":
-        file_keys = set(_read_safetensors_header(folder / "adapter_model.safetensors"))
+        header = _read_safetensors_header(folder / "adapter_model.safetensors")
+        file_shapes = {k: shape for k, (_dtype, shape) in header.items()}
     else:  # validate it the safe way first; peft then reads it with weights_only=True as well
-        file_keys = set(_torch_load_weights_only(folder / "adapter_model.bin"))
+        file_shapes = {k: tuple(v.shape) for k, v in _torch_load_weights_only(folder / "adapter_model.bin").items()}
+    file_keys = set(file_shapes)
+    if adapter_config.get("megatron_config") and not trust_remote_code:  # peft imports the module it names
+        raise CheckpointError(
+            f"{folder / 'adapter_config.json'} sets megatron_config, which makes peft import the module named by "
+            "megatron_core; pass --forgetting-trust-remote-code only if you trust its author"
+        )
     try:
         import peft
         import torch
         from peft.utils import get_peft_model_state_dict
     except ImportError as exc:
         raise CheckpointError(f"{folder} is a PEFT adapter; loading it needs the peft package: pip install peft") from exc
+    _dry_run_adapter(folder, base.model, file_shapes)
 
     model_copy = copy.deepcopy(base.model).to("cpu", dtype=torch.get_default_dtype())
     try:
@@ -882,7 +904,57 @@ def _load_adapter(
     return merged, tokenizer, config, label_map
 
 
+def _dry_run_adapter(folder: Path, base_model: "torch.nn.Module", file_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Apply the adapter config to a meta-device copy of the base and compare with the file's tensors.
+
+    peft allocates what ``adapter_config.json`` asks for (``r``, target modules, modules to save)
+    before it reads a weight, so a config with ``r = 2000000`` would exhaust memory first. On the
+    meta device nothing is allocated; every tensor the config implies must be in the file with the
+    same shape (and the file must hold nothing else), or the adapter is refused before the real load.
+    """
+    import peft
+    import torch
+    from peft.utils import get_peft_model_state_dict
+
+    config_path = folder / "adapter_config.json"
+    try:
+        config = peft.PeftConfig.from_pretrained(str(folder))
+    except Exception as exc:
+        raise CheckpointError(f"{config_path} is not a valid PEFT config: {_describe_exc(exc)}") from exc
+    if hasattr(config, "init_lora_weights"):  # data-dependent inits (PiSSA, LoftQ, EVA) are overwritten anyway
+        config.init_lora_weights = False
+    try:
+        with torch.device("meta"):
+            dry = peft.get_peft_model(_meta_copy(base_model), config)
+        expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(dry).items()}
+    except Exception as exc:
+        raise CheckpointError(f"PEFT adapter {folder} does not apply to the base model: {_describe_exc(exc)}") from exc
+    missing = sorted(expected.keys() - file_shapes.keys())
+    unexpected = sorted(file_shapes.keys() - expected.keys())
+    mismatched = sorted(k for k in expected.keys() & file_shapes.keys() if expected[k] != tuple(file_shapes[k]))
+    if missing or unexpected or mismatched:
+        shown = [f"{k.removeprefix('base_model.model.')}: file {tuple(file_shapes[k])} vs config {expected[k]}" for k in mismatched]
+        raise CheckpointError(
+            f"PEFT adapter {folder} does not fit the base model: " + "; ".join(_key_problems(missing, unexpected, shown))
+            + " — was it trained on a different base, or is adapter_config.json (r, target_modules) not the one "
+            "saved with these weights?"
+        )
+
+
+def _meta_copy(model: "torch.nn.Module") -> "torch.nn.Module":
+    """A copy of ``model`` whose parameters and buffers live on the meta device (nothing allocated)."""
+    import torch
+
+    memo: dict[int, Any] = {}
+    for tensor in (*model.parameters(), *model.buffers()):
+        if id(tensor) not in memo:
+            meta = tensor.detach().to("meta")
+            memo[id(tensor)] = torch.nn.Parameter(meta, requires_grad=tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) else meta
+    return copy.deepcopy(model, memo)
+
+
 def _load_gguf(path: Path) -> tuple["torch.nn.Module", Any]:
+    """A (staged) GGUF file, checked by hand first: its metadata must describe the tensors it holds."""
     with open(path, "rb") as fh:
         magic = fh.read(4)
     if magic != b"GGUF":
@@ -894,11 +966,25 @@ def _load_gguf(path: Path) -> tuple["torch.nn.Module", Any]:
     import torch
     import transformers
 
-    kwargs = {"gguf_file": str(path), "local_files_only": True, "trust_remote_code": False}
+    elements = _read_gguf_header(path)
+    kwargs = {"gguf_file": path.name, "local_files_only": True, "trust_remote_code": False}
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path.parent), **kwargs)
+    except Exception as exc:
+        raise CheckpointError(f"transformers cannot read the metadata of GGUF file {path}: {_describe_exc(exc)}") from exc
+    source = f"the metadata of GGUF file {path}"
+    _check_counts(config.to_dict(), source)
+    try:
+        model_cls = transformers.AutoModelForCausalLM._model_mapping[type(config)]
+    except Exception:
+        model_cls = transformers.AutoModelForCausalLM
+    # defaults fill what the metadata leaves out (a Llama-7B shape): the tensors in the file must fill that model
+    _refuse_oversized(model_cls, config, elements, source, False)
     try:
         model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path.parent), output_loading_info=True, **kwargs, **{_dtype_kwarg(transformers): torch.get_default_dtype()}
-        )
+            str(path.parent), config=config, output_loading_info=True, attn_implementation=None, **kwargs,
+            **{_dtype_kwarg(transformers): torch.get_default_dtype()},
+        )  # fmt: skip
     except Exception as exc:
         raise CheckpointError(f"transformers cannot load GGUF file {path}: {_describe_exc(exc)}") from exc
     _check_loading_info(info, path, type(model).__name__)
@@ -907,6 +993,149 @@ def _load_gguf(path: Path) -> tuple["torch.nn.Module", Any]:
     except Exception as exc:
         raise CheckpointError(f"the tokenizer inside GGUF file {path} does not load: {_describe_exc(exc)}") from exc
     return model.to("cpu"), tokenizer
+
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_MAX_GGUF_HEADER = 256 << 20  # metadata + tensor table; a 262k-token vocabulary takes ~6 MB
+_MAX_GGUF_KEEP = 4096  # longer metadata strings (chat templates) are skipped, not kept
+_MAX_GGUF_TOKENS = 1 << 21
+_GGUF_COUNT_LIMITS = ((".block_count", 256), (".expert_count", 1024), (".expert_used_count", 1024))
+
+
+class _GGUFArray:
+    """A metadata array, kept as its length only (token lists, scores, merges)."""
+
+    def __init__(self, item_type: int, count: int) -> None:
+        self.item_type, self.count = item_type, count
+
+
+def _read_gguf_header(path: Path) -> int:
+    """Validate a GGUF file's header by hand, reading at most its header; returns the number of tensor elements.
+
+    Every length is checked against the bytes left before it is used, each tensor's byte range
+    (from its ggml type and shape) must lie in the file and not overlap another, and layer, expert
+    and vocabulary counts must be plausible: a 576-byte file cannot describe a 7-billion-parameter
+    model, nor metadata ask for 1.6 million layers.
+    """
+    import gguf
+
+    size = _require_regular(path)
+
+    def bad(reason: str) -> CheckpointError:
+        return CheckpointError(f"{path} ({size:,} bytes) is not a valid GGUF file: {reason}")
+
+    limit = min(size, _MAX_GGUF_HEADER)
+    with open(path, "rb") as fh:
+        pos = 0
+
+        def take(n: int) -> bytes:
+            nonlocal pos
+            if n > limit - pos:
+                raise bad(
+                    f"it claims {n:,} more bytes at offset {pos:,} than "
+                    + ("the file holds (truncated?)" if limit == size else f"a header may take ({_MAX_GGUF_HEADER >> 20} MiB)")
+                )
+            data = fh.read(n)
+            if len(data) != n:
+                raise bad("the file shrank while being read")
+            pos += n
+            return data
+
+        def skip(n: int) -> None:
+            nonlocal pos
+            if n > limit - pos:
+                raise bad(f"a value at offset {pos:,} claims {n:,} bytes, more than the file holds")
+            fh.seek(n, os.SEEK_CUR)
+            pos += n
+
+        def unpack(fmt: str) -> Any:
+            return struct.unpack(fmt, take(struct.calcsize(fmt)))[0]
+
+        def string(keep: bool = True) -> str | None:
+            n = unpack("<Q")
+            if not keep or n > _MAX_GGUF_KEEP:
+                skip(n)
+                return None
+            return take(n).decode("utf-8", "replace")
+
+        def value(vtype: int, depth: int = 0) -> Any:
+            if vtype in _GGUF_SCALARS:
+                return unpack(_GGUF_SCALARS[vtype])
+            if vtype == _GGUF_STRING:
+                return string()
+            if vtype == _GGUF_ARRAY and depth < 2:
+                item_type, count = unpack("<I"), unpack("<Q")
+                if item_type in _GGUF_SCALARS:
+                    skip(count * struct.calcsize(_GGUF_SCALARS[item_type]))
+                elif item_type in (_GGUF_STRING, _GGUF_ARRAY):
+                    if count > (limit - pos) // 8:
+                        raise bad(f"an array at offset {pos:,} claims {count:,} items, more than the file holds")
+                    for _ in range(count):
+                        string(keep=False) if item_type == _GGUF_STRING else value(item_type, depth + 1)
+                else:
+                    raise bad(f"an array at offset {pos:,} has an unknown item type {item_type}")
+                return _GGUFArray(item_type, count)
+            raise bad(f"a metadata value at offset {pos:,} has an unknown type {vtype}")
+
+        if take(4) != b"GGUF":
+            raise bad("it does not start with 'GGUF'")
+        version = unpack("<I")
+        if version not in (2, 3):
+            raise bad(f"version {version} is not supported (2 or 3; big-endian files are not)")
+        n_tensors, n_kv = unpack("<Q"), unpack("<Q")
+        if n_kv > (limit - pos) // 13 or n_tensors > (limit - pos) // 24:
+            raise bad(f"it claims {n_kv:,} metadata entries and {n_tensors:,} tensors, more than the file holds")
+        metadata: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = string() or ""
+            metadata[key] = value(unpack("<I"))
+        tensors = []
+        for _ in range(n_tensors):
+            name = string() or "?"
+            n_dims = unpack("<I")
+            if not 1 <= n_dims <= 4:
+                raise bad(f"tensor {_excerpt(name, 60)} has {n_dims} dimensions (1 to 4)")
+            dims = [unpack("<Q") for _ in range(n_dims)]
+            tensors.append((name, dims, unpack("<I"), unpack("<Q")))
+        header_end = pos
+
+    for key, limit_count in _GGUF_COUNT_LIMITS:
+        for name, val in metadata.items():
+            if name.endswith(key) and _is_int(val) and val > limit_count:
+                raise bad(f"{_esc(name, 60)}={val} is implausible (limit {limit_count})")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    if isinstance(tokens, _GGUFArray) and tokens.count > _MAX_GGUF_TOKENS:
+        raise bad(f"its vocabulary claims {tokens.count:,} tokens (limit {_MAX_GGUF_TOKENS:,})")
+    alignment = metadata.get("general.alignment", 32)
+    if not _is_int(alignment) or alignment <= 0 or alignment & (alignment - 1) or alignment > 1 << 20:
+        raise bad(f"general.alignment={_excerpt(alignment)} is not a power of two")
+    data_start = -(-header_end // alignment) * alignment
+    if not tensors:
+        raise bad("it holds no tensors")
+    sizes = getattr(gguf, "GGML_QUANT_SIZES", {})
+    spans = []
+    elements = 0
+    for name, dims, ttype, offset in tensors:
+        shown = _excerpt(name, 60)
+        try:
+            block, type_size = sizes[gguf.GGMLQuantizationType(ttype)]
+        except (ValueError, KeyError):
+            raise bad(f"tensor {shown} has an unknown ggml type {ttype}") from None
+        if dims[0] % block:
+            raise bad(f"tensor {shown} has {dims[0]} columns, not a multiple of its block size {block}")
+        numel = math.prod(dims)
+        nbytes = numel // block * type_size
+        begin = data_start + offset
+        if offset % alignment or begin + nbytes > size:
+            raise bad(f"tensor {shown} ({nbytes:,} bytes at offset {offset:,}) lies outside the file (truncated?)")
+        spans.append((begin, begin + nbytes, shown))
+        elements += numel
+    spans.sort()
+    for (_b0, end0, name0), (begin1, _e1, name1) in zip(spans, spans[1:]):
+        if begin1 < end0:
+            raise bad(f"tensors {name0} and {name1} overlap")
+    return elements
 
 
 # --------------------------------------------------------------------------------------
@@ -1215,11 +1444,16 @@ def _read_config(folder: Path) -> dict[str, Any]:
     config = _read_json(path)
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object, not a {type(config).__name__}")
+    _check_counts(config, str(path))
+    return config
+
+
+def _check_counts(config: dict[str, Any], source: str) -> None:
+    """Refuse layer / expert / label counts far beyond any released model, before anything is built."""
     for key, value in _walk_config(config):
         for pattern, limit in _COUNT_LIMITS:
-            if pattern.search(key) and _is_int(value) and value > limit:
-                raise CheckpointError(f"{path}: {key}={value} is implausible (limit {limit}); is this config corrupt?")
-    return config
+            if isinstance(key, str) and pattern.search(key) and _is_int(value) and value > limit:
+                raise CheckpointError(f"{source}: {_esc(key, 60)}={value} is implausible (limit {limit}); is this config corrupt?")
 
 
 def _walk_config(config: dict[str, Any], depth: int = 0) -> Iterable[tuple[str, Any]]:
