@@ -367,6 +367,7 @@ class ForgettingSession:
         of memory halves the batch size under ``--forgetting-batch-size auto``."""
         loaded = self.load(slot, pair=False)  # run_check compared it with its base already
         meta = self._meta(loaded)
+        task.check_model(meta)  # a label map that cannot fit the task: one clear line, before any batch
         prepared = self._prepare(task, split, meta)
         while True:
             try:

@@ -140,3 +140,93 @@ def test_the_python_api_keeps_the_checkpoint_tokenizer(hf_project):
     assert evaluate(task, loaded.model, split="test").outputs["pred"].tolist() == hf_project["pred"].tolist()
     again = pf.load_checkpoint(loaded.model)  # a module: its carried tokenizer, not none
     assert again.tokenizer is loaded.tokenizer
+
+
+# -- 2. label mapping: integer labels index the logits, names map by name ------------------------
+
+TOPICS = ["business", "entertainment", "politics", "sport", "tech"]
+
+
+@pytest.fixture(scope="module")
+def topic_model(tmp_path_factory):
+    """A 5-class classifier with named labels and its predictions on 300 texts (agreement data)."""
+    root = tmp_path_factory.mktemp("topics")
+    texts, _ = sentiment_texts(300, 11)
+    model = _spread(tiny_bert(seed=3, **labelled(TOPICS)), texts)
+    pred = _predict(model, texts)
+    assert len(set(pred.tolist())) >= 3
+    return {"folder": save(model, root / "model"), "texts": texts, "pred": pred}
+
+
+def _csv(path: Path, rows) -> Path:
+    import csv
+
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "text", "label"])
+        writer.writerows(rows)
+    return path
+
+
+def test_labels_map_by_index_or_by_name(pytester, topic_model, tmp_path):
+    import datasets
+
+    texts, pred = topic_model["texts"], topic_model["pred"]
+    rows = [(f"t{i}", t, int(y)) for i, (t, y) in enumerate(zip(texts, pred))]
+    _csv(pytester.path / "ints.csv", rows)  # integer labels: the model's label ids
+    top2 = [int(c) for c in np.argsort(-np.bincount(pred, minlength=5))[:2]]
+    _csv(pytester.path / "subset.csv", [(i, t, TOPICS[y]) for i, t, y in rows if y in top2])  # 2 of the 5 classes, by name
+    _csv(pytester.path / "too-many.csv", [*rows[:80], ("t-x", "the movie", 7)])
+    _csv(pytester.path / "other-names.csv", [(i, t, TOPICS[y].upper()) for i, t, y in rows])
+    reversed_names = TOPICS[::-1]  # a ClassLabel whose ids are not the model's: names decide
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=reversed_names)})
+    data = datasets.Dataset.from_dict({"text": texts, "label": [4 - int(y) for y in pred]}, features=features)
+    data.save_to_disk(str(pytester.path / "classlabel"))
+    pytester.makeconftest(
+        """
+        import pytest_forgetting as pf
+
+        for name in ("ints", "subset", "too-many", "other-names"):
+            pf.task(name)(lambda name=name: pf.from_csv(f"{name}.csv", id="id"))
+
+        @pf.task("classlabel")
+        def classlabel():
+            return pf.from_hf_dataset("classlabel")
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.retains(task="ints", max_drop=0.05)
+        def test_integer_labels(): pass
+
+        @pytest.mark.retains(task="subset", max_drop=0.1)
+        def test_a_subset_of_the_classes(): pass
+
+        @pytest.mark.retains(task="classlabel", max_drop=0.05)
+        def test_classlabel_names(): pass
+
+        @pytest.mark.retains(task="too-many", max_drop=0.05)
+        def test_a_label_past_the_logits(): pass
+
+        @pytest.mark.retains(task="other-names", max_drop=0.05)
+        def test_names_that_disagree(): pass
+        """
+    )
+    folder = topic_model["folder"]
+    result = pytester.runpytest(
+        f"--base-ckpt={folder}", f"--tuned-ckpt={folder}", "--forgetting-device=cpu",
+        f"--forgetting-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider",
+    )  # fmt: skip
+    out = result.stdout.str()
+    result.assert_outcomes(passed=3, errors=2)
+    n_subset = int(np.isin(pred, top2).sum())
+    assert "retains[too-many]: task 'too-many' has integer labels 0..7 but the model has 5 outputs" in out
+    assert f"are not labels of the model, and labels match by name: rename them, or pass class_names={TOPICS!r}" in out
+    result.stdout.fnmatch_lines([
+        "test_a_subset_of_the_classes *subset *accuracy* %d *100.0%%*100.0%%*PASS" % n_subset,
+        "test_classlabel_names *classlabel *accuracy* 300 *100.0%*100.0%*PASS",
+        "test_integer_labels *ints *accuracy* 300 *100.0%*100.0%*PASS",
+    ])  # fmt: skip
+    assert "are not classes of the task" not in out

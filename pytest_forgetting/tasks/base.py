@@ -188,6 +188,9 @@ class Task:
         """What the prepared inputs depend on besides the data (e.g. the tokenizer)."""
         return ""
 
+    def check_model(self, meta: ModelMeta) -> None:
+        """Refuse, before any batch runs, a model this task cannot score (raise TaskError saying why)."""
+
     def prepare(self, split: str, meta: ModelMeta) -> Any:
         raise NotImplementedError
 

@@ -50,8 +50,7 @@ def _split_task(images: np.ndarray, labels: np.ndarray, prefix: str, train_idx: 
         splits={
             "train": (images[train_idx], labels[train_idx], ids(train_idx)),
             "test": (images[test_idx], labels[test_idx], ids(test_idx)),
-        },
-        class_names=[str(i) for i in range(10)],
+        },  # digits without names: label k is the model's output k (class names "0".."9")
     )
 
 

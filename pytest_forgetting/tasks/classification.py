@@ -65,16 +65,23 @@ def classification_outputs(logits: Any) -> dict[str, Any]:
 
 
 class ClassificationTask(Task):
-    """Shared machinery of array-backed classification tasks."""
+    """Shared machinery of array-backed classification tasks.
+
+    How a model's outputs are read as the task's classes (:func:`class_lookup`): integer labels
+    given without class names index the model's logits (label k is output k); named classes are
+    matched by name with the model's ``config.id2label``, and the task may use a subset of them.
+    """
 
     metrics = CLASSIFICATION_METRICS
     default_metric = "accuracy"
 
-    def __init__(self, splits: Mapping[str, SplitData], class_names: list[str]) -> None:
+    def __init__(self, splits: Mapping[str, SplitData], class_names: list[str], *, indexed: bool = False) -> None:
         if not splits:
             raise TaskError("a task needs at least one split")
         self._splits = dict(splits)
         self._class_names = class_names
+        #: True when the labels are integers without names: label k is the model's output k
+        self.indexed = indexed
 
     def split(self, split: str) -> SplitData:
         return super().split(split)
@@ -94,6 +101,22 @@ class ClassificationTask(Task):
 
     def _fingerprint_inputs(self, inputs: Any) -> Any:
         return inputs
+
+    def check_model(self, meta: ModelMeta) -> None:
+        """A classifier's label map (``config.id2label`` / ``num_labels``) must fit the task's labels."""
+        config = meta.config
+        archs = getattr(config, "architectures", None) or []
+        if any(str(a).endswith(_CLASSIFIER_SUFFIXES) for a in archs):  # a head whose outputs are the labels
+            class_lookup(config, self._class_names, self.name, indexed=self.indexed, n_outputs=getattr(config, "num_labels", None))
+
+    def score(self, model: Any, logits: Any) -> dict[str, Any]:
+        """Per-example outputs in the task's class ids (a model class outside the task is never right)."""
+        out = classification_outputs(logits)
+        lookup = class_lookup(getattr(model, "config", None), self._class_names, self.name, indexed=self.indexed,
+                              n_outputs=int(logits.shape[1]) if logits.ndim == 2 else None)
+        if lookup is not None:  # the model orders (or names) its labels differently: score in the task's class ids
+            out["pred"] = lookup.to(out["pred"].device)[out["pred"]]
+        return out
 
 
 # -- images ---------------------------------------------------------------------------------
@@ -127,8 +150,9 @@ def build_splits(
     splits: Mapping[str, tuple] | None,
     class_names: Sequence[str] | None,
     convert: Any,
-) -> tuple[dict[str, SplitData], list[str]]:
-    """Validated SplitData per split, and the class names shared by all splits.
+) -> tuple[dict[str, SplitData], list[str], bool]:
+    """Validated SplitData per split, the class names shared by all splits, and whether the labels
+    are bare integers (no names given: label k is the model's output k).
 
     ``splits`` maps a split name to ``(inputs, labels[, ids[, columns]])``; without it the single
     split ``"test"`` is built from the other arguments. ``convert`` turns one split's inputs into
@@ -139,6 +163,7 @@ def build_splits(
             raise TaskError(f"a task needs {kind} and labels (or splits={{...}})")
         splits = {"test": (inputs, labels, ids, columns)}
     all_labels = [np.asarray(s[1]) for s in splits.values()]
+    indexed = class_names is None and all(a.dtype.kind in "iu" for a in all_labels)
     if class_names is None and any(a.dtype.kind not in "iu" for a in all_labels):
         class_names = sorted({str(x) for a in all_labels for x in a.tolist()})
     if class_names is None:
@@ -157,7 +182,7 @@ def build_splits(
             enc,
             {k: np.asarray(v) for k, v in (cols or {}).items()},
         )
-    return built, list(class_names)
+    return built, list(class_names), indexed
 
 
 class ImageClassificationTask(ClassificationTask):
@@ -176,8 +201,8 @@ class ImageClassificationTask(ClassificationTask):
         splits: Mapping[str, tuple] | None = None,
         columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> None:
-        built, names = build_splits("images", images, labels, ids, columns, splits, class_names, _as_image_array)
-        super().__init__(built, names)
+        built, names, indexed = build_splits("images", images, labels, ids, columns, splits, class_names, _as_image_array)
+        super().__init__(built, names, indexed=indexed)
 
     def prepare(self, split: str, meta: ModelMeta) -> Any:
         import torch
@@ -198,7 +223,7 @@ class ImageClassificationTask(ClassificationTask):
                 yield prepared.index_select(0, idx[lo : lo + batch_size])
 
     def forward(self, model: Any, batch: Any) -> dict[str, Any]:
-        return classification_outputs(logits_of(model(batch)))
+        return self.score(model, logits_of(model(batch)))
 
 
 # -- texts ----------------------------------------------------------------------------------
@@ -218,9 +243,9 @@ class TextClassificationTask(ClassificationTask):
         splits: Mapping[str, tuple] | None = None,
         columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> None:
-        built, names = build_splits("texts", texts, labels, ids, columns, splits, class_names, lambda x: [str(t) for t in x])
+        built, names, indexed = build_splits("texts", texts, labels, ids, columns, splits, class_names, lambda x: [str(t) for t in x])
         self.max_length = int(max_length)
-        super().__init__(built, names)
+        super().__init__(built, names, indexed=indexed)
 
     cache_prepared = True
 
@@ -238,43 +263,61 @@ class TextClassificationTask(ClassificationTask):
         return padded_batches(prepared, indices, batch_size)
 
     def forward(self, model: Any, batch: Any) -> dict[str, Any]:
-        out = classification_outputs(logits_of(model(**batch)))
-        lookup = class_lookup(model, self._class_names, self.name)
-        if lookup is not None:  # the model orders its labels differently: score in the task's class ids
-            out["pred"] = lookup.to(out["pred"].device)[out["pred"]]
-        return out
+        return self.score(model, logits_of(model(**batch)))
 
 
-def class_lookup(model: Any, class_names: Sequence[str], task_name: str) -> Any:
-    """Model label id -> task class id through ``config.id2label``; None when they already agree.
+_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForImageClassification", "ForAudioClassification")
 
-    Placeholder names (LABEL_0, ...) carry no meaning and are taken in order. Real names must all be
-    classes of the task: a classifier trained on other labels cannot be scored on this task.
+
+def class_lookup(config: Any, class_names: Sequence[str], task_name: str, *, indexed: bool = False, n_outputs: int | None = None) -> Any:
+    """Model output index -> task class id, from the model's ``config``; None when they already agree.
+
+    - ``indexed`` (integer labels without names): label k is output k, so every label must be
+      below the model's number of outputs.
+    - Named classes are matched with ``config.id2label`` by name; the task may use a subset of the
+      model's classes, and an output whose label is not a task class maps to an id no example has
+      (``len(class_names)``: always wrong); a task with more classes than the model is scored as is
+      (the model is wrong on the others). Names that disagree both ways are an error naming the fix.
+      Placeholder names (LABEL_0, ...) and models without a label map are read in order.
     """
-    id2label = getattr(getattr(model, "config", None), "id2label", None)
-    if not isinstance(id2label, Mapping) or not id2label:
+    n_classes = len(class_names)
+    id2label = getattr(config, "id2label", None)
+    names: dict[int, str] = {}
+    if isinstance(id2label, Mapping) and id2label:
+        try:
+            names = {int(k): str(v) for k, v in id2label.items()}
+        except (TypeError, ValueError):
+            names = {}
+    placeholder = all(v == f"LABEL_{k}" for k, v in names.items())
+    if indexed or not names or placeholder:
+        if n_outputs is not None and n_classes > n_outputs:
+            what = f"integer labels 0..{n_classes - 1}" if indexed else f"{n_classes} classes"
+            hint = " or pass class_names=[...] to match them by name" if indexed and names and not placeholder else ""
+            raise TaskError(f"task {task_name!r} has {what} but the model has {n_outputs} outputs (label k is output k); check the label column{hint}")
         return None
-    try:
-        names = {int(k): str(v) for k, v in id2label.items()}
-    except (TypeError, ValueError):
-        return None
-    if all(v == f"LABEL_{k}" for k, v in names.items()):
-        return None
-    index = {c: i for i, c in enumerate(class_names)}
-    unknown = sorted({v for v in names.values() if v not in index})
-    if unknown:
-        raise TaskError(
-            f"task {task_name!r}: the model's labels (config.id2label) {unknown[:5]} are not classes of the task "
-            f"{list(class_names)[:10]}; name the task's classes like the model's labels"
-        )
-    order = [index[names[i]] for i in range(max(names) + 1)] if set(names) == set(range(max(names) + 1)) else None
-    if order is None:
+    if n_outputs is not None and set(names) != set(range(n_outputs)):
+        raise TaskError(f"task {task_name!r}: the model's config.id2label names {len(names)} labels but it has {n_outputs} outputs")
+    if set(names) != set(range(max(names) + 1)):
         raise TaskError(f"task {task_name!r}: the model's config.id2label does not name label ids 0..{max(names)}")
+    model_labels = [names[i] for i in range(len(names))]
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = [c for c in class_names if c not in set(model_labels)]
+    if unknown and not set(model_labels) <= set(index):  # neither side holds the other: the names disagree
+        raise TaskError(
+            f"task {task_name!r}: classes {_few(unknown, 3)} are not labels of the model, and labels match by name: "
+            f"rename them, or pass class_names={_few(model_labels)} if the integer labels are the model's ids"
+        )
+    order = [index.get(label, n_classes) for label in model_labels]
     if order == list(range(len(order))):
         return None
     import torch
 
     return torch.tensor(order, dtype=torch.long)
+
+
+def _few(values: Sequence[Any], n: int = 10) -> str:
+    shown = [str(v) for v in list(values)[:n]]
+    return repr(shown)[:-1] + (f", ... ({len(values)} in all)]" if len(values) > n else "]")
 
 
 def tokenize_padded(meta: ModelMeta, texts: Sequence[str], max_length: int, task_name: str) -> dict[str, Any]:
