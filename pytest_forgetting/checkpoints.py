@@ -238,9 +238,9 @@ def check_compatible(base: LoadedCheckpoint, tuned: LoadedCheckpoint) -> None:
         for key in sorted(base_labels.keys() | tuned_labels.keys()):
             b, t = base_labels.get(key), tuned_labels.get(key)
             if b != t:
-                diffs.append(f"{key}: {'missing' if b is None else repr(b)} vs {'missing' if t is None else repr(t)}")
+                diffs.append(f"{key}: {'missing' if b is None else _excerpt(b)} vs {'missing' if t is None else _excerpt(t)}")
         raise CheckpointError(
-            f"base and tuned label maps (id2label) differ: {_few(diffs)} (base vs tuned); paired "
+            f"base and tuned label maps (id2label) differ: {_few(diffs, 3)} (base vs tuned); paired "
             "comparison needs the same class ids, so make id2label agree in both config.json files"
         )
     if base.tokenizer is None or tuned.tokenizer is None:
@@ -255,13 +255,14 @@ def check_compatible(base: LoadedCheckpoint, tuned: LoadedCheckpoint) -> None:
     only_base = sorted(base_vocab.keys() - tuned_vocab.keys())
     only_tuned = sorted(tuned_vocab.keys() - base_vocab.keys())
     moved = sorted(t for t in base_vocab.keys() & tuned_vocab.keys() if base_vocab[t] != tuned_vocab[t])
+    # tokens are file content: a few short, escaped excerpts only (never whole lines of a vocabulary file)
     parts = [f"base has {len(base_vocab)} tokens, tuned {len(tuned_vocab)}"]
     if only_base:
-        parts.append(f"only in base: {_few([repr(t) for t in only_base])}")
+        parts.append(f"only in base: {_few([_excerpt(t) for t in only_base], 3)}")
     if only_tuned:
-        parts.append(f"only in tuned: {_few([repr(t) for t in only_tuned])}")
+        parts.append(f"only in tuned: {_few([_excerpt(t) for t in only_tuned], 3)}")
     if moved:
-        parts.append(f"different ids: {_few([f'{t!r} ({base_vocab[t]} vs {tuned_vocab[t]})' for t in moved])}")
+        parts.append(f"different ids: {_few([f'{_excerpt(t)} ({base_vocab[t]} vs {tuned_vocab[t]})' for t in moved], 3)}")
     raise CheckpointError(
         "base and tuned tokenizers have different vocabularies (" + "; ".join(parts) + "); the two models "
         "would see different inputs, so ship the base tokenizer with the tuned checkpoint"
@@ -1183,18 +1184,18 @@ def _read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]
                 raise bad("__metadata__ must map strings to strings")
             continue
         if not isinstance(info, dict):
-            raise bad(f"the entry for {name!r} is not an object")
+            raise bad(f"the entry for {_excerpt(name, 60)} is not an object")
         dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
         if not isinstance(dtype, str) or (dtype not in _ST_ITEMSIZE and dtype not in _ST_SUBBYTE_BITS):
-            raise bad(f"tensor {name!r} has an unknown dtype {dtype!r}")
+            raise bad(f"tensor {_excerpt(name, 60)} has an unknown dtype {dtype!r}")
         if not isinstance(shape, list) or len(shape) > 64 or not all(_is_int(d) and d >= 0 for d in shape):
-            raise bad(f"tensor {name!r} has an invalid shape {_short(shape)}")
+            raise bad(f"tensor {_excerpt(name, 60)} has an invalid shape {_short(shape)}")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
-            raise bad(f"tensor {name!r} has invalid data_offsets {_short(offsets)}")
+            raise bad(f"tensor {_excerpt(name, 60)} has invalid data_offsets {_short(offsets)}")
         begin, end = offsets
         if not 0 <= begin <= end <= data_len:
             raise bad(
-                f"tensor {name!r} lies outside the file (bytes {begin}..{end} of a {data_len}-byte data section; "
+                f"tensor {_excerpt(name, 60)} lies outside the file (bytes {begin}..{end} of a {data_len}-byte data section; "
                 "truncated?)"
             )
         numel = math.prod(shape)
@@ -1203,13 +1204,13 @@ def _read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]
         else:
             nbytes = -(-numel * _ST_SUBBYTE_BITS[dtype] // 8)
         if end - begin != nbytes:
-            raise bad(f"tensor {name!r} ({dtype} {tuple(shape)}) needs {nbytes} bytes but its offsets span {end - begin}")
+            raise bad(f"tensor {_excerpt(name, 60)} ({dtype} {tuple(shape)}) needs {nbytes} bytes but its offsets span {end - begin}")
         spans.append((begin, end, name))
         tensors[name] = (dtype, tuple(shape))
     spans.sort()
     for (_b0, end0, name0), (begin1, _e1, name1) in zip(spans, spans[1:]):
         if begin1 < end0:
-            raise bad(f"tensors {name0!r} and {name1!r} overlap")
+            raise bad(f"tensors {_excerpt(name0, 60)} and {_excerpt(name1, 60)} overlap")
     return tensors
 
 
