@@ -17,16 +17,22 @@ them come from checkpoints, data files and pull requests. Each output has its ow
 - :func:`plot`: :func:`terminal`, with ``$`` escaped so that matplotlib does not parse a name
   as mathtext.
 
-All of them take any object (``str()`` of it) and never raise. JSON needs none of this: the
-JSON report keeps the raw value and the encoder escapes what JSON must.
+- :func:`json_text`: for an already serialised JSON document, the characters that the encoder
+  leaves raw with ``ensure_ascii=False`` but a terminal acts on (C1 controls, bidirectional and
+  other format characters, line separators) and lone surrogates (which UTF-8 cannot encode)
+  become ``\\uXXXX`` escapes: the same JSON values, safe to ``cat``.
+
+All of them take any object (``str()`` of it) and never raise. The JSON report keeps the raw
+values; only their encoding changes.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any
 
-__all__ = ["markdown", "markdown_code", "plot", "terminal", "xml"]
+__all__ = ["json_text", "markdown", "markdown_code", "plot", "terminal", "xml"]
 
 _ELLIPSIS = "…"
 
@@ -124,3 +130,24 @@ def xml(value: Any, limit: int | None = None) -> str:
 def plot(value: Any, limit: int | None = None) -> str:
     """``value`` for a matplotlib label: one visible line, no mathtext."""
     return terminal(value, limit).replace("$", "\\$")
+
+
+# what json.dumps(ensure_ascii=False) leaves raw although it is a control, format or separator
+# character (C0 controls are always escaped by the encoder); outside strings JSON holds ASCII only
+_JSON_HIDDEN = re.compile(
+    "[\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff\U000e0001-\U000e007f]"
+)
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code > 0xFFFF:
+        code -= 0x10000
+        return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+    return f"\\u{code:04x}"
+
+
+def json_text(text: str) -> str:
+    """A serialised JSON document with hidden characters written as ``\\uXXXX`` escapes."""
+    return text if text.isascii() else _JSON_HIDDEN.sub(_json_escape, text)

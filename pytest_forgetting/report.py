@@ -637,7 +637,8 @@ def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
 def dumps_json(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
     """The JSON report as text: same input, same bytes."""
     report = build_json(header, rows)
-    return json.dumps(report, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n"
+    text = json.dumps(report, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False)
+    return escape.json_text(text) + "\n"  # raw values, but no character a terminal acts on
 
 
 def write_json(
@@ -695,6 +696,8 @@ def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
     alpha = float(alpha) if _finite(alpha) else 0.05
     several = len(_candidates(rows)) > 1
     out = [f"### pytest-forgetting: {_counts_phrase(rows) if rows else 'no checks'}", ""]
+    if header.get("interrupted"):
+        out += ["> **Interrupted:** the run did not finish, so these results are partial; run it to the end before trusting them.", ""]
 
     tuned = header.get("tuned_ckpts") or []
     tuned_text = ", ".join(_ckpt_text(t) for t in tuned) if tuned else "?"
@@ -858,7 +861,7 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
             verdict = _verdict(row)
             colour = _COLOURS[verdict]
             if geo is None:
-                reason = escape.plot(row.get("reason") or "no values", _NAME_LIMIT)
+                reason = escape.plot(row.get("reason") or "no values", 90)
                 ax.text(0.5, y, f"ERROR: {reason}", ha="center",
                         va="center", color=colour, transform=label_at, fontsize=9)
             else:
@@ -888,15 +891,15 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
             label = escape.plot(_truncate_left(short.get(str(row.get("test") or ""), "?"), 36))
             if several:
                 candidate = row.get("candidate")
-                name = escape.plot(candidate, _NAME_LIMIT) if candidate else "(unnamed)"
+                name = escape.plot(_truncate_left(str(candidate), 36)) if candidate else "(unnamed)"
                 label = f"{name}: {label}"
             labels.append(label)
         ax.set_yticks(range(len(group)), labels, fontsize=9)
         ax.set_ylim(len(group) - 0.5, -0.5)
         ax.tick_params(axis="y", length=0)
         direction = "higher" if group[0].get("higher_is_better", True) else "lower"
-        title = escape.plot(f"{task}/{split}" if split else task, _NAME_LIMIT)
-        ax.set_title(f"{title}  ·  {escape.plot(metric, _NAME_LIMIT)} ({direction} is better)",
+        title = escape.plot(f"{task}/{split}" if split else task, 60)
+        ax.set_title(f"{title}  ·  {escape.plot(metric, 40)} ({direction} is better)",
                      loc="left", fontsize=10,
                      fontweight="bold")
         if all(_bounded(r) for r in group):
