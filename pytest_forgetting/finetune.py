@@ -1071,7 +1071,9 @@ class Finetuner:
         try:
             return self._call(model, train, **kwargs)
         except ForgettingError as exc:
-            pytest.fail(f"finetune: {exc}", pytrace=False)
+            from .escape import terminal  # task and file names in the error: one visible line
+
+            pytest.fail(terminal(f"finetune: {exc}"), pytrace=False)
 
     def _call(self, model: Any, train: Any, **kwargs: Any) -> "nn.Module":
         if train is None:
