@@ -182,7 +182,10 @@ class EvalCache:
             if tracked:
                 return tracked
         # a read-only folder is found now, not at the first write after a long evaluation
-        tmp, fd = self._create_temp("probe")
+        try:
+            tmp, fd = self._create_temp("probe")
+        except OSError as exc:
+            return f"is not writable ({_strerror(exc)})"
         os.close(fd)
         self._unlink(tmp)
         return None
