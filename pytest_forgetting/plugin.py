@@ -62,5 +62,17 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
             raise
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    report = yield
+    runner.attach_rows(item, report)  # rows travel on the report (to the xdist controller too)
+    return report
+
+
+@pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    runner.junit_suite_properties(session.config)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     runner.terminal_summary(terminalreporter, config)

@@ -1,8 +1,9 @@
 """What the pytest hooks hand off to: settings, marker validation, running checks, the summary.
 
-Per-test results travel as JSON rows in ``item.user_properties`` (copied into every report,
-so they reach the pytest-xdist controller and the JUnit XML); only the controller prints the
-table and writes the reports.
+Per-test results travel as one JSON attribute of every test report (``report.forgetting_rows``;
+pytest-xdist serialises report attributes, so they reach the controller); only the controller
+prints the table and writes the reports, and it puts the rows on the JUnit testsuite, where
+``junit_family=xunit2`` allows properties, once per check whatever the reruns.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ STATE_KEY = pytest.StashKey["RunState"]()
 CHECKS_KEY = pytest.StashKey[list]()
 RESULTS_KEY = pytest.StashKey[list]()
 ROW_PROPERTY = "forgetting_row"
+ROWS_KEY = pytest.StashKey[dict]()  # index -> row, of this item's current run
+ROWS_ATTR = "forgetting_rows"  # the TestReport attribute that carries them
 MARKERS = ("retains", "improves")
 
 RETAINS_DOC = (
@@ -57,6 +60,7 @@ class RunState:
         self.rows: dict[tuple[str, int], dict[str, Any]] = {}
         self.header: dict[str, Any] = {}
         self.current_item: pytest.Item | None = None
+        self.outcomes: dict[str, str] = {}  # nodeid -> pytest's outcome of its last run
 
     @property
     def session(self) -> Any:
@@ -131,10 +135,10 @@ class CheckItem(pytest.Item):
         self.candidate = candidate
 
     def setup(self) -> None:
-        run_item_checks(self)
+        pass  # the plugin's pytest_runtest_setup hook evaluates the checks of every item, this one too
 
     def runtest(self) -> None:
-        enforce(self)
+        pass  # and its pytest_runtest_call hook turns the verdicts into the outcome
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"forgetting::{self.name}"
@@ -266,6 +270,7 @@ def run_item_checks(item: pytest.Item) -> None:
     if not checks:
         return
     st = state(item.config)
+    item.stash[ROWS_KEY] = {}  # a rerun (pytest-rerunfailures) starts from no rows
     results = []
     candidate = getattr(item, "candidate", None)
     callspec = getattr(item, "callspec", None)
@@ -279,12 +284,32 @@ def run_item_checks(item: pytest.Item) -> None:
             error = str(exc)
         except Exception as exc:  # an unexpected library error: still one clear line on this test
             error = f"unexpected {type(exc).__name__} while evaluating: {exc}"
+        except BaseException as exc:
+            # pytest-timeout's Failed, pytest.skip/fail/exit, KeyboardInterrupt: pytest decides the outcome,
+            # but the table must not lose the check (nor the checks that never started)
+            _interrupted_rows(item, checks, index, exc, candidate or "")
+            raise
         if error is not None:  # failed outside the except block: no chained traceback in the report
             _error_row(item, index, check, error)
             from .escape import terminal  # names and file names in the reason: one visible line
 
             pytest.fail(terminal(f"{check.label}: {error}"), pytrace=False)
     item.stash[RESULTS_KEY] = results
+
+
+def _interrupted_rows(item: pytest.Item, checks: list[Check], index: int, exc: BaseException, candidate: str) -> None:
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    _error_row(item, index, checks[index], f"interrupted while evaluating ({what})")
+    for later in range(index + 1, len(checks)):
+        _error_row(item, later, checks[later], f"not run: an earlier check of this test was interrupted ({what})")
+    for i in range(index, len(checks)):
+        item.stash[ROWS_KEY][i]["candidate"] = candidate
+    if isinstance(exc, (KeyboardInterrupt, pytest.exit.Exception)):
+        # pytest logs no report for this phase: hand the rows to this process's table directly
+        st = item.config.stash.get(STATE_KEY, None)
+        if st is not None:
+            for i, row in item.stash.get(ROWS_KEY, {}).items():
+                st.add_row((item.nodeid, i), row)
 
 
 def _error_row(item: pytest.Item, index: int, check: Check, reason: str) -> None:
@@ -297,11 +322,46 @@ def _error_row(item: pytest.Item, index: int, check: Check, reason: str) -> None
 
 
 def record_row(item: pytest.Item, index: int, row: dict[str, Any]) -> None:
-    from .report import junit_properties
+    """Set row ``index`` of this item's run (it travels on the item's reports: see ``attach_rows``).
 
-    item.user_properties.append((ROW_PROPERTY, json.dumps({"index": index, "row": row}, sort_keys=True, default=_json_default)))
-    if row.get("verdict") != "error":
-        item.user_properties.extend(junit_properties(row))
+    Under ``@hypothesis.given`` every example would be a row: the rows of one check (kind, task,
+    split, metric, candidate) are folded into one, the worst example's, with ``examples`` counting them.
+    """
+    rows = item.stash.setdefault(ROWS_KEY, {})
+    if _is_hypothesis_test(item):
+        group = tuple(str(row.get(k)) for k in ("kind", "task", "split", "metric", "candidate"))
+        groups = item.stash.setdefault(_GROUPS_KEY, {})
+        index = groups.setdefault(group, index)
+        old = rows.get(index)
+        row = dict(row, examples=(old or {}).get("examples", 0) + 1)
+        if old is not None and _severity(old) >= _severity(row):
+            row = dict(old, examples=row["examples"])
+    rows[index] = row
+
+
+_GROUPS_KEY = pytest.StashKey[dict]()
+_RANK = {"pass": 0, "inconclusive": 1, "fail": 2, "error": 3}
+
+
+def _is_hypothesis_test(item: pytest.Item) -> bool:
+    return bool(getattr(getattr(item, "obj", None), "is_hypothesis_test", False))
+
+
+def _severity(row: dict[str, Any]) -> tuple[int, float]:
+    """Worse verdict first, then the higher upper bound of the drop above its margin."""
+    def num(key: str) -> float:
+        value = row.get(key)
+        return float(value) if isinstance(value, (int, float)) and value == value else float("-inf")
+
+    return _RANK.get(str(row.get("verdict")), 3), max(num("ci_high"), num("drop")) - num("margin")
+
+
+def attach_rows(item: pytest.Item, report: pytest.TestReport) -> None:
+    """Put this item's rows on its report (a JSON string, so it survives xdist's serialisation)."""
+    rows = item.stash.get(ROWS_KEY, None)
+    if rows:
+        setattr(report, ROWS_ATTR, json.dumps(
+            [{"index": i, "row": r} for i, r in sorted(rows.items())], sort_keys=True, default=_json_default))
 
 
 def _json_default(obj: Any) -> Any:
@@ -370,10 +430,15 @@ def collect_report(config: pytest.Config, report: pytest.TestReport) -> None:
     st = config.stash.get(STATE_KEY, None)
     if st is None:
         return
-    for name, value in report.user_properties:
-        if name == ROW_PROPERTY:
-            data = json.loads(value)
-            st.add_row((report.nodeid, int(data["index"])), data["row"])
+    if report.when == "setup":  # a new run of this test (a rerun too): its rows replace the last run's
+        st.outcomes.pop(report.nodeid, None)
+        for key in [k for k in st.rows if k[0] == report.nodeid]:
+            del st.rows[key]
+    outcome = "error" if report.failed and report.when != "call" else report.outcome
+    if st.outcomes.get(report.nodeid) in (None, "passed") or outcome in ("failed", "error"):
+        st.outcomes[report.nodeid] = outcome
+    for entry in json.loads(getattr(report, ROWS_ATTR, None) or "[]"):
+        st.add_row((report.nodeid, int(entry["index"])), entry["row"])
 
 
 # -- end of run ---------------------------------------------------------------------------------
@@ -431,12 +496,15 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
         return
     from . import report
 
-    rows = [_public(r) for r in st.sorted_rows()]
+    rows = [_public(r) for r in with_outcomes(st)]
     tr = terminalreporter
     tr.write_sep("=", "forgetting summary")
     # the table is wider than 80 columns anyway; full test names matter more than wrapping
     width = max(getattr(getattr(tr, "_tw", None), "fullwidth", 0), 150)
-    for line in report.format_table(rows, alpha=st.settings.alpha, width=width):
+    lines = report.format_table(rows, alpha=st.settings.alpha, width=width)
+    if lines:
+        lines[0] += outcome_note(rows)
+    for line in lines:
         tr.write_line(line)
     head = header(st)
     s = st.settings
@@ -453,6 +521,52 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
             from .escape import terminal
 
             tr.write_line(f"forgetting: could not write {terminal(path)}: {terminal(exc)}", red=True)
+
+
+def junit_suite_properties(config: pytest.Config) -> None:
+    """Every row as properties of the JUnit testsuite: valid under every junit_family, one set per check.
+
+    pytest's own per-test properties (``record_property``) are invalid under ``xunit2``, pytest's
+    default, and repeat with every rerun; here each check's final row gives one set of
+    ``forgetting_*`` properties, each set starting with ``forgetting_test``.
+    """
+    st = config.stash.get(STATE_KEY, None)
+    if st is None or not st.rows or is_worker(config):
+        return
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:  # pragma: no cover - a pytest without it
+        return
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return  # no --junitxml
+    from .report import junit_properties
+
+    for row in with_outcomes(st):
+        for name, value in junit_properties(_public(row)):
+            xml.add_global_property(name, value)
+
+
+def with_outcomes(st: RunState) -> list[dict[str, Any]]:
+    """The rows, each with ``pytest_outcome``: what pytest made of its test (the body can fail a passing check)."""
+    rows = st.sorted_rows()
+    for row in rows:
+        row["pytest_outcome"] = st.outcomes.get(str(row.get("test")), "error" if row.get("verdict") == "error" else "")
+    return rows
+
+
+def outcome_note(rows: list[dict[str, Any]]) -> str:
+    """So that the summary line never reads green while pytest failed the tests it describes."""
+    by_test: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_test.setdefault(str(row.get("test")), []).append(row)
+    odd = [t for t, rs in by_test.items() if rs[0].get("pytest_outcome") in ("failed", "error")
+           and all(r.get("outcome") in ("passed", "warned") for r in rs)]
+    if not odd:
+        return ""
+    many = len(odd) != 1
+    return (f"; pytest: {len(odd)} test{'s' if many else ''} with passing checks failed "
+            f"(in {'their bodies' if many else 'its body'}, fixtures or teardown: see pytest's summary)")
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

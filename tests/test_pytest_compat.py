@@ -38,6 +38,14 @@ def _outside(tmp_path_factory: pytest.TempPathFactory, p, **weights) -> tuple[Pa
     return base, tuned
 
 
+def _eq_args(p, tuned: Path | None = None, *extra: str) -> list[str]:
+    """The project's options, written --opt=VALUE."""
+    out = [f"--base-ckpt={p.base}", "--model-factory=tinymodels:build", f"--forgetting-cache-dir={p.path / 'cache'}"]
+    if tuned is not None:
+        out.append(f"--tuned-ckpt={tuned}")
+    return out + list(extra)
+
+
 # -- 1. --opt PATH (space) vs --opt=PATH when PATH lives outside the project ----------------------
 def test_space_form_outside_the_project_is_a_usage_error(make_project, tmp_path_factory):
     p = make_project(n=400, trap=40)
@@ -66,3 +74,154 @@ def test_space_form_outside_the_project_is_a_usage_error(make_project, tmp_path_
     inside = p.tuned("inside")
     result = p.pytester.runpytest(f"--base-ckpt={base}", "--tuned-ckpt", str(inside), *common)
     result.assert_outcomes(passed=1)
+
+
+# -- 3. a check interrupted by anything gets an ERROR row ------------------------------------------
+ODD_MODELS = '''
+import os
+import time
+
+import pytest
+import torch
+from torch import nn
+
+K = 4
+
+
+class Odd(nn.Module):
+    """The tiny linear model, which misbehaves on the 'odd' task (trap feature set to 7)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(K + 1, K))
+
+    def forward(self, x):
+        if bool((x.flatten(1)[:, K] == 7).any()):
+            mode = os.environ.get("ODD_MODE", "")
+            if mode == "fail":
+                pytest.fail("stopped from inside the model")
+            if mode == "skip":
+                pytest.skip("skipped from inside the model")
+            if mode == "sleep":
+                time.sleep(30)
+            if mode == "kbd":
+                raise KeyboardInterrupt
+        return self.net(x)
+
+
+def build():
+    return Odd()
+'''
+
+ODD_TASK = '''
+
+@pf.task("odd")
+def odd():
+    x, y = _data(400, 0, 2)
+    x[:, 0, 0, K] = 7.0
+    return pf.ImageClassificationTask(x, y)
+'''
+
+TWO_CHECKS = """
+    import pytest
+
+    @pytest.mark.retains(task="synth", max_drop=0.02)
+    def test_a_synth():
+        pass
+
+    @pytest.mark.retains(task="odd", max_drop=0.02)
+    def test_b_odd():
+        pass
+"""
+
+
+def _odd_project(make_project):
+    from conftest import CONFTEST, K, linear_weights, save_weights
+
+    p = make_project(n=400)
+    p.pytester.makepyfile(oddmodels=ODD_MODELS)
+    p.pytester.makeconftest((CONFTEST % (K, 400, 0)) + ODD_TASK)
+    state = {f"net.{k}": v for k, v in linear_weights().items()}
+    save_weights(p.path / "odd.safetensors", state)
+    p.test_file(TWO_CHECKS)
+    js = p.path / "r.json"
+    args = [f"--base-ckpt={p.path / 'odd.safetensors'}", f"--tuned-ckpt={p.path / 'odd.safetensors'}",
+            "--model-factory=oddmodels:build", "--forgetting-no-cache", f"--forgetting-json={js}"]
+    return p, args, js
+
+
+@pytest.mark.parametrize("mode, outcome, reason", [
+    ("fail", {"passed": 1, "errors": 1}, "Failed: stopped from inside the model"),
+    ("skip", {"passed": 1, "skipped": 1}, "Skipped: skipped from inside the model"),
+    ("sleep", {"passed": 1, "errors": 1}, "Timeout"),
+])
+def test_interrupted_check_gets_an_error_row(make_project, monkeypatch, mode, outcome, reason):
+    p, args, js = _odd_project(make_project)
+    monkeypatch.setenv("ODD_MODE", mode)
+    extra = ["--timeout=2", "--timeout-method=signal"] if mode == "sleep" else []
+    result = p.pytester.runpytest(*args, *extra)
+    result.assert_outcomes(**outcome)
+    rows = {r["test"].split("::")[-1]: r for r in json.loads(js.read_text())["rows"]}
+    assert rows["test_a_synth"]["verdict"] == "pass"
+    assert rows["test_b_odd"]["verdict"] == "error" and reason in rows["test_b_odd"]["reason"], rows["test_b_odd"]
+    result.stdout.fnmatch_lines(["forgetting: 2 checks, 1 passed, 1 error*"])
+
+
+def test_keyboard_interrupt_during_a_check_leaves_an_error_row(make_project, monkeypatch):
+    p, args, js = _odd_project(make_project)
+    monkeypatch.setenv("ODD_MODE", "kbd")
+    result = p.pytester.runpytest(*args, no_reraise_ctrlc=True)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    rows = {r["test"].split("::")[-1]: r for r in json.loads(js.read_text())["rows"]}
+    assert rows["test_b_odd"]["verdict"] == "error" and "KeyboardInterrupt" in rows["test_b_odd"]["reason"]
+
+
+def test_summary_line_agrees_with_pytest_when_the_body_fails(make_project):
+    p = make_project(n=400)
+    p.test_file("""
+        import pytest
+
+        @pytest.mark.retains(task="synth", max_drop=0.02)
+        def test_checks_pass_body_fails():
+            assert False, "the body's own assertion"
+    """)
+    js = p.path / "r.json"
+    result = p.pytester.runpytest(*p.args(p.base), f"--forgetting-json={js}")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["forgetting: 1 check, 1 passed*; pytest: 1 test with passing checks failed*"])
+    row = json.loads(js.read_text())["rows"][0]
+    assert row["verdict"] == "pass" and row["pytest_outcome"] == "failed"
+
+
+# -- 5. JUnit XML: one property set per check, on the testsuite, valid under xunit2, replaced on reruns
+def _junit(path: Path) -> tuple[list, list[tuple[str, str]]]:
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(path).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    cases = suite.findall("testcase")
+    props = [(p.get("name"), p.get("value")) for p in suite.findall("properties/property")]
+    return cases, props
+
+
+@pytest.mark.parametrize("family", ["xunit2", "xunit1"])
+def test_junit_properties_once_per_check_on_the_testsuite(make_project, family):
+    p = make_project(n=400, trap=40)
+    p.pytester.makefile(".toml", pyproject=textwrap.dedent(PYPROJECT))
+    p.test_file("""
+        import pytest
+
+        @pytest.mark.retains(task="synth", max_drop=0.2)
+        def test_loose():
+            pass
+    """)
+    xml = p.path / "junit.xml"
+    tuned = p.tuned(trap_weight=10.0)
+    result = p.pytester.runpytest(*_eq_args(p, tuned), f"--junitxml={xml}", "-o", f"junit_family={family}", "--reruns", "2")
+    result.assert_outcomes(passed=1, failed=1)
+    assert result.parseoutcomes().get("rerun") == 2
+    cases, props = _junit(xml)
+    assert all(case.find("properties") is None for case in cases)  # xunit2 allows none there
+    tests = [v for k, v in props if k == "forgetting_test"]
+    assert sorted(tests) == ["pyproject.toml::retains:synth", "test_contract.py::test_loose"]
+    assert sorted(v for k, v in props if k == "forgetting_verdict") == ["fail", "pass"]
