@@ -78,8 +78,10 @@ def terminal(value: Any, limit: int | None = None) -> str:
 
 # Every ASCII character that means something to CommonMark, GitHub-flavoured Markdown (tables,
 # strikethrough, autolinks) or GitHub's math: escaped with a backslash, which CommonMark allows
-# for any ASCII punctuation. Left alone: - / , = % ' " ; ? + ( ) { } ^ (inert mid-line).
-_MD_ACTIVE = frozenset("\\`*_[]<>|&!~#:.$@")
+# for any ASCII punctuation. Left alone: / , = % ' " ; ? { } ^ and - + except at the start
+# (where they would open a list item): all inert mid-line.
+_MD_ACTIVE = frozenset("\\`*_[]()<>|&!~#:.$@")
+_MD_LEADING = frozenset("-+")
 _ZWSP = "\u200b"
 
 
@@ -87,8 +89,8 @@ def markdown(value: Any, limit: int | None = None) -> str:
     """``value`` as inert Markdown text (also safe inside a GFM table cell)."""
     text = terminal(value, limit)
     out = []
-    for char in text:
-        if char in _MD_ACTIVE:
+    for i, char in enumerate(text):
+        if char in _MD_ACTIVE or (char in _MD_LEADING and not text[:i].strip()):
             out.append("\\" + char)
             if char == "@":
                 out.append(_ZWSP)  # GitHub links @mentions after rendering, escaped or not

@@ -269,3 +269,74 @@ def test_plain_project_has_the_same_verdicts(pytester):
     result = pytester.runpytest(f"--base-ckpt={base}", *[f"--tuned-ckpt={t}" for t in tuned],
                                 "--model-factory=tinymodels:build", "--forgetting-no-cache", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4, failed=4, errors=3)
+
+
+# --------------------------------------------------------------------------- the escaping itself
+
+
+def test_terminal_escapes_make_every_hidden_character_visible():
+    from pytest_forgetting import escape
+
+    assert escape.terminal(f"a\n\x1b[32m{FORGED}\r\t") == f"a\\n\\x1b[32m{FORGED}\\r\\t"
+    assert escape.terminal("\x9b2J\x7f\x00") == "\\x9b2J\\x7f\\x00"  # C1 CSI, DEL, NUL
+    assert escape.terminal("\u202eexe.txt\u2066\u200b\u2028\ufeff") == (
+        "\\u202eexe.txt\\u2066\\u200b\\u2028\\ufeff")
+    assert escape.terminal("\ud800\U000e0041") == "\\ud800\\U000e0041"
+    assert escape.terminal("é ≥ 数字 ✅ naïve") == "é ≥ 数字 ✅ naïve"  # printable text stays
+    assert escape.terminal("x" * 500, 10) == "x" * 9 + "…(+491 chars)"
+    assert escape.plot("$\\frac{1}{0}$") == "\\$\\frac{1}{0}\\$"
+
+
+def test_xml_escape_leaves_only_what_xml_can_hold():
+    from pytest_forgetting import escape
+
+    text = escape.xml("a\x00b\x1b[0m\x0b\ufffe\uffff\ud800\n\té")
+    assert text == "a\\x00b\\x1b[0m\\x0b\\ufffe\\uffff\\ud800\\n\\té"
+    element = ET.fromstring(f'<p v="{text}"/>')  # parses: nothing illegal left
+    assert element.get("v") == text
+
+
+def test_json_text_escapes_hidden_characters_and_keeps_the_values():
+    from pytest_forgetting import escape
+
+    value = {"id": "x\u202e\x9b\ud800\U000e0041\u2028 é ≥"}
+    text = escape.json_text(json.dumps(value, ensure_ascii=False))
+    assert json.loads(text) == value
+    assert not CONTROL.search(text) and "é ≥" in text
+    text.encode("utf-8")  # a lone surrogate can no longer break the write
+
+
+@pytest.mark.parametrize("name", [
+    "<script>alert(1)</script>", "[x](https://evil.example)", "![i](x.png)", "a | b", "`code`",
+    "**bold** _it_ ~~s~~", "# heading", "> quote", "- item", "+ item", "1. one", "1) one",
+    "&lt;b&gt;", "https://evil.example/x", "www.evil.example", "@octocat", "$x^2$", "a\\|b",
+    "back\\slash\\", "<https://evil.example>", "[ref]: https://evil.example", "html <!-- c -->",
+])
+def test_markdown_escape_renders_as_the_literal_text(name):
+    markdown_it = pytest.importorskip("markdown_it")
+    import html
+
+    from pytest_forgetting import escape
+
+    md = markdown_it.MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+    rendered = md.render(escape.markdown(name))
+    assert rendered.startswith("<p>") and rendered.endswith("</p>\n"), rendered
+    inner = rendered[3:-5]
+    assert "<" not in inner, rendered  # no element of any kind
+    assert html.unescape(inner).replace("\u200b", "") == name
+    # in a table cell it stays one cell
+    table = md.render(f"| a | b |\n|---|---|\n| {escape.markdown(name)} | {escape.markdown_code(name)} |\n")
+    assert len(re.findall(r"<td[ >]", table)) == 2, table
+
+
+def test_markdown_code_span_holds_any_backtick_run():
+    markdown_it = pytest.importorskip("markdown_it")
+    import html
+
+    from pytest_forgetting import escape
+
+    md = markdown_it.MarkdownIt("commonmark")
+    for name in ["a`b", "``x``", "`lead", "trail`", "<b>x</b>"]:
+        rendered = md.render(escape.markdown_code(name, table=False))
+        code = re.fullmatch(r"<p><code>(.*)</code></p>\n", rendered, flags=re.S)
+        assert code and html.unescape(code.group(1)) == name, rendered
