@@ -592,4 +592,6 @@ def report_header(config: pytest.Config) -> list[str]:
     if s.device_map:
         lines.append(f"forgetting: device_map={s.device_map} ({src.get('device_map')})"
                      + (f", max_memory={s.max_memory} ({src.get('max_memory')})" if s.max_memory else ""))
-    return lines
+    from .escape import terminal  # checkpoint paths are chosen by whoever names the files
+
+    return [terminal(line) for line in lines]
