@@ -32,10 +32,8 @@ class Forgetting:
             from .runner import CANDIDATE_ARG
 
             return sess.tuned_slot(callspec.params.get(CANDIDATE_ARG) if callspec is not None else None)
-        if isinstance(model, str):
-            from .session import ModelSlot
-
-            return ModelSlot(role, model)
+        if isinstance(model, str):  # one slot per reference for the session: a refusal is remembered
+            return sess.ref_slot(role, model)
         return sess.module_slot(role, getattr(model, "model", model) if not hasattr(model, "state_dict") else model)
 
     def _run(self, kind: str, kwargs: dict[str, Any], base: Any, tuned: Any, record: bool = False) -> Any:
@@ -60,7 +58,9 @@ class Forgetting:
             from .runner import _error_row
 
             _error_row(item, self._indices.setdefault((item.nodeid, check, ""), 1000 + len(self._indices)), check, error)
-        pytest.fail(error if error.startswith(where) else f"{where}: {error}", pytrace=False)
+        from .escape import terminal  # file, tensor and task names in the error: one visible line
+
+        pytest.fail(terminal(error if error.startswith(where) else f"{where}: {error}"), pytrace=False)
 
     def compare(self, task: str, base: Any = None, tuned: Any = None, *, metric: str | None = None, split: str = "test",
                 max_drop: float = 0.0, relative: bool = False) -> Any:
@@ -71,7 +71,9 @@ class Forgetting:
             kwargs["metric"] = metric
         result = self._run("retains", kwargs, base, tuned)
         if result.comparison is None:  # the tuned model is broken (NaN/Inf)
-            pytest.fail(result.row["reason"], pytrace=False)
+            from .escape import terminal
+
+            pytest.fail(terminal(result.row["reason"]), pytrace=False)
         return result.comparison
 
     def assert_retains(self, tuned: Any = None, *, task: str, max_drop: float, base: Any = None, **kwargs: Any) -> Any:

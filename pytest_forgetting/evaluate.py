@@ -17,6 +17,7 @@ from .errors import ConfigError, EvaluationError
 from .tasks.base import EvalResult, ModelMeta, Task, tokenizer_of
 
 DTYPES = ("float32", "bfloat16", "float16")
+_END = object()
 
 
 class NonFiniteOutputs(EvaluationError):
@@ -25,6 +26,43 @@ class NonFiniteOutputs(EvaluationError):
     def __init__(self, message: str, ids: list[str]) -> None:
         super().__init__(message)
         self.ids = ids
+
+
+class BatchFailure(EvaluationError):
+    """The task's batching or the model's forward raised on one batch.
+
+    The message says where (``task 'x' batch 3 (examples 192-255, ids a..b)``) and what
+    (``RuntimeError: ...``), escaped to one line; the session prefixes the model
+    (``tuned model 'cand' failed on ...``). ``cause`` is the original exception.
+    """
+
+    def __init__(self, message: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+#: longest excerpt of a model's own exception message in an error line
+ERROR_TEXT_LIMIT = 300
+
+
+def describe_error(exc: BaseException, limit: int = ERROR_TEXT_LIMIT) -> str:
+    """``Type: message`` of an exception as one escaped line (no raw newline, ANSI or control character)."""
+    from .escape import terminal
+
+    text = str(exc).strip()
+    name = type(exc).__name__
+    return f"{name}: {terminal(text, limit)}" if text else name
+
+
+def _batch_where(task: Task, number: int, lo: int, hi: int, ids: np.ndarray, indices: np.ndarray) -> str:
+    from .escape import terminal
+
+    where = f"task '{terminal(task.name, 80)}' batch {number}"
+    if hi <= lo:  # a batch that yields no per-example outputs (e.g. fitting a probe)
+        return where
+    first, last = (terminal(ids[indices[k]], 40) for k in (lo, hi - 1))
+    span = f"{first}" if hi - lo == 1 else f"{first}..{last}"
+    return f"{where} (examples {lo}-{hi - 1}, ids {span})"
 
 
 def resolve_device(spec: str) -> tuple[str, str]:
@@ -196,11 +234,25 @@ def run_model(
     dev = torch.device(input_device(model, device))
     collected: dict[str, list[Any]] = {}
     start = time.perf_counter()
+    done = number = 0  # examples with outputs so far; batches so far
     with deterministic(), torch.inference_mode():
-        for batch in task.batches(prepared, indices, batch_size):
-            out = task.forward(model, _to_device(batch, dev, tdtype))
+        batches = iter(task.batches(prepared, indices, batch_size))
+        while True:
+            try:
+                batch = next(batches, _END)
+                if batch is _END:
+                    break
+                out = task.forward(model, _to_device(batch, dev, tdtype))
+            except Exception as exc:  # noqa: BLE001 - one line naming the batch; OOM stays raw for the back-off
+                if isinstance(exc, NonFiniteOutputs) or is_oom(exc):
+                    raise
+                hi = min(done + batch_size, len(indices))
+                raise BatchFailure(f"failed on {_batch_where(task, number, done, hi, ids, indices)}: {describe_error(exc)}", exc) from exc
+            number += 1
             for key, value in out.items():
                 collected.setdefault(key, []).append(value)
+            first = next(iter(out.values()), None)
+            done += int(first.shape[0]) if getattr(first, "ndim", 0) else 0
     outputs: dict[str, np.ndarray] = {}
     for key, parts in collected.items():
         tensor = torch.cat([p.reshape(p.shape[0], *p.shape[1:]) for p in parts]) if parts else torch.empty(0)

@@ -61,6 +61,7 @@ class RunState:
         self.header: dict[str, Any] = {}
         self.current_item: pytest.Item | None = None
         self.outcomes: dict[str, str] = {}  # nodeid -> pytest's outcome of its last run
+        self.interrupted = False  # a KeyboardInterrupt ended the run: the reports say so
 
     @property
     def session(self) -> Any:
@@ -109,6 +110,11 @@ class _RowListener:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         collect_report(self.config, report)
+
+    def pytest_keyboard_interrupt(self, excinfo: Any) -> None:
+        st = self.config.stash.get(STATE_KEY, None)
+        if st is not None:
+            st.interrupted = True
 
 
 def state(config: pytest.Config) -> RunState:
@@ -162,7 +168,7 @@ def generate_tests(metafunc: pytest.Metafunc) -> None:
     names = candidates(metafunc.config)
     if not names:
         return
-    marked = any(metafunc.definition.iter_markers(name) for name in MARKERS)
+    marked = any(metafunc.definition.get_closest_marker(name) is not None for name in MARKERS)
     if marked and CANDIDATE_ARG not in metafunc.fixturenames:
         metafunc.fixturenames.append(CANDIDATE_ARG)  # the checks of a marked test run per candidate
     if CANDIDATE_ARG in metafunc.fixturenames and (marked or "tuned_model" in metafunc.fixturenames):
@@ -290,7 +296,7 @@ def run_item_checks(item: pytest.Item) -> None:
             _interrupted_rows(item, checks, index, exc, candidate or "")
             raise
         if error is not None:  # failed outside the except block: no chained traceback in the report
-            _error_row(item, index, check, error)
+            _error_row(item, index, check, error, candidate=candidate or "")
             from .escape import terminal  # names and file names in the reason: one visible line
 
             pytest.fail(terminal(f"{check.label}: {error}"), pytrace=False)
@@ -312,9 +318,9 @@ def _interrupted_rows(item: pytest.Item, checks: list[Check], index: int, exc: B
                 st.add_row((item.nodeid, i), row)
 
 
-def _error_row(item: pytest.Item, index: int, check: Check, reason: str) -> None:
+def _error_row(item: pytest.Item, index: int, check: Check, reason: str, candidate: str = "") -> None:
     row = {"test": item.nodeid, "task": check.task, "split": check.split, "metric": check.metric or "-", "kind": check.kind,
-           "candidate": "", "n": 0, "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None,
+           "candidate": candidate, "n": 0, "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None,
            "margin": check.margin, "relative": check.relative, "nfr": None, "verdict": "error", "reason": reason,
            "n_needed": None, "worst_classes": [], "flipped_ids": [], "base_cached": False, "base_eval_s": 0.0,
            "tuned_eval_s": 0.0, "higher_is_better": True, "outcome": "error"}
@@ -492,8 +498,10 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if is_worker(config):
         return
     st = config.stash.get(STATE_KEY, None)
-    if st is None or not st.rows:
+    if st is None:
         return
+    if not st.rows and not (st.interrupted and (st.settings.json_path or st.settings.markdown_path)):
+        return  # (an interrupted run still replaces the reports, so no stale one is read as this run's)
     from . import report
 
     rows = [_public(r) for r in with_outcomes(st)]
@@ -506,7 +514,11 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
         lines[0] += outcome_note(rows)
     for line in lines:
         tr.write_line(line)
+    if st.interrupted:
+        tr.write_line("forgetting: the run was interrupted: these results are partial (the reports say \"interrupted\"); "
+                      "run it to the end before trusting them", red=True)
     head = header(st)
+    head["interrupted"] = st.interrupted
     s = st.settings
     outputs = ((s.json_path, lambda p: report.write_json(p, head, rows)),
                (s.markdown_path, lambda p: report.write_markdown(p, head, rows)),

@@ -17,6 +17,7 @@ from . import stats
 from .cache import EvalCache
 from .checks import Check
 from .errors import CheckpointError, ConfigError, EvaluationError, ForgettingError, TaskError
+from .escape import terminal
 from .evaluate import BatchFailure, NonFiniteOutputs, describe_error, is_dispatched, is_oom, resolve_device, run_model
 from .metrics import Metric
 from .options import Settings, candidate_name
@@ -227,7 +228,8 @@ class ForgettingSession:
         try:
             return self.fingerprint(slot)
         except Exception as exc:  # noqa: BLE001
-            raise self._refuse(slot, exc) from None
+            slot.refused = _refusal(slot, exc, name_it=not str(exc).startswith(f"{slot.role} checkpoint"))
+            raise _again(slot.refused) from None
 
     def ref_slot(self, role: str, ref: str) -> ModelSlot:
         """The slot of a checkpoint reference (Python API): the session's own when it is the same
@@ -387,10 +389,10 @@ class ForgettingSession:
                         _empty_cuda_cache()
                         continue
                     raise EvaluationError(
-                        f"out of memory evaluating {slot.label} on task {task.name!r} at batch size {self.batch_size}; "
+                        f"out of memory evaluating {slot.label} on task '{terminal(task.name, 80)}' at batch size {self.batch_size}; "
                         "try --forgetting-batch-size auto or a smaller N"
                     ) from None
-                raise EvaluationError(f"{slot.label} failed on task {task.name!r}: {describe_error(exc)}") from None
+                raise EvaluationError(f"{slot.label} failed on task '{terminal(task.name, 80)}': {describe_error(exc)}") from None
 
     def evaluate(self, slot: ModelSlot, task: Task, split: str) -> tuple[EvalResult, bool]:
         """(result, from_cache). Base evaluations go through the on-disk cache; everything is memoised."""
