@@ -30,6 +30,17 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     runner.configure(config)
+    from .tasks import declared  # standard library only; reads data only for declared tasks
+
+    declared.configure(config)
+
+
+def pytest_cmdline_main(config: pytest.Config) -> Any:
+    if config.getoption("forgetting_list_tasks", None):
+        from .tasks.declared import list_tasks_main
+
+        return list_tasks_main(config)
+    return None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -39,6 +50,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.hookimpl(tryfirst=True)  # before -k / -m deselection, so declared checks can be selected
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     runner.collect_checks(session, config, items)
+
+
+def pytest_collect_file(file_path: Any, parent: pytest.Collector) -> Any:
+    return runner.declared_file(file_path, parent)  # one path comparison for every other file
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

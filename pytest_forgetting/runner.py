@@ -61,6 +61,22 @@ class RunState:
         self.header: dict[str, Any] = {}
         self.current_item: pytest.Item | None = None
         self.outcomes: dict[str, str] = {}  # nodeid -> pytest's outcome of its last run
+        self.declared: list[tuple[Any, str]] | None = None  # parsed declarations (check, where)
+        self.declared_collected = False  # their items came from collecting the anchor file itself
+        self._anchor: Path | None = None
+
+    @property
+    def anchor(self) -> Path:
+        """The file declared checks hang from: pyproject.toml of the rootdir, else the ini file.
+
+        Their ids (``pyproject.toml::retains:mnist``) then start with a real path, which is what
+        ``--lf``, ``--sw``, ``--deselect`` and a pasted id need to find them again.
+        """
+        if self._anchor is None:
+            pyproject = Path(self.config.rootpath) / "pyproject.toml"
+            inipath = self.config.inipath
+            self._anchor = pyproject if pyproject.is_file() or not inipath else Path(inipath)
+        return self._anchor
         self.interrupted = False  # a KeyboardInterrupt ended the run: the reports say so
 
     @property
@@ -125,11 +141,15 @@ def state(config: pytest.Config) -> RunState:
 CANDIDATE_ARG = "_forgetting_candidate"
 
 
-class DeclaredChecks(pytest.Collector):
-    """Parent of the checks declared with --retains / --improves / [tool.pytest_forgetting]."""
+class DeclaredChecks(pytest.File):
+    """The checks declared with --retains / --improves / [tool.pytest_forgetting], as children of
+    the anchor file (``RunState.anchor``, usually pyproject.toml)."""
 
-    def collect(self) -> list[pytest.Item]:  # pragma: no cover - items are created directly
-        return []
+    def collect(self) -> list[pytest.Item]:
+        st = state(self.config)
+        checks = parse_declarations(self.config)
+        st.declared_collected = True
+        return _declared_items(self, self.config, checks)
 
 
 class CheckItem(pytest.Item):
@@ -147,7 +167,7 @@ class CheckItem(pytest.Item):
         pass  # and its pytest_runtest_call hook turns the verdicts into the outcome
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, None, f"forgetting::{self.name}"
+        return self.path, None, self.name
 
     def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
         if isinstance(excinfo.value, pytest.fail.Exception):
@@ -175,12 +195,15 @@ def generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize(CANDIDATE_ARG, names, ids=names, scope="session")
 
 
-def declared_checks(session: pytest.Session, config: pytest.Config) -> list[pytest.Item]:
-    """Items for the checks declared on the command line and in pyproject.toml."""
+def parse_declarations(config: pytest.Config) -> list[tuple[Any, str]]:
+    """The checks declared on the command line and in pyproject.toml, validated once per run."""
     st = state(config)
+    if st.declared is not None:
+        return st.declared
     s = st.settings
     pyproject = Path(config.rootpath) / "pyproject.toml"
     if not (s.retains or s.improves or _mentions_plugin(pyproject)):
+        st.declared = []
         return []  # the common case of an unrelated suite: no parsing, no imports
     from .checks import parse_check
     from .declarations import check_duplicates, load_pyproject, parse_spec
@@ -192,21 +215,56 @@ def declared_checks(session: pytest.Session, config: pytest.Config) -> list[pyte
         check_duplicates(checks)
     except ConfigError as exc:
         raise pytest.UsageError(f"pytest-forgetting: {exc}") from None
-    if not checks:
-        return []
-    parent = DeclaredChecks.from_parent(session, name="forgetting", path=Path(config.rootpath), nodeid="forgetting")
-    labels: dict[str, int] = {}
+    st.declared = checks
+    return checks
+
+
+def declared_name(check: Check) -> str:
+    """``retains:mnist``, ``retains:news:f1_macro``: no brackets, which pytest 9 reads as parameters."""
+    metric = "" if check.metric in ("", "accuracy") else f":{check.metric}"
+    return f"{check.kind}:{check.task}{metric}"
+
+
+def _declared_items(parent: pytest.Collector, config: pytest.Config, checks: list[tuple[Any, str]]) -> list[pytest.Item]:
+    seen: dict[str, int] = {}
     items: list[pytest.Item] = []
     names = candidates(config) or [None]
     for check, _ in checks:
-        label = check.label
-        labels[label] = labels.get(label, 0) + 1
-        if labels[label] > 1:
-            label = f"{label[:-1]}-{labels[label]}]"
+        label = declared_name(check)
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] > 1:
+            label = f"{label}-{seen[label]}"
         for cand in names:
-            name = label if cand is None else f"{label[:-1]}-{cand}]"
-            items.append(CheckItem.from_parent(parent, name=name, check=check, candidate=cand))
+            name = label if cand is None else f"{label}@{cand}"
+            item = CheckItem.from_parent(parent, name=name, check=check, candidate=cand)
+            item.add_marker(pytest.mark.xdist_group(name=f"forgetting-{check.task}"))
+            items.append(item)
     return items
+
+
+def declared_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """``pytest pyproject.toml::retains:mnist``: the anchor file named on the command line collects its checks."""
+    st = parent.config.stash.get(STATE_KEY, None)
+    if st is None or file_path != st.anchor or not parent.session.isinitpath(file_path):
+        return None  # walked past it: collect_checks adds the checks once every conftest is loaded
+    return DeclaredChecks.from_parent(parent, path=file_path)
+
+
+def declared_checks(session: pytest.Session, config: pytest.Config) -> list[pytest.Item]:
+    """Items for the declared checks, collected through pytest's own collection hooks.
+
+    Going through ``pytest_make_collect_report`` / ``pytest_collectreport`` counts them in
+    "collected N items" and lets ``--lf`` skip them when only other files failed last time.
+    """
+    st = state(config)
+    if st.declared_collected or not parse_declarations(config):
+        return []
+    parent = DeclaredChecks.from_parent(session, path=st.anchor)
+    rep = session.ihook.pytest_make_collect_report(collector=parent)
+    session.ihook.pytest_collectreport(report=rep)
+    if not rep.passed:
+        return []
+    return [x for x in rep.result if isinstance(x, pytest.Item)]
 
 
 def _mentions_plugin(pyproject: Path) -> bool:

@@ -225,3 +225,47 @@ def test_junit_properties_once_per_check_on_the_testsuite(make_project, family):
     tests = [v for k, v in props if k == "forgetting_test"]
     assert sorted(tests) == ["pyproject.toml::retains:synth", "test_contract.py::test_loose"]
     assert sorted(v for k, v in props if k == "forgetting_verdict") == ["fail", "pass"]
+
+
+# -- 4. declared-check ids that pytest finds again -------------------------------------------------
+DECLARED = """
+    [tool.pytest_forgetting]
+    retains = [{ task = "synth", max_drop = 0.02 }, { task = "synth", metric = "f1_macro", max_drop = 0.5 }]
+"""
+
+LOOSE_AND_PLAIN = """
+    import pytest
+
+    @pytest.mark.retains(task="synth", max_drop=0.2)
+    def test_loose():
+        pass
+
+    def test_plain():
+        pass
+"""
+
+
+def test_declared_check_ids_round_trip(make_project):
+    p = make_project(n=400, trap=40)
+    p.pytester.makefile(".toml", pyproject=textwrap.dedent(DECLARED))
+    p.test_file(LOOSE_AND_PLAIN)
+    args = _eq_args(p, p.tuned(trap_weight=10.0))
+    run = p.pytester.runpytest
+
+    result = run(*args, "--co", "-q")
+    result.stdout.fnmatch_lines(["pyproject.toml::retains:synth", "pyproject.toml::retains:synth:f1_macro", "4 tests collected*"])
+    result = run(*args)
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["collected 4 items"])  # the declared checks are counted
+    result.stdout.fnmatch_lines(["FAILED pyproject.toml::retains:synth - *"])
+
+    run(*args, "--lf").assert_outcomes(failed=1)  # only the declared check that failed
+    run(*args, "pyproject.toml::retains:synth").assert_outcomes(failed=1)  # the id pasted back
+    run(*args, "-k", "retains:synth:f1_macro").assert_outcomes(passed=1, deselected=3)
+    # (--deselect takes node-id prefixes, as for functions: retains:synth would take retains:synth:f1_macro too)
+    run(*args, "--deselect", "pyproject.toml::retains:synth:f1_macro").assert_outcomes(passed=2, failed=1, deselected=1)
+
+    run(*args, "--sw").assert_outcomes(passed=2, failed=1)  # stops at the declared check (collected last)
+    result = run(*args, "--sw")
+    result.assert_outcomes(failed=1, deselected=2)  # resumes at it
+    assert "not found" not in result.stdout.str()
