@@ -358,8 +358,9 @@ _DEFAULT_SPLIT = "test"  # the markers' default split, left out of the table's t
 def _row_cells(row: Row, short: Mapping[str, str]) -> list[str]:
     base, tuned = _values_texts(row, [row.get("base"), row.get("tuned")])
     test = str(row.get("test") or "")
+    examples = row.get("examples")  # a Hypothesis test: the worst of its examples
     return [
-        escape.terminal(short.get(test, test)),
+        escape.terminal(short.get(test, test)) + (f" (worst of {examples})" if examples else ""),
         _task_text(row, default_split=_DEFAULT_SPLIT),
         escape.terminal(row.get("metric") or "?", _NAME_LIMIT),
         _n_text(row),

@@ -269,3 +269,49 @@ def test_declared_check_ids_round_trip(make_project):
     result = run(*args, "--sw")
     result.assert_outcomes(failed=1, deselected=2)  # resumes at it
     assert "not found" not in result.stdout.str()
+
+
+# -- 6. Hypothesis: one row per check, the worst example's, with the count of examples -------------
+HYPOTHESIS_TESTS = """
+    from hypothesis import given, settings, strategies as st
+    from safetensors.torch import load_file
+
+    from tinymodels import build
+
+
+    def model(name):
+        m = build()
+        m.load_state_dict(load_file(name))
+        return m.eval()
+
+
+    @settings(max_examples=6, deadline=None, derandomize=True, database=None)
+    @given(name=st.sampled_from(["tuned.safetensors", "base.safetensors"]))
+    def test_worst_example_shown(forgetting, name):
+        forgetting.assert_retains(model(name), task="synth", max_drop=0.2)
+
+
+    @settings(max_examples=6, deadline=None, derandomize=True, database=None)
+    @given(max_drop=st.sampled_from([0.5, 0.3, 0.05]))
+    def test_varying_margin_is_one_row(forgetting, max_drop):
+        forgetting.assert_retains(model("tuned.safetensors"), task="synth", max_drop=max_drop)
+"""
+
+
+def test_hypothesis_rows_are_the_worst_example(make_project):
+    p = make_project(n=400, trap=40)
+    p.tuned(trap_weight=10.0)  # tuned.safetensors: 10 pp worse than base.safetensors
+    p.test_file(HYPOTHESIS_TESTS)
+    js, xml = p.path / "r.json", p.path / "junit.xml"
+    result = p.pytester.runpytest(*_eq_args(p), f"--forgetting-json={js}", f"--junitxml={xml}")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["forgetting: 2 checks, 1 passed, 1 failed*"])
+    result.stdout.fnmatch_lines(["test_varying_margin_is_one_row (worst of *)*FAIL"])
+    rows = {r["test"].split("::")[-1]: r for r in json.loads(js.read_text())["rows"]}
+    assert sorted(rows) == ["test_varying_margin_is_one_row", "test_worst_example_shown"]
+    worst = rows["test_worst_example_shown"]
+    assert worst["verdict"] == "pass" and abs(worst["tuned"] - 0.9) < 1e-9 and worst["examples"] >= 2
+    varying = rows["test_varying_margin_is_one_row"]
+    assert varying["verdict"] == "fail" and varying["margin"] == 0.05 and varying["examples"] >= 2
+    _, props = _junit(xml)
+    assert sorted(v for k, v in props if k == "forgetting_test") == sorted(r["test"] for r in rows.values())
