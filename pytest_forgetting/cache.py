@@ -139,8 +139,8 @@ class EvalCache:
             f"pytest-forgetting: cache folder {self.directory} {problem}; running without the cache "
             "(set --forgetting-cache-dir or $FORGETTING_CACHE_DIR to a private folder, or pass --forgetting-no-cache)"
         )
-        try:
-            warnings.warn(CacheWarning(message), stacklevel=3)
+        try:  # one fixed location: the same warning from every test and xdist worker is shown once
+            warnings.warn_explicit(CacheWarning(message), CacheWarning, "pytest-forgetting", 0)
         except Warning:  # warnings turned into errors (-W error): the run must still go on uncached
             pass
 

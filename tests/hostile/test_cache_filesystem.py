@@ -371,3 +371,17 @@ def test_offload_folder_is_private_and_never_behind_a_link(tmp_path):
     with pytest.warns(UserWarning, match="is a symbolic link"):
         folder3 = Path(_offload_dir(refused))
     assert elsewhere not in folder3.parents and list(elsewhere.iterdir()) == []
+
+
+def test_one_warning_under_xdist(make_project, tmp_path):
+    """Every worker finds the folder unusable; the run still shows the warning once."""
+    pytest.importorskip("xdist")
+    p, tuned = setup(make_project)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    proc, rows = run_subprocess(p, args(p, tuned, cache, "-n", "2"), timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "1 failed, 2 passed" in out, out[-3000:]
+    assert verdicts(rows) == HONEST
+    assert out.count("pytest-forgetting: cache folder") == 1, out[-3000:]
