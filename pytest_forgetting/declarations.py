@@ -81,6 +81,8 @@ def load_pyproject(path: Path) -> list[Declaration]:
     out: list[Declaration] = []
     for key, value in table.items():
         where = f"{path.name} [{TABLE}] {key}"
+        if key == "tasks":  # [tool.pytest_forgetting.tasks.NAME]: data tasks, read by tasks.declared
+            continue
         if key not in KINDS:
             from .registry import suggest
 

@@ -53,6 +53,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("early_stop", "--forgetting-early-stop", "evaluate the tuned model in seeded random order and stop once the verdict is settled (anytime-valid confidence sequence)", "forgetting_early_stop", default=False, kind="bool"),
     Option("retains", "--retains", "declare a retention check without writing a test: TASK:MAX_DROP[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
     Option("improves", "--improves", "declare an improvement check: TASK:MIN_GAIN[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
+    Option("tasks", "--forgetting-task", "declare a data task without Python: NAME=FORMAT:PATH[,key=value...], FORMAT csv|jsonl|conll|parquet|datasets|hub, keys text= label= id= class_names=a|b ... (repeatable)", None, default=(), kind="list", metavar="NAME=FORMAT:PATH,..."),
+    Option("list_tasks", "--forgetting-list-tasks", "list every registered task with its metrics, splits and size, and exit", None, default=False, kind="bool"),
     Option("allow_download", "--forgetting-allow-download", "let hub ids download (default: local Hugging Face cache only)", None, default=False, kind="bool"),
     Option("device_map", "--forgetting-device-map", "split Hugging Face folders too large for one device with accelerate: auto | balanced | balanced_low_0 | sequential | a JSON file mapping module names to devices (cpu, disk, N, cuda:N)", "forgetting_device_map", "FORGETTING_DEVICE_MAP", metavar="MAP"),
     Option("max_memory", "--forgetting-max-memory", "memory budget per device for --forgetting-device-map auto/balanced/sequential, e.g. cpu=40GiB,0=10GiB", "forgetting_max_memory", "FORGETTING_MAX_MEMORY", metavar="DEV=SIZE,..."),
@@ -84,6 +86,8 @@ class Settings:
     max_memory: str | None = None  # "cpu=40GiB,0=10GiB" (validated)
     retains: tuple[str, ...] = ()
     improves: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()  # --forgetting-task declarations (registered by tasks.declared)
+    list_tasks: bool = False
     rootdir: str = "."
     sources: dict[str, str] = field(default_factory=dict)
 

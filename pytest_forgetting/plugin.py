@@ -30,6 +30,17 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     runner.configure(config)
+    from .tasks import declared  # standard library only; reads data only for declared tasks
+
+    declared.configure(config)
+
+
+def pytest_cmdline_main(config: pytest.Config) -> Any:
+    if config.getoption("forgetting_list_tasks", None):
+        from .tasks.declared import list_tasks_main
+
+        return list_tasks_main(config)
+    return None
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:

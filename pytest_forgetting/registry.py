@@ -1,8 +1,10 @@
 """The task registry: one record per task name, lazily built.
 
-Tasks come from three places: the built-ins (lazy ``"module:attr"`` entries, so nothing heavy
+Tasks come from these places: the built-ins (lazy ``"module:attr"`` entries, so nothing heavy
 is imported until a task is used), ``@pytest_forgetting.task("name")`` in a conftest or
-package, and the entry-point group ``pytest_forgetting.tasks``. A name registered twice by
+package, the entry-point group ``pytest_forgetting.tasks``, data tasks declared without Python
+(``[tool.pytest_forgetting.tasks.NAME]``, ``--forgetting-task``; see ``tasks.declared``) and
+data files named as tasks (``--retains data/test.csv:0.02``). A name registered twice by
 different factories is an error; an unknown name gets a "did you mean" suggestion.
 """
 
@@ -87,7 +89,22 @@ class TaskRegistry:
 
     def __contains__(self, name: str) -> bool:
         self._load_entry_points()
-        return name in self.entries
+        return name in self.entries or self._data_file_task(name)
+
+    def _data_file_task(self, name: Any) -> bool:
+        """A data file's path as the task name (default columns text / label / id): registered on first use.
+
+        Raises ConfigError for a name with a data suffix whose file does not exist.
+        """
+        if not isinstance(name, str) or not name:
+            return False
+        from .tasks.declared import path_task, register
+
+        spec = path_task(name)
+        if spec is None:
+            return False
+        register(spec)
+        return True
 
     def check_name(self, name: str) -> None:
         if name not in self:

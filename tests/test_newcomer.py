@@ -230,3 +230,90 @@ def test_labels_map_by_index_or_by_name(pytester, topic_model, tmp_path):
         "test_integer_labels *ints *accuracy* 300 *100.0%*100.0%*PASS",
     ])  # fmt: skip
     assert "are not classes of the task" not in out
+
+
+# -- 3. data tasks with zero Python ---------------------------------------------------------------
+
+
+def _data_project(pytester, hf_project):
+    """A project with only data files and pyproject.toml: no conftest, no task code."""
+    import datasets
+
+    texts, pred = hf_project["texts"], hf_project["pred"]
+    data = pytester.path / "data"
+    data.mkdir()
+    _csv(data / "news_test.csv", [(f"n{i}", t, int(y)) for i, (t, y) in enumerate(zip(texts, pred))])  # default columns
+    with (data / "tickets.csv").open("w") as fh:
+        fh.write("ticket,body,topic\n" + "".join(f"k{i},{t},{POLARITY[int(y)]}\n" for i, (t, y) in enumerate(zip(texts, pred))))
+    with (data / "reviews.jsonl").open("w") as fh:
+        for i, (t, y) in enumerate(zip(texts, pred)):
+            fh.write(json.dumps({"uid": f"r{i}", "review": t, "sentiment": int(y)}) + "\n")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=POLARITY)})
+    datasets.Dataset.from_dict({"text": texts, "label": pred.tolist()}, features=features).save_to_disk(str(data / "saved"))
+    pytester.makepyprojecttoml(
+        """
+        [tool.pytest_forgetting.tasks.feedback]
+        path = "data/reviews.jsonl"
+        text = "review"
+        label = "sentiment"
+        id = "uid"
+
+        [tool.pytest_forgetting]
+        retains = [{ task = "feedback", max_drop = 0.05 }]
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.retains(task="tickets", max_drop=0.05)
+        def test_keeps_tickets(): pass
+        """
+    )
+
+
+def test_data_tasks_without_python(pytester, hf_project, tmp_path):
+    _data_project(pytester, hf_project)
+    folder = hf_project["base"]
+    common = [f"--base-ckpt={folder}", f"--tuned-ckpt={folder}", "--forgetting-device=cpu",
+              f"--forgetting-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider"]  # fmt: skip
+    result = pytester.runpytest(
+        *common, "--forgetting-task=tickets=csv:data/tickets.csv,text=body,label=topic,id=ticket",
+        "--forgetting-task=saved=datasets:data/saved", "--retains=saved:0.05", "--retains=data/news_test.csv:0.05",
+    )  # fmt: skip
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines([
+        "forgetting: 4 checks, 4 passed*",
+        "*retains*data/news_test.csv* data/news_test.csv *accuracy*120*100.0%*PASS",
+        "*retains*feedback* feedback *accuracy*120*100.0%*PASS",
+        "*retains*saved* saved *accuracy*120*100.0%*PASS",
+        "test_keeps_tickets *tickets *accuracy*120*100.0%*PASS",
+    ])  # fmt: skip
+
+    listed = pytester.runpytest("--forgetting-list-tasks", "--forgetting-task=tickets=data/tickets.csv,text=body,label=topic", "-p", "no:cacheprovider")
+    assert listed.ret == 0
+    listed.stdout.fnmatch_lines([
+        "forgetting: * tasks",
+        "task * class * metrics (default first) * splits (examples) * from",
+        "digits * ImageClassificationTask * accuracy, * train 1,257, test 540 * built-in",
+        "feedback * TextClassificationTask * accuracy, * test 120 * pyproject.toml ?tool.pytest_forgetting.tasks.feedback?",
+        "tickets * TextClassificationTask * accuracy, * test 120 * --forgetting-task*",
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--forgetting-task=t=csv:data/nope.csv"], "*--forgetting-task 't=csv:data/nope.csv': data file */data/nope.csv does not exist*"),
+        (["--forgetting-task=t=csv:data/tickets.csv,txt=body"], "*unknown key 'txt' for a csv task (did you mean 'text'?)*"),
+        (["--forgetting-task=t=csv:data/tickets.csv,text=bdy,label=topic"], "*data/tickets.csv has no column 'bdy' (did you mean 'body'?)*name it with text=...*"),
+        (["--forgetting-task=t=cvs:data/tickets.csv"], "*unknown format 'cvs' (did you mean 'csv'?)*"),
+        (["--retains=data/news_tset.csv:0.02"], "*task 'data/news_tset.csv' names a data file, but there is none*"),
+    ],
+)
+def test_declared_task_mistakes_are_usage_errors(pytester, hf_project, args, message):
+    _data_project(pytester, hf_project)
+    result = pytester.runpytest(f"--base-ckpt={hf_project['base']}", f"--tuned-ckpt={hf_project['base']}", *args, "-p", "no:cacheprovider")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines([message])
+    assert len([ln for ln in result.stderr.lines if ln.strip()]) == 1, result.stderr.str()

@@ -8,7 +8,7 @@ Every loader ends in the same builder, so the column conventions are the same ev
 - Column names: ``text=`` (text kinds), ``image=`` (image kind: file paths relative to the
   data file, PIL images from a ``datasets.Image`` column, or arrays), ``label=``; ``tokens=`` and
   ``tags=`` (token kind: lists, or whitespace-separated strings in CSV); ``id=`` (stable example
-  ids; default ``"<split>/<row>"``).
+  ids; default: the column ``"id"`` when there is one, else ``"<split>/<row>"``).
 - Splits: a mapping ``{split: path}``, a ``split_column=`` whose values name each row's split,
   or the splits of a ``DatasetDict``; a single unsplit file is the split ``"test"``.
 - Slices: ``columns=None`` keeps every other column of scalar values (str, int, float, bool)
@@ -223,6 +223,13 @@ def _coerce_labels(values: list[Any], where: str) -> list[Any]:
     return [str(v) for v in values]
 
 
+def _id_column(part: _Part, id_column: str | None) -> str | None:
+    """The id column: the one named, else ``"id"`` when the data has it (the documented default)."""
+    if id_column is None and "id" in part.columns:
+        return "id"
+    return id_column
+
+
 def _ids(part: _Part, id_column: str | None) -> list[str] | None:
     if id_column is None:
         return None
@@ -301,8 +308,9 @@ def build_task(
             tag_rows = [_words(v, f"{part.source}, row {i}") for i, v in enumerate(part.column(tag_col, "tags"))]
             if tag_names is None and tag_col in part.names:
                 tag_names = part.names[tag_col]
-            cols = _slice_columns(part, {tokens, tag_col, id or ""}, columns)
-            specs[split] = (words, tag_rows, _ids(part, id), cols)
+            id_col = _id_column(part, id)
+            cols = _slice_columns(part, {tokens, tag_col, id_col or ""}, columns)
+            specs[split] = (words, tag_rows, _ids(part, id_col), cols)
         return TokenClassificationTask(splits=specs, tag_names=tag_names, **options)
 
     input_col = image if kind == "image" else text
@@ -317,8 +325,9 @@ def build_task(
             if any(v is None for v in raw):
                 raise TaskError(f"{part.source}: some texts in column {input_col!r} are missing")
             x = [str(v) for v in raw]
-        cols = _slice_columns(part, {input_col, label, id or ""}, columns)
-        specs[split] = (x, labels, _ids(part, id), cols)
+        id_col = _id_column(part, id)
+        cols = _slice_columns(part, {input_col, label, id_col or ""}, columns)
+        specs[split] = (x, labels, _ids(part, id_col), cols)
     # a mix of int and str labels across splits would not encode consistently
     kinds_seen = {type(v).__name__ for spec in specs.values() for v in spec[1][:1]}
     if len(kinds_seen) > 1:
