@@ -142,7 +142,9 @@ class EvalCache:
         try:  # one fixed location: the same warning from every test and xdist worker is shown once
             warnings.warn_explicit(CacheWarning(message), CacheWarning, "pytest-forgetting", 0)
         except Warning:  # warnings turned into errors (-W error): the run must still go on uncached
-            pass
+            import sys
+
+            sys.stderr.write(message + "\n")
 
     def _check_folder(self) -> str | None:
         path = self.directory

@@ -385,3 +385,46 @@ def test_one_warning_under_xdist(make_project, tmp_path):
     assert proc.returncode == 1 and "1 failed, 2 passed" in out, out[-3000:]
     assert verdicts(rows) == HONEST
     assert out.count("pytest-forgetting: cache folder") == 1, out[-3000:]
+
+
+# -- where the cache lives ------------------------------------------------------------------------
+def test_default_cache_folder_is_the_platform_user_cache_folder(tmp_path):
+    from pytest_forgetting.options import default_cache_dir
+
+    home = str(tmp_path / "home")
+    assert default_cache_dir({"HOME": home, "XDG_CACHE_HOME": str(tmp_path / "xdg")}, "linux") == tmp_path / "xdg" / "pytest-forgetting"
+    assert default_cache_dir({"HOME": home, "XDG_CACHE_HOME": "relative/xdg"}, "linux") == Path(home, ".cache", "pytest-forgetting")
+    assert default_cache_dir({"HOME": home}, "linux") == Path(home, ".cache", "pytest-forgetting")
+    assert default_cache_dir({"HOME": home}, "darwin") == Path(home, "Library", "Caches", "pytest-forgetting")
+    assert default_cache_dir({"USERPROFILE": home, "LOCALAPPDATA": str(tmp_path / "local")}, "win32") == tmp_path / "local" / "pytest-forgetting"
+
+
+def test_cache_folder_from_env_and_ini_never_the_rootdir_by_default(make_project, tmp_path, monkeypatch):
+    p, tuned = setup(make_project)
+    xdg = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
+    p.pytester.makeini("[pytest]\nforgetting_cache_dir = ini-cache\n")
+    monkeypatch.setenv("FORGETTING_CACHE_DIR", str(tmp_path / "env-cache"))
+    result, rows = run(p, tuned, None)  # env > ini
+    assert_honest(result, rows)
+    assert entries(tmp_path / "env-cache") and not (p.path / "ini-cache").exists()
+    monkeypatch.delenv("FORGETTING_CACHE_DIR")
+    result, rows = run(p, tuned, None)  # ini (an untracked folder of the rootdir: allowed)
+    assert_honest(result, rows)
+    assert entries(p.path / "ini-cache") and warning_count(result) == 0
+    (p.path / "tox.ini").unlink()
+    result, rows = run(p, tuned, None)  # default: the user cache folder, nothing in the rootdir
+    assert_honest(result, rows)
+    assert entries(xdg / "pytest-forgetting")
+    assert not [f for f in p.path.rglob("*.npz") if "ini-cache" not in f.parts]
+
+
+def test_unusable_folder_under_warnings_as_errors_still_runs_uncached(make_project, tmp_path):
+    """``-W error`` (or ``filterwarnings = error``) must not turn the one warning into an ERROR of every check."""
+    p, tuned = setup(make_project)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+    result, rows = run(p, tuned, cache, "-W", "error::UserWarning")
+    assert_honest(result, rows)
+    assert warning_count(result) == 1  # on stderr instead
