@@ -30,6 +30,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     runner.configure(config)
+    if config.getoption("htmlpath", None):  # pytest-html's --html: the table and rows go in its report
+        from . import htmlreport
+
+        htmlreport.register(config)
     from .tasks import declared  # standard library only; reads data only for declared tasks
 
     declared.configure(config)

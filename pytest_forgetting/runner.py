@@ -652,7 +652,9 @@ def report_header(config: pytest.Config) -> list[str]:
         return []
     src = s.sources
     device = s.device
-    if device == "auto":
+    if device == "auto" and config.getoption("collectonly", False):
+        device = "auto (not probed under --collect-only, which never imports torch)"
+    elif device == "auto":
         import torch
 
         device = "auto -> cuda" if torch.cuda.is_available() else "auto -> cpu (no CUDA device)"

@@ -6,6 +6,7 @@ Each test drives a whole run through pytester on the tiny project of ``conftest.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -315,3 +316,34 @@ def test_hypothesis_rows_are_the_worst_example(make_project):
     assert varying["verdict"] == "fail" and varying["margin"] == 0.05 and varying["examples"] >= 2
     _, props = _junit(xml)
     assert sorted(v for k, v in props if k == "forgetting_test") == sorted(r["test"] for r in rows.values())
+
+
+# -- 7. pytest-html, --collect-only ----------------------------------------------------------------
+def test_pytest_html_gets_the_table_and_each_tests_rows(make_project):
+    pytest.importorskip("pytest_html")
+    p = make_project(n=400, trap=40)
+    p.pytester.makefile(".toml", pyproject=textwrap.dedent(DECLARED))
+    p.test_file(LOOSE_AND_PLAIN)
+    page = p.path / "report.html"
+    result = p.pytester.runpytest(*_eq_args(p, p.tuned(trap_weight=10.0)), f"--html={page}", "--self-contained-html")
+    result.assert_outcomes(passed=3, failed=1)
+    text = page.read_text()
+    assert "forgetting summary" in text and "3 checks, 2 passed, 1 failed" in text
+    # the summary table, and the passing test's own row as its extra
+    assert len(re.findall(r"test_loose +synth +accuracy +400 +100.0% +90.0%", text)) == 2
+    result = p.pytester.runpytest(*_eq_args(p, p.tuned(trap_weight=10.0)), "-p", "no:html")
+    result.assert_outcomes(passed=3, failed=1)  # without pytest-html nothing of it is needed
+
+
+def test_collect_only_does_not_import_torch(make_project):
+    import subprocess
+    import sys
+
+    p = make_project(n=400)
+    p.pytester.makefile(".toml", pyproject=textwrap.dedent(DECLARED))
+    p.test_file(LOOSE_AND_PLAIN)
+    code = ("import sys, pytest; rc = pytest.main(['--co', '-p', 'no:cacheprovider', *sys.argv[1:]]); "
+            "print('torch imported:', 'torch' in sys.modules, 'rc:', int(rc))")
+    out = subprocess.run([sys.executable, "-c", code, *_eq_args(p, p.base)], cwd=p.path, capture_output=True, text=True)
+    assert "4 tests collected" in out.stdout, out.stdout + out.stderr
+    assert "torch imported: False rc: 0" in out.stdout, out.stdout + out.stderr
