@@ -123,7 +123,11 @@ def _verdict(row: Row) -> str:
 
 
 def _candidates(rows: Iterable[Row]) -> list[str]:
-    return sorted({str(r.get("candidate") or "") for r in rows})
+    """The tuned candidates of the rows. With named candidates, rows of models a test built itself
+    (``finetune`` results, modules: candidate "") are not one more candidate."""
+    names = sorted({str(r.get("candidate") or "") for r in rows})
+    named = [n for n in names if n]
+    return named or names
 
 
 def _counts_phrase(rows: list[Row]) -> str:
@@ -408,7 +412,7 @@ def format_table(rows: Iterable[Row], *, alpha: float, width: int | None = None)
         candidate = str(row.get("candidate") or "")
         if several and candidate != current:
             current = candidate
-            lines.append(f"candidate {escape.terminal(candidate, _NAME_LIMIT) or '(unnamed)'}:")
+            lines.append(f"candidate {escape.terminal(candidate, _NAME_LIMIT)}:" if candidate else "models built by the tests (no candidate):")
         lines.append(render(row_cells))
 
     lines.append(
@@ -429,7 +433,7 @@ def _ranking_lines(rows: list[Row], esc: Any = escape.terminal) -> list[str]:
     ``esc`` escapes the task and candidate names for the output (terminal or Markdown).
     """
     by_task: dict[str, list[Row]] = {}
-    for row in rows:
+    for row in [r for r in rows if r.get("candidate")] or rows:  # models the tests built rank nowhere
         by_task.setdefault(str(row.get("task") or "?"), []).append(row)
     lines = []
     for task in sorted(by_task):

@@ -317,3 +317,59 @@ def test_declared_task_mistakes_are_usage_errors(pytester, hf_project, args, mes
     assert result.ret == 4
     result.stderr.fnmatch_lines([message])
     assert len([ln for ln in result.stderr.lines if ln.strip()]) == 1, result.stderr.str()
+
+
+# -- 4. the example's property tests are derandomised; fine-tuning tests are no candidate -----------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "example_project"
+
+
+def test_example_project_is_derandomised_and_counts_only_real_candidates(pytester, tmp_path):
+    """The example's own tests, on random CNN weights (the verdicts do not matter here)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    for name in ("conftest.py", "cnn.py", "pyproject.toml"):
+        shutil.copy(EXAMPLE / name, pytester.path / name)
+    shutil.copytree(EXAMPLE / "tests", pytester.path / "tests")
+    (pytester.path / "tests" / "test_profile.py").write_text(
+        "from hypothesis import settings\n\n"
+        "def test_hypothesis_profile_is_derandomised():\n"
+        "    assert settings.default.derandomize is True and settings.default.database is None\n"
+    )
+    import sys
+
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from cnn import build_model
+    finally:
+        sys.path.remove(str(EXAMPLE))
+    refs = {}
+    for name, seed in (("base", 0), ("naive", 1), ("replay", 2)):
+        torch.manual_seed(seed)
+        refs[name] = pytester.path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in build_model().state_dict().items()}, str(refs[name]))
+    result = pytester.runpytest_subprocess(
+        f"--base-ckpt={refs['base']}", f"--tuned-ckpt={refs['naive']}", f"--tuned-ckpt={refs['replay']}",
+        "--forgetting-device=cpu", f"--forgetting-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider",
+        "-k", "profile or lora or learns_upscaled", "-v", "--forgetting-inconclusive=pass",
+    )  # fmt: skip
+    out = result.stdout.str()
+    assert "test_hypothesis_profile_is_derandomised PASSED" in out, out
+    assert "test_lora_keeps_mnist_and_learns_digits PASSED" in out or "test_lora_keeps_mnist_and_learns_digits FAILED" in out
+    assert "test_lora_keeps_mnist_and_learns_digits[" not in out  # fine-tunes the base: once, not per candidate
+    result.stdout.fnmatch_lines([
+        "forgetting: 4 checks on 2 candidates, *",
+        "models built by the tests (no candidate):",
+        "test_lora_keeps_mnist_and_learns_digits *digits-28*",
+        "test_lora_keeps_mnist_and_learns_digits *mnist*",
+        "candidate naive:",
+        "test_learns_upscaled_digits?naive? *digits-28*",
+        "candidate replay:",
+        "test_learns_upscaled_digits?replay? *digits-28*",
+        "ranking:",
+        "  digits-28: *",
+    ])  # fmt: skip
+    assert "(unnamed)" not in out
