@@ -237,9 +237,19 @@ def _declared_items(parent: pytest.Collector, config: pytest.Config, checks: lis
         for cand in names:
             name = label if cand is None else f"{label}@{cand}"
             item = CheckItem.from_parent(parent, name=name, check=check, candidate=cand)
-            item.add_marker(pytest.mark.xdist_group(name=f"forgetting-{check.task}"))
+            _group_by_task(item, check)
             items.append(item)
     return items
+
+
+def _group_by_task(item: pytest.Item, check: Check) -> None:
+    """Under ``pytest -n N --dist loadgroup`` the checks of one task share a worker (and its evaluations).
+
+    Only when pytest-xdist is active (its marker is registered then, so --strict-markers holds) and
+    the test has no xdist_group of its own.
+    """
+    if item.config.pluginmanager.hasplugin("xdist") and item.get_closest_marker("xdist_group") is None:
+        item.add_marker(pytest.mark.xdist_group(name=f"forgetting-{check.task}"))
 
 
 def declared_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -296,6 +306,7 @@ def collect_checks(session: pytest.Session, config: pytest.Config, items: list[p
         if checks:
             # iter_markers yields the closest first; keep the source order of the decorators
             item.stash[CHECKS_KEY] = list(reversed(checks))
+            _group_by_task(item, checks[-1])
 
 
 def _bind(st: RunState, check: Check, where: str) -> Check:

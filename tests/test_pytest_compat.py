@@ -259,6 +259,7 @@ def test_declared_check_ids_round_trip(make_project):
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["collected 4 items"])  # the declared checks are counted
     result.stdout.fnmatch_lines(["FAILED pyproject.toml::retains:synth - *"])
+    run(*args, "-p", "no:xdist", "--strict-markers").assert_outcomes(passed=3, failed=1)  # no xdist_group then
 
     run(*args, "--lf").assert_outcomes(failed=1)  # only the declared check that failed
     run(*args, "pyproject.toml::retains:synth").assert_outcomes(failed=1)  # the id pasted back
@@ -347,3 +348,4 @@ def test_collect_only_does_not_import_torch(make_project):
     out = subprocess.run([sys.executable, "-c", code, *_eq_args(p, p.base)], cwd=p.path, capture_output=True, text=True)
     assert "4 tests collected" in out.stdout, out.stdout + out.stderr
     assert "torch imported: False rc: 0" in out.stdout, out.stdout + out.stderr
+
