@@ -223,6 +223,8 @@ class EvalCache:
 
     def _open_read(self, name: str, max_bytes: int) -> Any:
         flags = os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC | _O_BINARY  # a FIFO must not block
+        if self._fd is None and not _O_NOFOLLOW and os.path.islink(self.directory / name):
+            raise _Miss("a symbolic link")  # no O_NOFOLLOW (Windows): checked by name instead
         try:
             fd = os.open(name, flags, dir_fd=self._fd) if self._fd is not None else os.open(self.directory / name, flags)
         except FileNotFoundError:
