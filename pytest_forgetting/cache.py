@@ -179,8 +179,11 @@ class EvalCache:
                 os.close(fd)
                 return "changed while it was checked (refused)"
             self._fd = fd
+        if root is not None and not inside:  # the checkout reached through a link from outside it
+            real_root, real_path = Path(os.path.realpath(root)), Path(os.path.realpath(path))
+            inside = real_path == real_root or real_root in real_path.parents
         if inside:
-            tracked = _git_tracked(path)
+            tracked = _git_tracked(Path(os.path.realpath(path)))
             if tracked:
                 return tracked
         # a read-only folder is found now, not at the first write after a long evaluation

@@ -80,7 +80,7 @@ def test_forged_entry_committed_to_the_checkout_is_not_read_by_default(make_proj
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
-@pytest.mark.parametrize("how", ["ini", "cli"])
+@pytest.mark.parametrize("how", ["ini", "cli", "cli-through-a-link"])
 def test_tracked_cache_folder_is_refused_with_one_line(make_project, tmp_path, how):
     """A pull request can also point the cache at its own folder (an ini file it adds): refused."""
     p, tuned = setup(make_project)
@@ -88,14 +88,18 @@ def test_tracked_cache_folder_is_refused_with_one_line(make_project, tmp_path, h
     extra: list[str] = []
     if how == "ini":
         p.pytester.makeini("[pytest]\nforgetting_cache_dir = .forgetting_cache\n")
-    else:
+    elif how == "cli":
         extra.append(f"--forgetting-cache-dir={shipped}")
+    else:  # the same folder named through a link from outside the checkout
+        alias = tmp_path / "alias"
+        alias.symlink_to(p.path, target_is_directory=True)
+        extra.append(f"--forgetting-cache-dir={alias / '.forgetting_cache'}")
     before = sorted(f.name for f in shipped.iterdir())
     result, rows = run(p, tuned, None, *extra)
     assert_honest(result, rows)
     assert not base_cached(rows)
     assert warning_count(result) == 1
-    result.stdout.fnmatch_lines(["*pytest-forgetting: cache folder *.forgetting_cache holds 1 file(s) tracked by git*running without the cache*"])
+    result.stdout.fnmatch_lines(["*pytest-forgetting: cache folder *.forgetting_cache holds 1 file(s) tracked by git*use the default user cache folder*"])
     assert sorted(f.name for f in shipped.iterdir()) == before  # nothing written into it
 
 
