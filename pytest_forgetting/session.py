@@ -368,9 +368,16 @@ class ForgettingSession:
         task around it) is one EvaluationError naming the model, the task and the batch; CUDA out
         of memory halves the batch size under ``--forgetting-batch-size auto``."""
         loaded = self.load(slot, pair=False)  # run_check compared it with its base already
-        meta = self._meta(loaded)
-        task.check_model(meta)  # a label map that cannot fit the task: one clear line, before any batch
-        prepared = self._prepare(task, split, meta)
+        try:
+            meta = self._meta(loaded)
+            task.check_model(meta)  # a label map that cannot fit the task: one clear line, before any batch
+            prepared = self._prepare(task, split, meta)
+        except ForgettingError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a checkpoint's tokenizer that crashes on the texts
+            raise EvaluationError(
+                f"{slot.label} failed preparing task '{terminal(task.name, 80)}' (its tokenizer, the task's inputs): {describe_error(exc)}"
+            ) from None
         while True:
             try:
                 return run_model(
@@ -454,13 +461,15 @@ class ForgettingSession:
         row["_device"] = self.device + (f" ({self.device_note})" if self.device_note else "")
         if self.settings.device_map:
             row["_device"] += f", device_map {self.settings.device_map}"
-        row["_fingerprints"] = {base.display: self._slot_fingerprint(base), tuned.display: self._slot_fingerprint(tuned)}
+        base_fp, tuned_fp = self._slot_fingerprint(base), self._slot_fingerprint(tuned)
+        row["_fingerprints"] = {base.display: base_fp, tuned.display: tuned_fp}
         _raise_refusal(base)  # a base refused once errors every check, even one whose base outputs are cached
         base_res, cached = self.evaluate(base, task, check.split)
         row["base_cached"] = cached
         row["base_eval_s"] = round(base_res.seconds, 4) if not cached else 0.0
         try:
-            self.load(tuned, base=base)  # a refusal (remembered): ERROR, or FAIL for NaN/Inf weights
+            if tuned_fp != base_fp or tuned.refused is not None:  # (the same files: the base's outputs are reused)
+                self.load(tuned, base=base)  # a refusal (remembered): ERROR, or FAIL for NaN/Inf weights
             if self._early_stoppable(check, metric):
                 return self._decide_early(check, task, metric, base_res, tuned, row)
             tuned_res, _ = self.evaluate(tuned, task, check.split)
