@@ -49,7 +49,10 @@ def describe_error(exc: BaseException, limit: int = ERROR_TEXT_LIMIT) -> str:
     """``Type: message`` of an exception as one escaped line (no raw newline, ANSI or control character)."""
     from .escape import terminal
 
-    text = str(exc).strip()
+    try:
+        text = str(exc).strip()
+    except Exception:  # noqa: BLE001 - an exception whose __str__ raises
+        text = ""
     name = type(exc).__name__
     return f"{name}: {terminal(text, limit)}" if text else name
 

@@ -283,10 +283,10 @@ def test_interrupted_run_writes_reports_that_say_so(make_project, monkeypatch):
     base = save_weights(p.path / "b.safetensors", state)
     js, md = p.path / "r.json", p.path / "r.md"
     monkeypatch.setenv("INTERRUPT_AFTER", str(marker))
-    result = p.pytester.runpytest_subprocess(  # in-process, pytester re-raises the KeyboardInterrupt
+    result = p.pytester.runpytest(
         f"--base-ckpt={base}", f"--tuned-ckpt={base}", "--model-factory=interrupting:build",
         f"--forgetting-cache-dir={p.path / 'cache'}", f"--forgetting-json={js}", f"--forgetting-markdown={md}",
-        "-p", "no:cacheprovider",
+        "-p", "no:cacheprovider", no_reraise_ctrlc=True,  # the inner run ends INTERRUPTED; this test goes on
     )  # fmt: skip
     assert result.ret == pytest.ExitCode.INTERRUPTED
     report = json.loads(js.read_text())
@@ -304,3 +304,78 @@ def test_interrupted_run_writes_reports_that_say_so(make_project, monkeypatch):
         f"--forgetting-cache-dir={p.path / 'cache'}", f"--forgetting-json={js}", "-p", "no:cacheprovider",
     ).assert_outcomes(passed=3)  # fmt: skip
     assert json.loads(js.read_text())["interrupted"] is False
+
+
+# -- a tokenizer that crashes while the task's inputs are prepared --------------------------------
+
+TEXT_CONFTEST = '''
+import pytest_forgetting as pf
+
+WORDS = [f"w{i}" for i in range(40)]
+
+
+@pf.task("words")
+def words():
+    texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(4)) for i in range(300)]
+    return pf.TextClassificationTask(texts, [i % 3 for i in range(300)], class_names=["negative", "neutral", "positive"])
+'''
+
+
+def test_crashing_tokenizer_names_the_model_and_the_task(pytester):
+    import test_checkpoints as tc
+
+    pytester.makeconftest(TEXT_CONFTEST)
+    base = pytester.path / "base"
+    tc.save_bert(base)
+    pytester.makepyfile(
+        test_api="""
+        import copy
+
+        from pytest_forgetting.tasks.base import tokenizer_of
+
+
+        class ExplodingTokenizer:
+            '''The base's vocabulary (so the pair is compatible), but tokenising raises.'''
+
+            def __init__(self, real):
+                self.real = real
+
+            def get_vocab(self):
+                return self.real.get_vocab()
+
+            def __call__(self, *args, **kwargs):
+                raise ValueError("tokenizer exploded\\n\\x1b[32mALL CHECKS PASSED")
+
+            def __getattr__(self, name):
+                raise ValueError("tokenizer exploded\\n\\x1b[32mALL CHECKS PASSED")
+
+
+        def hostile(model):
+            model = copy.deepcopy(model)
+            model.forgetting_tokenizer = ExplodingTokenizer(tokenizer_of(model))
+            return model
+
+
+        def test_first(forgetting, tuned_model):
+            forgetting.assert_retains(hostile(tuned_model), task="words", max_drop=0.2)
+
+
+        def test_second(forgetting, tuned_model):
+            forgetting.assert_retains(hostile(tuned_model), task="words", max_drop=0.25)
+
+
+        def test_unrelated():
+            assert sum([1, 2]) == 3
+        """
+    )
+    js = pytester.path / "out" / "r.json"
+    result = pytester.runpytest(f"--base-ckpt={base}", f"--tuned-ckpt={base}", f"--forgetting-cache-dir={pytester.path / 'cache'}",
+                                f"--forgetting-json={js}", "-p", "no:cacheprovider")  # fmt: skip
+    result.assert_outcomes(failed=2, passed=1)
+    reasons = [r["reason"] for r in json.loads(js.read_text())["rows"]]
+    assert len(reasons) == 2 and len(set(reasons)) == 1, reasons
+    assert reasons[0].startswith("tuned model '<in-memory BertForSequenceClassification>' failed preparing task 'words'"), reasons
+    assert "ValueError: tokenizer exploded\\n\\x1b[32m" in reasons[0]
+    out = result.stdout.str()
+    _assert_escaped(out)
+    assert "Traceback" not in out and "INTERNALERROR" not in out
