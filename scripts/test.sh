@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# pytest-randomly for the compatibility matrix only: installed in .venv it would reorder every run
+if [ ! -d .venv/compat-plugins/pytest_randomly ]; then
+    .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps \
+        --target .venv/compat-plugins "pytest-randomly>=3.15"
+fi
 
 # The lowest supported Python (3.10) without torch: plugin import, options, declarations and
 # statistics (tests/test_torchfree.py; --noconftest because tests/conftest.py imports torch).

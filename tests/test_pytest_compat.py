@@ -349,3 +349,72 @@ def test_collect_only_does_not_import_torch(make_project):
     assert "4 tests collected" in out.stdout, out.stdout + out.stderr
     assert "torch imported: False rc: 0" in out.stdout, out.stdout + out.stderr
 
+
+
+# -- the compatibility matrix: each way of running pytest gives the table and JSON of a plain run ---
+_STABLE = ("test", "task", "metric", "kind", "candidate", "n", "base", "tuned", "drop", "ci_low", "ci_high",
+           "margin", "nfr", "verdict")
+COMPAT_PLUGINS = Path(__file__).resolve().parents[1] / ".venv" / "compat-plugins"  # pytest-randomly (scripts/test.sh)
+
+
+def _rows(js: Path) -> dict[str, dict]:
+    return {r["test"]: {k: r.get(k) for k in _STABLE} for r in json.loads(js.read_text())["rows"]}
+
+
+def _table(result) -> list[str]:
+    lines = result.stdout.lines
+    start = next(i for i, line in enumerate(lines) if "forgetting summary" in line)
+    return [line for line in lines[start + 1:]
+            if line.startswith(("forgetting: ", "test ", "retains:", "test_")) and not line.startswith("forgetting: wrote")]
+
+
+# name, extra args, "same" | "subset", how to run, what else to check
+MATRIX = [
+    ("-p no:cacheprovider", ["-p", "no:cacheprovider"], "same", "inprocess"),
+    ("--junitxml xunit1", ["--junitxml=j.xml", "-o", "junit_family=xunit1"], "same", "inprocess"),
+    ("--junitxml xunit2", ["--junitxml=j.xml", "-o", "junit_family=xunit2"], "same", "inprocess"),
+    ("pytest-rerunfailures", ["--reruns", "1"], "same", "inprocess"),
+    ("pytest-timeout", ["--timeout", "300"], "same", "inprocess"),
+    ("pytest-html", ["--html=r.html"], "same", "inprocess"),
+    ("-x", ["-x"], "subset", "inprocess"),
+    ("--lf", ["--lf"], "subset", "inprocess"),
+    ("--sw", ["--sw"], "subset", "inprocess"),
+    ("pytest-xdist -n 2", ["-n", "2"], "same", "subprocess"),
+    ("pytest-randomly", ["-p", "randomly", "-p", "no:cacheprovider"], "same", "subprocess"),
+]
+
+
+@pytest.mark.parametrize("name, extra, expect, how", MATRIX, ids=[m[0] for m in MATRIX])
+def test_compat_matrix(make_project, monkeypatch, name, extra, expect, how):
+    plugin = {"pytest-rerunfailures": "pytest_rerunfailures", "pytest-timeout": "pytest_timeout",
+              "pytest-html": "pytest_html", "pytest-xdist -n 2": "xdist"}.get(name)
+    if plugin:
+        pytest.importorskip(plugin)
+    if name == "pytest-randomly":
+        if not (COMPAT_PLUGINS / "pytest_randomly").is_dir():
+            pytest.skip("pytest-randomly is installed by scripts/test.sh into .venv/compat-plugins")
+        monkeypatch.setenv("PYTHONPATH", str(COMPAT_PLUGINS))
+    p = make_project(n=400, trap=40)
+    p.pytester.makefile(".toml", pyproject="[tool.pytest.ini_options]\n" + textwrap.dedent(DECLARED))
+    p.test_file(LOOSE_AND_PLAIN)
+    args = _eq_args(p, p.tuned(trap_weight=10.0))
+    plain_js, js = p.path / "plain.json", p.path / "r.json"
+    plain = p.pytester.runpytest(*args, f"--forgetting-json={plain_js}")  # also the cache --lf / --sw read
+    plain.assert_outcomes(passed=3, failed=1)
+    if name == "--sw":
+        p.pytester.runpytest(*args, "--sw", "-p", "no:randomly")  # stepwise remembers the failure
+    run = p.pytester.runpytest_subprocess if how == "subprocess" else p.pytester.runpytest
+    result = run(*args, *extra, f"--forgetting-json={js}")
+    rows, want = _rows(js), _rows(plain_js)
+    if expect == "same":
+        assert rows == want
+        assert sorted(_table(result)) == sorted(_table(plain))
+        result.assert_outcomes(passed=3, failed=1)
+    else:  # -x / --sw stop at the first failure, --lf reruns the failures: their rows, as in the plain run
+        assert rows and set(rows) < set(want)
+        assert all(rows[t] == want[t] for t in rows)
+        assert "pyproject.toml::retains:synth" in rows
+    if name.startswith("--junitxml"):
+        cases, props = _junit(p.path / "j.xml")
+        assert all(case.find("properties") is None for case in cases)
+        assert sorted(v for k, v in props if k == "forgetting_test") == sorted(want)
