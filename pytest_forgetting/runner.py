@@ -64,6 +64,7 @@ class RunState:
         self.declared: list[tuple[Any, str]] | None = None  # parsed declarations (check, where)
         self.declared_collected = False  # their items came from collecting the anchor file itself
         self._anchor: Path | None = None
+        self.interrupted = False  # a KeyboardInterrupt ended the run: the reports say so
 
     @property
     def anchor(self) -> Path:
