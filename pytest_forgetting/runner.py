@@ -78,7 +78,6 @@ class RunState:
             inipath = self.config.inipath
             self._anchor = pyproject if pyproject.is_file() or not inipath else Path(inipath)
         return self._anchor
-        self.interrupted = False  # a KeyboardInterrupt ended the run: the reports say so
 
     @property
     def session(self) -> Any:
