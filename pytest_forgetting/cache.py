@@ -110,6 +110,16 @@ class EvalCache:
         self._checked = False
         self._fd: int | None = None
 
+    def close(self) -> None:
+        """Close the folder's descriptor (a later use of a disabled cache is a no-op)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:  # sessions come and go (inner pytest runs, the Python API): no leaked descriptors
+        self.close()
+
     # -- the folder ---------------------------------------------------------------------------
     def usable(self) -> bool:
         """Whether the folder passed its checks (run once; a failure warns once and disables the cache)."""
@@ -131,10 +141,7 @@ class EvalCache:
             return
         self.enabled = False
         self.problem = problem
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = None
+        self.close()
         message = (
             f"pytest-forgetting: cache folder {self.directory} {problem}; running without the cache "
             "(set --forgetting-cache-dir or $FORGETTING_CACHE_DIR to a private folder, or pass --forgetting-no-cache)"
