@@ -167,7 +167,7 @@ def test_markers_run_on_a_builtin_text_task(pytester, tmp_path):
         """
     )
     result = pytester.runpytest(
-        "--base-ckpt", str(folder), "--tuned-ckpt", str(folder), "--forgetting-device", "cpu",
-        "--forgetting-limit", "150", "--forgetting-cache-dir", str(tmp_path / "cache"),
+        f"--base-ckpt={folder}", f"--tuned-ckpt={folder}", "--forgetting-device=cpu",
+        "--forgetting-limit=150", f"--forgetting-cache-dir={tmp_path / 'cache'}",
     )  # fmt: skip
     result.assert_outcomes(passed=2)
