@@ -248,16 +248,17 @@ class ForgettingSession:
     def module_slot(self, role: str, module: Any) -> ModelSlot:
         """Wrap an in-memory nn.Module (Python API) as a slot, reusing the checkpoint machinery.
 
-        A module this session loaded (the ``base_model`` / ``tuned_model`` fixtures) is its own slot,
-        so its evaluations are shared and its candidate named. Another module keeps the tokenizer it
-        carries (``tasks.base.attach_tokenizer``: checkpoint loading and ``finetune`` attach one) and
-        is otherwise fed with the base checkpoint's.
+        A module this session loaded (the ``base_model`` / ``tuned_model`` fixtures) keeps its
+        checkpoint's tokenizer and candidate name, fingerprinted by its current weights (a test may
+        have changed them in place). Another module keeps the tokenizer it carries
+        (``tasks.base.attach_tokenizer``: checkpoint loading and ``finetune`` attach one) and is
+        otherwise fed with the base checkpoint's.
         """
         from . import checkpoints
 
         for known in (self.base, *self.candidates.values()):
             if known is not None and known.role == role and known.loaded is not None and known.loaded.model is module:
-                return known
+                return ModelSlot(role, module, name=known.name, loaded=known.loaded, _fingerprint=checkpoints.fingerprint_ref(module))
         slot = ModelSlot(role, module, name="")
         from .evaluate import torch_dtype
 

@@ -128,6 +128,17 @@ def test_fixture_pattern_on_a_hf_text_model(pytester, hf_project, tmp_path):
     ])  # fmt: skip
     assert "forgetting.assert_retains: forgetting.assert_retains" not in out
 
+    several = pytester.runpytest(  # with two candidates, the fixture's rows belong to its candidate
+        f"--base-ckpt={hf_project['base']}", f"--tuned-ckpt={hf_project['swapped']}", f"--tuned-ckpt={hf_project['base']}",
+        "--forgetting-device=cpu", f"--forgetting-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider", "-k", "tuned_keeps",
+    )  # fmt: skip
+    several.assert_outcomes(passed=1, failed=1)
+    several.stdout.fnmatch_lines([
+        "forgetting: 2 checks on 2 candidates, 1 passed, 1 failed*",
+        "candidate base:", "test_tuned_keeps_reviews?base? *100.0%*100.0%*PASS",
+        "candidate swapped:", "test_tuned_keeps_reviews?swapped? *100.0%*0.0%*FAIL",
+    ])  # fmt: skip
+
 
 def test_the_python_api_keeps_the_checkpoint_tokenizer(hf_project):
     import pytest_forgetting as pf
