@@ -559,6 +559,7 @@ def _load(
             "module:callable (a function returning the nn.Module to load them into)"
         )
 
+    _check_weight_headers(target)  # before copying: a weights file must be what its header says, no bigger
     stage = _Stage(target)  # validated private copies: all that the loaders below ever read
     fingerprint = stage.fingerprint
     try:
@@ -589,6 +590,23 @@ def _load(
         model=model, ref=_show(ref, quote=False), resolved=target.resolved, kind=target.kind,
         fingerprint=fingerprint, tokenizer=tokenizer, config=config, label_map=label_map,
     )  # fmt: skip
+
+
+def _check_weight_headers(target: _Target) -> None:
+    """Validate the safetensors and GGUF headers of the original files (reading only their headers)."""
+    for path in target.files:
+        lower = path.name.lower()
+        if lower.endswith(".safetensors"):
+            _read_safetensors_header(path)
+        elif lower.endswith(".gguf") and target.weights == "gguf":
+            with open(path, "rb") as fh:
+                if fh.read(4) != b"GGUF":
+                    continue  # _load_gguf says so
+            try:
+                import gguf  # noqa: F401
+            except ImportError:
+                continue  # _load_gguf says what to install
+            _read_gguf_header(path)
 
 
 def _load_staged(
@@ -1136,6 +1154,8 @@ def _read_gguf_header(path: Path) -> int:
     for (_b0, end0, name0), (begin1, _e1, name1) in zip(spans, spans[1:]):
         if begin1 < end0:
             raise bad(f"tensors {name0} and {name1} overlap")
+    if size - max(end for _b, end, _n in spans) > alignment:
+        raise bad(f"{size - max(end for _b, end, _n in spans):,} bytes follow its last tensor")
     return elements
 
 
@@ -1211,6 +1231,9 @@ def _read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]
     for (_b0, end0, name0), (begin1, _e1, name1) in zip(spans, spans[1:]):
         if begin1 < end0:
             raise bad(f"tensors {_excerpt(name0, 60)} and {_excerpt(name1, 60)} overlap")
+    covered = max((end for _b, end, _n in spans), default=0)
+    if data_len > covered:  # the safetensors library refuses it too; say so before copying a padded file
+        raise bad(f"{data_len - covered:,} bytes follow its last tensor")
     return tensors
 
 
