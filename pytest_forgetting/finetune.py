@@ -174,8 +174,12 @@ def _meta(tokenizer: Any) -> Any:
     return ModelMeta(tokenizer=tokenizer)
 
 
-def as_data(source: Any, *, split: str = "train", tokenizer: Any = None, what: str = "train") -> _Data:
-    """A training source from a task name, a Task, a torch Dataset of (x, y) or an (x, y) pair."""
+def as_data(source: Any, *, split: str = "train", tokenizer: Any = None, what: str = "train", config: Any = None) -> _Data:
+    """A training source from a task name, a Task, a torch Dataset of (x, y) or an (x, y) pair.
+
+    A classification task's labels come out as the model's output ids (``config.id2label`` matched by
+    name, as when it is evaluated), so a model that orders its labels differently trains on the right logits.
+    """
     import torch
 
     from .registry import REGISTRY
@@ -187,7 +191,7 @@ def as_data(source: Any, *, split: str = "train", tokenizer: Any = None, what: s
         except ForgettingError as exc:
             raise FinetuneError(f"{what}={source!r}: {exc}") from None
     if isinstance(source, Task):
-        return _task_data(source, split, tokenizer, what)
+        return _task_data(source, split, tokenizer, what, config)
     if isinstance(source, tuple) and len(source) == 2:
         x, y = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v for v in source)
         if len(x) != len(y):
@@ -210,7 +214,33 @@ def as_data(source: Any, *, split: str = "train", tokenizer: Any = None, what: s
     )
 
 
-def _task_data(task: Any, split: str, tokenizer: Any, what: str) -> _Data:
+def _model_label_ids(task: Any, config: Any, what: str) -> Any:
+    """Task class id -> the model's output id (a tensor), or None when they are the same ids."""
+    from .tasks.classification import ClassificationTask, class_lookup
+    from .tasks.embedding import EmbeddingProbeTask
+
+    if config is None or not isinstance(task, ClassificationTask) or isinstance(task, EmbeddingProbeTask):
+        return None
+    names = task.class_names()
+    try:
+        lookup = class_lookup(config, names, task.name, indexed=task.indexed)
+    except ForgettingError as exc:
+        raise FinetuneError(f"{what}: {exc}") from None
+    if lookup is None:
+        return None
+    import torch
+
+    model_id = {int(t): m for m, t in enumerate(lookup.tolist()) if int(t) < len(names)}
+    missing = [names[t] for t in range(len(names)) if t not in model_id]
+    if missing:
+        raise FinetuneError(
+            f"{what}: task {task.name!r} has classes {missing[:3]} that are not labels of the model (config.id2label); "
+            "it cannot be trained on them: train on a task with the model's labels"
+        )
+    return torch.tensor([model_id[t] for t in range(len(names))], dtype=torch.long)
+
+
+def _task_data(task: Any, split: str, tokenizer: Any, what: str, config: Any = None) -> _Data:
     import torch
 
     if not hasattr(task, "labels") or not hasattr(task, "split"):
@@ -226,6 +256,9 @@ def _task_data(task: Any, split: str, tokenizer: Any, what: str) -> _Data:
     except ForgettingError as exc:
         raise FinetuneError(f"{what}: {exc}; pass tokenizer=... for a model without a checkpoint folder") from None
     labels = torch.from_numpy(task.labels(split))
+    to_model = _model_label_ids(task, config, what)
+    if to_model is not None:
+        labels = to_model[labels]
 
     def get(idx: np.ndarray) -> tuple[Any, Any]:
         inputs = next(iter(task.batches(prepared, idx, max(len(idx), 1))))
@@ -764,7 +797,7 @@ def finetune(
     orig_dtype = first.dtype if first.is_floating_point() else torch.float32
     if tokenizer is None:  # the checkpoint's own, when the plugin loaded (or fine-tuned) the model
         tokenizer = tokenizer_of(model)
-    data = as_data(train, split=split, tokenizer=tokenizer)
+    data = as_data(train, split=split, tokenizer=tokenizer, config=getattr(model, "config", None))
     if data.n == 0:
         raise FinetuneError(f"train: {data.name} has no examples")
     label = f"finetune[{strategy}]"
@@ -872,7 +905,7 @@ def _train(
         penalty = _Anchor(model, _float_option("l2sp", "penalty", opts["penalty"], 0.0))
     elif strategy == "ewc":
         weight = _float_option("ewc", "penalty", opts["penalty"], 0.0)
-        retained = as_data(opts["retain"], split=opts["retain_split"], tokenizer=tokenizer, what="retain")
+        retained = as_data(opts["retain"], split=opts["retain_split"], tokenizer=tokenizer, what="retain", config=getattr(model, "config", None))
         n_fisher = min(_int_option("ewc", "fisher_examples", opts["fisher_examples"], 1), retained.n)
         idx = np.sort(np.random.default_rng(seed + 1).choice(retained.n, size=n_fisher, replace=False))
         fisher = fisher_diagonal(model, retained, idx, device)
@@ -885,7 +918,7 @@ def _train(
         fraction = _float_option("replay", "fraction", opts["fraction"], 0.0, 1.0, open_low=True)
         if fraction >= 1.0:
             raise FinetuneError("strategy 'replay': fraction must be below 1 (some of each batch must be new data)")
-        replay = as_data(opts["retain"], split=opts["retain_split"], tokenizer=tokenizer, what="retain")
+        replay = as_data(opts["retain"], split=opts["retain_split"], tokenizer=tokenizer, what="retain", config=getattr(model, "config", None))
         n_replay = min(max(1, int(round(fraction * batch_size))), batch_size - 1)
         if batch_size < 2:
             raise FinetuneError("strategy 'replay' needs batch_size >= 2 (new and replayed examples share each batch)")
@@ -996,7 +1029,8 @@ class _Watch:
         self.early, self.data, self.val_idx, self.device, self.info = early, data, val_idx, device, info
         self.retain: _Data | None = None
         if early.retain is not None:
-            self.retain = as_data(early.retain, split=early.retain_split, tokenizer=tokenizer, what="early_stopping retain")
+            self.retain = as_data(early.retain, split=early.retain_split, tokenizer=tokenizer, what="early_stopping retain",
+                                  config=getattr(model, "config", None))
             n = min(early.retain_examples, self.retain.n)
             self.retain_idx = np.sort(np.random.default_rng(seed + 3).choice(self.retain.n, size=n, replace=False))
         self.retain_start = self._retained(model)

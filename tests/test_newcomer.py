@@ -243,6 +243,24 @@ def test_labels_map_by_index_or_by_name(pytester, topic_model, tmp_path):
     assert "are not classes of the task" not in out
 
 
+def test_finetune_trains_the_logits_the_labels_name():
+    """A model that orders its labels differently from the task is trained on the right outputs."""
+    from pytest_forgetting.finetune import FinetuneError, as_data
+    from pytest_forgetting.tasks.classification import TextClassificationTask
+
+    texts, y = sentiment_texts(20, 0)
+    task = TextClassificationTask(splits={"train": (texts, [POLARITY[int(v)] for v in y])}, class_names=POLARITY)
+    task.name = "polarity"
+    reversed_model = tiny_bert(**labelled(POLARITY[::-1])).config  # id 0 is "pos"
+    _, labels = as_data(task, tokenizer=make_tokenizer(), config=reversed_model).batch(np.arange(20))
+    assert labels.tolist() == (1 - y).tolist()
+    _, same = as_data(task, tokenizer=make_tokenizer(), config=tiny_bert(**labelled(POLARITY)).config).batch(np.arange(20))
+    assert same.tolist() == y.tolist()
+    with pytest.raises(FinetuneError, match=r"classes \['neutral'\] that are not labels of the model"):
+        wide = TextClassificationTask(splits={"train": (texts, ["neutral"] * 20)}, class_names=["neg", "neutral", "pos"])
+        as_data(wide, tokenizer=make_tokenizer(), config=reversed_model)
+
+
 # -- 3. data tasks with zero Python ---------------------------------------------------------------
 
 
