@@ -6,11 +6,22 @@ The rules, in the order they are applied:
 * Nothing here ever unpickles with ``weights_only=False``. Pickle formats (``.bin``, ``.pt``,
   ``.pth``, ``.ckpt``, ``.pkl``) are refused unless the user opts in, and even then they go
   through ``torch.load(..., weights_only=True)`` only.
-* A checkpoint that carries Python code (``auto_map`` in its config, any ``*.py`` file) is
-  refused unless the user says they trust its author.
-* Files are checked before a third-party loader sees them: regular files only (a FIFO would
-  hang the reader), no Git LFS pointers, safetensors headers validated by hand, JSON parsed
-  with its errors caught, implausible model sizes refused before anything is allocated.
+* A checkpoint that carries Python code (``auto_map`` in its config, any ``*.py`` file, an
+  ``attn_implementation`` naming a hub kernel) is refused unless the user says they trust its
+  author; models are loaded with an explicit built-in attention implementation.
+* Files are checked before a third-party loader sees them: each must resolve inside the
+  checkpoint folder (or, for a Hugging Face cache snapshot, its repository's ``blobs``), never
+  into /proc, /sys or /dev, be a regular file (a FIFO would hang the reader) of a plausible
+  size (configs 4 MiB, tokenizer files 128 MiB), and not a Git LFS pointer; small files are
+  read at most cap + 1 bytes; safetensors and GGUF headers are validated by hand; JSON is
+  parsed with its errors caught.
+* Loaders never read the checkpoint itself: they get private copies, taken once from one
+  open file each and fstat-checked (``_Stage``), so a link cannot lead them out of the folder
+  and a file rewritten while memory-mapped cannot kill the process with SIGBUS.
+* Model sizes are checked before anything is allocated, for every loader: a config (or GGUF
+  metadata, or PEFT adapter config) must describe exactly what the weight files hold (a meta
+  device build against the tensors in the headers); a factory's module against the header.
+* Messages quote file contents only as short, escaped excerpts (tokens, labels, tensor names).
 * Loading is strict: a missing, unexpected or mis-shaped weight is an error, never a randomly
   initialised layer evaluated as if it had been trained.
 * Every problem is a one-line :class:`~pytest_forgetting.errors.CheckpointError`.

@@ -372,7 +372,7 @@ def test_weights_rewritten_in_place_during_loading_never_kill_the_run(zygote, te
     """The mapped-file SIGBUS: transformers memory-maps safetensors; a concurrent truncation killed the run."""
     pytester, base, tc = text
     tuned = pytester.path / "tuned"
-    tc.save_bert(tuned, hidden_size=64, intermediate_size=128, num_attention_heads=2, num_hidden_layers=2)
+    tc.save_bert(tuned, hidden_size=256, intermediate_size=1024, num_attention_heads=4, num_hidden_layers=4)  # ~16 MB
     (pytester.path / "rewriter.py").write_text(REWRITER)
     weights = tuned / "model.safetensors"
     outcomes = []
@@ -393,26 +393,33 @@ def test_weights_rewritten_in_place_during_loading_never_kill_the_run(zygote, te
     assert outcomes
 
 
-def test_weights_truncated_after_loading_started_do_not_matter(zygote, synth):
-    """A factory that truncates the weights file it is loading (after the private copy was taken)."""
-    synth.pytester.makepyfile(truncating=textwrap.dedent('''
-        import os
-        from tinymodels import build
+TRUNCATE_WHEN_MAPPED = '''
+import os
+import safetensors.torch
 
-        CALLS = []
+_real_open = safetensors.torch.safe_open
 
-        def truncating():
-            CALLS.append(1)
-            if len(CALLS) == 2:  # the base is built first, then the tuned model: truncate the tuned weights
-                with open(os.environ["TRUNCATE_WEIGHTS"], "r+b") as fh:
-                    fh.truncate(0)
-            return build()
-    '''))
+
+def _open_then_truncate(filename, *args, **kwargs):
+    """A concurrent writer at the worst moment: the weights file is truncated right after the loader
+    opened (memory-mapped) a file of that name, before any tensor is read from it."""
+    handle = _real_open(filename, *args, **kwargs)
+    if os.path.basename(str(filename)) == "tuned.safetensors":
+        os.truncate(os.environ["TRUNCATE_WEIGHTS"], 0)
+    return handle
+
+
+safetensors.torch.safe_open = _open_then_truncate
+'''
+
+
+def test_weights_truncated_while_mapped_never_kill_the_run(zygote, synth):
+    """Reading tensors of a mapped file truncated meanwhile is SIGBUS; the loaders only map private copies."""
+    (synth.path / "truncator.py").write_text(TRUNCATE_WHEN_MAPPED)
     tuned = synth.tuned()
-    args = [f"--base-ckpt={synth.base}", f"--tuned-ckpt={tuned}", "--model-factory=truncating:truncating",
-            "--forgetting-no-cache"]  # fmt: skip
+    args = [*synth_args(synth, tuned), "-p", "truncator", "--forgetting-no-cache"]
     answer, outcome = zygote.run(synth.path, args, env={"TRUNCATE_WEIGHTS": str(tuned)})
-    ended_cleanly(answer, outcome, passed=3)
+    ended_cleanly(answer, outcome, passed=3)  # the copy taken before the truncation was evaluated
     assert tuned.stat().st_size == 0  # it really was truncated while in use
     outcome.written = [k for k in outcome.written if k != "tuned.safetensors"]
     assert_safe(outcome)
