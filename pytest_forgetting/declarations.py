@@ -40,7 +40,7 @@ def parse_spec(kind: str, spec: str) -> Declaration:
     """``TASK:VALUE[,key=value...]`` from the command line into marker keywords."""
     where = f"--{kind} {spec!r}"
     head, *rest = [p.strip() for p in spec.split(",")]
-    task, sep, value = head.partition(":")
+    task, sep, value = head.rpartition(":")  # the last colon: task names may hold one (lm-eval:NAME)
     if not task or not sep or not value:
         raise ConfigError(f"{where}: expected TASK:{KINDS[kind].upper()}[,key=value...], e.g. --{kind} mnist:0.02")
     kwargs: dict[str, Any] = {"task": task.strip(), KINDS[kind]: _scalar(value)}

@@ -57,6 +57,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("list_tasks", "--forgetting-list-tasks", "list every registered task with its metrics, splits and size, and exit", None, default=False, kind="bool"),
     Option("allow_download", "--forgetting-allow-download", "let hub ids download (default: local Hugging Face cache only)", None, default=False, kind="bool"),
     Option("device_map", "--forgetting-device-map", "split Hugging Face folders too large for one device with accelerate: auto | balanced | balanced_low_0 | sequential | a JSON file mapping module names to devices (cpu, disk, N, cuda:N)", "forgetting_device_map", "FORGETTING_DEVICE_MAP", metavar="MAP"),
+    Option("lm_eval_include", "--forgetting-lm-eval-include", "folder of lm-evaluation-harness YAML tasks for lm-eval:NAME checks (repeatable; searched before lm-eval's bundled tasks)", "forgetting_lm_eval_include", "FORGETTING_LM_EVAL_INCLUDE", default=(), kind="paths", metavar="DIR"),
+    Option("lm_eval_fewshot", "--forgetting-lm-eval-fewshot", "few-shot examples per document for lm-eval:NAME checks, both models alike (default: each task's own)", "forgetting_lm_eval_fewshot", "FORGETTING_LM_EVAL_FEWSHOT", metavar="N"),
+    Option("lm_eval_chat_template", "--forgetting-lm-eval-chat-template", "apply the checkpoint's chat template to lm-eval:NAME prompts (both models alike)", "forgetting_lm_eval_chat_template", kind="bool"),
     Option("max_memory", "--forgetting-max-memory", "memory budget per device for --forgetting-device-map auto/balanced/sequential, e.g. cpu=40GiB,0=10GiB", "forgetting_max_memory", "FORGETTING_MAX_MEMORY", metavar="DEV=SIZE,..."),
 )
 
@@ -87,6 +90,9 @@ class Settings:
     retains: tuple[str, ...] = ()
     improves: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()  # --forgetting-task declarations (registered by tasks.declared)
+    lm_eval_include: tuple[str, ...] = ()  # absolute folders of lm-eval YAML tasks
+    lm_eval_fewshot: int | None = None
+    lm_eval_chat_template: bool = False
     list_tasks: bool = False
     rootdir: str = "."
     sources: dict[str, str] = field(default_factory=dict)
@@ -188,6 +194,8 @@ def resolve(
     if values["limit"] is not None:
         values["limit"] = _parse_int(opt_by_name["limit"], sources["limit"], values["limit"], 1)
     values["seed"] = _parse_int(opt_by_name["seed"], sources["seed"], values["seed"], 0)
+    if values["lm_eval_fewshot"] is not None:
+        values["lm_eval_fewshot"] = _parse_int(opt_by_name["lm_eval_fewshot"], sources["lm_eval_fewshot"], values["lm_eval_fewshot"], 0)
     device = str(values["device"]).strip().lower()
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ConfigError(f"{_where(opt_by_name['device'], sources['device'])}={values['device']!r}: expected auto, cpu, cuda or cuda:N")

@@ -89,7 +89,17 @@ class TaskRegistry:
 
     def __contains__(self, name: str) -> bool:
         self._load_entry_points()
-        return name in self.entries or self._data_file_task(name)
+        return name in self.entries or self._prefixed_task(name) or self._data_file_task(name)
+
+    def _prefixed_task(self, name: Any) -> bool:
+        """``lm-eval:NAME``: a task or group of lm-evaluation-harness, registered on first use (built lazily)."""
+        prefix = "lm-eval:"
+        if not isinstance(name, str) or not name.startswith(prefix) or len(name) == len(prefix):
+            return False
+        import functools
+
+        self.register(name, functools.partial(_lm_eval_task, name[len(prefix) :]), origin="lm-evaluation-harness")
+        return True
 
     def _data_file_task(self, name: Any) -> bool:
         """A data file's path as the task name (default columns text / label / id): registered on first use.
@@ -135,6 +145,12 @@ class TaskRegistry:
         with self._lock:
             for entry in self.entries.values():
                 entry.instance = None
+
+
+def _lm_eval_task(name: str) -> Any:
+    from .tasks.lm_eval import build
+
+    return build(name)
 
 
 REGISTRY = TaskRegistry()

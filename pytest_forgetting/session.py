@@ -90,6 +90,9 @@ class ForgettingSession:
         self.batch_size = 64 if settings.batch_size == "auto" else int(settings.batch_size)
         self.rows: list[dict[str, Any]] = []
         self._digests: Any = None
+        from .tasks import lm_eval as lm_eval_source  # standard library only: lm-eval is imported by its tasks
+
+        lm_eval_source.configure(settings)  # --forgetting-lm-eval-include / -fewshot for lm-eval:NAME tasks
 
     # -- device and models -------------------------------------------------------------------
     @property
@@ -372,6 +375,10 @@ class ForgettingSession:
         try:
             meta = self._meta(loaded)
             task.check_model(meta)  # a label map that cannot fit the task: one clear line, before any batch
+            whole = task.evaluate_model(loaded.model, meta, split, idx, device=self.device, dtype=self.settings.dtype,
+                                        batch_size=self.settings.batch_size if self.settings.batch_size == "auto" else self.batch_size)
+            if whole is not None:  # the task ran the model itself (lm-eval)
+                return whole
             prepared = self._prepare(task, split, meta)
         except ForgettingError:
             raise

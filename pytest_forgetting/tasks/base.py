@@ -201,6 +201,17 @@ class Task:
         """Per-example outputs as tensors (first dim = batch), plus optional ``"finite"`` flags."""
         raise NotImplementedError
 
+    def evaluate_model(
+        self, model: Any, meta: ModelMeta, split: str, idx: np.ndarray, *, device: str, dtype: str, batch_size: int | str
+    ) -> "EvalResult | None":
+        """Evaluate ``model`` on ``idx`` of ``split`` in one call, or None (the default) for the batched loop.
+
+        For tasks whose evaluation is done by another engine for the whole model (lm-eval): the
+        result holds per-example outputs aligned with ``ids(split)[idx]``; raise
+        ``evaluate.NonFiniteOutputs`` for NaN/Inf outputs. Base results are cached like any other.
+        """
+        return None
+
 
 @dataclass(frozen=True)
 class EvalResult:
