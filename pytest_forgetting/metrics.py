@@ -14,6 +14,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from .stats import Ratio
+
 Outputs = Mapping[str, np.ndarray]
 
 
@@ -25,6 +27,12 @@ class Metric:
     per_example: Callable[[Outputs], np.ndarray] | None = None
     aggregate: Callable[[Outputs, np.ndarray], float] | None = None
     description: str = ""
+    # An aggregate written as (a macro average of) ratios of per-example sums: outputs ->
+    # (numerator, denominator), each (n,) or (n, K); value = transform(mean_k sum num / sum den).
+    # It lets the decision core use a studentised bootstrap with a delta-method standard error
+    # (stats.Ratio) instead of treating the metric as a black box.
+    ratio: Callable[[Outputs], tuple[np.ndarray, np.ndarray]] | None = None
+    transform: str = "identity"
 
     def value(self, outputs: Outputs, idx: np.ndarray | None = None) -> float:
         if idx is None:
@@ -57,6 +65,49 @@ def f1_macro(o: Outputs, idx: np.ndarray, n_classes: int | None = None) -> float
     return float(f1[present].mean()) if present.any() else 0.0
 
 
+def _class_count(o: Outputs) -> int:
+    y = np.asarray(o["label"]).astype(np.int64)
+    p = np.asarray(o["pred"]).astype(np.int64)
+    return int(max(y.max(initial=0), p.max(initial=0))) + 1
+
+
+def _f1_macro_ratio(o: Outputs, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per example and class: 2 * [true positive] over [label is k] + [prediction is k]."""
+    y = np.asarray(o["label"]).astype(np.int64)
+    p = np.asarray(o["pred"]).astype(np.int64)
+    k = _class_count(o) if k is None else k
+    onehot_y = np.eye(k)[y]
+    onehot_p = np.eye(k)[p]
+    return 2.0 * onehot_y * onehot_p, onehot_y + onehot_p
+
+
+def _balanced_accuracy_ratio(o: Outputs, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per example and class: [hit] over [label is k]; classes only ever seen as predictions
+    have a zero denominator and drop out, as in :func:`balanced_accuracy`."""
+    y = np.asarray(o["label"]).astype(np.int64)
+    p = np.asarray(o["pred"]).astype(np.int64)
+    k = _class_count(o) if k is None else k
+    onehot_y = np.eye(k)[y]
+    return onehot_y * (y == p)[:, None], onehot_y
+
+
+def ratio_of(metric: "Metric", base: Outputs, tuned: Outputs) -> Ratio | None:
+    """The :class:`~pytest_forgetting.stats.Ratio` form of a metric on both models' outputs (one
+    column layout for both: the union of their classes), or None for metrics without one."""
+    if metric.ratio is None:
+        return None
+    if metric.ratio in (_f1_macro_ratio, _balanced_accuracy_ratio):
+        k = max(_class_count(base), _class_count(tuned))
+        nb, db = metric.ratio(base, k)  # type: ignore[call-arg]
+        nt, dt = metric.ratio(tuned, k)  # type: ignore[call-arg]
+    else:
+        nb, db = metric.ratio(base)
+        nt, dt = metric.ratio(tuned)
+    # F1's denominators count predictions, so they move with the model; the others count
+    # references (support, tokens, words) and do not.
+    return Ratio(nb, db, nt, dt, transform=metric.transform, den_fixed=metric.ratio is not _f1_macro_ratio)
+
+
 def balanced_accuracy(o: Outputs, idx: np.ndarray) -> float:
     y = np.asarray(o["label"])[idx].astype(np.int64)
     p = np.asarray(o["pred"])[idx].astype(np.int64)
@@ -80,6 +131,17 @@ def _exact(o: Outputs) -> np.ndarray:
     return np.asarray(o["exact"]).astype(np.float64)
 
 
+def _nll_ratio(o: Outputs) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(o["nll"], dtype=np.float64), np.asarray(o["ntok"], dtype=np.float64)
+
+
+def _error_parts(errors: str, total: str) -> Callable[[Outputs], tuple[np.ndarray, np.ndarray]]:
+    def parts(o: Outputs) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(o[errors], dtype=np.float64), np.asarray(o[total], dtype=np.float64)
+
+    return parts
+
+
 def _error_ratio(errors: str, total: str) -> Callable[[Outputs, np.ndarray], float]:
     """Corpus-level error rate: errors summed over examples / reference units summed (not a mean of ratios)."""
 
@@ -92,14 +154,14 @@ def _error_ratio(errors: str, total: str) -> Callable[[Outputs, np.ndarray], flo
 
 ACCURACY = Metric("accuracy", True, True, per_example=_correct, description="fraction of correct predictions (per example 0/1)")
 ERROR_RATE = Metric("error_rate", False, True, per_example=_error, description="fraction of wrong predictions (per example 0/1)")
-F1_MACRO = Metric("f1_macro", True, True, aggregate=f1_macro, description="macro-averaged F1 over classes")
-BALANCED_ACCURACY = Metric("balanced_accuracy", True, True, aggregate=balanced_accuracy, description="mean per-class recall")
-NLL = Metric("nll", False, False, aggregate=_mean_nll, description="mean negative log-likelihood per token (nats)")
-PERPLEXITY = Metric("perplexity", False, False, aggregate=_perplexity, description="exp(mean token NLL)")
+F1_MACRO = Metric("f1_macro", True, True, aggregate=f1_macro, description="macro-averaged F1 over classes", ratio=_f1_macro_ratio)
+BALANCED_ACCURACY = Metric("balanced_accuracy", True, True, aggregate=balanced_accuracy, description="mean per-class recall", ratio=_balanced_accuracy_ratio)
+NLL = Metric("nll", False, False, aggregate=_mean_nll, description="mean negative log-likelihood per token (nats)", ratio=_nll_ratio)
+PERPLEXITY = Metric("perplexity", False, False, aggregate=_perplexity, description="exp(mean token NLL)", ratio=_nll_ratio, transform="exp")
 EXACT_MATCH = Metric("exact_match", True, True, per_example=_exact, description="fraction of generations equal to a reference answer (per example 0/1)")
 # Error rates can exceed 1 (insertions) but are read, and given margins, as fractions: shown in percent.
-WER = Metric("wer", False, True, aggregate=_error_ratio("word_errors", "ref_words"), description="word error rate: word edits / reference words")
-CER = Metric("cer", False, True, aggregate=_error_ratio("char_errors", "ref_chars"), description="character error rate: character edits / reference characters")
+WER = Metric("wer", False, True, aggregate=_error_ratio("word_errors", "ref_words"), description="word error rate: word edits / reference words", ratio=_error_parts("word_errors", "ref_words"))
+CER = Metric("cer", False, True, aggregate=_error_ratio("char_errors", "ref_chars"), description="character error rate: character edits / reference characters", ratio=_error_parts("char_errors", "ref_chars"))
 
 CLASSIFICATION_METRICS: dict[str, Metric] = {m.name: m for m in (ACCURACY, ERROR_RATE, F1_MACRO, BALANCED_ACCURACY)}
 LM_METRICS: dict[str, Metric] = {m.name: m for m in (PERPLEXITY, NLL)}

@@ -327,7 +327,7 @@ def _bind(st: RunState, check: Check, where: str) -> Check:
         metric = task.metrics[check.metric]
         if n == 0:
             raise ConfigError(f"{where}: task {check.task!r} split {check.split!r} has no examples")
-        if metric.per_example is not None and metric.bounded and not check.relative:
+        if metric.bounded and not check.relative:  # 0/1 and bounded aggregate metrics alike (stats.min_n_to_pass)
             need = min_n_to_pass(check.margin, st.settings.alpha)
             if need is None or n < need:
                 raise ConfigError(

@@ -553,12 +553,21 @@ class ForgettingSession:
 
     def _decide(self, check: Check, task: Task, metric: Metric, b: EvalResult, t: EvalResult, row: dict[str, Any]) -> CheckResult:
         alpha, seed = self.settings.alpha, self.settings.seed
-        common = dict(max_drop=check.margin, relative=check.relative, alpha=alpha, higher_is_better=metric.higher_is_better, seed=seed)
+        # The check FAILs when any of its parts proves a regression (a union of claims), so the FAIL
+        # side's alpha is split over those parts; each PASS bound keeps the full alpha (every part
+        # must pass: an intersection, which needs no correction).
+        gates_nfr = check.max_nfr is not None and check.kind == "retains"
+        fail_alpha = alpha / (1 + (check.max_class_drop is not None) + gates_nfr)
+        common = dict(max_drop=check.margin, relative=check.relative, alpha=alpha, higher_is_better=metric.higher_is_better, seed=seed,
+                      fail_alpha=fail_alpha)
         if metric.per_example is not None:
             cmp = stats.compare_scores(metric.per_example(b.outputs), metric.per_example(t.outputs), **common)
         else:
+            from .metrics import ratio_of
+
             agg = metric.aggregate
-            cmp = stats.compare_statistic(lambda idx: (agg(b.outputs, idx), agg(t.outputs, idx)), len(b), **common)
+            cmp = stats.compare_statistic(lambda idx: (agg(b.outputs, idx), agg(t.outputs, idx)), len(b), ratio=ratio_of(metric, b.outputs, t.outputs),
+                                          bounded=metric.bounded, **common)
         verdicts = [cmp.verdict]
         reasons = [cmp.reason]
         budgets: list[stats.Budget] = []
@@ -573,7 +582,8 @@ class ForgettingSession:
                 if check.slices:
                     groups, group_names = _encode_groups(task.slice_column(check.split, check.slices), b.ids, task.ids(check.split))
                 limit = check.max_class_drop if check.max_class_drop is not None else 1.0
-                per_class = stats.class_drops(bc.astype(float), tc.astype(float), groups, limit=limit, alpha=alpha, class_names=group_names)
+                per_class = stats.class_drops(bc.astype(float), tc.astype(float), groups, limit=limit, alpha=alpha, class_names=group_names,
+                                              fail_alpha=fail_alpha if check.max_class_drop is not None else None)
                 gated = check.max_class_drop is not None
                 row["worst_classes"] = [  # a class verdict is shown only when a class budget gates it
                     {"name": c.name, "drop": c.value, "ci_low": c.ci_low, "ci_high": c.ci_high, "verdict": c.verdict if gated else "", "n": c.n}
@@ -591,8 +601,8 @@ class ForgettingSession:
                     verdicts.extend(c.verdict for c in per_class)
             elif check.max_class_drop is not None:
                 raise ConfigError(f"max_class_drop needs class labels; task {task.name!r} has none (use slices= with a column)")
-            if check.max_nfr is not None and check.kind == "retains":
-                nb = stats.nfr_budget(bc.astype(float), tc.astype(float), limit=check.max_nfr, alpha=alpha)
+            if gates_nfr:
+                nb = stats.nfr_budget(bc.astype(float), tc.astype(float), limit=check.max_nfr, alpha=alpha, fail_alpha=fail_alpha)
                 budgets.append(nb)
                 verdicts.append(nb.verdict)
                 if nb.verdict != "pass":

@@ -2,26 +2,44 @@
 
 The question every marker asks is *non-inferiority on paired data*: did the fine-tuned model
 lose more than ``margin`` of a metric its base model had, measured on the **same** examples?
-Pairing matters: two models evaluated on one eval set are strongly correlated, and a test that
-ignores that (two independent proportions) is far too conservative, while a test that only
-looks at the point estimate ("the drop was 0.019 <= 0.02, ship it") is wrong half the time
-exactly at the margin. So every verdict here is made from a confidence interval of the drop:
+Every verdict is made from two one-sided confidence bounds of the drop:
 
-* PASS          -- the one-sided upper bound at level ``alpha`` is below the margin;
-* FAIL          -- the one-sided lower bound at level ``alpha`` is above the margin;
-* INCONCLUSIVE  -- neither; we also estimate how many examples would settle it.
+* PASS          -- the upper bound at level ``alpha`` is below the margin;
+* FAIL          -- the lower bound at level ``fail_alpha`` (``alpha`` unless the caller splits
+                   it over several FAIL claims of one check) is above the margin;
+* INCONCLUSIVE  -- neither, or no method here is valid at this n; the message says which, and
+                   how many examples would settle it with probability 0.8 under the observed rates.
 
-The two-sided ``1 - 2*alpha`` interval reported in :class:`Comparison` has exactly those two
-one-sided bounds as its ends, so the printed interval is the evidence behind the verdict.
+A bound that equals the margin within floating-point tolerance proves nothing.
 
-For per-example 0/1 metrics (correct / wrong) the interval is Tango's (1998) score interval for
-a difference of paired proportions, which keeps close to its nominal level even for small
-discordance counts (where Wald intervals collapse to zero width). For everything else --
-continuous per-example scores, relative drops, aggregate metrics such as macro-F1 or perplexity --
-a seeded paired bootstrap is used, so that results are reproducible run to run.
+Which bound, per path (the README section "How a verdict is decided" states the guarantees):
 
-Reference: T. Tango (1998), "Equivalence test and confidence interval for the difference in
-proportions for the paired-sample design", Statistics in Medicine 17, 891-908.
+* 0/1 scores, absolute drop: Tango's (1998) score bounds for a difference of paired
+  proportions. The PASS bound is Tango's, replaced by the exact Clopper-Pearson bound of the
+  negative-flip rate when no example flipped the other way (so "no flips at all" passes only
+  where it is exactly safe: ``min_n_to_pass``). The FAIL bound carries a 0.5 continuity
+  correction (and is the exact bound of the positive-flip rate when no example flipped badly).
+* 0/1 scores, relative drop: the score interval for the ratio of paired proportions
+  (Nam and Blackwelder 2002; Tang, Tang and Chan 2003), restricted maximum likelihood under the
+  null solved exactly (KKT conditions, zero cells included); the same continuity correction on
+  the FAIL side and an exact bound when nothing flipped.
+* means of continuous scores (absolute or relative), ratio statistics (perplexity = exp(sum NLL /
+  sum tokens), WER = errors / words, entity F1) and macro averages of ratios (macro-F1, balanced
+  accuracy): a seeded paired *studentised* bootstrap (bootstrap-t) whose standard error in
+  every resample is the delta-method (linearised) one. Never decided on a resample
+  distribution with no spread.
+* any other aggregate statistic (a bare callable): a seeded paired BCa bootstrap (Efron 1987),
+  acceleration from a (grouped) jackknife.
+
+Budgets: per-class drops FAIL on exact bounds (Clopper-Pearson of both flip rates, Bonferroni
+over classes); the negative-flip-rate budget uses Clopper-Pearson bounds. The beta quantiles
+are computed here (continued fraction of the regularised incomplete beta, then bisection) and
+checked against scipy in the tests.
+
+References: T. Tango (1998), Statistics in Medicine 17, 891-908. J. Nam and W. C. Blackwelder
+(2002), Statistics in Medicine 21, 689-699. N.-S. Tang, M.-L. Tang and I. S. F. Chan (2003),
+Biometrics 59, 1030-1037. C. J. Clopper and E. S. Pearson (1934), Biometrika 26, 404-413.
+B. Efron (1987), JASA 82, 171-185.
 """
 
 from __future__ import annotations
@@ -29,9 +47,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +58,11 @@ __all__ = [
     "INCONCLUSIVE",
     "Comparison",
     "Budget",
+    "Ratio",
     "tango_interval",
+    "ratio_score_interval",
     "wilson_bounds",
+    "clopper_pearson",
     "min_n_to_pass",
     "compare_scores",
     "compare_statistic",
@@ -61,6 +81,9 @@ _SEVERITY = {PASS: 0, INCONCLUSIVE: 1, FAIL: 2}
 #: Beyond this many examples we stop pretending an eval set could be collected.
 _N_NEEDED_CAP = 10**9
 
+#: ``n_needed`` is the n at which the check settles with at least this probability.
+_SETTLE_PROB = 0.8
+
 #: Bootstrap index matrices are generated in chunks of at most this many entries, so memory
 #: stays bounded (~16 MB of indices) whatever n and n_boot are.
 _CHUNK_ENTRIES = 2_000_000
@@ -68,6 +91,22 @@ _CHUNK_ENTRIES = 2_000_000
 #: Tango's statistic is infinite at the edges of [-1, 1]; clip it so the root finder only ever
 #: sees finite numbers (any value this large is far beyond any z we use).
 _Z_CLIP = 1e8
+
+#: A bound within this (relative) distance of the margin is a tie: it proves nothing. Float
+#: rounding alone makes mean(0.5) - mean(0.48) exceed 0.02.
+_TIE_RTOL = 1e-9
+
+#: Continuity corrections (in counts) of the 0/1 score bounds: the bound that backs a FAIL and
+#: the one that backs a PASS. Chosen by exact enumeration over the whole nuisance range
+#: (margins 0.02 / 0.05 / 0.1, n up to 500; tests/test_calibration_fast.py keeps a few cells):
+#: plain Tango reaches 0.060 false PASS and 0.061 false FAIL; 0.5 on the FAIL side alone still
+#: leaves 0.061 (n=50, margin 0.1, few positive flips); 1.0 on both sides keeps every computed
+#: cell <= alpha (max 0.0493), at a cost of about 0.03 in PASS power at n=1000.
+_CC_FAIL = 1.0
+_CC_PASS = 1.0
+
+#: Simulated draws used to check the settle probability behind n_needed on the count paths.
+_SETTLE_DRAWS = 1000
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,9 +120,11 @@ class Comparison:
 
     ``drop`` is signed so that positive always means *worse* (base - tuned for
     higher-is-better metrics, tuned - base for lower-is-better ones; divided by ``|base|``
-    when ``relative``). ``ci_low``/``ci_high`` are the ends of the two-sided ``1 - 2*alpha``
-    interval of the drop, i.e. the one-sided bounds at ``alpha`` on which the verdict rests.
-    ``margin`` is the largest tolerated drop (negative for "must improve by at least g").
+    when ``relative``). ``ci_high`` is the one-sided upper bound at ``alpha`` (it backs a PASS),
+    ``ci_low`` the one-sided lower bound at ``fail_alpha`` (it backs a FAIL); with equal alphas
+    they are the ends of a two-sided ``1 - 2*alpha`` interval. ``margin`` is the largest
+    tolerated drop (negative for "must improve by at least g"). ``n_needed`` is the eval-set
+    size at which the same rates would settle the check with probability ``settle_prob``.
     """
 
     verdict: str
@@ -102,6 +143,8 @@ class Comparison:
     pfr: float | None
     n_needed: int | None
     reason: str
+    fail_alpha: float | None = None
+    settle_prob: float | None = None
 
 
 @dataclass(frozen=True)
@@ -109,10 +152,9 @@ class Budget:
     """One secondary budget (per-class recall drop, negative-flip rate) and its verdict.
 
     ``value`` is the observed quantity; ``ci_low``/``ci_high`` are the bounds the verdict was
-    decided on. For :func:`class_drops` the lower bound is Bonferroni-corrected over the
-    classes (it backs a FAIL, and "some class regressed" is a union of K claims) while the
-    upper bound is not (a PASS needs every class to pass, an intersection, which needs no
-    correction).
+    decided on. For :func:`class_drops` the lower bound is exact and Bonferroni-corrected over
+    the classes (it backs a FAIL, and "some class regressed" is a union of K claims) while the
+    upper bound is not corrected (a PASS needs every class to pass, an intersection).
     """
 
     name: str
@@ -124,20 +166,49 @@ class Budget:
     n: int
 
 
+@dataclass(frozen=True)
+class Ratio:
+    """An aggregate metric written as a (macro average of) ratio(s) of per-example sums.
+
+    For each model, ``value = transform(mean_k sum_i num[i, k] / sum_i den[i, k])`` over the
+    columns k whose denominator is positive on the whole eval set. 1-D arrays are one column.
+    Examples: perplexity (num = token NLL per example, den = tokens, transform "exp"), WER
+    (num = word errors, den = reference words), entity F1 (num = 2 tp, den = predicted + gold
+    entities, per model), macro-F1 (one column per class: num = 2 tp, den = support +
+    predicted), balanced accuracy (num = hits, den = support). Passing it to
+    :func:`compare_statistic` turns on the studentised bootstrap with a delta-method standard
+    error in every resample.
+    """
+
+    num_base: Any
+    den_base: Any
+    num_tuned: Any
+    den_tuned: Any
+    transform: str = "identity"
+    #: the denominators do not depend on the model (tokens, reference words, class support);
+    #: False for F1, whose denominators count predictions. Used only to bound the metric when
+    #: no example changed.
+    den_fixed: bool = False
+
+
 # --------------------------------------------------------------------------------------------
 # Validation helpers
 # --------------------------------------------------------------------------------------------
 
 
-def _check_alpha(alpha: float) -> float:
+def _check_alpha(alpha: float, what: str = "alpha") -> float:
     """Reject error rates that make no sense for a one-sided bound (and NaN)."""
     try:
         a = float(alpha)
     except (TypeError, ValueError):
-        raise ValueError(f"alpha must be a number in (0, 0.5), got {alpha!r}") from None
+        raise ValueError(f"{what} must be a number in (0, 0.5), got {alpha!r}") from None
     if not 0.0 < a < 0.5:
-        raise ValueError(f"alpha must be in (0, 0.5), got {alpha!r}")
+        raise ValueError(f"{what} must be in (0, 0.5), got {alpha!r}")
     return a
+
+
+def _check_fail_alpha(fail_alpha: float | None, alpha: float) -> float:
+    return alpha if fail_alpha is None else _check_alpha(fail_alpha, "fail_alpha")
 
 
 def _check_margin(value: float, what: str) -> float:
@@ -149,6 +220,23 @@ def _check_margin(value: float, what: str) -> float:
     if not math.isfinite(m):
         raise ValueError(f"{what} must be a finite number, got {value!r}")
     return m
+
+
+def _min_boot(alpha: float) -> int:
+    """Fewest resamples for a one-sided bound at alpha: at least 5 replicates beyond it."""
+    return max(100, math.ceil(5.0 / alpha - 1e-9))
+
+
+def _check_n_boot(n_boot: Any, alphas: Sequence[float]) -> int:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
+    need = _min_boot(min(alphas))
+    if n_boot < need:
+        raise ValueError(
+            f"n_boot={int(n_boot)} is too few resamples for a one-sided bound at "
+            f"alpha={min(alphas):g}: use at least {need}"
+        )
+    return int(n_boot)
 
 
 def _as_scores(x: Any, what: str) -> np.ndarray:
@@ -179,6 +267,13 @@ def _as_pair(base: Any, tuned: Any) -> tuple[np.ndarray, np.ndarray]:
             f"base and tuned scores must be aligned (same examples, same order): "
             f"got lengths {b.size} and {t.size}"
         )
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = bool(np.isfinite(b - t).all() and np.isfinite(b.sum()) and np.isfinite(t.sum()))
+    if not finite:
+        raise ValueError(
+            "score range is too large: differences or sums of the scores overflow to infinity "
+            "(rescale the scores)"
+        )
     return b, t
 
 
@@ -194,8 +289,32 @@ def _as_correct(x: Any, what: str) -> np.ndarray:
     return arr.astype(bool)
 
 
+def _as_labels(labels: Any, size: int) -> np.ndarray:
+    lab = np.asarray(labels)
+    if lab.ndim != 1:
+        raise ValueError(f"labels must be a 1-D array, got shape {lab.shape}")
+    if lab.size != size:
+        raise ValueError(
+            f"base_correct, tuned_correct and labels must be aligned: "
+            f"got lengths {size}, {size} and {lab.size}"
+        )
+    if lab.dtype.kind in "fc":
+        bad = np.isnan(lab)
+    elif lab.dtype.kind == "O":
+        bad = np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in lab.tolist()],
+                       dtype=bool)
+    else:
+        bad = np.zeros(lab.size, dtype=bool)
+    if bad.any():
+        raise ValueError(
+            f"labels contain {int(bad.sum())} missing value(s) (NaN/None), first at index "
+            f"{int(np.flatnonzero(bad)[0])}: every example needs a class"
+        )
+    return lab
+
+
 # --------------------------------------------------------------------------------------------
-# Intervals
+# Special functions (no scipy at run time)
 # --------------------------------------------------------------------------------------------
 
 
@@ -203,6 +322,105 @@ def _z(alpha: float) -> float:
     # statistics.NormalDist rather than scipy.stats.norm: the same quantile to ~1e-16 (Wichura's
     # AS241), without the ~1.5 s scipy.stats import every pytest run would pay at start-up.
     return NormalDist().inv_cdf(1.0 - alpha)
+
+
+def _phi(x: float) -> float:
+    return NormalDist().cdf(x)
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta (modified Lentz evaluation).
+
+    The expansion I_x(a, b) = x^a (1-x)^b / (a B(a, b)) * 1 / (1 + d1 / (1 + d2 / ...)) with
+    d_{2m+1} = -(a+m)(a+b+m) x / ((a+2m)(a+2m+1)) and d_{2m} = m (b-m) x / ((a+2m-1)(a+2m));
+    it converges fast for x < (a+1) / (a+b+2), which the caller guarantees.
+    """
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 100_000):
+        for coeff in (m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
+                      -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))):
+            d = 1.0 + coeff * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + coeff / c
+            c = c if abs(c) > tiny else tiny
+            step = c * d
+            h *= step
+        if abs(step - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b) for a, b > 0."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = a * math.log(x) + b * math.log1p(-x) - _log_beta(a, b)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_quantile(p: float, a: float, b: float) -> float:
+    """The x with I_x(a, b) = p, by bisection (I_x is increasing in x) to ~1e-14 relative."""
+    lo, hi = 0.0, 1.0
+    for _ in range(400):
+        mid = 0.5 * (lo + hi)
+        if hi - lo <= 1e-14 * hi or mid in (lo, hi):
+            break
+        if _betainc(a, b, mid) < p:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _cp_upper(k: float, n: float, alpha: float) -> float:
+    """Exact (Clopper-Pearson) one-sided upper bound at alpha of a proportion, k of n."""
+    if k >= n:
+        return 1.0
+    if k <= 0:
+        return -math.expm1(math.log(alpha) / n)  # 1 - alpha^(1/n), without cancellation
+    return _beta_quantile(1.0 - alpha, k + 1.0, n - k)
+
+
+def _cp_lower(k: float, n: float, alpha: float) -> float:
+    """Exact (Clopper-Pearson) one-sided lower bound at alpha of a proportion, k of n."""
+    if k <= 0:
+        return 0.0
+    if k >= n:
+        return math.exp(math.log(alpha) / n)
+    return _beta_quantile(alpha, float(k), n - k + 1.0)
+
+
+def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact Clopper-Pearson bounds of a proportion k/n, each one-sided at ``alpha``.
+
+    The bounds are beta quantiles (lower: Beta(k, n-k+1) at alpha; upper: Beta(k+1, n-k) at
+    1-alpha), so P(true p > upper) <= alpha exactly for every p, however few examples.
+    """
+    a = _check_alpha(alpha)
+    if isinstance(k, bool) or isinstance(n, bool):
+        raise ValueError("k and n must be counts, not booleans")
+    kf, nf = float(k), float(n)
+    if not (nf > 0 and kf == math.floor(kf) and nf == math.floor(nf)):
+        raise ValueError(f"need integer counts with n > 0, got k={k}, n={n}")
+    if not 0 <= kf <= nf:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    return _cp_lower(kf, nf, a), _cp_upper(kf, nf, a)
+
+
+# --------------------------------------------------------------------------------------------
+# Paired 0/1 intervals
+# --------------------------------------------------------------------------------------------
 
 
 def _decreasing_root(f: Callable[[float], float], lo: float, hi: float, xtol: float = 1e-13) -> float:
@@ -222,14 +440,15 @@ def _decreasing_root(f: Callable[[float], float], lo: float, hi: float, xtol: fl
     return 0.5 * (lo + hi)
 
 
-def _tango_score(delta: float, b: float, c: float, n: float) -> float:
+def _tango_score(delta: float, b: float, c: float, n: float, cc: float = 0.0) -> float:
     """Tango's score statistic for H0: p12 - p21 = delta (p12 = P(negative flip)).
 
     The nuisance parameter p21 is replaced by its maximum-likelihood value under H0, the
     positive root of 2n q^2 + B q + C = 0. We use the cancellation-free form of that root
     because B is large and C tiny near delta = 0, where the naive formula loses all digits.
+    ``cc`` is subtracted from the numerator (a continuity correction toward H0).
     """
-    num = b - c - n * delta
+    num = b - c - n * delta - cc
     big_b = -(b + c) + (2.0 * n - b + c) * delta
     big_c = -c * delta * (1.0 - delta)
     disc = max(big_b * big_b - 8.0 * n * big_c, 0.0)
@@ -247,33 +466,32 @@ def _tango_score(delta: float, b: float, c: float, n: float) -> float:
     return max(-_Z_CLIP, min(_Z_CLIP, zval))
 
 
-def _tango_lower(b: float, c: float, n: float, z: float) -> float:
+def _tango_lower(b: float, c: float, n: float, z: float, cc: float = 0.0) -> float:
     """Lower end of Tango's interval: the delta below the estimate where T(delta) = z.
 
     T decreases in delta, is 0 at the point estimate and +inf at delta = -1, so the root is
     bracketed by [-1, estimate].
     """
     dhat = (b - c) / n
-    if b == 0.0 and c == 0.0:
+    if b == 0.0 and c == 0.0 and cc == 0.0:
         # No discordant pairs: T^2 = n|d| / (1 - |d|) in closed form, so the end is exact.
         return -(z * z / (n + z * z))
     if dhat == -1.0:
         return -1.0
 
     def f(delta: float) -> float:
-        # At the estimate the statistic is 0 by definition; evaluating it there would divide
-        # 0 by a variance that can also be 0 (all pairs flipped one way).
+        # At the estimate the statistic is -cc/sd by definition; evaluating it there would
+        # divide by a variance that can be 0 (all pairs flipped one way).
         if delta == dhat:
             return -z
-        return _tango_score(delta, b, c, n) - z
+        return _tango_score(delta, b, c, n, cc) - z
 
     return _decreasing_root(f, -1.0, dhat)
 
 
 def _tango_bound(b: float, c: float, n: float, z: float, upper: bool) -> float:
     """One end of Tango's interval. The upper end is computed as the mirrored lower end of
-    the swapped counts, so that swapping the two models mirrors the interval *exactly*
-    (not just up to root-finder tolerance) -- a verdict must not depend on argument order."""
+    the swapped counts, so that swapping the two models mirrors the interval *exactly*."""
     if upper:
         return -_tango_lower(c, b, n, z)
     return _tango_lower(b, c, n, z)
@@ -285,10 +503,16 @@ def tango_interval(b: float, c: float, n: float, alpha: float = 0.05) -> tuple[f
     ``b`` counts pairs where the base model was right and the tuned one wrong (negative flips),
     ``c`` the opposite (positive flips), ``n`` all pairs. The interval is two-sided at level
     ``1 - 2*alpha`` (z = Phi^-1(1 - alpha)), so each end is a one-sided bound at ``alpha``.
-    Counts may be real-valued: :func:`compare_scores` extrapolates them to larger n to estimate
-    how many examples an inconclusive comparison needs.
+    This is the plain interval of the paper; the decision uses :func:`_paired_bounds`, which
+    makes the no-flip and FAIL-side ends conservative.
     """
     a = _check_alpha(alpha)
+    b, c, n = _check_counts(b, c, n)
+    z = _z(a)
+    return _tango_bound(b, c, n, z, upper=False), _tango_bound(b, c, n, z, upper=True)
+
+
+def _check_counts(b: float, c: float, n: float) -> tuple[float, float, float]:
     b, c, n = float(b), float(c), float(n)
     if not (math.isfinite(b) and math.isfinite(c) and math.isfinite(n)):
         raise ValueError(f"counts must be finite, got b={b}, c={c}, n={n}")
@@ -296,15 +520,224 @@ def tango_interval(b: float, c: float, n: float, alpha: float = 0.05) -> tuple[f
         raise ValueError(f"n must be positive, got {n}: no pairs to compare")
     if b < 0 or c < 0 or b + c > n * (1 + 1e-12):
         raise ValueError(f"need 0 <= b, c and b + c <= n, got b={b}, c={c}, n={n}")
+    return b, c, n
+
+
+def _paired_bounds(b: float, c: float, n: float, alpha: float, fail_alpha: float) -> tuple[float, float]:
+    """The (lower, upper) bounds of the paired difference that the 0/1 verdict rests on.
+
+    Upper (PASS side): Tango at alpha; when no example flipped the good way (c = 0) it is at
+    least the exact Clopper-Pearson upper bound of the negative-flip rate b/n, which bounds the
+    drop p12 - p21 <= p12 exactly. With no flips at all this is 1 - alpha^(1/n): the sample
+    "nothing changed" passes only at an n where an unseen drop of the margin would have shown
+    a flip with probability >= 1 - alpha. Lower (FAIL side): Tango at fail_alpha with a 0.5
+    continuity correction, and at most minus the exact upper bound of the positive-flip rate
+    when no example flipped badly (b = 0).
+    """
+    zp, zf = _z(alpha), _z(fail_alpha)
+
+    def upper(b: float, c: float) -> float:
+        return -_tango_lower(c, b, n, zp, cc=_CC_PASS) if (b or c) else 0.0
+
+    def lower(b: float, c: float) -> float:
+        return _tango_lower(b, c, n, zf, cc=_CC_FAIL) if (b or c) else 0.0
+
+    # c = 0: at least the exact bound of p12 >= drop; then never above it for c > 0 (one more
+    # positive flip must not raise the bound, which a continuity correction alone could do)
+    high0 = max(upper(b, 0.0), _cp_upper(b, n, alpha))
+    high = high0 if c == 0 else min(upper(b, c), high0)
+    low0 = min(lower(0.0, c), -_cp_upper(c, n, fail_alpha))
+    low = low0 if b == 0 else max(lower(b, c), low0)
+    return low, high
+
+
+def _tango_lower_vec(b: np.ndarray, c: np.ndarray, n: float, z: float, cc: float = 0.0) -> np.ndarray:
+    """Vectorised :func:`_tango_lower` (bisection on arrays), for simulating many tables."""
+    b = np.asarray(b, dtype=float)
+    c = np.asarray(c, dtype=float)
+    dhat = (b - c) / n
+    lo = np.full(b.shape, -1.0)
+    hi = dhat.copy()
+    for _ in range(64):
+        mid = 0.5 * (lo + hi)
+        num = b - c - n * mid - cc
+        big_b = -(b + c) + (2.0 * n - b + c) * mid
+        big_c = -c * mid * (1.0 - mid)
+        root = np.sqrt(np.maximum(big_b * big_b - 8.0 * n * big_c, 0.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(big_b > 0.0, -2.0 * big_c / (big_b + root), (root - big_b) / (4.0 * n))
+            var = 2.0 * q + mid * (1.0 - mid)
+            stat = num / np.sqrt(n * np.maximum(var, 1e-300))
+        stat = np.where(var <= 1e-300, np.sign(num) * _Z_CLIP, stat)
+        above = (stat > z) & (mid != dhat)
+        lo = np.where(above, mid, lo)
+        hi = np.where(above, hi, mid)
+    out = 0.5 * (lo + hi)
+    return np.where(dhat == -1.0, -1.0, out)
+
+
+def _paired_bounds_vec(b: np.ndarray, c: np.ndarray, n: float, alpha: float,
+                       fail_alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`_paired_bounds`."""
+    b = np.asarray(b, dtype=float)
+    c = np.asarray(c, dtype=float)
+    zp, zf = _z(alpha), _z(fail_alpha)
+    none = (b == 0) & (c == 0)
+    high = np.where(none, 0.0, -_tango_lower_vec(c, b, n, zp, cc=_CC_PASS))
+    high_c0 = np.where(b == 0, 0.0, -_tango_lower_vec(np.zeros_like(b), b, n, zp, cc=_CC_PASS))
+    low = np.where(none, 0.0, _tango_lower_vec(b, c, n, zf, cc=_CC_FAIL))
+    low_b0 = np.where(c == 0, 0.0, _tango_lower_vec(np.zeros_like(c), c, n, zf, cc=_CC_FAIL))
+    cp_b = {k: _cp_upper(float(k), n, alpha) for k in np.unique(b).tolist()}
+    cp_c = {k: _cp_upper(float(k), n, fail_alpha) for k in np.unique(c).tolist()}
+    high_c0 = np.maximum(high_c0, np.array([cp_b[k] for k in b.tolist()]))
+    low_b0 = np.minimum(low_b0, -np.array([cp_c[k] for k in c.tolist()]))
+    high = np.where(c == 0, high_c0, np.minimum(high, high_c0))
+    low = np.where(b == 0, low_b0, np.maximum(low, low_b0))
+    return low, high
+
+
+# ----- the ratio of paired proportions ------------------------------------------------------
+
+
+def _restricted_mle(cells: Sequence[float], a: Sequence[float]) -> list[float]:
+    """Multinomial maximum likelihood under the linear constraint sum_j a_j p_j = 0.
+
+    KKT conditions: p_j = n_j / (n + mu a_j) for observed cells, with mu the root of the
+    decreasing g(mu) = sum_j a_j n_j / (n + mu a_j) on the interval where every denominator is
+    positive. When the root lies beyond an end that only an *empty* cell fixes, that empty cell
+    takes the mass the constraint needs (its p_j > 0 although n_j = 0) -- the case of tables
+    with no flips, where the naive formula has no solution.
+    """
+    n = float(sum(cells))
+    ends_lo = [(-n / aj, nj) for nj, aj in zip(cells, a) if aj > 0.0]
+    ends_hi = [(-n / aj, nj) for nj, aj in zip(cells, a) if aj < 0.0]
+    lo = max((e for e, _ in ends_lo), default=-math.inf)
+    hi = min((e for e, _ in ends_hi), default=math.inf)
+    lo_hard = any(nj > 0 and e == lo for e, nj in ends_lo)
+    hi_hard = any(nj > 0 and e == hi for e, nj in ends_hi)
+    lo_cell = next((j for j, (nj, aj) in enumerate(zip(cells, a)) if aj > 0.0 and -n / aj == lo), -1)
+    hi_cell = next((j for j, (nj, aj) in enumerate(zip(cells, a)) if aj < 0.0 and -n / aj == hi), -1)
+
+    obs = [(nj, aj) for nj, aj in zip(cells, a) if nj > 0]
+
+    def g(mu: float) -> float:
+        return sum(aj * nj / (n + mu * aj) for nj, aj in obs)
+
+    p = [0.0] * len(cells)
+    if not lo_hard and lo_cell >= 0 and g(lo) <= 0.0:
+        mu, extra = lo, lo_cell
+    elif not hi_hard and hi_cell >= 0 and g(hi) >= 0.0:
+        mu, extra = hi, hi_cell
+    else:
+        # Safeguarded Newton on the decreasing g: a Newton step when it stays inside the
+        # bracket [left, right] known to hold the root, a bisection otherwise.
+        extra = -1
+        left, right = lo, hi
+        mu = 0.0 if lo < 0.0 < hi else 0.5 * (lo + hi)
+        for _ in range(200):
+            val = g(mu)
+            if val == 0.0:
+                break
+            if val > 0.0:
+                left = mu
+            else:
+                right = mu
+            slope = -sum(aj * aj * nj / (n + mu * aj) ** 2 for nj, aj in obs)
+            step = mu - val / slope if slope < 0.0 else math.nan
+            if not left < step < right:
+                step = 0.5 * (left + right)
+            if abs(step - mu) <= 1e-15 * n:
+                mu = step
+                break
+            mu = step
+    for j, (nj, aj) in enumerate(zip(cells, a)):
+        if nj > 0:
+            p[j] = nj / (n + mu * aj)
+    if extra >= 0:
+        p[extra] = max(0.0, -sum(aj * pj for aj, pj in zip(a, p)) / a[extra])
+    total = sum(p)
+    return [pj / total for pj in p]
+
+
+def _constrained_score(cells: Sequence[float], a: Sequence[float], shift: float) -> float:
+    """Score statistic (sum_j a_j n_j + shift) / sqrt(n sum_j a_j^2 p~_j), p~ restricted."""
+    n = float(sum(cells))
+    num = sum(aj * nj for aj, nj in zip(a, cells)) + shift
+    p = _restricted_mle(cells, a)
+    var = sum(aj * aj * pj for aj, pj in zip(a, p))
+    if var <= 1e-300:
+        return 0.0 if num == 0.0 else math.copysign(_Z_CLIP, num)
+    return max(-_Z_CLIP, min(_Z_CLIP, num / math.sqrt(n * var)))
+
+
+def _ratio_cells_a(theta: float) -> tuple[float, float, float, float]:
+    # cells (11, 10, 01, 00) = (both 1, base 1 only, tuned 1 only, both 0); the per-pair value
+    # y_t - theta * y_b has mean 0 exactly when theta = P(y_t = 1) / P(y_b = 1)
+    return (1.0 - theta, -theta, 1.0, 0.0)
+
+
+def _ratio_bound(cells: Sequence[float], z: float, upper: bool, cc: float = 0.0) -> float:
+    """One end of the score interval of theta = P(tuned = 1) / P(base = 1), paired.
+
+    The statistic decreases in theta; the lower end solves Z(theta) = z, the upper one
+    Z(theta) = -z, each with the numerator moved ``cc`` counts toward H0. Bisection on
+    log(theta); 0 and inf are returned when the data cannot bound theta on that side.
+    """
+    n11, n10, n01, _ = cells
+    nb, nt = n11 + n10, n11 + n01
+    est = nt / nb
+    if upper:
+        def f(log_t: float) -> float:
+            return _constrained_score(cells, _ratio_cells_a(math.exp(log_t)), cc) + z
+        lo, hi = (math.log(est) if est > 0 else -60.0), 60.0
+        if f(hi) > 0.0:
+            return math.inf
+    else:
+        if nt == 0:
+            return 0.0
+
+        def f(log_t: float) -> float:
+            return _constrained_score(cells, _ratio_cells_a(math.exp(log_t)), -cc) - z
+        lo, hi = -60.0, math.log(est)
+        if f(lo) <= 0.0:
+            return 0.0
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if hi - lo <= 1e-12 or mid in (lo, hi):
+            break
+        if f(mid) > 0.0:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp(0.5 * (lo + hi))
+
+
+def ratio_score_interval(n11: int, n10: int, n01: int, n00: int,
+                         alpha: float = 0.05) -> tuple[float, float]:
+    """Score interval of theta = P(tuned = 1) / P(base = 1) for paired 0/1 outcomes.
+
+    Cells: ``n11`` both 1, ``n10`` base 1 and tuned 0, ``n01`` base 0 and tuned 1, ``n00`` both 0.
+    The statistic is the score test of the multinomial under theta (Nam and Blackwelder 2002;
+    Tang, Tang and Chan 2003) with the nuisance parameters at their restricted MLE; two-sided
+    at 1 - 2*alpha, so each end is a one-sided bound at alpha. No continuity correction (the
+    decision adds one on its FAIL side).
+    """
+    a = _check_alpha(alpha)
+    cells = [float(v) for v in (n11, n10, n01, n00)]
+    if any(not math.isfinite(v) or v < 0 for v in cells):
+        raise ValueError(f"cell counts must be finite and non-negative, got {cells}")
+    if cells[0] + cells[1] <= 0:
+        raise ValueError("the ratio is undefined: the base proportion is 0 (n11 + n10 = 0)")
     z = _z(a)
-    return _tango_bound(b, c, n, z, upper=False), _tango_bound(b, c, n, z, upper=True)
+    return _ratio_bound(cells, z, upper=False), _ratio_bound(cells, z, upper=True)
 
 
 def wilson_bounds(k: float, n: float, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval of a single proportion k/n, two-sided at level 1 - 2*alpha.
 
-    Used for the negative-flip-rate budget: unlike the Wald interval it does not collapse to
-    [0, 0] when no flip was observed, which would make "0 flips in 20 examples" look proven.
+    Kept for reference; budgets decide on the exact :func:`clopper_pearson` bounds, because
+    Wilson's lower bound is far too low-risk at small k (one flip in 22 examples "proved" a
+    negative-flip rate above 1 % a fifth of the time).
     """
     a = _check_alpha(alpha)
     k, n = float(k), float(n)
@@ -322,30 +755,33 @@ def wilson_bounds(k: float, n: float, alpha: float = 0.05) -> tuple[float, float
     return low, high
 
 
-def _identical_upper(n: int, z: float) -> float:
-    """Upper Tango bound for two identical 0/1 vectors of length n (no discordant pairs)."""
-    return z * z / (n + z * z)
+def _no_change_upper(n: int, alpha: float) -> float:
+    """Exact upper bound of the drop of a [0, 1] per-example score when no example changed."""
+    return _cp_upper(0.0, float(n), alpha)
 
 
 def min_n_to_pass(max_drop: float, alpha: float = 0.05) -> int | None:
-    """Smallest eval-set size at which even two *identical* 0/1 models could PASS.
+    """Smallest eval-set size at which even two *identical* models could PASS a bounded metric.
 
-    With no discordant pairs the upper bound is z^2 / (n + z^2); an eval set smaller than the
-    returned n can never pass whatever the models do, so the plugin rejects such a marker at
-    collection time instead of loading two checkpoints to report INCONCLUSIVE. Returns None
-    when ``max_drop <= 0``: then nothing can pass (ties with the margin are inconclusive).
+    With nothing changed the upper bound of the drop is the exact 1 - alpha^(1/n) (a tuned
+    model that changed a fraction ``max_drop`` of the answers shows no change with
+    probability (1 - max_drop)^n); below the returned n no sample can pass, so the plugin
+    rejects such a marker at collection time instead of loading two checkpoints to report
+    INCONCLUSIVE. Returns None when ``max_drop <= 0``: then nothing can pass. At
+    max_drop = 0.02 and alpha = 0.05 this is 149.
     """
     a = _check_alpha(alpha)
     m = _check_margin(max_drop, "max_drop")
     if m <= 0.0:
         return None
-    z = _z(a)
-    # Closed form, then nudge so it agrees exactly with the floating-point bound that
-    # compare_scores will compute.
-    n = max(1, int(math.floor(z * z * (1.0 - m) / m)) + 1)
-    while n > 1 and _identical_upper(n - 1, z) < m:
+    if m >= 1.0:
+        return 1
+    # Closed form n > log(alpha) / log(1 - m), then nudged so it agrees exactly with the
+    # floating-point rule the comparisons apply.
+    n = max(1, int(math.floor(math.log(a) / math.log1p(-m))) + 1)
+    while n > 1 and _below(_no_change_upper(n - 1, a), m):
         n -= 1
-    while not _identical_upper(n, z) < m:
+    while not _below(_no_change_upper(n, a), m):
         n += 1
     return n
 
@@ -355,11 +791,27 @@ def min_n_to_pass(max_drop: float, alpha: float = 0.05) -> int | None:
 # --------------------------------------------------------------------------------------------
 
 
+def _tol(limit: float) -> float:
+    return _TIE_RTOL * max(1.0, abs(limit))
+
+
+def _below(x: Any, limit: float) -> Any:
+    return x < limit - _tol(limit)
+
+
+def _above(x: Any, limit: float) -> Any:
+    return x > limit + _tol(limit)
+
+
+def _ties(x: float, limit: float) -> bool:
+    return abs(x - limit) <= _tol(limit)
+
+
 def _decide(low: float, high: float, limit: float) -> str:
-    """Three-way rule; a bound equal to the limit proves nothing, hence INCONCLUSIVE."""
-    if high < limit:
+    """Three-way rule; a bound equal to the limit (within float tolerance) proves nothing."""
+    if _below(high, limit):
         return PASS
-    if low > limit:
+    if _above(low, limit):
         return FAIL
     return INCONCLUSIVE
 
@@ -370,14 +822,24 @@ def _fmt_pair(x: float, y: float) -> tuple[str, str]:
         sx, sy = f"{x:.{digits}f}", f"{y:.{digits}f}"
         distinct = sx != sy or x == y
         # "-0.000" for -0.0002 hides the sign that matters; add digits until it shows.
-        visible = all(v == 0.0 or float(s) != 0.0 for v, s in ((x, sx), (y, sy)))
+        visible = all(v == 0.0 or not math.isfinite(v) or float(s) != 0.0
+                      for v, s in ((x, sx), (y, sy)))
         if distinct and visible:
             return sx, sy
     return f"{x:.3g}", f"{y:.3g}"
 
 
-def _reason(verdict: str, low: float, high: float, margin: float, n_needed: int | None,
-            drop: float) -> str:
+@dataclass(frozen=True)
+class _Settle:
+    """How many examples would settle an inconclusive check, and how surely."""
+
+    n: int | None = None
+    prob: float | None = None
+    why: str = ""  # "tie", "cap", or a sentence when n is None
+
+
+def _reason(verdict: str, low: float, high: float, margin: float, drop: float,
+            settle: _Settle | None = None, note: str = "") -> str:
     if verdict == PASS:
         hs, ms = _fmt_pair(high, margin)
         return f"upper bound of the drop {hs} < margin {ms}"
@@ -387,18 +849,27 @@ def _reason(verdict: str, low: float, high: float, margin: float, n_needed: int 
     ls, hs = _fmt_pair(low, high)
     _, ms = _fmt_pair(drop, margin)
     head = f"interval [{ls}, {hs}] contains the margin {ms}"
-    if n_needed is not None:
-        return f"{head}; about {n_needed:,} examples would settle it"
-    if drop == margin:
+    if note:
+        head = f"{note}; {head}" if math.isfinite(low) or math.isfinite(high) else note
+    settle = settle or _Settle()
+    if settle.n is not None and settle.prob is None:
+        return f"{head}; at least {settle.n:,} examples are needed before it can be decided"
+    if settle.n is not None:
+        return (f"{head}; about {settle.n:,} examples would settle it with probability "
+                f"{settle.prob:.2f} if the observed rates hold")
+    if settle.why == "tie":
         return f"{head}; the observed drop equals the margin, so no sample size would settle it"
-    return f"{head}; more than {_N_NEEDED_CAP:,} examples would be needed to settle it"
+    if settle.why == "cap":
+        return f"{head}; more than {_N_NEEDED_CAP:,} examples would be needed to settle it"
+    return f"{head}; {settle.why}" if settle.why else head
 
 
 def combine_verdicts(*verdicts: str) -> str:
     """Combine component verdicts: fail > inconclusive > pass.
 
     PASS only when every component passes (an intersection-union test, which needs no
-    multiplicity correction); any proven failure fails the whole.
+    multiplicity correction); any proven failure fails the whole -- a union of FAIL claims, so
+    the caller splits ``fail_alpha`` over them (``ForgettingSession._decide`` does).
     """
     if not verdicts:
         raise ValueError("combine_verdicts needs at least one verdict")
@@ -409,60 +880,70 @@ def combine_verdicts(*verdicts: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# n_needed extrapolation
+# n_needed: the n at which the check settles with probability >= 0.8 under the observed rates
 # --------------------------------------------------------------------------------------------
 
-
-def _smallest_n(n: int, settles: Callable[[int], bool]) -> int | None:
-    """Smallest n' > n with settles(n') (assumed monotone), by doubling then integer bisection."""
-    lo = n  # known not to settle (the comparison is inconclusive at n)
-    hi = max(2 * n, n + 1)
-    while not settles(hi):
-        if hi >= _N_NEEDED_CAP:
-            return None
-        lo = hi
-        hi = min(2 * hi, _N_NEEDED_CAP)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if settles(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+_Z_SETTLE = NormalDist().inv_cdf(_SETTLE_PROB)
 
 
-def _tango_n_needed(b: int, c: int, n: int, z: float, margin: float) -> int | None:
-    """Total n at which the same flip *rates* would give a PASS/FAIL, or None if none would."""
-    dhat = (b - c) / n
-    if dhat == margin:
-        return None
-    upper = dhat < margin
-    rb, rc = b / n, c / n
-
-    def settles(m: int) -> bool:
-        bound = _tango_bound(rb * m, rc * m, float(m), z, upper=upper)
-        return bound < margin if upper else bound > margin
-
-    return _smallest_n(n, settles)
-
-
-def _bootstrap_n_needed(drop: float, low: float, high: float, n: int, margin: float) -> int | None:
-    """Shrink the observed half-width like 1/sqrt(n) until the interval clears the margin."""
-    if drop == margin:
-        return None
-    half, gap = (high - drop, margin - drop) if drop < margin else (drop - low, drop - margin)
-    if not math.isfinite(half):
-        return None
-    if half <= 0.0:  # pragma: no cover - a zero-width interval off the margin is never inconclusive
-        return None
-    need = n * (half / gap) ** 2
+def _normal_settle(n: int, drop: float, low: float, high: float, margin: float,
+                   alpha: float, fail_alpha: float) -> _Settle:
+    """Normal approximation: the bound on the settling side sits z * s / sqrt(n) from the
+    estimate; the same s at n' settles with probability Phi(|margin - drop| sqrt(n') / s - z)."""
+    if _ties(drop, margin):
+        return _Settle(why="tie")
+    if drop < margin:
+        half, gap, z = high - drop, margin - drop, _z(alpha)
+    else:
+        half, gap, z = drop - low, drop - margin, _z(fail_alpha)
+    if not (math.isfinite(half) and half > 0.0):
+        return _Settle(why="the bound on the settling side is not finite, so its growth with n cannot be extrapolated")
+    s = half * math.sqrt(n) / z
+    need = ((z + _Z_SETTLE) * s / gap) ** 2
     if not need < _N_NEEDED_CAP:
-        return None
-    return max(n + 1, int(math.floor(need)) + 1)
+        return _Settle(why="cap")
+    m = max(n + 1, int(math.ceil(need)))
+    return _Settle(n=m, prob=_phi(gap * math.sqrt(m) / s - z))
+
+
+def _tango_settle(b: int, c: int, n: int, margin: float, alpha: float, fail_alpha: float,
+                  seed: int) -> _Settle:
+    """n at which tables drawn at the observed flip rates settle with probability >= 0.8,
+    checked by simulating the decision itself (vectorised bounds) at the candidate n."""
+    drop = (b - c) / n
+    if _ties(drop, margin):
+        return _Settle(why="tie")
+    if b == 0 and c == 0:  # nothing flips at these rates: the exact no-flip bound decides
+        need = min_n_to_pass(margin, alpha) if margin > 0 else min_n_to_pass(-margin, fail_alpha)
+        if need is None:
+            return _Settle(why="tie")
+        return _Settle(n=max(n + 1, need), prob=1.0)
+    rb, rc = b / n, c / n
+    s = math.sqrt(max(rb + rc - drop * drop, 1e-300))
+    z, cc = (_z(alpha), _CC_PASS) if drop < margin else (_z(fail_alpha), _CC_FAIL)
+    gap = abs(margin - drop)
+    # Normal approximation of the bound itself: drop + z s / sqrt(m) + cc / m on the settling
+    # side; the smallest m with P(settle) >= 0.8 solves gap x^2 - (z + z80) s x - cc = 0, x = sqrt(m).
+    k = (z + _Z_SETTLE) * s
+    x = (k + math.sqrt(k * k + 4.0 * gap * cc)) / (2.0 * gap)
+    if not x * x < _N_NEEDED_CAP:
+        return _Settle(why="cap")
+    m = max(n + 1, int(math.ceil(x * x)))
+    probs = [rb, rc, max(0.0, 1.0 - rb - rc)]
+    for step in range(30):  # check it by simulating the decision itself, and grow m if short
+        if m > _N_NEEDED_CAP:
+            return _Settle(why="cap")
+        draws = np.random.default_rng(seed).multinomial(m, probs, size=_SETTLE_DRAWS)
+        low, high = _paired_bounds_vec(draws[:, 0], draws[:, 1], float(m), alpha, fail_alpha)
+        prob = float(np.mean(_below(high, margin) | _above(low, margin)))
+        if prob >= _SETTLE_PROB:
+            return _Settle(n=m, prob=prob)
+        m = int(math.ceil(m * (1.1 if step < 5 else 1.5))) + 1
+    return _Settle(why="cap")  # pragma: no cover - 1.5^25 outgrows the cap first
 
 
 # --------------------------------------------------------------------------------------------
-# Comparisons
+# Bootstrap machinery
 # --------------------------------------------------------------------------------------------
 
 
@@ -475,84 +956,263 @@ def _drop_of(base: Any, tuned: Any, relative: bool, higher_is_better: bool) -> A
     return diff
 
 
-def _bootstrap_replicates(n: int, n_boot: int, seed: int,
-                          batch: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Seeded paired bootstrap: ``batch`` maps an (rows, n) index matrix to rows drop replicates.
-
-    One index matrix serves both models, which is what makes the bootstrap paired. Chunking
-    keeps memory bounded; the chunk size depends only on n, so results depend only on the seed.
-    """
+def _index_chunks(n: int, n_boot: int, seed: int, width: int = 1):
+    """Seeded paired resamples as (rows, n) index matrices, in memory-bounded chunks; the chunk
+    size depends only on n (and the caller's width), so results depend only on the seed."""
     rng = np.random.default_rng(seed)
-    rows = max(1, _CHUNK_ENTRIES // n)
-    out = np.empty(n_boot, dtype=float)
+    rows = max(1, _CHUNK_ENTRIES // (n * max(1, width)))
     done = 0
     while done < n_boot:
         k = min(rows, n_boot - done)
-        idx = rng.integers(0, n, size=(k, n))
-        out[done:done + k] = batch(idx)
+        yield rng.integers(0, n, size=(k, n))
         done += k
-    return out
 
 
-def _percentile_interval(reps: np.ndarray, drop: float, alpha: float) -> tuple[float, float]:
-    """Percentile interval of bootstrap replicates, always containing the point estimate.
+def _bootstrap_replicates(n: int, n_boot: int, seed: int,
+                          batch: Callable[[np.ndarray], Any]) -> Any:
+    """Concatenate ``batch(idx)`` over the resamples; batch returns an array or a tuple of them."""
+    parts = [batch(idx) for idx in _index_chunks(n, n_boot, seed)]
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
+    return np.concatenate(parts)
 
-    Order statistics (no interpolation) keep infinite replicates -- a resample whose base
-    value is 0 under ``relative`` -- meaningful; an undefined replicate counts against both a
-    PASS and a FAIL. Widening to include the point estimate stops a biased statistic (the
-    bootstrap of macro-F1 is) from passing a drop it actually observed above the margin.
-    """
-    undefined = np.isnan(reps)
-    lo_reps = np.where(undefined, -np.inf, reps)
-    hi_reps = np.where(undefined, np.inf, reps)
-    # The k-th smallest and the k-th largest replicate: symmetric by construction, so
-    # swapping the models mirrors the interval exactly.
-    size = reps.size
-    k = int(math.floor(alpha * (size - 1)))
-    low = float(np.partition(lo_reps, k)[k])
-    high = float(np.partition(hi_reps, size - 1 - k)[size - 1 - k])
+
+def _order_bounds(low_reps: np.ndarray, high_reps: np.ndarray, alpha_low: float,
+                  alpha_high: float) -> tuple[float, float]:
+    """The alpha_low quantile of ``low_reps`` and the (1 - alpha_high) quantile of ``high_reps``
+    as order statistics (no interpolation, so infinite replicates stay meaningful)."""
+    size = low_reps.size
+    k_lo = min(size - 1, max(0, int(math.floor(alpha_low * (size - 1)))))
+    k_hi = min(size - 1, max(0, int(math.floor(alpha_high * (size - 1)))))
+    lo = float(np.partition(low_reps, k_lo)[k_lo])
+    hi = float(np.partition(high_reps, size - 1 - k_hi)[size - 1 - k_hi])
+    return lo, hi
+
+
+def _studentized_bounds(drop: float, se: float, reps: np.ndarray, reps_se: np.ndarray,
+                        alpha: float, fail_alpha: float) -> tuple[float, float]:
+    """Bootstrap-t bounds: t* = (drop* - drop) / se*; upper = drop - q_alpha(t*) se, lower =
+    drop - q_{1 - fail_alpha}(t*) se. A resample with no spread has t* = +-inf (or 0 when its
+    drop equals the estimate) and an undefined one counts against both a PASS and a FAIL."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (reps - drop) / reps_se
+        t = np.where(reps_se > 0, t, np.where(reps == drop, 0.0, np.sign(reps - drop) * np.inf))
+    undefined = np.isnan(t)
+    q_low, q_high = _order_bounds(np.where(undefined, -np.inf, t), np.where(undefined, np.inf, t),
+                                  alpha, fail_alpha)
+    with np.errstate(invalid="ignore"):
+        high = drop - q_low * se if math.isfinite(q_low) else math.inf
+        low = drop - q_high * se if math.isfinite(q_high) else -math.inf
     return min(low, drop), max(high, drop)
 
 
-def _bootstrap_comparison(
-    *,
-    n: int,
-    base_value: float,
-    tuned_value: float,
-    batch: Callable[[np.ndarray], np.ndarray],
-    margin: float,
-    relative: bool,
-    alpha: float,
-    higher_is_better: bool,
-    seed: int,
-    n_boot: int,
-    nfr: float | None = None,
-    pfr: float | None = None,
-) -> Comparison:
-    """Everything the bootstrap paths of compare_scores and compare_statistic share."""
-    if relative and base_value == 0.0:
-        raise ValueError("relative drop is undefined: the base model's metric value is 0")
-    # The point estimate goes through the very function the replicates do (on the identity
-    # resample), so a zero-width bootstrap sits exactly on it, bit for bit.
-    drop = float(batch(np.arange(n)[None, :])[0])
-    reps = _bootstrap_replicates(n, n_boot, seed, batch)
-    low, high = _percentile_interval(reps, drop, alpha)
-    verdict = _decide(low, high, margin)
-    n_needed = _bootstrap_n_needed(drop, low, high, n, margin) if verdict == INCONCLUSIVE else None
+def _bca_bounds(drop: float, reps: np.ndarray, jack: np.ndarray, alpha: float,
+                fail_alpha: float) -> tuple[float, float] | None:
+    """BCa bounds (Efron 1987); None when the resamples lie entirely on one side of the estimate
+    (no bias correction exists, so no bound would be honest)."""
+    size = reps.size
+    frac = (np.count_nonzero(reps < drop) + 0.5 * np.count_nonzero(reps == drop)) / size
+    if not 0.0 < frac < 1.0:
+        return None
+    z0 = NormalDist().inv_cdf(frac)
+    dev = jack.mean() - jack
+    ss = float(np.sum(dev * dev))
+    acc = float(np.sum(dev ** 3)) / (6.0 * ss ** 1.5) if ss > 0 else 0.0
+
+    def level(zq: float) -> float:
+        den = 1.0 - acc * (z0 + zq)
+        if den <= 0.0:
+            return 1.0 if zq > 0 else 0.0
+        return _phi(z0 + (z0 + zq) / den)
+
+    a_hi = 1.0 - level(_z(alpha))        # tail share above the upper bound
+    a_lo = level(-_z(fail_alpha))        # tail share below the lower bound
+    undefined = np.isnan(reps)
+    lo, hi = _order_bounds(np.where(undefined, -np.inf, reps), np.where(undefined, np.inf, reps),
+                           a_lo, a_hi)
+    if a_hi * (size - 1) < 1.0:
+        hi = math.inf   # the corrected level is beyond the resolution of the resamples
+    if a_lo * (size - 1) < 1.0:
+        lo = -math.inf
+    return min(lo, drop), max(hi, drop)
+
+
+class _RatioParts:
+    """Validated :class:`Ratio` arrays as (n, K) floats, plus the vectorised statistic."""
+
+    def __init__(self, ratio: Ratio, n: int) -> None:
+        if ratio.transform not in ("identity", "exp"):
+            raise ValueError(f"Ratio.transform must be 'identity' or 'exp', got {ratio.transform!r}")
+        arrays = []
+        for name in ("num_base", "den_base", "num_tuned", "den_tuned"):
+            arr = np.asarray(getattr(ratio, name), dtype=float)
+            if arr.ndim == 1:
+                arr = arr[:, None]
+            if arr.ndim != 2 or arr.shape[0] != n:
+                raise ValueError(f"Ratio.{name} must have one row per example ({n}), got shape {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"Ratio.{name} contains NaN/Inf")
+            arrays.append(arr)
+        shapes = {a.shape for a in arrays}
+        if len(shapes) != 1:
+            raise ValueError(f"Ratio arrays must have one shape, got {sorted(shapes)}")
+        self.yb, self.xb, self.yt, self.xt = arrays
+        if (self.xb < 0).any() or (self.xt < 0).any():
+            raise ValueError("Ratio denominators must be non-negative")
+        self.n = n
+        self.exp = ratio.transform == "exp"
+        self.present_b = self.xb.sum(axis=0) > 0
+        self.present_t = self.xt.sum(axis=0) > 0
+        if not self.present_b.any() or not self.present_t.any():
+            raise ValueError("Ratio denominators sum to 0 on the whole eval set: the metric is undefined")
+        self.width = self.yb.shape[1]
+        self.unchanged = bool(np.array_equal(self.yb, self.yt) and np.array_equal(self.xb, self.xt))
+        self.den_fixed = bool(ratio.den_fixed)
+
+    def _model(self, w: np.ndarray, y: np.ndarray, x: np.ndarray,
+               present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sy, sx = w @ y, w @ x
+        k = float(present.sum())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(sx > 0, sy / sx, 0.0) * present
+            coef = np.where(sx > 0, present * self.n / (k * sx), 0.0)
+        mean_r = r.sum(axis=1) / k
+        value = np.exp(mean_r) if self.exp else mean_r
+        slope = value if self.exp else np.ones_like(value)
+        infl = slope[:, None] * (coef @ y.T - (coef * r) @ x.T)
+        return value, infl
+
+    def values(self) -> tuple[float, float]:
+        w = np.ones((1, self.n))
+        vb, _ = self._model(w, self.yb, self.xb, self.present_b)
+        vt, _ = self._model(w, self.yt, self.xt, self.present_t)
+        return float(vb[0]), float(vt[0])
+
+    def drop_and_se(self, w: np.ndarray, relative: bool, hib: bool) -> tuple[np.ndarray, np.ndarray]:
+        vb, ib = self._model(w, self.yb, self.xb, self.present_b)
+        vt, it = self._model(w, self.yt, self.xt, self.present_t)
+        sign = 1.0 if hib else -1.0
+        drop = sign * (vb - vt)
+        infl = sign * (ib - it)
+        if relative:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                drop = drop / np.abs(vb)
+                infl = (infl - (drop * np.sign(vb))[:, None] * ib) / np.abs(vb)[:, None]
+        var = np.sum(w * infl * infl, axis=1) / max(self.n - 1, 1)
+        return drop, np.sqrt(var / self.n)
+
+    def no_change_bound(self, relative: bool, hib: bool, bounded: bool) -> Callable[[float], float]:
+        """Largest drop when a fraction f of the examples changes, used only when none did.
+
+        A changed example moves a column ratio by at most its share of the denominator times
+        the largest per-unit value (1 for a metric bounded in [0, 1] per unit; the sample's
+        largest |num / den| otherwise), thrice that when the denominators move too (F1)."""
+        k = float(self.present_b.sum())
+        share = self.xb.sum(axis=0)[self.present_b] / self.n
+        per_example = float(self.xb[:, self.present_b].sum(axis=1).max())
+        factor = 1.0 if self.den_fixed else 3.0
+        if bounded:
+            unit = 1.0
+        else:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                per_unit = np.abs(self.yb) / self.xb
+            per_unit = per_unit[np.isfinite(per_unit)]
+            unit = float(per_unit.max()) if per_unit.size else math.inf
+        slope = factor * unit * per_example / (k * float(share.min()))
+        vb, _ = self.values()
+
+        def bound(f: float) -> float:
+            move = slope * f
+            if self.exp:  # exp(R + move) - exp(R), or its ratio to exp(R)
+                return math.expm1(move) * (1.0 if relative else abs(vb))
+            return move / (abs(vb) if relative else 1.0)
+
+        return bound
+
+
+def _weights(idx: np.ndarray, n: int) -> np.ndarray:
+    """Resample counts per example, (rows, n), from an index matrix."""
+    rows = idx.shape[0]
+    flat = (idx + (np.arange(rows) * n)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(float)
+
+
+def _result(*, verdict: str, n: int, base: float, tuned: float, drop: float, low: float,
+            high: float, margin: float, relative: bool, alpha: float, fail_alpha: float,
+            hib: bool, method: str, nfr: float | None = None, pfr: float | None = None,
+            settle: _Settle | None = None, note: str = "") -> Comparison:
+    settle = settle if verdict == INCONCLUSIVE else None
     return Comparison(
-        verdict=verdict, n=n, base=float(base_value), tuned=float(tuned_value), drop=drop,
-        ci_low=low, ci_high=high, margin=margin, relative=relative, alpha=alpha,
-        higher_is_better=higher_is_better, method="bootstrap", nfr=nfr, pfr=pfr,
-        n_needed=n_needed, reason=_reason(verdict, low, high, margin, n_needed, drop),
+        verdict=verdict, n=n, base=float(base), tuned=float(tuned), drop=float(drop),
+        ci_low=float(low), ci_high=float(high), margin=margin, relative=relative, alpha=alpha,
+        higher_is_better=hib, method=method, nfr=nfr, pfr=pfr,
+        n_needed=settle.n if settle else None,
+        reason=_reason(verdict, low, high, margin, drop, settle, note),
+        fail_alpha=fail_alpha, settle_prob=settle.prob if settle else None,
     )
 
 
-def _check_common(max_drop: float, alpha: float, n_boot: int) -> tuple[float, float, int]:
+def _no_change(*, n: int, base: float, tuned: float, margin: float, relative: bool,
+               alpha: float, fail_alpha: float, hib: bool, bound: Callable[[float], float],
+               exact: bool, nfr: float | None = None, pfr: float | None = None) -> Comparison:
+    """Nothing changed on any example. A tuned model that changed a fraction f of the examples
+    shows no change with probability (1 - f)^n, so f <= 1 - alpha^(1/n) exactly; ``bound(f)``
+    turns that into a bound of the drop: exact for a metric bounded per example, or from the
+    sample's own range of per-example values otherwise (an assumption, stated in the method)."""
+    if not (bound(1.0) > 0.0 and math.isfinite(bound(1.0))):
+        return _degenerate(n=n, base=base, tuned=tuned, drop=0.0, margin=margin, relative=relative,
+                           alpha=alpha, fail_alpha=fail_alpha, hib=hib, method="no-change", nfr=nfr,
+                           pfr=pfr, why=("no example differs between the models and the sample "
+                                         "shows no scale for a difference, so nothing is proven"))
+    high = bound(_no_change_upper(n, alpha))
+    low = -bound(_no_change_upper(n, fail_alpha))
+    verdict = _decide(low, high, margin)
+    settle = None
+    if verdict == INCONCLUSIVE:
+        settle = _Settle(why="tie")
+        if not _ties(0.0, margin):
+            target, a_side = (margin, alpha) if margin > 0 else (-margin, fail_alpha)
+            m = n + 1
+            while bound(_no_change_upper(m, a_side)) >= target - _tol(margin) and m < _N_NEEDED_CAP:
+                m *= 2
+            if m < _N_NEEDED_CAP:
+                lo_m = m // 2
+                while m - lo_m > 1:
+                    mid = (lo_m + m) // 2
+                    if bound(_no_change_upper(mid, a_side)) < target - _tol(margin):
+                        m = mid
+                    else:
+                        lo_m = mid
+                settle = _Settle(n=max(n + 1, m), prob=1.0)
+            else:
+                settle = _Settle(why="cap")
+    return _result(verdict=verdict, n=n, base=base, tuned=tuned, drop=0.0, low=low, high=high,
+                   margin=margin, relative=relative, alpha=alpha, fail_alpha=fail_alpha, hib=hib,
+                   method="exact-no-change" if exact else "no-change-sample-range", nfr=nfr,
+                   pfr=pfr, settle=settle)
+
+
+def _degenerate(*, n: int, base: float, tuned: float, drop: float, margin: float,
+                relative: bool, alpha: float, fail_alpha: float, hib: bool, method: str,
+                why: str, nfr: float | None = None, pfr: float | None = None) -> Comparison:
+    return _result(verdict=INCONCLUSIVE, n=n, base=base, tuned=tuned, drop=drop, low=-math.inf,
+                   high=math.inf, margin=margin, relative=relative, alpha=alpha,
+                   fail_alpha=fail_alpha, hib=hib, method=method, nfr=nfr, pfr=pfr,
+                   settle=_Settle(why="more examples that differ in different ways would be needed"),
+                   note=why)
+
+
+def _check_common(max_drop: float, alpha: float, fail_alpha: float | None,
+                  n_boot: int) -> tuple[float, float, float, int]:
     m = _check_margin(max_drop, "max_drop")
     a = _check_alpha(alpha)
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive integer, got {n_boot!r}")
-    return m, a, int(n_boot)
+    af = _check_fail_alpha(fail_alpha, a)
+    return m, a, af, _check_n_boot(n_boot, (a, af))
+
+
+# --------------------------------------------------------------------------------------------
+# Comparisons
+# --------------------------------------------------------------------------------------------
 
 
 def compare_scores(
@@ -565,19 +1225,29 @@ def compare_scores(
     higher_is_better: bool = True,
     seed: int = 0,
     n_boot: int = 2000,
+    fail_alpha: float | None = None,
+    n_needed: bool = True,
 ) -> Comparison:
     """Decide whether ``tuned`` lost more than ``max_drop`` of ``base``'s metric, paired.
 
-    ``base`` and ``tuned`` are aligned per-example scores (same examples, same order). 0/1
-    scores with an absolute margin use Tango's interval on the flip counts (exact pairing, no
-    resampling noise); anything else uses a seeded paired bootstrap of the mean difference
-    (or of the relative drop). ``improves(min_gain=g)`` is this with ``max_drop=-g``.
+    ``base`` and ``tuned`` are aligned per-example scores (same examples, same order).
+    0/1 scores: Tango bounds on the flip counts (absolute drop) or the paired ratio score
+    interval (relative drop) -- exact pairing, no resampling. Other scores: a seeded paired
+    studentised bootstrap of the mean difference (or of the relative drop, linearised).
+    ``fail_alpha`` (default ``alpha``) is the level of the bound that backs a FAIL.
+    ``n_needed=False`` skips estimating how many examples would settle an inconclusive result
+    (simulations that only need the verdict). ``improves(min_gain=g)`` is this with ``max_drop=-g``.
     """
-    m, a, n_boot = _check_common(max_drop, alpha, n_boot)
+    m, a, af, n_boot = _check_common(max_drop, alpha, fail_alpha, n_boot)
     b_arr, t_arr = _as_pair(base, tuned)
     n = int(b_arr.size)
     base_value, tuned_value = float(b_arr.mean()), float(t_arr.mean())
     hib = bool(higher_is_better)
+    rel = bool(relative)
+    if rel and base_value == 0.0:
+        raise ValueError("relative drop is undefined: the base model's metric value is 0")
+    common = dict(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a,
+                  fail_alpha=af, hib=hib)
 
     nfr = pfr = None
     binary = _is_binary(b_arr) and _is_binary(t_arr)
@@ -588,41 +1258,105 @@ def compare_scores(
         n_neg = int(np.count_nonzero(good_b & ~good_t))
         n_pos = int(np.count_nonzero(~good_b & good_t))
         nfr, pfr = n_neg / n, n_pos / n
+        if not rel:
+            drop = (n_neg - n_pos) / n
+            low, high = _paired_bounds(n_neg, n_pos, n, a, af)
+            verdict = _decide(low, high, m)
+            settle = (_tango_settle(n_neg, n_pos, n, m, a, af, seed)
+                      if verdict == INCONCLUSIVE and n_needed else None)
+            return _result(verdict=verdict, drop=drop, low=low, high=high, method="tango",
+                           nfr=nfr, pfr=pfr, settle=settle, **common)
+        return _ratio_comparison(b_arr, t_arr, nfr=nfr, pfr=pfr, **common)
 
-    if binary and not relative:
-        z = _z(a)
-        drop = (n_neg - n_pos) / n
-        low = _tango_bound(n_neg, n_pos, n, z, upper=False)
-        high = _tango_bound(n_neg, n_pos, n, z, upper=True)
-        verdict = _decide(low, high, m)
-        n_needed = _tango_n_needed(n_neg, n_pos, n, z, m) if verdict == INCONCLUSIVE else None
-        return Comparison(
-            verdict=verdict, n=n, base=base_value, tuned=tuned_value, drop=drop,
-            ci_low=low, ci_high=high, margin=m, relative=False, alpha=a,
-            higher_is_better=hib, method="tango", nfr=nfr, pfr=pfr, n_needed=n_needed,
-            reason=_reason(verdict, low, high, m, n_needed, drop),
-        )
+    diff = b_arr - t_arr if hib else t_arr - b_arr
+    drop = float(_drop_of(base_value, tuned_value, rel, hib))
+    if np.ptp(diff) == 0.0:
+        if diff[0] == 0.0:
+            bounded = bool(np.all((b_arr >= 0) & (b_arr <= 1) & (t_arr >= 0) & (t_arr <= 1)))
+            spread = 1.0 if bounded else float(np.ptp(np.concatenate([b_arr, t_arr])))
+            scale = spread / (abs(base_value) if rel else 1.0)
+            return _no_change(bound=lambda f: scale * f, exact=bounded, **common)
+        return _degenerate(drop=drop, method="bootstrap-t", why=(
+            f"every example's difference is the same ({diff[0]:g}), so the bootstrap has no "
+            "spread and no bound is valid"), **common)
 
-    if relative:
-        def batch(idx: np.ndarray) -> np.ndarray:
-            return _drop_of(np.take(b_arr, idx).mean(axis=1), np.take(t_arr, idx).mean(axis=1),
-                            True, hib)
+    sqrt_n = math.sqrt(n)
+    if rel:
+        def batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            bb, tt = b_arr[idx], t_arr[idx]
+            mb, mt = bb.mean(axis=1), tt.mean(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                reps = _drop_of(mb, mt, True, hib)
+                d = (bb - tt) if hib else (tt - bb)
+                dm = (mb - mt) if hib else (mt - mb)
+                infl = ((d - dm[:, None]) - (reps * np.sign(mb))[:, None] * (bb - mb[:, None])) / np.abs(mb)[:, None]
+            return reps, infl.std(axis=1, ddof=1) / sqrt_n
     else:
-        # The mean of the differences is the difference of the means; one gather instead of two.
-        diff = b_arr - t_arr if hib else t_arr - b_arr
+        def batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            x = diff[idx]
+            return x.mean(axis=1), x.std(axis=1, ddof=1) / sqrt_n
 
-        def batch(idx: np.ndarray) -> np.ndarray:
-            return np.take(diff, idx).mean(axis=1)
+    full = np.arange(n)[None, :]
+    drop0, se0 = (float(v[0]) for v in batch(full))
+    reps, reps_se = _bootstrap_replicates(n, n_boot, seed, batch)
+    return _studentized_comparison(drop=drop0, se=se0, reps=reps, reps_se=reps_se,
+                                   nfr=nfr, pfr=pfr, **common)
 
-    return _bootstrap_comparison(
-        n=n, base_value=base_value, tuned_value=tuned_value, batch=batch, margin=m,
-        relative=bool(relative), alpha=a, higher_is_better=hib, seed=seed, n_boot=n_boot,
-        nfr=nfr, pfr=pfr,
-    )
+
+def _studentized_comparison(*, n: int, base: float, tuned: float, drop: float, se: float,
+                            reps: np.ndarray, reps_se: np.ndarray, margin: float, relative: bool,
+                            alpha: float, fail_alpha: float, hib: bool,
+                            nfr: float | None = None, pfr: float | None = None) -> Comparison:
+    common = dict(n=n, base=base, tuned=tuned, margin=margin, relative=relative, alpha=alpha,
+                  fail_alpha=fail_alpha, hib=hib, nfr=nfr, pfr=pfr)
+    if not (se > 0.0 and math.isfinite(se)):
+        return _degenerate(drop=drop, method="bootstrap-t", why=(
+            "the standard error of the drop is 0, so the bootstrap has no spread and no bound is valid"),
+            **common)
+    low, high = _studentized_bounds(drop, se, reps, reps_se, alpha, fail_alpha)
+    verdict = _decide(low, high, margin)
+    settle = _normal_settle(n, drop, low, high, margin, alpha, fail_alpha) if verdict == INCONCLUSIVE else None
+    return _result(verdict=verdict, drop=drop, low=low, high=high, method="bootstrap-t",
+                   settle=settle, **common)
+
+
+def _ratio_comparison(xb: np.ndarray, xt: np.ndarray, *, n: int, base: float, tuned: float,
+                      margin: float, relative: bool, alpha: float, fail_alpha: float, hib: bool,
+                      nfr: float | None, pfr: float | None) -> Comparison:
+    """Relative drop of a 0/1 metric from the paired ratio score interval of theta = tuned / base."""
+    yb, yt = xb == 1.0, xt == 1.0
+    cells = [float(np.count_nonzero(yb & yt)), float(np.count_nonzero(yb & ~yt)),
+             float(np.count_nonzero(~yb & yt)), float(np.count_nonzero(~yb & ~yt))]
+    nb = cells[0] + cells[1]
+    zp, zf = _z(alpha), _z(fail_alpha)
+    flips = cells[1] + cells[2]
+    if hib:   # drop = 1 - theta: PASS needs theta's lower end, FAIL its upper end
+        high = 1.0 - _ratio_bound(cells, zp, upper=False)
+        low = 1.0 - _ratio_bound(cells, zf, upper=True, cc=_CC_FAIL)
+        if flips == 0:   # exact, conditional on which examples the base got right
+            high = max(high, _cp_upper(0.0, nb, alpha))
+    else:     # drop = theta - 1
+        high = _ratio_bound(cells, zp, upper=True) - 1.0
+        low = _ratio_bound(cells, zf, upper=False, cc=_CC_FAIL) - 1.0
+        if flips == 0 and n > nb:
+            high = max(high, _cp_upper(0.0, n - nb, alpha) * (n - nb) / nb)
+    drop = float(_drop_of(base, tuned, True, hib))
+    low, high = min(low, drop), max(high, drop)
+    verdict = _decide(low, high, margin)
+    settle = None
+    if verdict == INCONCLUSIVE:
+        if flips == 0 and hib and margin > 0:  # nothing flips at these rates: the exact bound decides
+            need = min_n_to_pass(margin, alpha)
+            settle = _Settle(n=max(n + 1, int(math.ceil(need * n / nb))), prob=1.0)
+        else:
+            settle = _normal_settle(n, drop, low, high, margin, alpha, fail_alpha)
+    return _result(verdict=verdict, n=n, base=base, tuned=tuned, drop=drop, low=low, high=high,
+                   margin=margin, relative=relative, alpha=alpha, fail_alpha=fail_alpha, hib=hib,
+                   method="ratio-score", nfr=nfr, pfr=pfr, settle=settle)
 
 
 def compare_statistic(
-    stat: Callable[[np.ndarray], tuple[float, float]],
+    stat: Callable[[np.ndarray], tuple[float, float]] | None,
     n: int,
     *,
     max_drop: float,
@@ -631,23 +1365,34 @@ def compare_statistic(
     higher_is_better: bool = True,
     seed: int = 0,
     n_boot: int = 2000,
+    fail_alpha: float | None = None,
+    ratio: Ratio | None = None,
+    bounded: bool = False,
+    n_needed: bool = True,
 ) -> Comparison:
     """Paired bootstrap comparison of an aggregate metric (macro-F1, perplexity, ...).
 
     ``stat(idx)`` returns ``(base_value, tuned_value)`` computed on examples ``idx`` (with
-    repetition). The point estimate uses ``idx = arange(n)``; each bootstrap replicate hands
-    the *same* resampled ``idx`` to both models, which is what pairs the comparison. With the
-    same seed, a ``stat`` that returns the two means reproduces :func:`compare_scores`.
+    repetition); each bootstrap replicate hands the *same* resampled ``idx`` to both models,
+    which is what pairs the comparison. Given only ``stat`` the bounds are BCa.
+
+    ``ratio`` describes the metric as (a macro average of) ratios of per-example sums (see
+    :class:`Ratio`); then the bounds are bootstrap-t with a delta-method standard error per
+    resample, vectorised (``stat`` may be None; when given, it must agree with ``ratio``).
+    ``bounded=True`` (a metric in [0, 1] with an absolute margin) applies the smallest-n rule
+    of the 0/1 path: below ``min_n_to_pass(|max_drop|)`` the answer is INCONCLUSIVE.
     """
-    m, a, n_boot = _check_common(max_drop, alpha, n_boot)
+    m, a, af, n_boot = _check_common(max_drop, alpha, fail_alpha, n_boot)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer number of examples, got {n!r}")
     n = int(n)
     hib = bool(higher_is_better)
     rel = bool(relative)
+    if stat is None and ratio is None:
+        raise ValueError("compare_statistic needs stat or ratio")
 
     def call(idx: np.ndarray) -> tuple[float, float]:
-        out = stat(idx)
+        out = stat(idx)  # type: ignore[misc]
         try:
             bv, tv = out
             return float(bv), float(tv)
@@ -656,20 +1401,95 @@ def compare_statistic(
                 f"stat(idx) must return a (base_value, tuned_value) pair of numbers, got {out!r}"
             ) from None
 
-    base_value, tuned_value = call(np.arange(n))
+    parts = _RatioParts(ratio, n) if ratio is not None else None
+    if stat is not None:
+        base_value, tuned_value = call(np.arange(n))
+    else:
+        base_value, tuned_value = parts.values()  # type: ignore[union-attr]
     if not (math.isfinite(base_value) and math.isfinite(tuned_value)):
         raise ValueError(
             f"statistic is not finite on the full eval set: base={base_value}, tuned={tuned_value}"
         )
+    if rel and base_value == 0.0:
+        raise ValueError("relative drop is undefined: the base model's metric value is 0")
+    if parts is not None and stat is not None:
+        pb, pt = parts.values()
+        if not (math.isclose(pb, base_value, rel_tol=1e-7, abs_tol=1e-9)
+                and math.isclose(pt, tuned_value, rel_tol=1e-7, abs_tol=1e-9)):
+            raise ValueError(
+                f"ratio parts give base={pb:.6g}, tuned={pt:.6g} but stat gives "
+                f"base={base_value:.6g}, tuned={tuned_value:.6g}: they describe different metrics"
+            )
+    common = dict(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a,
+                  fail_alpha=af, hib=hib)
+    drop = float(_drop_of(base_value, tuned_value, rel, hib))
 
-    def batch(idx: np.ndarray) -> np.ndarray:
+    if bounded and not rel and m != 0.0:
+        need = min_n_to_pass(abs(m), a if m > 0 else af)
+        if need is not None and n < need:
+            return _refused(n, need, drop, common)
+
+    if parts is not None:
+        if parts.unchanged:
+            return _no_change(bound=parts.no_change_bound(rel, hib, bounded), exact=bounded, **common)
+        width = parts.width
+
+        def batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return parts.drop_and_se(_weights(idx, n), rel, hib)
+
+        drop0, se0 = (float(v[0]) for v in batch(np.arange(n)[None, :]))
+        chunks = [batch(idx) for idx in _index_chunks(n, n_boot, seed, width)]
+        reps = np.concatenate([c[0] for c in chunks])
+        reps_se = np.concatenate([c[1] for c in chunks])
+        return _studentized_comparison(drop=drop0, se=se0, reps=reps, reps_se=reps_se, **common)
+
+    def batch_stat(idx: np.ndarray) -> np.ndarray:
         pairs = np.array([call(row) for row in idx], dtype=float).reshape(-1, 2)
         return _drop_of(pairs[:, 0], pairs[:, 1], rel, hib)
 
-    return _bootstrap_comparison(
-        n=n, base_value=base_value, tuned_value=tuned_value, batch=batch, margin=m,
-        relative=rel, alpha=a, higher_is_better=hib, seed=seed, n_boot=n_boot,
-    )
+    reps = _bootstrap_replicates(n, n_boot, seed, batch_stat)
+    finite = reps[np.isfinite(reps)]
+    if finite.size == 0 or np.ptp(finite) == 0.0:
+        return _degenerate(drop=drop, method="bca", why=(
+            "every resample gives the same drop, so the bootstrap has no spread and no bound is valid"),
+            **common)
+    bounds = _bca_bounds(drop, reps, _jackknife(call, n, rel, hib, seed), a, af)
+    if bounds is None:
+        return _degenerate(drop=drop, method="bca", why=(
+            "every resample lies on one side of the estimate, so the bias correction is undefined"),
+            **common)
+    low, high = bounds
+    verdict = _decide(low, high, m)
+    settle = _normal_settle(n, drop, low, high, m, a, af) if verdict == INCONCLUSIVE else None
+    return _result(verdict=verdict, drop=drop, low=low, high=high, method="bca", settle=settle,
+                   **common)
+
+
+def _refused(n: int, need: int, drop: float, common: dict[str, Any]) -> Comparison:
+    note = (f"n={n:,} is below {need:,}, the smallest n at which a bounded aggregate metric can "
+            f"be decided at a margin of {abs(common['margin']):g} and this alpha (no method here is valid below it)")
+    return _result(verdict=INCONCLUSIVE, drop=drop, low=-math.inf, high=math.inf, method="refused",
+                   settle=_Settle(n=need),
+                   note=note, **common)
+
+
+def _jackknife(call: Callable[[np.ndarray], tuple[float, float]], n: int, rel: bool, hib: bool,
+               seed: int, groups: int = 200) -> np.ndarray:
+    """Leave-one-out drops (leave-one-group-out beyond ``groups`` examples), for BCa's acceleration."""
+    everything = np.arange(n)
+    if n <= groups:
+        blocks = [np.array([i]) for i in range(n)]
+    else:
+        blocks = np.array_split(np.random.default_rng(seed).permutation(n), groups)
+    out = []
+    for blk in blocks:
+        keep = np.setdiff1d(everything, blk, assume_unique=True)
+        if keep.size == 0:
+            continue
+        bv, tv = call(keep)
+        out.append(_drop_of(bv, tv, rel, hib))
+    jack = np.asarray(out, dtype=float)
+    return jack[np.isfinite(jack)] if np.isfinite(jack).any() else np.zeros(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -699,38 +1519,40 @@ def class_drops(
     limit: float,
     alpha: float = 0.05,
     class_names: Mapping[Any, str] | Sequence[str] | None = None,
+    fail_alpha: float | None = None,
 ) -> list[Budget]:
     """Per-true-class recall drop budgets, worst (largest observed drop) first.
 
-    Each class is a paired 0/1 comparison on its own examples (Tango interval). PASS needs
-    the uncorrected upper bound below ``limit`` (every class must pass: intersection-union);
-    FAIL needs the lower bound at ``alpha / K`` above ``limit`` (Bonferroni over the K
-    classes, because "at least one class collapsed" would otherwise be found by chance).
+    Each class is a paired 0/1 comparison on its own examples. PASS needs the upper bound of
+    :func:`compare_scores`'s 0/1 path at ``alpha`` below ``limit`` for every class
+    (intersection-union: no correction). FAIL needs an *exact* lower bound above ``limit``:
+    the Clopper-Pearson lower bound of the negative-flip rate minus the upper bound of the
+    positive-flip rate, each at ``fail_alpha / (2K)`` (Bonferroni over the K classes and the
+    two rates), because "at least one class collapsed" would otherwise be found by chance
+    among many small classes.
     """
     lim = _check_margin(limit, "max_class_drop")
     a = _check_alpha(alpha)
+    af = _check_fail_alpha(fail_alpha, a)
     bc = _as_correct(base_correct, "base_correct")
     tc = _as_correct(tuned_correct, "tuned_correct")
-    lab = np.asarray(labels)
-    if lab.ndim != 1:
-        raise ValueError(f"labels must be a 1-D array, got shape {lab.shape}")
-    if not (bc.size == tc.size == lab.size):
+    if bc.size != tc.size:
         raise ValueError(
             f"base_correct, tuned_correct and labels must be aligned: "
-            f"got lengths {bc.size}, {tc.size} and {lab.size}"
+            f"got lengths {bc.size}, {tc.size} and {np.size(labels)}"
         )
+    lab = _as_labels(labels, bc.size)
     classes = np.unique(lab)
     k = len(classes)
-    z = _z(a)
-    z_fail = _z(a / k)
+    a_each = af / (2.0 * k)
     out: list[Budget] = []
     for cls in classes:
         mask = lab == cls
         nk = int(mask.sum())
         b = int(np.count_nonzero(bc[mask] & ~tc[mask]))
         c = int(np.count_nonzero(~bc[mask] & tc[mask]))
-        low = _tango_bound(b, c, nk, z_fail, upper=False)
-        high = _tango_bound(b, c, nk, z, upper=True)
+        _, high = _paired_bounds(b, c, nk, a, af)
+        low = _cp_lower(b, nk, a_each) - _cp_upper(c, nk, a_each)
         label = cls.item() if hasattr(cls, "item") else cls
         out.append(Budget(
             name=_class_name(label, class_names), value=(b - c) / nk, ci_low=low,
@@ -741,13 +1563,15 @@ def class_drops(
 
 
 def nfr_budget(base_correct: Any, tuned_correct: Any, *, limit: float,
-               alpha: float = 0.05) -> Budget:
+               alpha: float = 0.05, fail_alpha: float | None = None) -> Budget:
     """Budget on the negative-flip rate: the share of examples the base got right and the tuned
     model now gets wrong. Even with no accuracy drop, many flips mean users see new errors.
-    Wilson bounds on b / n, the same three-way rule as every other verdict.
+    Exact Clopper-Pearson bounds on b / n (upper at ``alpha``, lower at ``fail_alpha``), the
+    same three-way rule as every other verdict.
     """
     lim = _check_margin(limit, "max_nfr")
     a = _check_alpha(alpha)
+    af = _check_fail_alpha(fail_alpha, a)
     bc = _as_correct(base_correct, "base_correct")
     tc = _as_correct(tuned_correct, "tuned_correct")
     if bc.size != tc.size:
@@ -756,6 +1580,6 @@ def nfr_budget(base_correct: Any, tuned_correct: Any, *, limit: float,
         )
     n = int(bc.size)
     b = int(np.count_nonzero(bc & ~tc))
-    low, high = wilson_bounds(b, n, a)
+    low, high = _cp_lower(b, n, af), _cp_upper(b, n, a)
     return Budget(name="nfr", value=b / n, ci_low=low, ci_high=high, limit=lim,
                   verdict=_decide(low, high, lim), n=n)

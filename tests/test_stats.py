@@ -22,15 +22,20 @@ from pytest_forgetting.stats import (
     PASS,
     Budget,
     Comparison,
+    Ratio,
     class_drops,
+    clopper_pearson,
     combine_verdicts,
     compare_scores,
     compare_statistic,
     min_n_to_pass,
     nfr_budget,
+    ratio_score_interval,
     tango_interval,
     wilson_bounds,
 )
+from pytest_forgetting import stats
+from pytest_forgetting.stats import _paired_bounds
 
 RANK = {FAIL: 0, INCONCLUSIVE: 1, PASS: 2}
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -144,12 +149,16 @@ def test_wilson_against_closed_form():
 
 
 def test_min_n_to_pass_and_the_boundary():
-    assert min_n_to_pass(0.02) == 133
-    ones = np.ones(133)
-    assert compare_scores(ones, ones, max_drop=0.02).verdict == PASS
-    res = compare_scores(ones[:132], ones[:132], max_drop=0.02)
+    # no flips at all is exact evidence only once 0.98^n <= alpha: n = 149 (Tango's closed form
+    # z^2 / (n + z^2) allowed 133, where a true drop of 0.02 shows no flip 6.8 % of the time)
+    assert min_n_to_pass(0.02) == 149
+    ones = np.ones(149)
+    res = compare_scores(ones, ones, max_drop=0.02)
+    assert res.verdict == PASS
+    assert res.ci_high == pytest.approx(1 - 0.05 ** (1 / 149), rel=1e-12)
+    res = compare_scores(ones[:148], ones[:148], max_drop=0.02)
     assert res.verdict == INCONCLUSIVE
-    assert res.n_needed == 133
+    assert res.n_needed == 149 and res.settle_prob == 1.0
     assert min_n_to_pass(0.0) is None
     assert min_n_to_pass(-0.1) is None
     assert min_n_to_pass(1.0) == 1
@@ -173,7 +182,7 @@ def test_bootstrap_agrees_with_normal_approximation():
     res = compare_scores(base, tuned, max_drop=0.02, alpha=0.05)
     d = base - tuned
     half = norm.ppf(0.95) * d.std(ddof=1) / math.sqrt(n)
-    assert res.method == "bootstrap"
+    assert res.method == "bootstrap-t"
     assert res.drop == pytest.approx(d.mean(), abs=1e-12)
     assert res.ci_low == pytest.approx(d.mean() - half, abs=0.15 * half)
     assert res.ci_high == pytest.approx(d.mean() + half, abs=0.15 * half)
@@ -189,8 +198,11 @@ def test_bootstrap_is_seeded_and_degenerate_case_has_zero_width():
     assert a != compare_scores(base, tuned, max_drop=0.1, seed=4)
     quarters = rng.integers(0, 40, size=200) / 4.0  # exact in binary floating point
     shifted = compare_scores(quarters, quarters - 0.25, max_drop=0.1)  # every difference 0.25
-    assert shifted.ci_low == shifted.ci_high == pytest.approx(0.25)
-    assert shifted.verdict == FAIL
+    # a resample distribution with no spread proves nothing (the population may hold examples
+    # unlike any in the sample): never a FAIL, never a PASS
+    assert shifted.verdict == INCONCLUSIVE
+    assert shifted.ci_low == -math.inf and shifted.ci_high == math.inf
+    assert "no spread" in shifted.reason
 
 
 def test_tango_comparison_fields():
@@ -200,11 +212,13 @@ def test_tango_comparison_fields():
     assert res.method == "tango"
     assert res.n == 160
     assert res.drop == pytest.approx(20 / 160)
-    assert (res.ci_low, res.ci_high) == tango_interval(40, 20, 160, 0.025)
+    assert (res.ci_low, res.ci_high) == _paired_bounds(40, 20, 160, 0.025, 0.025)
+    plain = tango_interval(40, 20, 160, 0.025)
+    assert res.ci_low < plain[0] and res.ci_high > plain[1]  # the continuity corrections
     assert res.nfr == pytest.approx(40 / 160) and res.pfr == pytest.approx(20 / 160)
     assert res.base == pytest.approx(140 / 160) and res.tuned == pytest.approx(120 / 160)
     assert res.verdict == FAIL and res.n_needed is None
-    assert "proven regression" in res.reason and "0.031" in res.reason
+    assert "proven regression" in res.reason and "0.024" in res.reason
 
 
 def test_improves_is_a_negative_margin():
@@ -218,15 +232,24 @@ def test_improves_is_a_negative_margin():
 # ------------------------------------------------------------------------------------------
 
 
-def test_tango_n_needed_is_the_smallest_settling_n():
+def _settle_rate(b: int, c: int, n: int, m: int, margin: float, alpha: float = 0.05) -> float:
+    """Simulated chance that the 0/1 check settles at m examples if the flip rates of (b, c, n) hold."""
+    rng = np.random.default_rng(123)
+    draws = rng.multinomial(m, [b / n, c / n, 1 - (b + c) / n], size=3000)
+    low, high = stats._paired_bounds_vec(draws[:, 0], draws[:, 1], float(m), alpha, alpha)
+    return float(np.mean((high < margin) | (low > margin)))
+
+
+def test_tango_n_needed_settles_with_probability_080():
     base, tuned = paired(170, 12, 8, 10)  # drop 0.02, margin 0.05: too few examples
     res = compare_scores(base, tuned, max_drop=0.05)
     assert res.verdict == INCONCLUSIVE
     m = res.n_needed
     assert m is not None and m > res.n
-    scale = lambda k: tango_interval(12 * k / 200, 8 * k / 200, k)[1]  # noqa: E731
-    assert scale(m) < 0.05 <= scale(m - 1)
-    assert f"{m:,} examples would settle it" in res.reason
+    assert res.settle_prob >= 0.8
+    assert f"{m:,} examples would settle it with probability {res.settle_prob:.2f}" in res.reason
+    assert _settle_rate(12, 8, 200, m, 0.05) >= 0.78  # independent simulation agrees
+    assert _settle_rate(12, 8, 200, int(m / 1.4), 0.05) < 0.8  # and it is not wildly too large
 
 
 def test_tango_n_needed_for_a_likely_regression():
@@ -234,8 +257,8 @@ def test_tango_n_needed_for_a_likely_regression():
     res = compare_scores(base, tuned, max_drop=0.05, alpha=0.01)
     assert res.verdict == INCONCLUSIVE
     m = res.n_needed
-    low = lambda k: tango_interval(30 * k / 200, 10 * k / 200, k, 0.01)[0]  # noqa: E731
-    assert low(m) > 0.05 >= low(m - 1)
+    assert res.settle_prob >= 0.8
+    assert _settle_rate(30, 10, 200, m, 0.05, alpha=0.01) >= 0.78
 
 
 def test_n_needed_none_when_estimate_equals_margin():
@@ -245,6 +268,10 @@ def test_n_needed_none_when_estimate_equals_margin():
     assert "no sample size" in res.reason
     boot = compare_scores(np.arange(10.0), np.arange(10.0), max_drop=0.0)
     assert boot.verdict == INCONCLUSIVE and boot.n_needed is None
+    # "no sample size would settle it" only when that is true: a drop off the margin says n
+    base, tuned = paired(80, 11, 9, 0)
+    off = compare_scores(base, tuned, max_drop=0.0)
+    assert off.n_needed is not None and "no sample size" not in off.reason
 
 
 def test_n_needed_capped():
@@ -267,9 +294,12 @@ def test_bootstrap_n_needed_scales_like_inverse_square():
     tuned = base - 0.01 + rng.normal(0, 0.3, size=400)
     res = compare_scores(base, tuned, max_drop=0.03)
     assert res.verdict == INCONCLUSIVE
-    half = res.ci_high - res.drop
-    expected = 400 * (half / (0.03 - res.drop)) ** 2
-    assert res.n_needed == math.floor(expected) + 1
+    z, z80 = norm.ppf(0.95), norm.ppf(0.8)
+    spread = (res.ci_high - res.drop) * math.sqrt(400) / z
+    expected = ((z + z80) * spread / (0.03 - res.drop)) ** 2
+    assert res.n_needed == math.ceil(expected)
+    assert res.settle_prob == pytest.approx(norm.cdf((0.03 - res.drop) * math.sqrt(res.n_needed) / spread - z))
+    assert res.settle_prob >= 0.8
 
 
 # ------------------------------------------------------------------------------------------
@@ -281,8 +311,8 @@ def test_bootstrap_n_needed_scales_like_inverse_square():
 @given(counts, alphas, st.floats(-0.3, 0.3))
 def test_swap_negates_drop_and_mirrors_interval_tango(cells, alpha, margin):
     base, tuned = paired(*cells)
-    a = compare_scores(base, tuned, max_drop=margin, alpha=alpha)
-    b = compare_scores(tuned, base, max_drop=margin, alpha=alpha)
+    a = compare_scores(base, tuned, max_drop=margin, alpha=alpha, n_needed=False)
+    b = compare_scores(tuned, base, max_drop=margin, alpha=alpha, n_needed=False)
     assert b.drop == -a.drop
     assert (b.ci_low, b.ci_high) == (-a.ci_high, -a.ci_low)
     assert (b.nfr, b.pfr) == (a.pfr, a.nfr)
@@ -305,8 +335,8 @@ def test_swap_mirrors_bootstrap(xs, seed):
 @given(counts, alphas, st.floats(-0.5, 0.5), st.floats(0, 0.5))
 def test_larger_margin_never_worse(cells, alpha, margin, extra):
     base, tuned = paired(*cells)
-    small = compare_scores(base, tuned, max_drop=margin, alpha=alpha)
-    large = compare_scores(base, tuned, max_drop=margin + extra, alpha=alpha)
+    small = compare_scores(base, tuned, max_drop=margin, alpha=alpha, n_needed=False)
+    large = compare_scores(base, tuned, max_drop=margin + extra, alpha=alpha, n_needed=False)
     assert RANK[large.verdict] >= RANK[small.verdict]
 
 
@@ -316,8 +346,9 @@ def test_more_negative_flips_never_better(cells, alpha, margin):
     n11, n10, n01, n00 = cells
     if n11 == 0:
         n11 = 1
-    before = compare_scores(*paired(n11, n10, n01, n00), max_drop=margin, alpha=alpha)
-    after = compare_scores(*paired(n11 - 1, n10 + 1, n01, n00), max_drop=margin, alpha=alpha)
+    before = compare_scores(*paired(n11, n10, n01, n00), max_drop=margin, alpha=alpha, n_needed=False)
+    after = compare_scores(*paired(n11 - 1, n10 + 1, n01, n00), max_drop=margin, alpha=alpha,
+                           n_needed=False)
     assert RANK[after.verdict] <= RANK[before.verdict]
     assert after.ci_low >= before.ci_low - 1e-12
     assert after.ci_high >= before.ci_high - 1e-12
@@ -339,7 +370,7 @@ def test_identical_inputs_never_fail(xs, margin, alpha, higher, relative):
     if relative and x.mean() == 0:
         x = x + 1.0
     res = compare_scores(x, x.copy(), max_drop=margin, alpha=alpha, higher_is_better=higher,
-                         relative=relative, n_boot=200)
+                         relative=relative, n_boot=500, n_needed=False)
     assert res.verdict != FAIL
     assert res.drop == 0
 
@@ -347,7 +378,7 @@ def test_identical_inputs_never_fail(xs, margin, alpha, higher, relative):
 @FAST
 @given(counts, alphas)
 def test_interval_contains_point_estimate_tango(cells, alpha):
-    res = compare_scores(*paired(*cells), max_drop=0.05, alpha=alpha)
+    res = compare_scores(*paired(*cells), max_drop=0.05, alpha=alpha, n_needed=False)
     assert res.ci_low <= res.drop <= res.ci_high
     assert -1 <= res.ci_low and res.ci_high <= 1
 
@@ -367,12 +398,12 @@ def test_interval_contains_point_estimate_bootstrap(pairs, relative, higher):
 @given(counts, alphas, st.floats(-0.3, 0.3))
 def test_lower_is_better_mirrors_higher_is_better_binary(cells, alpha, margin):
     base, tuned = paired(*cells)
-    hib = compare_scores(base, tuned, max_drop=margin, alpha=alpha)
+    hib = compare_scores(base, tuned, max_drop=margin, alpha=alpha, n_needed=False)
     lib = compare_scores(1 - base, 1 - tuned, max_drop=margin, alpha=alpha,
-                         higher_is_better=False)
+                         higher_is_better=False, n_needed=False)
     assert lib.method == "tango"
-    assert (lib.verdict, lib.drop, lib.ci_low, lib.ci_high, lib.nfr, lib.pfr, lib.n_needed) == (
-        hib.verdict, hib.drop, hib.ci_low, hib.ci_high, hib.nfr, hib.pfr, hib.n_needed)
+    assert (lib.verdict, lib.drop, lib.ci_low, lib.ci_high, lib.nfr, lib.pfr) == (
+        hib.verdict, hib.drop, hib.ci_low, hib.ci_high, hib.nfr, hib.pfr)
     assert lib.base == pytest.approx(1 - hib.base) and lib.tuned == pytest.approx(1 - hib.tuned)
 
 
@@ -382,8 +413,10 @@ def test_lower_is_better_mirrors_higher_is_better_binary(cells, alpha, margin):
 def test_lower_is_better_mirrors_higher_is_better_continuous(pairs, margin):
     base = np.array([p[0] for p in pairs])
     tuned = np.array([p[1] for p in pairs])
-    # 0/1 inputs go to Tango's interval while their negation goes to the bootstrap: not this property
+    # 0/1 inputs go to Tango's interval while their negation goes to the bootstrap: not this property;
+    # nor are samples where nothing differs (their bound depends on the scores' range)
     hypothesis.assume(not (np.isin(base, (0, 1)).all() and np.isin(tuned, (0, 1)).all()))
+    hypothesis.assume(np.ptp(base - tuned) > 0)
     hib = compare_scores(base, tuned, max_drop=margin, n_boot=150)
     lib = compare_scores(-base, -tuned, max_drop=margin, n_boot=150, higher_is_better=False)
     assert lib.verdict == hib.verdict
@@ -398,10 +431,8 @@ def test_lower_is_better_mirrors_higher_is_better_continuous(pairs, margin):
 
 
 def _upper_bounds(b: np.ndarray, c: np.ndarray, n: int, alpha: float) -> np.ndarray:
-    """Tango upper bounds for many replications; each distinct (b, c) is computed once."""
-    pairs, inverse = np.unique(np.stack([b, c], axis=1), axis=0, return_inverse=True)
-    uppers = np.array([tango_interval(bb, cc, n, alpha)[1] for bb, cc in pairs])
-    return uppers[inverse.ravel()]
+    """Decision upper bounds for many replications (the vectorised form of _paired_bounds)."""
+    return stats._paired_bounds_vec(b.astype(float), c.astype(float), float(n), alpha, alpha)[1]
 
 
 def test_pass_rate_at_the_margin_is_at_most_alpha():
@@ -457,7 +488,7 @@ def test_compare_statistic_macro_f1():
         return macro_f1(y[idx], pb[idx], k), macro_f1(y[idx], pt[idx], k)
 
     res = compare_statistic(stat, n, max_drop=0.05, n_boot=500)
-    assert res.method == "bootstrap" and res.nfr is None and res.pfr is None
+    assert res.method == "bca" and res.nfr is None and res.pfr is None
     assert res.base == pytest.approx(macro_f1(y, pb, k))
     assert res.verdict == FAIL
     assert res.ci_low <= res.drop <= res.ci_high
@@ -469,26 +500,36 @@ def test_compare_statistic_identical_never_fails(seed):
     n, k = 300, 3
     y = rng.integers(0, k, size=n)
     p = np.where(rng.random(n) < 0.8, y, rng.integers(0, k, size=n))
+    from pytest_forgetting.metrics import F1_MACRO, ratio_of
+
+    ratio = ratio_of(F1_MACRO, {"label": y, "pred": p}, {"label": y, "pred": p})
     for margin in (0.0, 0.01, 0.2):
+        # a black-box statistic with no spread proves nothing
         res = compare_statistic(lambda i: (macro_f1(y[i], p[i], k),) * 2, n, max_drop=margin,
                                 n_boot=200, seed=seed)
-        assert res.verdict != FAIL
-        assert res.drop == res.ci_low == res.ci_high == 0.0
-        assert res.verdict == (PASS if margin > 0 else INCONCLUSIVE)
+        assert res.verdict == INCONCLUSIVE and res.drop == 0.0
+        # the ratio form knows the metric moves by a bounded amount per changed example
+        exact = compare_statistic(None, n, max_drop=margin, ratio=ratio, bounded=True)
+        assert exact.method == "exact-no-change" and exact.verdict != FAIL
+        assert exact.verdict == (PASS if margin == 0.2 else INCONCLUSIVE)
 
 
 @pytest.mark.parametrize("relative", [False, True])
 @pytest.mark.parametrize("higher", [False, True])
 def test_compare_statistic_of_means_reproduces_compare_scores(relative, higher):
+    """The ratio form with unit denominators is the mean: both give the same bootstrap-t bounds."""
     rng = np.random.default_rng(11)
     base = rng.gamma(2.0, size=250)
     tuned = base * rng.uniform(0.8, 1.1, size=250)
     a = compare_scores(base, tuned, max_drop=0.02, relative=relative, higher_is_better=higher,
                        n_boot=300, seed=9)
+    ones = np.ones(250)
     b = compare_statistic(lambda i: (base[i].mean(), tuned[i].mean()), 250, max_drop=0.02,
-                          relative=relative, higher_is_better=higher, n_boot=300, seed=9)
+                          relative=relative, higher_is_better=higher, n_boot=300, seed=9,
+                          ratio=Ratio(base, ones, tuned, ones, den_fixed=True))
+    assert a.method == b.method == "bootstrap-t"
     for field in ("drop", "ci_low", "ci_high", "base", "tuned"):
-        assert getattr(b, field) == pytest.approx(getattr(a, field), abs=1e-12)
+        assert getattr(b, field) == pytest.approx(getattr(a, field), abs=1e-10)
     assert a.verdict == b.verdict
 
 
@@ -540,15 +581,23 @@ def test_class_drops_bonferroni_only_on_the_fail_side():
     base, tuned = paired(60, 30, 0, 10)  # one class, drop 0.3
     labels = np.zeros(100, dtype=int)
     (single,) = class_drops(base, tuned, labels, limit=0.1, alpha=0.05)
-    low, high = tango_interval(30, 0, 100, 0.05)
-    assert (single.ci_low, single.ci_high) == (low, high)
-    # the same data as one of 20 classes: lower bound at alpha/20, upper bound unchanged
+    from scipy.stats import beta
+
+    # exact lower bound: Clopper-Pearson of the negative-flip rate minus that of the positive
+    # one, each at alpha / 2
+    low = beta.ppf(0.025, 30, 71) - (1 - 0.025 ** (1 / 100))
+    high = _paired_bounds(30, 0, 100, 0.05, 0.05)[1]
+    assert single.ci_low == pytest.approx(low, abs=1e-12)
+    assert single.ci_high == high
+    assert single.verdict == FAIL
+    # the same data as one of 20 classes: lower bound at alpha / (2 * 20), upper bound unchanged
     b2 = np.concatenate([base, np.ones(19 * 100)])
     t2 = np.concatenate([tuned, np.ones(19 * 100)])
     l2 = np.concatenate([labels, np.repeat(np.arange(1, 20), 100)])
     worst = class_drops(b2, t2, l2, limit=0.1, alpha=0.05, class_names={0: "zero"})[0]
     assert worst.name == "zero"
-    assert worst.ci_low == tango_interval(30, 0, 100, 0.05 / 20)[0] < low
+    low20 = beta.ppf(0.05 / 40, 30, 71) - (1 - (0.05 / 40) ** (1 / 100))
+    assert worst.ci_low == pytest.approx(low20, abs=1e-12) and low20 < low
     assert worst.ci_high == high
 
 
@@ -563,10 +612,9 @@ def test_class_drops_identical_all_pass_with_string_labels():
 
 def test_nfr_budget_three_ways():
     n = 1000
-    z = norm.ppf(0.95)
     none = nfr_budget(np.ones(n), np.ones(n), limit=0.01)
     assert none.verdict == PASS and none.value == 0 and none.name == "nfr"
-    assert none.ci_high == pytest.approx(z * z / (n + z * z))
+    assert none.ci_high == pytest.approx(1 - 0.05 ** (1 / n))  # exact (Clopper-Pearson)
     many = np.ones(n)
     many[:50] = 0
     assert nfr_budget(np.ones(n), many, limit=0.01).verdict == FAIL
@@ -574,7 +622,7 @@ def test_nfr_budget_three_ways():
     some[:10] = 0
     budget = nfr_budget(np.ones(n), some, limit=0.01)
     assert budget.verdict == INCONCLUSIVE
-    assert (budget.ci_low, budget.ci_high) == wilson_bounds(10, n, 0.05)
+    assert (budget.ci_low, budget.ci_high) == clopper_pearson(10, n, 0.05)
     # positive flips are not negative flips
     assert nfr_budget(some, np.ones(n), limit=0.01).value == 0
 
@@ -650,3 +698,176 @@ def test_speed_on_ten_thousand_examples():
     start = time.perf_counter()
     compare_scores(base, tuned, max_drop=0.01)
     assert time.perf_counter() - start < 0.2
+
+
+# ------------------------------------------------------------------------------------------
+# the new intervals against references
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("a,b", [(0.5, 0.5), (1.0, 3.0), (3.0, 18.0), (11.0, 990.0), (500.0, 501.0),
+                                 (2.0, 200000.0)])
+def test_incomplete_beta_and_its_quantile_match_scipy(a, b):
+    from scipy.special import betainc
+    from scipy.stats import beta
+
+    for x in (1e-6, 0.001, 0.01, 0.2, 0.5, 0.8, 0.999):
+        assert stats._betainc(a, b, x) == pytest.approx(betainc(a, b, x), rel=1e-9, abs=1e-13)
+    for p in (1e-5, 0.0025, 0.05, 0.5, 0.95, 0.9975):
+        assert stats._beta_quantile(p, a, b) == pytest.approx(beta.ppf(p, a, b), rel=1e-9, abs=1e-14)
+
+
+@pytest.mark.parametrize("k,n", [(0, 1), (0, 22), (1, 22), (3, 20), (10, 1000), (999, 1000), (50, 50),
+                                 (7, 100000)])
+@pytest.mark.parametrize("alpha", [0.0005, 0.025, 0.05])
+def test_clopper_pearson_matches_scipy(k, n, alpha):
+    from scipy.stats import beta
+
+    low, high = clopper_pearson(k, n, alpha)
+    ref_low = 0.0 if k == 0 else beta.ppf(alpha, k, n - k + 1)
+    ref_high = 1.0 if k == n else beta.ppf(1 - alpha, k + 1, n - k)
+    assert low == pytest.approx(ref_low, rel=1e-9, abs=1e-15)
+    assert high == pytest.approx(ref_high, rel=1e-9, abs=1e-15)
+
+
+def test_clopper_pearson_textbook_value():
+    # 5 of 20, 95 % two-sided: (0.0866, 0.4910) (Clopper and Pearson's tables; also R's binom.test)
+    low, high = clopper_pearson(5, 20, alpha=0.025)
+    assert (round(low, 4), round(high, 4)) == (0.0866, 0.4910)
+    with pytest.raises(ValueError):
+        clopper_pearson(3, 2)
+    with pytest.raises(ValueError):
+        clopper_pearson(1.5, 10)
+
+
+def test_ratio_score_interval_reference_values():
+    # Fagerland, Lydersen and Laake, "Statistical Analysis of Contingency Tables" (2017), chapter 8:
+    # airway hyper-responsiveness before/after stem cell transplantation (Bentur et al. 2009),
+    # ratio 0.25, Tang asymptotic score 95 % interval 0.0653 to 0.9069.
+    low, high = ratio_score_interval(1, 7, 1, 12, alpha=0.025)
+    assert (round(low, 4), round(high, 4)) == (0.0653, 0.9069)
+
+
+def _reference_ratio_score(theta, cells):
+    """The score statistic from a numerical constrained MLE (scipy SLSQP): an independent check
+    of the KKT solution used by pytest_forgetting."""
+    from scipy.optimize import minimize
+
+    c = np.array(cells, dtype=float)
+    a = np.array([1 - theta, -theta, 1.0, 0.0])
+
+    def nll(p):
+        return -np.sum(np.where(c > 0, c * np.log(np.maximum(p, 1e-300)), 0.0))
+
+    cons = [{"type": "eq", "fun": lambda p: p.sum() - 1}, {"type": "eq", "fun": lambda p: a @ p}]
+    best = min((minimize(nll, x0, constraints=cons, bounds=[(0, 1)] * 4, method="SLSQP",
+                         options={"ftol": 1e-14, "maxiter": 500})
+                for x0 in (np.full(4, 0.25), (c + 0.5) / (c + 0.5).sum())), key=lambda r: r.fun)
+    return float(a @ c) / math.sqrt(c.sum() * float(np.sum(a * a * best.x)))
+
+
+@pytest.mark.parametrize("cells", [(40, 10, 5, 45), (59, 16, 6, 80), (20, 3, 0, 10), (5, 0, 2, 30),
+                                   (300, 12, 3, 85)])
+def test_ratio_score_interval_matches_a_numerical_mle(cells):
+    from scipy.optimize import brentq
+
+    z = norm.ppf(0.975)
+    est = (cells[0] + cells[2]) / (cells[0] + cells[1])
+    low, high = ratio_score_interval(*cells, alpha=0.025)
+    ref_low = brentq(lambda t: _reference_ratio_score(t, cells) - z, 1e-4, est * (1 - 1e-9))
+    ref_high = brentq(lambda t: _reference_ratio_score(t, cells) + z, est * (1 + 1e-9), 50.0)
+    assert low == pytest.approx(ref_low, rel=1e-6)
+    assert high == pytest.approx(ref_high, rel=1e-6)
+
+
+@pytest.mark.parametrize("b,c,n", [(40, 20, 160), (3, 0, 40), (0, 4, 25), (7, 7, 30), (12, 1, 13)])
+def test_generic_constrained_score_reproduces_tango(b, c, n):
+    """Tango's statistic is the same multinomial score test under p12 - p21 = delta; the generic
+    KKT solver (which also serves the ratio) must agree with Tango's closed form."""
+    cells = [n - b - c, b, c, 0]  # (concordant, neg flip, pos flip, concordant)
+    for delta in (-0.3, -0.05, 0.0, 0.1, 0.4):
+        a = [-delta, 1 - delta, -1 - delta, -delta]
+        generic = stats._constrained_score(cells, a, 0.0)
+        assert generic == pytest.approx(stats._tango_score(delta, b, c, n), rel=1e-8, abs=1e-9)
+
+
+def test_relative_zero_one_uses_the_ratio_interval():
+    base, tuned = paired(300, 30, 12, 58)  # base accuracy 0.825, tuned 0.78
+    res = compare_scores(base, tuned, max_drop=0.2, relative=True)
+    assert res.method == "ratio-score"
+    assert res.drop == pytest.approx(1 - 312 / 330)
+    theta_low, _ = ratio_score_interval(300, 30, 12, 58, alpha=0.05)
+    assert res.ci_high == pytest.approx(1 - theta_low)
+    assert res.verdict == PASS
+    # lower is better: the error rate's relative increase
+    err = compare_scores(1 - base, 1 - tuned, max_drop=0.5, relative=True, higher_is_better=False)
+    assert err.method == "ratio-score" and err.drop == pytest.approx(88 / 70 - 1)
+
+
+# ------------------------------------------------------------------------------------------
+# edge cases from issue 11
+# ------------------------------------------------------------------------------------------
+
+
+def test_identical_small_relative_does_not_pass():
+    res = compare_scores(np.ones(5), np.ones(5), max_drop=0.01, relative=True)
+    assert res.verdict == INCONCLUSIVE
+    assert res.n_needed == min_n_to_pass(0.01)  # all five base-correct: n_needed counts them
+
+
+def test_float_rounding_is_not_a_proven_regression():
+    res = compare_scores(np.full(100, 0.5), np.full(100, 0.48), max_drop=0.02)
+    assert res.verdict == INCONCLUSIVE
+    # a bound that equals the margin up to rounding proves nothing either way
+    assert stats._decide(0.02 + 1e-15, 0.03, 0.02) == INCONCLUSIVE
+    assert stats._decide(-0.01, 0.02 - 1e-15, 0.02) == INCONCLUSIVE
+    assert stats._decide(-0.01, 0.0199, 0.02) == PASS
+
+
+def test_one_clear_error_per_bad_input():
+    with pytest.raises(ValueError, match="labels contain 1 missing"):
+        class_drops([1, 1, 0], [1, 0, 0], [0.0, np.nan, 1.0], limit=0.1)
+    with pytest.raises(ValueError, match="labels contain 1 missing"):
+        class_drops([1, 1], [1, 0], np.array(["a", None], dtype=object), limit=0.1)
+    with pytest.raises(ValueError, match="overflow"):
+        compare_scores([1e308, -1e308, 0.0], [-1e308, 1e308, 0.0], max_drop=0.1)
+    with pytest.raises(ValueError, match="n_boot=1 is too few"):
+        compare_scores([0.2, 0.4], [0.1, 0.3], max_drop=0.1, n_boot=1)
+    with pytest.raises(ValueError, match="at least 500"):
+        compare_statistic(lambda i: (1.0, 1.0), 5, max_drop=0.1, alpha=0.01, n_boot=200)
+    with pytest.raises(ValueError, match="empty"):
+        nfr_budget([], [], limit=0.1)
+    with pytest.raises(ValueError, match="aligned"):
+        class_drops([1, 1, 1], [1, 1, 1], [0, 1], limit=0.1)
+    with pytest.raises(ValueError, match="fail_alpha"):
+        compare_scores([1, 0], [1, 0], max_drop=0.1, fail_alpha=0.0)
+    with pytest.raises(ValueError, match="one row per example"):
+        compare_statistic(None, 3, max_drop=0.1, ratio=Ratio([1, 2], [1, 1], [1, 2], [1, 1]))
+    with pytest.raises(ValueError, match="different metrics"):
+        compare_statistic(lambda i: (0.5, 0.5), 2, max_drop=0.1,
+                          ratio=Ratio([1.0, 2.0], [1, 1], [1.0, 2.0], [1, 1]))
+
+
+def test_fail_alpha_only_moves_the_fail_bound():
+    base, tuned = paired(300, 30, 10, 60)
+    full = compare_scores(base, tuned, max_drop=0.02)
+    split = compare_scores(base, tuned, max_drop=0.02, fail_alpha=0.05 / 3)
+    assert split.ci_high == full.ci_high
+    assert split.ci_low < full.ci_low
+    assert split.fail_alpha == pytest.approx(0.05 / 3) and split.alpha == 0.05
+    nb = nfr_budget(base, tuned, limit=0.05, fail_alpha=0.01)
+    assert nb.ci_low == pytest.approx(clopper_pearson(30, 400, 0.01)[0])
+
+
+def test_bounded_aggregate_refused_below_the_smallest_n():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=100)
+    p = np.where(rng.random(100) < 0.3, (y + 1) % 3, y)
+    from pytest_forgetting.metrics import F1_MACRO, ratio_of
+
+    ratio = ratio_of(F1_MACRO, {"label": y, "pred": y}, {"label": y, "pred": p})
+    res = compare_statistic(None, 100, max_drop=0.02, ratio=ratio, bounded=True)
+    assert res.verdict == INCONCLUSIVE and res.method == "refused"
+    assert res.n_needed == 149 and "smallest n" in res.reason
+    unbounded = compare_statistic(None, 100, max_drop=0.02, ratio=ratio)
+    assert unbounded.verdict == FAIL and unbounded.method == "bootstrap-t"

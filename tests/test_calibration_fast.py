@@ -1,0 +1,325 @@
+"""A fast, seeded calibration of every decision path at a true drop equal to the margin.
+
+At the margin no check may PASS (or, in the mirror case, FAIL) more often than alpha. Where the
+verdict depends only on counts the rate is computed exactly (every table, weighted by its
+multinomial probability, over a grid of the nuisance parameter) and must be <= alpha; elsewhere
+it is simulated and must be <= alpha + 3 SE. ``benchmarks/calibration.py`` runs the full grid;
+this keeps a few cells per path so a regression of a bound shows up in the unit tests.
+Set ``FORGETTING_CALIBRATION_REPS`` to run the simulated cells with more repetitions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+
+from pytest_forgetting import stats
+from pytest_forgetting.metrics import F1_MACRO, ratio_of
+from pytest_forgetting.stats import FAIL, PASS, Ratio
+
+ALPHA = 0.05
+REPS = int(os.environ.get("FORGETTING_CALIBRATION_REPS", "300"))
+N_BOOT = 500
+
+
+def _limit(reps: int) -> float:
+    return ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / reps)
+
+
+def _rate(decide, reps: int, seed: int) -> tuple[float, float]:
+    """(PASS rate, FAIL rate) of ``decide(rng)`` over ``reps`` seeded repetitions."""
+    rng = np.random.default_rng(seed)
+    verdicts = [decide(rng) for _ in range(reps)]
+    return verdicts.count(PASS) / reps, verdicts.count(FAIL) / reps
+
+
+# ------------------------------------------------------------------------------------------
+# exact: 0/1 absolute drops (Tango with the exact no-flip bound and continuity corrections)
+# ------------------------------------------------------------------------------------------
+
+
+def _tables(n: int) -> tuple[np.ndarray, np.ndarray]:
+    b, c = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+    keep = b + c <= n
+    return b[keep].astype(float), c[keep].astype(float)
+
+
+def exact_rates(n: int, margin: float, grid: np.ndarray) -> tuple[float, float]:
+    """Largest exact PASS and FAIL rates over p21 in ``grid`` at p12 - p21 = margin."""
+    b, c = _tables(n)
+    low, high = stats._paired_bounds_vec(b, c, float(n), ALPHA, ALPHA)
+    passes, fails = stats._below(high, margin), stats._above(low, margin)
+    worst_pass = worst_fail = 0.0
+    for p21 in grid:
+        p12 = margin + p21
+        if p12 + p21 > 1.0:
+            continue
+        prob = binom.pmf(b, n, p12) * binom.pmf(c, n - b, p21 / (1.0 - p12))
+        worst_pass = max(worst_pass, float(prob[passes].sum()))
+        worst_fail = max(worst_fail, float(prob[fails].sum()))
+    return worst_pass, worst_fail
+
+
+@pytest.mark.parametrize("n,margin", [(29, 0.1), (50, 0.1), (60, 0.05), (100, 0.05), (149, 0.02)])
+def test_zero_one_absolute_exact_at_the_margin(n, margin):
+    grid = np.concatenate([np.linspace(0.0, 0.2, 41), np.linspace(0.2, (1 - margin) / 2, 12)])
+    worst_pass, worst_fail = exact_rates(n, margin, grid)
+    assert worst_pass <= ALPHA
+    assert worst_fail <= ALPHA
+
+
+def test_vectorised_bounds_are_the_decision_bounds():
+    rng = np.random.default_rng(0)
+    for n in (7, 60, 333):
+        b, c = _tables(n)
+        pick = rng.choice(b.size, size=min(b.size, 60), replace=False)
+        low, high = stats._paired_bounds_vec(b[pick], c[pick], float(n), 0.05, 0.02)
+        for i, j in enumerate(pick):
+            ref = stats._paired_bounds(b[j], c[j], n, 0.05, 0.02)
+            assert low[i] == pytest.approx(ref[0], abs=1e-10)
+            assert high[i] == pytest.approx(ref[1], abs=1e-10)
+
+
+def test_no_flip_pass_is_exact_at_the_smallest_n():
+    # the only table that passes at n = 149 and margin 0.02 is "no flips at all"; at p21 = 0 its
+    # probability is 0.98^149 <= alpha, while the old bound passed it from n = 133 (0.068).
+    n = stats.min_n_to_pass(0.02)
+    assert n == 149
+    assert 0.98 ** n <= ALPHA < 0.98 ** (n - 1)
+    worst_pass, _ = exact_rates(n, 0.02, np.array([0.0]))
+    assert worst_pass == pytest.approx(0.98 ** n, rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------------
+# exact: budgets
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [22, 100, 1000])
+def test_nfr_budget_exact_false_fail(n):
+    limit = 0.01
+    # the lower bound grows with the count, so the FAIL region is {k >= first failing count}
+    first = next(k for k in range(n + 1) if stats._above(stats._cp_lower(k, n, ALPHA), limit))
+    assert not stats._above(stats._cp_lower(first - 1, n, ALPHA), limit)
+    assert float(binom.sf(first - 1, n, limit)) <= ALPHA
+    # the audit's case: one flip in 22 examples no longer "proves" NFR > 1 %
+    assert stats.nfr_budget(np.ones(22), np.r_[0.0, np.ones(21)], limit=limit).verdict != FAIL
+
+
+def test_wilson_would_have_false_failed():
+    """Why the NFR budget moved to Clopper-Pearson: with Wilson's lower bound one flip in 22
+    examples already "proved" NFR > 1 %, which happens 20 % of the time at NFR = 1 %."""
+    assert stats.wilson_bounds(1, 22, ALPHA)[0] > 0.01
+    assert binom.sf(0, 22, 0.01) > 0.19
+
+
+def test_class_budget_exact_per_class_false_fail():
+    """The per-class FAIL bound at alpha / (2K) per flip rate: the exact chance that a class at
+    its budget FAILs, summed over 100 classes, stays <= alpha."""
+    k, nk, limit = 100, 30, 0.1
+    a_each = ALPHA / (2 * k)
+    worst = 0.0
+    b, c = _tables(nk)
+    lower_b = {x: stats._cp_lower(x, nk, a_each) for x in range(nk + 1)}
+    upper_c = {y: stats._cp_upper(y, nk, a_each) for y in range(nk + 1)}
+    low = np.array([lower_b[int(x)] - upper_c[int(y)] for x, y in zip(b, c)])
+    for p21 in (0.0, 0.02, 0.1):
+        p12 = limit + p21
+        prob = binom.pmf(b, nk, p12) * binom.pmf(c, nk - b, p21 / (1 - p12))
+        worst = max(worst, float(prob[stats._above(low, limit)].sum()))
+    assert k * worst <= ALPHA
+
+
+# ------------------------------------------------------------------------------------------
+# simulated: relative drops of 0/1 metrics (paired ratio score interval)
+# ------------------------------------------------------------------------------------------
+
+
+def relative_zero_one(n: int, margin: float, base_value: float, churn: float, hib: bool = True):
+    """0/1 metric values with a true relative drop of exactly ``margin``: P(tuned = 1) / P(base = 1)
+    is 1 - margin (accuracy-like) or 1 + margin (error-like, lower is better)."""
+    moved = churn + margin * base_value
+    p10, p01 = (moved, churn) if hib else (churn, moved)  # p10: base 1, tuned 0
+    p11 = base_value - p10
+    probs = [p11, p10, p01, 1.0 - p11 - p10 - p01]
+
+    def decide(rng):
+        n11, n10, n01, n00 = rng.multinomial(n, probs)
+        if n11 + n10 == 0:
+            return "inconclusive"
+        base = np.r_[np.ones(n11 + n10), np.zeros(n01 + n00)]
+        tuned = np.r_[np.ones(n11), np.zeros(n10), np.ones(n01), np.zeros(n00)]
+        return stats.compare_scores(base, tuned, max_drop=margin, relative=True,
+                                    higher_is_better=hib, n_needed=False).verdict
+
+    return decide
+
+
+@pytest.mark.parametrize("n,base_value,churn,hib", [(100, 0.8, 0.02, True), (300, 0.8, 0.1, True),
+                                                   (300, 0.2, 0.02, False)])
+def test_relative_zero_one_at_the_margin(n, base_value, churn, hib):
+    pass_rate, fail_rate = _rate(relative_zero_one(n, 0.1, base_value, churn, hib), REPS, seed=n)
+    assert pass_rate <= _limit(REPS)
+    assert fail_rate <= _limit(REPS)
+
+
+# ------------------------------------------------------------------------------------------
+# simulated: bootstrap-t paths
+# ------------------------------------------------------------------------------------------
+
+
+def skewed_nll(n: int, margin: float, sign: float):
+    """Per-example NLL where a few examples change a lot: 5 % of them by 2 nats (sign +1: badly
+    forgotten; sign -1: much improved), the rest by noise; mean change exactly ``margin``."""
+
+    def decide(rng):
+        base = rng.gamma(2.0, 1.0, size=n)
+        big = rng.random(n) < 0.05
+        change = np.where(big, sign * 2.0, 0.0) + rng.normal(0.0, 0.1, size=n)
+        change += margin - sign * 2.0 * 0.05
+        return stats.compare_scores(base, base + change, max_drop=margin, higher_is_better=False,
+                                    n_boot=N_BOOT).verdict
+
+    return decide
+
+
+@pytest.mark.parametrize("n", [100, 300])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_skewed_nll_at_the_margin(n, sign):
+    pass_rate, fail_rate = _rate(skewed_nll(n, 0.1, sign), REPS, seed=n + int(sign))
+    assert pass_rate <= _limit(REPS)
+    assert fail_rate <= _limit(REPS)
+
+
+def relative_perplexity(n: int, margin: float):
+    """Perplexity = exp(sum NLL / sum tokens); 5 % of the examples carry the whole increase, so
+    that tuned / base perplexity is exactly 1 + margin in the population."""
+    per_token = math.log1p(margin) / 0.05
+
+    def decide(rng):
+        tokens = rng.integers(20, 200, size=n).astype(float)
+        base = tokens * rng.normal(2.0, 0.3, size=n)
+        tuned = base + tokens * (np.where(rng.random(n) < 0.05, per_token, 0.0)
+                                 + rng.normal(0.0, 0.05, size=n))
+        ratio = Ratio(base, tokens, tuned, tokens, transform="exp", den_fixed=True)
+        return stats.compare_statistic(None, n, max_drop=margin, relative=True,
+                                       higher_is_better=False, ratio=ratio, n_boot=N_BOOT).verdict
+
+    return decide
+
+
+@pytest.mark.parametrize("n", [300])
+def test_relative_perplexity_at_the_margin(n):
+    pass_rate, fail_rate = _rate(relative_perplexity(n, 0.1), REPS, seed=n)
+    assert pass_rate <= _limit(REPS)
+    assert fail_rate <= _limit(REPS)
+
+
+def word_error_rate(n: int, margin: float):
+    """WER = errors / words; 10 % of the utterances gain errors at rate 0.2 per word."""
+
+    def decide(rng):
+        words = rng.integers(5, 30, size=n).astype(float)
+        base = rng.binomial(words.astype(int), 0.15).astype(float)
+        extra = np.where(rng.random(n) < margin / 0.2, rng.binomial(words.astype(int), 0.2), 0)
+        ratio = Ratio(base, words, base + extra, words, den_fixed=True)
+        return stats.compare_statistic(None, n, max_drop=margin, higher_is_better=False,
+                                       ratio=ratio, bounded=True, n_boot=N_BOOT).verdict
+
+    return decide
+
+
+def test_wer_at_the_margin():
+    pass_rate, fail_rate = _rate(word_error_rate(300, 0.02), REPS, seed=11)
+    assert pass_rate <= _limit(REPS)
+    assert fail_rate <= _limit(REPS)
+
+
+def _population_macro_f1(shares: np.ndarray, confusion: np.ndarray) -> float:
+    """Macro-F1 of an infinite eval set: rows of ``confusion`` are P(pred | label)."""
+    joint = shares[:, None] * confusion
+    tp = np.diag(joint)
+    denom = joint.sum(axis=1) + joint.sum(axis=0)
+    return float(np.mean(2 * tp / denom))
+
+
+def macro_f1(n: int, margin: float, k: int = 10):
+    """10 imbalanced classes; the tuned model loses part of the rarest class, so that the
+    population macro-F1 drops by exactly ``margin``."""
+    shares = np.arange(1, k + 1, dtype=float)
+    shares /= shares.sum()
+    base_conf = np.full((k, k), 0.1 / (k - 1))
+    np.fill_diagonal(base_conf, 0.9)
+
+    def tuned_conf(q: float) -> np.ndarray:
+        conf = base_conf.copy()
+        conf[0, 0] -= q
+        conf[0, 1] += q
+        return conf
+
+    target = _population_macro_f1(shares, base_conf) - margin
+    lo, hi = 0.0, 0.9
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _population_macro_f1(shares, tuned_conf(mid)) > target else (lo, mid)
+    q = 0.5 * (lo + hi)
+    cum_b, cum_t = base_conf.cumsum(axis=1), tuned_conf(q).cumsum(axis=1)
+
+    def decide(rng):
+        y = rng.choice(k, size=n, p=shares)
+        u = rng.random(n)  # one uniform per example: the two models are strongly paired
+        pb = np.minimum((u[:, None] > cum_b[y]).sum(axis=1), k - 1)
+        pt = np.minimum((u[:, None] > cum_t[y]).sum(axis=1), k - 1)
+        ratio = ratio_of(F1_MACRO, {"label": y, "pred": pb}, {"label": y, "pred": pt})
+        return stats.compare_statistic(None, n, max_drop=margin, ratio=ratio, bounded=True,
+                                       n_boot=N_BOOT).verdict
+
+    return decide
+
+
+@pytest.mark.parametrize("n", [300])
+def test_macro_f1_at_the_margin(n):
+    pass_rate, fail_rate = _rate(macro_f1(n, 0.05), REPS, seed=n)
+    assert pass_rate <= _limit(REPS)
+    assert fail_rate <= _limit(REPS)
+
+
+def test_bounded_aggregate_refused_below_the_smallest_n():
+    decide = macro_f1(50, 0.05)
+    rng = np.random.default_rng(0)
+    assert {decide(rng) for _ in range(5)} == {"inconclusive"}
+
+
+# ------------------------------------------------------------------------------------------
+# simulated: one check with several FAIL parts at their limits
+# ------------------------------------------------------------------------------------------
+
+
+def test_combined_check_fail_rate_with_alpha_split():
+    """Main drop, a 10-class budget and the NFR budget all at their limits: the check as a whole
+    FAILs at most alpha when the FAIL side's alpha is split three ways (what _decide does)."""
+    n, k, margin, nfr = 600, 10, 0.03, 0.05
+    limit = margin  # every class drops by its budget too
+    reps = REPS
+
+    def decide(rng):
+        labels = rng.integers(0, k, size=n)
+        base = rng.random(n) < 0.9
+        u = rng.random(n)
+        p12, p21 = nfr, nfr - margin  # NFR at its budget, accuracy drop at the margin
+        tuned = np.where(base, u >= p12 / 0.9, u < p21 / 0.1)
+        fa = ALPHA / 3
+        parts = [
+            stats.compare_scores(base.astype(float), tuned.astype(float), max_drop=margin,
+                                 fail_alpha=fa, n_needed=False).verdict,
+            stats.nfr_budget(base, tuned, limit=nfr, fail_alpha=fa).verdict,
+            *(c.verdict for c in stats.class_drops(base, tuned, labels, limit=limit, fail_alpha=fa)),
+        ]
+        return stats.combine_verdicts(*parts)
+
+    _, fail_rate = _rate(decide, reps, seed=5)
+    assert fail_rate <= _limit(reps)
