@@ -168,7 +168,7 @@ def test_precedence_cli_env_ini(make_project, monkeypatch):
         ('retains(task="synth")', "retains() needs max_drop="),
         ('improves(task="synth", min_gain=-0.1)', "min_gain=-0.1 is outside"),
         ('retains(task="synth", max_drop=0.02, split="tset")', "no split 'tset' (did you mean 'test'?)"),
-        ('retains(task="synth-small", max_drop=0.02)', "even identical models cannot PASS below n=133"),
+        ('retains(task="synth-small", max_drop=0.02)', "even identical models cannot PASS below n=149"),
     ],
 )
 def test_marker_mistakes_are_usage_errors_at_collection(make_project, marker, message):
