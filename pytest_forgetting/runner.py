@@ -294,6 +294,7 @@ def collect_checks(session: pytest.Session, config: pytest.Config, items: list[p
         checks: list[Check] = []
         for mark in item.iter_markers():
             if mark.name not in MARKERS:
+                _refuse_marker_typo(config, item, mark.name)
                 continue
             from .checks import parse_check
 
@@ -307,6 +308,40 @@ def collect_checks(session: pytest.Session, config: pytest.Config, items: list[p
             # iter_markers yields the closest first; keep the source order of the decorators
             item.stash[CHECKS_KEY] = list(reversed(checks))
             _group_by_task(item, checks[-1])
+
+
+_TYPO_MEMO = pytest.StashKey[dict]()
+
+
+def _refuse_marker_typo(config: pytest.Config, item: pytest.Item, name: str) -> None:
+    """``@pytest.mark.retain`` / ``retainss`` / ``improve``: a usage error, not a green test without checks.
+
+    A marker the project registered itself (ini ``markers``) is meant; other names are compared
+    once per run, and only names of a similar length and first letter reach difflib.
+    """
+    memo = config.stash.setdefault(_TYPO_MEMO, {})
+    if name not in memo:
+        memo[name] = _close_marker(config, name)
+    close = memo[name]
+    if close:
+        raise pytest.UsageError(
+            f"pytest-forgetting: {item.nodeid}: unknown marker @pytest.mark.{name} (did you mean @pytest.mark.{close}?); "
+            f"as written the test would run without any check: rename it to {close}, or register {name!r} under "
+            "the ini 'markers' if it is another plugin's"
+        )
+
+
+def _close_marker(config: pytest.Config, name: str) -> str | None:
+    low = name.lower()
+    if not (4 <= len(low) <= 11 and low[0] in "ri") or low in MARKERS:
+        return low if low in MARKERS else None  # (Retains: the case is the typo)
+    registered = {line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")}
+    if name in registered:
+        return None
+    import difflib
+
+    close = difflib.get_close_matches(low, MARKERS, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def _bind(st: RunState, check: Check, where: str) -> Check:

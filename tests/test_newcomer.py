@@ -348,7 +348,40 @@ def test_declared_task_mistakes_are_usage_errors(pytester, hf_project, args, mes
     assert len([ln for ln in result.stderr.lines if ln.strip()]) == 1, result.stderr.str()
 
 
-# -- 4. the example's property tests are derandomised; fine-tuning tests are no candidate -----------
+# -- 4. a marker name close to retains / improves is a usage error --------------------------------
+
+
+@pytest.mark.parametrize(("mark", "meant"), [("retain", "retains"), ("retainss", "retains"), ("improve", "improves"), ("Retains", "retains")])
+def test_marker_typo_is_a_usage_error(pytester, mark, meant):
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        def test_plain():
+            pass
+
+        @pytest.mark.{mark}(task="digits", max_drop=0.02)
+        def test_keeps_digits():
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == 4, result.stdout.str()
+    result.stderr.fnmatch_lines([
+        f"*test_marker_typo_is_a_usage_error.py::test_keeps_digits: unknown marker @pytest.mark.{mark} "
+        f"(did you mean @pytest.mark.{meant}?)*"
+    ])  # fmt: skip
+    assert len([ln for ln in result.stderr.lines if ln.strip()]) == 1, result.stderr.str()
+
+
+def test_a_registered_marker_of_a_close_name_is_left_alone(pytester):
+    pytester.makeini("[pytest]\nmarkers =\n    retain: another plugin's marker\n")
+    pytester.makepyfile("import pytest\n\n@pytest.mark.retain\ndef test_x():\n    pass\n\n@pytest.mark.remote\ndef test_y():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+
+
+# -- 6. the example's property tests are derandomised; fine-tuning tests are no candidate -----------
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "example_project"
 
