@@ -82,7 +82,10 @@ def parse_check(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[An
 
     from . import metrics as _metrics
 
+    from .proba_metrics import PROBA_METRICS
+
     known_metrics = {m.name: m for m in vars(_metrics).values() if isinstance(m, _metrics.Metric)}
+    known_metrics.update(PROBA_METRICS)
     metric_obj = known_metrics.get(metric) if metric else None
     bounded = metric_obj.bounded if metric_obj is not None else True
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import TaskError
 from ..metrics import CLASSIFICATION_METRICS
+from ..proba_metrics import PROBA_METRICS
 from .base import ModelMeta, Task, normalize_ids
 
 
@@ -64,6 +65,25 @@ def classification_outputs(logits: Any) -> dict[str, Any]:
     return {"pred": logits.argmax(dim=1), "finite": torch.isfinite(logits).all(dim=1)}
 
 
+def class_probabilities(logits: Any, lookup: Any, n_classes: int) -> Any:
+    """Softmax of the logits in float32, as (batch, K) over the task's class ids (K >= n_classes).
+
+    With a ``lookup`` (model output -> task class id) each output's probability is added to its
+    class; outputs that are no class of the task (id ``n_classes``) add to none, so such rows sum
+    to less than 1. Without one, output k is class k (columns padded to ``n_classes``).
+    """
+    import torch
+
+    proba = torch.softmax(logits.float(), dim=1)
+    if lookup is not None:
+        mapped = torch.zeros(proba.shape[0], n_classes + 1, dtype=proba.dtype, device=proba.device)
+        mapped.index_add_(1, lookup.to(proba.device), proba)
+        return mapped[:, :n_classes]
+    if proba.shape[1] < n_classes:
+        proba = torch.nn.functional.pad(proba, (0, n_classes - proba.shape[1]))
+    return proba
+
+
 class ClassificationTask(Task):
     """Shared machinery of array-backed classification tasks.
 
@@ -72,8 +92,10 @@ class ClassificationTask(Task):
     matched by name with the model's ``config.id2label``, and the task may use a subset of them.
     """
 
-    metrics = CLASSIFICATION_METRICS
+    metrics = {**CLASSIFICATION_METRICS, **PROBA_METRICS}
     default_metric = "accuracy"
+    #: 2: outputs carry ``proba`` (class probabilities); entries cached before it are not reused
+    version = "2"
 
     def __init__(self, splits: Mapping[str, SplitData], class_names: list[str], *, indexed: bool = False) -> None:
         if not splits:
@@ -116,6 +138,7 @@ class ClassificationTask(Task):
                               n_outputs=int(logits.shape[1]) if logits.ndim == 2 else None)
         if lookup is not None:  # the model orders (or names) its labels differently: score in the task's class ids
             out["pred"] = lookup.to(out["pred"].device)[out["pred"]]
+        out["proba"] = class_probabilities(logits, lookup, len(self._class_names))
         return out
 
 

@@ -292,6 +292,9 @@ class TokenClassificationTask(Task):
     for slicing.
     """
 
+    #: 2: outputs carry ``tag_proba`` (per-word tag probabilities); older cached entries are not reused
+    version = "2"
+
     default_metric = "f1"
     label_key = None  # per-word tags, not one label per example: no per-class drops
 
@@ -421,7 +424,14 @@ class TokenClassificationTask(Task):
         pred = torch.where(words, pred, torch.full_like(pred, PAD))
         mask = inputs["attention_mask"].bool()
         finite = (torch.isfinite(logits).all(dim=-1) | ~mask).all(dim=1)
-        return {"tag_pred": pred, "finite": finite}
+        # per word (its first sub-token) the softmax over the task's tags, float32; 0 on padding
+        # and on words cut off by truncation
+        proba = torch.softmax(logits.float(), dim=-1)
+        proba = proba.gather(1, first.clamp(min=0)[:, :, None].expand(-1, -1, proba.shape[-1]))
+        tags = torch.zeros(*proba.shape[:2], len(self.table.tags), dtype=proba.dtype, device=proba.device)
+        tags.index_add_(2, lookup, proba)
+        tags = tags * ((first >= 0) & words)[:, :, None]
+        return {"tag_pred": pred, "tag_proba": tags, "finite": finite}
 
 
 def label_lookup(model: Any, n_logits: int, table: TagTable, task_name: str) -> Any:
