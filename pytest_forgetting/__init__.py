@@ -19,6 +19,8 @@ _EXPORTS = {
     "TextClassificationTask": "pytest_forgetting.tasks.classification:TextClassificationTask",
     "LanguageModelingTask": "pytest_forgetting.tasks.lm:LanguageModelingTask",
     "GenerationExactMatchTask": "pytest_forgetting.tasks.lm:GenerationExactMatchTask",
+    "MultipleChoiceTask": "pytest_forgetting.tasks.multiple_choice:MultipleChoiceTask",
+    "LmEvalTask": "pytest_forgetting.tasks.lm_eval:LmEvalTask",
     "SpeechRecognitionTask": "pytest_forgetting.tasks.speech:SpeechRecognitionTask",
     "TokenClassificationTask": "pytest_forgetting.tasks.token:TokenClassificationTask",
     "EmbeddingProbeTask": "pytest_forgetting.tasks.embedding:EmbeddingProbeTask",

@@ -164,6 +164,29 @@ WER = Metric("wer", False, True, aggregate=_error_ratio("word_errors", "ref_word
 CER = Metric("cer", False, True, aggregate=_error_ratio("char_errors", "ref_chars"), description="character error rate: character edits / reference characters", ratio=_error_parts("char_errors", "ref_chars"))
 
 CLASSIFICATION_METRICS: dict[str, Metric] = {m.name: m for m in (ACCURACY, ERROR_RATE, F1_MACRO, BALANCED_ACCURACY)}
-LM_METRICS: dict[str, Metric] = {m.name: m for m in (PERPLEXITY, NLL)}
+def _per(unit: str, scale: float = 1.0) -> Callable[[Outputs], tuple[np.ndarray, np.ndarray]]:
+    def parts(o: Outputs) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(o["nll"], dtype=np.float64) * scale, np.asarray(o[unit], dtype=np.float64)
+
+    return parts
+
+
+def _pooled(unit: str, scale: float = 1.0, exp: bool = False) -> Callable[[Outputs, np.ndarray], float]:
+    def value(o: Outputs, idx: np.ndarray) -> float:
+        den = float(np.sum(o[unit][idx]))
+        mean = float(np.sum(o["nll"][idx]) * scale / den) if den > 0 else float("nan")
+        return float(np.exp(mean)) if exp else mean
+
+    return value
+
+
+# lm-evaluation-harness's normalised perplexities of loglikelihood_rolling tasks (wikitext): per word, per byte
+WORD_PERPLEXITY = Metric("word_perplexity", False, False, aggregate=_pooled("nwords", exp=True), ratio=_per("nwords"), transform="exp",
+                         description="exp(total NLL / total words)")
+BYTE_PERPLEXITY = Metric("byte_perplexity", False, False, aggregate=_pooled("nbytes", exp=True), ratio=_per("nbytes"), transform="exp",
+                         description="exp(total NLL / total UTF-8 bytes)")
+BITS_PER_BYTE = Metric("bits_per_byte", False, False, aggregate=_pooled("nbytes", 1 / np.log(2)), ratio=_per("nbytes", 1 / np.log(2)),
+                       description="total NLL in bits / total UTF-8 bytes")
+LM_METRICS: dict[str, Metric] = {m.name: m for m in (PERPLEXITY, NLL, WORD_PERPLEXITY, BYTE_PERPLEXITY, BITS_PER_BYTE)}
 GENERATION_METRICS: dict[str, Metric] = {m.name: m for m in (EXACT_MATCH,)}
 SPEECH_METRICS: dict[str, Metric] = {m.name: m for m in (WER, CER)}

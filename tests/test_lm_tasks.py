@@ -139,10 +139,13 @@ def test_nll_is_the_models_own_loss_and_batch_independent(lm):
     np.testing.assert_array_equal(one.outputs["ntok"], three.outputs["ntok"])
     for i, text in enumerate(texts):
         ids = tok(text, return_tensors="pt").input_ids
+        # lm-eval's rolling convention: the text's own tokens (here <s> + words) are all scored,
+        # the first one given the prefix token (BOS): one more token than the model's own loss counts
+        full = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], dim=1)
         with torch.no_grad():
-            loss = base(ids, labels=ids).loss.item()
-        assert one.outputs["ntok"][i] == ids.shape[1] - 1  # the BOS is context, every word is scored
-        assert one.outputs["nll"][i] == pytest.approx(loss * (ids.shape[1] - 1), rel=1e-5)
+            loss = base(full, labels=full).loss.item()
+        assert one.outputs["ntok"][i] == ids.shape[1]
+        assert one.outputs["nll"][i] == pytest.approx(loss * ids.shape[1], rel=1e-5)
     ppl = LM_METRICS["perplexity"].value(one.outputs)
     assert ppl == pytest.approx(math.exp(one.outputs["nll"].sum() / one.outputs["ntok"].sum()))
     assert LM_METRICS["nll"].value(one.outputs) == pytest.approx(math.log(ppl))
@@ -156,7 +159,7 @@ def test_nan_logits_are_reported_per_example(lm):
 
         def forward(self, input_ids, attention_mask=None, **_):
             logits = base(input_ids=input_ids, attention_mask=attention_mask).logits.clone()
-            logits[input_ids[:, 2] == tok.convert_tokens_to_ids("capital")] = float("nan")
+            logits[(input_ids == tok.convert_tokens_to_ids("capital")).any(dim=1)] = float("nan")
             return logits
 
     task = named(LanguageModelingTask(["the capital of vel is orin", "the colour of vel is red"], ids=["cap", "col"]), "lm")

@@ -1,9 +1,11 @@
 """Causal language-model tasks: held-out text likelihood and greedy-decoded exact match.
 
-- ``LanguageModelingTask``: per example (a text), the summed negative log-likelihood of its
-  tokens and how many tokens were scored. The ``perplexity`` and ``nll`` metrics pool those
-  over examples (exp of total NLL / total tokens), so a paired bootstrap over texts gives the
-  interval. Lower is better; ``max_drop`` is in perplexity units (or relative).
+- ``LanguageModelingTask``: per example (a text), the summed negative log-likelihood of all its
+  tokens (rolling windows, lm-eval's convention) and how many tokens, words and bytes it has.
+  The ``perplexity`` (per token), ``nll``, ``word_perplexity``, ``byte_perplexity`` and
+  ``bits_per_byte`` metrics pool those over examples (e.g. exp of total NLL / total tokens), so a
+  paired bootstrap over texts gives the interval. Lower is better; ``max_drop`` is in the
+  metric's units (or relative).
 - ``GenerationExactMatchTask``: short prompts, greedy decoding, and a 0/1 per example: does
   the normalised generation equal one of the reference answers? Compared with the paired
   score interval for proportions.
@@ -26,7 +28,7 @@ import numpy as np
 from ..errors import TaskError
 from ..metrics import GENERATION_METRICS, LM_METRICS
 from .base import lookup_column, ModelMeta, normalize_ids, Task
-from .classification import logits_of, padded_batches
+from .classification import logits_of
 
 
 @dataclass
@@ -83,12 +85,20 @@ class _SplitTask(Task):
 
 
 class LanguageModelingTask(_SplitTask):
-    """Held-out texts scored by a causal LM: per-text summed token NLL and scored-token count.
+    """Held-out texts scored by a causal LM: per text, the summed NLL of *every* token.
 
-    Each text is tokenised with the checkpoint's tokenizer (its special tokens included, e.g.
-    a BOS token) and truncated to ``max_length`` tokens; every token after the first is scored
-    given the ones before it. Split long documents into paragraphs (``from_text_file`` does)
-    rather than relying on truncation: examples are the unit of the bootstrap.
+    Scoring follows lm-evaluation-harness's ``loglikelihood_rolling`` (``tasks.loglik``): each
+    text is encoded with the tokenizer's default special tokens, the first token is predicted
+    from the prefix token (BOS, else EOS), and a text longer than the window is scored in
+    rolling windows of ``max_length`` tokens (default: the model's maximum length, as lm-eval
+    resolves it), each token once, conditioned on up to ``max_length`` tokens before it. Per
+    text the outputs are the NLL sum, the scored tokens, words (whitespace-separated, lm-eval's
+    count) and UTF-8 bytes, so ``perplexity`` (per token), ``word_perplexity``,
+    ``byte_perplexity`` and ``bits_per_byte`` are lm-eval's numbers on the same texts.
+
+    ``truncate=True`` scores only the first ``max_length`` tokens of each text (cheaper, not
+    comparable with lm-eval); the number of texts cut is warned about when the split is
+    prepared and is in the ``truncated`` output.
     """
 
     metrics = LM_METRICS
@@ -99,7 +109,8 @@ class LanguageModelingTask(_SplitTask):
         texts: Sequence[str] | None = None,
         ids: Sequence[Any] | None = None,
         *,
-        max_length: int = 256,
+        max_length: int | None = None,
+        truncate: bool = False,
         splits: Mapping[str, Any] | None = None,
         columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> None:
@@ -108,9 +119,12 @@ class LanguageModelingTask(_SplitTask):
             if texts is None:
                 raise TaskError("LanguageModelingTask needs texts (or splits={...})")
             splits = {"test": (list(texts), ids, columns)}
-        if max_length < 2:
-            raise TaskError(f"max_length={max_length} leaves no token to score (need at least 2)")
-        self.max_length = int(max_length)
+        if max_length is not None and max_length < 1:
+            raise TaskError(f"max_length={max_length} leaves no token to score (need at least 1)")
+        if truncate and max_length is None:
+            raise TaskError("truncate=True needs max_length= (the number of tokens scored per text)")
+        self.max_length = None if max_length is None else int(max_length)
+        self.truncate = bool(truncate)
         self._texts: dict[str, list[str]] = {}
         for name, (split_ids, items, cols) in _build_splits(splits, "LanguageModelingTask").items():
             texts_list = [str(t) for t in items]
@@ -128,7 +142,8 @@ class LanguageModelingTask(_SplitTask):
         min_chars: int = 40,
         test_fraction: float | None = None,
         seed: int = 0,
-        max_length: int = 256,
+        max_length: int | None = None,
+        truncate: bool = False,
     ) -> "LanguageModelingTask":
         """Examples from a UTF-8 text file: one per paragraph (blank-line separated) or per line.
 
@@ -145,12 +160,13 @@ class LanguageModelingTask(_SplitTask):
             raise TaskError(f"{path}: no {by} of at least {min_chars} characters")
         ids = [f"{path.name}:{i}" for i in range(len(pieces))]
         if test_fraction is None:
-            return cls(pieces, ids, max_length=max_length)
+            return cls(pieces, ids, max_length=max_length, truncate=truncate)
         order = np.random.default_rng(seed).permutation(len(pieces))
         n_test = max(1, int(round(test_fraction * len(pieces))))
         test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
         return cls(
             max_length=max_length,
+            truncate=truncate,
             splits={
                 "train": ([pieces[i] for i in train], [ids[i] for i in train]),
                 "test": ([pieces[i] for i in test], [ids[i] for i in test]),
@@ -161,46 +177,88 @@ class LanguageModelingTask(_SplitTask):
         self.check_split(split)
         return self._texts[split]
 
-    cache_prepared = True
-
     def fingerprint_parts(self, split: str) -> Sequence[Any]:
-        return self.ids(split), self.max_length, self.texts(split)
+        return self.ids(split), self.max_length, "truncate" if self.truncate else "rolling", self.texts(split)
+
+    def _window(self, meta: ModelMeta) -> int:
+        from .loglik import model_max_length
+
+        return self.max_length if self.max_length is not None else model_max_length(meta.config, meta.tokenizer)
 
     def prepare_key(self, meta: ModelMeta) -> str:
-        return meta.tokenizer_fingerprint
+        return f"{meta.tokenizer_fingerprint}|{self._window(meta)}"
 
     def prepare(self, split: str, meta: ModelMeta) -> Any:
-        from .classification import tokenize_padded
+        import warnings
 
-        prepared = tokenize_padded(meta, self.texts(split), self.max_length, self.name)
-        short = prepared["lengths"] < 2
-        if short.any():
-            bad = self.ids(split)[short][:3].tolist()
-            raise TaskError(f"task {self.name!r}: {int(short.sum())} texts tokenise to fewer than 2 tokens (ids {bad}); nothing to score")
-        return prepared
+        from .loglik import encode, prefix_token_id, rolling_rows
+
+        tok = meta.tokenizer
+        if tok is None:
+            raise TaskError(f"task {self.name!r} needs a tokenizer, and the checkpoint folder has none")
+        window = self._window(meta)
+        prefix = prefix_token_id(tok)
+        texts = self.texts(split)
+        rows, ntok, cut = [], [], []
+        for text in texts:
+            tokens = encode(tok, text)
+            cut.append(self.truncate and len(tokens) > window)
+            if self.truncate:
+                tokens = tokens[:window]
+            if not tokens:
+                raise TaskError(f"task {self.name!r}: a text tokenises to nothing")
+            rows.append([(inp, n, tokens[done : done + n]) for (inp, n), done in _with_offsets(rolling_rows(tokens, prefix, window))])
+            ntok.append(len(tokens))
+        n_cut = int(sum(cut))
+        if n_cut:
+            warnings.warn(f"task {self.name!r}: {n_cut} of {len(texts)} texts are longer than max_length={window} tokens and were cut "
+                          "(truncate=True); only their first tokens are scored", stacklevel=2)  # fmt: skip
+        pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else (tok.eos_token_id or 0)
+        return {
+            "rows": rows, "ntok": np.asarray(ntok, dtype=np.int64), "pad": int(pad), "truncated": np.asarray(cut, dtype=bool),
+            "nwords": np.asarray([len(re.split(r"\s+", t)) for t in texts], dtype=np.int64),
+            "nbytes": np.asarray([len(t.encode("utf-8")) for t in texts], dtype=np.int64),
+        }  # fmt: skip
 
     def batches(self, prepared: Any, indices: np.ndarray, batch_size: int) -> Iterator[Any]:
-        return padded_batches(prepared, indices, batch_size)
+        import torch
+
+        for lo in range(0, len(indices), batch_size):
+            chunk = [int(i) for i in indices[lo : lo + batch_size]]
+            yield {
+                "rows": [prepared["rows"][i] for i in chunk], "pad": prepared["pad"], "chunk": batch_size,
+                **{k: torch.from_numpy(prepared[k][chunk]) for k in ("ntok", "nwords", "nbytes", "truncated")},
+            }  # fmt: skip
+
+    def lengths(self, prepared: Any) -> np.ndarray:
+        """Each text's longest window (causal right padding): length-bucketed batches."""
+        return np.array([max((len(r[0]) for r in rows), default=0) for rows in prepared["rows"]], dtype=np.int64)
 
     def forward(self, model: Any, batch: Any) -> dict[str, Any]:
         import torch
-        import torch.nn.functional as F
 
-        input_ids, mask = batch["input_ids"], batch["attention_mask"]
-        kwargs = {"use_cache": False} if hasattr(model, "config") else {}
-        logits = logits_of(model(input_ids=input_ids, attention_mask=mask, **kwargs))
-        if logits.ndim != 3 or logits.shape[:2] != input_ids.shape:
-            raise TaskError(
-                f"task {self.name!r} needs a causal LM returning logits (batch, tokens, vocab); got {tuple(logits.shape)} "
-                f"for input {tuple(input_ids.shape)}"
-            )
-        target = input_ids[:, 1:]
-        # row by row: a float32 copy of one sequence's logits at a time, not of the whole batch
-        tok_nll = torch.stack([F.cross_entropy(logits[i, :-1].float(), target[i], reduction="none") for i in range(len(target))])
-        scored = mask[:, 1:].bool() & mask[:, :-1].bool()
-        finite = (torch.isfinite(tok_nll) | ~scored).all(dim=1)
-        nll = torch.where(scored, tok_nll, torch.zeros_like(tok_nll)).double().sum(dim=1)
-        return {"nll": nll, "ntok": scored.sum(dim=1), "finite": finite}
+        from .loglik import score_rows
+
+        flat = [(inp, n) for rows in batch["rows"] for inp, n, _ in rows]
+        targets = [t for rows in batch["rows"] for _, _, t in rows]
+        lls, _, finite = score_rows(model, flat, targets, batch["pad"], chunk=max(1, batch["chunk"]))
+        nll = torch.zeros(len(batch["rows"]), dtype=torch.float64)
+        ok = torch.ones(len(batch["rows"]), dtype=torch.bool)
+        pos = 0
+        for i, rows in enumerate(batch["rows"]):
+            nll[i] = -sum(float(v) for v in lls[pos : pos + len(rows)])  # windows add up in double, as lm-eval's do
+            ok[i] = bool(finite[pos : pos + len(rows)].all())
+            pos += len(rows)
+        device = batch["ntok"].device
+        return {"nll": nll.to(device), "ntok": batch["ntok"], "nwords": batch["nwords"], "nbytes": batch["nbytes"],
+                "truncated": batch["truncated"], "finite": ok.to(device)}  # fmt: skip
+
+
+def _with_offsets(windows: Iterator[tuple[list[int], int]]) -> Iterator[tuple[tuple[list[int], int], int]]:
+    done = 0
+    for inp, n in windows:
+        yield (inp, n), done
+        done += n
 
 
 def split_text(text: str, *, by: str = "paragraph", min_chars: int = 40) -> list[str]:
@@ -389,6 +447,9 @@ class GenerationExactMatchTask(_SplitTask):
                 "context": prepared["context"],
             }
 
+    def lengths(self, prepared: Any) -> np.ndarray:
+        return prepared["lengths"]  # prompt lengths (masked left padding): length-bucketed batches
+
     def forward(self, model: Any, batch: Any) -> dict[str, Any]:
         import torch
 
@@ -518,7 +579,7 @@ def python_docs() -> LanguageModelingTask:
 
     The text ships with every CPython (``pydoc_data.topics``, what ``help("if")`` shows), so
     it is always offline: about 370 English paragraphs of at least 200 characters, code
-    examples and tables left out, scored up to 128 tokens each. The text (and so the data
+    examples and tables left out, every token scored in rolling windows of 128 tokens. The text (and so the data
     fingerprint) follows the Python version running the tests.
     """
     try:
