@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -229,8 +229,16 @@ def run_model(
     dtype: str,
     batch_size: int,
     static: dict[str, np.ndarray] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Evaluate ``model`` on ``indices`` of a prepared split; raises NonFiniteOutputs on NaN/Inf."""
+    """Evaluate ``model`` on ``indices`` of a prepared split; raises NonFiniteOutputs on NaN/Inf.
+
+    Where the task gives per-example lengths (:meth:`Task.lengths`: tokenised inputs), the
+    requested examples run sorted by length (stable, so ties keep their order) and every output
+    is put back in the requested order: batches carry little padding, and as the order depends on
+    the inputs alone, both models see exactly the same batches. ``progress(done)`` is called after
+    every batch with the number of examples done so far.
+    """
     import torch
 
     tdtype = torch_dtype(dtype)
@@ -238,6 +246,10 @@ def run_model(
     collected: dict[str, list[Any]] = {}
     start = time.perf_counter()
     done = number = 0  # examples with outputs so far; batches so far
+    requested = np.asarray(indices)
+    order = bucket_order(task, prepared, requested)
+    if order is not None:  # length-bucketed: batches of similar lengths, outputs put back in request order
+        indices = requested[order]
     with deterministic(), torch.inference_mode():
         batches = iter(task.batches(prepared, indices, batch_size))
         while True:
@@ -256,23 +268,52 @@ def run_model(
                 collected.setdefault(key, []).append(value)
             first = next(iter(out.values()), None)
             done += int(first.shape[0]) if getattr(first, "ndim", 0) else 0
+            if progress is not None:
+                progress(done)
     outputs: dict[str, np.ndarray] = {}
     for key, parts in collected.items():
         tensor = torch.cat([p.reshape(p.shape[0], *p.shape[1:]) for p in parts]) if parts else torch.empty(0)
         if tensor.is_floating_point() and tensor.dtype != torch.float64:
             tensor = tensor.float()
         outputs[key] = tensor.cpu().numpy()
+    if order is not None:
+        outputs = restore_order(outputs, order)
+        indices = requested
     seconds = time.perf_counter() - start
     finite = outputs.pop("finite", None)
     if finite is not None and not bool(np.all(finite)):
-        bad = ids[~finite.astype(bool)]
+        bad = ids[indices][~finite.astype(bool)]
         raise NonFiniteOutputs(
-            f"NaN/Inf outputs on {len(bad)} of {len(ids)} examples (e.g. {', '.join(bad[:3].tolist())})", bad[:10].tolist()
+            f"NaN/Inf outputs on {len(bad)} of {len(indices)} examples (e.g. {', '.join(bad[:3].tolist())})", bad[:10].tolist()
         )
     if static:
         for key, value in static.items():
             outputs.setdefault(key, value[indices])
     return EvalResult(ids=ids[indices], outputs=outputs, seconds=seconds)
+
+
+def bucket_order(task: Task, prepared: Any, indices: np.ndarray) -> np.ndarray | None:
+    """Positions of ``indices`` sorted by the task's per-example lengths (stable), or None when the
+    task gives none (or the order would not change)."""
+    if len(indices) < 2:
+        return None
+    lengths = task.lengths(prepared)
+    if lengths is None:
+        return None
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.shape[0] <= int(indices.max(initial=0)):
+        return None  # not one length per example of the split: run in the requested order
+    order = np.argsort(lengths[indices], kind="stable")
+    if bool(np.all(order == np.arange(len(order)))):
+        return None
+    return order
+
+
+def restore_order(outputs: dict[str, np.ndarray], order: np.ndarray) -> dict[str, np.ndarray]:
+    """Outputs computed in ``order`` (positions of the request), back in the request's order."""
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return {k: (v[inverse] if getattr(v, "ndim", 0) and v.shape[0] == len(order) else v) for k, v in outputs.items()}
 
 
 def evaluate(

@@ -201,6 +201,16 @@ class Task:
         """Per-example outputs as tensors (first dim = batch), plus optional ``"finite"`` flags."""
         raise NotImplementedError
 
+    def lengths(self, prepared: Any) -> "np.ndarray | None":
+        """Per-example input lengths of a prepared split (tokens), or None (the default): run in order.
+
+        With lengths, the evaluator runs the requested examples sorted by length (stable) and puts
+        the outputs back in the requested order, so that batches carry little padding. Give them
+        only where an example's outputs do not depend on the others in its batch (an attention
+        mask or causal right padding hides the padding), as for tokenised texts.
+        """
+        return None
+
     def evaluate_model(
         self, model: Any, meta: ModelMeta, split: str, idx: np.ndarray, *, device: str, dtype: str, batch_size: int | str
     ) -> "EvalResult | None":

@@ -285,6 +285,9 @@ class TextClassificationTask(ClassificationTask):
     def batches(self, prepared: Any, indices: np.ndarray, batch_size: int) -> Iterator[Any]:
         return padded_batches(prepared, indices, batch_size)
 
+    def lengths(self, prepared: Any) -> np.ndarray:
+        return prepared["lengths"]  # masked right padding: length-bucketed batches
+
     def forward(self, model: Any, batch: Any) -> dict[str, Any]:
         return self.score(model, logits_of(model(**batch)))
 

@@ -334,6 +334,9 @@ class EmbeddingProbeTask(TextClassificationTask):
         for batch in padded_batches(prepared["eval"], indices, batch_size):
             yield {"phase": "eval", "inputs": batch, "run": run}
 
+    def lengths(self, prepared: dict[str, Any]) -> np.ndarray:
+        return prepared["eval"]["lengths"]  # the evaluated texts' tokens: length-bucketed batches
+
     def forward(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 

@@ -406,6 +406,9 @@ class TokenClassificationTask(Task):
                 "n_words": prepared["n_words"].index_select(0, idx),
             }
 
+    def lengths(self, prepared: dict[str, Any]) -> np.ndarray:
+        return prepared["lengths"]  # sub-word tokens (masked right padding): length-bucketed batches
+
     def forward(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 

@@ -1,0 +1,217 @@
+"""Length-bucketed batching (issue 18, point 1): sorted by length, batched, outputs back in order.
+
+Every tokenised task runs its requested examples sorted by length (stable) and puts the outputs
+back in the requested order; the outputs equal those of batches in dataset order to float
+tolerance, and verdicts are identical.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from pytest_forgetting.evaluate import bucket_order, evaluate, restore_order, run_model  # noqa: E402
+from pytest_forgetting.tasks.base import ModelMeta, Task  # noqa: E402
+from pytest_forgetting.tasks.classification import TextClassificationTask, logits_of  # noqa: E402
+from pytest_forgetting.tasks.lm import GenerationExactMatchTask, LanguageModelingTask  # noqa: E402
+from pytest_forgetting.tasks.token import TokenClassificationTask  # noqa: E402
+
+from text_helpers import make_tokenizer, sentiment_texts, tiny_bert  # noqa: E402
+
+
+class Recorder(Task):
+    """Per example its own position; records the lengths of every batch it runs."""
+
+    name = "recorder"
+
+    def __init__(self, lengths: np.ndarray | None) -> None:
+        self._lengths = lengths
+        self.seen: list[list[int]] = []
+        n = 0 if lengths is None else len(lengths)
+        self.n = n or 10
+
+    def ids(self, split: str) -> np.ndarray:
+        return np.array([f"e{i}" for i in range(self.n)])
+
+    def prepare(self, split: str, meta: ModelMeta) -> Any:
+        return None
+
+    def lengths(self, prepared: Any) -> np.ndarray | None:
+        return self._lengths
+
+    def batches(self, prepared: Any, indices: np.ndarray, batch_size: int) -> Iterator[Any]:
+        for lo in range(0, len(indices), batch_size):
+            yield torch.as_tensor(indices[lo : lo + batch_size])
+
+    def forward(self, model: Any, batch: Any) -> dict[str, Any]:
+        self.seen.append(batch.tolist())
+        return {"pos": batch.clone(), "twice": torch.stack([batch, batch * 2], dim=1)}
+
+
+def test_outputs_come_back_in_request_order_and_batches_are_sorted():
+    lengths = np.array([5, 1, 9, 1, 3, 7, 2, 8, 3, 1])
+    task = Recorder(lengths)
+    idx = np.array([9, 2, 4, 0, 7, 1, 5])
+    res = run_model(task, None, None, idx, task.ids("test"), device="cpu", dtype="float32", batch_size=3)
+    assert res.outputs["pos"].tolist() == idx.tolist()
+    assert res.outputs["twice"][:, 1].tolist() == (2 * idx).tolist()
+    assert res.ids.tolist() == [f"e{i}" for i in idx]
+    flat = [i for b in task.seen for i in b]
+    assert [lengths[i] for i in flat] == sorted(lengths[idx].tolist())
+    assert flat[:2] == [9, 1]  # ties keep the requested order (stable)
+
+
+def test_tasks_without_lengths_run_in_the_requested_order():
+    task = Recorder(None)
+    idx = np.array([3, 1, 2])
+    res = run_model(task, None, None, idx, task.ids("test"), device="cpu", dtype="float32", batch_size=2)
+    assert task.seen == [[3, 1], [2]]
+    assert res.outputs["pos"].tolist() == [3, 1, 2]
+    assert bucket_order(task, None, idx) is None
+
+
+def test_order_helpers():
+    order = np.array([2, 0, 1])
+    back = restore_order({"a": np.array([30, 10, 20]), "scalar": np.float64(1.0)}, order)
+    assert back["a"].tolist() == [10, 20, 30] and back["scalar"] == 1.0
+    task = Recorder(np.array([1, 2, 3]))
+    assert bucket_order(task, None, np.array([0, 1, 2])) is None  # already sorted: nothing to do
+    assert bucket_order(task, None, np.array([2])) is None
+
+
+def _no_lengths(monkeypatch: pytest.MonkeyPatch, task: Task) -> None:
+    monkeypatch.setattr(task, "lengths", lambda prepared: None)
+
+
+def _texts(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    texts, labels = sentiment_texts(n, seed)
+    rng = np.random.default_rng(seed)
+    long = rng.random(n) < 0.3  # a few long texts among short ones: dataset-order batches pad a lot
+    return [t + " and the film was very good" * 4 if ln else t for t, ln in zip(texts, long)], labels
+
+
+class LogitText(TextClassificationTask):
+    def forward(self, model: Any, batch: Any) -> dict[str, Any]:
+        logits = logits_of(model(**batch))
+        out = self.score(model, logits)
+        out["logits"] = logits
+        out["width"] = torch.full((logits.shape[0],), batch["input_ids"].shape[1])
+        return out
+
+
+def test_text_classification_same_logits_with_less_padding(monkeypatch):
+    tok = make_tokenizer()
+    model = tiny_bert(num_labels=2)
+    texts, labels = _texts(90, 1)
+    task = LogitText(texts, labels)
+    meta = ModelMeta(tokenizer=tok)
+    idx = np.random.default_rng(0).permutation(90)[:70]
+    sorted_res = evaluate(task, model, split="test", meta=meta, indices=idx, batch_size=16)
+    _no_lengths(monkeypatch, task)
+    plain = evaluate(task, model, split="test", meta=meta, indices=idx, batch_size=16)
+    assert sorted_res.ids.tolist() == plain.ids.tolist()
+    np.testing.assert_allclose(sorted_res.outputs["logits"], plain.outputs["logits"], atol=1e-5)
+    assert sorted_res.outputs["pred"].tolist() == plain.outputs["pred"].tolist()
+    assert sorted_res.outputs["label"].tolist() == labels[idx].tolist()
+    assert sorted_res.outputs["width"].sum() < 0.8 * plain.outputs["width"].sum()
+
+
+def word_tokenizer(words: list[str]) -> Any:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", *words])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+def tiny_llama(tok: Any) -> Any:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+WORDS = "a b c d e f g h i j k l m n o p".split()
+
+
+def _word_texts(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.choice([2, 3, 4, 30])))) for _ in range(n)]
+
+
+def test_language_modelling_same_nll(monkeypatch):
+    tok = word_tokenizer(WORDS)
+    model = tiny_llama(tok)
+    task = LanguageModelingTask(_word_texts(40, 2), max_length=64)
+    meta = ModelMeta(tokenizer=tok, config=model.config)
+    prepared = task.prepare("test", meta)
+    assert task.lengths(prepared).shape == (40,)
+    sorted_res = evaluate(task, model, split="test", meta=meta, batch_size=8, prepared=prepared)
+    _no_lengths(monkeypatch, task)
+    plain = evaluate(task, model, split="test", meta=meta, batch_size=8, prepared=prepared)
+    np.testing.assert_allclose(sorted_res.outputs["nll"], plain.outputs["nll"], rtol=1e-5, atol=1e-4)
+    assert sorted_res.outputs["ntok"].tolist() == plain.outputs["ntok"].tolist()
+
+
+def test_generation_same_tokens(monkeypatch):
+    tok = word_tokenizer(WORDS)
+    model = tiny_llama(tok)
+    prompts = _word_texts(24, 3)
+    task = GenerationExactMatchTask(prompts, ["a"] * 24, max_new_tokens=4)
+    meta = ModelMeta(tokenizer=tok, config=model.config)
+    sorted_res = evaluate(task, model, split="test", meta=meta, batch_size=8)
+    _no_lengths(monkeypatch, task)
+    plain = evaluate(task, model, split="test", meta=meta, batch_size=8)
+    assert sorted_res.outputs["generated"].tolist() == plain.outputs["generated"].tolist()
+    assert sorted_res.outputs["exact"].tolist() == plain.outputs["exact"].tolist()
+
+
+def test_token_classification_same_tags(monkeypatch):
+    tok = make_tokenizer()
+    rng = np.random.default_rng(4)
+    words = ["alice", "bob", "paris", "rome", "the", "movie", "was", "good"]
+    sents = [list(rng.choice(words, size=int(rng.choice([2, 3, 12])))) for _ in range(30)]
+    tags = [["B-PER" if w in ("alice", "bob") else "B-LOC" if w in ("paris", "rome") else "O" for w in s] for s in sents]
+    names = ["O", "B-LOC", "B-PER"]
+    task = TokenClassificationTask(sents, tags, tag_names=names)
+    model = tiny_bert("BertForTokenClassification", num_labels=len(names), id2label=dict(enumerate(names)),
+                      label2id={n: i for i, n in enumerate(names)})
+    meta = ModelMeta(tokenizer=tok, config=model.config)
+    sorted_res = evaluate(task, model, split="test", meta=meta, batch_size=8)
+    _no_lengths(monkeypatch, task)
+    plain = evaluate(task, model, split="test", meta=meta, batch_size=8)
+    assert sorted_res.outputs["tag_pred"].tolist() == plain.outputs["tag_pred"].tolist()
+
+
+def test_verdicts_identical_with_and_without_buckets(tmp_path, monkeypatch):
+    """A whole retains check (base and tuned BERTs from folders): the same row either way."""
+    import pytest_forgetting as pf
+    from pytest_forgetting.registry import REGISTRY
+    from text_helpers import check, save, session
+
+    texts, labels = _texts(120, 5)
+    base = save(tiny_bert(num_labels=2, seed=0), tmp_path / "base")
+    tuned = save(tiny_bert(num_labels=2, seed=1), tmp_path / "tuned")
+    name = "bucketing-sentiment"
+    REGISTRY.register(name, lambda: pf.TextClassificationTask(texts, labels), "test_bucketing")
+    try:
+        rows = []
+        for bucketed in (True, False):
+            if not bucketed:
+                monkeypatch.setattr(TextClassificationTask, "lengths", lambda self, prepared: None)
+            sess = session(base, tuned, tmp_path, no_cache=True, batch_size=16)
+            for metric in ("accuracy", "f1_macro"):
+                row = sess.run_check(check(name, max_drop=0.2, metric=metric), test="t").row
+                rows.append({k: v for k, v in row.items() if not k.endswith("_eval_s") and not k.startswith("_")})
+        assert rows[:2] == rows[2:]
+    finally:
+        REGISTRY.entries.pop(name, None)
