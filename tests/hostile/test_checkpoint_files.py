@@ -35,6 +35,7 @@ from pytest_forgetting.errors import CheckpointError
 
 pytest.importorskip("transformers")
 
+ON_LINUX = pytest.mark.skipif(not os.path.exists("/proc/self/environ"), reason="needs /proc (Linux)")
 OUTSIDE = "copy the file itself into the folder"
 INTO_PROC = "replace the link with the real file"
 
@@ -98,6 +99,7 @@ def test_vocab_linked_to_the_repository_config_is_refused_and_never_printed(text
     assert "leads outside the checkpoint folder" in reason and "x-access-token" not in reason
 
 
+@ON_LINUX
 def test_vocab_linked_to_proc_environ_is_refused(text_project, monkeypatch):
     pytester, base, tc = text_project
     monkeypatch.setenv("FORGETTING_TEST_FAKE_TOKEN", SECRET)
@@ -108,6 +110,7 @@ def test_vocab_linked_to_proc_environ_is_refused(text_project, monkeypatch):
     assert "leads into /proc" in reason
 
 
+@ON_LINUX
 def test_config_linked_to_proc_pagemap_is_refused_without_reading(text_project):
     """/proc/self/pagemap is a 'regular' file of size 0 whose reads go on for gigabytes."""
     pytester, base, tc = text_project

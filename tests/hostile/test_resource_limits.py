@@ -39,6 +39,9 @@ from _checkpoint_helpers import (
 )
 
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="forks a process with torch imported and uses /proc (Linux)"
+)
 
 #: address-space limit of every attacked run; importing torch + transformers maps ~1 GiB (measured
 #: VmPeak 0.94 GiB with peft and gguf), a tiny model evaluation adds little: 3 GiB leaves room for
