@@ -52,14 +52,18 @@ def _error(o: Outputs) -> np.ndarray:
 
 
 def f1_macro(o: Outputs, idx: np.ndarray, n_classes: int | None = None) -> float:
-    """Macro-averaged F1 over the classes present in the labels or predictions of idx."""
+    """Macro-averaged F1 over the classes present in the labels or predictions of idx.
+
+    With ``n_classes=K`` every class 0..K-1 counts, a class absent from both scoring 0, as
+    scikit-learn's ``f1_score(..., labels=range(K), average="macro")`` does.
+    """
     y = np.asarray(o["label"])[idx].astype(np.int64)
     p = np.asarray(o["pred"])[idx].astype(np.int64)
     k = int(max(y.max(initial=0), p.max(initial=0))) + 1 if n_classes is None else n_classes
     tp = np.bincount(y[y == p], minlength=k).astype(np.float64)
     support = np.bincount(y, minlength=k).astype(np.float64)
     predicted = np.bincount(p, minlength=k).astype(np.float64)
-    present = (support + predicted) > 0
+    present = (support + predicted) > 0 if n_classes is None else np.ones(k, dtype=bool)
     denom = support + predicted
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     return float(f1[present].mean()) if present.any() else 0.0

@@ -215,3 +215,91 @@ def test_verdicts_identical_with_and_without_buckets(tmp_path, monkeypatch):
         assert rows[:2] == rows[2:]
     finally:
         REGISTRY.entries.pop(name, None)
+
+
+# -- issue 18, point 5: libraries where they are better ------------------------------------------------
+def test_edit_distance_rapidfuzz_and_python_give_the_same_counts(monkeypatch):
+    from pytest_forgetting.tasks import speech
+
+    rng = np.random.default_rng(0)
+    pairs = [("".join(rng.choice(list("abc d'"), size=int(rng.integers(0, 40)))),
+              "".join(rng.choice(list("abc d'"), size=int(rng.integers(0, 40))))) for _ in range(200)]  # fmt: skip
+    pairs += [("", ""), ("kitten", "sitting"), ("the cat sat", "")]
+    fast = [(speech.edit_distance(a, b), speech.edit_distance(a.split(), b.split())) for a, b in pairs]
+    slow = [(speech.python_edit_distance(a, b), speech.python_edit_distance(a.split(), b.split())) for a, b in pairs]
+    assert fast == slow
+    assert speech.edit_distance("kitten", "sitting") == 3
+    monkeypatch.setattr(speech, "_fast_levenshtein", lambda: None)  # without rapidfuzz: the Python version
+    assert [(speech.edit_distance(a, b), speech.edit_distance(a.split(), b.split())) for a, b in pairs] == slow
+
+
+def test_rapidfuzz_is_used_when_installed():
+    pytest.importorskip("rapidfuzz")
+    from pytest_forgetting.tasks import speech
+
+    assert speech._fast_levenshtein() is not None
+
+
+class PlainLM(torch.nn.Module):
+    """A causal LM as a plain module (no config, no generate): the decoding loop."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, ids: Any) -> Any:
+        return self.inner(input_ids=ids).logits
+
+
+def test_hf_models_decode_through_generate_like_the_loop():
+    from pytest_forgetting.tasks.lm import greedy_decode
+
+    tok = word_tokenizer(WORDS)
+    model = tiny_llama(tok)
+    model.generation_config.repetition_penalty = 5.0  # a checkpoint setting: must not apply
+    ids = torch.tensor(tok([" ".join(WORDS[i : i + 4]) for i in range(6)])["input_ids"])  # equal lengths: no padding
+    mask = torch.ones_like(ids)
+    calls = []
+    real = model.generate
+    model.generate = lambda *a, **k: calls.append(k) or real(*a, **k)
+    with torch.inference_mode():
+        hf, hf_finite = greedy_decode(model, ids, mask, 6, {2}, 0)
+        loop, loop_finite = greedy_decode(PlainLM(model), ids, mask, 6, {2}, 0)
+    assert calls and calls[0]["generation_config"].do_sample is False and calls[0]["generation_config"].num_beams == 1
+    assert model.generation_config.repetition_penalty == 5.0  # restored
+    assert hf.tolist() == loop.tolist()
+    assert hf_finite.tolist() == loop_finite.tolist() == [True] * 6
+
+
+def test_generate_path_flags_nan_logits_per_example():
+    from pytest_forgetting.tasks.lm import greedy_decode
+
+    tok = word_tokenizer(WORDS)
+    model = tiny_llama(tok)
+    ids = torch.tensor(tok(["a b c", "d e f", "g h i"])["input_ids"])
+
+    def poison(module: Any, args: Any, out: Any) -> Any:
+        out = out.clone()
+        out[1] = float("nan")
+        return out
+
+    handle = model.lm_head.register_forward_hook(poison)
+    try:
+        with torch.inference_mode():
+            _, finite = greedy_decode(model, ids, torch.ones_like(ids), 3, {2}, 0)
+    finally:
+        handle.remove()
+    assert finite.tolist() == [True, False, True]
+
+
+def test_f1_macro_with_n_classes_scores_absent_classes_like_sklearn():
+    from pytest_forgetting.metrics import f1_macro
+
+    y = np.array([0, 0, 1, 1, 2])
+    p = np.array([0, 1, 1, 1, 2])
+    idx = np.arange(5)
+    o = {"label": y, "pred": p}
+    sk = pytest.importorskip("sklearn.metrics")
+    assert f1_macro(o, idx) == pytest.approx(sk.f1_score(y, p, average="macro"))
+    assert f1_macro(o, idx, n_classes=5) == pytest.approx(sk.f1_score(y, p, labels=range(5), average="macro", zero_division=0))
+    assert f1_macro(o, idx, n_classes=5) == pytest.approx(f1_macro(o, idx) * 3 / 5)

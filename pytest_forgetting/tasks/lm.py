@@ -477,11 +477,15 @@ def greedy_decode(
 ) -> tuple[Any, Any]:
     """Greedy continuation of left-padded prompts: ((batch, max_new_tokens) ids, -1 after the end; finite flags).
 
-    Uses the model's key/value cache when it has one (transformers models), with position ids
-    counted from each prompt's first real token so that padding does not shift positions.
+    A transformers model decodes through ``model.generate(do_sample=False, num_beams=1)`` with a
+    fresh generation config (none of the checkpoint's own settings, such as a repetition penalty,
+    apply: both models decode alike). Other modules run a plain loop that feeds the whole sequence
+    again at every step.
     """
     import torch
 
+    if hasattr(model, "config") and callable(getattr(model, "generate", None)):
+        return _generate_greedy(model, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id)
     batch = input_ids.shape[0]
     device = input_ids.device
     out = torch.full((batch, max_new_tokens), -1, dtype=torch.long, device=device)
@@ -519,6 +523,40 @@ def greedy_decode(
         ended = torch.isin(out, eos)
         after = ended.long().cumsum(dim=1) > 0
         out = torch.where(after, torch.full_like(out, -1), out)
+    return out, finite
+
+
+def _generate_greedy(
+    model: Any, input_ids: Any, attention_mask: Any, max_new_tokens: int, eos_ids: set[int], pad_id: int
+) -> tuple[Any, Any]:
+    """:func:`greedy_decode` through ``model.generate``: the same ids (-1 from the end token on) and finite flags."""
+    import torch
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=sorted(eos_ids) or None,
+        pad_token_id=pad_id, output_logits=True, return_dict_in_generate=True,
+    )  # fmt: skip
+    saved = getattr(model, "generation_config", None)
+    model.generation_config = GenerationConfig()  # the checkpoint's defaults must not fill in what is unset
+    try:
+        result = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    finally:
+        model.generation_config = saved
+    new = result.sequences[:, input_ids.shape[1] :]
+    batch, steps = new.shape
+    out = torch.full((batch, max_new_tokens), -1, dtype=torch.long, device=input_ids.device)
+    out[:, :steps] = new
+    logits = torch.stack(list(result.logits), dim=1) if result.logits else torch.zeros((batch, 0, 1), device=input_ids.device)
+    if eos_ids:
+        eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=out.device)
+        ended = torch.isin(out, eos)
+        after = ended.long().cumsum(dim=1) > 0
+        before = (after.long() - ended.long())[:, :steps] == 0  # steps up to and including each row's end token
+        out = torch.where(after, torch.full_like(out, -1), out)
+    else:
+        before = torch.ones((batch, steps), dtype=torch.bool, device=out.device)
+    finite = (torch.isfinite(logits).all(dim=2) | ~before[:, : logits.shape[1]]).all(dim=1)
     return out, finite
 
 

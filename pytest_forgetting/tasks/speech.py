@@ -39,7 +39,29 @@ SAMPLING_RATE = 16_000
 
 
 def edit_distance(ref: Sequence[Any], hyp: Sequence[Any]) -> int:
-    """Levenshtein distance (substitutions + deletions + insertions) between two sequences."""
+    """Levenshtein distance (substitutions + deletions + insertions) between two sequences.
+
+    Strings (characters) or lists of hashable items (words). Computed by ``rapidfuzz`` (the engine
+    of jiwer) when it is installed (``pip install pytest-forgetting[speech]``), else in Python;
+    the counts are the same.
+    """
+    fast = _fast_levenshtein()
+    if fast is not None:
+        return int(fast(ref, hyp))
+    return python_edit_distance(ref, hyp)
+
+
+@functools.lru_cache(maxsize=None)
+def _fast_levenshtein() -> Any:
+    try:
+        from rapidfuzz.distance import Levenshtein
+    except ImportError:
+        return None
+    return Levenshtein.distance
+
+
+def python_edit_distance(ref: Sequence[Any], hyp: Sequence[Any]) -> int:
+    """The same distance in pure Python (O(len(ref) x len(hyp)); the fallback without rapidfuzz)."""
     if len(ref) < len(hyp):
         ref, hyp = hyp, ref
     previous = list(range(len(hyp) + 1))
