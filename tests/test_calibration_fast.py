@@ -22,7 +22,7 @@ from pytest_forgetting.metrics import F1_MACRO, ratio_of
 from pytest_forgetting.stats import FAIL, PASS, Ratio
 
 ALPHA = 0.05
-REPS = int(os.environ.get("FORGETTING_CALIBRATION_REPS", "300"))
+REPS = int(os.environ.get("FORGETTING_CALIBRATION_REPS", "200"))
 N_BOOT = 500
 
 

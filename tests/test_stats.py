@@ -319,7 +319,7 @@ def test_swap_negates_drop_and_mirrors_interval_tango(cells, alpha, margin):
 
 
 @FAST
-@given(st.lists(st.floats(-5, 5), min_size=1, max_size=40), st.integers(0, 2**32 - 1))
+@given(st.lists(st.floats(-5, 5), min_size=100, max_size=130), st.integers(0, 2**32 - 1))
 def test_swap_mirrors_bootstrap(xs, seed):
     rng = np.random.default_rng(seed)
     base = np.array(xs)
@@ -384,7 +384,7 @@ def test_interval_contains_point_estimate_tango(cells, alpha):
 
 
 @FAST
-@given(st.lists(st.tuples(st.floats(0.01, 10), st.floats(0.01, 10)), min_size=1, max_size=40),
+@given(st.lists(st.tuples(st.floats(0.01, 10), st.floats(0.01, 10)), min_size=100, max_size=130),
        st.booleans(), st.booleans())
 def test_interval_contains_point_estimate_bootstrap(pairs, relative, higher):
     base = np.array([p[0] for p in pairs])
@@ -408,7 +408,7 @@ def test_lower_is_better_mirrors_higher_is_better_binary(cells, alpha, margin):
 
 
 @FAST
-@given(st.lists(st.tuples(st.floats(-10, 10), st.floats(-10, 10)), min_size=1, max_size=40),
+@given(st.lists(st.tuples(st.floats(-10, 10), st.floats(-10, 10)), min_size=100, max_size=130),
        st.floats(-1, 1))
 def test_lower_is_better_mirrors_higher_is_better_continuous(pairs, margin):
     base = np.array([p[0] for p in pairs])
@@ -871,3 +871,24 @@ def test_bounded_aggregate_refused_below_the_smallest_n():
     assert res.n_needed == 149 and "smallest n" in res.reason
     unbounded = compare_statistic(None, 100, max_drop=0.02, ratio=ratio)
     assert unbounded.verdict == FAIL and unbounded.method == "bootstrap-t"
+
+
+def test_bootstrap_refuses_below_its_smallest_n():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=60)
+    res = compare_scores(base, base + 5.0 + rng.normal(size=60), max_drop=0.1, higher_is_better=False)
+    assert res.verdict == INCONCLUSIVE and res.method == "refused"
+    assert res.n_needed == stats._MIN_BOOTSTRAP_N and "too small for a bootstrap" in res.reason
+
+
+def test_macro_average_refuses_a_class_seen_a_handful_of_times():
+    from pytest_forgetting.metrics import F1_MACRO, ratio_of
+
+    rng = np.random.default_rng(4)
+    y = np.r_[np.zeros(3, dtype=int), rng.integers(1, 4, size=297)]  # class 0: three examples
+    p = np.where(rng.random(300) < 0.9, y, (y + 1) % 4)
+    q = np.where(rng.random(300) < 0.9, y, (y + 1) % 4)
+    ratio = ratio_of(F1_MACRO, {"label": y, "pred": p}, {"label": y, "pred": q})
+    res = compare_statistic(None, 300, max_drop=0.05, ratio=ratio, bounded=True)
+    assert res.verdict == INCONCLUSIVE and res.method == "refused"
+    assert "rarest class" in res.reason and res.n_needed > 300
