@@ -15,7 +15,7 @@ from typing import Any, Mapping
 from .errors import ConfigError
 from .registry import REGISTRY, suggest
 
-RETAINS_KEYS = ("task", "max_drop", "metric", "relative", "max_class_drop", "max_nfr", "split", "slices")
+RETAINS_KEYS = ("task", "max_drop", "metric", "relative", "max_class_drop", "max_nfr", "split", "slices", "max_gap_increase")
 IMPROVES_KEYS = ("task", "min_gain", "metric", "relative", "split")
 
 
@@ -30,6 +30,8 @@ class Check:
     max_class_drop: float | None = None
     max_nfr: float | None = None
     slices: str | None = None
+    #: the best-minus-worst slice (or class) gap may widen by at most this (``gap.compare_gap``)
+    max_gap_increase: float | None = None
 
     @property
     def label(self) -> str:
@@ -95,6 +97,7 @@ def parse_check(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[An
         high = 1.0 if (bounded or relative) else None
         margin = _number(where, "max_drop", kwargs["max_drop"], 0.0, high)
         mcd = kwargs.get("max_class_drop")
+        mgi = kwargs.get("max_gap_increase")
         mnfr = kwargs.get("max_nfr")
         slices = kwargs.get("slices")
         if slices is not None and not isinstance(slices, str):
@@ -109,6 +112,7 @@ def parse_check(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[An
             None if mcd is None else _number(where, "max_class_drop", mcd, 0.0, 1.0),
             None if mnfr is None else _number(where, "max_nfr", mnfr, 0.0, 1.0),
             slices,
+            None if mgi is None else _number(where, "max_gap_increase", mgi, 0.0, 1.0 if bounded else None),
         )
     if "min_gain" not in kwargs:
         raise ConfigError(f"{where}: improves() needs min_gain= (e.g. min_gain=0.05 for five points)")

@@ -29,10 +29,12 @@ ROWS_ATTR = "forgetting_rows"  # the TestReport attribute that carries them
 MARKERS = ("retains", "improves")
 
 RETAINS_DOC = (
-    "retains(task, max_drop, metric=None, relative=False, max_class_drop=None, max_nfr=None, split='test', slices=None): "
+    "retains(task, max_drop, metric=None, relative=False, max_class_drop=None, max_nfr=None, split='test', slices=None, "
+    "max_gap_increase=None): "
     "the tuned checkpoint must keep the base checkpoint's `metric` on `task` within `max_drop` "
     "(absolute, or a fraction of the base value with relative=True), optionally per class / slice "
-    "(max_class_drop) and within a budget of negative flips (max_nfr)."
+    "(max_class_drop), within a budget of negative flips (max_nfr), and without widening the gap between "
+    "the best and the worst slice / class by more than max_gap_increase."
 )
 IMPROVES_DOC = (
     "improves(task, min_gain, metric=None, relative=False, split='test'): the tuned checkpoint must beat "

@@ -491,7 +491,7 @@ class ForgettingSession:
     def _early_stoppable(self, check: Check, metric: Metric) -> bool:
         """Early stopping covers the main comparison of bounded per-example metrics (absolute drops)."""
         return (self.settings.early_stop and metric.per_example is not None and metric.bounded and not check.relative
-                and check.max_class_drop is None and check.max_nfr is None)
+                and check.max_class_drop is None and check.max_nfr is None and check.max_gap_increase is None)
 
     def _decide_early(self, check: Check, task: Task, metric: Metric, b: EvalResult, tuned: ModelSlot, row: dict[str, Any]) -> CheckResult:
         """Evaluate the tuned model chunk by chunk in seeded random order; stop when the verdict is settled."""
@@ -549,6 +549,7 @@ class ForgettingSession:
             "n_needed": None, "worst_classes": [], "flipped_ids": [], "base_cached": False, "base_eval_s": 0.0,
             "tuned_eval_s": 0.0, "higher_is_better": metric.higher_is_better, "bounded": metric.bounded,
             "max_class_drop": check.max_class_drop, "max_nfr": check.max_nfr, "slices": check.slices, "outcome": "",
+            "max_gap_increase": check.max_gap_increase,
         }
 
     def _decide(self, check: Check, task: Task, metric: Metric, b: EvalResult, t: EvalResult, row: dict[str, Any]) -> CheckResult:
@@ -557,7 +558,8 @@ class ForgettingSession:
         # side's alpha is split over those parts; each PASS bound keeps the full alpha (every part
         # must pass: an intersection, which needs no correction).
         gates_nfr = check.max_nfr is not None and check.kind == "retains"
-        fail_alpha = alpha / (1 + (check.max_class_drop is not None) + gates_nfr)
+        fail_alpha = alpha / (1 + (check.max_class_drop is not None) + gates_nfr
+                              + (check.max_gap_increase is not None and check.kind == "retains"))  # the slice-gap part (issue 17)
         common = dict(max_drop=check.margin, relative=check.relative, alpha=alpha, higher_is_better=metric.higher_is_better, seed=seed,
                       fail_alpha=fail_alpha)
         if metric.per_example is not None:
@@ -612,9 +614,39 @@ class ForgettingSession:
             raise ConfigError(f"slices={check.slices!r} needs per-example right/wrong outcomes; task {task.name!r} metric {metric.name!r} has none")
         if bc is None and (check.max_class_drop is not None or check.max_nfr is not None):
             raise ConfigError(f"max_class_drop / max_nfr need per-example right/wrong outcomes; task {task.name!r} metric {metric.name!r} has none")
+        if check.max_gap_increase is not None and check.kind == "retains":
+            verdicts.append(self._decide_gap(check, task, metric, b, t, bc, tc, row, budgets, reasons, fail_alpha))
         row["verdict"] = stats.combine_verdicts(*verdicts)
         row["reason"] = "; ".join(r for r in reasons if r)
         return CheckResult(check, cmp, row, budgets)
+
+    def _decide_gap(self, check: Check, task: Task, metric: Metric, b: EvalResult, t: EvalResult, bc: Any, tc: Any,
+                    row: dict[str, Any], budgets: list[stats.Budget], reasons: list[str], fail_alpha: float) -> str:
+        """``max_gap_increase``: the best-minus-worst slice (or class) gap of the metric's per-example
+        scores (right/wrong for aggregate metrics) may widen by at most the budget (``gap.compare_gap``)."""
+        from .gap import compare_gap, describe
+
+        if metric.per_example is not None:
+            sb, st = metric.per_example(b.outputs), metric.per_example(t.outputs)
+        elif bc is not None:
+            sb, st = bc.astype(float), tc.astype(float)
+        else:
+            raise ConfigError(f"max_gap_increase needs per-example scores; task {task.name!r} metric {metric.name!r} has none")
+        if check.slices:
+            groups, names = _encode_groups(task.slice_column(check.split, check.slices), b.ids, task.ids(check.split))
+        elif "label" in b.outputs and b.outputs["label"].ndim == 1:
+            groups, names = b.outputs["label"], task.class_names()
+        else:
+            raise ConfigError(f"max_gap_increase without slices= needs class labels; task {task.name!r} has none (use slices= with a column)")
+        gap = compare_gap(sb, st, groups, margin=check.max_gap_increase, alpha=self.settings.alpha, fail_alpha=fail_alpha, names=names,
+                          seed=self.settings.seed)
+        what = "slice" if check.slices else "class"
+        row["gap"] = {"best": gap.best, "worst": gap.worst, "base": gap.base_gap, "tuned": gap.tuned_gap, "increase": gap.increase,
+                      "ci_low": gap.ci_low, "ci_high": gap.ci_high, "margin": gap.margin, "verdict": gap.verdict, "method": gap.method, "of": what}
+        budgets.append(stats.Budget(f"{what} gap {gap.best} vs {gap.worst}", gap.increase, gap.ci_low, gap.ci_high, gap.margin, gap.verdict, gap.n))
+        if gap.verdict != "pass":
+            reasons.append(describe(gap, what))
+        return gap.verdict
 
 
 def _correctness(metric: Metric, b: EvalResult, t: EvalResult) -> tuple[np.ndarray | None, np.ndarray | None]:
