@@ -284,3 +284,20 @@ def test_loaders_never_see_the_folder_itself(tmp_path):
     assert ckpt.resolved == str(folder.resolve()) and ckpt.tokenizer is not None
     assert list(private.iterdir()) == []  # the copies are gone, the model still works
     assert ckpt.fingerprint == __import__("pytest_forgetting.checkpoints", fromlist=["x"]).fingerprint_ref(folder)
+
+
+# -- adapter configs that make peft import code ------------------------------------------------
+
+
+def test_adapter_config_naming_a_megatron_module_is_remote_code(text_project):
+    """peft imports the module named by megatron_core when megatron_config is set: a module of the PR's tree."""
+    pytest.importorskip("peft")
+    pytester, base, tc = text_project
+    pytester.makepyfile(evil_megatron="import pathlib\npathlib.Path('pwned').write_text('ran')\n")
+    adapter = pytester.path / "adapter"
+    tc.make_adapter(base, adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config.update(megatron_config={"tensor_model_parallel_size": 1}, megatron_core="evil_megatron")
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    reason = refused(run(pytester, base, adapter), "megatron_config", "--forgetting-trust-remote-code")
+    assert "megatron_core" in reason and not (pytester.path / "pwned").exists()

@@ -258,6 +258,19 @@ def test_gguf_header_claiming_more_than_the_file_is_refused(zygote, synth):
     refused(zygote, synth.path, synth_args(synth, tuned), "is not a valid GGUF file", "more than the file holds")
 
 
+def test_gguf_tensor_claiming_a_trillion_elements_is_refused(zygote, synth):
+    """A tensor table entry of 2**20 x 2**20 float32 in a tiny file: refused from the header, never read."""
+    import numpy as np
+
+    tuned = _gguf(synth.path / "huge.gguf", embedding_length=8)
+    raw = bytearray(tuned.read_bytes())
+    name = b"token_embd.weight"
+    at = raw.index(name) + len(name)  # n_dims (u32), then the dims (u64 each): (8, 4) -> (2**20, 2**20)
+    raw[at + 4 : at + 20] = np.array([1 << 20, 1 << 20], dtype="<u8").tobytes()
+    tuned.write_bytes(bytes(raw))
+    refused(zygote, synth.path, synth_args(synth, tuned), "lies outside the file", "token_embd.weight")
+
+
 # -- PEFT adapters -----------------------------------------------------------------------------
 
 
