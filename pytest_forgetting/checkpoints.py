@@ -565,6 +565,12 @@ def _load(
     if folder is not None:
         _refuse_remote_code(folder, trust_remote_code)
     if target.kind != "peft-adapter" and target.weights != "gguf" and not has_config and factory is None:
+        parent = target.files[0].parent
+        if (parent / "config.json").is_file():  # a file of a Hugging Face folder: the folder is the checkpoint
+            raise CheckpointError(
+                f"a weights file inside the Hugging Face model folder {_esc(str(parent))} (config.json beside it): "
+                "pass the folder, not a file inside it"
+            )
         raise CheckpointError(
             f"{target.files[0]} holds bare weights without an architecture; pass --model-factory "
             "module:callable (a function returning the nn.Module to load them into)"

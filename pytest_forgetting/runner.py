@@ -310,6 +310,25 @@ def collect_checks(session: pytest.Session, config: pytest.Config, items: list[p
             # iter_markers yields the closest first; keep the source order of the decorators
             item.stash[CHECKS_KEY] = list(reversed(checks))
             _group_by_task(item, checks[-1])
+    _refuse_missing_checkpoints(config, items)
+
+
+def _refuse_missing_checkpoints(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """No --tuned-ckpt, or a checkpoint path with nothing there: one usage error (exit 4), not an ERROR per test.
+
+    Only for checkpoints some selected test needs (checks need both, the fixtures their own);
+    not under --collect-only, which only lists tests.
+    """
+    if config.getoption("collectonly", False) or not items:
+        return
+    from .mismatch import missing_checkpoints, needs_of
+
+    needs = needs_of(items, lambda item: bool(item.stash.get(CHECKS_KEY, None)))
+    if not (needs["base"] or needs["tuned"]):
+        return
+    problem = missing_checkpoints(state(config).settings, needs)
+    if problem:
+        raise pytest.UsageError(f"pytest-forgetting: {problem}")
 
 
 _TYPO_MEMO = pytest.StashKey[dict]()

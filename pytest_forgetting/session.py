@@ -374,6 +374,9 @@ class ForgettingSession:
         loaded = self.load(slot, pair=False)  # run_check compared it with its base already
         try:
             meta = self._meta(loaded)
+            from .mismatch import check_fit
+
+            check_fit(slot.label, slot.ref, task, meta, loaded.model)  # headless encoder, images for a text model, no tokenizer
             task.check_model(meta)  # a label map that cannot fit the task: one clear line, before any batch
             whole = task.evaluate_model(loaded.model, meta, split, idx, device=self.device, dtype=self.settings.dtype,
                                         batch_size=self.settings.batch_size if self.settings.batch_size == "auto" else self.batch_size)
@@ -744,7 +747,9 @@ def _refusal(slot: ModelSlot, exc: BaseException, *, name_it: bool = False) -> t
     if isinstance(exc, (ForgettingError, TunedRegression)):
         kind: type = type(exc)
         msg = str(exc)
-        if name_it:
+        if name_it and msg.startswith("checkpoint ") and slot.display in msg:
+            msg = f"{slot.role} {msg}"  # "tuned checkpoint not found: nothing at PATH", the path once
+        elif name_it:
             msg = f"{slot.role} checkpoint {slot.display}: {msg}"
     else:
         kind = CheckpointError

@@ -381,6 +381,89 @@ def test_a_registered_marker_of_a_close_name_is_left_alone(pytester):
     result.assert_outcomes(passed=2)
 
 
+# -- 5. one actionable line for each mismatch -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mismatch_models(hf_project, tmp_path_factory):
+    """A headless encoder (BertModel) with its tokenizer, and the base classifier saved without one."""
+    root = tmp_path_factory.mktemp("mismatch")
+    save(tiny_bert("BertModel"), root / "encoder")
+    tiny_bert(**labelled(POLARITY)).save_pretrained(root / "no-tokenizer")
+    return {"encoder": root / "encoder", "no_tokenizer": root / "no-tokenizer", "base": hf_project["base"]}
+
+
+TWO_MARKED = """
+    import pytest
+
+    @pytest.mark.retains(task="{task}", max_drop=0.05)
+    def test_first():
+        pass
+
+    @pytest.mark.retains(task="{task}", max_drop=0.05)
+    def test_second():
+        pass
+"""
+
+
+def _mismatch_run(pytester, hf_project, tmp_path, base, tuned, task="reviews.csv"):
+    _csv(pytester.path / "reviews.csv", [(f"r{i}", t, int(y)) for i, (t, y) in enumerate(zip(hf_project["texts"], hf_project["pred"]))])
+    pytester.makepyfile(test_mismatch=TWO_MARKED.format(task=task))
+    args = [f"--base-ckpt={base}"] + ([f"--tuned-ckpt={tuned}"] if tuned else [])
+    return pytester.runpytest(*args, "--forgetting-device=cpu", f"--forgetting-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider")
+
+
+def test_a_headless_encoder_says_use_a_probe_or_save_the_classifier(pytester, hf_project, mismatch_models, tmp_path):
+    enc = mismatch_models["encoder"]
+    result = _mismatch_run(pytester, hf_project, tmp_path, enc, enc)
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines([
+        f"retains[[]reviews.csv[]]: base model ({enc}) is a headless encoder (BertModel: it returns hidden states, not class scores), "
+        "so it cannot score task 'reviews.csv'; use an embedding-probe task * or save the classifier: * (BertForSequenceClassification), "
+        "with save_pretrained"
+    ])  # fmt: skip
+    assert "AttributeError" not in result.stdout.str()
+
+
+def test_an_image_task_on_a_text_model_says_task_expects_images_model_takes_tokens(pytester, hf_project, mismatch_models, tmp_path):
+    base = mismatch_models["base"]
+    result = _mismatch_run(pytester, hf_project, tmp_path, base, base, task="digits")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines([
+        f"retains[[]digits[]]: base model ({base}) cannot run task 'digits': task expects images, model takes tokens "
+        "(BertForSequenceClassification); check this model on a text task, or give task 'digits' a checkpoint that takes images"
+    ])  # fmt: skip
+
+
+def test_a_tuned_folder_without_tokenizer_names_it_and_the_fix(pytester, hf_project, mismatch_models, tmp_path):
+    folder = mismatch_models["no_tokenizer"]
+    result = _mismatch_run(pytester, hf_project, tmp_path, mismatch_models["base"], folder)
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines([
+        f"retains[[]reviews.csv[]]: tuned model '{folder}' has no tokenizer, and text task 'reviews.csv' needs one; "
+        f"the folder has no tokenizer files *; save the tokenizer the model was trained with beside its weights: "
+        f"tokenizer.save_pretrained('{folder}')"
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("case", ["file in the folder", "missing path", "missing option"])
+def test_configuration_errors_are_usage_errors_reported_once(pytester, hf_project, mismatch_models, tmp_path, case):
+    base = mismatch_models["base"]
+    tuned = {"file in the folder": base / "model.safetensors", "missing path": pytester.path / "tuned-nope", "missing option": None}[case]
+    result = _mismatch_run(pytester, hf_project, tmp_path, base, tuned)
+    assert result.ret == 4, result.stdout.str()
+    lines = [ln for ln in result.stderr.lines if ln.strip()]
+    assert len(lines) == 1, lines  # once for the run, not once per test
+    line = lines[0]
+    if case == "file in the folder":
+        assert f"--tuned-ckpt: tuned checkpoint {tuned}: a weights file inside the Hugging Face model folder {base}" in line
+        assert line.endswith(f"pass the folder, {base}, not a file inside it"), line
+    elif case == "missing path":
+        assert f"--tuned-ckpt: tuned checkpoint not found: nothing at {tuned};" in line and line.count("tuned-nope") == 1, line
+    else:
+        assert "no tuned checkpoint: pass --tuned-ckpt=REF" in line and "2 tests (test_mismatch.py::test_first" in line, line
+
+
 # -- 6. the example's property tests are derandomised; fine-tuning tests are no candidate -----------
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "example_project"

@@ -295,13 +295,16 @@ def test_base_load_error_errors_every_check_even_with_cached_base_outputs(linear
     assert reason.startswith("base checkpoint")
 
 
-def test_missing_base_checkpoint_errors_every_check(linear_project):
+def test_missing_base_checkpoint_is_one_usage_error(linear_project):
+    """A base path with nothing there is a configuration error: exit 4, one line, before any check (issue 14.5)."""
     p = linear_project
     tuned = p.tuned()
-    run = Run(p.pytester, [f"--base-ckpt={p.path / 'no-such-base.safetensors'}", f"--tuned-ckpt={tuned}", "--model-factory=tinymodels:build"])
-    run.result.assert_outcomes(errors=2, passed=1)
-    reason = assert_refused_every_time(run, "error", "no-such-base.safetensors", "checkpoint not found")
-    assert reason.startswith("base checkpoint")
+    result = p.pytester.runpytest(f"--base-ckpt={p.path / 'no-such-base.safetensors'}", f"--tuned-ckpt={tuned}",
+                                  "--model-factory=tinymodels:build", "-p", "no:cacheprovider")  # fmt: skip
+    assert result.ret == 4
+    lines = [ln for ln in result.stderr.lines if ln.strip()]
+    assert len(lines) == 1 and "base checkpoint not found: nothing at" in lines[0], lines
+    assert lines[0].count("no-such-base.safetensors") == 1, lines
 
 
 def test_hub_id_typo_says_no_local_path_exists(linear_project, monkeypatch, tmp_path):
