@@ -864,14 +864,16 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool) -> Any:
     if not any((folder / name).is_file() for name in _TOKENIZER_FILES):
         return None
     config_path = folder / "tokenizer_config.json"
-    if config_path.is_file():  # transformers < 5 opened a *_file named here verbatim, wherever it pointed
+    if config_path.is_file():
+        # transformers < 5 opened a vocab_file / merges_file / tokenizer_file named here verbatim, wherever it
+        # pointed (old hub configs even hold their author's absolute cache paths); ``folder`` is our private
+        # copy, so those keys are dropped from it and transformers finds the files of the folder itself
         tok_config = _read_json(config_path)
-        for key, value in (tok_config.items() if isinstance(tok_config, dict) else ()):
-            if key.endswith("_file") and isinstance(value, str) and ("/" in value or "\\" in value or value.startswith(".")):
-                raise CheckpointError(
-                    f"{config_path} names {_esc(key, 40)}={_excerpt(value, 40)}, a path outside the checkpoint; "
-                    "tokenizer files must be plain file names in the checkpoint folder"
-                )
+        if isinstance(tok_config, dict) and any(k.endswith("_file") for k in tok_config):
+            kept = {k: v for k, v in tok_config.items() if not k.endswith("_file")}
+            fd = os.open(config_path, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(kept, fh)
     try:
         from transformers import AutoTokenizer
 
