@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from statistics import NormalDist
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -179,8 +179,7 @@ class Budget:
     n: int
 
 
-@dataclass(frozen=True)
-class Ratio:
+class Ratio(NamedTuple):
     """An aggregate metric written as a (macro average of) ratio(s) of per-example sums.
 
     For each model, ``value = transform(mean_k sum_i num[i, k] / sum_i den[i, k])`` over the
@@ -861,8 +860,7 @@ def _fmt_pair(x: float, y: float) -> tuple[str, str]:
     return f"{x:.3g}", f"{y:.3g}"
 
 
-@dataclass(frozen=True)
-class _Settle:
+class _Settle(NamedTuple):
     """How many examples would settle an inconclusive check, and how surely."""
 
     n: int | None = None
