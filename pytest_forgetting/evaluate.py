@@ -94,9 +94,14 @@ def resolve_device(spec: str) -> tuple[str, str]:
 
 
 def worker_device(count: int) -> tuple[str, str]:
-    """Under pytest-xdist, worker k takes GPU k (mod the number of GPUs) so workers do not share one."""
+    """Under pytest-xdist, worker k takes GPU k (mod the number of GPUs) so workers do not share one;
+    under a torch.distributed launcher (torchrun sets ``LOCAL_RANK``), local rank k takes GPU k."""
     import os
 
+    local = os.environ.get("LOCAL_RANK", "")
+    if count > 1 and local.isdigit() and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        index = int(local) % count
+        return f"cuda:{index}", f"local rank {local} -> cuda:{index}"
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if count > 1 and worker.startswith("gw") and worker[2:].isdigit():
         index = int(worker[2:]) % count

@@ -60,6 +60,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("lm_eval_include", "--forgetting-lm-eval-include", "folder of lm-evaluation-harness YAML tasks for lm-eval:NAME checks (repeatable; searched before lm-eval's bundled tasks)", "forgetting_lm_eval_include", "FORGETTING_LM_EVAL_INCLUDE", default=(), kind="paths", metavar="DIR"),
     Option("lm_eval_fewshot", "--forgetting-lm-eval-fewshot", "few-shot examples per document for lm-eval:NAME checks, both models alike (default: each task's own)", "forgetting_lm_eval_fewshot", "FORGETTING_LM_EVAL_FEWSHOT", metavar="N"),
     Option("lm_eval_chat_template", "--forgetting-lm-eval-chat-template", "apply the checkpoint's chat template to lm-eval:NAME prompts (both models alike)", "forgetting_lm_eval_chat_template", kind="bool"),
+    Option("progress", "--forgetting-progress", "a progress line per evaluation that takes over 2 s (model, task, examples done, rate, ETA): auto (not under -q; a line every 30 s when the output is no terminal), on (under -q too) or off", "forgetting_progress", "FORGETTING_PROGRESS", default="auto", choices=("auto", "on", "off")),
+    Option("distributed", "--forgetting-distributed", "data-parallel evaluation over torch.distributed ranks: each rank evaluates a shard of every task, rank 0 decides and reports (on by itself under torchrun / accelerate launch with more than one process)", "forgetting_distributed", "FORGETTING_DISTRIBUTED", default=False, kind="bool"),
     Option("max_memory", "--forgetting-max-memory", "memory budget per device for --forgetting-device-map auto/balanced/sequential, e.g. cpu=40GiB,0=10GiB", "forgetting_max_memory", "FORGETTING_MAX_MEMORY", metavar="DEV=SIZE,..."),
 )
 
@@ -87,6 +89,8 @@ class Settings:
     early_stop: bool = False
     device_map: str | None = None  # a strategy name or the absolute path of a JSON file
     max_memory: str | None = None  # "cpu=40GiB,0=10GiB" (validated)
+    progress: str = "auto"  # auto | on | off
+    distributed: bool = False  # forced on; else on under a launcher with WORLD_SIZE > 1
     retains: tuple[str, ...] = ()
     improves: tuple[str, ...] = ()
     tasks: tuple[str, ...] = ()  # --forgetting-task declarations (registered by tasks.declared)

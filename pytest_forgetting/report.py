@@ -579,6 +579,11 @@ def failure_message(row: Row, *, max_classes: int = 3, max_ids: int = 5) -> str:
     if ids:
         more = f" (+{len(ids) - max_ids} more)" if len(ids) > max_ids else ""
         lines.append(f"  flipped:  {', '.join(ids[:max_ids])}{more}")
+    drift_rows = row.get("weight_drift")
+    if isinstance(drift_rows, list) and drift_rows:  # where the weights moved (drift.py)
+        from .drift import most_change_text
+
+        lines.append(f"  weights:  most change: {escape.terminal(most_change_text(drift_rows), 300)}")
     if row.get("candidate"):
         lines.append(f"  candidate: {escape.terminal(row['candidate'], _NAME_LIMIT)}")
     return "\n".join(lines)
@@ -945,6 +950,9 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
         except FileNotFoundError:
             pass
         raise
+    from .drift import write_drift_plot  # where the weights moved, beside it: PLOT.drift.png
+
+    write_drift_plot(os.path.splitext(os.fspath(path))[0] + ".drift.png", rows)
 
 
 # --------------------------------------------------------------------------- JUnit

@@ -118,6 +118,9 @@ def configure(config: pytest.Config) -> None:
     config.stash[SETTINGS_KEY] = settings
     config.stash[STATE_KEY] = RunState(config, settings)
     config.pluginmanager.register(_RowListener(config), "forgetting-rows")
+    from . import progress  # standard library only
+
+    config.add_cleanup(progress.restore(progress.configure(config, settings.progress)))
 
 
 class _RowListener:
@@ -620,7 +623,7 @@ def _torch_version() -> str:
 
 def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     """Print the table and write the reports. Never raises: a report problem is one line, not a crash."""
-    if is_worker(config):
+    if is_worker(config) or _other_rank():
         return
     st = config.stash.get(STATE_KEY, None)
     if st is None:
@@ -668,7 +671,7 @@ def junit_suite_properties(config: pytest.Config) -> None:
     ``forgetting_*`` properties, each set starting with ``forgetting_test``.
     """
     st = config.stash.get(STATE_KEY, None)
-    if st is None or not st.rows or is_worker(config):
+    if st is None or not st.rows or is_worker(config) or _other_rank():
         return
     try:
         from _pytest.junitxml import xml_key
@@ -682,6 +685,13 @@ def junit_suite_properties(config: pytest.Config) -> None:
     for row in with_outcomes(st):
         for name, value in junit_properties(_public(row)):
             xml.add_global_property(name, value)
+
+
+def _other_rank() -> bool:
+    """A torch.distributed rank other than 0: rank 0 alone prints the table and writes the reports."""
+    from . import distributed  # no torch import
+
+    return distributed.rank() > 0
 
 
 def with_outcomes(st: RunState) -> list[dict[str, Any]]:

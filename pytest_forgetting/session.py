@@ -18,6 +18,7 @@ from .cache import EvalCache
 from .checks import Check
 from .errors import CheckpointError, ConfigError, EvaluationError, ForgettingError, TaskError
 from .escape import terminal
+from . import progress
 from .evaluate import BatchFailure, NonFiniteOutputs, describe_error, is_dispatched, is_oom, resolve_device, run_model
 from .metrics import Metric
 from .options import Settings, candidate_name
@@ -367,10 +368,13 @@ class ForgettingSession:
             self._prepared[key] = prepared
         return self._prepared[key]
 
-    def _run(self, slot: ModelSlot, task: Task, split: str, idx: np.ndarray) -> EvalResult:
+    def _run(self, slot: ModelSlot, task: Task, split: str, idx: np.ndarray, *, local: bool = False) -> EvalResult:
         """Evaluate one model on ``idx`` of a split. An exception of the model's forward (or of the
         task around it) is one EvaluationError naming the model, the task and the batch; CUDA out
-        of memory halves the batch size under ``--forgetting-batch-size auto``."""
+        of memory halves the batch size under ``--forgetting-batch-size auto``. Under
+        torch.distributed every rank evaluates a shard (``local``: this process's shard)."""
+        if not local and getattr(self, "_distributed", None) is not None:
+            return self._distributed.evaluate(self, slot, task, split, idx)
         loaded = self.load(slot, pair=False)  # run_check compared it with its base already
         try:
             meta = self._meta(loaded)
@@ -391,11 +395,12 @@ class ForgettingSession:
             ) from None
         while True:
             try:
-                return run_model(
-                    task, loaded.model, prepared, idx, task.ids(split),
-                    device=self.device, dtype=self.settings.dtype, batch_size=self.batch_size,
-                    static=task.static_outputs(split),
-                )
+                with progress.evaluation(slot.label, task.name, len(idx)) as tick:
+                    return run_model(
+                        task, loaded.model, prepared, idx, task.ids(split),
+                        device=self.device, dtype=self.settings.dtype, batch_size=self.batch_size,
+                        static=task.static_outputs(split), progress=tick,
+                    )
             except NonFiniteOutputs:
                 raise
             except BatchFailure as exc:
@@ -462,7 +467,27 @@ class ForgettingSession:
 
     # -- deciding ----------------------------------------------------------------------------
     def run_check(self, check: Check, *, test: str, base: ModelSlot | None = None, tuned: ModelSlot | None = None, candidate: str | None = None) -> CheckResult:
-        """Evaluate both models on the check's task and decide. Raises ForgettingError for ERRORs."""
+        """Evaluate both models on the check's task and decide. Raises ForgettingError for ERRORs.
+
+        Under torch.distributed (``distributed.py``) rank 0 decides, every rank evaluates a shard
+        and the other ranks return rank 0's result."""
+        group = self.distributed
+        if group is not None:
+            return group.run_check(self, self._run_check, check, test=test, base=base, tuned=tuned, candidate=candidate)
+        return self._run_check(check, test=test, base=base, tuned=tuned, candidate=candidate)
+
+    @property
+    def distributed(self) -> Any:
+        """The torch.distributed group of a data-parallel run, or None (created at the first check)."""
+        if not hasattr(self, "_distributed"):
+            from . import distributed
+
+            self._distributed = distributed.setup(self.settings)
+            if self._distributed is not None and self._distributed.rank != 0:
+                self.cache.enabled = False  # rank 0 alone reads and writes the cache
+        return self._distributed
+
+    def _run_check(self, check: Check, *, test: str, base: ModelSlot | None = None, tuned: ModelSlot | None = None, candidate: str | None = None) -> CheckResult:
         task = self.task(check.task)
         metric_name = check.metric or task.default_metric
         metric = task.check_metric(metric_name)
@@ -489,7 +514,42 @@ class ForgettingSession:
             return CheckResult(check, None, row)
         row["tuned_eval_s"] = round(tuned_res.seconds, 4)
         tuned_res = align(base_res, tuned_res, task.name)
+        self._where_weights_moved(check, task, base, tuned, base_fp, tuned_fp, row)
         return self._decide(check, task, metric, base_res, tuned_res, row)
+
+    def _where_weights_moved(self, check: Check, task: Task, base: ModelSlot, tuned: ModelSlot, base_fp: str, tuned_fp: str,
+                             row: dict[str, Any]) -> None:
+        """``row["weight_drift"]``: the per-block drift table of the pair (``drift.py``), computed once per
+        pair from the models in memory (None when one of them was never loaded: both outputs cached);
+        with ``--forgetting-representation-drift`` also ``row["representation_cka"]`` per layer."""
+        from . import drift
+
+        memo = self.__dict__.setdefault("_drift_tables", {})
+        key = (base_fp, tuned_fp)
+        if key not in memo:
+            b = base.loaded.model if base.loaded is not None else None
+            t = tuned.loaded.model if tuned.loaded is not None else (b if tuned_fp == base_fp else None)
+            b = b if b is not None or tuned_fp != base_fp else t
+            table = None
+            if b is not None and t is not None:
+                try:
+                    table = drift.drift_table(b, t).to_rows()
+                except Exception:  # noqa: BLE001 - meta / offloaded parameters: no table rather than an ERROR
+                    table = None
+            memo[key] = table
+        row["weight_drift"] = memo[key]
+        if self.settings.representation_drift and base.loaded is not None and tuned.loaded is not None:
+            ckey = (base_fp, tuned_fp, task.name, check.split)
+            if ckey not in memo:
+                try:
+                    meta = self._meta(base.loaded)
+                    prepared = self._prepare(task, check.split, meta)
+                    idx = self.indices(task, check.split)[:512]
+                    batches = list(task.batches(prepared, idx, self.batch_size))
+                    memo[ckey] = drift.representation_cka(base.loaded.model, tuned.loaded.model, batches, device=self.device)
+                except Exception:  # noqa: BLE001 - a model without hidden_states (not a Hugging Face one)
+                    memo[ckey] = None
+            row["representation_cka"] = memo[ckey]
 
     def _early_stoppable(self, check: Check, metric: Metric) -> bool:
         """Early stopping covers the main comparison of bounded per-example metrics (absolute drops)."""
