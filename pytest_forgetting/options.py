@@ -51,6 +51,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow_pickle", "--forgetting-allow-pickle", "permit .bin/.pt/.pth pickle checkpoints (still loaded with weights_only=True)", None, default=False, kind="bool"),
     Option("trust_remote_code", "--forgetting-trust-remote-code", "permit checkpoints that carry their own Python code", None, default=False, kind="bool"),
     Option("early_stop", "--forgetting-early-stop", "evaluate the tuned model in seeded random order and stop once the verdict is settled (anytime-valid confidence sequence)", "forgetting_early_stop", default=False, kind="bool"),
+    Option("representation_drift", "--forgetting-representation-drift", "also compute linear CKA between base and tuned hidden states per layer on each check's examples (Hugging Face models)", "forgetting_representation_drift", default=False, kind="bool"),
     Option("retains", "--retains", "declare a retention check without writing a test: TASK:MAX_DROP[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
     Option("improves", "--improves", "declare an improvement check: TASK:MIN_GAIN[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
     Option("tasks", "--forgetting-task", "declare a data task without Python: NAME=FORMAT:PATH[,key=value...], FORMAT csv|jsonl|conll|parquet|datasets|hub, keys text= label= id= class_names=a|b ... (repeatable)", None, default=(), kind="list", metavar="NAME=FORMAT:PATH,..."),
@@ -87,6 +88,7 @@ class Settings:
     trust_remote_code: bool = False
     allow_download: bool = False
     early_stop: bool = False
+    representation_drift: bool = False  # linear CKA per layer (drift.representation_cka)
     device_map: str | None = None  # a strategy name or the absolute path of a JSON file
     max_memory: str | None = None  # "cpu=40GiB,0=10GiB" (validated)
     progress: str = "auto"  # auto | on | off
