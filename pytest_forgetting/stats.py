@@ -884,6 +884,8 @@ def _reason(verdict: str, low: float, high: float, margin: float, drop: float,
     settle = settle or _Settle()
     if settle.n is not None and settle.prob is None:
         return f"{head}; at least {settle.n:,} examples are needed before it can be decided"
+    if settle.n is not None and settle.prob == 1.0:
+        return f"{head}; {settle.n:,} examples would settle it if, as here, no example changes"
     if settle.n is not None:
         return (f"{head}; about {settle.n:,} examples would settle it with probability "
                 f"{settle.prob:.2f} if the observed rates hold")
@@ -1455,7 +1457,13 @@ def compare_statistic(
             )
     common = dict(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a,
                   fail_alpha=af, hib=hib)
-    drop = float(_drop_of(base_value, tuned_value, rel, hib))
+    with np.errstate(over="ignore"):
+        drop = float(_drop_of(base_value, tuned_value, rel, hib))
+    if not math.isfinite(drop):
+        raise ValueError(
+            f"the drop overflows to infinity (base={base_value:.6g}, tuned={tuned_value:.6g}): "
+            "rescale the statistic"
+        )
 
     if bounded and not rel and m != 0.0:
         need = min_n_to_pass(abs(m), a if m > 0 else af)

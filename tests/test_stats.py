@@ -831,6 +831,8 @@ def test_one_clear_error_per_bad_input():
         class_drops([1, 1], [1, 0], np.array(["a", None], dtype=object), limit=0.1)
     with pytest.raises(ValueError, match="overflow"):
         compare_scores([1e308, -1e308, 0.0], [-1e308, 1e308, 0.0], max_drop=0.1)
+    with pytest.raises(ValueError, match="overflows"):
+        compare_statistic(lambda i: (1e308, -1e308), 5, max_drop=0.1)
     with pytest.raises(ValueError, match="n_boot=1 is too few"):
         compare_scores([0.2, 0.4], [0.1, 0.3], max_drop=0.1, n_boot=1)
     with pytest.raises(ValueError, match="at least 500"):
