@@ -15,19 +15,20 @@ A bound that equals the margin within floating-point tolerance proves nothing.
 Which bound, per path (the README section "How a verdict is decided" states the guarantees):
 
 * 0/1 scores, absolute drop: Tango's (1998) score bounds for a difference of paired
-  proportions. The PASS bound is Tango's, replaced by the exact Clopper-Pearson bound of the
-  negative-flip rate when no example flipped the other way (so "no flips at all" passes only
-  where it is exactly safe: ``min_n_to_pass``). The FAIL bound carries a 0.5 continuity
-  correction (and is the exact bound of the positive-flip rate when no example flipped badly).
+  proportions with a continuity correction of one count on each side, and at least the exact
+  Clopper-Pearson bound of the negative-flip rate when no example flipped the other way (so
+  "no flips at all" passes only where it is exactly safe: ``min_n_to_pass``); mirrored on the
+  FAIL side. Exact enumeration keeps both error rates <= alpha (see ``_CC_FAIL``).
 * 0/1 scores, relative drop: the score interval for the ratio of paired proportions
   (Nam and Blackwelder 2002; Tang, Tang and Chan 2003), restricted maximum likelihood under the
-  null solved exactly (KKT conditions, zero cells included); the same continuity correction on
-  the FAIL side and an exact bound when nothing flipped.
+  null solved exactly (KKT conditions, zero cells included); a continuity correction on the
+  FAIL side and an exact bound when nothing flipped.
 * means of continuous scores (absolute or relative), ratio statistics (perplexity = exp(sum NLL /
   sum tokens), WER = errors / words, entity F1) and macro averages of ratios (macro-F1, balanced
   accuracy): a seeded paired *studentised* bootstrap (bootstrap-t) whose standard error in
   every resample is the delta-method (linearised) one. Never decided on a resample
-  distribution with no spread.
+  distribution with no spread, below 100 examples, or (macro averages) with a class seen
+  fewer than 10 times; bounded aggregates also follow ``min_n_to_pass``.
 * any other aggregate statistic (a bare callable): a seeded paired BCa bootstrap (Efron 1987),
   acceleration from a (grouped) jackknife.
 
