@@ -12,7 +12,7 @@ The rules, in the order they are applied:
 * Files are checked before a third-party loader sees them: each must resolve inside the
   checkpoint folder (or, for a Hugging Face cache snapshot, its repository's ``blobs``), never
   into /proc, /sys or /dev, be a regular file (a FIFO would hang the reader) of a plausible
-  size (configs 4 MiB, tokenizer files 128 MiB), and not a Git LFS pointer; small files are
+  size (configs 4 MiB, tokenizer files 128 MiB, others 256 MiB), and not a Git LFS pointer; small files are
   read at most cap + 1 bytes; safetensors and GGUF headers are validated by hand; JSON is
   parsed with its errors caught.
 * Loaders never read the checkpoint itself: they get private copies, taken once from one
@@ -75,7 +75,8 @@ _COPY_CHUNK = 8 << 20
 _CONFIG_FILES = frozenset({"config.json", "adapter_config.json", "generation_config.json", "preprocessor_config.json"})
 _MAX_CONFIG_BYTES = 4 << 20
 _MAX_TOKENIZER_BYTES = 128 << 20
-_MAX_AUX_BYTES = 32 << 20
+_MAX_AUX_BYTES = 256 << 20
+_TOKENIZER_AUX = frozenset({"merges.txt", "special_tokens_map.json", "added_tokens.json", "chat_template.json"})
 _SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
 _MAX_FOLDER_ENTRIES = 10_000
@@ -1260,7 +1261,7 @@ def _check_safetensors_index(folder: Path) -> None:
     index_path = folder / "model.safetensors.index.json"
     if not index_path.is_file():
         return
-    index = _read_json(index_path)
+    index = _read_json(index_path, 32 << 20)  # a 405B model's index is ~100 KB
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise CheckpointError(f"{index_path} has no valid 'weight_map' (tensor name -> shard file)")
@@ -1406,9 +1407,9 @@ def _size_cap(name: str) -> int | None:
         return None
     if lower in _CONFIG_FILES:
         return _MAX_CONFIG_BYTES
-    if lower in _TOKENIZER_FILES or lower.endswith((".model", ".tiktoken")) or lower in ("merges.txt", "tokenizer_config.json"):
+    if lower in _TOKENIZER_FILES or lower in _TOKENIZER_AUX or lower.endswith((".model", ".tiktoken", ".jinja")):
         return _MAX_TOKENIZER_BYTES
-    return _MAX_AUX_BYTES
+    return _MAX_AUX_BYTES  # files no loader parses (trainer_state.json, results): only copied and hashed
 
 
 def _allowed_roots(folder: Path) -> tuple[str, ...]:
