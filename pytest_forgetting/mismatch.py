@@ -193,3 +193,61 @@ def needs_of(items: Iterable[Any], has_checks: Any) -> dict[str, list[str]]:
         if checked or "tuned_model" in names:
             needs["tuned"].append(item.nodeid)
     return needs
+
+
+# -- a base at or below chance on a retained task -------------------------------------------------
+
+
+def chance_level(task: Any, split: str, metric: str) -> tuple[float, str] | None:
+    """(level, how) of a classifier that guesses, for ``accuracy`` / ``balanced_accuracy``; else None.
+
+    Accuracy: the better of a uniform guess (1/K) and always answering the majority class;
+    balanced accuracy: 1/K. K counts the task's classes (its class names, else its labels).
+    """
+    if metric not in ("accuracy", "balanced_accuracy") or "ClassificationTask" not in _kinds(task) or "TokenClassificationTask" in _kinds(task):
+        return None
+    try:
+        import numpy as np
+
+        labels = np.asarray(task.static_outputs(split).get("label"))
+        if labels.size == 0:
+            return None
+        names = task.class_names() or []
+        _, counts = np.unique(labels, return_counts=True)
+        k = max(len(names), len(counts))
+    except Exception:  # noqa: BLE001 - a task without plain labels: no warning rather than a wrong one
+        return None
+    if k < 2:
+        return None
+    uniform = 1.0 / k
+    majority = float(counts.max()) / float(labels.size)
+    if metric == "accuracy" and majority > uniform:
+        return majority, f"the majority-class rate, {majority:.1%}"
+    return uniform, f"1/{k} classes, {uniform:.1%}"
+
+
+def run_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per suspicious setup seen in the rows: a tuned checkpoint identical to the base, a base at chance."""
+    from .escape import terminal
+
+    out: list[str] = []
+    seen: set[Any] = set()
+    for row in rows:
+        fps = row.get("_fingerprints") or {}
+        values = [v for v in fps.values() if v]
+        cand = str(row.get("candidate") or "")
+        if values and len(set(values)) == 1 and ("same", cand) not in seen and row.get("verdict") != "error":
+            seen.add(("same", cand))
+            who = f"tuned checkpoint '{terminal(cand, 80)}'" if cand else "the tuned checkpoint"
+            out.append(f"{who} is the same as the base (same content fingerprint {values[0][:12]}): every check "
+                       "compares the base with itself; check what --tuned-ckpt points at")  # fmt: skip
+        chance = row.get("_chance")
+        base = row.get("base")
+        key = ("chance", row.get("task"), row.get("split"), row.get("metric"))
+        if (chance and row.get("kind") == "retains" and isinstance(base, (int, float)) and base <= chance[0] + 1e-12
+                and key not in seen):
+            seen.add(key)
+            out.append(f"the base scores {base:.1%} {terminal(row.get('metric') or '?', 40)} on task "
+                       f"'{terminal(row.get('task') or '?', 80)}', at or below chance ({chance[1]}): there is no capability "
+                       "to retain, so a PASS means nothing; check the task's labels and the base checkpoint")  # fmt: skip
+    return out

@@ -28,6 +28,7 @@ import json
 import math
 import numbers
 import os
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -341,6 +342,23 @@ def _short_names(nodeids: Iterable[str]) -> dict[str, str]:
     return out
 
 
+def _without_candidate(test: str, candidate: str) -> str:
+    """A test name without the candidate's own parameter id (``test_x[naive]``, ``retains:mnist@naive``)."""
+    if not candidate:
+        return test
+    if test.endswith(f"@{candidate}"):
+        return test[: -len(candidate) - 1]
+    if test.endswith("]") and "[" in test:
+        head, _, params = test[:-1].partition("[")
+        parts = params.split("-")
+        if candidate in parts:  # (a candidate name with a '-' stays: the id cannot be split safely)
+            parts.remove(candidate)
+            return f"{head}[{'-'.join(parts)}]" if parts else head
+        if params == candidate:
+            return head
+    return test
+
+
 def _truncate_left(text: str, width: int) -> str:
     if len(text) <= width:
         return text
@@ -456,7 +474,29 @@ def _ranking_lines(rows: list[Row], esc: Any = escape.terminal) -> list[str]:
             line += f"; not by {', '.join(not_passing)}"
         line += _best_gain_phrase(task_rows, esc)
         lines.append(line)
+    overall = _overall_line([r for r in rows if r.get("candidate")] or rows, esc)
+    if overall:
+        lines.append(overall)
     return lines
+
+
+def _overall_line(rows: list[Row], esc: Any = escape.terminal) -> str:
+    """Across tasks: who passes every check, or when no candidate does, the closest (fewest not passed)."""
+    names = _candidates(rows)
+    if len(names) < 2:
+        return ""
+    counts = {}
+    for candidate in names:
+        mine = [r for r in rows if str(r.get("candidate") or "") == candidate]
+        counts[candidate] = (sum(_verdict(r) != "pass" for r in mine), len(mine))
+    shown = {c: esc(c, _NAME_LIMIT) if c else "(unnamed)" for c in names}
+    passing = [shown[c] for c in names if counts[c][0] == 0]
+    if passing:
+        return f"overall: every check passed by {', '.join(passing)}"
+    key = {c: (bad, bad / total) for c, (bad, total) in counts.items()}  # fewest not passed, then the smallest share
+    best = min(key.values())
+    closest = [f"{shown[c]} ({counts[c][0]}/{counts[c][1]} not passed)" for c in names if key[c] == best]
+    return f"overall: no candidate passes every check; closest: {', '.join(closest)}"
 
 
 def _best_gain_phrase(task_rows: list[Row], esc: Any = escape.terminal) -> str:
@@ -520,7 +560,35 @@ def _first_line(row: Row) -> str:
 
 
 def _reason_text(row: Row) -> str:
-    return escape.terminal(str(row.get("reason") or "").strip(), _REASON_LIMIT)
+    reason = str(row.get("reason") or "").strip()
+    if _is_improves(row):
+        reason = _gain_reason(row, reason)
+    return escape.terminal(reason, _REASON_LIMIT)
+
+
+_NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?)"
+_DROP_PHRASES = (  # the decision core's wording in drops (positive = worse) -> the same in gains
+    (re.compile(rf"^(confidence sequence |interval )?\[{_NUMBER}, {_NUMBER}\] (still )?contains the margin {_NUMBER}"),
+     lambda row, m: f"gain {(m[1] or 'interval ').strip()} [{_g(row, m[3])}, {_g(row, m[2])}] {m[4] or ''}contains the required "
+                    f"{_g(row, m[5])}"),
+    (re.compile(rf"^upper bound of the drop {_NUMBER} < margin {_NUMBER}"),
+     lambda row, m: f"lower bound of the gain {_g(row, m[1])} > required {_g(row, m[2])}"),
+    (re.compile(rf"^lower bound of the drop {_NUMBER} > margin {_NUMBER} \(proven regression\)"),
+     lambda row, m: f"upper bound of the gain {_g(row, m[1])} < required {_g(row, m[2])} (proven: it gains less)"),
+)
+
+
+def _g(row: Row, drop_text: str) -> str:
+    return _margin_value_text(row, -float(drop_text), signed=True)
+
+
+def _gain_reason(row: Row, reason: str) -> str:
+    """An ``improves`` reason in gains, never in the internal signed drops (``interval [-0.22, -0.05] ...``)."""
+    for pattern, say in _DROP_PHRASES:
+        m = pattern.match(reason)
+        if m:
+            return say(row, m) + reason[m.end():]
+    return reason
 
 
 def _class_text(row: Row, cls: Mapping[str, Any]) -> str:
@@ -807,7 +875,18 @@ def _plot_geometry(row: Row) -> dict[str, float] | None:
         geo["lo"], geo["hi"] = min(ends), max(ends)
     if _finite(row.get("margin")):
         geo["threshold"] = _tuned_from_drop(row, float(row["margin"]))
-    return geo
+    low, high = _metric_range(row)
+    return {k: min(max(v, low), high) for k, v in geo.items()}  # an interval never leaves the metric's range
+
+
+def _metric_range(row: Row) -> tuple[float, float]:
+    """Where the metric's values can lie: [0, 1] for bounded metrics, [0, inf) for losses and perplexities."""
+    if _bounded(row):
+        return 0.0, 1.0
+    values = [float(row[k]) for k in ("base", "tuned") if _finite(row.get(k))]
+    if not row.get("higher_is_better", True) and values and min(values) >= 0:
+        return 0.0, math.inf
+    return -math.inf, math.inf
 
 
 def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: float) -> None:
@@ -898,7 +977,10 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
 
         labels = []
         for row in group:
-            label = escape.plot(_truncate_left(short.get(str(row.get("test") or ""), "?"), 36))
+            test = short.get(str(row.get("test") or ""), "?")
+            if several:  # "naive: test_x", not "naive: test_x[naive]"
+                test = _without_candidate(test, str(row.get("candidate") or ""))
+            label = escape.plot(_truncate_left(test, 36))
             if several:
                 candidate = row.get("candidate")
                 name = escape.plot(_truncate_left(str(candidate), 36)) if candidate else "(unnamed)"

@@ -597,8 +597,34 @@ def header(st: RunState) -> dict[str, Any]:
         "alpha": s.alpha,
         "torch_version": _torch_version(),
         "plugin_version": __version__,
-        "settings_sources": dict(sorted(s.sources.items())),
+        "settings_sources": settings_sources(st),
     }
+
+
+def settings_sources(st: RunState) -> dict[str, str]:
+    """Where each setting came from; checks declared in [tool.pytest_forgetting] say ``pyproject``.
+
+    Read from the file itself, so the xdist controller (which collects nothing) says the same.
+    """
+    sources = dict(st.settings.sources)
+    pyproject = Path(st.config.rootpath) / "pyproject.toml"
+    kinds: set[str] = set()
+    if _mentions_plugin(pyproject):
+        from .declarations import load_pyproject
+
+        try:
+            kinds = {d.kind for d in load_pyproject(pyproject)}
+        except ConfigError:  # reported where the checks are parsed
+            pass
+        try:
+            if b"[tool.pytest_forgetting.tasks." in pyproject.read_bytes():  # data tasks declared there
+                kinds.add("tasks")
+        except OSError:
+            pass
+    for kind in sorted(kinds):
+        source = sources.get(kind, "default")
+        sources[kind] = "pyproject" if source == "default" else f"{source}+pyproject"
+    return dict(sorted(sources.items()))
 
 
 def _cand_name(ref: str, refs: tuple[str, ...]) -> str:
@@ -645,8 +671,14 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if st.interrupted:
         tr.write_line("forgetting: the run was interrupted: these results are partial (the reports say \"interrupted\"); "
                       "run it to the end before trusting them", red=True)
+    from .mismatch import run_warnings  # a tuned checkpoint identical to the base, a base at chance
+
+    notes = run_warnings(st.sorted_rows())
+    for note in notes:
+        tr.write_line(f"forgetting: warning: {note}", yellow=True)
     head = header(st)
     head["interrupted"] = st.interrupted
+    head["warnings"] = notes
     s = st.settings
     outputs = ((s.json_path, lambda p: report.write_json(p, head, rows)),
                (s.markdown_path, lambda p: report.write_markdown(p, head, rows)),

@@ -179,18 +179,21 @@ class ForgettingSession:
             if self.settings.device_map is not None:  # refused before the base is loaded for nothing
                 raise CheckpointError(f"tuned checkpoint {slot.display}: {checkpoints.DEVICE_MAP_NEEDS_HF_FOLDER}, not a PEFT adapter")
             base_loaded = self.load(self.base_slot())
-        loaded = checkpoints.load_checkpoint(
-            slot.ref,
-            role=slot.role,
-            model_factory=self.settings.model_factory,
-            allow_pickle=self.settings.allow_pickle,
-            trust_remote_code=self.settings.trust_remote_code,
-            allow_download=self.settings.allow_download,
-            rootdir=self.settings.rootdir,
-            base=base_loaded,
-            digests=self.digests,
-            **self._placement(),
-        )
+        from .quiet import no_progress_bars, uses_transformers
+
+        with no_progress_bars(uses_transformers(slot.ref)):  # no "Loading weights" bars in every test's stderr
+            loaded = checkpoints.load_checkpoint(
+                slot.ref,
+                role=slot.role,
+                model_factory=self.settings.model_factory,
+                allow_pickle=self.settings.allow_pickle,
+                trust_remote_code=self.settings.trust_remote_code,
+                allow_download=self.settings.allow_download,
+                rootdir=self.settings.rootdir,
+                base=base_loaded,
+                digests=self.digests,
+                **self._placement(),
+            )
         if not is_dispatched(loaded.model):  # accelerate placed a dispatched one; .to() would raise
             loaded.model.to(device=self.device, dtype=torch_dtype(self.settings.dtype))
         loaded.model.eval()
@@ -494,6 +497,9 @@ class ForgettingSession:
         base = base or self.base_slot()
         tuned = tuned or self.tuned_slot(candidate)
         row = self._row_skeleton(check, metric, test, tuned)
+        from .mismatch import chance_level
+
+        row["_chance"] = chance_level(task, check.split, metric.name) if check.kind == "retains" else None  # warned at the end
         row["_device"] = self.device + (f" ({self.device_note})" if self.device_note else "")
         if self.settings.device_map:
             row["_device"] += f", device_map {self.settings.device_map}"

@@ -464,6 +464,110 @@ def test_configuration_errors_are_usage_errors_reported_once(pytester, hf_projec
         assert "no tuned checkpoint: pass --tuned-ckpt=REF" in line and "2 tests (test_mismatch.py::test_first" in line, line
 
 
+# -- 7. report details --------------------------------------------------------------------------
+
+PLOT_RECORDER = """
+import json
+import os
+
+import matplotlib.axes
+
+_errorbar, _set_yticks = matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.set_yticks
+
+
+def _record(entry):
+    with open(os.path.join(os.path.dirname(__file__), "plot-calls.jsonl"), "a") as fh:
+        fh.write(json.dumps(entry) + "\\n")
+
+
+def errorbar(self, x, y, *args, xerr=None, **kwargs):
+    below, above = (xerr[0][0], xerr[1][0]) if xerr is not None else (0.0, 0.0)
+    _record({"lo": float(x) - float(below), "hi": float(x) + float(above)})
+    return _errorbar(self, x, y, *args, xerr=xerr, **kwargs)
+
+
+def set_yticks(self, ticks, labels=None, **kwargs):
+    _record({"labels": [str(label) for label in (labels or [])]})
+    return _set_yticks(self, ticks, labels, **kwargs)
+
+
+matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.set_yticks = errorbar, set_yticks
+
+
+def pytest_unconfigure(config):
+    matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.set_yticks = _errorbar, _set_yticks
+"""
+
+
+def _plot_calls(path: Path) -> tuple[list[dict], list[str]]:
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    path.unlink()
+    return [e for e in entries if "lo" in e], [label for e in entries for label in e.get("labels", [])]
+
+
+def test_report_details(pytester, hf_project, tmp_path):
+    """settings_sources, the plot (clipped intervals, short names), the ranking, quiet loading, warnings."""
+    import shutil
+
+    texts, pred = hf_project["texts"], hf_project["pred"]
+    rows = [(f"r{i}", t, int(y)) for i, (t, y) in enumerate(zip(texts, pred))]
+    _csv(pytester.path / "reviews.csv", rows)
+    _csv(pytester.path / "flipped.csv", [(i, t, 1 - y) for i, t, y in rows])  # the base is wrong on every text
+    pytester.makeconftest(PLOT_RECORDER)
+    pytester.makepyprojecttoml(
+        """
+        [tool.pytest_forgetting]
+        retains = [{ task = "reviews.csv", max_drop = 0.1 }, { task = "flipped.csv", max_drop = 0.1 }]
+        """
+    )
+    twin = shutil.copytree(hf_project["base"], tmp_path / "twin")  # the base's files under another name
+    common = ["--forgetting-device=cpu", f"--forgetting-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider", "-rA"]
+    report, plot = tmp_path / "r.json", tmp_path / "plot.png"
+    result = pytester.runpytest(f"--base-ckpt={hf_project['base']}", f"--tuned-ckpt={twin}", f"--forgetting-json={report}",
+                                f"--forgetting-plot={plot}", *common)  # fmt: skip
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str() + result.stderr.str()
+    assert "Loading weights" not in out  # transformers' bars are not in every test's captured stderr
+    result.stdout.fnmatch_lines([
+        "forgetting: warning: the tuned checkpoint is the same as the base (same content fingerprint *): every check "
+        "compares the base with itself; check what --tuned-ckpt points at",
+        "forgetting: warning: the base scores 0.0% accuracy on task 'flipped.csv', at or below chance (*): there is no "
+        "capability to retain, so a PASS means nothing; *",
+    ])  # fmt: skip
+    assert "task 'reviews.csv', at or below chance" not in out
+    data = json.loads(report.read_text())
+    assert data["settings_sources"]["retains"] == "pyproject" and data["settings_sources"]["improves"] == "default"
+    assert len(data["warnings"]) == 2
+    bars, _ = _plot_calls(pytester.path / "plot-calls.jsonl")
+    assert len(bars) == 2 and all(0.0 <= b["lo"] <= b["hi"] <= 1.0 for b in bars), bars  # 100% +- an interval: clipped
+
+    # two candidates, both flipping every prediction: named once in the plot, and a ranking line without a winner
+    shutil.copytree(hf_project["swapped"], tmp_path / "flipper")
+    pytester.makepyprojecttoml("")
+    pytester.makepyfile(test_reviews="import pytest\n\n@pytest.mark.retains(task='reviews.csv', max_drop=0.1)\ndef test_keeps_reviews():\n    pass\n")
+    result = pytester.runpytest(f"--base-ckpt={hf_project['base']}", f"--tuned-ckpt={hf_project['swapped']}",
+                                f"--tuned-ckpt={tmp_path / 'flipper'}", f"--forgetting-plot={plot}", *common)  # fmt: skip
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["ranking:", "  reviews.csv: no candidate passes every check*",
+                                 "  overall: no candidate passes every check; closest: flipper (1/1 not passed), swapped (1/1 not passed)"])  # fmt: skip
+    _, labels = _plot_calls(pytester.path / "plot-calls.jsonl")
+    assert sorted(labels) == ["flipper: test_keeps_reviews", "swapped: test_keeps_reviews"], labels
+
+
+def test_improves_lines_speak_of_gains():
+    """An improves INCONCLUSIVE (PASS, FAIL) line in gains, not in the decision core's signed drops."""
+    from pytest_forgetting.report import failure_message
+
+    row = dict(kind="improves", bounded=True, relative=False, drop=-0.134, ci_low=-0.221, ci_high=-0.047, margin=-0.1, base=0.5,
+               tuned=0.634, n=200, verdict="inconclusive", metric="accuracy", task="fashion", test="t.py::test_x",
+               reason="interval [-0.221, -0.047] contains the margin -0.100; about 2,565 examples would settle it")  # fmt: skip
+    lines = failure_message(row).splitlines()
+    assert lines[1] == "  verdict:  INCONCLUSIVE - gain interval [+4.7 pp, +22.1 pp] contains the required +10.0 pp; about 2,565 examples would settle it"
+    assert "-0." not in "\n".join(lines), lines
+    row.update(verdict="fail", margin=-0.3, reason="lower bound of the drop -0.015 > margin -0.300 (proven regression)")
+    assert failure_message(row).splitlines()[1] == "  verdict:  FAIL - upper bound of the gain +1.5 pp < required +30.0 pp (proven: it gains less)"
+
+
 # -- 6. the example's property tests are derandomised; fine-tuning tests are no candidate -----------
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "example_project"
