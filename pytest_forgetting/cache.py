@@ -1,7 +1,9 @@
 """On-disk cache of base-model evaluations (and of tokenised task inputs).
 
 An entry is the per-example outputs of one evaluation, an uncompressed ``.npz`` written and read by
-this module alone. Its file name is a hash of its key, and the entry *records* the whole key (the
+this module alone: the base model's (``<hash>.npz``) or a tuned model's (``tuned-<hash>.npz``, keyed
+by its own fingerprint and its base's, so that another pytest-xdist worker or a rerun reuses it).
+Its file name is a hash of its key, and the entry *records* the whole key (the
 JSON of everything that decides the base's outputs: checkpoint fingerprint, model-factory source,
 task class, version and data fingerprint, split, subsample, device, dtype, batch size, library and
 plugin versions); a read compares the recorded key with the expected one, so an entry renamed or
@@ -93,7 +95,9 @@ def _entry_id(key: str | Mapping[str, Any]) -> tuple[str, str]:
     """(file-name part, recorded key) of a key given as parts or as a plain string."""
     if isinstance(key, Mapping):
         text = key_json(key)
-        return hashlib.sha256(text.encode()).hexdigest()[:32], text
+        name = hashlib.sha256(text.encode()).hexdigest()[:32]
+        # a tuned model's evaluation (``session._eval_key``): ``tuned-<hash>.npz``, beside the base's ``<hash>.npz``
+        return (f"tuned-{name}" if key.get("kind") == "eval-tuned" else name), text
     text = str(key)
     name = text if _NAME.fullmatch(text) else hashlib.sha256(text.encode()).hexdigest()[:32]
     return name, text

@@ -21,8 +21,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     # the first hook after our options are known and before conftests load: a mis-chosen rootdir stops here
+    from . import xdist_groups
     from .invocation import rootdir_mixup
 
+    xdist_groups.note_dist_choice(early_config)  # before pytest-xdist turns --dist "no" into "load" for -n N
     problem = rootdir_mixup(early_config)
     if problem:
         raise pytest.UsageError(f"pytest-forgetting: {problem}")
@@ -30,6 +32,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     runner.configure(config)
+    from . import xdist_groups
+
+    settings = config.stash[runner.SETTINGS_KEY]
+    xdist_groups.configure(config, gate_configured=bool(settings.base_ckpt or settings.tuned_ckpts))  # -n N: a task's checks on one worker
     if config.getoption("htmlpath", None):  # pytest-html's --html: the table and rows go in its report
         from . import htmlreport
 

@@ -9,7 +9,9 @@ A row holds ``test``, ``task``, ``split``, ``metric``, ``kind`` ("retains" | "im
 ``candidate``, ``n``, ``base``, ``tuned``, ``drop``, ``ci_low``, ``ci_high``, ``margin``,
 ``relative``, ``nfr``, ``verdict``, ``reason``, ``n_needed``, ``worst_classes``,
 ``flipped_ids``, ``base_cached``, ``base_eval_s``, ``tuned_eval_s``, ``higher_is_better``,
-``outcome`` and optionally ``bounded`` (default True: a metric in [0, 1] shown in percent).
+``outcome`` and optionally ``bounded`` (default True: a metric in [0, 1] shown in percent) and
+``base_reuse`` / ``tuned_reuse`` (``computed``, ``memory``: earlier in the same process, ``cache``:
+read from the cache, which another xdist worker or an earlier run filled; ``""``: not evaluated).
 A *drop* is signed so that positive means worse; for ``improves`` rows the gain is
 ``-drop`` and the margin is ``-min_gain``.
 
@@ -818,6 +820,9 @@ def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
     )
     if any(_soft_inconclusive(r) for r in rows):
         out.append("\\* INCONCLUSIVE that did not fail its test (`--forgetting-inconclusive`).")
+    reuse = _reuse_phrase(rows)
+    if reuse:
+        out.append(reuse)
     if several:
         out.append("")
         out.append("**Ranking**")
@@ -840,6 +845,20 @@ def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
             out.append("")
             out.extend(_md_fenced(failure_message(row)))
     return "\n".join(out) + "\n"
+
+
+_REUSE_KINDS = (("computed", "computed"), ("memory", "reused in memory"), ("cache", "read from the cache"))
+
+
+def _reuse_phrase(rows: list[Row]) -> str:
+    """``Evaluations per check: base 1 computed, 3 reused in memory; tuned ...`` ("" without reuse fields)."""
+    parts = []
+    for role in ("base", "tuned"):
+        kinds = Counter(str(r.get(f"{role}_reuse") or "") for r in rows)
+        counted = [f"{kinds[k]} {label}" for k, label in _REUSE_KINDS if kinds.get(k)]
+        if counted:
+            parts.append(f"{role} " + ", ".join(counted))
+    return f"Evaluations per check: {'; '.join(parts)}." if parts else ""
 
 
 def write_markdown(path: str | os.PathLike[str], header: Mapping[str, Any],

@@ -8,6 +8,8 @@ the Python API (``forgetting.compare`` and friends) uses it directly.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -421,39 +423,71 @@ class ForgettingSession:
                 raise EvaluationError(f"{slot.label} failed on task '{terminal(task.name, 80)}': {describe_error(exc)}") from None
 
     def evaluate(self, slot: ModelSlot, task: Task, split: str) -> tuple[EvalResult, bool]:
-        """(result, from_cache). Base evaluations go through the on-disk cache; everything is memoised."""
+        """(result, reused): :meth:`evaluate_reuse` with its reuse kind as a bool (True: not computed now)."""
+        result, reuse = self.evaluate_reuse(slot, task, split)
+        return result, reuse != "computed"
+
+    def evaluate_reuse(self, slot: ModelSlot, task: Task, split: str, *, base: ModelSlot | None = None) -> tuple[EvalResult, str]:
+        """(result, reuse kind): ``"computed"`` now, ``"memory"`` (earlier in this process) or ``"cache"``.
+
+        Base and tuned evaluations alike go through the on-disk cache, keyed by the model's content
+        fingerprint (:meth:`_eval_key`), so another xdist worker, or a rerun, reuses them; every
+        evaluation is memoised in the process. ``base`` is the base a tuned model is compared with
+        (default: the session's): a PEFT adapter's outputs, or a module's borrowed tokenizer, depend on it.
+        """
         idx = self.indices(task, split)
         fp = self.fingerprint(slot)
         memo = (fp, task.name, split, hash_arrays(idx))
         if memo in self._results:  # evaluated earlier in this process: reused, not recomputed
-            return self._results[memo][0], True
-        if slot.role != "base":
-            try:
-                result = self._run(slot, task, split, idx)
-            except NonFiniteOutputs as exc:
-                raise TunedRegression(f"tuned model produces NaN/Inf: {exc}") from None
-            out = (result, False)
-        else:
-            key = self._base_key(slot, fp, task, split, idx)
-            static = {k: np.asarray(v)[idx] for k, v in task.static_outputs(split).items()}
+            return self._results[memo][0], "memory"
+        key = self._eval_key(slot, fp, task, split, idx, base=base)
+        static = {k: np.asarray(v)[idx] for k, v in task.static_outputs(split).items()}
 
-            def computes(outputs: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
-                # every metric that could be computed from the fresh outputs can be from the entry
-                return set(meta.get("metrics", [])) <= set(_computable_metrics(task, outputs))
+        def computes(outputs: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+            # every metric that could be computed from the fresh outputs can be from the entry
+            return set(meta.get("metrics", [])) <= set(_computable_metrics(task, outputs))
 
-            with self.cache.lock(key):
-                cached = self.cache.load(key, ids=task.ids(split)[idx], static=static, validate=computes)
-                if cached is not None:
-                    out = (cached, True)
-                else:
-                    try:
-                        result = self._run(slot, task, split, idx)
-                    except NonFiniteOutputs as exc:
+        with self.cache.lock(key) if key is not None else _no_lock():
+            cached = self.cache.load(key, ids=task.ids(split)[idx], static=static, validate=computes) if key is not None else None
+            if cached is not None:
+                out = (cached, "cache")
+            else:
+                try:
+                    result = self._run(slot, task, split, idx)
+                except NonFiniteOutputs as exc:  # never stored: a broken model is evaluated (and refused) every run
+                    if slot.role == "base":
                         raise EvaluationError(f"base model produces NaN/Inf: {exc}") from None
+                    raise TunedRegression(f"tuned model produces NaN/Inf: {exc}") from None
+                if key is not None:
                     self.cache.store(key, result, meta={"metrics": _computable_metrics(task, result.outputs)})
-                    out = (result, False)
+                out = (result, "computed")
         self._results[memo] = out
         return out
+
+    def _eval_key(self, slot: ModelSlot, fp: str, task: Task, split: str, idx: np.ndarray, *, base: ModelSlot | None = None) -> dict[str, Any] | None:
+        """The cache key of an evaluation (recorded in the entry and verified on read), or None: not cached.
+
+        A base keeps :meth:`_base_key`. A tuned model's key is the same parts with its own
+        fingerprint, plus the fingerprint of the base it is paired with (an adapter is evaluated on
+        that base; a module without a tokenizer borrows the base's). An in-memory module's key also
+        names its tokenizer (its fingerprint covers the weights only).
+        """
+        key = self._base_key(slot, fp, task, split, idx)
+        if slot.role != "base":
+            pair = base if base is not None else self.base
+            try:
+                pair_fp = self.fingerprint(pair) if pair is not None else None
+            except Exception:  # noqa: BLE001 - the base's own problem is reported where the base is used
+                return None
+            key = dict(key, kind="eval-tuned", tuned=key.pop("base"), paired_base=pair_fp)
+        if not isinstance(slot.ref, str):
+            if slot.loaded is None:
+                return None
+            meta = self._meta(slot.loaded)
+            key["tokenizer"] = [meta.tokenizer_fingerprint, meta.tokenizer_cache_id]
+            if meta.tokenizer is not None and meta.tokenizer_cache_id is None:
+                return None  # an exotic tokenizer: no disk cache rather than a wrong one
+        return key
 
     def _base_key(self, slot: ModelSlot, fp: str, task: Task, split: str, idx: np.ndarray) -> dict[str, Any]:
         """Everything that decides the base's outputs on (task, split, idx): the cache key, recorded in the entry."""
@@ -506,19 +540,23 @@ class ForgettingSession:
         base_fp, tuned_fp = self._slot_fingerprint(base), self._slot_fingerprint(tuned)
         row["_fingerprints"] = {base.display: base_fp, tuned.display: tuned_fp}
         _raise_refusal(base)  # a base refused once errors every check, even one whose base outputs are cached
-        base_res, cached = self.evaluate(base, task, check.split)
-        row["base_cached"] = cached
-        row["base_eval_s"] = round(base_res.seconds, 4) if not cached else 0.0
+        base_res, base_reuse = self.evaluate_reuse(base, task, check.split)
+        # reused: read from the cache or evaluated earlier in this process (base_reuse says which)
+        row["base_reuse"] = base_reuse
+        row["base_cached"] = base_reuse != "computed"
+        row["base_eval_s"] = round(base_res.seconds, 4) if base_reuse == "computed" else 0.0
         try:
             if tuned_fp != base_fp or tuned.refused is not None:  # (the same files: the base's outputs are reused)
                 self.load(tuned, base=base)  # a refusal (remembered): ERROR, or FAIL for NaN/Inf weights
             if self._early_stoppable(check, metric):
+                row["tuned_reuse"] = "computed"  # chunk by chunk, never cached
                 return self._decide_early(check, task, metric, base_res, tuned, row)
-            tuned_res, _ = self.evaluate(tuned, task, check.split)
+            tuned_res, tuned_reuse = self.evaluate_reuse(tuned, task, check.split, base=base)
         except TunedRegression as exc:
             row.update(verdict="fail", reason=str(exc), n=len(base_res), base=metric.value(base_res.outputs))
             return CheckResult(check, None, row)
-        row["tuned_eval_s"] = round(tuned_res.seconds, 4)
+        row["tuned_reuse"] = tuned_reuse
+        row["tuned_eval_s"] = round(tuned_res.seconds, 4) if tuned_reuse == "computed" else 0.0
         tuned_res = align(base_res, tuned_res, task.name)
         self._where_weights_moved(check, task, base, tuned, base_fp, tuned_fp, row)
         return self._decide(check, task, metric, base_res, tuned_res, row)
@@ -616,7 +654,7 @@ class ForgettingSession:
             "candidate": tuned.name, "n": 0, "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None,
             "margin": check.margin, "relative": check.relative, "nfr": None, "verdict": "error", "reason": "",
             "n_needed": None, "worst_classes": [], "flipped_ids": [], "base_cached": False, "base_eval_s": 0.0,
-            "tuned_eval_s": 0.0, "higher_is_better": metric.higher_is_better, "bounded": metric.bounded,
+            "tuned_eval_s": 0.0, "base_reuse": "", "tuned_reuse": "", "higher_is_better": metric.higher_is_better, "bounded": metric.bounded,
             "max_class_drop": check.max_class_drop, "max_nfr": check.max_nfr, "slices": check.slices, "outcome": "",
             "max_gap_increase": check.max_gap_increase,
         }
@@ -945,6 +983,11 @@ def _computable_metrics(task: Task, outputs: dict[str, np.ndarray]) -> list[str]
             continue
         ok.append(name)
     return sorted(ok)
+
+
+@contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
 
 
 def _empty_cuda_cache() -> None:

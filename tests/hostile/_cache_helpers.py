@@ -81,7 +81,8 @@ def warning_count(result: Any) -> int:
 
 
 def entries(cache: Path) -> list[Path]:
-    return sorted(f for f in cache.glob("*.npz") if not f.name.startswith("prepared-"))
+    """The base model's evaluation entries (not tokenised inputs, not the tuned model's ``tuned-*``)."""
+    return sorted(f for f in cache.glob("*.npz") if not f.name.startswith(("prepared-", "tuned-")))
 
 
 def read_entry(path: Path) -> dict[str, np.ndarray]:
