@@ -568,6 +568,20 @@ def test_improves_lines_speak_of_gains():
     assert failure_message(row).splitlines()[1] == "  verdict:  FAIL - upper bound of the gain +1.5 pp < required +30.0 pp (proven: it gains less)"
 
 
+def test_readme_options_table_lists_the_newcomer_options():
+    """README "## Options": the data-task, task-list and early-stop options, and pytest-xdist for -n."""
+    import pytest_forgetting
+
+    readme = (Path(pytest_forgetting.__file__).resolve().parents[1] / "README.md").read_text()  # the checkout's
+    section = readme[readme.index("\n## Options\n") : readme.index("\n## ", readme.index("\n## Options\n") + 5)]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    for flag, ini in (("--forgetting-task=", ""), ("--forgetting-list-tasks", ""), ("--forgetting-early-stop", "`forgetting_early_stop`")):
+        row = next((r for r in rows if r.startswith(f"| `{flag}")), None)
+        assert row is not None, f"{flag} is not in the Options table"
+        assert ini in row
+    assert "`-n N` needs pytest-xdist" in " ".join(section.split())
+
+
 # -- 6. the example's property tests are derandomised; fine-tuning tests are no candidate -----------
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "example_project"
