@@ -962,10 +962,17 @@ def _dry_run_adapter(folder: Path, base_model: "torch.nn.Module", file_shapes: d
         raise CheckpointError(f"{config_path} is not a valid PEFT config: {_describe_exc(exc)}") from exc
     if hasattr(config, "init_lora_weights"):  # data-dependent inits (PiSSA, LoftQ, EVA) are overwritten anyway
         config.init_lora_weights = False
+    # AdaLoRA: peft's resizing to the saved rank pattern cannot run on the meta device; the full
+    # init_r shapes are built and then cut to each module's kept ranks (_adalora_shapes)
+    rank_pattern = getattr(config, "rank_pattern", None) if str(getattr(config, "peft_type", "")).endswith("ADALORA") else None
+    if rank_pattern:
+        config.rank_pattern = None
     try:
         with torch.device("meta"):
             dry = peft.get_peft_model(_meta_copy(base_model), config)
         expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(dry).items()}
+        if rank_pattern:
+            expected = _adalora_shapes(expected, rank_pattern)
     except Exception as exc:
         raise CheckpointError(f"PEFT adapter {folder} does not apply to the base model: {_describe_exc(exc)}") from exc
     missing = sorted(expected.keys() - file_shapes.keys())
@@ -978,6 +985,24 @@ def _dry_run_adapter(folder: Path, base_model: "torch.nn.Module", file_shapes: d
             + " — was it trained on a different base, or is adapter_config.json (r, target_modules) not the one "
             "saved with these weights?"
         )
+
+
+def _adalora_shapes(expected: dict[str, tuple[int, ...]], rank_pattern: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Adapter tensor shapes at AdaLoRA's kept ranks: ``lora_A`` (r, in), ``lora_B`` (out, r), ``lora_E`` (r, 1)."""
+    kept = {}
+    for key, mask in rank_pattern.items():
+        module = key.removeprefix("base_model.model.").rsplit(".lora_E", 1)[0]
+        kept[module] = int(sum(bool(m) for m in mask)) if isinstance(mask, (list, tuple)) else int(mask)
+    out = {}
+    for key, shape in expected.items():
+        module, _, part = key.removeprefix("base_model.model.").rpartition(".")
+        r = kept.get(module)
+        if r is not None and part in ("lora_A", "lora_E"):
+            shape = (r, *shape[1:])
+        elif r is not None and part == "lora_B":
+            shape = (*shape[:-1], r)
+        out[key] = shape
+    return out
 
 
 def _meta_copy(model: "torch.nn.Module") -> "torch.nn.Module":

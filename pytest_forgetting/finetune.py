@@ -16,6 +16,13 @@ Strategies (each a known remedy against catastrophic forgetting, plus the naive 
 - ``lora``: low-rank adapters through ``peft`` (``r``, ``alpha``, ``dropout``,
   ``target_modules``, ``modules_to_save``); the returned module is a ``PeftModel`` whose base
   weights equal the starting weights.
+- ``adalora``: adaptive low-rank adapters (AdaLoRA, Zhang et al. 2023) through ``peft``: every
+  target module starts at rank ``init_r`` and the rank budget is pruned to an average of
+  ``target_r`` by SVD-importance between step ``tinit`` and ``total - tfinal`` (every ``delta_t``
+  steps; defaults 10 % and 20 % of the planned steps), with ``beta1`` / ``beta2`` smoothing the
+  importance and ``orth_reg_weight`` the orthogonality penalty on the singular vectors; ``alpha``,
+  ``dropout``, ``target_modules`` and ``modules_to_save`` as for ``lora``. Saved as a PEFT adapter
+  folder, like ``lora``.
 - ``l2sp``: ``penalty / 2 * sum ||w - w_base||^2`` added to the loss.
 - ``ewc``: the same with a diagonal Fisher estimated on ``retain`` (a task whose
   ``retain_split``, default "train", is used), normalised to mean 1 so that ``penalty`` has the
@@ -57,7 +64,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-STRATEGIES = ("full", "freeze", "gradual_unfreeze", "lora", "l2sp", "ewc", "replay", "wise_ft")
+STRATEGIES = ("full", "freeze", "gradual_unfreeze", "lora", "adalora", "l2sp", "ewc", "replay", "wise_ft")
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
 DEFAULT_ALPHAS = tuple(round(i / 10, 2) for i in range(11))
@@ -70,6 +77,8 @@ STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {
     "freeze": {"train_last": None, "freeze": None},
     "gradual_unfreeze": {"blocks_per_epoch": 1},
     "lora": {"r": 8, "alpha": None, "dropout": 0.0, "target_modules": None, "modules_to_save": None},
+    "adalora": {"init_r": 12, "target_r": 4, "alpha": None, "dropout": 0.0, "target_modules": None, "modules_to_save": None,
+                "tinit": None, "tfinal": None, "delta_t": 1, "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.5},
     "l2sp": {"penalty": 1.0},
     "ewc": {"retain": _REQUIRED, "penalty": 1.0, "fisher_examples": 256, "retain_split": "train"},
     "replay": {"retain": _REQUIRED, "fraction": 0.25, "retain_split": "train"},
@@ -426,6 +435,72 @@ def _lora(model: "nn.Module", opts: dict[str, Any]) -> Any:
         return peft.get_peft_model(model, lora_config)
     except (ValueError, TypeError, KeyError) as exc:
         raise FinetuneError(f"strategy 'lora': peft could not add adapters ({exc}); pass target_modules=[...]") from None
+
+
+def _adalora(model: "nn.Module", opts: dict[str, Any], total_steps: int) -> Any:
+    """Wrap ``model`` in a PeftModel with AdaLoRA adapters; the rank schedule spans ``total_steps``."""
+    import torch
+
+    try:
+        import peft
+    except ImportError:
+        raise FinetuneError("strategy 'adalora' needs the peft package: pip install peft (or pytest-forgetting[lora])") from None
+    init_r = _int_option("adalora", "init_r", opts["init_r"], 1)
+    target_r = _int_option("adalora", "target_r", opts["target_r"], 1)
+    if target_r > init_r:
+        raise FinetuneError(f"strategy 'adalora': target_r={target_r} must not exceed init_r={init_r} (the budget only shrinks)")
+    alpha = init_r if opts["alpha"] is None else _float_option("adalora", "alpha", opts["alpha"], 0.0, open_low=True)
+    dropout = _float_option("adalora", "dropout", opts["dropout"], 0.0, 1.0)
+    total = max(1, int(total_steps))
+    tinit = int(0.1 * total) if opts["tinit"] is None else _int_option("adalora", "tinit", opts["tinit"], 0)
+    tfinal = int(0.2 * total) if opts["tfinal"] is None else _int_option("adalora", "tfinal", opts["tfinal"], 0)
+    if tinit >= total - tfinal:
+        raise FinetuneError(
+            f"strategy 'adalora': tinit={tinit} + tfinal={tfinal} leave no budgeting phase in the {total} planned steps; "
+            "lower them or train longer"
+        )
+    targets = opts["target_modules"]
+    task_type = None
+    config = getattr(model, "config", None)
+    if targets is None:
+        if config is not None and getattr(config, "model_type", None):
+            from peft.utils import TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING as known
+
+            if config.model_type not in known:
+                raise FinetuneError(f"strategy 'adalora': no default target modules for model type {config.model_type!r}; pass target_modules=[...]")
+            if type(model).__name__.endswith("ForSequenceClassification"):
+                task_type = "SEQ_CLS"  # peft then trains the classification head in full
+        else:  # AdaLoRA adapts Linear layers (not convolutions)
+            names = [n for n, m in model.named_modules() if n and isinstance(m, torch.nn.Linear)]
+            if not names:
+                raise FinetuneError("strategy 'adalora': the model has no Linear layers; pass target_modules=[...]")
+            targets = "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
+    try:
+        adalora_config = peft.AdaLoraConfig(
+            init_r=init_r, target_r=target_r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+            modules_to_save=opts["modules_to_save"], task_type=task_type, tinit=tinit, tfinal=tfinal,
+            deltaT=_int_option("adalora", "delta_t", opts["delta_t"], 1), beta1=_float_option("adalora", "beta1", opts["beta1"], 0.0, 1.0),
+            beta2=_float_option("adalora", "beta2", opts["beta2"], 0.0, 1.0),
+            orth_reg_weight=_float_option("adalora", "orth_reg_weight", opts["orth_reg_weight"], 0.0), total_step=total,
+        )  # fmt: skip
+        return peft.get_peft_model(model, adalora_config)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FinetuneError(f"strategy 'adalora': peft could not add adapters ({exc}); pass target_modules=[...]") from None
+
+
+def _orthogonality(model: Any) -> Any:
+    """AdaLoRA's regulariser: mean over adapters of ||P P^T - I||_F for the left (A) and right (B)
+    singular-vector matrices, which keeps the factorisation an SVD (Zhang et al. 2023, eq. 4)."""
+    import torch
+
+    terms = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or not (".lora_A." in name or ".lora_B." in name):
+            continue
+        cov = p @ p.T if ".lora_A." in name else p.T @ p
+        eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
+        terms.append(torch.linalg.matrix_norm(cov - eye))
+    return torch.stack(terms).mean() if terms else None
 
 
 def is_peft(model: Any) -> bool:
@@ -891,6 +966,10 @@ def _train(
     n_replay = 0
     if strategy == "lora":
         model = _lora(model, opts).to(device)
+    elif strategy == "adalora":  # the rank schedule needs the planned number of steps
+        per_epoch = math.ceil(len(train_idx) / batch_size)
+        planned = (epochs if epochs is not None else math.ceil(max_steps / per_epoch) if max_steps is not None else 1) * per_epoch
+        model = _adalora(model, opts, planned if max_steps is None else min(max_steps, planned)).to(device)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     blocks = parameter_blocks(model)
     all_names = {n for n, _ in model.named_parameters()}
@@ -899,7 +978,7 @@ def _train(
     elif strategy == "gradual_unfreeze":
         _int_option("gradual_unfreeze", "blocks_per_epoch", opts["blocks_per_epoch"], 1)
         _set_trainable(model, _last_blocks(blocks, opts["blocks_per_epoch"]))
-    elif strategy != "lora":
+    elif strategy not in ("lora", "adalora"):
         _set_trainable(model, all_names)
     if strategy == "l2sp":
         penalty = _Anchor(model, _float_option("l2sp", "penalty", opts["penalty"], 0.0))
@@ -928,7 +1007,7 @@ def _train(
     depth = {n: len(blocks) - 1 - i for i, (_, names) in enumerate(blocks) for n in names}
     groups: dict[tuple[int, bool], list[Any]] = {}
     for name, p in model.named_parameters():
-        if strategy in ("freeze", "lora") and not p.requires_grad:
+        if strategy in ("freeze", "lora", "adalora") and not p.requires_grad:
             continue
         d = depth[name] if layer_lr_decay is not None else 0
         groups.setdefault((d, p.ndim >= 2), []).append(p)
@@ -981,10 +1060,16 @@ def _train(
             loss = torch.nn.functional.cross_entropy(_logits(model, _to(x, device)), y.to(device))
             if penalty is not None:
                 loss = loss + penalty(model)
+            if strategy == "adalora" and opts["orth_reg_weight"]:
+                orth = _orthogonality(model)
+                if orth is not None:
+                    loss = loss + float(opts["orth_reg_weight"]) * orth
             loss.backward()
             if max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
             opt.step()
+            if strategy == "adalora":  # importance from this step's gradients, then the budget is re-allocated
+                model.base_model.update_and_allocate(step)
             current_lr = opt.param_groups[-1]["lr"]
             sched.step()
             step += 1
@@ -1015,7 +1100,7 @@ def _train(
         watch.restore(model)
     info.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.eval()
-    if strategy != "lora":  # a PeftModel keeps its own flags (only the adapters train)
+    if strategy not in ("lora", "adalora"):  # a PeftModel keeps its own flags (only the adapters train)
         for name, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(name, True))
     return model

@@ -31,7 +31,7 @@ from hypothesis.errors import InvalidArgument
 from hypothesis.strategies import SearchStrategy
 
 #: the strategy names of ``pytest_forgetting.finetune.STRATEGIES`` (kept equal by a test)
-STRATEGIES = ("full", "freeze", "gradual_unfreeze", "lora", "l2sp", "ewc", "replay", "wise_ft")
+STRATEGIES = ("full", "freeze", "gradual_unfreeze", "lora", "adalora", "l2sp", "ewc", "replay", "wise_ft")
 NEEDS_RETAIN = ("ewc", "replay")
 _GRID = 1000  # resolution of the continuous ranges
 
@@ -118,6 +118,8 @@ def _option_strategies(name: str, retain: Any) -> dict[str, SearchStrategy[Any]]
         return {"blocks_per_epoch": st.integers(1, 2)}
     if name == "lora":
         return {"r": st.sampled_from([2, 4, 8, 16])}
+    if name == "adalora":
+        return {"target_r": st.sampled_from([2, 4])}
     if name == "l2sp":
         return {"penalty": log_uniform(0.01, 10.0, shrink_towards="high")}
     if name == "ewc":
