@@ -36,6 +36,8 @@ RUNS: list[tuple[str, dict]] = [
     ("freeze", {"train_last": 1}),
     ("gradual_unfreeze", {"blocks_per_epoch": 1}),
     ("lora", {"r": 4}),
+    ("adalora", {"init_r": 8, "target_r": 4}),
+    ("adalora", {"init_r": 8, "target_r": 4, "lr": 3e-3}),  # adaptive adapters start at 0 and learn slower: a higher lr
     ("l2sp", {"penalty": 1.0}),
     ("ewc", {"retain": "mnist", "penalty": 1.0}),
     ("replay", {"retain": "mnist", "fraction": 0.25}),
@@ -81,6 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="also write the Markdown here")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable timings on a shared machine)")
+    ap.add_argument("--only", action="append", help="run only these strategies (repeatable), e.g. --only adalora")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import peft  # noqa: F401  (imported up front: the seconds column times fine-tunes, not imports)
@@ -92,8 +95,10 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for strategy, options in RUNS:
+        if args.only and strategy not in args.only:
+            continue
         start = time.perf_counter()
-        tuned = finetune(base, "digits-28", strategy=strategy, session=session, **COMMON, **options)
+        tuned = finetune(base, "digits-28", strategy=strategy, session=session, **{**COMMON, **options})
         seconds = time.perf_counter() - start
         keep = decide(session, base_slot, tuned, "retains", "mnist", 0.02)
         gain = decide(session, base_slot, tuned, "improves", "digits-28", 0.05)
