@@ -35,6 +35,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base_link, adapter_dir = out / "base.gguf", out / "hamlet-lora"
+    corpora.write_bbc_topics(HERE / "eval_tasks" / "bbc_topics.jsonl")  # the lm-eval task's documents
     gguf = corpora.smollm2_gguf()
     if base_link.is_symlink() or base_link.exists():
         base_link.unlink()

@@ -12,7 +12,6 @@ import pytest_forgetting as pf
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import corpora  # noqa: E402
 
-MAX_TOKENS = 64  # tokens scored per passage: enough for a sentence or two, cheap on a CPU
 
 
 @pf.task("hamlet")
@@ -20,14 +19,14 @@ def hamlet():
     """48 passages from the held-out scenes of Hamlet (the adapter trained on the other scenes)."""
     test = corpora.hamlet_split()["test"]
     pick = np.sort(np.random.default_rng(0).choice(len(test), size=48, replace=False))
-    return pf.LanguageModelingTask([test[i][1] for i in pick], [test[i][0] for i in pick], max_length=MAX_TOKENS)
+    return pf.LanguageModelingTask([test[i][1] for i in pick], [test[i][0] for i in pick])
 
 
 @pf.task("bbc-news-text")
 def bbc_news():
     """64 paragraphs of BBC News (2004-2005), all five topics: modern English the model must keep."""
     items = corpora.bbc_paragraphs(n=64)
-    return pf.LanguageModelingTask([p for _, p in items], [i for i, _ in items], max_length=MAX_TOKENS)
+    return pf.LanguageModelingTask([p for _, p in items], [i for i, _ in items])
 
 
 @pf.task("short-answers")

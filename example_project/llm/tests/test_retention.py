@@ -16,3 +16,8 @@ def test_keeps_modern_english():
 @pytest.mark.retains(task="short-answers", max_drop=0.10)
 def test_still_answers_short_questions():
     """Greedy answers to 40 short chat questions: at most 10 points fewer right."""
+
+
+@pytest.mark.retains(task="lm-eval:bbc_topics", max_drop=0.05)
+def test_still_tells_news_topics():
+    """An lm-eval multiple-choice task of our own (eval_tasks/): the topic of 150 BBC paragraphs, at most 5 points lost."""
