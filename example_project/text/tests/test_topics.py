@@ -32,3 +32,23 @@ def test_encoder_keeps_sentiment_macro_f1():
 @pytest.mark.retains(task="rotten-tomatoes-probe", max_drop=0.05, slices="length", max_class_drop=0.06)
 def test_encoder_keeps_sentiment_on_short_and_long_reviews():
     """Per slice of review length (short <= 12 words < medium <= 24 < long): no group loses more than 6 points."""
+
+
+# -- beyond argmax (issue 17): confidence and fairness as retention ----------------------------------
+
+
+@pytest.mark.retains(task="bbc-news", metric="ece", max_drop=0.02)
+def test_topic_confidence_stays_calibrated():
+    """Expected calibration error (15 equal-mass bins) within 2 points: a full fine-tune that makes the
+    head overconfident fails here even when accuracy is unchanged."""
+
+
+@pytest.mark.retains(task="bbc-news", metric="log_loss", max_drop=0.05)
+def test_topic_log_loss_does_not_grow():
+    """Mean negative log-probability of the right topic: at most 0.05 nats worse."""
+
+
+@pytest.mark.retains(task="bbc-news-by-length", max_drop=0.02, slices="length", max_gap_increase=0.10)
+def test_long_and_short_articles_stay_equally_served():
+    """The accuracy gap between short and long articles (split at the corpus's median length) must not
+    widen by more than 10 points; the message names the two slices."""
