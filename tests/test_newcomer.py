@@ -15,6 +15,11 @@ import numpy as np
 import pytest
 from text_helpers import labelled, make_tokenizer, save, sentiment_texts, tiny_bert
 
+try:  # at collection, before any in-process pytester run: one that first imports it loses six.moves on restore
+    import matplotlib.axes  # noqa: F401
+except ImportError:  # test_report_details skips
+    pass
+
 POLARITY = ["neg", "pos"]
 
 
@@ -508,6 +513,8 @@ def _plot_calls(path: Path) -> tuple[list[dict], list[str]]:
 def test_report_details(pytester, hf_project, tmp_path):
     """settings_sources, the plot (clipped intervals, short names), the ranking, quiet loading, warnings."""
     import shutil
+
+    pytest.importorskip("matplotlib.axes")  # (imported at collection: see the top of this file)
 
     texts, pred = hf_project["texts"], hf_project["pred"]
     rows = [(f"r{i}", t, int(y)) for i, (t, y) in enumerate(zip(texts, pred))]
