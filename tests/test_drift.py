@@ -166,3 +166,24 @@ def test_fail_message_and_json_carry_the_most_changed_blocks(tmp_path):
     pytest.importorskip("matplotlib")
     report.write_plot(tmp_path / "plot.png", [row], alpha=0.05)
     assert (tmp_path / "plot.drift.png").stat().st_size > 0
+
+
+def test_representation_drift_option_adds_cka_per_layer_to_the_row(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from text_helpers import check, make_tokenizer, save, sentiment_texts, session, tiny_bert
+
+    import pytest_forgetting as pf
+    from pytest_forgetting.registry import REGISTRY
+
+    texts, labels = sentiment_texts(40, seed=0)
+    REGISTRY.register("drift-cka", lambda: pf.TextClassificationTask(texts, labels), origin="test_drift")
+    base = save(tiny_bert(num_labels=2), tmp_path / "base", make_tokenizer())
+    tuned_model = tiny_bert(num_labels=2)
+    with torch.no_grad():
+        tuned_model.bert.encoder.layer[0].output.dense.weight.mul_(3.0)
+    tuned = save(tuned_model, tmp_path / "tuned", make_tokenizer())
+    sess = session(base, tuned, tmp_path, representation_drift=True)
+    row = sess.run_check(check("drift-cka", max_drop=0.5), test="t").row
+    cka = row["representation_cka"]
+    assert [c["layer"] for c in cka] == [0, 1] and cka[0]["cka"] == pytest.approx(1.0) and cka[1]["cka"] < 1.0
+    assert {b["block"]: b["rel"] for b in row["weight_drift"]}["bert.embeddings"] == 0.0

@@ -215,3 +215,18 @@ def test_probability_metrics_are_validated_at_collection():
     assert parse_check("retains", {"task": name, "metric": "log_loss", "max_drop": 2.0}, "t").margin == 2.0  # unbounded
     with pytest.raises(ConfigError):
         parse_check("retains", {"task": name, "metric": "ece", "max_drop": 2.0}, "t")
+
+
+def test_identical_models_on_the_probability_metrics():
+    """Per-example metrics PASS by the exact no-change rule once n allows it; the aggregate ones have
+    a bootstrap without spread, which the statistics refuse (INCONCLUSIVE, never a FAIL)."""
+    from pytest_forgetting import stats
+
+    o = _outputs(400, 3, seed=5)
+    for metric, margin in ((pm.BRIER, 0.02), (pm.LOG_LOSS, 0.1)):  # log_loss: its sample range (7.4 nats) bounds a change
+        s = metric.per_example(o)
+        assert stats.compare_scores(s, s, max_drop=margin, higher_is_better=metric.higher_is_better).verdict == "pass"
+    for metric in (pm.AUC, pm.ECE, pm.PRECISION_MACRO, pm.RECALL_MACRO):
+        cmp = stats.compare_statistic(lambda idx, m=metric: (m.aggregate(o, idx), m.aggregate(o, idx)), 400, max_drop=0.02,
+                                      higher_is_better=metric.higher_is_better, bounded=True)
+        assert cmp.verdict == "inconclusive" and cmp.drop == 0.0, (metric.name, cmp)
