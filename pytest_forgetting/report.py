@@ -483,7 +483,7 @@ def _ranking_lines(rows: list[Row], esc: Any = escape.terminal) -> list[str]:
 
 
 def _overall_line(rows: list[Row], esc: Any = escape.terminal) -> str:
-    """Across tasks: who passes every check, or when no candidate does, the closest (fewest not passed)."""
+    """When no candidate passes every check: the closest across tasks (fewest not passed, then the smallest share)."""
     names = _candidates(rows)
     if len(names) < 2:
         return ""
@@ -492,9 +492,8 @@ def _overall_line(rows: list[Row], esc: Any = escape.terminal) -> str:
         mine = [r for r in rows if str(r.get("candidate") or "") == candidate]
         counts[candidate] = (sum(_verdict(r) != "pass" for r in mine), len(mine))
     shown = {c: esc(c, _NAME_LIMIT) if c else "(unnamed)" for c in names}
-    passing = [shown[c] for c in names if counts[c][0] == 0]
-    if passing:
-        return f"overall: every check passed by {', '.join(passing)}"
+    if any(bad == 0 for bad, _ in counts.values()):
+        return ""  # the task lines name who passes every check
     key = {c: (bad, bad / total) for c, (bad, total) in counts.items()}  # fewest not passed, then the smallest share
     best = min(key.values())
     closest = [f"{shown[c]} ({counts[c][0]}/{counts[c][1]} not passed)" for c in names if key[c] == best]

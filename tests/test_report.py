@@ -278,8 +278,12 @@ def test_several_candidates_grouped_with_a_ranking():
 def test_ranking_says_when_no_candidate_passes():
     rows = [make_row(candidate="a"), make_row(candidate="b", verdict="inconclusive")]
     lines = report.format_table(rows, alpha=0.05)
-    assert lines[-1] == ("  mnist: no candidate passes every check; "
+    assert lines[-2] == ("  mnist: no candidate passes every check; "
                          "not by a (1/1 not passed), b (1/1 not passed)")
+    # and the ranking still names the closest (issue 14, point 7): fewest not passed, then the smallest share
+    assert lines[-1] == "  overall: no candidate passes every check; closest: a (1/1 not passed), b (1/1 not passed)"
+    rows.append(make_row(candidate="a", task="fashion-mnist", verdict="pass"))
+    assert report.format_table(rows, alpha=0.05)[-1] == "  overall: no candidate passes every check; closest: a (1/2 not passed)"
 
 
 # --------------------------------------------------------------------------- failure message
