@@ -992,13 +992,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"- {p.title} [{p.key}]: {p.margin_text}; scenarios: " + "; ".join(f"{s.name} {s.params}" for s in p.scenarios))
     print()
     sys.stdout.flush()
+    cells: list[Cell] = []
+
+    def emit(cell: Cell) -> None:  # progress (and the row, should the run be cut short) on stderr
+        cells.append(cell)
+        print(f"[{time.perf_counter() - t0:6.0f} s] {len(cells)}/{len(jobs)} " + format_table([cell]).split("\n", 2)[2],
+              file=sys.stderr, flush=True)
+
+    # the slowest cells first (large n, exact enumeration), so the workers finish together
+    order = sorted(range(len(jobs)), key=lambda i: (-jobs[i][2], jobs[i][0] not in ("abs01", "class10", "class100")))
     if args.jobs > 1:
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(args.jobs) as pool:
-            cells = list(pool.imap(run_cell, jobs))
+            for cell in pool.imap_unordered(run_cell, [jobs[i] for i in order]):
+                emit(cell)
     else:
-        cells = [run_cell(j) for j in jobs]
+        for i in order:
+            emit(run_cell(jobs[i]))
+    rank = {(p.title, s.name, n): (pi, si, n) for pi, p in enumerate(PATHS) for si, s in enumerate(p.scenarios) for n in sizes}
+    cells.sort(key=lambda c: rank[(c.path, c.scenario, c.n)])
     print(format_table(cells))
     over = [c for c in cells if c.flags()]
     print()
