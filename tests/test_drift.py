@@ -60,9 +60,16 @@ def test_relative_change_and_cosine_by_hand():
 
 
 def test_naive_finetune_versus_freeze_shows_frozen_blocks_at_exactly_zero():
+    sys.path.insert(0, str(ROOT / "example_project"))
+    try:
+        from cnn import train
+    finally:
+        sys.path.remove(str(ROOT / "example_project"))
     from pytest_forgetting.finetune import finetune
+    from pytest_forgetting.registry import REGISTRY
 
-    base = _cnn()
+    mnist = REGISTRY.get("mnist").split("train")  # an MNIST base (one epoch), fine-tuned on digits-28
+    base = train(_cnn(), torch.from_numpy(mnist.inputs), torch.from_numpy(mnist.labels), epochs=1, lr=2e-3, seed=0)
     common = dict(lr=1e-3, epochs=1, batch_size=64, seed=0)
     naive = finetune(copy.deepcopy(base), "digits-28", strategy="full", **common)
     frozen = finetune(copy.deepcopy(base), "digits-28", strategy="freeze", train_last=1, **common)
