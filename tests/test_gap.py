@@ -174,3 +174,26 @@ def test_max_gap_increase_is_validated_at_collection():
         parse_check("retains", {"task": name, "max_drop": 0.02, "max_gap_increase": -0.1}, "t")
     with pytest.raises(ConfigError, match="did you mean"):
         parse_check("retains", {"task": name, "max_drop": 0.02, "max_gap_increse": 0.1}, "t")
+
+
+def test_marker_through_pytest_names_the_classes_and_reports_the_gap_and_drift(make_project):
+    pytest.importorskip("torch")
+    import json
+
+    proj = make_project(n=1200, trap=150)  # the tuned model sends 150 of class 0's 300 examples to class 1
+    proj.test_file(
+        """
+        import pytest
+
+        @pytest.mark.retains(task="synth", max_drop=0.2, max_gap_increase=0.05)
+        def test_no_class_falls_behind():
+            pass
+        """
+    )
+    tuned = proj.tuned(trap_weight=20.0)
+    result = proj.pytester.runpytest(*proj.args(tuned, "--forgetting-json", str(proj.path / "r.json")))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*class gap 1 vs 0: 0.000 -> 0.500*fail*", "*weights:  most change: 1 (+*"])
+    row = json.loads((proj.path / "r.json").read_text())["rows"][0]
+    assert row["max_gap_increase"] == 0.05 and row["gap"]["worst"] == "0" and row["gap"]["verdict"] == "fail"
+    assert row["weight_drift"][0]["block"] == "1" and row["weight_drift"][0]["rel"] > 0
