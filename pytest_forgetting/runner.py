@@ -121,6 +121,9 @@ def configure(config: pytest.Config) -> None:
     from . import progress  # standard library only
 
     config.add_cleanup(progress.restore(progress.configure(config, settings.progress)))
+    from . import distributed  # standard library only; torch.distributed only once a group exists
+
+    config.add_cleanup(distributed.reset)  # a process group created for the run is destroyed with it
 
 
 class _RowListener:
