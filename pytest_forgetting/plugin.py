@@ -62,6 +62,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     runner.collect_checks(session, config, items)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    runner.refuse_missing_checkpoints(session.config, session.items)  # the selected tests' checkpoints exist
+
+
 def pytest_collect_file(file_path: Any, parent: pytest.Collector) -> Any:
     return runner.declared_file(file_path, parent)  # one path comparison for every other file
 

@@ -316,14 +316,14 @@ def collect_checks(session: pytest.Session, config: pytest.Config, items: list[p
             # iter_markers yields the closest first; keep the source order of the decorators
             item.stash[CHECKS_KEY] = list(reversed(checks))
             _group_by_task(item, checks[-1])
-    _refuse_missing_checkpoints(config, items)
 
 
-def _refuse_missing_checkpoints(config: pytest.Config, items: list[pytest.Item]) -> None:
+def refuse_missing_checkpoints(config: pytest.Config, items: list[pytest.Item]) -> None:
     """No --tuned-ckpt, or a checkpoint path with nothing there: one usage error (exit 4), not an ERROR per test.
 
-    Only for checkpoints some selected test needs (checks need both, the fixtures their own);
-    not under --collect-only, which only lists tests.
+    Only for checkpoints some selected test needs (checks need both, the fixtures their own), so
+    it runs once collection is final (after -k / -m / --deselect); not under --collect-only,
+    which only lists tests.
     """
     if config.getoption("collectonly", False) or not items:
         return

@@ -469,6 +469,13 @@ def test_configuration_errors_are_usage_errors_reported_once(pytester, hf_projec
         assert "no tuned checkpoint: pass --tuned-ckpt=REF" in line and "2 tests (test_mismatch.py::test_first" in line, line
 
 
+def test_deselected_checks_need_no_checkpoints(pytester):
+    """The configuration check looks at the tests that will run: ``-k`` without the checked tests needs no checkpoint."""
+    pytester.makepyfile(textwrap.dedent(TWO_MARKED.format(task="digits")) + "\n\ndef test_plain():\n    pass\n")
+    pytester.runpytest("-k", "plain", "-p", "no:cacheprovider").assert_outcomes(passed=1, deselected=2)
+    assert pytester.runpytest("-k", "first", "-p", "no:cacheprovider").ret == 4
+
+
 # -- 7. report details --------------------------------------------------------------------------
 
 PLOT_RECORDER = """
