@@ -82,8 +82,8 @@ def main() -> None:
         "",
     ]
     verdict = "every rate at the margin is <= alpha + 3 SE" if worst <= 0 else f"a rate exceeds alpha + 3 SE by {worst:.3f}"
-    notes = ["", f"Result: {verdict}. The method is a union bound (exact Clopper-Pearson bounds per slice, Bonferroni "
-             "over the slices), so it is conservative: valid at every n, with power that needs a few hundred "
+    notes = ["", f"Result: {verdict}. The method is a union bound (per slice the paired score bounds of the 0/1 path for the change and exact Clopper-Pearson bounds for the base level, Bonferroni "
+             "over the slices), so it is conservative (the score bounds are asymptotic per slice, exact where nothing flipped; the union's slack keeps the rates at the margin far below alpha), with power that needs a few hundred "
              "examples per slice."]
     text = "\n".join(header + lines + notes) + "\n"
     print(text)

@@ -9,13 +9,14 @@ are independent samples.
 The statistic is a max minus a min, which is not smooth: when slices are close, which slice is
 the best flips from one resample to the next and a percentile bootstrap of the gap under-covers
 (it is biased upwards at no true change). This module therefore uses simultaneous, exact
-bounds per slice and propagates them through the max/min, which is valid at every n whatever the
-slices' levels (a conservative union bound, no asymptotics):
+bounds per slice and propagates them through the max/min, which is valid whatever the slices'
+levels (a conservative union bound: Bonferroni over the slices, so the per-slice bounds run at
+alpha / 2K and alpha / 4K and the check keeps a wide safety margin):
 
 - per slice s, the change ``d_s = m_tuned_s - m_base_s`` and, for the FAIL side, the base level
   ``x_s = m_base_s``. For 0/1 metrics ``d_s = p21 - p12`` (positive minus negative flip rate), so
-  its bounds are Clopper-Pearson bounds of the two flip rates combined; ``x_s`` gets a
-  Clopper-Pearson bound. For continuous per-example metrics the bounds come from
+  its bounds are the paired score (Tango) bounds of the 0/1 path of ``stats`` (continuity-corrected
+  on the FAIL side, exact when nothing flipped); ``x_s`` gets an exact Clopper-Pearson bound. For continuous per-example metrics the bounds come from
   :func:`pytest_forgetting.stats.compare_scores` on the slice (its studentised bootstrap).
 - PASS side (upper bound): ``G_t - G_b <= max_s d_s - min_s d_s`` for any levels (take the base's
   own best and worst pair in G_t), so ``U = max_s upper(d_s) - min_s lower(d_s)``, the 2K bounds
@@ -84,14 +85,28 @@ def _cp_lower(k: float, n: float, a: float) -> float:
     return stats._cp_lower(k, n, a)
 
 
+#: how a slice's change is bounded: "tango" (the paired score bounds of the 0/1 path, stats) or
+#: "exact" (Clopper-Pearson of both flip rates, Bonferroni over the two; more conservative)
+_CHANGE = "tango"
+
+
+@functools.lru_cache(maxsize=65536)
+def _tango(b: float, c: float, n: float, a: float) -> tuple[float, float]:
+    return stats._paired_bounds(b, c, n, a, a)
+
+
 def _binary_bounds(bs: np.ndarray, ts: np.ndarray, a_change: float, a_level: float) -> tuple[float, float, float, float]:
     """(lower d, upper d, lower x, upper x) of one slice of 0/1 scores; each bound at its level."""
     n = float(len(bs))
     b = float(np.sum((bs == 1) & (ts == 0)))  # negative flips
     c = float(np.sum((bs == 0) & (ts == 1)))  # positive flips
-    h = a_change / 2.0  # d = p21 - p12: each flip rate bounded at half the level
-    d_hi = _cp_upper(c, n, h) - _cp_lower(b, n, h)
-    d_lo = _cp_lower(c, n, h) - _cp_upper(b, n, h)
+    if _CHANGE == "tango":  # the paired score interval of the 0/1 path (stats), each side at its level
+        low, high = _tango(b, c, n, a_change)
+        d_lo, d_hi = -high, -low
+    else:
+        h = a_change / 2.0  # d = p21 - p12: each flip rate bounded at half the level
+        d_hi = _cp_upper(c, n, h) - _cp_lower(b, n, h)
+        d_lo = _cp_lower(c, n, h) - _cp_upper(b, n, h)
     k = float(np.sum(bs))
     return d_lo, d_hi, _cp_lower(k, n, a_level), _cp_upper(k, n, a_level)
 
@@ -109,7 +124,8 @@ def min_n_per_slice(margin: float, n_slices: int, alpha: float = 0.05) -> int:
     """Smallest equal slice size at which two models that agree on every example PASS (0/1 metric)."""
     if not (margin > 0 and n_slices >= 2):
         raise ValueError("margin must be > 0 and there must be at least 2 slices")
-    a = alpha / (2 * n_slices) / 2.0
+    # with no flip the change of a slice is bounded exactly by +-(1 - a^(1/n)) at a = alpha / 2K
+    a = alpha / (2 * n_slices) / (2.0 if _CHANGE == "exact" else 1.0)
     # 2 * (1 - a^(1/n)) < margin  <=>  n > ln(a) / ln(1 - margin / 2)
     n = math.floor(math.log(a) / math.log1p(-margin / 2.0)) + 1
     while 2.0 * _cp_upper(0.0, n, a) >= margin:  # floating safety
@@ -188,7 +204,7 @@ def compare_gap(
         else:
             lo_pass[j], hi_pass[j], _, _ = _continuous_bounds(bs[sel], ts[sel], a_pass, a_pass, seed + j)
             lo_d[j], hi_d[j], lo_x[j], hi_x[j] = _continuous_bounds(bs[sel], ts[sel], a_fail, a_fail, seed + j)
-    method = "exact-union" if binary else "bootstrap-union"
+    method = ("tango-union" if _CHANGE == "tango" else "exact-union") if binary else "bootstrap-union"
     upper = float(hi_pass.max() - lo_pass.min())
     lower = -math.inf
     for i in range(k):
@@ -209,7 +225,7 @@ def describe(cmp: GapComparison, what: str = "slice") -> str:
     """One line for a reason or a failure message, naming the two slices."""
     head = (f"{what} gap {cmp.best} vs {cmp.worst}: {cmp.base_gap:.3f} -> {cmp.tuned_gap:.3f} "
             f"(increase {cmp.increase:+.3f} [{cmp.ci_low:+.3f}, {cmp.ci_high:+.3f}], budget {cmp.margin:g}): {cmp.verdict}")
-    if cmp.verdict == "inconclusive" and cmp.method == "exact-union" and cmp.ci_high >= cmp.margin:
+    if cmp.verdict == "inconclusive" and cmp.method in ("tango-union", "exact-union") and cmp.ci_high >= cmp.margin:
         need = min_n_per_slice(cmp.margin, cmp.n_slices) if cmp.margin > 0 else None
         if need is not None and cmp.min_slice_n < need:
             head += f"; even an unchanged model needs >= {need} examples in every slice (smallest has {cmp.min_slice_n})"

@@ -62,13 +62,19 @@ def test_bounds_by_hand_for_two_slices():
     ts[:10] = 0
     groups = np.r_[np.zeros(100), np.ones(100)].astype(int)
     cmp = gap.compare_gap(bs, ts, groups, margin=0.5, alpha=ALPHA, names=["a", "b"])
-    h = ALPHA / 4 / 2
-    # upper: max_s upper(d_s) - min_s lower(d_s) = upper(d_b) - lower(d_a)
-    up_b = stats._cp_upper(0, 100, h) - 0.0
-    lo_a = 0.0 - stats._cp_upper(10, 100, h)
+    a = ALPHA / 4  # 2K bounds on the PASS side
+    # upper: max_s upper(d_s) - min_s lower(d_s) = upper(d_b) - lower(d_a); d = -(drop of the 0/1 path)
+    up_b = -stats._paired_bounds(0, 0, 100, a, a)[0]
+    lo_a = -stats._paired_bounds(10, 0, 100, a, a)[1]
+    assert up_b == pytest.approx(stats._cp_upper(0, 100, a), abs=1e-15)  # nothing flipped: exact
     assert cmp.ci_high == pytest.approx(up_b - lo_a, abs=1e-12)
     assert (cmp.best, cmp.worst) == ("b", "a") and cmp.increase == pytest.approx(0.1)
-    assert cmp.verdict == "pass" and cmp.method == "exact-union"
+    assert cmp.verdict == "pass" and cmp.method == "tango-union"
+    old, gap._CHANGE = gap._CHANGE, "exact"  # the all-Clopper-Pearson variant is wider
+    try:
+        assert gap.compare_gap(bs, ts, groups, margin=0.5, alpha=ALPHA).ci_high > cmp.ci_high
+    finally:
+        gap._CHANGE = old
 
 
 def test_continuous_scores_and_input_errors():
