@@ -37,8 +37,10 @@ at any time with probability at most ``alpha``; symmetrically for ``K-`` at a me
 ``m``. The lower bound at time t is ``sup {m : K+_t(m) >= 1/alpha}`` and the upper bound
 ``inf {m : K-_t(m) >= 1/alpha}``; both capitals are monotone in ``m`` (each factor is, because
 the bets depend on ``m`` only through the truncation), so these sets are intervals and the bounds
-are found by bisection. The reported bounds are intersected over the looks (running maximum of
-the lower, minimum of the upper bound), which keeps the guarantee.
+are found by a bracketing root finder (Illinois regula falsi), always on the valid side. The
+reported bounds are intersected over the looks (running maximum of the lower, minimum of the
+upper bound), which keeps the guarantee. A verdict needs the capital at the margin *strictly*
+above ``1/alpha``, so a drop that sits on the margin is never a proven result.
 
 Each capital is a mixture (a weighted average, still a supermartingale) of two bet sequences:
 
