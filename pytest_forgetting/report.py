@@ -11,7 +11,12 @@ A row holds ``test``, ``task``, ``split``, ``metric``, ``kind`` ("retains" | "im
 ``flipped_ids``, ``base_cached``, ``base_eval_s``, ``tuned_eval_s``, ``higher_is_better``,
 ``outcome`` and optionally ``bounded`` (default True: a metric in [0, 1] shown in percent) and
 ``base_reuse`` / ``tuned_reuse`` (``computed``, ``memory``: earlier in the same process, ``cache``:
-read from the cache, which another xdist worker or an earlier run filled; ``""``: not evaluated).
+read from the cache, which another xdist worker or an earlier run filled; ``""``: not evaluated),
+``weight_drift`` (the pair's per-block drift table, ``drift.py``: ``block``, ``rel``, ``cosine``,
+``diff_norm``, ``base_norm``, ``n_params``, ``adapter``; None when a model was not in memory),
+``representation_cka`` (with ``--forgetting-representation-drift``), ``max_gap_increase`` and,
+when it is set, ``gap`` (``best``, ``worst``, ``base``, ``tuned``, ``increase``, ``ci_low``,
+``ci_high``, ``verdict``, ``method``, ``of``: "slice" or "class").
 A *drop* is signed so that positive means worse; for ``improves`` rows the gain is
 ``-drop`` and the margin is ``-min_gain``.
 
