@@ -6,8 +6,8 @@ One process, the same machine, interleaved rounds (medians reported):
   (a ``TaskManager`` over the task folder), compare the two accuracies yourself;
 - **plugin, cold**: ``ForgettingSession.run_check`` of ``retains(task="lm-eval:NAME")`` with an empty
   cache (fingerprints, checkpoint loading, task resolution, both evaluations, the paired decision);
-- **plugin, base cached**: the same with the base's per-document results in the cache (a
-  pre-merge run: only the tuned model is evaluated).
+- **plugin, base cached**: a new tuned candidate with the base's per-document results in the
+  cache (a pre-merge run: only the tuned model is evaluated).
 
 The models are a GPT-2 config (4 layers, width 256) trained for a few steps on made-up facts and
 a degraded copy; the task is a local YAML multiple-choice task over N generated documents.
@@ -31,7 +31,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build(root: Path, n_docs: int) -> None:
+def tuned_names(rounds: int) -> list[str]:
+    return ["tuned"] + [f"tuned-{r}-{kind}" for r in range(rounds) for kind in ("cold", "cached")]
+
+
+def build(root: Path, n_docs: int, rounds: int) -> None:
     import torch
     import transformers
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -57,13 +61,15 @@ def build(root: Path, n_docs: int) -> None:
         loss.backward()
         opt.step()
     base.eval()
-    tuned = transformers.GPT2LMHeadModel(cfg)
-    tuned.load_state_dict(base.state_dict())
-    with torch.no_grad():
-        for p in tuned.transformer.h[-1].parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    for name, model in (("base", base), ("tuned", tuned)):
-        model.save_pretrained(root / name)
+    base.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    for name in tuned_names(rounds):  # a new candidate per measurement: the plugin caches tuned results too
+        tuned = transformers.GPT2LMHeadModel(cfg)
+        tuned.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for p in tuned.transformer.h[-1].parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        tuned.save_pretrained(root / name)
         tok.save_pretrained(root / name)
     rows = []
     for i, (c, t) in enumerate(zip(countries, cities)):
@@ -80,7 +86,7 @@ def build(root: Path, n_docs: int) -> None:
     )
 
 
-def by_hand(root: Path, batch_size: int) -> float:
+def by_hand(root: Path, batch_size: int, tuned: str = "tuned") -> float:
     import lm_eval
     import transformers
     from lm_eval.models.huggingface import HFLM
@@ -88,7 +94,7 @@ def by_hand(root: Path, batch_size: int) -> float:
 
     t0 = time.perf_counter()
     accs = []
-    for name in ("base", "tuned"):
+    for name in ("base", tuned):
         model = transformers.AutoModelForCausalLM.from_pretrained(root / name).eval()
         tok = transformers.AutoTokenizer.from_pretrained(root / name)
         tm = TaskManager(include_path=str(root / "tasks"), include_defaults=False)
@@ -98,7 +104,7 @@ def by_hand(root: Path, batch_size: int) -> float:
     return time.perf_counter() - t0
 
 
-def plugin(root: Path, cache: Path, batch_size: int) -> tuple[float, dict]:
+def plugin(root: Path, cache: Path, batch_size: int, tuned: str) -> tuple[float, dict]:
     from pytest_forgetting.checks import parse_check
     from pytest_forgetting.options import Settings
     from pytest_forgetting.registry import REGISTRY
@@ -106,7 +112,7 @@ def plugin(root: Path, cache: Path, batch_size: int) -> tuple[float, dict]:
 
     REGISTRY.forget_instances()  # a fresh process would build the task again
     t0 = time.perf_counter()
-    settings = Settings(base_ckpt=str(root / "base"), tuned_ckpts=(str(root / "tuned"),), device="cpu", batch_size=batch_size,
+    settings = Settings(base_ckpt=str(root / "base"), tuned_ckpts=(str(root / tuned),), device="cpu", batch_size=batch_size,
                         cache_dir=str(cache), lm_eval_include=(str(root / "tasks"),), rootdir=str(root))  # fmt: skip
     session = ForgettingSession(settings)
     check = parse_check("retains", {"task": "lm-eval:bench_caps", "max_drop": 0.05}, "bench")
@@ -124,17 +130,18 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     root = Path(tempfile.mkdtemp(prefix="lm-eval-bench-"))
-    build(root, args.docs)
+    build(root, args.docs, args.rounds)
     by_hand(root, args.batch_size)  # warm-up: imports, first dataset build (arrow files)
     hand, cold, warm = [], [], []
     row: dict = {}
     for r in range(args.rounds):
         cache = root / f"cache-{r}"
-        hand.append(by_hand(root, args.batch_size))
-        seconds, row = plugin(root, cache, args.batch_size)
+        hand.append(by_hand(root, args.batch_size, f"tuned-{r}-cold"))
+        seconds, row = plugin(root, cache, args.batch_size, f"tuned-{r}-cold")
+        assert not row["base_cached"] and row["tuned_eval_s"] > 0, row
         cold.append(seconds)
-        seconds, warm_row = plugin(root, cache, args.batch_size)
-        assert warm_row["base_cached"], warm_row
+        seconds, warm_row = plugin(root, cache, args.batch_size, f"tuned-{r}-cached")  # a new candidate, the base cached
+        assert warm_row["base_cached"] and warm_row["tuned_eval_s"] > 0, warm_row
         warm.append(seconds)
         print(f"round {r}: by hand {hand[-1]:.2f} s, plugin cold {cold[-1]:.2f} s, plugin base cached {warm[-1]:.2f} s", flush=True)
     h, c, w = statistics.median(hand), statistics.median(cold), statistics.median(warm)
