@@ -168,8 +168,9 @@ def test_checks_of_one_task_share_a_worker_and_the_table_is_that_of_n0(counting)
     plain_forwards = _forwards(log)
     log.unlink()
     where.unlink()
-    result = p.pytester.runpytest_subprocess(*_args(p, tuned, "cache", "r.json", "-n", "2", f"--forgetting-markdown={p.path / 'r.md'}"))
+    result = p.pytester.runpytest_subprocess(*_args(p, tuned, "cache", "r.json", "-n", "2", "-v", f"--forgetting-markdown={p.path / 'r.md'}"))
     result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["scheduling tests via TaskGroupScheduling"])
 
     ran_on = dict(line.split() for line in where.read_text().splitlines())
     assert ran_on["test_a"] == ran_on["test_c"] == ran_on["test_e"], ran_on  # the task's checks: one worker
@@ -197,8 +198,9 @@ def test_checks_of_one_task_share_a_worker_and_the_table_is_that_of_n0(counting)
 def test_an_explicit_dist_keeps_xdists_scheduler(counting):
     p, tuned, log, where = counting
     p.test_file(BY_TASK)
-    result = p.pytester.runpytest_subprocess(*_args(p, tuned, "cache", "r.json", "-n", "2", "--dist=load"))
+    result = p.pytester.runpytest_subprocess(*_args(p, tuned, "cache", "r.json", "-n", "2", "--dist=load", "-v"))
     result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["scheduling tests via LoadScheduling"])
     # what load scheduling did is xdist's business; the rows are the same whoever evaluated what
     rows = _rows(p, "r.json")
     assert {r["verdict"] for r in rows.values()} == {"pass"}
