@@ -141,6 +141,8 @@ def test_tokenised_inputs_are_cached_across_sessions(tasks, bert_folders, tmp_pa
         raise AssertionError("tokenised again although the cache holds this task's inputs")
 
     monkeypatch.setattr(classification, "tokenize_padded", must_not_tokenise)
+    for entry in (tmp_path / "cache").glob("tuned-*.npz"):  # as for a new tuned model: its evaluation runs
+        entry.unlink()
     second = session(*bert_folders, tmp_path)  # a new run: base from the eval cache, inputs from disk
     warm = second.run_check(check(TEXT_TASK, max_drop=0.5), test="t")
     for key in ("n", "base", "tuned", "drop", "ci_low", "ci_high", "verdict"):
@@ -186,6 +188,8 @@ def test_damaged_prepared_entry_is_recomputed(tasks, bert_folders, tmp_path):
     cold = session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
     (entry,) = _prepared_entries(tmp_path / "cache")
     entry.write_bytes(b"not a zip file")
+    for tuned_entry in (tmp_path / "cache").glob("tuned-*.npz"):  # as for a new tuned model: its inputs are prepared
+        tuned_entry.unlink()
     warm = session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
     assert warm.row["tuned"] == cold.row["tuned"] and warm.row["verdict"] == cold.row["verdict"]
     assert entry.read_bytes()[:2] == b"PK"  # replaced by a good entry
