@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import ConfigError, EvaluationError
+from .errors import ConfigError, EvaluationError, ForgettingError
 from .tasks.base import EvalResult, ModelMeta, Task, tokenizer_of
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -264,8 +264,8 @@ def run_model(
                     break
                 out = task.forward(model, _to_device(batch, dev, tdtype))
             except Exception as exc:  # noqa: BLE001 - one line naming the batch; OOM stays raw for the back-off
-                if isinstance(exc, NonFiniteOutputs) or is_oom(exc):
-                    raise
+                if isinstance(exc, (NonFiniteOutputs, ForgettingError)) or is_oom(exc):
+                    raise  # the plugin's own errors already say what is wrong; OOM stays raw for the back-off
                 hi = min(done + batch_size, len(indices))
                 raise BatchFailure(f"failed on {_batch_where(task, number, done, hi, ids, indices)}: {describe_error(exc)}", exc) from exc
             number += 1

@@ -182,7 +182,7 @@ def test_limit_too_small_is_a_usage_error_with_minimum(make_project):
     p.test_file(RETAINS)
     result = p.pytester.runpytest(*p.args(p.base, "--forgetting-limit", "20"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "cannot PASS below n=52" in result.stderr.str()
+    assert "cannot PASS below n=59" in result.stderr.str()
 
 
 def test_same_command_twice_gives_identical_json(make_project):
@@ -361,7 +361,7 @@ def test_vocabulary_difference(text_project):
 def test_model_labels_that_are_not_task_classes(text_project):
     pytester, base, _ = text_project
     pytester.makeconftest(TEXT_CONFTEST.replace('"negative", "neutral", "positive"', '"spam", "ham", "eggs"'))
-    _expect_error(pytester.runpytest("--base-ckpt", str(base), "--tuned-ckpt", str(base)), "are not classes of the task")
+    _expect_error(pytester.runpytest("--base-ckpt", str(base), "--tuned-ckpt", str(base)), "are not labels of the model")
 
 
 def test_alignment_is_by_id_never_by_position():
