@@ -330,15 +330,18 @@ def test_lora_adapter_end_to_end(pytester, lm):
     pytester.makepyfile(test_lm_gate=TESTS)
     report = pytester.path / "report.json"
     result = pytester.runpytest(
-        "--base-ckpt", str(root / "base"), "--tuned-ckpt", str(root / "lora"), "--forgetting-device", "cpu",
+        f"--base-ckpt={root / 'base'}", f"--tuned-ckpt={root / 'lora'}", "--forgetting-device", "cpu",
         "--forgetting-no-cache", "--forgetting-json", str(report), "-p", "no:cacheprovider",
     )  # fmt: skip
     rows = {r["test"].rsplit("::", 1)[-1]: r for r in json.loads(Path(report).read_text())["rows"]}
     qa, colours, facts = rows["test_keeps_facts"], rows["test_learns_colours"], rows["test_facts_stay_likely"]
     assert qa["metric"] == "exact_match" and qa["n"] == len(COUNTRIES)
     assert qa["base"] == 1.0 and qa["tuned"] <= 0.5 and qa["verdict"] == "fail", qa
-    assert colours["metric"] == "perplexity" and colours["verdict"] == "pass", colours
+    # perplexity is decided by a bootstrap, which needs at least 100 texts (issue 11): with 16 texts the
+    # honest verdict is INCONCLUSIVE, however large the change, and the reason says how many are needed
+    assert colours["metric"] == "perplexity" and colours["verdict"] == "inconclusive", colours
+    assert "at least 100 examples" in colours["reason"], colours
     assert colours["base"] - colours["tuned"] > 2.0 and colours["higher_is_better"] is False
     assert facts["drop"] == pytest.approx((facts["tuned"] - facts["base"]) / facts["base"]), facts  # lower is better, relative
-    assert facts["verdict"] == "fail", facts
-    result.assert_outcomes(passed=1, failed=2)
+    assert facts["drop"] > 0.5 and facts["verdict"] == "inconclusive", facts
+    result.assert_outcomes(failed=3)  # INCONCLUSIVE fails by default

@@ -135,7 +135,7 @@ def test_frozen_then_unfrozen_resnet_end_to_end(pytester, checkpoints):
     pytester.makepyfile(test_resnet_gate=TESTS)
     report = pytester.path / "report.json"
     result = pytester.runpytest(
-        "--base-ckpt", str(checkpoints / "base"), "--tuned-ckpt", str(checkpoints / "tuned"),
+        f"--base-ckpt={checkpoints / 'base'}", f"--tuned-ckpt={checkpoints / 'tuned'}",
         "--forgetting-device", "cpu", "--forgetting-no-cache", "--forgetting-json", str(report), "-p", "no:cacheprovider",
     )  # fmt: skip
     result.assert_outcomes(passed=1, failed=2)
