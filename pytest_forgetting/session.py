@@ -483,7 +483,10 @@ class ForgettingSession:
         if not isinstance(slot.ref, str):
             if slot.loaded is None:
                 return None
-            meta = self._meta(slot.loaded)
+            try:
+                meta = self._meta(slot.loaded)
+            except Exception:  # noqa: BLE001 - a tokenizer that crashes is reported by _run, naming the model
+                return None
             key["tokenizer"] = [meta.tokenizer_fingerprint, meta.tokenizer_cache_id]
             if meta.tokenizer is not None and meta.tokenizer_cache_id is None:
                 return None  # an exotic tokenizer: no disk cache rather than a wrong one
