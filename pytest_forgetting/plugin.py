@@ -59,11 +59,40 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 @pytest.hookimpl(tryfirst=True)  # before -k / -m deselection, so declared checks can be selected
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    runner.collect_checks(session, config, items)
+    try:
+        runner.collect_checks(session, config, items)
+    except pytest.UsageError as exc:
+        _usage_error(config, exc, items)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker sends its collection to the controller
 def pytest_collection_finish(session: pytest.Session) -> None:
-    runner.refuse_missing_checkpoints(session.config, session.items)  # the selected tests' checkpoints exist
+    try:
+        runner.refuse_missing_checkpoints(session.config, session.items)  # the selected tests' checkpoints exist
+    except pytest.UsageError as exc:
+        _usage_error(session.config, exc, session.items)
+
+
+#: where an xdist worker leaves a usage error found while collecting, for the controller to raise
+_WORKER_USAGE_ERROR = "forgetting_usage_error"
+
+
+def _usage_error(config: pytest.Config, exc: pytest.UsageError, items: list[pytest.Item]) -> None:
+    """A usage error found while collecting: raised as is, or, on an xdist worker (where raising
+    crashes the worker and the controller ends in INTERNALERROR), handed to the controller, which
+    raises it once (exit 4); the worker collects nothing, so nothing runs."""
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is None:
+        raise exc
+    workeroutput[_WORKER_USAGE_ERROR] = str(exc)
+    items[:] = []
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, on the controller
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    message = getattr(node, "workeroutput", {}).get(_WORKER_USAGE_ERROR)
+    if message:
+        raise pytest.UsageError(message)
 
 
 def pytest_collect_file(file_path: Any, parent: pytest.Collector) -> Any:
