@@ -26,9 +26,12 @@ pytest_plugins = ["pytester"]
 
 # The plugin's default cache folder is the user cache folder ($XDG_CACHE_HOME/pytest-forgetting):
 # the suite, and every inner run it starts, must never write to the real one.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="forgetting-tests-xdg-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
