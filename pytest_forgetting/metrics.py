@@ -14,7 +14,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .stats import Ratio
+from .stats import Ratio, Sensitivity
 
 Outputs = Mapping[str, np.ndarray]
 
@@ -33,6 +33,9 @@ class Metric:
     # (stats.Ratio) instead of treating the metric as a black box.
     ratio: Callable[[Outputs], tuple[np.ndarray, np.ndarray]] | None = None
     transform: str = "identity"
+    # (base outputs, tuned outputs) -> stats.Sensitivity: how far the metric can move when a
+    # fraction of the examples changes, for the exact no-change rule of bounded aggregates.
+    sensitivity: Callable[[Outputs, Outputs], Sensitivity] | None = None
 
     def value(self, outputs: Outputs, idx: np.ndarray | None = None) -> float:
         if idx is None:
@@ -112,6 +115,51 @@ def ratio_of(metric: "Metric", base: Outputs, tuned: Outputs) -> Ratio | None:
     return Ratio(nb, db, nt, dt, transform=metric.transform, den_fixed=metric.ratio is not _f1_macro_ratio)
 
 
+def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    classes, codes = np.unique(values, return_inverse=True)
+    return classes, codes.reshape(-1).astype(np.int64)
+
+
+def _others_min(w: np.ndarray) -> np.ndarray:
+    """For each entry, the smallest of the *other* entries (inf when there is none)."""
+    if w.size < 2:
+        return np.full(w.shape, np.inf)
+    order = np.sort(w)
+    return np.where(w == order[0], order[1], order[0])
+
+
+def _pred_keys(base: Outputs, tuned: Outputs) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(base["pred"], dtype=np.float64), np.asarray(tuned["pred"], dtype=np.float64)
+
+
+def _n_present(o: Outputs) -> int:
+    return int(np.union1d(np.asarray(o["label"]), np.asarray(o["pred"])).size)
+
+
+def f1_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
+    """Macro-F1, strata = labels. For a class k with support share s_k, predicted share p_k and
+    true-positive share t_k (0 <= t_k <= min(s_k, p_k), a convex set, so the segment between
+    two models stays in it), F1_k = 2 t_k / (s_k + p_k). A changed example of label j moves
+    (t_j, p_j) together (derivative 2 (s+p-t) / (s+p)^2 <= 2 / s_j) and the predicted share of
+    one other class v alone (|derivative| 2 t / (s+p)^2 <= 1 / (2 max(s, p)) <= 1 / (2 s_v); a
+    class without support has F1 = 0 whatever it is predicted). So a fraction g_j of label j
+    changing moves the macro average by at most g_j s_j (2 / s_j + 1 / (2 min_{v != j} s_v)) / K."""
+    _, codes = _codes(np.asarray(base["label"]))
+    w = np.bincount(codes).astype(np.float64) / codes.size
+    per_class = 2.0 + w / (2.0 * _others_min(w))
+    kb, kt = _pred_keys(base, tuned)
+    return Sensitivity(codes, per_class / _n_present(base), kb, kt, slope_tuned=per_class / _n_present(tuned))
+
+
+def balanced_accuracy_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
+    """Mean recall over the labelled classes, strata = labels: a fraction g_j of label j changing
+    moves recall_j, hence the mean, by at most g_j (/ K): exact."""
+    _, codes = _codes(np.asarray(base["label"]))
+    k = int(codes.max()) + 1
+    kb, kt = _pred_keys(base, tuned)
+    return Sensitivity(codes, np.full(k, 1.0 / k), kb, kt)
+
+
 def balanced_accuracy(o: Outputs, idx: np.ndarray) -> float:
     y = np.asarray(o["label"])[idx].astype(np.int64)
     p = np.asarray(o["pred"])[idx].astype(np.int64)
@@ -158,8 +206,10 @@ def _error_ratio(errors: str, total: str) -> Callable[[Outputs, np.ndarray], flo
 
 ACCURACY = Metric("accuracy", True, True, per_example=_correct, description="fraction of correct predictions (per example 0/1)")
 ERROR_RATE = Metric("error_rate", False, True, per_example=_error, description="fraction of wrong predictions (per example 0/1)")
-F1_MACRO = Metric("f1_macro", True, True, aggregate=f1_macro, description="macro-averaged F1 over classes", ratio=_f1_macro_ratio)
-BALANCED_ACCURACY = Metric("balanced_accuracy", True, True, aggregate=balanced_accuracy, description="mean per-class recall", ratio=_balanced_accuracy_ratio)
+F1_MACRO = Metric("f1_macro", True, True, aggregate=f1_macro, description="macro-averaged F1 over classes", ratio=_f1_macro_ratio,
+                  sensitivity=f1_sensitivity)
+BALANCED_ACCURACY = Metric("balanced_accuracy", True, True, aggregate=balanced_accuracy, description="mean per-class recall", ratio=_balanced_accuracy_ratio,
+                           sensitivity=balanced_accuracy_sensitivity)
 NLL = Metric("nll", False, False, aggregate=_mean_nll, description="mean negative log-likelihood per token (nats)", ratio=_nll_ratio)
 PERPLEXITY = Metric("perplexity", False, False, aggregate=_perplexity, description="exp(mean token NLL)", ratio=_nll_ratio, transform="exp")
 EXACT_MATCH = Metric("exact_match", True, True, per_example=_exact, description="fraction of generations equal to a reference answer (per example 0/1)")

@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import Metric, Outputs
+from .metrics import Metric, Outputs, _codes, _n_present, _others_min, _pred_keys
+from .stats import Sensitivity
 
 #: number of equal-mass bins of ``ece``
 ECE_BINS = 15
@@ -146,13 +147,75 @@ def recall_macro(o: Outputs, idx: np.ndarray) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
+# -- sensitivities: how far each aggregate can move when a fraction of the examples changes ----
+# (stats.Sensitivity; conditional on the eval set's class supports, with the class set fixed)
+
+
+def _proba_keys(base: Outputs, tuned: Outputs) -> tuple[np.ndarray, np.ndarray]:
+    return _proba(base), _proba(tuned)
+
+
+def auc_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
+    """Strata = labels. AUC_k = P(score of a positive > score of a negative) (ties half): changing
+    a fraction g of the positives' (or the negatives') distribution moves it by at most g, so
+    label j changing by g_j moves AUC_k by g_j [j = k] + g_j w_j / (1 - w_k) [j != k]; the
+    binary AUC has one k. Averaged over the K classes scored."""
+    _, codes = _codes(_labels(base))
+    w = np.bincount(codes).astype(np.float64) / codes.size
+    if _proba(base).shape[1] == 2:
+        slope = np.ones(w.size)
+    else:
+        scored = w < 1.0  # a class with positives and negatives
+        ratio = np.where(scored, w[:, None] / np.where(scored, 1.0 - w, 1.0)[None, :], 0.0)
+        np.fill_diagonal(ratio, 0.0)
+        slope = (scored + (ratio * scored[None, :]).sum(axis=1)) / max(int(scored.sum()), 1)
+    kb, kt = _proba_keys(base, tuned)
+    return Sensitivity(codes, slope, kb, kt)
+
+
+def ece_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
+    """One stratum. With B equal-mass bins, changing a fraction g of the examples moves every
+    unchanged example's rank by at most g, so at most g crosses each of the B - 1 inner bin
+    edges (two bins' sums move by <= g each, |correct - confidence| <= 1), and the removed and
+    added mass moves the sums by <= 2 g: |ECE change| <= 2 g B."""
+    n = len(_labels(base))
+    kb, kt = _proba_keys(base, tuned)
+    return Sensitivity(np.zeros(n, dtype=np.int64), np.array([2.0 * ECE_BINS]), kb, kt)
+
+
+def recall_macro_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
+    """Strata = labels: label j changing by g_j moves recall_j by at most g_j; classes only ever
+    predicted have recall 0. Averaged over the classes in the labels or predictions."""
+    _, codes = _codes(_labels(base))
+    k = int(codes.max()) + 1
+    kb, kt = _pred_keys(base, tuned)
+    return Sensitivity(codes, np.full(k, 1.0 / _n_present(base)), kb, kt,
+                       slope_tuned=np.full(k, 1.0 / _n_present(tuned)))
+
+
+def precision_macro_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
+    """Strata = the base model's predictions (conditional on them). Precision_k = t_k / p_k: when
+    a mass a leaves and b enters the predictions of k, |change| <= (a + b) / p_k (base share
+    p_k), so a fraction g_u of the base's class-u predictions changing moves it by at most
+    g_u (1 + p_u / min_{v != u} p_v) / K. A class the base never predicts has precision 0 and
+    can only improve, by up to 1 (``gain_jump``). No reference rule (the strata are an output)."""
+    classes, codes = _codes(np.asarray(base["pred"]).astype(np.int64))
+    w = np.bincount(codes).astype(np.float64) / codes.size
+    k = _n_present(base)
+    slope = (1.0 + np.where(np.isfinite(_others_min(w)), w / _others_min(w), 0.0)) / k
+    unpredicted = k - classes.size
+    kb, kt = _pred_keys(base, tuned)
+    return Sensitivity(codes, slope, np.c_[kb, _labels(base)], np.c_[kt, _labels(tuned)],
+                       gain_jump=unpredicted / k, reference=False)
+
+
 LOG_LOSS = Metric("log_loss", False, False, per_example=log_loss_per_example,
                   description="mean negative log-probability of the gold class (nats)")
 BRIER = Metric("brier", False, True, per_example=brier_per_example,
                description="mean squared distance of the class probabilities to the one-hot gold class")
-AUC = Metric("auc", True, True, aggregate=auc, description="ROC AUC (binary; macro one-vs-rest for more classes)")
-ECE = Metric("ece", False, True, aggregate=ece, description=f"expected calibration error, {ECE_BINS} equal-mass confidence bins")
-PRECISION_MACRO = Metric("precision_macro", True, True, aggregate=precision_macro, description="macro-averaged precision")
-RECALL_MACRO = Metric("recall_macro", True, True, aggregate=recall_macro, description="macro-averaged recall")
+AUC = Metric("auc", True, True, aggregate=auc, description="ROC AUC (binary; macro one-vs-rest for more classes)", sensitivity=auc_sensitivity)
+ECE = Metric("ece", False, True, aggregate=ece, description=f"expected calibration error, {ECE_BINS} equal-mass confidence bins", sensitivity=ece_sensitivity)
+PRECISION_MACRO = Metric("precision_macro", True, True, aggregate=precision_macro, description="macro-averaged precision", sensitivity=precision_macro_sensitivity)
+RECALL_MACRO = Metric("recall_macro", True, True, aggregate=recall_macro, description="macro-averaged recall", sensitivity=recall_macro_sensitivity)
 
 PROBA_METRICS: dict[str, Metric] = {m.name: m for m in (LOG_LOSS, BRIER, AUC, ECE, PRECISION_MACRO, RECALL_MACRO)}

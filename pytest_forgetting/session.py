@@ -679,7 +679,8 @@ class ForgettingSession:
 
             agg = metric.aggregate
             cmp = stats.compare_statistic(lambda idx: (agg(b.outputs, idx), agg(t.outputs, idx)), len(b), ratio=ratio_of(metric, b.outputs, t.outputs),
-                                          bounded=metric.bounded, **common)
+                                          bounded=metric.bounded, sensitivity=metric.sensitivity(b.outputs, t.outputs) if metric.sensitivity else None,
+                                          **common)
         verdicts = [cmp.verdict]
         reasons = [cmp.reason]
         budgets: list[stats.Budget] = []

@@ -31,6 +31,10 @@ Which bound, per path (the README section "How a verdict is decided" states the 
   fewer than 10 times; bounded aggregates also follow ``min_n_to_pass``.
 * any other aggregate statistic (a bare callable): a seeded paired BCa bootstrap (Efron 1987),
   acceleration from a (grouped) jackknife.
+* bounded aggregates given a :class:`Sensitivity` (macro-F1, balanced accuracy, macro
+  precision / recall, AUC, ECE): when no example changed, or when every stratum's examples are
+  identical (a bootstrap without spread, e.g. a collapsed head), exact bounds from the
+  stratified no-change rule (:func:`_stratified_upper`), conditional on the class supports.
 
 Budgets: per-class drops FAIL on exact bounds (Clopper-Pearson of both flip rates, Bonferroni
 over classes); the negative-flip-rate budget uses Clopper-Pearson bounds. The beta quantiles
@@ -61,6 +65,7 @@ __all__ = [
     "Comparison",
     "Budget",
     "Ratio",
+    "Sensitivity",
     "tango_interval",
     "ratio_score_interval",
     "wilson_bounds",
@@ -202,6 +207,32 @@ class Ratio(NamedTuple):
     #: False for F1, whose denominators count predictions. Used only to bound the metric when
     #: no example changed.
     den_fixed: bool = False
+
+
+class Sensitivity(NamedTuple):
+    """How far a bounded aggregate metric can move when some examples change (an exact rule).
+
+    Examples are split into strata (``strata``: codes 0..S-1, e.g. the label). ``slope[s]`` is a
+    Lipschitz constant: if a fraction g_s of stratum s's population changes its contribution
+    for one model, that model's metric moves by at most ``sum_s slope[s] * g_s`` (plus
+    ``gain_jump`` on the improving side only, for components that can jump, such as the
+    precision of a class the base never predicts). ``base_key`` / ``tuned_key`` are (n, d)
+    per-example contributions: an example *changed* when its rows differ. When none changed,
+    the examples of stratum s are n_s independent draws, so ``P(no change) = prod (1 - g_s)^n_s``
+    and the drop is at most the largest ``sum slope * g`` that keeps this >= alpha (exact,
+    :func:`_stratified_upper`). When ``reference`` is True and every stratum's examples are
+    identical (one row per stratum and model), the same rule bounds how far each model's
+    population value can be from the sample's own value (both models: the slopes add).
+    The guarantee is conditional on the strata's mix (the eval set's class supports).
+    """
+
+    strata: Any
+    slope: Any
+    base_key: Any
+    tuned_key: Any
+    slope_tuned: Any = None
+    gain_jump: float = 0.0
+    reference: bool = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -1131,7 +1162,12 @@ class _RatioParts:
             with np.errstate(divide="ignore", invalid="ignore"):
                 drop = drop / np.abs(vb)
                 infl = (infl - (drop * np.sign(vb))[:, None] * ib) / np.abs(vb)[:, None]
-        var = np.sum(w * infl * infl, axis=1) / max(self.n - 1, 1)
+        # A resample where the base value is 0 (relative drops) has an infinite influence, and
+        # 0 * inf is NaN: that resample's standard error is undefined (it then counts against
+        # both a PASS and a FAIL in _studentized_bounds), not a RuntimeWarning.
+        with np.errstate(invalid="ignore", over="ignore"):
+            var = np.sum(w * infl * infl, axis=1) / max(self.n - 1, 1)
+        var = np.where(np.isfinite(var), var, np.nan)
         return drop, np.sqrt(var / self.n)
 
     def no_change_bound(self, relative: bool, hib: bool, bounded: bool) -> Callable[[float], float]:
@@ -1223,6 +1259,131 @@ def _no_change(*, n: int, base: float, tuned: float, margin: float, relative: bo
                    margin=margin, relative=relative, alpha=alpha, fail_alpha=fail_alpha, hib=hib,
                    method="exact-no-change" if exact else "no-change-sample-range", nfr=nfr,
                    pfr=pfr, settle=settle)
+
+
+def _stratified_upper(counts: np.ndarray, slopes: np.ndarray, alpha: float) -> float:
+    """Largest ``sum_s slopes[s] * g_s`` over fractions g with ``prod_s (1 - g_s)^counts[s] >= alpha``.
+
+    A convex program with a closed-form solution (water-filling on the KKT conditions
+    ``slopes[s] = mu * counts[s] / (1 - g_s)``): with r_s = slopes[s] / counts[s] sorted down,
+    the active strata are the top m, ``log mu = (log alpha + sum n_s log r_s) / sum n_s`` over
+    them, and g_s = 1 - mu / r_s. One stratum gives slope * (1 - alpha^(1/n)), Clopper-Pearson
+    with nothing observed. A true drop above the returned value makes "no change in any
+    stratum" happen with probability < alpha, so bounding the drop by it is exact."""
+    keep = (counts > 0) & (slopes > 0)
+    n_s, a_s = counts[keep].astype(float), slopes[keep].astype(float)
+    if n_s.size == 0:
+        return 0.0
+    log_r = np.log(a_s) - np.log(n_s)
+    order = np.argsort(-log_r, kind="stable")
+    log_a = math.log(alpha)
+    cum_n = cum = 0.0
+    log_mu = 0.0
+    m = 0
+    for m, j in enumerate(order):
+        cum_n += n_s[j]
+        cum += n_s[j] * log_r[j]
+        log_mu = (log_a + cum) / cum_n
+        if m + 1 == order.size or log_mu >= log_r[order[m + 1]]:
+            break
+    active = order[: m + 1]
+    return float(np.sum(a_s[active] * -np.expm1(log_mu - log_r[active])))
+
+
+class _Sens(NamedTuple):
+    counts: np.ndarray
+    slope: np.ndarray
+    slope_ref: np.ndarray
+    gain_jump: float
+    changed: bool
+    homogeneous: bool
+
+
+def _check_sensitivity(sens: Sensitivity, n: int) -> _Sens:
+    codes = np.asarray(sens.strata)
+    if codes.shape != (n,) or codes.dtype.kind not in "iu" or (n and codes.min() < 0):
+        raise ValueError(f"Sensitivity.strata must be {n} non-negative integer codes, got {codes.dtype} {codes.shape}")
+    slope = np.asarray(sens.slope, dtype=float)
+    size = int(codes.max()) + 1 if n else 0
+    if slope.shape != (size,) or not np.isfinite(slope).all() or (slope < 0).any():
+        raise ValueError(f"Sensitivity.slope must be {size} finite non-negative numbers, got shape {slope.shape}")
+    slope_t = slope if sens.slope_tuned is None else np.asarray(sens.slope_tuned, dtype=float)
+    if slope_t.shape != slope.shape or not np.isfinite(slope_t).all() or (slope_t < 0).any():
+        raise ValueError("Sensitivity.slope_tuned must match Sensitivity.slope")
+    jump = float(sens.gain_jump)
+    if not (math.isfinite(jump) and jump >= 0.0):
+        raise ValueError(f"Sensitivity.gain_jump must be a finite non-negative number, got {sens.gain_jump!r}")
+    keys = []
+    for name in ("base_key", "tuned_key"):
+        arr = np.asarray(getattr(sens, name), dtype=float)
+        arr = arr.reshape(n, -1) if arr.ndim == 1 else arr
+        if arr.ndim != 2 or arr.shape[0] != n:
+            raise ValueError(f"Sensitivity.{name} must have one row per example ({n}), got shape {arr.shape}")
+        keys.append(arr)
+    kb, kt = keys
+    if kb.shape != kt.shape:
+        raise ValueError(f"Sensitivity keys must have one shape, got {kb.shape} and {kt.shape}")
+    changed = not np.array_equal(kb, kt)
+    homogeneous = False
+    if sens.reference and changed:
+        first = np.zeros(size, dtype=np.int64)
+        first[codes[::-1]] = np.arange(n - 1, -1, -1)  # the first example of every stratum
+        homogeneous = bool(np.array_equal(kb, kb[first[codes]]) and np.array_equal(kt, kt[first[codes]]))
+    counts = np.bincount(codes, minlength=size).astype(float)
+    return _Sens(counts, slope, slope + slope_t, jump, changed, homogeneous)
+
+
+def _scaled_settle(bound_at: Callable[[float], float], n: int, target: float) -> _Settle:
+    """Smallest n' > n with bound_at(n' / n) < target, for the exact stratified bounds (they
+    shrink as every stratum grows in proportion)."""
+    if not target > 0.0:
+        return _Settle(why="tie")
+    m = n + 1
+    while not bound_at(m / n) < target:
+        m *= 2
+        if m >= _N_NEEDED_CAP:
+            return _Settle(why="cap")
+    lo = max(n, m // 2)
+    while m - lo > 1:
+        mid = (lo + m) // 2
+        if bound_at(mid / n) < target:
+            m = mid
+        else:
+            lo = mid
+    return _Settle(n=max(n + 1, m), prob=1.0)
+
+
+def _sensitivity_comparison(sp: _Sens, *, n: int, base: float, tuned: float, drop: float,
+                            margin: float, relative: bool, alpha: float, fail_alpha: float,
+                            hib: bool) -> Comparison:
+    """Exact bounds from a :class:`Sensitivity`: nothing changed (the tuned model's deviation
+    from the base is bounded), or every stratum homogeneous (each model's deviation from the
+    sample's value is bounded; the slopes of both models add)."""
+    reference = sp.changed
+    slope = sp.slope_ref if reference else sp.slope
+    jump_up = sp.gain_jump if reference else 0.0
+
+    def up(scale: float) -> float:
+        return _stratified_upper(sp.counts * scale, slope, alpha) + jump_up
+
+    def down(scale: float) -> float:
+        return _stratified_upper(sp.counts * scale, slope, fail_alpha) + sp.gain_jump
+
+    center = drop if reference else 0.0
+    high, low = center + up(1.0), center - down(1.0)
+    verdict = _decide(low, high, margin)
+    settle = None
+    if verdict == INCONCLUSIVE:
+        tol = _tol(margin)
+        if _ties(center, margin):
+            settle = _Settle(why="tie")
+        elif center < margin:
+            settle = _scaled_settle(up, n, margin - center - tol)
+        else:
+            settle = _scaled_settle(down, n, center - margin - tol)
+    return _result(verdict=verdict, n=n, base=base, tuned=tuned, drop=center, low=low, high=high,
+                   margin=margin, relative=relative, alpha=alpha, fail_alpha=fail_alpha, hib=hib,
+                   method="exact-reference" if reference else "exact-no-change", settle=settle)
 
 
 def _degenerate(*, n: int, base: float, tuned: float, drop: float, margin: float,
@@ -1405,6 +1566,7 @@ def compare_statistic(
     ratio: Ratio | None = None,
     bounded: bool = False,
     n_needed: bool = True,
+    sensitivity: Sensitivity | None = None,
 ) -> Comparison:
     """Paired bootstrap comparison of an aggregate metric (macro-F1, perplexity, ...).
 
@@ -1417,6 +1579,9 @@ def compare_statistic(
     resample, vectorised (``stat`` may be None; when given, it must agree with ``ratio``).
     ``bounded=True`` (a metric in [0, 1] with an absolute margin) applies the smallest-n rule
     of the 0/1 path: below ``min_n_to_pass(|max_drop|)`` the answer is INCONCLUSIVE.
+    ``sensitivity`` (absolute drops only) gives the exact rules of :class:`Sensitivity`: when no
+    example changed, or when every stratum's examples are identical (a bootstrap without
+    spread), the bounds come from it instead of the bootstrap.
     """
     m, a, af, n_boot = _check_common(max_drop, alpha, fail_alpha, n_boot)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
@@ -1471,6 +1636,10 @@ def compare_statistic(
         if need is not None and n < need:
             return _refused(n, need, drop, common)
 
+    if sensitivity is not None and not rel:
+        sp = _check_sensitivity(sensitivity, n)
+        if not sp.changed or sp.homogeneous:
+            return _sensitivity_comparison(sp, drop=drop, **common)
     if parts is not None and parts.unchanged:
         return _no_change(bound=parts.no_change_bound(rel, hib, bounded), exact=bounded, **common)
     refusal = _bootstrap_refusal(n, drop, common)

@@ -323,3 +323,63 @@ def test_combined_check_fail_rate_with_alpha_split():
 
     _, fail_rate = _rate(decide, reps, seed=5)
     assert fail_rate <= _limit(reps)
+
+
+# -- exact Sensitivity rules of bounded aggregates: computed exactly over the class counts ---------
+
+
+def _ba_outputs(n0: int, n1: int, tuned_wrong: tuple[bool, bool] = (False, False)):
+    y = np.r_[np.zeros(n0, int), np.ones(n1, int)]
+    pt = y.copy()
+    for k, wrong in enumerate(tuned_wrong):
+        pt[y == k] = 1 - k if wrong else k
+    return {"label": y, "pred": y}, {"label": y, "pred": pt}
+
+
+def _agg_verdict(metric, ob, ot, margin):
+    agg = metric.aggregate
+    return stats.compare_statistic(lambda idx: (agg(ob, idx), agg(ot, idx)), len(ob["label"]), ratio=ratio_of(metric, ob, ot),
+                                   bounded=True, sensitivity=metric.sensitivity(ob, ot), max_drop=margin, n_boot=N_BOOT,
+                                   n_needed=False)
+
+
+@pytest.mark.parametrize("n", [59, 60, 75, 99])
+def test_balanced_accuracy_no_change_rule_is_exact_at_the_margin(n):
+    """Both classes lose recall 0.05 (the worst case for the no-change rule: P(no change) =
+    0.95^n whatever the class counts); below 100 examples no bootstrap decides, so the false PASS
+    rate is the exact sum over the binomial class counts of P(counts) 0.95^n [the rule passes]."""
+    from pytest_forgetting.metrics import BALANCED_ACCURACY
+
+    rate = 0.0
+    for n0 in range(1, n):
+        ob, ot = _ba_outputs(n0, n - n0)
+        if _agg_verdict(BALANCED_ACCURACY, ob, ot, 0.05).verdict == PASS:
+            rate += binom.pmf(n0, n, 0.5) * 0.95 ** n
+    assert rate <= ALPHA
+
+
+@pytest.mark.parametrize("n", [40, 80, 150])
+def test_the_reference_rule_is_exact_at_the_margin(n):
+    """Base always right; the tuned model wrong on all but a fraction g of each class, so the
+    balanced accuracy drops by exactly 1 - g (the margin). The reference rule decides only when
+    every class's examples are identical: sum the four such outcomes exactly (a FAIL is false;
+    g is set where the rule can first FAIL, so the rate is not trivially 0)."""
+    from pytest_forgetting.metrics import BALANCED_ACCURACY, F1_MACRO
+
+    for metric in (BALANCED_ACCURACY, F1_MACRO):
+        # just beyond the rule's reach: two models x a slope of 1 (BA) or 2.5 (F1) per class fraction
+        g = 1.1 * (2.0 if metric is BALANCED_ACCURACY else 5.0) * (1 - ALPHA ** (1 / n))
+        margin = 1 - g if metric is BALANCED_ACCURACY else None
+        rate = 0.0
+        for n0 in range(1, n):
+            for w0 in (True, False):
+                for w1 in (True, False):
+                    ob, ot = _ba_outputs(n0, n - n0, (w0, w1))
+                    prob = binom.pmf(n0, n, 0.5) * (1 - g if w0 else g) ** n0 * (1 - g if w1 else g) ** (n - n0)
+                    if margin is None:  # F1 at g: class k keeps its right answers with prob g, loses them otherwise
+                        w = np.array([0.5, 0.5])
+                        t, p = w * g, w * g + w[::-1] * (1 - g)
+                        margin = 1 - float(np.mean(2 * t / (w + p)))
+                    if _agg_verdict(metric, ob, ot, margin).verdict == FAIL:
+                        rate += prob
+        assert 0.0 < rate <= ALPHA, (metric.name, n, rate)

@@ -218,15 +218,30 @@ def test_probability_metrics_are_validated_at_collection():
 
 
 def test_identical_models_on_the_probability_metrics():
-    """Per-example metrics PASS by the exact no-change rule once n allows it; the aggregate ones have
-    a bootstrap without spread, which the statistics refuse (INCONCLUSIVE, never a FAIL)."""
+    """Per-example metrics PASS by the exact no-change rule once n allows it; so do the aggregate
+    ones, through their Sensitivity (how far the metric moves when a fraction of the examples
+    changes): auc, precision_macro and recall_macro at 400 examples and a margin of 0.02; ece
+    (which moves up to 2 x 15 bins per changed fraction) from exactly the n its message names."""
     from pytest_forgetting import stats
+
+    def compare(o, metric, n, margin=0.02):
+        return stats.compare_statistic(lambda idx: (metric.aggregate(o, idx), metric.aggregate(o, idx)), n, max_drop=margin,
+                                       higher_is_better=metric.higher_is_better, bounded=True, sensitivity=metric.sensitivity(o, o))
 
     o = _outputs(400, 3, seed=5)
     for metric, margin in ((pm.BRIER, 0.02), (pm.LOG_LOSS, 0.1)):  # log_loss: its sample range (7.4 nats) bounds a change
         s = metric.per_example(o)
         assert stats.compare_scores(s, s, max_drop=margin, higher_is_better=metric.higher_is_better).verdict == "pass"
-    for metric in (pm.AUC, pm.ECE, pm.PRECISION_MACRO, pm.RECALL_MACRO):
-        cmp = stats.compare_statistic(lambda idx, m=metric: (m.aggregate(o, idx), m.aggregate(o, idx)), 400, max_drop=0.02,
-                                      higher_is_better=metric.higher_is_better, bounded=True)
-        assert cmp.verdict == "inconclusive" and cmp.drop == 0.0, (metric.name, cmp)
+    for metric in (pm.AUC, pm.PRECISION_MACRO, pm.RECALL_MACRO):
+        cmp = compare(o, metric, 400)
+        assert cmp.verdict == "pass" and cmp.drop == 0.0 and cmp.method == "exact-no-change", (metric.name, cmp)
+    cmp = compare(o, pm.ECE, 400)
+    assert cmp.verdict == "inconclusive" and "if, as here, no example changes" in cmp.reason, cmp
+    need = cmp.n_needed
+    assert 4000 < need < 5000  # 30 (1 - 0.05^(1/n)) < 0.02
+    big = _outputs(need, 3, seed=5)
+    assert compare(big, pm.ECE, need).verdict == "pass"
+    assert compare({k: v[:-1] for k, v in big.items()}, pm.ECE, need - 1).verdict == "inconclusive"
+    # without a Sensitivity the bootstrap has no spread: refused, never a verdict
+    plain = stats.compare_statistic(lambda idx: (pm.auc(o, idx), pm.auc(o, idx)), 400, max_drop=0.02, bounded=True)
+    assert plain.verdict == "inconclusive"

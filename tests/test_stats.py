@@ -913,3 +913,93 @@ def test_bootstrap_n_needed_settles_about_080_of_the_time():
                                n_needed=False)
         settled += again.verdict != INCONCLUSIVE
     assert settled / 60 >= 0.65
+
+
+# -- exact Sensitivity rules of bounded aggregates (issue 11: smallest-n rule for macro metrics) --
+
+
+def _class_outputs(y, pb, pt):
+    return {"label": np.asarray(y), "pred": np.asarray(pb)}, {"label": np.asarray(y), "pred": np.asarray(pt)}
+
+
+def _agg_compare(metric, ob, ot, margin, **kw):
+    from pytest_forgetting.metrics import ratio_of
+
+    agg = metric.aggregate
+    return stats.compare_statistic(lambda idx: (agg(ob, idx), agg(ot, idx)), len(ob["label"]), ratio=ratio_of(metric, ob, ot),
+                                   bounded=True, sensitivity=metric.sensitivity(ob, ot), max_drop=margin, **kw)
+
+
+def test_stratified_upper_is_clopper_pearson_for_one_stratum_and_the_optimum_for_several():
+    from pytest_forgetting.stats import _stratified_upper
+
+    assert _stratified_upper(np.array([149.0]), np.array([1.0]), 0.05) == pytest.approx(1 - 0.05 ** (1 / 149), rel=1e-12)
+    assert _stratified_upper(np.array([100.0]), np.array([2.5]), 0.05) == pytest.approx(2.5 * (1 - 0.05 ** 0.01), rel=1e-12)
+    counts, slopes = np.array([30.0, 120.0, 50.0]), np.array([0.5, 0.2, 0.9])
+    best = _stratified_upper(counts, slopes, 0.05)
+    rng = np.random.default_rng(0)  # no feasible point (P(no change) >= alpha) does better
+    g = rng.random((200_000, 3)) ** 3 * 0.2
+    feasible = (counts * np.log1p(-g)).sum(axis=1) >= math.log(0.05)
+    assert (g[feasible] @ slopes).max() <= best + 1e-12
+    assert (g[feasible] @ slopes).max() > best * 0.97
+    assert _stratified_upper(np.array([10.0, 0.0]), np.array([0.0, 3.0]), 0.05) == 0.0
+
+
+def test_identical_macro_f1_and_balanced_accuracy_pass_from_their_exact_smallest_n():
+    from pytest_forgetting.metrics import BALANCED_ACCURACY, F1_MACRO
+
+    y = np.tile(np.arange(5), 60)  # 300 examples, 60 per class
+    pred = np.where(np.arange(300) % 7 == 0, (y + 1) % 5, y)
+    ob, ot = _class_outputs(y, pred, pred)
+    f1 = _agg_compare(F1_MACRO, ob, ot, 0.05)
+    assert f1.verdict == "pass" and f1.method == "exact-no-change"
+    assert f1.ci_high == pytest.approx(2.5 * (1 - 0.05 ** (1 / 300)), rel=1e-9)  # balanced: slope 2 + 1/2
+    ba = _agg_compare(BALANCED_ACCURACY, ob, ot, 0.02)
+    assert ba.verdict == "pass" and ba.ci_high == pytest.approx(1 - 0.05 ** (1 / 300), rel=1e-9)  # = the 0/1 rule
+    # the smallest balanced set that passes is where 2.5 (1 - alpha^(1/n)) first drops below the margin
+    exact = next(n for n in range(5, 1000, 5) if 2.5 * (1 - 0.05 ** (1 / n)) < 0.05 * (1 - 1e-9))
+    for n, verdict in ((exact - 5, "inconclusive"), (exact, "pass")):
+        yy = np.tile(np.arange(5), n // 5)
+        cmp = _agg_compare(F1_MACRO, *_class_outputs(yy, yy, yy), 0.05)
+        assert cmp.verdict == verdict, (n, cmp)
+    assert cmp.n == 150 and "if, as here, no example changes" in _agg_compare(F1_MACRO, *_class_outputs(yy[:145], yy[:145], yy[:145]), 0.05).reason
+
+
+def test_a_collapsed_head_fails_macro_f1_exactly_although_the_bootstrap_has_no_spread():
+    """Base right on every example, the tuned model wrong on every one (each class mapped to the
+    next): every resample gives the same drop, so the SE is 0; the exact reference rule (every
+    class's examples identical) bounds each model's distance from its sample value instead."""
+    from pytest_forgetting.metrics import BALANCED_ACCURACY, F1_MACRO, ratio_of
+
+    y = np.repeat(np.arange(3), 80)
+    ob, ot = _class_outputs(y, y, (y + 1) % 3)
+    agg = F1_MACRO.aggregate
+    plain = stats.compare_statistic(lambda idx: (agg(ob, idx), agg(ot, idx)), 240, ratio=ratio_of(F1_MACRO, ob, ot), bounded=True, max_drop=0.05)
+    assert plain.verdict == "inconclusive" and "standard error of the drop is 0" in plain.reason
+    for metric in (F1_MACRO, BALANCED_ACCURACY):
+        cmp = _agg_compare(metric, ob, ot, 0.05)
+        assert cmp.verdict == "fail" and cmp.method == "exact-reference" and cmp.drop == 1.0, (metric.name, cmp)
+        assert 0.9 < cmp.ci_low < 1.0
+    # a small sample cannot prove it: 12 examples, 4 per class
+    few = _agg_compare(F1_MACRO, *_class_outputs(y[::20], y[::20], (y[::20] + 1) % 3), 0.95)
+    assert few.verdict == "inconclusive"
+
+
+def test_relative_macro_f1_bootstrap_raises_no_runtime_warning():
+    import warnings
+
+    from pytest_forgetting.metrics import F1_MACRO, ratio_of
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 200)
+    pb = np.full(200, 2)
+    pb[:2] = y[:2]  # the base is right twice: many resamples have a base F1 of 0
+    pt = pb.copy()
+    pt[5:9] = y[5:9]
+    ob, ot = _class_outputs(y, pb, pt)
+    agg = F1_MACRO.aggregate
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        cmp = stats.compare_statistic(lambda idx: (agg(ob, idx), agg(ot, idx)), 200, ratio=ratio_of(F1_MACRO, ob, ot), bounded=True,
+                                      max_drop=0.05, relative=True)
+    assert cmp.verdict in ("inconclusive", "fail")

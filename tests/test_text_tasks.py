@@ -168,6 +168,6 @@ def test_markers_run_on_a_builtin_text_task(pytester, tmp_path):
     )
     result = pytester.runpytest(
         f"--base-ckpt={folder}", f"--tuned-ckpt={folder}", "--forgetting-device=cpu",
-        "--forgetting-limit=150", f"--forgetting-cache-dir={tmp_path / 'cache'}",
+        "--forgetting-limit=300", f"--forgetting-cache-dir={tmp_path / 'cache'}",
     )  # fmt: skip
     result.assert_outcomes(passed=2)
