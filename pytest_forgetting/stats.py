@@ -1327,7 +1327,8 @@ def _check_sensitivity(sens: Sensitivity, n: int) -> _Sens:
     homogeneous = False
     if sens.reference and changed:
         first = np.zeros(size, dtype=np.int64)
-        first[codes[::-1]] = np.arange(n - 1, -1, -1)  # the first example of every stratum
+        used, where = np.unique(codes, return_index=True)
+        first[used] = where  # the first example of every stratum
         homogeneous = bool(np.array_equal(kb, kb[first[codes]]) and np.array_equal(kt, kt[first[codes]]))
     counts = np.bincount(codes, minlength=size).astype(float)
     return _Sens(counts, slope, slope + slope_t, jump, changed, homogeneous)
