@@ -7,6 +7,7 @@ here may import torch at module level; what needs it is skipped where torch is m
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -116,3 +117,27 @@ def test_marker_keyword_errors_need_no_model(pytester):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown keyword 'max_dorp' for retains() (did you mean 'max_drop'?)" in result.stderr.str()
 
+
+
+@pytest.mark.skipif(not os.environ.get("FORGETTING_WHEEL_SMOKE"), reason="only in scripts/test.sh's wheel smoke test")
+def test_plugin_comes_from_the_installed_wheel(pytester):
+    """scripts/test.sh installs the built wheel (not the source tree) in a fresh venv and sets
+    FORGETTING_WHEEL_SMOKE to the clone: the package must be imported from site-packages and the
+    plugin found through the wheel's pytest11 entry point."""
+    import importlib.metadata
+    import json
+
+    import pytest_forgetting
+
+    clone = Path(os.environ["FORGETTING_WHEEL_SMOKE"]).resolve()
+    package = Path(pytest_forgetting.__file__).resolve()
+    assert clone / "pytest_forgetting" not in package.parents, f"pytest_forgetting imported from the source tree ({package})"
+    assert "site-packages" in package.parts
+    dist = importlib.metadata.distribution("pytest-forgetting")
+    direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    assert not direct.get("dir_info", {}).get("editable"), "an editable install, not the wheel"
+    assert [ep.value for ep in dist.entry_points if ep.group == "pytest11"] == ["pytest_forgetting.plugin"]
+    assert (package.parent / "tasks" / "builtin.py").is_file()
+    result = pytester.runpytest("-p", "no:cacheprovider", "--help")
+    assert result.ret == 0
+    assert "--base-ckpt" in result.stdout.str()
