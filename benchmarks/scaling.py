@@ -21,7 +21,9 @@ Stages, timed inside the process by wrapping the plugin's functions:
 Children run with bytecode caching on (``PYTHONDONTWRITEBYTECODE`` removed, as on a developer's
 machine or a CI cache), after one unmeasured warm-up run that fills the caches.
 
-The decision-core part of point 6 (n = 1e3..1e6 per statistical path) belongs with ``stats.py``.
+The decision-core part of point 6: ``--core`` times one decision of each statistical path (0/1, continuous,
+macro-F1, balanced accuracy, entity F1, WER, perplexity, per-class budgets with 10 / 100 / 1000 classes) at
+n = 1e3 .. 1e6 with its peak memory: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scaling.py --core [--give-up 60]``.
 
 Run: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/scaling.py [--sizes 1000,10000,60000] [--json out.json]``
 """
@@ -167,12 +169,166 @@ def machine() -> str:
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}; load average {' '.join(f'{x:.1f}' for x in load)}")
 
 
+# --- decision core (issue 18, point 6): n = 1e3..1e6 per statistical path ------------------------
+
+CORE_SIZES = (1_000, 10_000, 100_000, 1_000_000)
+
+
+def _core_decide(metric, ob: dict, ot: dict, n: int, **kw):
+    """What ``ForgettingSession._decide`` calls for an aggregate metric (stat, ratio form, bounded flag, sensitivity)."""
+    from pytest_forgetting import stats
+    from pytest_forgetting.metrics import ratio_of
+
+    agg = metric.aggregate
+    return stats.compare_statistic(lambda idx: (agg(ob, idx), agg(ot, idx)), n, ratio=ratio_of(metric, ob, ot),
+                                   bounded=metric.bounded,
+                                   sensitivity=metric.sensitivity(ob, ot) if metric.sensitivity else None, **kw)  # fmt: skip
+
+
+def _core_inputs(path: str, n: int):
+    """(callable that decides, description) for one path at n examples; seeded, built outside the timing."""
+    import numpy as np
+
+    from pytest_forgetting import stats
+
+    rng = np.random.default_rng(12345)
+    common = dict(alpha=0.05, seed=0, fail_alpha=0.025)
+    if path in ("0/1 absolute", "0/1 relative"):
+        b = (rng.random(n) < 0.8).astype(float)
+        flip = rng.random(n) < 0.05
+        t = np.where(flip, 1.0 - b, b)
+        rel = path.endswith("relative")
+        return lambda: stats.compare_scores(b, t, max_drop=0.02, relative=rel, **common)
+    if path in ("continuous absolute", "continuous relative"):
+        b = 3.0 + rng.normal(0, 0.5, n)
+        t = b + 0.05 + rng.normal(0, 0.3, n)
+        rel = path.endswith("relative")
+        return lambda: stats.compare_scores(b, t, max_drop=0.05 if rel else 0.1, relative=rel, higher_is_better=False, **common)
+    if path.startswith("macro-F1") or path.startswith("balanced accuracy"):
+        from pytest_forgetting.metrics import BALANCED_ACCURACY, F1_MACRO
+
+        k = 10
+        y = rng.integers(0, k, size=n)
+        pred_b = np.where(rng.random(n) < 0.8, y, rng.integers(0, k, size=n))
+        pred_t = np.where(rng.random(n) < 0.05, rng.integers(0, k, size=n), pred_b)
+        metric = F1_MACRO if path.startswith("macro-F1") else BALANCED_ACCURACY
+        ob, ot = {"label": y, "pred": pred_b}, {"label": y, "pred": pred_t}
+        return lambda: _core_decide(metric, ob, ot, n, max_drop=0.02, higher_is_better=True, **common)
+    if path == "entity F1":
+        from pytest_forgetting.tasks.token import TagTable, entity_metrics
+
+        words = 12
+        metric = entity_metrics(TagTable.from_tags(["O", "B-X"]))["f1"]
+        gold_ent = rng.random((n, words)) < 0.15
+        hit_b = gold_ent & (rng.random((n, words)) < 0.8)
+        fp_b = ~gold_ent & (rng.random((n, words)) < 0.02)
+        churn = rng.random((n, words)) < 0.03
+        pred_b = hit_b | fp_b
+        pred_t = np.where(churn, ~pred_b & (gold_ent | (rng.random((n, words)) < 0.02)), pred_b)
+        ob = {"tag_pred": pred_b.astype(np.int64), "tag_gold": gold_ent.astype(np.int64)}
+        ot = {"tag_pred": pred_t.astype(np.int64), "tag_gold": gold_ent.astype(np.int64)}
+        return lambda: _core_decide(metric, ob, ot, n, max_drop=0.05, higher_is_better=True, **common)
+    if path == "WER":
+        from pytest_forgetting.metrics import WER
+
+        words = 1 + rng.poisson(11, n)
+        err_b = rng.binomial(words, 0.15)
+        err_t = err_b + rng.binomial(words - err_b, 0.02) - rng.binomial(err_b, 0.05)
+        ob = {"word_errors": err_b.astype(float), "ref_words": words.astype(float)}
+        ot = {"word_errors": err_t.astype(float), "ref_words": words.astype(float)}
+        return lambda: _core_decide(WER, ob, ot, n, max_drop=0.02, higher_is_better=False, **common)
+    if path == "perplexity relative":
+        from pytest_forgetting.metrics import PERPLEXITY
+
+        ntok = (2 + rng.poisson(30, n)).astype(float)
+        mu = 3.0 + rng.normal(0, 0.3, n)
+        ob = {"nll": ntok * mu, "ntok": ntok}
+        ot = {"nll": ntok * (mu + 0.01 + rng.normal(0, 0.2, n)), "ntok": ntok}
+        return lambda: _core_decide(PERPLEXITY, ob, ot, n, max_drop=0.05, relative=True, higher_is_better=False, **common)
+    if path.startswith("per-class"):
+        k = int(path.split()[1])
+        labels = rng.integers(0, k, size=n)
+        b = rng.random(n) < 0.8
+        t = np.where(rng.random(n) < 0.05, ~b, b)
+        return lambda: stats.class_drops(b.astype(float), t.astype(float), labels, limit=0.1, alpha=0.05)
+    raise ValueError(f"unknown path {path!r}")
+
+
+CORE_PATHS = ("0/1 absolute", "0/1 relative", "continuous absolute", "continuous relative", "macro-F1 (10 classes)",
+              "balanced accuracy (10 classes)", "entity F1", "WER", "perplexity relative",
+              "per-class 10", "per-class 100", "per-class 1000")  # fmt: skip
+
+
+def core_main(sizes: list[int], paths: list[str], give_up: float) -> list[dict]:
+    """Time each path's decision at each n (inputs built outside the timing) and its peak traced memory.
+    A path whose decision took more than ``give_up`` seconds is not run at larger n."""
+    import tracemalloc
+
+    out = []
+    for path in paths:
+        slow = None
+        for n in sizes:
+            if slow is not None:
+                print(f"{path:<32} n={n:>9,}  skipped (took {slow:.1f} s at a smaller n)", flush=True)
+                out.append({"path": path, "n": n, "seconds": None, "peak_mb": None, "verdict": "skipped"})
+                continue
+            decide = _core_inputs(path, n)
+            tracemalloc.start()
+            t = time.perf_counter()
+            res = decide()
+            secs = time.perf_counter() - t
+            peak = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+            verdict = res.verdict if hasattr(res, "verdict") else f"{len(res)} classes"
+            method = getattr(res, "method", "class_drops")
+            print(f"{path:<32} n={n:>9,}  {secs:8.3f} s  peak {peak:8.1f} MiB  {verdict} ({method})", flush=True)
+            out.append({"path": path, "n": n, "seconds": secs, "peak_mb": peak, "verdict": verdict, "method": method})
+            if secs > give_up:
+                slow = secs
+    return out
+
+
+def core_table(results: list[dict], sizes: list[int]) -> list[str]:
+    lines = ["| path | " + " | ".join(f"n = {n:,}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for path in dict.fromkeys(r["path"] for r in results):
+        cells = []
+        for n in sizes:
+            r = next((r for r in results if r["path"] == path and r["n"] == n), None)
+            cells.append("-" if r is None or r["seconds"] is None else f"{r['seconds']:.3f} s, {r['peak_mb']:.0f} MiB")
+        lines.append(f"| {path} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1000,10000,60000")
     ap.add_argument("--json")
     ap.add_argument("--results", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    ap.add_argument("--core", action="store_true", help="time the decision core of each statistical path instead of whole runs")
+    ap.add_argument("--core-sizes", default=",".join(str(n) for n in CORE_SIZES))
+    ap.add_argument("--core-paths", default="all", help="comma-separated subset of: " + ", ".join(CORE_PATHS))
+    ap.add_argument("--give-up", type=float, default=60.0, help="--core: skip larger n of a path slower than this (seconds)")
     args = ap.parse_args()
+    if args.core:
+        import platform
+
+        sizes = [int(x) for x in args.core_sizes.split(",")]
+        paths = list(CORE_PATHS) if args.core_paths == "all" else [p.strip() for p in args.core_paths.split(",")]
+        load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+        started = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+                   f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average {' '.join(f'{x:.1f}' for x in load)}")  # fmt: skip
+        results = core_main(sizes, paths, args.give_up)
+        print("\n".join(core_table(results, sizes)))
+        if args.results:
+            write_section("scaling-core", [
+                "## Decision core at n = 1e3 .. 1e6 per statistical path (`benchmarks/scaling.py --core`)", "",
+                "Seconds for one decision (inputs built outside the timing, n_boot = 2000 where a bootstrap decides) and peak "
+                "memory traced by tracemalloc (numpy buffers included).",
+                f"Machine: {started}.", "", *core_table(results, sizes),
+            ])  # fmt: skip
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
+        return
     results = []
     started = machine()
     with tempfile.TemporaryDirectory(prefix="forgetting-scaling-") as tmp:

@@ -95,6 +95,15 @@ _SETTLE_PROB = 0.8
 #: stays bounded (~16 MB of indices) whatever n and n_boot are.
 _CHUNK_ENTRIES = 2_000_000
 
+#: Resamples are drawn as one multinomial vector of counts over the groups of identical examples
+#: (identical per-example inputs) when there are at most n / _MULTINOMIAL_RATIO groups: the counts
+#: per group of n indices drawn uniformly with replacement are exactly Multinomial(n, sizes / n),
+#: so the resampling distribution is the same, for O(groups) work per resample instead of O(n)
+#: (a multinomial costs ~8x more per group than an index per example). Macro-F1's examples fall
+#: into at most K^3 groups (label, base prediction, tuned prediction), WER's and entity F1's into
+#: a few hundred (small counts); per-example NLL rarely repeats and keeps the index matrices.
+_MULTINOMIAL_RATIO = 8
+
 #: Tango's statistic is infinite at the edges of [-1, 1]; clip it so the root finder only ever
 #: sees finite numbers (any value this large is far beyond any z we use).
 _Z_CLIP = 1e8
@@ -1041,6 +1050,58 @@ def _bootstrap_replicates(n: int, n_boot: int, seed: int,
     return np.concatenate(parts)
 
 
+def _distinct_rows(*arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of identical examples over aligned (n, d_j) float arrays: ``(codes, first)`` with
+    example i in group codes[i] and every array's row i equal to its row first[codes[i]].
+
+    Rows are hashed by a fixed projection and the grouping is then verified row by row (equal
+    rows that hash apart only make more groups); a collision falls back to an exact sort."""
+    n = arrays[0].shape[0]
+    rng = np.random.default_rng(0x5EED)
+    proj = np.zeros(n)
+    for arr in arrays:
+        with np.errstate(over="ignore", invalid="ignore"):
+            proj += arr @ rng.standard_normal(arr.shape[1])
+    _, first, codes = np.unique(proj, return_index=True, return_inverse=True)
+    codes = codes.reshape(-1)
+    step = max(1, _CHUNK_ENTRIES // max(1, sum(a.shape[1] for a in arrays)))
+    same = all(np.array_equal(arr[lo:lo + step], arr[first[codes[lo:lo + step]]])
+               for arr in arrays for lo in range(0, n, step))
+    if not same:
+        _, first, codes = np.unique(np.concatenate(arrays, axis=1), axis=0, return_index=True,
+                                    return_inverse=True)
+        codes = codes.reshape(-1)
+    return codes, first
+
+
+def _group_sizes(codes: np.ndarray, groups: int, n: int) -> np.ndarray | None:
+    """Examples per group when resampling groups by multinomial pays (see _MULTINOMIAL_RATIO)."""
+    if groups * _MULTINOMIAL_RATIO > n:
+        return None
+    return np.bincount(codes, minlength=groups).astype(float)
+
+
+def _count_chunks(sizes: np.ndarray | None, n: int, n_boot: int, seed: int, width: int = 1):
+    """Seeded paired resamples as (rows, m) float count matrices in memory-bounded chunks.
+
+    ``sizes`` None: counts of each of the n examples, from the index matrices of
+    :func:`_index_chunks` (the same stream). Otherwise counts of each group of identical examples
+    (sizes[g] examples in group g), one multinomial draw of n per resample: the distribution of
+    the per-group totals of n uniform indices, without drawing them."""
+    if sizes is None:
+        for idx in _index_chunks(n, n_boot, seed, width):
+            yield _weights(idx, n)
+        return
+    rng = np.random.default_rng(seed)
+    p = sizes / float(n)
+    rows = max(1, _CHUNK_ENTRIES // (sizes.size * max(1, width)))
+    done = 0
+    while done < n_boot:
+        k = min(rows, n_boot - done)
+        yield rng.multinomial(n, p, size=k).astype(float)
+        done += k
+
+
 def _order_bounds(low_reps: np.ndarray, high_reps: np.ndarray, alpha_low: float,
                   alpha_high: float) -> tuple[float, float]:
     """The alpha_low quantile of ``low_reps`` and the (1 - alpha_high) quantile of ``high_reps``
@@ -1132,6 +1193,14 @@ class _RatioParts:
         self.width = self.yb.shape[1]
         self.unchanged = bool(np.array_equal(self.yb, self.yt) and np.array_equal(self.xb, self.xt))
         self.den_fixed = bool(ratio.den_fixed)
+        # the bootstrap resamples groups of identical examples when there are few of them
+        codes, first = _distinct_rows(*arrays)
+        self.sizes = _group_sizes(codes, first.size, n)
+        self.grouped = tuple(a[first] for a in arrays) if self.sizes is not None else tuple(arrays)
+
+    @staticmethod
+    def _sums(w: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return w @ y, w @ x
 
     def _model(self, w: np.ndarray, y: np.ndarray, x: np.ndarray,
                present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1152,9 +1221,13 @@ class _RatioParts:
         vt, _ = self._model(w, self.yt, self.xt, self.present_t)
         return float(vb[0]), float(vt[0])
 
-    def drop_and_se(self, w: np.ndarray, relative: bool, hib: bool) -> tuple[np.ndarray, np.ndarray]:
-        vb, ib = self._model(w, self.yb, self.xb, self.present_b)
-        vt, it = self._model(w, self.yt, self.xt, self.present_t)
+    def drop_and_se(self, w: np.ndarray, relative: bool, hib: bool,
+                    grouped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Drops and delta-method SEs of resamples given as counts ``w`` per example, or per
+        group of identical examples (``grouped``: the rows of ``self.grouped``); the same sums."""
+        yb, xb, yt, xt = self.grouped if grouped else (self.yb, self.xb, self.yt, self.xt)
+        vb, ib = self._model(w, yb, xb, self.present_b)
+        vt, it = self._model(w, yt, xt, self.present_t)
         sign = 1.0 if hib else -1.0
         drop = sign * (vb - vt)
         infl = sign * (ib - it)
@@ -1201,9 +1274,10 @@ class _RatioParts:
 
 def _weights(idx: np.ndarray, n: int) -> np.ndarray:
     """Resample counts per example, (rows, n), from an index matrix."""
-    rows = idx.shape[0]
-    flat = (idx + (np.arange(rows) * n)[:, None]).ravel()
-    return np.bincount(flat, minlength=rows * n).reshape(rows, n).astype(float)
+    out = np.empty(idx.shape, dtype=float)
+    for r in range(idx.shape[0]):
+        out[r] = np.bincount(idx[r], minlength=n)
+    return out
 
 
 def _result(*, verdict: str, n: int, base: float, tuned: float, drop: float, low: float,
@@ -1496,9 +1570,59 @@ def compare_scores(
 
     full = np.arange(n)[None, :]
     drop0, se0 = (float(v[0]) for v in batch(full))
-    reps, reps_se = _bootstrap_replicates(n, n_boot, seed, batch)
+    reps, reps_se = _moment_replicates(b_arr, t_arr, diff, rel, hib, n_boot, seed)
     return _studentized_comparison(drop=drop0, se=se0, reps=reps, reps_se=reps_se,
                                    nfr=nfr, pfr=pfr, **common)
+
+
+def _moment_replicates(b: np.ndarray, t: np.ndarray, diff: np.ndarray, rel: bool, hib: bool,
+                       n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap replicates of the mean difference (or the relative drop) and their
+    delta-method SEs, from resample counts and centred moments: absolute, the mean and the
+    (ddof 1) standard deviation of the differences; relative, the influence values
+    ((d - mean d) - r sign(mb) (b - mb)) / |mb| whose variance is var(d - k b) / mb^2 with
+    k = r sign(mb). Groups of identical examples are resampled by multinomial when few."""
+    n = diff.size
+    sqrt_n = math.sqrt(n)
+    if rel:
+        codes, first = _distinct_rows(b[:, None], t[:, None])
+        d = diff
+        cb, cd = float(b.mean()), float(d.mean())
+        sizes = _group_sizes(codes, first.size, n)
+        bb, dd = (b[first], d[first]) if sizes is not None else (b, d)
+        bc, dc = bb - cb, dd - cd
+        cols = np.stack([bc, dc, bc * bc, dc * dc, bc * dc], axis=1)
+    else:
+        values, codes = np.unique(diff, return_inverse=True)
+        cd = float(diff.mean())
+        sizes = _group_sizes(codes.reshape(-1), values.size, n)
+        dc = (values if sizes is not None else diff) - cd
+        cols = np.stack([dc, dc * dc], axis=1)
+    reps, ses = [], []
+    for w in _count_chunks(sizes, n, n_boot, seed, cols.shape[1]):
+        s = w @ cols
+        if rel:
+            sb, sd, sbb, sdd, sbd = s.T
+            mb = sb / n + cb
+            md = sd / n + cd
+            # mt from the mean difference d = +-(b - t)
+            mt = mb - md if hib else mb + md
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = _drop_of(mb, mt, True, hib)
+                k = r * np.sign(mb)
+                vbb = (sbb - sb * sb / n) / (n - 1)
+                vdd = (sdd - sd * sd / n) / (n - 1)
+                vbd = (sbd - sb * sd / n) / (n - 1)
+                var = np.maximum(vdd - 2.0 * k * vbd + k * k * vbb, 0.0)
+                se = np.sqrt(var) / np.abs(mb) / sqrt_n
+        else:
+            sd, sdd = s.T
+            r = sd / n + cd
+            var = np.maximum((sdd - sd * sd / n) / (n - 1), 0.0)
+            se = np.sqrt(var) / sqrt_n
+        reps.append(r)
+        ses.append(se)
+    return np.concatenate(reps), np.concatenate(ses)
 
 
 def _studentized_comparison(*, n: int, base: float, tuned: float, drop: float, se: float,
@@ -1658,11 +1782,10 @@ def compare_statistic(
     if parts is not None:
         width = parts.width
 
-        def batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return parts.drop_and_se(_weights(idx, n), rel, hib)
-
-        drop0, se0 = (float(v[0]) for v in batch(np.arange(n)[None, :]))
-        chunks = [batch(idx) for idx in _index_chunks(n, n_boot, seed, width)]
+        drop0, se0 = (float(v[0]) for v in parts.drop_and_se(np.ones((1, n)), rel, hib))
+        grouped = parts.sizes is not None
+        chunks = [parts.drop_and_se(w, rel, hib, grouped=grouped)
+                  for w in _count_chunks(parts.sizes, n, n_boot, seed, width)]
         reps = np.concatenate([c[0] for c in chunks])
         reps_se = np.concatenate([c[1] for c in chunks])
         return _studentized_comparison(drop=drop0, se=se0, reps=reps, reps_se=reps_se, **common)

@@ -1003,3 +1003,113 @@ def test_relative_macro_f1_bootstrap_raises_no_runtime_warning():
         cmp = stats.compare_statistic(lambda idx: (agg(ob, idx), agg(ot, idx)), 200, ratio=ratio_of(F1_MACRO, ob, ot), bounded=True,
                                       max_drop=0.05, relative=True)
     assert cmp.verdict in ("inconclusive", "fail")
+
+
+# ---- vectorised resampling (issue 18, point 2): the fast paths against straightforward references ----
+
+
+def _f1_outputs(n: int, k: int = 3, seed: int = 5):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    pb = np.where(rng.random(n) < 0.8, y, rng.integers(0, k, n))
+    pt = np.where(rng.random(n) < 0.1, rng.integers(0, k, n), pb)
+    return {"label": y, "pred": pb}, {"label": y, "pred": pt}
+
+
+def test_grouped_ratio_resamples_match_the_black_box_metric():
+    """Macro-F1 resampled as multinomial counts over the (label, base, tuned) groups: every
+    replicate equals f1_macro on the examples those counts stand for, and its delta-method SE
+    equals the per-example computation on the same resample."""
+    from pytest_forgetting.metrics import F1_MACRO, f1_macro, ratio_of
+
+    n = 400
+    ob, ot = _f1_outputs(n)
+    parts = stats._RatioParts(ratio_of(F1_MACRO, ob, ot), n)
+    assert parts.sizes is not None and parts.sizes.size <= 27 and parts.sizes.sum() == n
+    codes, first = stats._distinct_rows(parts.yb, parts.xb, parts.yt, parts.xt)
+    w = next(stats._count_chunks(parts.sizes, n, 200, seed=3, width=parts.width))[:40]
+    assert (w.sum(axis=1) == n).all()
+    reps, se = parts.drop_and_se(w, False, True, grouped=True)
+    for row, r, s in zip(w, reps, se):
+        idx = np.repeat(first, row.astype(int))  # any member of a group stands for all of them
+        assert r == pytest.approx(f1_macro(ob, idx) - f1_macro(ot, idx), abs=1e-12)
+        per_example = np.bincount(idx, minlength=n).astype(float)[None, :]
+        r1, s1 = parts.drop_and_se(per_example, False, True)
+        assert (r, s) == pytest.approx((r1[0], s1[0]), abs=1e-12)
+
+
+def test_multinomial_counts_have_the_distribution_of_resampled_indices():
+    """Counts per group of n uniform indices are Multinomial(n, sizes / n): mean n p, covariance
+    n (diag p - p p^T); the multinomial draw reproduces both."""
+    sizes = np.array([1.0, 3.0, 6.0, 10.0])
+    n = 20
+    w = np.concatenate(list(stats._count_chunks(sizes, n, 40000, seed=1)))
+    p = sizes / n
+    se_mean = np.sqrt(n * p * (1 - p) / w.shape[0])
+    assert np.all(np.abs(w.mean(axis=0) - n * p) < 5 * se_mean)
+    assert np.allclose(np.cov(w.T), n * (np.diag(p) - np.outer(p, p)), atol=0.1)
+
+
+def _reference_bootstrap_t(b, t, rel, hib, n_boot, seed, alpha, fail_alpha):
+    """The bootstrap-t of compare_scores written out plainly: n indices per resample, the mean
+    (relative: linearised drop) and its standard error on the gathered examples."""
+    n = b.size
+    sign = 1.0 if hib else -1.0
+
+    def stat(idx):
+        bb, tt = b[idx], t[idx]
+        mb, mt = bb.mean(), tt.mean()
+        d = sign * (bb - tt)
+        if not rel:
+            return d.mean(), d.std(ddof=1) / math.sqrt(n)
+        r = sign * (mb - mt) / abs(mb)
+        infl = ((d - d.mean()) - r * np.sign(mb) * (bb - mb)) / abs(mb)
+        return r, infl.std(ddof=1) / math.sqrt(n)
+
+    drop, se = stat(np.arange(n))
+    out = [stat(row) for idx in stats._index_chunks(n, n_boot, seed) for row in idx]
+    reps, ses = (np.array(v) for v in zip(*out))
+    return stats._studentized_bounds(drop, se, reps, ses, alpha, fail_alpha)
+
+
+@pytest.mark.parametrize("rel", [False, True])
+@pytest.mark.parametrize("quantised", [False, True])
+def test_compare_scores_bootstrap_matches_reference(rel, quantised):
+    """Distinct scores: the same index stream, so the same bounds to float rounding. Repeated
+    scores (resampled as groups by multinomial): a different stream of the same distribution, so
+    the bounds agree to Monte Carlo error, and each replicate equals the plain computation on the
+    examples its counts stand for."""
+    rng = np.random.default_rng(11)
+    n = 300
+    b = 3.0 + rng.normal(0, 0.5, n)
+    t = b + 0.05 + rng.normal(0, 0.3, n)
+    if quantised:
+        b, t = np.round(b * 2) / 2, np.round(t * 2) / 2
+    boots = 4000 if quantised else 1000
+    kw = dict(max_drop=0.05 if rel else 0.1, relative=rel, higher_is_better=False, seed=4, n_boot=boots)
+    got = stats.compare_scores(b, t, fail_alpha=0.025, **kw)
+    low, high = _reference_bootstrap_t(b, t, rel, False, boots, 4, 0.05, 0.025)
+    tol = 0.1 * (high - low) if quantised else 1e-9  # Monte Carlo error of a tail quantile of 4000 resamples
+    assert (got.ci_low, got.ci_high) == pytest.approx((low, high), abs=tol)
+    diff = t - b
+    reps, ses = stats._moment_replicates(b, t, diff, rel, False, 100, 4)
+    if quantised:
+        codes, first = stats._distinct_rows(b[:, None], t[:, None]) if rel else (None, None)
+        if not rel:
+            values, codes = np.unique(diff, return_inverse=True)
+            first = np.array([np.flatnonzero(codes == g)[0] for g in range(values.size)])
+        sizes = np.bincount(codes.reshape(-1)).astype(float)
+        w = np.concatenate(list(stats._count_chunks(sizes, n, 100, 4, 5 if rel else 2)))
+        rows = [np.repeat(first, row.astype(int)) for row in w]
+    else:
+        rows = [row for idx in stats._index_chunks(n, 100, 4) for row in idx]
+    for idx, r, s in zip(rows, reps, ses):
+        bb, tt = b[idx], t[idx]
+        d = tt - bb
+        if rel:
+            mb = bb.mean()
+            ref_r = (tt.mean() - mb) / abs(mb)
+            ref_s = (((d - d.mean()) - ref_r * np.sign(mb) * (bb - mb)) / abs(mb)).std(ddof=1) / math.sqrt(n)
+        else:
+            ref_r, ref_s = d.mean(), d.std(ddof=1) / math.sqrt(n)
+        assert (r, s) == pytest.approx((ref_r, ref_s), rel=1e-9, abs=1e-12)
