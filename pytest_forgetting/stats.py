@@ -485,6 +485,120 @@ def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     return _cp_lower(kf, nf, a), _cp_upper(kf, nf, a)
 
 
+# ----- the same functions element-wise over arrays (class_drops decides K classes at once) -----
+# Same steps, stopping rules and special cases as the scalar versions; numpy's log / exp may differ
+# from the math module's in the last bit, so the bounds agree to ~1e-15 (tested).
+
+
+def _log_beta_arr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.array([_log_beta(x, y) for x, y in zip(a.tolist(), b.tolist())], dtype=float)
+
+
+def _beta_fraction_arr(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """:func:`_beta_fraction` element-wise: every entry stops at its own convergence."""
+    tiny = 1e-300
+    c = np.ones_like(x)
+    d = 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / np.where(np.abs(d) > tiny, d, tiny)
+    h = d.copy()
+    active = np.ones(x.shape, dtype=bool)
+    for m in range(1, 100_000):
+        if not active.any():
+            break
+        ai, bi, xi = a[active], b[active], x[active]
+        ci, di, hi = c[active], d[active], h[active]
+        step = None
+        for coeff in (m * (bi - m) * xi / ((ai + 2 * m - 1.0) * (ai + 2 * m)),
+                      -(ai + m) * (ai + bi + m) * xi / ((ai + 2 * m) * (ai + 2 * m + 1.0))):
+            di = 1.0 + coeff * di
+            di = 1.0 / np.where(np.abs(di) > tiny, di, tiny)
+            ci = 1.0 + coeff / ci
+            ci = np.where(np.abs(ci) > tiny, ci, tiny)
+            step = ci * di
+            hi = hi * step
+        c[active], d[active], h[active] = ci, di, hi
+        idx = np.flatnonzero(active)
+        active[idx[np.abs(step - 1.0) < 1e-15]] = False
+    return h
+
+
+def _betainc_arr(a: np.ndarray, b: np.ndarray, x: np.ndarray, log_beta: np.ndarray) -> np.ndarray:
+    """:func:`_betainc` element-wise (``log_beta`` = _log_beta(a, b), computed once)."""
+    out = np.where(x <= 0.0, 0.0, 1.0)
+    inner = (x > 0.0) & (x < 1.0)
+    if inner.any():
+        ai, bi, xi = a[inner], b[inner], x[inner]
+        with np.errstate(divide="ignore"):
+            log_front = ai * np.log(xi) + bi * np.log1p(-xi) - log_beta[inner]
+        front = np.exp(log_front)
+        direct = xi < (ai + 1.0) / (ai + bi + 2.0)
+        val = np.empty_like(xi)
+        if direct.any():
+            val[direct] = front[direct] * _beta_fraction_arr(ai[direct], bi[direct], xi[direct]) / ai[direct]
+        flip = ~direct
+        if flip.any():
+            val[flip] = 1.0 - front[flip] * _beta_fraction_arr(bi[flip], ai[flip], 1.0 - xi[flip]) / bi[flip]
+        out[inner] = val
+    return out
+
+
+def _beta_quantile_arr(p: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """:func:`_beta_quantile` element-wise (one probability p)."""
+    lo, hi = np.zeros_like(a), np.ones_like(a)
+    x = a / (a + b)
+    log_norm = _log_beta_arr(a, b)
+    active = np.ones(a.shape, dtype=bool)
+    for _ in range(300):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        ai, bi, xi, li, hi_ = a[idx], b[idx], x[idx], lo[idx], hi[idx]
+        err = _betainc_arr(ai, bi, xi, log_norm[idx]) - p
+        li = np.where(err < 0.0, xi, li)
+        hi_ = np.where(err < 0.0, hi_, xi)
+        lo[idx], hi[idx] = li, hi_
+        stop = (err == 0.0) | (hi_ - li <= 1e-15 * hi_)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            log_density = (ai - 1.0) * np.log(xi) + (bi - 1.0) * np.log1p(-xi) - log_norm[idx]
+            density = np.where(log_density < 700, np.exp(np.minimum(log_density, 700.0)), np.inf)
+            step = np.where((density > 0.0) & (density < np.inf), xi - err / density, np.nan)
+        step = np.where((li < step) & (step < hi_), step, 0.5 * (li + hi_))
+        close = ~stop & (np.abs(step - xi) <= 1e-15 * xi)
+        x[idx] = np.where(stop, xi, step)
+        active[idx[stop | close]] = False
+    return x
+
+
+def _cp_upper_arr(k: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
+    """:func:`_cp_upper` element-wise."""
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    out = np.ones(k.shape)
+    zero = k <= 0
+    out[zero] = [-math.expm1(math.log(alpha) / v) for v in n[zero].tolist()]
+    mid = (k > 0) & (k < n)
+    if mid.any():
+        out[mid] = _per_distinct(k[mid], n[mid], lambda kk, nn: _beta_quantile_arr(1.0 - alpha, kk + 1.0, nn - kk))
+    return out
+
+
+def _cp_lower_arr(k: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
+    """:func:`_cp_lower` element-wise."""
+    k, n = np.asarray(k, dtype=float), np.asarray(n, dtype=float)
+    out = np.zeros(k.shape)
+    full = (k > 0) & (k >= n)
+    out[full] = [math.exp(math.log(alpha) / v) for v in n[full].tolist()]
+    mid = (k > 0) & (k < n)
+    if mid.any():
+        out[mid] = _per_distinct(k[mid], n[mid], lambda kk, nn: _beta_quantile_arr(alpha, kk, nn - kk + 1.0))
+    return out
+
+
+def _per_distinct(k: np.ndarray, n: np.ndarray, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """fn(k, n) computed once per distinct (k, n) pair (classes of one size share their counts)."""
+    pairs, inverse = np.unique(np.stack([k, n], axis=1), axis=0, return_inverse=True)
+    return fn(pairs[:, 0].copy(), pairs[:, 1].copy())[inverse.reshape(-1)]
+
+
 # --------------------------------------------------------------------------------------------
 # Paired 0/1 intervals
 # --------------------------------------------------------------------------------------------
@@ -562,6 +676,51 @@ def _tango_bound(b: float, c: float, n: float, z: float, upper: bool) -> float:
     if upper:
         return -_tango_lower(c, b, n, z)
     return _tango_lower(b, c, n, z)
+
+
+def _tango_lower_arr(b: np.ndarray, c: np.ndarray, n: np.ndarray, z: float, cc: float) -> np.ndarray:
+    """:func:`_tango_lower` element-wise (n an array too), with the same bisection steps, stopping
+    rule and arithmetic as the scalar code, so the same floats."""
+    b, c, n = (np.asarray(v, dtype=float) for v in (b, c, n))
+    dhat = (b - c) / n
+    lo, hi = np.full(b.shape, -1.0), dhat.copy()
+    active = dhat != -1.0
+    eps4 = 4 * np.finfo(float).eps
+    for _ in range(200):
+        active &= ~(hi - lo <= 1e-13 + eps4 * np.abs(lo))
+        if not active.any():
+            break
+        idx = np.flatnonzero(active)
+        bi, ci, ni, li, hi_, di = b[idx], c[idx], n[idx], lo[idx], hi[idx], dhat[idx]
+        mid = 0.5 * (li + hi_)
+        num = bi - ci - ni * mid - cc
+        big_b = -(bi + ci) + (2.0 * ni - bi + ci) * mid
+        big_c = -ci * mid * (1.0 - mid)
+        root = np.sqrt(np.maximum(big_b * big_b - 8.0 * ni * big_c, 0.0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(big_b > 0.0, (-2.0 * big_c) / (big_b + root), (root - big_b) / (4.0 * ni))
+            var = 2.0 * q + mid * (1.0 - mid)
+            zval = np.clip(num / np.sqrt(ni * var), -_Z_CLIP, _Z_CLIP)
+        zval = np.where(var <= 1e-300, np.where(num == 0.0, 0.0, np.copysign(_Z_CLIP, num)), zval)
+        f = np.where(mid == di, -z, zval - z)
+        lo[idx] = np.where(f > 0.0, mid, li)
+        hi[idx] = np.where(f > 0.0, hi_, mid)
+    out = 0.5 * (lo + hi)
+    out[dhat == -1.0] = -1.0
+    if cc == 0.0:
+        none = (b == 0.0) & (c == 0.0)
+        out[none] = -(z * z / (n[none] + z * z))
+    return out
+
+
+def _paired_high_arr(b: np.ndarray, c: np.ndarray, n: np.ndarray, alpha: float) -> np.ndarray:
+    """The upper (PASS-side) bound of :func:`_paired_bounds`, element-wise."""
+    b, c, n = (np.asarray(v, dtype=float) for v in (b, c, n))
+    zp = _z(alpha)
+    up_bc = np.where((b > 0) | (c > 0), -_tango_lower_arr(c, b, n, zp, _CC_PASS), 0.0)
+    up_b0 = np.where(b > 0, -_tango_lower_arr(np.zeros_like(b), b, n, zp, _CC_PASS), 0.0)
+    high0 = np.maximum(up_b0, _cp_upper_arr(b, n, alpha))
+    return np.where(c == 0, high0, np.minimum(up_bc, high0))
 
 
 def tango_interval(b: float, c: float, n: float, alpha: float = 0.05) -> tuple[float, float]:
@@ -1898,17 +2057,20 @@ def class_drops(
             f"got lengths {bc.size}, {tc.size} and {np.size(labels)}"
         )
     lab = _as_labels(labels, bc.size)
-    classes = np.unique(lab)
+    # one pass of counts, then every class's bounds at once (element-wise versions of the
+    # scalar bounds, same results)
+    classes, codes = np.unique(lab, return_inverse=True)
+    codes = codes.reshape(-1)
     k = len(classes)
     a_each = af / (2.0 * k)
+    sizes = np.bincount(codes, minlength=k)
+    neg = np.bincount(codes[bc & ~tc], minlength=k)
+    pos = np.bincount(codes[~bc & tc], minlength=k)
+    highs = _paired_high_arr(neg, pos, sizes, a)
+    lows = _cp_lower_arr(neg, sizes, a_each) - _cp_upper_arr(pos, sizes, a_each)
     out: list[Budget] = []
-    for cls in classes:
-        mask = lab == cls
-        nk = int(mask.sum())
-        b = int(np.count_nonzero(bc[mask] & ~tc[mask]))
-        c = int(np.count_nonzero(~bc[mask] & tc[mask]))
-        _, high = _paired_bounds(b, c, nk, a, af)
-        low = _cp_lower(b, nk, a_each) - _cp_upper(c, nk, a_each)
+    for cls, nk, b, c, low, high in zip(classes, sizes.tolist(), neg.tolist(), pos.tolist(),
+                                        lows.tolist(), highs.tolist()):
         label = cls.item() if hasattr(cls, "item") else cls
         out.append(Budget(
             name=_class_name(label, class_names), value=(b - c) / nk, ci_low=low,

@@ -1113,3 +1113,49 @@ def test_compare_scores_bootstrap_matches_reference(rel, quantised):
         else:
             ref_r, ref_s = d.mean(), d.std(ddof=1) / math.sqrt(n)
         assert (r, s) == pytest.approx((ref_r, ref_s), rel=1e-9, abs=1e-12)
+
+
+def _class_drops_reference(bc, tc, labels, limit, alpha, fail_alpha):
+    """class_drops written out class by class with the scalar bounds."""
+    classes = np.unique(labels)
+    a_each = fail_alpha / (2.0 * len(classes))
+    out = []
+    for cls in classes:
+        mask = labels == cls
+        nk = int(mask.sum())
+        b = int(np.count_nonzero(bc[mask] & ~tc[mask]))
+        c = int(np.count_nonzero(~bc[mask] & tc[mask]))
+        _, high = stats._paired_bounds(b, c, nk, alpha, fail_alpha)
+        low = stats._cp_lower(b, nk, a_each) - stats._cp_upper(c, nk, a_each)
+        out.append((str(cls), (b - c) / nk, nk, low, high, stats._decide(low, high, limit)))
+    return sorted(out, key=lambda r: (-r[1], -r[3]))
+
+
+def test_class_drops_vectorised_matches_the_scalar_bounds():
+    """All classes at once (bincount, element-wise Tango and Clopper-Pearson) against the
+    class-by-class scalar code: same classes, values and verdicts; Tango's ends bit for bit, the
+    beta quantiles to 1e-13 (numpy's log / exp against the math module's)."""
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        n = int(rng.integers(1, 2500))
+        k = int(rng.integers(1, 80))
+        labels = rng.integers(0, k, n)
+        bc = rng.random(n) < rng.random()
+        tc = np.where(rng.random(n) < rng.random() * 0.5, ~bc, bc)
+        if trial % 5 == 0:
+            tc = bc.copy()
+        if trial % 9 == 0:
+            tc = ~bc
+        limit = float(rng.choice([0.0, 0.05, 0.1, 1.0, -0.05]))
+        got = stats.class_drops(bc.astype(float), tc.astype(float), labels, limit=limit, fail_alpha=0.025)
+        ref = _class_drops_reference(bc, tc, labels, limit, 0.05, 0.025)
+        assert len(got) == len(ref)
+        for g, (name, value, nk, low, high, verdict) in zip(got, ref):
+            assert (g.name, g.value, g.n, g.verdict) == (name, value, nk, verdict)
+            assert g.ci_low == pytest.approx(low, abs=1e-13) and g.ci_high == pytest.approx(high, abs=1e-13)
+    b = np.array([0.0, 3.0, 7.0, 10.0, 0.0, 5.0])
+    c = np.array([0.0, 0.0, 2.0, 0.0, 4.0, 5.0])
+    n = np.array([10.0, 10.0, 10.0, 10.0, 10.0, 200.0])
+    for cc in (0.0, 1.0):
+        ends = stats._tango_lower_arr(b, c, n, stats._z(0.05), cc)
+        assert ends.tolist() == [stats._tango_lower(x, y, m, stats._z(0.05), cc) for x, y, m in zip(b, c, n)]
