@@ -1374,10 +1374,15 @@ class _RatioParts:
         infl = slope[:, None] * (coef @ y.T - (coef * r) @ x.T)
         return value, infl
 
+    def full_weights(self) -> np.ndarray:
+        """The whole eval set as resample counts: 1 per example, or the group sizes."""
+        return np.ones((1, self.n)) if self.sizes is None else self.sizes[None, :]
+
     def values(self) -> tuple[float, float]:
-        w = np.ones((1, self.n))
-        vb, _ = self._model(w, self.yb, self.xb, self.present_b)
-        vt, _ = self._model(w, self.yt, self.xt, self.present_t)
+        w = self.full_weights()
+        yb, xb, yt, xt = self.grouped
+        vb, _ = self._model(w, yb, xb, self.present_b)
+        vt, _ = self._model(w, yt, xt, self.present_t)
         return float(vb[0]), float(vt[0])
 
     def drop_and_se(self, w: np.ndarray, relative: bool, hib: bool,
@@ -1941,8 +1946,8 @@ def compare_statistic(
     if parts is not None:
         width = parts.width
 
-        drop0, se0 = (float(v[0]) for v in parts.drop_and_se(np.ones((1, n)), rel, hib))
         grouped = parts.sizes is not None
+        drop0, se0 = (float(v[0]) for v in parts.drop_and_se(parts.full_weights(), rel, hib, grouped=grouped))
         chunks = [parts.drop_and_se(w, rel, hib, grouped=grouped)
                   for w in _count_chunks(parts.sizes, n, n_boot, seed, width)]
         reps = np.concatenate([c[0] for c in chunks])
