@@ -495,31 +495,34 @@ def _log_beta_arr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _beta_fraction_arr(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """:func:`_beta_fraction` element-wise: every entry stops at its own convergence."""
+    """:func:`_beta_fraction` element-wise: every entry stops at its own convergence (the
+    entries still running are kept packed, so a step costs only their arithmetic)."""
     tiny = 1e-300
+    out = np.empty_like(x)
+    pos = np.arange(x.size)
     c = np.ones_like(x)
     d = 1.0 - (a + b) * x / (a + 1.0)
     d = 1.0 / np.where(np.abs(d) > tiny, d, tiny)
     h = d.copy()
-    active = np.ones(x.shape, dtype=bool)
     for m in range(1, 100_000):
-        if not active.any():
+        if pos.size == 0:
             break
-        ai, bi, xi = a[active], b[active], x[active]
-        ci, di, hi = c[active], d[active], h[active]
         step = None
-        for coeff in (m * (bi - m) * xi / ((ai + 2 * m - 1.0) * (ai + 2 * m)),
-                      -(ai + m) * (ai + bi + m) * xi / ((ai + 2 * m) * (ai + 2 * m + 1.0))):
-            di = 1.0 + coeff * di
-            di = 1.0 / np.where(np.abs(di) > tiny, di, tiny)
-            ci = 1.0 + coeff / ci
-            ci = np.where(np.abs(ci) > tiny, ci, tiny)
-            step = ci * di
-            hi = hi * step
-        c[active], d[active], h[active] = ci, di, hi
-        idx = np.flatnonzero(active)
-        active[idx[np.abs(step - 1.0) < 1e-15]] = False
-    return h
+        for coeff in (m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
+                      -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))):
+            d = 1.0 + coeff * d
+            d = 1.0 / np.where(np.abs(d) > tiny, d, tiny)
+            c = 1.0 + coeff / c
+            c = np.where(np.abs(c) > tiny, c, tiny)
+            step = c * d
+            h = h * step
+        done = np.abs(step - 1.0) < 1e-15
+        if done.any():
+            out[pos[done]] = h[done]
+            keep = ~done
+            pos, a, b, x, c, d, h = pos[keep], a[keep], b[keep], x[keep], c[keep], d[keep], h[keep]
+    out[pos] = h
+    return out
 
 
 def _betainc_arr(a: np.ndarray, b: np.ndarray, x: np.ndarray, log_beta: np.ndarray) -> np.ndarray:
