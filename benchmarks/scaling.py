@@ -146,17 +146,7 @@ def table(results: list[dict]) -> list[str]:
     return lines
 
 
-def write_section(name: str, lines: list[str]) -> None:
-    """Replace (or append) this benchmark's section of benchmarks/RESULTS.md, between its markers."""
-    path = Path(__file__).resolve().parent / "RESULTS.md"
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
-    block = "\n".join([start, *lines, end])
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
+from bucketing import write_section  # noqa: E402  (one RESULTS.md section writer for the benchmarks)
 
 
 def machine() -> str:

@@ -1369,22 +1369,10 @@ class _RatioParts:
             iu, ju = np.triu_indices(z.shape[1])
             self.gram = (np.concatenate([z, u[:, iu] * u[:, ju]], axis=1), centre, iu, ju)
 
-    @staticmethod
-    def _sums(w: np.ndarray, y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return w @ y, w @ x
-
     def _model(self, w: np.ndarray, y: np.ndarray, x: np.ndarray,
                present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        sy, sx = w @ y, w @ x
-        k = float(present.sum())
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(sx > 0, sy / sx, 0.0) * present
-            coef = np.where(sx > 0, present * self.n / (k * sx), 0.0)
-        mean_r = r.sum(axis=1) / k
-        value = np.exp(mean_r) if self.exp else mean_r
-        slope = value if self.exp else np.ones_like(value)
-        infl = slope[:, None] * (coef @ y.T - (coef * r) @ x.T)
-        return value, infl
+        value, alpha, gamma = self._terms(w @ y, w @ x, present)
+        return value, alpha @ y.T + gamma @ x.T
 
     def full_weights(self) -> np.ndarray:
         """The whole eval set as resample counts: 1 per example, or the group sizes."""

@@ -17,27 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from _checkpoint_helpers import TEXT_CONFTEST  # the two text tasks of the hostile suites
 from conftest import linear_weights, save_weights
 
-TEXT_CONFTEST = '''
-import pytest_forgetting as pf
-
-WORDS = [f"w{i}" for i in range(40)]
-
-
-def _texts(n, shift):
-    return [" ".join(WORDS[(i * shift + j) % len(WORDS)] for j in range(4)) for i in range(n)]
-
-
-@pf.task("words")
-def words():
-    return pf.TextClassificationTask(_texts(300, 1), [i % 3 for i in range(300)], class_names=["negative", "neutral", "positive"])
-
-
-@pf.task("words2")
-def words2():
-    return pf.TextClassificationTask(_texts(300, 3), [(i // 2) % 3 for i in range(300)], class_names=["negative", "neutral", "positive"])
-'''
 
 TWO_CHECKS = """
     import pytest
