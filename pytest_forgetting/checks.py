@@ -15,7 +15,8 @@ from typing import Any, Mapping
 from .errors import ConfigError
 from .registry import REGISTRY, suggest
 
-RETAINS_KEYS = ("task", "max_drop", "metric", "relative", "max_class_drop", "max_nfr", "split", "slices", "max_gap_increase")
+RETAINS_KEYS = ("task", "max_drop", "metric", "relative", "max_class_drop", "max_nfr", "split", "slices", "max_gap_increase",
+                "class_metric")
 IMPROVES_KEYS = ("task", "min_gain", "metric", "relative", "split")
 
 
@@ -32,6 +33,8 @@ class Check:
     slices: str | None = None
     #: the best-minus-worst slice (or class) gap may widen by at most this (``gap.compare_gap``)
     max_gap_increase: float | None = None
+    #: what max_class_drop budgets per class: "recall" (per-class accuracy) or "precision" (class_budget.py)
+    class_metric: str = "recall"
 
     @property
     def label(self) -> str:
@@ -102,6 +105,9 @@ def parse_check(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[An
         slices = kwargs.get("slices")
         if slices is not None and not isinstance(slices, str):
             raise ConfigError(f"{where}: slices={slices!r} must be a column name")
+        from .class_budget import check_class_metric
+
+        class_metric = check_class_metric(where, kwargs.get("class_metric", "recall"), max_class_drop=mcd, slices=slices)
         return Check(
             "retains",
             task_name,
@@ -113,6 +119,7 @@ def parse_check(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[An
             None if mnfr is None else _number(where, "max_nfr", mnfr, 0.0, 1.0),
             slices,
             None if mgi is None else _number(where, "max_gap_increase", mgi, 0.0, 1.0 if bounded else None),
+            class_metric,
         )
     if "min_gain" not in kwargs:
         raise ConfigError(f"{where}: improves() needs min_gain= (e.g. min_gain=0.05 for five points)")

@@ -30,10 +30,10 @@ MARKERS = ("retains", "improves")
 
 RETAINS_DOC = (
     "retains(task, max_drop, metric=None, relative=False, max_class_drop=None, max_nfr=None, split='test', slices=None, "
-    "max_gap_increase=None): "
+    "max_gap_increase=None, class_metric='recall'): "
     "the tuned checkpoint must keep the base checkpoint's `metric` on `task` within `max_drop` "
     "(absolute, or a fraction of the base value with relative=True), optionally per class / slice "
-    "(max_class_drop), within a budget of negative flips (max_nfr), and without widening the gap between "
+    "(max_class_drop; class_metric='precision' budgets each class's precision instead of its recall), within a budget of negative flips (max_nfr), and without widening the gap between "
     "the best and the worst slice / class by more than max_gap_increase."
 )
 IMPROVES_DOC = (

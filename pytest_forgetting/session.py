@@ -694,24 +694,34 @@ class ForgettingSession:
                 groups, group_names = b.outputs["label"], names
                 if check.slices:
                     groups, group_names = _encode_groups(task.slice_column(check.split, check.slices), b.ids, task.ids(check.split))
-                limit = check.max_class_drop if check.max_class_drop is not None else 1.0
-                per_class = stats.class_drops(bc.astype(float), tc.astype(float), groups, limit=limit, alpha=alpha, class_names=group_names,
-                                              fail_alpha=fail_alpha if check.max_class_drop is not None else None)
-                gated = check.max_class_drop is not None
-                row["worst_classes"] = [  # a class verdict is shown only when a class budget gates it
-                    {"name": c.name, "drop": c.value, "ci_low": c.ci_low, "ci_high": c.ci_high, "verdict": c.verdict if gated else "", "n": c.n}
-                    for c in per_class[:N_WORST_CLASSES]
-                ]
-                if check.max_class_drop is not None:
-                    budgets.extend(per_class)
-                    broken = [c for c in per_class if c.verdict != "pass"]
-                    if broken:
-                        what = "slice" if check.slices else "class"
-                        reasons.append(
-                            f"{what} drop budget {check.max_class_drop:g}: "
-                            + ", ".join(f"{c.name} {c.value:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.verdict}" for c in broken[:3])
-                        )
-                    verdicts.extend(c.verdict for c in per_class)
+                if check.class_metric == "precision":  # max_class_drop budgets per-class precision (class_budget.py)
+                    from .class_budget import precision_part
+
+                    part = precision_part(b.outputs, t.outputs, limit=check.max_class_drop, alpha=alpha, fail_alpha=fail_alpha,
+                                          class_names=names, top=N_WORST_CLASSES, task=task.name)
+                    row["worst_classes"], row["class_metric"] = part.rows, "precision"
+                    budgets.extend(part.budgets)
+                    verdicts.extend(part.verdicts)
+                    reasons.append(part.reason)
+                else:
+                    limit = check.max_class_drop if check.max_class_drop is not None else 1.0
+                    per_class = stats.class_drops(bc.astype(float), tc.astype(float), groups, limit=limit, alpha=alpha, class_names=group_names,
+                                                  fail_alpha=fail_alpha if check.max_class_drop is not None else None)
+                    gated = check.max_class_drop is not None
+                    row["worst_classes"] = [  # a class verdict is shown only when a class budget gates it
+                        {"name": c.name, "drop": c.value, "ci_low": c.ci_low, "ci_high": c.ci_high, "verdict": c.verdict if gated else "", "n": c.n}
+                        for c in per_class[:N_WORST_CLASSES]
+                    ]
+                    if check.max_class_drop is not None:
+                        budgets.extend(per_class)
+                        broken = [c for c in per_class if c.verdict != "pass"]
+                        if broken:
+                            what = "slice" if check.slices else "class"
+                            reasons.append(
+                                f"{what} drop budget {check.max_class_drop:g}: "
+                                + ", ".join(f"{c.name} {c.value:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.verdict}" for c in broken[:3])
+                            )
+                        verdicts.extend(c.verdict for c in per_class)
             elif check.max_class_drop is not None:
                 raise ConfigError(f"max_class_drop needs class labels; task {task.name!r} has none (use slices= with a column)")
             if gates_nfr:
