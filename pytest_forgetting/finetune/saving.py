@@ -1,0 +1,49 @@
+"""``save_to=``: write a fine-tuned module in the form ``--tuned-ckpt`` loads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .spec import FinetuneError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+def is_peft(model: Any) -> bool:
+    try:
+        import peft
+    except ImportError:
+        return False
+    return isinstance(model, peft.PeftModel)
+
+
+def save_model(model: "nn.Module", path: str | os.PathLike[str], tokenizer: Any = None) -> str:
+    """Write what ``--tuned-ckpt`` loads: a PEFT adapter folder, a ``.safetensors`` file, or an HF folder."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if is_peft(model):
+        if path.suffix == ".safetensors":
+            raise FinetuneError(f"save_to={str(path)!r}: a LoRA model is saved as a PEFT adapter folder; give a folder path")
+        model.save_pretrained(str(path))
+        return str(path)
+    if path.suffix == ".safetensors":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # clones: tied weights share storage, which safetensors refuses; both names stay for strict loading
+        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, path)
+        return str(path)
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(str(path))
+        if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(str(path))
+        return str(path)
+    raise FinetuneError(
+        f"save_to={str(path)!r}: a plain nn.Module is saved as a single .safetensors file (loaded with --model-factory); "
+        "end the path with .safetensors"
+    )
