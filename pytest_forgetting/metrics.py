@@ -33,9 +33,18 @@ class Metric:
     # (stats.Ratio) instead of treating the metric as a black box.
     ratio: Callable[[Outputs], tuple[np.ndarray, np.ndarray]] | None = None
     transform: str = "identity"
+    # Whether the ratio's denominators are the same for both models (tokens, words, support);
+    # None: every ratio but macro-F1's. Used only to bound the metric when no example changed.
+    ratio_den_fixed: bool | None = None
+    # False for a ratio with no exact bound when no example changed (entity counts per sentence
+    # are unbounded): then identical outputs are left to the black-box path (no spread: INCONCLUSIVE).
+    ratio_no_change: bool = True
     # (base outputs, tuned outputs) -> stats.Sensitivity: how far the metric can move when a
     # fraction of the examples changes, for the exact no-change rule of bounded aggregates.
     sensitivity: Callable[[Outputs, Outputs], Sensitivity] | None = None
+    # (low, high) that every per-example score lies in by definition (beyond 0/1): the decision
+    # then uses bounds valid at every n (stats.compare_scores(score_range=...)).
+    score_range: tuple[float, float] | None = None
 
     def value(self, outputs: Outputs, idx: np.ndarray | None = None) -> float:
         if idx is None:
@@ -110,9 +119,14 @@ def ratio_of(metric: "Metric", base: Outputs, tuned: Outputs) -> Ratio | None:
     else:
         nb, db = metric.ratio(base)
         nt, dt = metric.ratio(tuned)
+        if not (np.sum(db) > 0 and np.sum(dt) > 0):
+            return None  # a ratio of nothing (no entity at all): the metric's own convention decides
+        if not metric.ratio_no_change and np.array_equal(nb, nt) and np.array_equal(db, dt):
+            return None
     # F1's denominators count predictions, so they move with the model; the others count
     # references (support, tokens, words) and do not.
-    return Ratio(nb, db, nt, dt, transform=metric.transform, den_fixed=metric.ratio is not _f1_macro_ratio)
+    den_fixed = metric.ratio is not _f1_macro_ratio if metric.ratio_den_fixed is None else metric.ratio_den_fixed
+    return Ratio(nb, db, nt, dt, transform=metric.transform, den_fixed=den_fixed)
 
 
 def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

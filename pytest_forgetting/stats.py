@@ -104,6 +104,24 @@ _CHUNK_ENTRIES = 2_000_000
 #: a few hundred (small counts); per-example NLL rarely repeats and keeps the index matrices.
 _MULTINOMIAL_RATIO = 8
 
+#: From this many examples, a bootstrap-t whose resamples would draw an index per example (scores
+#: that rarely repeat: per-example NLL, continuous scores, perplexity's token sums) is replaced by
+#: the interval it approximates, computed analytically (:func:`_edgeworth_bounds`: the one-term
+#: Edgeworth / Cornish-Fisher correction of the studentised statistic, Hall 1992). Both are
+#: second-order accurate; they differ by O(1/n) in the t quantiles, under the bootstrap's own
+#: Monte-Carlo error (~0.05 SE) at this n (tests/test_large_n.py). Resampling costs O(n) per
+#: resample (2,000 x n draws: ~2 s at n = 1e5, ~30 s at 1e6), the expansion one pass over the data.
+#: Paths whose examples repeat (macro-F1, WER, entity F1) resample group counts, cheap at any n,
+#: and keep the bootstrap.
+_ANALYTIC_MIN_N = 50_000
+
+#: The analytic interval is used only while its correction stays small: the skewness shift of the
+#: t quantile at most this many standard errors, and the left-out O(1/n) terms ((skewness^2 +
+#: |excess kurtosis|) / n) at most _EDGEWORTH_MAX_SECOND; beyond either (very skewed or heavy-tailed
+#: scores) the bootstrap-t decides, however long it takes.
+_EDGEWORTH_MAX_SHIFT = 0.5
+_EDGEWORTH_MAX_SECOND = 0.05
+
 #: Tango's statistic is infinite at the edges of [-1, 1]; clip it so the root finder only ever
 #: sees finite numbers (any value this large is far beyond any z we use).
 _Z_CLIP = 1e8
@@ -1236,6 +1254,19 @@ def _distinct_rows(*arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes, first
 
 
+def _too_many_groups(*arrays: np.ndarray) -> bool:
+    """True when the rows of these aligned (n, d_j) arrays certainly fall into more than
+    n / _MULTINOMIAL_RATIO groups, so :func:`_group_sizes` would say None: the first
+    n // _MULTINOMIAL_RATIO + 1 rows alone hold more distinct rows than that (an exact test that
+    sorts an eighth of the data; scores that never repeat stop here)."""
+    n = arrays[0].shape[0]
+    head = n // _MULTINOMIAL_RATIO + 1
+    if head >= n:
+        return False
+    _, first = _distinct_rows(*(a[:head] for a in arrays))
+    return first.size * _MULTINOMIAL_RATIO > n
+
+
 def _group_sizes(codes: np.ndarray, groups: int, n: int) -> np.ndarray | None:
     """Examples per group when resampling groups by multinomial pays (see _MULTINOMIAL_RATIO)."""
     if groups * _MULTINOMIAL_RATIO > n:
@@ -1293,6 +1324,93 @@ def _studentized_bounds(drop: float, se: float, reps: np.ndarray, reps_se: np.nd
     return min(low, drop), max(high, drop)
 
 
+class _SmoothMean(NamedTuple):
+    """A drop written as a smooth function of the means of per-example inputs, for
+    :func:`_edgeworth_bounds`: ``drop = g(mean_i z_i)`` with ``z`` of shape (n, m), and
+    ``grad(zbar) -> (g(zbar), gradient of g at zbar)``. The studentised statistic is the one the
+    bootstrap-t resamples: (g(zbar*) - g(zbar)) / se*, se* the delta-method SE (gradient at the
+    resample's own mean, the resample's covariance)."""
+
+    z: np.ndarray
+    grad: Callable[[np.ndarray], tuple[float, np.ndarray]]
+
+
+def _edgeworth_terms(sm: _SmoothMean) -> tuple[float, float, float, float, float]:
+    """(g(zbar), sigma, k12, k31, second) of the one-term Edgeworth expansion of the studentised
+    smooth function of means T = sqrt(n) (g(zbar) - g(mu)) / sigma_hat (Hall 1992, sections 2.4
+    and 3.5), with the population moments replaced by the sample's:
+    P(T <= x) = Phi(x) - n^(-1/2) (k12 + k31 (x^2 - 1) / 6) phi(x) + O(1/n), where, with
+    a = grad g, H = Hessian of g, S = covariance of z, psi_i = a . (z_i - zbar), mu3 = E psi^3 and
+    q = a' S H S a:  k12 = tr(H S) / (2 sigma) - (mu3 + 2 q) / (2 sigma^3) (the mean of T) and
+    k31 = -(2 mu3 + 3 q) / sigma^3 (its third cumulant). For a plain mean (H = 0) this is the
+    textbook q1(x) = gamma (2 x^2 + 1) / 6 of Student's t. H comes from central differences of the
+    analytic gradient (relative step 1e-4: truncation ~1e-8, far below what the bound can see).
+    ``second`` = (skewness^2 + |excess kurtosis|) / n, the size of the O(1/n) terms left out."""
+    z = sm.z
+    n = z.shape[0]
+    zbar = z.mean(axis=0)
+    u = z - zbar
+    cov = u.T @ u / n                                    # S
+    value, a = sm.grad(zbar)
+    a = np.asarray(a, dtype=float)
+    psi = u @ a
+    psi2 = psi * psi
+    m2 = float(psi2.sum()) / n
+    sigma = math.sqrt(m2) if m2 > 0 else 0.0
+    if not sigma > 0.0:
+        return float(value), 0.0, 0.0, 0.0, math.inf
+    m3 = float(psi2 @ psi) / n
+    m4 = float(psi2 @ psi2) / n
+    m = zbar.size
+    spread = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    hess = np.zeros((m, m))
+    for j in range(m):
+        h = 1e-4 * max(abs(float(zbar[j])), float(spread[j]), 1e-300)
+        up, down = zbar.copy(), zbar.copy()
+        up[j] += h
+        down[j] -= h
+        hess[:, j] = (np.asarray(sm.grad(up)[1], dtype=float) - np.asarray(sm.grad(down)[1], dtype=float)) / (2.0 * h)
+    hess = 0.5 * (hess + hess.T)
+    sa = cov @ a                                         # S a
+    q = float(sa @ hess @ sa)
+    tr_hs = float(np.sum(hess * cov))                    # tr(H S)
+    k12 = tr_hs / (2.0 * sigma) - (m3 + 2.0 * q) / (2.0 * sigma ** 3)
+    k31 = -(2.0 * m3 + 3.0 * q) / sigma ** 3
+    second = ((m3 / sigma ** 3) ** 2 + abs(m4 / sigma ** 4 - 3.0)) / n
+    return float(value), sigma, k12, k31, second
+
+
+def _edgeworth_bounds(sm: _SmoothMean, drop: float, se: float, alpha: float,
+                      fail_alpha: float) -> tuple[float, float] | None:
+    """The bounds the bootstrap-t approximates, computed from the expansion instead of resamples.
+
+    The bootstrap-t's bounds are drop - t*_q se with t*_q the quantiles of its resampled T*; T*'s
+    distribution has the expansion of :func:`_edgeworth_terms` with the sample's moments, so its
+    quantiles are t_q = z_q + n^(-1/2) (k12 + k31 (z_q^2 - 1) / 6) + O_p(1/n) (Cornish-Fisher):
+    the same second-order accurate interval (Hall 1992, section 3.5, "Edgeworth-corrected" /
+    skewness-corrected studentised interval; Johnson's modified t for a plain mean), without the
+    Monte-Carlo error of 2,000 resamples (about 0.05 SE at these levels). None when the expansion
+    is not trustworthy here (a shift beyond _EDGEWORTH_MAX_SHIFT SEs, or O(1/n) terms beyond
+    _EDGEWORTH_MAX_SECOND: very skewed or heavy-tailed scores); the caller then resamples."""
+    value, sigma, k12, k31, second = _edgeworth_terms(sm)
+    n = sm.z.shape[0]
+    if not (sigma > 0.0 and math.isfinite(second) and second <= _EDGEWORTH_MAX_SECOND
+            and math.isclose(value, drop, rel_tol=1e-7, abs_tol=1e-12 * max(1.0, abs(drop)))):
+        return None
+    root_n = math.sqrt(n)
+
+    def shift(zq: float) -> float:
+        return (k12 + k31 * (zq * zq - 1.0) / 6.0) / root_n
+
+    zp, zf = _z(alpha), _z(fail_alpha)
+    s_low, s_high = shift(-zp), shift(zf)   # at the alpha and 1 - fail_alpha quantiles of T
+    if max(abs(s_low), abs(s_high)) > _EDGEWORTH_MAX_SHIFT:
+        return None
+    high = drop - (-zp + s_low) * se
+    low = drop - (zf + s_high) * se
+    return min(low, drop), max(high, drop)
+
+
 def _bca_bounds(drop: float, reps: np.ndarray, jack: np.ndarray, alpha: float,
                 fail_alpha: float) -> tuple[float, float] | None:
     """BCa bounds (Efron 1987); None when the resamples lie entirely on one side of the estimate
@@ -1322,6 +1440,10 @@ def _bca_bounds(drop: float, reps: np.ndarray, jack: np.ndarray, alpha: float,
     if a_lo * (size - 1) < 1.0:
         lo = -math.inf
     return min(lo, drop), max(hi, drop)
+
+
+#: "not computed yet" for lazily built attributes
+_UNSET: Any = object()
 
 
 class _RatioParts:
@@ -1356,18 +1478,60 @@ class _RatioParts:
         self.unchanged = bool(np.array_equal(self.yb, self.yt) and np.array_equal(self.xb, self.xt))
         self.den_fixed = bool(ratio.den_fixed)
         # the bootstrap resamples groups of identical examples when there are few of them
-        codes, first = _distinct_rows(*arrays)
-        self.sizes = _group_sizes(codes, first.size, n)
+        self.sizes = None
+        if not _too_many_groups(*arrays):
+            codes, first = _distinct_rows(*arrays)
+            self.sizes = _group_sizes(codes, first.size, n)
         self.grouped = tuple(a[first] for a in arrays) if self.sizes is not None else tuple(arrays)
-        # Per-example resamples of a metric with one or two columns: the SE from a weighted Gram
-        # matrix of the centred per-example inputs, one (rows x n) product instead of several passes.
-        self.gram = None
-        if self.sizes is None and self.width <= 2:
-            z = np.concatenate(arrays, axis=1)
-            centre = z.mean(axis=0)
-            u = z - centre
-            iu, ju = np.triu_indices(z.shape[1])
-            self.gram = (np.concatenate([z, u[:, iu] * u[:, ju]], axis=1), centre, iu, ju)
+        self._gram: Any = _UNSET
+
+    @property
+    def gram(self) -> Any:
+        """Per-example resamples of a metric with one or two columns: the SE from a weighted Gram
+        matrix of the centred per-example inputs, one (rows x n) product instead of several
+        passes. Built at first use (the analytic large-n path never needs it); None otherwise."""
+        if self._gram is _UNSET:
+            self._gram = None
+            if self.sizes is None and self.width <= 2:
+                z = np.concatenate([self.yb, self.xb, self.yt, self.xt], axis=1)
+                centre = z.mean(axis=0)
+                u = z - centre
+                iu, ju = np.triu_indices(z.shape[1])
+                self._gram = (np.concatenate([z, u[:, iu] * u[:, ju]], axis=1), centre, iu, ju)
+        return self._gram
+
+    @gram.setter
+    def gram(self, value: Any) -> None:
+        self._gram = value
+
+    def replicates(self, relative: bool, hib: bool, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Drops and SEs of the seeded resamples (group counts when few groups, else per example)."""
+        grouped = self.sizes is not None
+        chunks = [self.drop_and_se(w, relative, hib, grouped=grouped)
+                  for w in _count_chunks(self.sizes, self.n, n_boot, seed, self.width)]
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+
+    def smooth(self, relative: bool, hib: bool) -> _SmoothMean:
+        """The drop as a function of the means of z = (num_base, den_base, num_tuned, den_tuned),
+        gradient from :meth:`_terms` (the linearisation the bootstrap-t's SE uses)."""
+        z = np.concatenate([self.yb, self.xb, self.yt, self.xt], axis=1)
+        kk = self.width
+        sign = 1.0 if hib else -1.0
+
+        def grad(m: np.ndarray) -> tuple[float, np.ndarray]:
+            s = m[None, :] * self.n
+            vb, ab, gb = self._terms(s[:, :kk], s[:, kk:2 * kk], self.present_b)
+            vt, at, gt = self._terms(s[:, 2 * kk:3 * kk], s[:, 3 * kk:], self.present_t)
+            # _terms' coefficients are per example of a sum over n: the gradient in the means
+            drop = sign * (vb - vt)
+            beta = sign * np.concatenate([ab, gb, -at, -gt], axis=1)
+            if relative:
+                own = np.concatenate([ab, gb, np.zeros_like(at), np.zeros_like(gt)], axis=1)
+                drop = drop / np.abs(vb)
+                beta = (beta - (drop * np.sign(vb))[:, None] * own) / np.abs(vb)[:, None]
+            return float(drop[0]), beta[0]
+
+        return _SmoothMean(z, grad)
 
     def _model(self, w: np.ndarray, y: np.ndarray, x: np.ndarray,
                present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1389,7 +1553,7 @@ class _RatioParts:
                     grouped: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Drops and delta-method SEs of resamples given as counts ``w`` per example, or per
         group of identical examples (``grouped``: the rows of ``self.grouped``); the same sums."""
-        if not grouped and self.gram is not None and w.shape[0] > 1:
+        if not grouped and w.shape[0] > 1 and self.gram is not None:
             return self._drop_and_se_gram(w, relative, hib)
         yb, xb, yt, xt = self.grouped if grouped else (self.yb, self.xb, self.yt, self.xt)
         vb, ib = self._model(w, yb, xb, self.present_b)
@@ -1781,8 +1945,8 @@ def compare_scores(
 
     full = np.arange(n)[None, :]
     drop0, se0 = (float(v[0]) for v in batch(full))
-    reps, reps_se = _moment_replicates(b_arr, t_arr, diff, rel, hib, n_boot, seed)
-    return _studentized_comparison(drop=drop0, se=se0, reps=reps, reps_se=reps_se,
+    replicates, smooth = _moment_plan(b_arr, t_arr, diff, rel, hib, n_boot, seed)
+    return _studentized_comparison(drop=drop0, se=se0, replicates=replicates, smooth=smooth,
                                    nfr=nfr, pfr=pfr, **common)
 
 
@@ -1793,22 +1957,55 @@ def _moment_replicates(b: np.ndarray, t: np.ndarray, diff: np.ndarray, rel: bool
     (ddof 1) standard deviation of the differences; relative, the influence values
     ((d - mean d) - r sign(mb) (b - mb)) / |mb| whose variance is var(d - k b) / mb^2 with
     k = r sign(mb). Groups of identical examples are resampled by multinomial when few."""
+    return _moment_plan(b, t, diff, rel, hib, n_boot, seed)[0]()
+
+
+def _mean_smooth(b: np.ndarray, diff: np.ndarray, rel: bool) -> _SmoothMean:
+    """The continuous path's drop as a function of means: mean d (absolute) or mean d / |mean b|
+    (relative; d = +-(b - t) is the signed difference), with its analytic gradient."""
+    if not rel:
+        return _SmoothMean(diff[:, None], lambda m: (float(m[0]), np.ones(1)))
+
+    def grad(m: np.ndarray) -> tuple[float, np.ndarray]:
+        mb, md = float(m[0]), float(m[1])
+        return md / abs(mb), np.array([-md * math.copysign(1.0, mb) / (mb * mb), 1.0 / abs(mb)])
+
+    return _SmoothMean(np.stack([b, diff], axis=1), grad)
+
+
+def _moment_plan(b: np.ndarray, t: np.ndarray, diff: np.ndarray, rel: bool, hib: bool, n_boot: int,
+                 seed: int) -> tuple[Callable[[], tuple[np.ndarray, np.ndarray]], Callable[[], _SmoothMean] | None]:
+    """(replicates, smooth) for :func:`_studentized_comparison`: the resampling of
+    :func:`_moment_replicates`, run only when called, and the drop's smooth-function form when
+    the resamples would draw an index per example (None when they resample a few groups)."""
     n = diff.size
-    sqrt_n = math.sqrt(n)
+    cb = 0.0
     if rel:
-        codes, first = _distinct_rows(b[:, None], t[:, None])
         d = diff
         cb, cd = float(b.mean()), float(d.mean())
-        sizes = _group_sizes(codes, first.size, n)
+        sizes = None
+        if not _too_many_groups(b[:, None], t[:, None]):
+            codes, first = _distinct_rows(b[:, None], t[:, None])
+            sizes = _group_sizes(codes, first.size, n)
         bb, dd = (b[first], d[first]) if sizes is not None else (b, d)
         bc, dc = bb - cb, dd - cd
         cols = np.stack([bc, dc, bc * bc, dc * dc, bc * dc], axis=1)
     else:
-        values, codes = np.unique(diff, return_inverse=True)
         cd = float(diff.mean())
-        sizes = _group_sizes(codes.reshape(-1), values.size, n)
+        sizes = None
+        if not _too_many_groups(diff[:, None]):
+            values, codes = np.unique(diff, return_inverse=True)
+            sizes = _group_sizes(codes.reshape(-1), values.size, n)
         dc = (values if sizes is not None else diff) - cd
         cols = np.stack([dc, dc * dc], axis=1)
+    smooth = (lambda: _mean_smooth(b, diff, rel)) if sizes is None else None
+    return lambda: _moment_draws(cols, sizes, n, n_boot, seed, rel, hib, cb, cd), smooth
+
+
+def _moment_draws(cols: np.ndarray, sizes: np.ndarray | None, n: int, n_boot: int, seed: int, rel: bool,
+                  hib: bool, cb: float, cd: float) -> tuple[np.ndarray, np.ndarray]:
+    """The resampling loop of :func:`_moment_replicates` over the centred moment columns."""
+    sqrt_n = math.sqrt(n)
     reps, ses = [], []
     for w in _count_chunks(sizes, n, n_boot, seed, cols.shape[1]):
         s = w @ cols
@@ -1837,19 +2034,30 @@ def _moment_replicates(b: np.ndarray, t: np.ndarray, diff: np.ndarray, rel: bool
 
 
 def _studentized_comparison(*, n: int, base: float, tuned: float, drop: float, se: float,
-                            reps: np.ndarray, reps_se: np.ndarray, margin: float, relative: bool,
-                            alpha: float, fail_alpha: float, hib: bool,
+                            replicates: Callable[[], tuple[np.ndarray, np.ndarray]],
+                            margin: float, relative: bool, alpha: float, fail_alpha: float, hib: bool,
+                            smooth: Callable[[], _SmoothMean] | None = None,
                             nfr: float | None = None, pfr: float | None = None) -> Comparison:
+    """Bootstrap-t bounds from ``replicates()`` (drops and SEs of the resamples), or, from
+    _ANALYTIC_MIN_N examples when the caller gives the drop's smooth-function form (``smooth``:
+    given only where resamples would draw an index per example), the same interval from its
+    Edgeworth expansion (method "edgeworth-t", deterministic: no resamples, so no seed)."""
     common = dict(n=n, base=base, tuned=tuned, margin=margin, relative=relative, alpha=alpha,
                   fail_alpha=fail_alpha, hib=hib, nfr=nfr, pfr=pfr)
     if not (se > 0.0 and math.isfinite(se)):
         return _degenerate(drop=drop, method="bootstrap-t", why=(
             "the standard error of the drop is 0, so the bootstrap has no spread and no bound is valid"),
             **common)
-    low, high = _studentized_bounds(drop, se, reps, reps_se, alpha, fail_alpha)
+    bounds, method = None, "bootstrap-t"
+    if smooth is not None and n >= _ANALYTIC_MIN_N:
+        bounds, method = _edgeworth_bounds(smooth(), drop, se, alpha, fail_alpha), "edgeworth-t"
+    if bounds is None:
+        reps, reps_se = replicates()
+        bounds, method = _studentized_bounds(drop, se, reps, reps_se, alpha, fail_alpha), "bootstrap-t"
+    low, high = bounds
     verdict = _decide(low, high, margin)
     settle = _normal_settle(n, drop, low, high, margin, alpha, fail_alpha) if verdict == INCONCLUSIVE else None
-    return _result(verdict=verdict, drop=drop, low=low, high=high, method="bootstrap-t",
+    return _result(verdict=verdict, drop=drop, low=low, high=high, method=method,
                    settle=settle, **common)
 
 
@@ -1991,15 +2199,10 @@ def compare_statistic(
                 f"predictions); a macro average needs at least {_MIN_COLUMN_MASS:g} per class to be "
                 "decided, so no method here is valid at this n"))
     if parts is not None:
-        width = parts.width
-
         grouped = parts.sizes is not None
         drop0, se0 = (float(v[0]) for v in parts.drop_and_se(parts.full_weights(), rel, hib, grouped=grouped))
-        chunks = [parts.drop_and_se(w, rel, hib, grouped=grouped)
-                  for w in _count_chunks(parts.sizes, n, n_boot, seed, width)]
-        reps = np.concatenate([c[0] for c in chunks])
-        reps_se = np.concatenate([c[1] for c in chunks])
-        return _studentized_comparison(drop=drop0, se=se0, reps=reps, reps_se=reps_se, **common)
+        return _studentized_comparison(drop=drop0, se=se0, replicates=lambda: parts.replicates(rel, hib, n_boot, seed),
+                                       smooth=None if grouped else (lambda: parts.smooth(rel, hib)), **common)
 
     def batch_stat(idx: np.ndarray) -> np.ndarray:
         pairs = np.array([call(row) for row in idx], dtype=float).reshape(-1, 2)
