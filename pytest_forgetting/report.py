@@ -16,7 +16,10 @@ read from the cache, which another xdist worker or an earlier run filled; ``""``
 ``diff_norm``, ``base_norm``, ``n_params``, ``adapter``; None when a model was not in memory),
 ``representation_cka`` (with ``--forgetting-representation-drift``), ``max_gap_increase`` and,
 when it is set, ``gap`` (``best``, ``worst``, ``base``, ``tuned``, ``increase``, ``ci_low``,
-``ci_high``, ``verdict``, ``method``, ``of``: "slice" or "class").
+``ci_high``, ``verdict``, ``method``, ``of``: "slice" or "class"), and ``class_metric``: "precision"
+when ``max_class_drop`` budgets per-class precision (``class_budget.py``; each ``worst_classes``
+entry then also holds ``metric``, ``base``, ``tuned`` and ``n_tuned``, and ``n`` counts the base's
+predictions of the class).
 A *drop* is signed so that positive means worse; for ``improves`` rows the gain is
 ``-drop`` and the margin is ``-min_gain``.
 
@@ -647,7 +650,8 @@ def failure_message(row: Row, *, max_classes: int = 3, max_ids: int = 5) -> str:
             return (-float(drop) if _finite(drop) else math.inf, str(cls.get("name")))
 
         classes = sorted(classes, key=worst_first)
-        lines.append("  classes:  worst " + "; ".join(
+        of = " precision" if row.get("class_metric") == "precision" else ""  # class_budget.py
+        lines.append(f"  classes:  worst{of} " + "; ".join(
             _class_text(row, c) for c in classes[:max_classes]))
     ids = [escape.terminal(i, _NAME_LIMIT) for i in (row.get("flipped_ids") or [])]
     if ids:

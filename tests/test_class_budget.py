@@ -65,8 +65,9 @@ def test_bounds_equal_clopper_pearson_from_scipy():
         both = int(((pb == j) & (pt == j)).sum())
         a_fail = fail_alpha / (2 * k)
         assert c.ci_low == pytest.approx(lo(xb, mb, a_fail) - hi(xt, mt, a_fail), abs=1e-9)
-        unpaired = hi(xb, mb, 0.4 * alpha) - lo(xt, mt, 0.4 * alpha)
-        agreement = max(hi(mb - both, mb, 0.1 * alpha), hi(mt - both, mt, 0.1 * alpha))
+        s_ub, s_lt, s_rb, s_rt = (share * alpha for share in cb.PASS_SPLIT)
+        unpaired = hi(xb, mb, s_ub) - lo(xt, mt, s_lt)
+        agreement = max(hi(mb - both, mb, s_rb), hi(mt - both, mt, s_rt))
         assert c.ci_high == pytest.approx(min(unpaired, agreement), abs=1e-9)
         assert (c.n_base, c.n_tuned, c.tp_base, c.tp_tuned, c.shared) == (mb, mt, xb, xt, both)
 
@@ -113,7 +114,7 @@ def test_the_simulation_catches_a_rule_that_is_not_valid():
 
 
 def test_identical_models_pass_and_a_collapsed_class_fails():
-    same = cb.simulate(10, 1000, limit=0.1, drops=0.0, discord=0.001, reps=20, seed=1)
+    same = cb.simulate(10, 1000, limit=0.1, drops=0.0, discord=0.0, reps=20, seed=1)
     assert same["pass"] >= 0.9, same
     drops = np.zeros(10)
     drops[4] = 0.35
@@ -123,13 +124,16 @@ def test_identical_models_pass_and_a_collapsed_class_fails():
 
 def test_paired_bound_settles_identical_models_where_the_unpaired_one_cannot():
     rng = np.random.default_rng(0)
-    y = rng.integers(0, 4, 240)
-    pred = np.where(rng.random(240) < 0.8, y, (y + 1) % 4)  # ~60 predictions per class, 80 % precision
+    y = rng.integers(0, 4, 320)
+    pred = np.where(rng.random(320) < 0.8, y, (y + 1) % 4)  # ~80 predictions per class, 80 % precision
     out = cb.class_precision_drops(y, pred, pred, limit=0.1)
     assert all(c.verdict == "pass" for c in out), out
-    # the unpaired bound alone would be ~0.25 wide here; the agreement bound is 1 - (0.005)^(1/m)
+    # the unpaired bound alone would be ~0.25 wide here; the agreement bound is 1 - (0.05 alpha)^(1/m)
+    assert cb.PASS_SPLIT == (0.45, 0.45, 0.05, 0.05)
     for c in out:
-        assert c.ci_high == pytest.approx(1 - (0.1 * ALPHA) ** (1 / c.n_base), rel=1e-9)
+        assert c.ci_high == pytest.approx(1 - (0.05 * ALPHA) ** (1 / c.n_base), rel=1e-9)
+    alone = cb.class_precision_drops(y, pred, pred, limit=0.1, paired=False)
+    assert all(c.verdict == "inconclusive" and c.ci_high > 0.15 for c in alone), alone
 
 
 # -- messages, validation ------------------------------------------------------------------------------
@@ -274,7 +278,8 @@ def test_marker_through_pytest_reports_the_precision_budget(make_project):
     md = proj.path / "r.md"
     result = proj.pytester.runpytest(*proj.args(tuned, "--forgetting-json", str(proj.path / "r.json"), "--forgetting-markdown", str(md)))
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*class precision drop budget 0.1: 1 precision 1.000 -> 0.667 (300/300 -> 300/450)*fail: lower bound*"])
+    result.stdout.fnmatch_lines(["*class precision drop budget 0.1: 1 precision 1.000 -> 0.667 (300/300 -> 300/450)*fail: lower bound*",
+                                "*classes:  worst precision 1 +33.3 pp*FAIL*"])
     row = json.loads((proj.path / "r.json").read_text())["rows"][0]
     assert row["class_metric"] == "precision" and row["worst_classes"][0]["name"] == "1"
     assert row["worst_classes"][0]["verdict"] == "fail" and row["worst_classes"][0]["n_tuned"] == 450
