@@ -47,8 +47,8 @@ __all__ = sorted([*_EXPORTS, "__version__"])
 def __getattr__(name: str) -> Any:
     target = _EXPORTS.get(name)
     if target is None:
-        if name == "strategies":
-            return importlib.import_module("pytest_forgetting.strategies")
+        if name in ("hyperparams", "strategies"):  # Hypothesis search strategies ("strategies": the old name)
+            return importlib.import_module(f"pytest_forgetting.{name}")
         raise AttributeError(f"module 'pytest_forgetting' has no attribute {name!r}")
     module_name, _, attr = target.partition(":")
     value = getattr(importlib.import_module(module_name), attr)

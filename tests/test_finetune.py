@@ -601,16 +601,16 @@ def test_property_over_configs_runs_under_given_and_shows_the_shrunk_config(proj
     pytester, base = project
     pytester.makepyfile(test_property=textwrap.dedent('''
         from hypothesis import given, settings
-        import pytest_forgetting.strategies as fs
+        import pytest_forgetting.hyperparams as hp
 
         @settings(max_examples=4, deadline=None, derandomize=True)
-        @given(cfg=fs.finetune_configs(strategies=["freeze", "lora", "replay"], lr=(1e-3, 1e-2), epochs=(1, 2),
+        @given(cfg=hp.finetune_configs(strategies=["freeze", "lora", "replay"], lr=(1e-3, 1e-2), epochs=(1, 2),
                                        batch_size=16, retain="old"))
         def test_gentle_configs_keep_old(finetune, forgetting, cfg):
             forgetting.assert_retains(finetune(train="new", **cfg), task="old", max_drop=0.05)
 
         @settings(max_examples=10, deadline=None, database=None, derandomize=True)
-        @given(cfg=fs.finetune_configs(strategies=["wise_ft"], lr=0.5, epochs=(1, 3), batch_size=16,
+        @given(cfg=hp.finetune_configs(strategies=["wise_ft"], lr=0.5, epochs=(1, 3), batch_size=16,
                                        extra={"weight_decay": 0.0}))
         def test_relabelling_forgets(finetune, forgetting, cfg):
             forgetting.assert_retains(finetune(train="swap", **cfg), task="old", max_drop=0.05)

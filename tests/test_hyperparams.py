@@ -1,4 +1,5 @@
-"""Hypothesis strategies over fine-tuning hyperparameters: ranges, shrinking, composition, validity."""
+"""Hypothesis search strategies over fine-tuning hyperparameters (``pytest_forgetting.hyperparams``): ranges,
+shrinking, composition, validity; the old module name ``pytest_forgetting.strategies`` as an alias."""
 
 from __future__ import annotations
 
@@ -13,32 +14,40 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 import pytest_forgetting as pf
-import pytest_forgetting.strategies as fs
+import pytest_forgetting.hyperparams as hp
 from pytest_forgetting.finetune import STRATEGIES, STRATEGY_OPTIONS, _check_common, _check_options
 
 
-def test_importing_the_strategies_does_not_import_torch():
-    code = "import sys, pytest_forgetting.strategies; assert 'torch' not in sys.modules, 'torch imported'"
+@pytest.mark.parametrize("name", ["hyperparams", "strategies"])
+def test_importing_the_hyperparams_does_not_import_torch(name):
+    code = f"import sys, pytest_forgetting.{name}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert pf.strategies is fs
 
 
-@given(lr=fs.learning_rates(1e-4, 3e-3))
+def test_the_old_module_name_is_the_same_module():
+    import pytest_forgetting.strategies as old
+    from pytest_forgetting.strategies import finetune_configs
+
+    assert old is hp and pf.strategies is hp and pf.hyperparams is hp
+    assert finetune_configs is hp.finetune_configs
+
+
+@given(lr=hp.learning_rates(1e-4, 3e-3))
 def test_learning_rates_stay_in_range_with_two_significant_digits(lr):
     assert 1e-4 <= lr <= 3e-3
     assert float(f"{lr:.2g}") == lr
 
 
 def test_learning_rates_shrink_to_the_gentlest_and_reach_both_ends():
-    rates = fs.learning_rates(1e-4, 1e-2)
+    rates = hp.learning_rates(1e-4, 1e-2)
     assert find(rates, lambda x: True) == 1e-4
     assert find(rates, lambda x: x >= 1e-2) == 1e-2
     assert 1e-3 <= find(rates, lambda x: x >= 1e-3) <= 1.05e-3, "shrinks to the boundary of the failing region"
-    assert find(fs.log_uniform(0.01, 10.0, shrink_towards="high"), lambda x: True) == 10.0
-    assert find(fs.log_uniform(2.0, 2.0), lambda x: True) == 2.0
+    assert find(hp.log_uniform(0.01, 10.0, shrink_towards="high"), lambda x: True) == 10.0
+    assert find(hp.log_uniform(2.0, 2.0), lambda x: True) == 2.0
 
 
-@given(e=fs.epochs(1, 3), s=fs.steps(5, 50), b=fs.batch_sizes(8, 100))
+@given(e=hp.epochs(1, 3), s=hp.steps(5, 50), b=hp.batch_sizes(8, 100))
 def test_integer_ranges(e, s, b):
     assert 1 <= e <= 3 and 5 <= s <= 50
     assert b in (8, 16, 32, 64)
@@ -47,16 +56,16 @@ def test_integer_ranges(e, s, b):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: fs.learning_rates(0, 1e-3),
-        lambda: fs.learning_rates(1e-2, 1e-3),
-        lambda: fs.epochs(0, 2),
-        lambda: fs.steps(5, 4),
-        lambda: fs.batch_sizes(5, 7),
-        lambda: fs.strategy_options("lorra"),
-        lambda: fs.strategy_options("replay"),
-        lambda: fs.finetune_configs(["ewc"]),
-        lambda: fs.finetune_configs([]),
-        lambda: fs.finetune_configs(["full"], options={"lorra": {}}),
+        lambda: hp.learning_rates(0, 1e-3),
+        lambda: hp.learning_rates(1e-2, 1e-3),
+        lambda: hp.epochs(0, 2),
+        lambda: hp.steps(5, 4),
+        lambda: hp.batch_sizes(5, 7),
+        lambda: hp.strategy_options("lorra"),
+        lambda: hp.strategy_options("replay"),
+        lambda: hp.finetune_configs(["ewc"]),
+        lambda: hp.finetune_configs([]),
+        lambda: hp.finetune_configs(["full"], options={"lorra": {}}),
     ],
 )
 def test_bad_arguments_are_invalid_argument(make):
@@ -68,17 +77,22 @@ def test_bad_arguments_are_invalid_argument(make):
 @settings(max_examples=20)
 @given(data=st.data())
 def test_strategy_options_are_options_the_runner_knows(name, data):
-    opts = data.draw(fs.strategy_options(name, retain="mnist"))
+    opts = data.draw(hp.strategy_options(name, retain="mnist"))
     assert set(opts) <= set(STRATEGY_OPTIONS[name])
     _check_options(name, opts)
 
 
-def test_strategy_names_match_the_runner():
-    assert fs.STRATEGIES == STRATEGIES
+def test_strategy_names_come_from_the_runners_spec():
+    from pytest_forgetting.finetune import spec
+
+    assert hp.STRATEGIES is spec.STRATEGIES is STRATEGIES
+    assert hp.NEEDS_RETAIN == tuple(n for n, o in STRATEGY_OPTIONS.items() if o.get("retain") is spec.REQUIRED) == ("ewc", "replay")
+    for name in STRATEGIES:  # every strategy has a search space (the gentlest options first)
+        hp.strategy_options(name, retain="mnist")
 
 
 @settings(max_examples=200)
-@given(cfg=fs.finetune_configs(retain="mnist", lr=(1e-5, 1e-1), epochs=(1, 5), batch_size=(4, 256), seed=(0, 9)))
+@given(cfg=hp.finetune_configs(retain="mnist", lr=(1e-5, 1e-1), epochs=(1, 5), batch_size=(4, 256), seed=(0, 9)))
 def test_every_config_passes_the_runners_validation(cfg):
     cfg = dict(cfg)
     strategy = cfg.pop("strategy")
@@ -88,13 +102,13 @@ def test_every_config_passes_the_runners_validation(cfg):
     _check_common(common["lr"], common["epochs"], None, common["batch_size"], 0.0, "constant", 0, "adamw", None, None, None)
 
 
-@given(cfg=fs.finetune_configs(["full", "l2sp"], steps=(1, 20)))
+@given(cfg=hp.finetune_configs(["full", "l2sp"], steps=(1, 20)))
 def test_steps_replace_epochs(cfg):
     assert "epochs" not in cfg and 1 <= cfg["max_steps"] <= 20
 
 
 def test_configs_shrink_to_the_gentlest_fine_tune():
-    configs = fs.finetune_configs(["l2sp", "lora", "replay"], retain="mnist")
+    configs = hp.finetune_configs(["l2sp", "lora", "replay"], retain="mnist")
     assert find(configs, lambda c: True) == {"strategy": "l2sp", "lr": 1e-4, "epochs": 1, "batch_size": 32, "seed": 0, "penalty": 10.0}
     replay = find(configs, lambda c: c["strategy"] == "replay")
     assert replay["fraction"] == 0.5 and replay["retain"] == "mnist"
@@ -105,13 +119,13 @@ def test_configs_shrink_to_the_gentlest_fine_tune():
 
 @given(
     cfg=st.one_of(
-        fs.finetune_configs(
+        hp.finetune_configs(
             ["lora", "wise_ft"],
             lr=st.sampled_from([1e-4, 1e-3]),
             options={"lora": {"r": st.just(4), "dropout": 0.1}, "wise_ft": {"alpha": "auto", "keep": [{"task": "mnist", "max_drop": 0.02}]}},
             extra={"weight_decay": st.sampled_from([0.0, 0.01]), "lr_schedule": "cosine"},
         ),
-        st.builds(dict, strategy=st.just("freeze"), lr=fs.learning_rates(), train_last=st.integers(1, 2)),
+        st.builds(dict, strategy=st.just("freeze"), lr=hp.learning_rates(), train_last=st.integers(1, 2)),
     ).filter(lambda c: c["lr"] < 5e-3)
 )
 def test_configs_compose_with_users_own_strategies(cfg):
@@ -154,7 +168,7 @@ def tiny_model():
 
 
 @settings(max_examples=6, deadline=None)
-@given(cfg=fs.finetune_configs(list(STRATEGIES), lr=(1e-3, 1e-1), steps=(1, 3), batch_size=(4, 16), retain=OLD))
+@given(cfg=hp.finetune_configs(list(STRATEGIES), lr=(1e-3, 1e-1), steps=(1, 3), batch_size=(4, 16), retain=OLD))
 def test_finetune_runs_under_given(tiny_model, cfg):
     from pytest_forgetting.finetune import finetune
 
