@@ -18,11 +18,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "pytest_forgetting"
+#: subpackages the wheel must hold even if the tree looked at lacks them (package discovery is by pattern)
+SUBPACKAGES = ("tasks", "finetune", "finetune/strategies")
 
 
 def source_files() -> set[str]:
     """The package's files as they should appear in a wheel (posix paths, no bytecode)."""
-    out = set()
+    out = {f"{PACKAGE}/{sub}/__init__.py" for sub in SUBPACKAGES}
     for path in (ROOT / PACKAGE).rglob("*"):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix not in {".pyc", ".pyo"}:
             out.add(path.relative_to(ROOT).as_posix())
