@@ -162,6 +162,89 @@ def test_language_modelling_same_nll(monkeypatch):
     assert sorted_res.outputs["ntok"].tolist() == plain.outputs["ntok"].tolist()
 
 
+def _reference_scores(model: Any, rows: list[tuple[list[int], int]], targets: list[list[int]]) -> tuple[list[float], list[bool], list[bool]]:
+    """Each row on its own (no padding): log-softmax over its whole logits, its last n positions."""
+    lls, greedy, finite = [], [], []
+    for (ids, n), tgt in zip(rows, targets):
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)[len(ids) - n :]
+        t = torch.tensor(tgt)
+        lls.append(float(logp.gather(1, t[:, None]).sum()))
+        greedy.append(bool((logp.argmax(dim=-1) == t).all()))
+        finite.append(bool(torch.isfinite(logp).all()))
+    return lls, greedy, finite
+
+
+def _rows(seed: int) -> tuple[list[tuple[list[int], int]], list[list[int]]]:
+    """Rows of 2-30 input tokens scoring their last 0..len tokens (contexts and continuations)."""
+    rng = np.random.default_rng(seed)
+    rows, targets = [], []
+    for _ in range(13):
+        ids = [1, *rng.integers(4, 20, size=int(rng.choice([2, 5, 30]))).tolist()]
+        n = int(rng.integers(0, len(ids) + 1))
+        rows.append((ids, n))
+        targets.append(rng.integers(4, 20, size=n).tolist())
+    return rows, targets
+
+
+def test_scoring_sends_only_the_scored_positions_to_the_log_softmax(monkeypatch):
+    """Padded positions never reach the log-softmax (its cost follows the real tokens, the reason
+    sorted batches pay off); sums, greedy and finite flags equal a row-by-row unpadded reference."""
+    from pytest_forgetting.tasks import loglik
+
+    tok = word_tokenizer(WORDS)
+    model = tiny_llama(tok)
+    rows, targets = _rows(0)
+    shapes = []
+    real = torch.nn.functional.log_softmax
+    monkeypatch.setattr(torch.nn.functional, "log_softmax", lambda x, *a, **k: shapes.append(tuple(x.shape)) or real(x, *a, **k))
+    with torch.inference_mode():
+        lls, greedy, finite = loglik.score_rows(model, rows, targets, 0, chunk=4, greedy=True)
+        lls2, none, finite2 = loglik.score_rows(model, rows, targets, 0, chunk=5)
+    monkeypatch.setattr(torch.nn.functional, "log_softmax", real)
+    with torch.inference_mode():
+        ref_ll, ref_greedy, ref_finite = _reference_scores(model, rows, targets)
+    scored = [sum(n for _, n in rows[lo : lo + 4]) for lo in range(0, len(rows), 4)]
+    assert [s[0] for s in shapes[: len(scored)]] == scored  # one log-softmax per chunk, over its scored positions only
+    assert sum(s[0] for s in shapes[len(scored) :]) == sum(n for _, n in rows)
+    np.testing.assert_allclose(lls.numpy(), ref_ll, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(lls2.numpy(), ref_ll, rtol=1e-5, atol=1e-4)
+    assert lls.dtype == torch.float64 and ref_ll[[n for _, n in rows].index(0)] == 0.0
+    assert greedy.tolist() == ref_greedy and none is None
+    assert finite.tolist() == finite2.tolist() == ref_finite == [True] * len(rows)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf"), float("inf")])
+def test_scoring_flags_a_non_finite_scored_logit_and_ignores_padding(bad):
+    from pytest_forgetting.tasks import loglik
+
+    tok = word_tokenizer(WORDS)
+    model = tiny_llama(tok)
+    rows = [([1, 5, 6, 7], 2), ([1, 5, 6, 7, 8, 9, 10, 11], 3), ([1, 8, 9], 1), ([1, 5, 6, 7, 8, 9], 2)]
+    targets = [[6, 7], [9, 10, 11], [4], [8, 9]]
+
+    calls = []
+
+    def poison(module: Any, args: Any, out: Any) -> Any:  # chunks of 2 rows: rows 0-1 (width 8), rows 2-3 (width 6)
+        out = out.clone()
+        if not calls:
+            out[1, 6, 3] = bad  # row 1: a scored position (its last 3 of 8)
+            out[0, 6, 3] = bad  # row 0 (4 tokens): a padded position, never scored
+        else:
+            out[1, 1, 3] = bad  # row 3: an unscored context position (it scores its last 2 of 6)
+        calls.append(out.shape)
+        return out
+
+    handle = model.lm_head.register_forward_hook(poison)
+    try:
+        with torch.inference_mode():
+            lls, _, finite = loglik.score_rows(model, rows, targets, 0, chunk=2)
+    finally:
+        handle.remove()
+    assert [tuple(c) for c in calls] == [(2, 8, len(tok)), (2, 6, len(tok))]
+    assert finite.tolist() == [True, False, True, True]
+    assert np.isfinite(lls.numpy()[[0, 2, 3]]).all()
+
+
 def test_generation_same_tokens(monkeypatch):
     tok = word_tokenizer(WORDS)
     model = tiny_llama(tok)

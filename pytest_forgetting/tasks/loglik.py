@@ -94,11 +94,16 @@ def rolling_rows(tokens: Sequence[int], prefix: int, max_length: int) -> Iterato
         done = end
 
 
-def score_rows(model: Any, rows: Sequence[tuple[Any, int]], targets: Sequence[Sequence[int]], pad_id: int, chunk: int) -> tuple[Any, Any, Any]:
-    """Per row: (sum of log-probabilities of its targets, all targets greedy, finite), as double tensors.
+def score_rows(
+    model: Any, rows: Sequence[tuple[Any, int]], targets: Sequence[Sequence[int]], pad_id: int, chunk: int, *, greedy: bool = False
+) -> tuple[Any, Any, Any]:
+    """Per row: (sum of log-probabilities of its targets, all targets greedy, finite), as tensors
+    (double, bool or None, bool).
 
     ``rows[i] = (input ids, n)``: the last ``n`` logits of the input predict ``targets[i]``.
     Right-padded in chunks of ``chunk`` rows; no attention mask (causal: padding comes after).
+    Only the scored positions reach the log-softmax, so its cost follows the real tokens, not the
+    padding; ``greedy`` (whether every target is the argmax) is computed only when asked for.
     """
     import torch
     import torch.nn.functional as F
@@ -106,21 +111,42 @@ def score_rows(model: Any, rows: Sequence[tuple[Any, int]], targets: Sequence[Se
     from .classification import logits_of
 
     device = next((p.device for p in model.parameters()), torch.device("cpu")) if hasattr(model, "parameters") else torch.device("cpu")
-    lls, greedy, finite = [], [], []
+    lls: list[float] = []
+    hits: list[bool] = []
+    finite: list[bool] = []
     kwargs = {"use_cache": False} if hasattr(model, "config") else {}
     for lo in range(0, len(rows), chunk):
         part = rows[lo : lo + chunk]
         width = max(len(r[0]) for r in part)
         inp = torch.full((len(part), width), pad_id, dtype=torch.long)
-        for i, (ids, _) in enumerate(part):
-            inp[i, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
-        logits = logits_of(model(inp.to(device), **kwargs))
-        logp = F.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
+        row_of, pos_of, tgt = [], [], []
         for i, (ids, n) in enumerate(part):
-            sel = logp[i, len(ids) - n : len(ids)]
-            tgt = torch.as_tensor(list(targets[lo + i]), dtype=torch.long, device=sel.device)
-            picked = sel.gather(1, tgt[:, None]).squeeze(1)
-            lls.append(float(picked.sum()))
-            greedy.append(bool((sel.argmax(dim=-1) == tgt).all()))
-            finite.append(bool(torch.isfinite(sel).all()))
-    return (torch.tensor(lls, dtype=torch.float64), torch.tensor(greedy, dtype=torch.bool), torch.tensor(finite, dtype=torch.bool))
+            inp[i, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
+            row_of += [i] * n
+            pos_of += range(len(ids) - n, len(ids))
+            tgt += list(targets[lo + i])
+        logits = logits_of(model(inp.to(device), **kwargs))
+        at = logits.device
+        sel = logits[torch.tensor(row_of, dtype=torch.long, device=at), torch.tensor(pos_of, dtype=torch.long, device=at)]
+        del logits
+        logp = F.log_softmax(sel if sel.dtype == torch.float64 else sel.float(), dim=-1)
+        del sel
+        target = torch.tensor(tgt, dtype=torch.long, device=at)
+        picked = logp.gather(1, target[:, None]).squeeze(1)
+        if logp.dtype == torch.float64:
+            ok = torch.isfinite(logp).all(dim=-1)
+        else:  # one pass: a double sum of float32 values is finite exactly when they all are (it cannot overflow)
+            ok = torch.isfinite(logp.sum(dim=-1, dtype=torch.float64))
+        right = (logp.argmax(dim=-1) == target) if greedy else None
+        pos = 0
+        for _, n in part:
+            lls.append(float(picked[pos : pos + n].sum()))
+            finite.append(bool(ok[pos : pos + n].all()))
+            if right is not None:
+                hits.append(bool(right[pos : pos + n].all()))
+            pos += n
+    return (
+        torch.tensor(lls, dtype=torch.float64),
+        torch.tensor(hits, dtype=torch.bool) if greedy else None,
+        torch.tensor(finite, dtype=torch.bool),
+    )
