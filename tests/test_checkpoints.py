@@ -790,7 +790,7 @@ def test_fingerprint_follows_content_not_location(bert_dir, tmp_path):
 
 
 class _OpenSpy:
-    """Counts files opened by pytest_forgetting.checkpoints (its module-level ``open``)."""
+    """Counts files opened by pytest_forgetting.checkpoints (the module-level ``open`` of each of its modules)."""
 
     def __init__(self):
         self.paths: list[str] = []
@@ -798,6 +798,17 @@ class _OpenSpy:
     def __call__(self, file, *args, **kwargs):
         self.paths.append(os.fspath(file))
         return open(file, *args, **kwargs)
+
+
+def spy_on_checkpoint_reads(monkeypatch, spy) -> None:
+    """Route every ``open`` of the pytest_forgetting.checkpoints package (each module's own global) through ``spy``."""
+    import importlib
+    import pkgutil
+
+    from pytest_forgetting import checkpoints
+
+    for info in pkgutil.walk_packages(checkpoints.__path__, checkpoints.__name__ + "."):
+        monkeypatch.setattr(importlib.import_module(info.name), "open", spy, raising=False)
 
 
 def test_file_digests_are_remembered_only_for_settled_unchanged_files(bert_dir, tmp_path, monkeypatch):
@@ -813,15 +824,15 @@ def test_file_digests_are_remembered_only_for_settled_unchanged_files(bert_dir, 
     assert not store.exists()
 
     monkeypatch.setattr(checkpoints.FileDigests, "RACY_NS", 0)  # as if the files were written long ago
-    monkeypatch.setattr(checkpoints, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
+    monkeypatch.setattr(checkpoints.fingerprint, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
     assert fingerprint_ref(copy, digests=checkpoints.FileDigests(store)) == plain
     remembered = json.loads(store.read_text())
     assert len(remembered) == len([p for p in copy.iterdir() if p.name != "README.md"]) and all(len(v) == 64 for v in remembered.values())
 
     # a new process (fresh memo, same store): the same fingerprint without reading one weight byte
-    monkeypatch.setattr(checkpoints, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
+    monkeypatch.setattr(checkpoints.fingerprint, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
     spy = _OpenSpy()
-    monkeypatch.setattr(checkpoints, "open", spy, raising=False)
+    spy_on_checkpoint_reads(monkeypatch, spy)
     assert fingerprint_ref(copy, digests=checkpoints.FileDigests(store)) == plain
     assert not any(p.endswith(".safetensors") for p in spy.paths)
 
@@ -841,7 +852,7 @@ def test_file_digest_store_damage_is_a_miss(bert_dir, tmp_path, monkeypatch):
     store = tmp_path / "file-digests.json"
     for junk in ("not json", "[1, 2]", json.dumps({"x": 1})):
         store.write_text(junk)
-        monkeypatch.setattr(checkpoints, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
+        monkeypatch.setattr(checkpoints.fingerprint, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
         assert fingerprint_ref(bert_dir, digests=checkpoints.FileDigests(store)) == fingerprint_ref(bert_dir)
 
 
