@@ -824,13 +824,11 @@ def test_file_digests_are_remembered_only_for_settled_unchanged_files(bert_dir, 
     assert not store.exists()
 
     monkeypatch.setattr(checkpoints.FileDigests, "RACY_NS", 0)  # as if the files were written long ago
-    monkeypatch.setattr(checkpoints.fingerprint, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
     assert fingerprint_ref(copy, digests=checkpoints.FileDigests(store)) == plain
     remembered = json.loads(store.read_text())
     assert len(remembered) == len([p for p in copy.iterdir() if p.name != "README.md"]) and all(len(v) == 64 for v in remembered.values())
 
     # a new process (fresh memo, same store): the same fingerprint without reading one weight byte
-    monkeypatch.setattr(checkpoints.fingerprint, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
     spy = _OpenSpy()
     spy_on_checkpoint_reads(monkeypatch, spy)
     assert fingerprint_ref(copy, digests=checkpoints.FileDigests(store)) == plain
@@ -852,7 +850,6 @@ def test_file_digest_store_damage_is_a_miss(bert_dir, tmp_path, monkeypatch):
     store = tmp_path / "file-digests.json"
     for junk in ("not json", "[1, 2]", json.dumps({"x": 1})):
         store.write_text(junk)
-        monkeypatch.setattr(checkpoints.fingerprint, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
         assert fingerprint_ref(bert_dir, digests=checkpoints.FileDigests(store)) == fingerprint_ref(bert_dir)
 
 

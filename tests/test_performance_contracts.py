@@ -112,16 +112,14 @@ def test_cached_base_evaluation_never_loads_the_base_checkpoint(tasks, bert_fold
 def test_warm_run_does_not_reread_an_unchanged_base_checkpoint(tasks, bert_folders, tmp_path, monkeypatch):
     """The base's fingerprint (the cache key) comes from remembered file digests, not from its bytes."""
     monkeypatch.setattr(checkpoints.FileDigests, "RACY_NS", 0)  # as if the checkpoints were written long ago
-    monkeypatch.setattr(checkpoints.fingerprint, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))
     cold = session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
     assert (tmp_path / "cache" / "file-digests.json").is_file()
 
-    monkeypatch.setattr(checkpoints.fingerprint, "_PROCESS_DIGESTS", checkpoints.FileDigests(None))  # a new process
     from test_checkpoints import spy_on_checkpoint_reads
 
     opened: list[str] = []
     spy_on_checkpoint_reads(monkeypatch, lambda f, *a, **k: opened.append(str(f)) or open(f, *a, **k))
-    second = session(*bert_folders, tmp_path)
+    second = session(*bert_folders, tmp_path)  # a new process's session: a fresh FileDigests on the same store
     warm = second.run_check(check(TEXT_TASK, max_drop=0.5), test="t")
     assert warm.row["base_cached"] is True and warm.row["verdict"] == cold.row["verdict"]
     base_reads = [Path(p).name for p in opened if p.startswith(str(bert_folders[0]))]

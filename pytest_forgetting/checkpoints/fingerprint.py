@@ -37,7 +37,8 @@ def fingerprint_ref(
 
     Files: sha256 over (relative name, size, sha256 of the bytes) of the weight, config and
     tokenizer files in sorted order, streamed in 1 MiB chunks; ``digests`` remembers the
-    per-file hashes of unchanged files (see :class:`FileDigests`). An ``nn.Module``: sha256 over its sorted
+    per-file hashes of unchanged files (see :class:`FileDigests`; without one, every file is
+    read). An ``nn.Module``: sha256 over its sorted
     state_dict (name, dtype, shape, bytes). A hub id is looked up in the local cache
     (``allow_download`` fetches it first). Pickle references are refused unless
     ``allow_pickle``, exactly as :func:`load_checkpoint` would.
@@ -60,9 +61,10 @@ class FileDigests:
     test git's index uses: rewriting a file changes its ctime, which no unprivileged tool can set
     back. A file modified less than 2 s before it was hashed is not remembered ("racy" in git's
     terms: a coarse file-system clock could give a second write the same timestamps), nor one that
-    changed while it was read. Digests live in this process and, with ``path``, in a small JSON file
-    in the cache directory, so a warm run does not re-read a multi-gigabyte base checkpoint just to
-    find its cached evaluation.
+    changed while it was read. Digests live in this object (a session keeps one for its whole run,
+    so a cold run hashes each file once) and, with ``path``, in a small JSON file in the cache
+    directory, so a warm run does not re-read a multi-gigabyte base checkpoint just to find its
+    cached evaluation. There is no process-wide store: whoever fingerprints passes the one to use.
     """
 
     RACY_NS = 2_000_000_000
@@ -105,7 +107,7 @@ class FileDigests:
         st = _require_regular_stat(path)
         key = self._key(path, st)
         self._load_file()
-        known = self._memory.get(key) or _PROCESS_DIGESTS._memory.get(key)
+        known = self._memory.get(key)
         if known is not None:
             return bytes.fromhex(known)
         h = hashlib.sha256()
@@ -125,11 +127,9 @@ class FileDigests:
         return value
 
     def _remember(self, key: str, hexdigest: str) -> None:
-        _PROCESS_DIGESTS._memory[key] = hexdigest
-        if self is _PROCESS_DIGESTS or self.path is None:
-            return
         self._memory[key] = hexdigest
-        self._dirty = True
+        if self.path is not None:
+            self._dirty = True
 
     def flush(self) -> None:
         """Write new digests to the store in one atomic replace (once per fingerprint, not per file)."""
@@ -160,14 +160,10 @@ class FileDigests:
                     os.unlink(tmp)
 
 
-#: digests remembered in this process whatever the cache settings (a cold run hashes a checkpoint
-#: to look up its cached evaluation and again when it loads it: once is enough)
-_PROCESS_DIGESTS = FileDigests(None)
-
-
 def _fingerprint_files(target: Target, digests: FileDigests | None = None) -> str:
     """sha256 over (relative name, size, sha256 of the bytes) of every file, in name order."""
-    digests = digests or _PROCESS_DIGESTS
+    if digests is None:
+        digests = FileDigests()  # remembers nothing beyond this call
     digest = _files_digest()
     for path, rel in _in_name_order(target):
         _add_file(digest, rel, _require_regular(path), digests.digest(path))
