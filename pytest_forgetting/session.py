@@ -705,8 +705,10 @@ class ForgettingSession:
                     reasons.append(part.reason)
                 else:
                     limit = check.max_class_drop if check.max_class_drop is not None else 1.0
+                    # without a class budget only the shown classes need their bounds
                     per_class = stats.class_drops(bc.astype(float), tc.astype(float), groups, limit=limit, alpha=alpha, class_names=group_names,
-                                                  fail_alpha=fail_alpha if check.max_class_drop is not None else None)
+                                                  fail_alpha=fail_alpha if check.max_class_drop is not None else None,
+                                                  worst=None if check.max_class_drop is not None else N_WORST_CLASSES)
                     gated = check.max_class_drop is not None
                     row["worst_classes"] = [  # a class verdict is shown only when a class budget gates it
                         {"name": c.name, "drop": c.value, "ci_low": c.ci_low, "ci_high": c.ci_high, "verdict": c.verdict if gated else "", "n": c.n}
