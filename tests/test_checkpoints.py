@@ -853,6 +853,27 @@ def test_file_digest_store_damage_is_a_miss(bert_dir, tmp_path, monkeypatch):
         assert fingerprint_ref(bert_dir, digests=checkpoints.FileDigests(store)) == fingerprint_ref(bert_dir)
 
 
+def test_one_placeholder_label_rule_for_checkpoints_and_tasks():
+    """LABEL_0, LABEL_1, ... say nothing: not a label map of a checkpoint, read in order by both task types."""
+    from types import SimpleNamespace
+
+    from pytest_forgetting.checkpoints.compat import _label_map_from_dict, placeholder_labels
+    from pytest_forgetting.tasks.classification import class_lookup
+    from pytest_forgetting.tasks.token import TagTable, label_lookup
+
+    placeholder, named = {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}, {0: "O", 1: "B-PER", 2: "I-PER"}
+    assert placeholder_labels(placeholder) and placeholder_labels({}) and not placeholder_labels({0: "LABEL_0", 1: "x"})
+    assert placeholder_labels({0: "LABEL_1", 1: "LABEL_0"}) is False  # names, even if they look like placeholders
+    assert _label_map_from_dict(placeholder) is None and _label_map_from_dict(named) == named
+    assert class_lookup(SimpleNamespace(id2label=placeholder), ["c", "b", "a"], "t", n_outputs=3) is None
+    assert class_lookup(SimpleNamespace(id2label={0: "a", 1: "b", 2: "c"}), ["c", "b", "a"], "t", n_outputs=3).tolist() == [2, 1, 0]
+    table = TagTable.from_tags(["O", "I-PER", "B-PER"])
+    model = SimpleNamespace(config=SimpleNamespace(id2label=placeholder))
+    assert label_lookup(model, 3, table, "t").tolist() == [0, 1, 2]
+    model.config.id2label = named
+    assert label_lookup(model, 3, table, "t").tolist() == [0, 2, 1]
+
+
 def test_fingerprint_of_modules(bert_base):
     a, b = build_cnn(), build_cnn()
     b.load_state_dict(a.state_dict())

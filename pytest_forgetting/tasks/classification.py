@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..checkpoints.compat import placeholder_labels
 from ..errors import TaskError
 from ..metrics import CLASSIFICATION_METRICS
 from ..proba_metrics import PROBA_METRICS
@@ -314,7 +315,7 @@ def class_lookup(config: Any, class_names: Sequence[str], task_name: str, *, ind
             names = {int(k): str(v) for k, v in id2label.items()}
         except (TypeError, ValueError):
             names = {}
-    placeholder = all(v == f"LABEL_{k}" for k, v in names.items())
+    placeholder = placeholder_labels(names)
     if indexed or not names or placeholder:
         if n_outputs is not None and n_classes > n_outputs:
             what = f"integer labels 0..{n_classes - 1}" if indexed else f"{n_classes} classes"

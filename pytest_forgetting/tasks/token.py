@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..checkpoints.compat import placeholder_labels
 from ..errors import TaskError
 from ..metrics import Metric, Outputs
 from .base import ModelMeta, Task, normalize_ids
@@ -486,7 +487,7 @@ def label_lookup(model: Any, n_logits: int, table: TagTable, task_name: str) -> 
             names = {int(k): str(v) for k, v in id2label.items()}
         except (TypeError, ValueError):
             names = {}
-        if all(v == f"LABEL_{k}" for k, v in names.items()):
+        if placeholder_labels(names):
             names = {}
     if not names:
         if n_logits != len(table.tags):
