@@ -1,27 +1,35 @@
 """`pytest -n 2` against `pytest -n 0` on the example project's pre-merge check, side by side.
 
 Each run is the example's gate (scripts/premerge.sh without its set-up steps): the whole
-``example_project`` suite (markers and fine-tuning tests) against ``checkpoints/{base,tuned}``, with a
-fresh, empty cache folder (a cold run, as a first CI run) unless ``--warm``. The two variants are
-interleaved (each round rotates their order) so that a change in the machine's load hits
-both alike; the ratio printed is the median of the per-round ratios ``t(-n 2) / t(-n 0)``. A third
-variant, ``-n 2 --dist load``, is pytest-xdist's own scheduling (the evaluations still shared
-through the cache), to show what keeping a task's checks on one worker saves. Besides wall time it
-reports CPU time (user + system of the whole process tree): on a machine shared with other jobs the
-wall time follows the CPU share the scheduler of the operating system grants, and the CPU time says
-how much work each variant did.
+``example_project`` suite (markers and fine-tuning tests) against ``checkpoints/{base,tuned}``. Cold
+runs start from a fresh, empty cache folder (a first CI run); warm runs share a cache that an
+untimed ``-n 0`` run filled first. The variants are interleaved (each round rotates their order:
+A B, B A, ...) so that a change in the machine's load hits both alike; a ratio is the median of the
+per-round ratios ``t(-n 2) / t(-n 0)``, its inter-quartile range in brackets. ``--with-load`` adds
+``-n 2 --dist load``: pytest-xdist's own scheduling (the evaluations still shared through the
+cache), to show what keeping a task's checks on one worker saves.
+
+Besides wall time it reports CPU time (user + system of the whole process tree), and per process
+(the ``_xdist_timing`` plugin of this folder): CPU until collection is done (interpreter, pytest,
+plugins, conftest, test modules and the tasks built to validate the markers), inside tests (torch's
+import, model loading, evaluation, fine-tuning), and the rest (report, exit). On a machine shared
+with other jobs the wall time follows the CPU share the operating system grants; Linux's
+autogroup scheduler (``/proc/sys/kernel/sched_autogroup_enabled``) shares the CPU between
+sessions, not processes, so on a saturated machine two workers get no more CPU than one process
+and ``-n 2`` cannot beat ``-n 0`` there: its wall time then follows its total CPU time. The
+*critical path* (controller + the busiest worker, CPU s) is what ``-n 2`` would take on two cores
+of its own, given that CPU per process; compare it with the CPU of ``-n 0``.
 
 It also prints, per variant, the reuse kinds the JSON report recorded (``base_reuse`` /
-``tuned_reuse``: computed, memory or cache) and checks that the two tables are the same.
+``tuned_reuse``: computed, memory or cache) and checks that the tables are the same.
 
 The *floor* is the same comparison for a suite of four empty tests under the example's conftest,
 without the gate: what pytest-xdist itself costs (a controller plus workers that each start pytest
-and its plugins) on this machine at this load. A ratio near the floor means the plugin adds nothing
-of its own under xdist.
+and its plugins) on this machine at this load.
 
-    python benchmarks/xdist_bench.py              # 1 round, cold
-    python benchmarks/xdist_bench.py --pairs 3    # 3 rounds
-    python benchmarks/xdist_bench.py --warm       # a warm cache (filled by a first, untimed run)
+    python benchmarks/xdist_bench.py                       # 1 round, cold and warm
+    python benchmarks/xdist_bench.py --pairs 4 --write     # 4 rounds; the xdist section of RESULTS.md
+    python benchmarks/xdist_bench.py --cache warm          # warm only
     python benchmarks/xdist_bench.py --tests tests/test_retention.py   # the marker tests only
 
 Needs the example checkpoints (``python example_project/build_checkpoints.py``) and pytest-xdist.
@@ -34,6 +42,7 @@ import argparse
 import collections
 import json
 import os
+import platform
 import re
 import resource
 import shutil
@@ -45,44 +54,56 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
 EXAMPLE = ROOT / "example_project"
 CKPT = EXAMPLE / "checkpoints"
 
+sys.path.insert(0, str(HERE))
+from bucketing import write_section  # noqa: E402  (one RESULTS.md section writer for the benchmarks)
 
 #: label -> the xdist arguments of a variant; "-n 2 --dist load" is xdist's own scheduling (with the cache)
 VARIANTS = {"-n 0": ["-n0"], "-n 2": ["-n2"], "-n 2 --dist load": ["-n2", "--dist=load"]}
 
 
-def _timed(cmd: list[str], cwd: Path) -> tuple[float, float, subprocess.CompletedProcess]:
-    """(wall seconds, CPU seconds of the whole process tree: user + system, workers included, the run)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _timed(cmd: list[str], cwd: Path, timing_log: Path) -> tuple[float, float, subprocess.CompletedProcess, list[dict]]:
+    """(wall s, CPU s of the whole process tree (user + system, workers included), the run, per-process CPU)."""
+    timing_log.unlink(missing_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", XDIST_TIMING_LOG=str(timing_log),
+               PYTHONPATH=os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc
+    procs = [json.loads(line) for line in timing_log.read_text().splitlines()] if timing_log.exists() else []
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc, procs
 
 
-def run(xdist: list[str], cache: Path, out: Path, tests: list[str]) -> tuple[float, float, dict, str, int]:
-    """(wall s, CPU s, JSON report, the summary table, exit status) of one run of the gate."""
+def run(xdist: list[str], cache: Path, out: Path, tests: list[str]) -> dict:
+    """One run of the gate: wall, CPU, per-process CPU, JSON report, summary table, exit status, load."""
     json_path = out / "report.json"
     json_path.unlink(missing_ok=True)
     cmd = [
-        sys.executable, "-m", "pytest", *tests, "-p", "no:cacheprovider", "-q", "-p", "xdist", *xdist,
+        sys.executable, "-m", "pytest", *tests, "-p", "no:cacheprovider", "-q", "-p", "xdist", "-p", "_xdist_timing", *xdist,
         f"--base-ckpt={CKPT / 'base.safetensors'}", f"--tuned-ckpt={CKPT / 'tuned.safetensors'}",
         f"--forgetting-cache-dir={cache}", f"--forgetting-json={json_path}", f"--forgetting-markdown={out / 'report.md'}",
     ]  # fmt: skip
-    wall, cpu, proc = _timed(cmd, EXAMPLE)
+    load = _load()
+    wall, cpu, proc, procs = _timed(cmd, EXAMPLE, out / "timing.jsonl")
     report = json.loads(json_path.read_text()) if json_path.exists() else {}
-    return wall, cpu, report, _table(proc.stdout), proc.returncode
+    return {"wall": wall, "cpu": cpu, "procs": procs, "report": report, "table": _table(proc.stdout), "rc": proc.returncode, "load": load}
 
 
-def run_floor(xdist: list[str], folder: Path) -> tuple[float, float]:
-    """(wall s, CPU s) of four empty tests with the example's conftest (no checkpoints: the gate is off)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "xdist", *xdist, "test_empty.py"]
-    wall, cpu, _ = _timed(cmd, folder)
-    return wall, cpu
+def run_floor(xdist: list[str], folder: Path) -> dict:
+    """Four empty tests with the example's conftest (no checkpoints: the gate is off)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "xdist", "-p", "_xdist_timing", *xdist, "test_empty.py"]
+    load = _load()
+    wall, cpu, _, procs = _timed(cmd, folder, folder / "timing.jsonl")
+    return {"wall": wall, "cpu": cpu, "procs": procs, "load": load}
 
 
 def _table(stdout: str) -> str:
@@ -107,74 +128,158 @@ def reuse_counts(report: dict) -> dict[str, dict[str, int]]:
     return out
 
 
+def phases(procs: list[dict]) -> dict[str, dict[str, float]]:
+    """Per process: CPU s until collected, inside tests, the rest (configure to collected is in 'start')."""
+    out = {}
+    for p in procs:
+        collected = p.get("collected", p.get("configure", 0.0))
+        total = p.get("exit", 0.0)
+        out[p["w"]] = {"start": collected, "tests": p.get("tests", 0.0), "rest": max(0.0, total - collected - p.get("tests", 0.0)),
+                       "total": total, "n_tests": p.get("n_tests", 0), "torch": bool(p.get("torch"))}
+    return out
+
+
+def critical_path(procs: list[dict]) -> float:
+    """Controller + busiest worker, CPU s (the single process for -n 0)."""
+    ph = phases(procs)
+    workers = [v["total"] for k, v in ph.items() if k.startswith("gw")]
+    return ph.get("controller", {"total": 0.0})["total"] + (max(workers) if workers else 0.0) + sum(v["total"] for k, v in ph.items() if k == "main")
+
+
+def _q(values: list[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return statistics.median(values), q[0], q[2]
+
+
+def _fmt(values: list[float], digits: int = 1) -> str:
+    m, lo, hi = _q(values)
+    return f"{m:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+def interleave(labels: list[str], rnd: int) -> list[str]:
+    """Round r's order: rotated by r, so no variant always runs first (A B, B A, ... for two)."""
+    k = rnd % len(labels)
+    return labels[k:] + labels[:k]
+
+
+def measure(labels: list[str], pairs: int, warm: bool, work: Path, tests: list[str]) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {k: [] for k in labels}
+    warm_cache = work / "warm-cache"
+    if warm:
+        run(VARIANTS["-n 0"], warm_cache, work, tests)  # fills the cache, untimed
+    for rnd in range(pairs):
+        for label in interleave(labels, rnd):
+            cache = warm_cache if warm else work / f"cache-{rnd}-{labels.index(label)}"
+            r = run(VARIANTS[label], cache, work, tests)
+            runs[label].append(r)
+            print(f"{'warm' if warm else 'cold'} round {rnd + 1}: {label:17s} {r['wall']:6.1f} s wall, {r['cpu']:6.1f} s CPU, "
+                  f"critical path {critical_path(r['procs']):5.1f} s CPU, load {r['load']:.1f} (exit {r['rc']})", flush=True)
+    return runs
+
+
+def measure_floor(pairs: int, work: Path) -> dict[str, list[dict]]:
+    empty = work / "floor"
+    empty.mkdir()
+    shutil.copy(EXAMPLE / "conftest.py", empty / "conftest.py")
+    (empty / "test_empty.py").write_text("".join(f"def test_{i}():\n    pass\n\n\n" for i in range(4)))
+    runs: dict[str, list[dict]] = {"-n 0": [], "-n 2": []}
+    for rnd in range(pairs):
+        for label in interleave(["-n 0", "-n 2"], rnd):
+            runs[label].append(run_floor(VARIANTS[label], empty))
+    return runs
+
+
+def ratios(runs: dict[str, list[dict]], label: str, key: str) -> list[float]:
+    return [b[key] / a[key] for a, b in zip(runs["-n 0"], runs[label])]
+
+
+def report_lines(mode: str, runs: dict[str, list[dict]], floor: dict[str, list[dict]] | None) -> list[str]:
+    labels = list(runs)
+    lines = [f"**{mode} cache** ({len(runs['-n 0'])} rounds; load average at the runs' start: "
+             f"{_fmt([r['load'] for rs in runs.values() for r in rs])})", "",
+             "| variant | wall s | CPU s | critical path CPU s | wall / -n 0 | CPU / -n 0 | reuse (base) | reuse (tuned) | exit |",
+             "|---|--:|--:|--:|--:|--:|---|---|--:|"]
+    for label in labels:
+        rs = runs[label]
+        counts = reuse_counts(rs[-1]["report"])
+        rw = "1" if label == "-n 0" else _fmt(ratios(runs, label, "wall"), 3)
+        rc = "1" if label == "-n 0" else _fmt(ratios(runs, label, "cpu"), 3)
+        lines.append(f"| {label} | {_fmt([r['wall'] for r in rs])} | {_fmt([r['cpu'] for r in rs])} | "
+                     f"{_fmt([critical_path(r['procs']) for r in rs])} | {rw} | {rc} | {counts['base_reuse']} | {counts['tuned_reuse']} | "
+                     f"{sorted({r['rc'] for r in rs})} |")
+    if floor:
+        for label in ("-n 0", "-n 2"):
+            rs = floor[label]
+            rw = "1" if label == "-n 0" else _fmt(ratios(floor, label, "wall"), 3)
+            rc = "1" if label == "-n 0" else _fmt(ratios(floor, label, "cpu"), 3)
+            lines.append(f"| floor: 4 empty tests, {label} | {_fmt([r['wall'] for r in rs])} | {_fmt([r['cpu'] for r in rs])} | "
+                         f"{_fmt([critical_path(r['procs']) for r in rs])} | {rw} | {rc} | | | |")
+    lines += ["", "CPU s per process (median over rounds): start = until collected (interpreter, pytest, plugins, conftest, "
+              "test modules, the tasks built to validate markers); tests = inside tests (torch import, model loading, "
+              "evaluation, fine-tuning); rest = report and exit.", "",
+              "| variant | process | start | tests | rest | total | tests run | torch imported |", "|---|---|--:|--:|--:|--:|--:|---|"]
+    for label in labels:
+        per: dict[str, list[dict]] = collections.defaultdict(list)
+        for r in runs[label]:
+            for w, v in phases(r["procs"]).items():
+                per[w].append(v)
+        for w in sorted(per, key=lambda k: (k != "controller", k)):
+            vs = per[w]
+            med = {k: statistics.median(v[k] for v in vs) for k in ("start", "tests", "rest", "total", "n_tests")}
+            lines.append(f"| {label} | {w} | {med['start']:.2f} | {med['tests']:.2f} | {med['rest']:.2f} | {med['total']:.2f} | "
+                         f"{med['n_tests']:.0f} | {'yes' if all(v['torch'] for v in vs) else 'no' if not any(v['torch'] for v in vs) else 'some runs'} |")
+    tables = {label: runs[label][-1]["table"] for label in labels}
+    same = len(set(tables.values())) == 1 and bool(tables["-n 0"])
+    lines += ["", f"Summary tables identical across variants: {'yes' if same else 'NO'}."]
+    if not same:
+        for label in labels:
+            lines += [f"--- {label}", "```", tables[label], "```"]
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=int, default=1)
-    ap.add_argument("--warm", action="store_true", help="time runs with a warm cache (filled by an untimed run first)")
+    ap.add_argument("--pairs", type=int, default=1, help="rounds (each runs every variant once)")
+    ap.add_argument("--cache", choices=("cold", "warm", "both"), default="both")
+    ap.add_argument("--with-load", action="store_true", help="also time -n 2 --dist load (xdist's own scheduling)")
     ap.add_argument("--tests", nargs="*", default=["tests"], help="test paths inside example_project (default: tests)")
+    ap.add_argument("--write", action="store_true", help="replace the xdist section of benchmarks/RESULTS.md")
     args = ap.parse_args()
     if not (CKPT / "base.safetensors").exists():
         print("no example checkpoints: run python example_project/build_checkpoints.py first", file=sys.stderr)
         return 2
+    labels = ["-n 0", "-n 2", *(["-n 2 --dist load"] if args.with_load else [])]
+    modes = ["cold", "warm"] if args.cache == "both" else [args.cache]
     work = Path(tempfile.mkdtemp(prefix="xdist-bench-"))
-    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
-    labels = list(VARIANTS)
-    wall: dict[str, list[float]] = {k: [] for k in labels}
-    cpu: dict[str, list[float]] = {k: [] for k in labels}
-    floor_wall: dict[str, list[float]] = {k: [] for k in labels[:2]}
-    floor_cpu: dict[str, list[float]] = {k: [] for k in labels[:2]}
-    last: dict[str, tuple[dict, str, int]] = {}
+    t0 = time.time()
+    load0 = os.getloadavg()
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in load0)}", flush=True)
+    results: dict[str, dict[str, list[dict]]] = {}
     try:
-        warm_cache = work / "warm-cache"
-        if args.warm:
-            run(VARIANTS["-n 0"], warm_cache, work, args.tests)
-        for rnd in range(args.pairs):
-            order = labels[rnd % len(labels):] + labels[: rnd % len(labels)]  # rotate: no variant always first
-            for label in order:
-                cache = warm_cache if args.warm else work / f"cache-{rnd}-{labels.index(label)}"
-                w, c, report, table, rc = run(VARIANTS[label], cache, work, args.tests)
-                wall[label].append(w)
-                cpu[label].append(c)
-                last[label] = (report, table, rc)
-                print(f"round {rnd + 1}: {label:17s} {w:6.1f} s wall, {c:6.1f} s CPU (exit {rc})", flush=True)
-        empty = work / "floor"
-        empty.mkdir()
-        shutil.copy(EXAMPLE / "conftest.py", empty / "conftest.py")
-        (empty / "test_empty.py").write_text("".join(f"def test_{i}():\n    pass\n\n\n" for i in range(4)))
-        for rnd in range(args.pairs):
-            for label in (labels[:2] if rnd % 2 == 0 else labels[1::-1]):
-                w, c = run_floor(VARIANTS[label], empty)
-                floor_wall[label].append(w)
-                floor_cpu[label].append(c)
+        for mode in modes:
+            results[mode] = measure(labels, args.pairs, mode == "warm", work, args.tests)
+        floor = measure_floor(args.pairs, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    def ratio(values: dict[str, list[float]], label: str) -> float:
-        return statistics.median(b / a for a, b in zip(values["-n 0"], values[label]))
-
-    med = statistics.median
+    load1 = os.getloadavg()
+    try:
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        autogroup = False
+    lines = [f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
+             f"Linux autogroup scheduling: {'on' if autogroup else 'off'}",
+             f"- load average (1, 5, 15 min) at start / end: {' '.join(f'{x:.1f}' for x in load0)} / {' '.join(f'{x:.1f}' for x in load1)}; "
+             f"total {(time.time() - t0) / 60:.1f} min",
+             f"- tests: example_project/{' '.join(args.tests)}; command: `python benchmarks/xdist_bench.py --pairs {args.pairs}"
+             f"{' --with-load' if args.with_load else ''}{'' if args.cache == 'both' else f' --cache {args.cache}'}`", ""]
+    for i, mode in enumerate(modes):
+        lines += report_lines(mode, results[mode], floor if i == 0 else None) + [""]
     print()
-    print(f"load average now: {' '.join(f'{x:.1f}' for x in os.getloadavg())}; cache: {'warm' if args.warm else 'cold'}; "
-          f"tests: {' '.join(args.tests)}; {args.pairs} round(s)")
-    print("| variant | wall s | CPU s | wall / -n 0 | CPU / -n 0 | reuse (base) | reuse (tuned) | exit |")
-    print("|---|--:|--:|--:|--:|---|---|--:|")
-    for label in labels:
-        report, _, rc = last[label]
-        counts = reuse_counts(report)
-        print(f"| {label} | {med(wall[label]):.1f} | {med(cpu[label]):.1f} | {ratio(wall, label):.3f} | {ratio(cpu, label):.3f} "
-              f"| {counts['base_reuse']} | {counts['tuned_reuse']} | {rc} |")
-    print(f"| floor: 4 empty tests, -n 0 | {med(floor_wall['-n 0']):.1f} | {med(floor_cpu['-n 0']):.1f} | | | | | |")
-    print(f"| floor: 4 empty tests, -n 2 | {med(floor_wall['-n 2']):.1f} | {med(floor_cpu['-n 2']):.1f} "
-          f"| {ratio(floor_wall, '-n 2'):.3f} | {ratio(floor_cpu, '-n 2'):.3f} | | | |")
-    tables = {label: last[label][1] for label in labels}
-    same = len(set(tables.values())) == 1 and bool(tables["-n 0"])
-    print(f"tables identical: {same}")
-    if not same:
-        for label in labels:
-            print(f"--- {label}\n{tables[label]}")
-    r = ratio(wall, "-n 2")
-    print(f"ratio t(-n 2) / t(-n 0): {r:.3f} (per round: {', '.join(f'{b / a:.3f}' for a, b in zip(wall['-n 0'], wall['-n 2']))}); "
-          f"goal <= 1.0: {'met' if r <= 1.0 else 'NOT met'}")
+    print("\n".join(lines))
+    if args.write:
+        write_section("xdist", ["## pytest-xdist: `-n 2` vs `-n 0` on the example gate (`benchmarks/xdist_bench.py`)", "", *lines])
     return 0
 
 

@@ -251,13 +251,19 @@ def _declared_items(parent: pytest.Collector, config: pytest.Config, checks: lis
 
 
 def _group_by_task(item: pytest.Item, check: Check) -> None:
-    """Under ``pytest -n N --dist loadgroup`` the checks of one task share a worker (and its evaluations).
+    """Under ``pytest -n N`` the checks of one (task, candidate) share a worker (and its evaluations).
 
-    Only when pytest-xdist is active (its marker is registered then, so --strict-markers holds) and
-    the test has no xdist_group of its own.
+    The group is ``forgetting-TASK``, or ``forgetting-TASK@CANDIDATE`` when several tuned candidates
+    are compared: each candidate's evaluations are its own, so the candidates of one task can run
+    on two workers (the base's evaluation of the task is still computed once: the cache and its
+    lock). Only when pytest-xdist is active (its marker is registered then, so --strict-markers
+    holds) and the test has no xdist_group of its own.
     """
     if item.config.pluginmanager.hasplugin("xdist") and item.get_closest_marker("xdist_group") is None:
-        item.add_marker(pytest.mark.xdist_group(name=f"forgetting-{check.task}"))
+        callspec = getattr(item, "callspec", None)
+        candidate = callspec.params.get(CANDIDATE_ARG) if callspec is not None else getattr(item, "candidate", None)
+        suffix = f"@{candidate}" if candidate else ""
+        item.add_marker(pytest.mark.xdist_group(name=f"forgetting-{check.task}{suffix}"))
 
 
 def declared_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

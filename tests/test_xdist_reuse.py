@@ -87,6 +87,25 @@ BY_TASK = """
         _where("test_e")
 """
 
+# two tests of 'synth', run for two candidates (--tuned-ckpt twice): each candidate's checks share a worker
+TWO_CANDIDATES = """
+    import os
+
+    import pytest
+
+    def _where(request):
+        with open(os.environ["WHERE_LOG"], "a") as fh:
+            fh.write(f"{request.node.name} {os.environ.get('PYTEST_XDIST_WORKER', 'main')}\\n")
+
+    @pytest.mark.retains(task="synth", max_drop=0.3)
+    def test_a(request):
+        _where(request)
+
+    @pytest.mark.retains(task="synth", metric="f1_macro", max_drop=0.3)
+    def test_b(request):
+        _where(request)
+"""
+
 #: row fields that depend on timing, not on the run's results
 _TIMING = ("base_eval_s", "tuned_eval_s")
 
@@ -239,3 +258,41 @@ def test_a_forged_or_foreign_tuned_entry_is_recomputed(counting):
     p.pytester.runpytest(*_args(p, tuned, "cache", "r3.json", "-p", "no:xdist")).assert_outcomes(passed=2)
     assert [r for r, _, _ in _forwards(log)] == ["tuned"]
     assert os.path.exists(entry)
+
+
+def test_the_candidates_of_one_task_run_on_two_workers(counting):
+    """Several --tuned-ckpt: the group is (task, candidate), so two candidates of one task do not
+    leave a worker idle; the base's evaluation is still computed once (the cache and its lock)."""
+    p, tuned_a, log, where = counting
+    tuned_b = p.tuned("tuned_b", trap_weight=3.0)  # another candidate (the flag weight tells base from tuned)
+    p.test_file(TWO_CANDIDATES)
+    two = [f"--tuned-ckpt={tuned_b}"]
+    plain = p.pytester.runpytest(*_args(p, tuned_a, "", "plain.json", *two, "-p", "no:xdist"))
+    plain.assert_outcomes(passed=4)
+    log.unlink()
+    where.unlink()
+    result = p.pytester.runpytest_subprocess(*_args(p, tuned_a, "cache", "r.json", *two, "-n", "2", "-v"))
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["scheduling tests via TaskGroupScheduling"])
+
+    ran_on = dict(line.split() for line in where.read_text().splitlines())
+    assert sorted(ran_on) == ["test_a[tuned]", "test_a[tuned_b]", "test_b[tuned]", "test_b[tuned_b]"], ran_on
+    assert ran_on["test_a[tuned]"] == ran_on["test_b[tuned]"], ran_on  # one candidate's checks of a task: one worker
+    assert ran_on["test_a[tuned_b]"] == ran_on["test_b[tuned_b]"], ran_on
+    assert ran_on["test_a[tuned]"] != ran_on["test_a[tuned_b]"], ran_on  # the two candidates: two workers
+    forwards = _forwards(log)
+    assert sorted((r, n) for r, n, _ in forwards) == [("base", 400), ("tuned", 400), ("tuned", 400)], forwards
+    assert len({w for r, _, w in forwards if r == "tuned"}) == 2, forwards  # each candidate on its own worker
+
+    # the table is the one of -n 0; the JSON too, but for where the base came from on the second worker
+    # and the drift table of its pair (only a process with both models in memory has one, as in a
+    # plain run whose base outputs are cached)
+    assert _table(result) == _table(plain)
+    rows, want = _rows(p, "r.json"), _rows(p, "plain.json")
+    assert set(rows) == set(want)
+    assert sorted(r["base_reuse"] for r in rows.values()) == ["cache", "computed", "memory", "memory"], rows
+    for r in (*rows.values(), *want.values()):
+        for k in (*_TIMING, "base_reuse", "base_cached", "weight_drift"):
+            r.pop(k)
+    differ = {t: {k: (r.get(k), want[t].get(k)) for k in {*r, *want[t]} if r.get(k) != want[t].get(k)} for t, r in rows.items()}
+    assert not any(differ.values()), differ
