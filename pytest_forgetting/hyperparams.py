@@ -19,8 +19,9 @@ LoRA rank, trainable depth and WiSE-FT alpha towards their low end, the L2-SP / 
 and the replay fraction towards their high end, the strategy towards the first one listed. A
 failing property therefore reports the least aggressive configuration that still breaks the
 contract. (Batch sizes shrink towards the smallest.) Values are rounded (learning rates to two
-significant digits) so that the falsifying example reads well. Every argument of :func:`finetune_configs` takes a ``(low, high)`` range, a fixed value
-or a Hypothesis strategy of your own, and ``extra`` adds keys of your own; the result is a
+significant digits) so that the falsifying example reads well. Every argument of
+:func:`finetune_configs` takes a ``(low, high)`` range, a fixed value or a Hypothesis strategy of
+your own, and ``extra`` adds keys of your own; the result is a
 plain ``st.fixed_dictionaries`` per strategy, so it composes with ``st.builds``, ``.filter``,
 ``.map`` and ``st.one_of``. The strategy names come from ``pytest_forgetting.finetune.spec``;
 this module imports neither torch nor the runner.
@@ -61,7 +62,8 @@ def log_uniform(low: float, high: float, *, digits: int = 2, shrink_towards: str
 
     Shrinks towards ``low`` (or ``high`` with ``shrink_towards="high"``).
     """
-    if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and 0 < low <= high and math.isfinite(high)):
+    numbers = isinstance(low, (int, float)) and isinstance(high, (int, float))
+    if not (numbers and 0 < low <= high and math.isfinite(high)):
         raise InvalidArgument(f"log_uniform needs 0 < low <= high, got low={low!r}, high={high!r}")
     if shrink_towards not in ("low", "high"):
         raise InvalidArgument(f"shrink_towards={shrink_towards!r}: expected 'low' or 'high'")
@@ -73,7 +75,8 @@ def log_uniform(low: float, high: float, *, digits: int = 2, shrink_towards: str
     def to_value(i: int) -> float:
         return min(max(_round_sig(start * math.exp(sign * i / _GRID * span), digits), float(low)), float(high))
 
-    # an integer grid rather than floats: integers shrink monotonically towards 0 (floats shrink towards "simple" values)
+    # an integer grid rather than floats: integers shrink monotonically towards 0
+    # (floats shrink towards "simple" values)
     return st.integers(0, _GRID).map(to_value)
 
 
@@ -136,7 +139,8 @@ def _option_strategies(name: str, retain: Any) -> dict[str, SearchStrategy[Any]]
 
 
 def strategy_options(name: str, *, retain: Any = None, **overrides: Any) -> SearchStrategy[dict[str, Any]]:
-    """The options of one strategy as a dict: LoRA rank, frozen depth, L2-SP / EWC penalty, replay fraction, WiSE-FT alpha.
+    """The options of one fine-tuning strategy as a dict: LoRA rank, frozen depth, L2-SP / EWC penalty,
+    replay fraction, WiSE-FT alpha.
 
     ``retain`` is the retained task of ``ewc`` / ``replay``. ``overrides`` replace or add options
     (fixed values or strategies), e.g. ``strategy_options("lora", r=st.just(4), dropout=0.1)``.
@@ -176,7 +180,8 @@ def finetune_configs(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> SearchStrategy[dict[str, Any]]:
-    """Dicts to pass as ``finetune(train=..., **cfg)``: ``strategy``, ``lr``, ``epochs`` or ``max_steps``, ``batch_size``, ``seed`` and the strategy's options.
+    """Dicts to pass as ``finetune(train=..., **cfg)``: ``strategy``, ``lr``, ``epochs`` or ``max_steps``,
+    ``batch_size``, ``seed`` and the strategy's options.
 
     ``lr`` / ``epochs`` / ``steps`` / ``batch_size`` / ``seed``: a ``(low, high)`` range (log-uniform
     for ``lr``, powers of two for ``batch_size``), a fixed value, or a strategy. ``steps`` replaces
@@ -207,7 +212,9 @@ def finetune_configs(
     return st.one_of([_branch(name, common, retain, options.get(name, {})) for name in strategies])
 
 
-def _branch(name: str, common: dict[str, SearchStrategy[Any]], retain: Any, overrides: Mapping[str, Any]) -> SearchStrategy[dict[str, Any]]:
+def _branch(
+    name: str, common: dict[str, SearchStrategy[Any]], retain: Any, overrides: Mapping[str, Any]
+) -> SearchStrategy[dict[str, Any]]:
     """One strategy's configs as a single fixed_dictionaries (each key shrinks on its own; no flatmap)."""
     parts = {"strategy": st.just(name), **common, **_options(name, retain, overrides, "finetune_configs")}
     return st.fixed_dictionaries(parts).map(lambda cfg, order=tuple(parts): {k: cfg[k] for k in order})

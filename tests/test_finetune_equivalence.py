@@ -87,7 +87,8 @@ def _reference(strategy, penalty=0.0, train_last=1, fraction=0.0, fisher_example
         n_new = BATCH - n_replay
         opt = torch.optim.AdamW([p for n, p in params.items() if strategy == "gradual_unfreeze" or n in trainable],
                                 lr=LR, weight_decay=0.0)
-        order, replay_gen, replay_queue = torch.Generator().manual_seed(SEED), torch.Generator().manual_seed(SEED + 2), []
+        order, replay_gen = torch.Generator().manual_seed(SEED), torch.Generator().manual_seed(SEED + 2)
+        replay_queue = []
         model.train()
         for epoch in range(EPOCHS):
             if strategy == "gradual_unfreeze":
@@ -166,7 +167,8 @@ def test_one_strategy_class_per_name_and_no_strategy_name_in_the_loop():
     assert tuple(TABLE) == STRATEGIES == tuple(spec.OPTIONS)
     for name, cls in TABLE.items():
         assert cls.name == name and (PACKAGE / "strategies" / f"{name}.py").is_file()
-        strategy = make_strategy(name, spec.check_options(name, {"retain": "mnist"} if name in spec.NEEDS_RETAIN else {}))
+        given = {"retain": "mnist"} if name in spec.NEEDS_RETAIN else {}
+        strategy = make_strategy(name, spec.check_options(name, given))
         assert type(strategy.options) is spec.OPTIONS[name]
     names = re.compile("|".join(rf"[\"']{re.escape(n)}[\"']" for n in STRATEGIES))
     for module in ("loop.py", "data.py", "blocks.py", "watch.py", "progress.py"):

@@ -86,7 +86,8 @@ def test_strategy_names_come_from_the_runners_spec():
     from pytest_forgetting.finetune import spec
 
     assert hp.STRATEGIES is spec.STRATEGIES is STRATEGIES
-    assert hp.NEEDS_RETAIN == tuple(n for n, o in STRATEGY_OPTIONS.items() if o.get("retain") is spec.REQUIRED) == ("ewc", "replay")
+    needs_retain = tuple(n for n, o in STRATEGY_OPTIONS.items() if o.get("retain") is spec.REQUIRED)
+    assert hp.NEEDS_RETAIN == needs_retain == ("ewc", "replay")
     for name in STRATEGIES:  # every strategy has a search space (the gentlest options first)
         hp.strategy_options(name, retain="mnist")
 

@@ -58,7 +58,8 @@ _EXPORTS = {
     "check_common": "spec", "_check_common": "spec:check_common",
     "_int_option": "spec:int_option", "_float_option": "spec:float_option",
     "FullOptions": "spec", "FreezeOptions": "spec", "GradualUnfreezeOptions": "spec", "LoraOptions": "spec",
-    "AdaLoraOptions": "spec", "L2SPOptions": "spec", "EWCOptions": "spec", "ReplayOptions": "spec", "WiseFTOptions": "spec",
+    "AdaLoraOptions": "spec", "L2SPOptions": "spec", "EWCOptions": "spec", "ReplayOptions": "spec",
+    "WiseFTOptions": "spec",
     # the call, the loop and their parts
     "finetune": "run", "_describe": "run",
     "_lr_factor": "loop",

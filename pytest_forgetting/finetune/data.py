@@ -31,7 +31,9 @@ def _meta(tokenizer: Any) -> Any:
     return ModelMeta(tokenizer=tokenizer)
 
 
-def as_data(source: Any, *, split: str = "train", tokenizer: Any = None, what: str = "train", config: Any = None) -> _Data:
+def as_data(
+    source: Any, *, split: str = "train", tokenizer: Any = None, what: str = "train", config: Any = None
+) -> _Data:
     """A training source from a task name, a Task, a torch Dataset of (x, y) or an (x, y) pair.
 
     A classification task's labels come out as the model's output ids (``config.id2label`` matched by
@@ -67,7 +69,8 @@ def as_data(source: Any, *, split: str = "train", tokenizer: Any = None, what: s
 
         return _Data(f"<{type(dataset).__name__}>", len(dataset), get)
     raise FinetuneError(
-        f"{what}={source!r}: expected a registered task name, a Task, a torch Dataset of (input, label) or an (x, y) pair"
+        f"{what}={source!r}: expected a registered task name, a Task, a torch Dataset of (input, label) "
+        "or an (x, y) pair"
     )
 
 
@@ -101,7 +104,9 @@ def _task_data(task: Any, split: str, tokenizer: Any, what: str, config: Any = N
     import torch
 
     if not hasattr(task, "labels") or not hasattr(task, "split"):
-        raise FinetuneError(f"{what}: task {task.name!r} is a {type(task).__name__}; finetune trains classification tasks")
+        raise FinetuneError(
+            f"{what}: task {task.name!r} is a {type(task).__name__}; finetune trains classification tasks"
+        )
     if split not in task.split_names():
         raise FinetuneError(
             f"{what}: task {task.name!r} has no split {split!r}{suggest(split, task.split_names())} "

@@ -48,7 +48,9 @@ def _split(data: _Data, config: TrainConfig, seed: int) -> tuple[np.ndarray, np.
         perm = gen.permutation(data.n)
         n_val = max(1, int(round(early.val_fraction * data.n)))
         if n_val >= data.n:
-            raise FinetuneError(f"early_stopping: {data.name} has {data.n} examples, too few to hold out a validation set")
+            raise FinetuneError(
+                f"early_stopping: {data.name} has {data.n} examples, too few to hold out a validation set"
+            )
         val_idx, train_idx = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     return train_idx, val_idx
 
@@ -68,7 +70,11 @@ def _optimizer(model: "nn.Module", blocks: Blocks, strategy: Strategy, config: T
     if not groups:
         raise FinetuneError(f"strategy {strategy.name!r}: no parameter trains")
     param_groups = [
-        {"params": ps, "lr": lr * (decay_rate**d if decay_rate is not None else 1.0), "weight_decay": config.weight_decay if decay else 0.0}
+        {
+            "params": ps,
+            "lr": lr * (decay_rate**d if decay_rate is not None else 1.0),
+            "weight_decay": config.weight_decay if decay else 0.0,
+        }
         for (d, decay), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1]))
     ]
     if config.optimizer == "adamw":
@@ -80,7 +86,7 @@ def train(
     model: "nn.Module", data: _Data, strategy: Strategy, config: TrainConfig, *, tokenizer: Any, device: "torch.device",
     info: FinetuneInfo, reporter: _Progress, started: float,
 ) -> "nn.Module":
-    """Train ``model`` (a copy of the caller's, in float32 on ``device``) with ``strategy``; returns the trained module."""
+    """Train ``model`` (a copy of the caller's, in float32 on ``device``) with ``strategy``; the trained module."""
     import torch
 
     seed, batch_size, early, max_steps = int(config.seed), config.batch_size, config.early, config.max_steps
@@ -100,7 +106,10 @@ def train(
     # -- optimiser and schedule ----------------------------------------------------------------
     opt = _optimizer(model, blocks, strategy, config)
     steps_per_epoch = math.ceil(len(train_idx) / n_new)
-    n_epochs = config.epochs if config.epochs is not None else (math.ceil(max_steps / steps_per_epoch) if max_steps is not None else 1)
+    if config.epochs is not None:
+        n_epochs = config.epochs
+    else:
+        n_epochs = math.ceil(max_steps / steps_per_epoch) if max_steps is not None else 1
     total = n_epochs * steps_per_epoch if max_steps is None else min(max_steps, n_epochs * steps_per_epoch)
     info.planned_steps = total
     warmup = config.warmup
@@ -119,7 +128,8 @@ def train(
     _train_mode(model)
     for epoch in range(n_epochs):
         strategy.start_epoch(model, epoch, blocks)
-        info.trainable_blocks_per_epoch.append(sum(1 for _, names in blocks if any(params[n].requires_grad for n in names)))
+        live = sum(1 for _, names in blocks if any(params[n].requires_grad for n in names))
+        info.trainable_blocks_per_epoch.append(live)
         info.epochs = epoch + 1
         perm = torch.randperm(len(train_idx), generator=order_gen).numpy()
         for lo in range(0, len(train_idx), n_new):

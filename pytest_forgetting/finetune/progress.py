@@ -23,7 +23,9 @@ def deterministic(seed: int, device: "torch.device") -> Iterator[None]:
     was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     cudnn = torch.backends.cudnn
     cudnn_state = (cudnn.deterministic, cudnn.benchmark)
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -39,7 +41,9 @@ def deterministic(seed: int, device: "torch.device") -> Iterator[None]:
 class _Progress:
     """Progress lines at most every ``every_steps`` steps (or every ``every_s`` seconds) and a final one."""
 
-    def __init__(self, write: Callable[[str], None] | None, label: str, every_steps: int | None, every_s: float = 5.0) -> None:
+    def __init__(
+        self, write: Callable[[str], None] | None, label: str, every_steps: int | None, every_s: float = 5.0
+    ) -> None:
         self.write, self.label, self.every_steps, self.every_s = write, label, every_steps, every_s
         self.start = self.last = time.perf_counter()
         self.printed = False
@@ -51,7 +55,8 @@ class _Progress:
         due = (step % self.every_steps == 0) if self.every_steps else (now - self.last >= self.every_s)
         if due:
             self.last, self.printed = now, True
-            self.write(f"{self.label} step {step}/{total} epoch {epoch + 1} loss {loss:.4f} lr {lr:.2e} ({now - self.start:.1f}s)")
+            self.write(f"{self.label} step {step}/{total} epoch {epoch + 1} loss {loss:.4f} lr {lr:.2e} "
+                       f"({now - self.start:.1f}s)")
 
     def done(self, info: FinetuneInfo) -> None:
         if self.write is not None and self.printed:

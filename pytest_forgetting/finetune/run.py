@@ -67,7 +67,9 @@ def finetune(
     import torch
 
     if model is None or not isinstance(model, torch.nn.Module):
-        raise FinetuneError(f"model must be an nn.Module (the base checkpoint's, with the fixture), not {type(model).__name__}")
+        raise FinetuneError(
+            f"model must be an nn.Module (the base checkpoint's, with the fixture), not {type(model).__name__}"
+        )
     if getattr(model, "hf_device_map", None):  # copies of it are moved with .to(), which accelerate refuses
         raise FinetuneError(
             "the model is split over devices by accelerate (hf_device_map, e.g. from --forgetting-device-map); "
@@ -126,7 +128,8 @@ def _describe(value: Any) -> Any:
     """An option as plain data for ``finetune_info`` (tasks, datasets and modules by name)."""
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    if isinstance(value, (list, tuple)) and all(v is None or isinstance(v, (str, int, float, bool, dict)) for v in value):
+    plain = (str, int, float, bool, dict)
+    if isinstance(value, (list, tuple)) and all(v is None or isinstance(v, plain) for v in value):
         return list(value)
     name = getattr(value, "name", None)
     return f"<{type(value).__name__} {name}>" if isinstance(name, str) else f"<{type(value).__name__}>"

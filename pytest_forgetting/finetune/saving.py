@@ -27,7 +27,9 @@ def save_model(model: "nn.Module", path: str | os.PathLike[str], tokenizer: Any 
     path = Path(path)
     if is_peft(model):
         if path.suffix == ".safetensors":
-            raise FinetuneError(f"save_to={str(path)!r}: a LoRA model is saved as a PEFT adapter folder; give a folder path")
+            raise FinetuneError(
+                f"save_to={str(path)!r}: a LoRA model is saved as a PEFT adapter folder; give a folder path"
+            )
         model.save_pretrained(str(path))
         return str(path)
     if path.suffix == ".safetensors":
@@ -44,6 +46,7 @@ def save_model(model: "nn.Module", path: str | os.PathLike[str], tokenizer: Any 
             tokenizer.save_pretrained(str(path))
         return str(path)
     raise FinetuneError(
-        f"save_to={str(path)!r}: a plain nn.Module is saved as a single .safetensors file (loaded with --model-factory); "
+        f"save_to={str(path)!r}: a plain nn.Module is saved as a single .safetensors file "
+        "(loaded with --model-factory); "
         "end the path with .safetensors"
     )

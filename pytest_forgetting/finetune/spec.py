@@ -146,12 +146,16 @@ NEEDS_RETAIN = tuple(name for name, opts in STRATEGY_OPTIONS.items() if opts.get
 def check_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
     """The strategy's options with defaults filled in; unknown names and missing required ones are errors."""
     if strategy not in STRATEGIES:
-        raise FinetuneError(f"unknown strategy {strategy!r}{suggest(str(strategy), STRATEGIES)}; strategies: {', '.join(STRATEGIES)}")
+        raise FinetuneError(
+            f"unknown strategy {strategy!r}{suggest(str(strategy), STRATEGIES)}; strategies: {', '.join(STRATEGIES)}"
+        )
     spec = STRATEGY_OPTIONS[strategy]
     for key in options:
         if key not in spec:
             allowed = ", ".join(spec) or "(none)"
-            raise FinetuneError(f"strategy {strategy!r} has no option {key!r}{suggest(key, list(spec))}; its options: {allowed}")
+            raise FinetuneError(
+                f"strategy {strategy!r} has no option {key!r}{suggest(key, list(spec))}; its options: {allowed}"
+            )
     opts = {**spec, **options}
     missing = [k for k, v in opts.items() if v is REQUIRED]
     if missing:
@@ -189,14 +193,19 @@ def int_option(strategy: str, key: str, value: Any, low: int) -> int:
     return int(value)
 
 
-def float_option(strategy: str, key: str, value: Any, low: float, high: float | None = None, open_low: bool = False) -> float:
+def float_option(
+    strategy: str, key: str, value: Any, low: float, high: float | None = None, open_low: bool = False
+) -> float:
     """A number option in ``[low, high]`` (``(low, ...`` with ``open_low``) of ``strategy``, or a one-line error."""
     ok = not isinstance(value, bool) and isinstance(value, _scalar_types()[1]) and math.isfinite(value)
     if ok:
         value = float(value)
         ok = (value > low if open_low else value >= low) and (high is None or value <= high)
     if not ok:
-        bound = f"in {'(' if open_low else '['}{low:g}, {high:g}]" if high is not None else f"{'>' if open_low else '>='} {low:g}"
+        if high is not None:
+            bound = f"in {'(' if open_low else '['}{low:g}, {high:g}]"
+        else:
+            bound = f"{'>' if open_low else '>='} {low:g}"
         raise FinetuneError(f"strategy {strategy!r}: {key}={value!r} must be a number {bound}")
     return value
 
@@ -241,13 +250,17 @@ class EarlyStopping:
             names = [f for f in cls.__dataclass_fields__]
             for key in value:
                 if key not in names:
-                    raise FinetuneError(f"early_stopping: unknown key {key!r}{suggest(key, names)}; keys: {', '.join(names)}")
+                    raise FinetuneError(
+                        f"early_stopping: unknown key {key!r}{suggest(key, names)}; keys: {', '.join(names)}"
+                    )
             return cls(**value)
         raise FinetuneError(f"early_stopping={value!r}: expected True, a patience (int), a dict or EarlyStopping(...)")
 
 
-def check_common(lr: Any, epochs: Any, max_steps: Any, batch_size: Any, weight_decay: Any, lr_schedule: Any, warmup: Any,
-                 optimizer: Any, time_budget_s: Any, layer_lr_decay: Any, max_grad_norm: Any) -> None:
+def check_common(
+    lr: Any, epochs: Any, max_steps: Any, batch_size: Any, weight_decay: Any, lr_schedule: Any, warmup: Any,
+    optimizer: Any, time_budget_s: Any, layer_lr_decay: Any, max_grad_norm: Any,
+) -> None:
     """One-line errors for the shared training knobs (the strategy's own options are checked where used)."""
 
     def bad(msg: str) -> None:
@@ -273,7 +286,8 @@ def check_common(lr: Any, epochs: Any, max_steps: Any, batch_size: Any, weight_d
     if time_budget_s is not None and (not number(time_budget_s) or time_budget_s <= 0):
         bad(f"time_budget_s={time_budget_s!r} must be a positive number of seconds")
     if layer_lr_decay is not None and (not number(layer_lr_decay) or not 0 < layer_lr_decay <= 1):
-        bad(f"layer_lr_decay={layer_lr_decay!r} must be in (0, 1] (each block down from the head gets lr * decay**depth)")
+        bad(f"layer_lr_decay={layer_lr_decay!r} must be in (0, 1] "
+            "(each block down from the head gets lr * decay**depth)")
     if max_grad_norm is not None and (not number(max_grad_norm) or max_grad_norm <= 0):
         bad(f"max_grad_norm={max_grad_norm!r} must be a positive number")
 
@@ -301,6 +315,8 @@ class TrainConfig:
     time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
-        check_common(self.lr, self.epochs, self.max_steps, self.batch_size, self.weight_decay, self.lr_schedule, self.warmup,
-                     self.optimizer, self.time_budget_s, self.layer_lr_decay, self.max_grad_norm)  # fmt: skip
+        check_common(
+            self.lr, self.epochs, self.max_steps, self.batch_size, self.weight_decay, self.lr_schedule, self.warmup,
+            self.optimizer, self.time_budget_s, self.layer_lr_decay, self.max_grad_norm,
+        )
         object.__setattr__(self, "batch_size", int(self.batch_size))

@@ -30,9 +30,13 @@ class AdaLora(StrategyBase):
         # the rank schedule needs the planned number of steps
         cfg = ctx.config
         per_epoch = math.ceil(ctx.n_train / cfg.batch_size)
-        epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.max_steps / per_epoch) if cfg.max_steps is not None else 1
+        if cfg.epochs is not None:
+            epochs = cfg.epochs
+        else:
+            epochs = math.ceil(cfg.max_steps / per_epoch) if cfg.max_steps is not None else 1
         planned = epochs * per_epoch
-        return _adalora(model, self.options, planned if cfg.max_steps is None else min(cfg.max_steps, planned)).to(ctx.device)
+        total = planned if cfg.max_steps is None else min(cfg.max_steps, planned)
+        return _adalora(model, self.options, total).to(ctx.device)
 
     def trainable(self, model: "nn.Module", blocks: Blocks) -> None:
         return None  # peft froze the base weights: only the adapters (and modules_to_save) train
@@ -44,7 +48,8 @@ class AdaLora(StrategyBase):
         return None if orth is None else float(self.options.orth_reg_weight) * orth
 
     def after_step(self, model: "nn.Module", step: int) -> None:
-        model.base_model.update_and_allocate(step)  # importance from this step's gradients, then the budget is re-allocated
+        # importance from this step's gradients, then the budget is re-allocated
+        model.base_model.update_and_allocate(step)
 
     def end_training(self, model: "nn.Module", flags: dict[str, bool]) -> None:
         return None  # a PeftModel keeps its own flags (only the adapters train)
@@ -57,11 +62,15 @@ def _adalora(model: "nn.Module", opts: Any, total_steps: int) -> Any:
     try:
         import peft
     except ImportError:
-        raise FinetuneError("strategy 'adalora' needs the peft package: pip install peft (or pytest-forgetting[lora])") from None
+        raise FinetuneError(
+            "strategy 'adalora' needs the peft package: pip install peft (or pytest-forgetting[lora])"
+        ) from None
     init_r = int_option("adalora", "init_r", opts.init_r, 1)
     target_r = int_option("adalora", "target_r", opts.target_r, 1)
     if target_r > init_r:
-        raise FinetuneError(f"strategy 'adalora': target_r={target_r} must not exceed init_r={init_r} (the budget only shrinks)")
+        raise FinetuneError(
+            f"strategy 'adalora': target_r={target_r} must not exceed init_r={init_r} (the budget only shrinks)"
+        )
     alpha = init_r if opts.alpha is None else float_option("adalora", "alpha", opts.alpha, 0.0, open_low=True)
     dropout = float_option("adalora", "dropout", opts.dropout, 0.0, 1.0)
     total = max(1, int(total_steps))
@@ -69,7 +78,8 @@ def _adalora(model: "nn.Module", opts: Any, total_steps: int) -> Any:
     tfinal = int(0.2 * total) if opts.tfinal is None else int_option("adalora", "tfinal", opts.tfinal, 0)
     if tinit >= total - tfinal:
         raise FinetuneError(
-            f"strategy 'adalora': tinit={tinit} + tfinal={tfinal} leave no budgeting phase in the {total} planned steps; "
+            f"strategy 'adalora': tinit={tinit} + tfinal={tfinal} leave no budgeting phase "
+            f"in the {total} planned steps; "
             "lower them or train longer"
         )
     targets = opts.target_modules
@@ -80,7 +90,10 @@ def _adalora(model: "nn.Module", opts: Any, total_steps: int) -> Any:
             from peft.utils import TRANSFORMERS_MODELS_TO_ADALORA_TARGET_MODULES_MAPPING as known
 
             if config.model_type not in known:
-                raise FinetuneError(f"strategy 'adalora': no default target modules for model type {config.model_type!r}; pass target_modules=[...]")
+                raise FinetuneError(
+                    f"strategy 'adalora': no default target modules for model type {config.model_type!r}; "
+                    "pass target_modules=[...]"
+                )
             if type(model).__name__.endswith("ForSequenceClassification"):
                 task_type = "SEQ_CLS"  # peft then trains the classification head in full
         else:  # AdaLoRA adapts Linear layers (not convolutions)
@@ -92,13 +105,16 @@ def _adalora(model: "nn.Module", opts: Any, total_steps: int) -> Any:
         adalora_config = peft.AdaLoraConfig(
             init_r=init_r, target_r=target_r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
             modules_to_save=opts.modules_to_save, task_type=task_type, tinit=tinit, tfinal=tfinal,
-            deltaT=int_option("adalora", "delta_t", opts.delta_t, 1), beta1=float_option("adalora", "beta1", opts.beta1, 0.0, 1.0),
+            deltaT=int_option("adalora", "delta_t", opts.delta_t, 1),
+            beta1=float_option("adalora", "beta1", opts.beta1, 0.0, 1.0),
             beta2=float_option("adalora", "beta2", opts.beta2, 0.0, 1.0),
             orth_reg_weight=float_option("adalora", "orth_reg_weight", opts.orth_reg_weight, 0.0), total_step=total,
         )  # fmt: skip
         return peft.get_peft_model(model, adalora_config)
     except (ValueError, TypeError, KeyError) as exc:
-        raise FinetuneError(f"strategy 'adalora': peft could not add adapters ({exc}); pass target_modules=[...]") from None
+        raise FinetuneError(
+            f"strategy 'adalora': peft could not add adapters ({exc}); pass target_modules=[...]"
+        ) from None
 
 
 def _orthogonality(model: Any) -> Any:

@@ -44,7 +44,9 @@ class EWC(StrategyBase):
         return self._anchor(model)
 
 
-def fisher_diagonal(model: "nn.Module", data: _Data, indices: np.ndarray, device: Any = None) -> dict[str, "torch.Tensor"]:
+def fisher_diagonal(
+    model: "nn.Module", data: _Data, indices: np.ndarray, device: Any = None
+) -> dict[str, "torch.Tensor"]:
     """Diagonal empirical Fisher: the mean over examples of the squared gradient of -log p(y|x).
 
     Per-example gradients (one backward pass per example), with the model in eval mode.

@@ -33,7 +33,8 @@ def _freeze_names(model: "nn.Module", blocks: Blocks, opts: Any) -> set[str]:
         unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in all_names)]
         if unmatched:
             raise FinetuneError(
-                f"strategy 'freeze': pattern(s) {unmatched} match no parameter; names look like {', '.join(all_names[:4])}"
+                f"strategy 'freeze': pattern(s) {unmatched} match no parameter; "
+                f"names look like {', '.join(all_names[:4])}"
             )
         trainable = set(all_names) - frozen
     else:

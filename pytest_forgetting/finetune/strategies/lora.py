@@ -35,7 +35,9 @@ def _lora(model: "nn.Module", opts: Any) -> Any:
     try:
         import peft
     except ImportError:
-        raise FinetuneError("strategy 'lora' needs the peft package: pip install peft (or pytest-forgetting[lora])") from None
+        raise FinetuneError(
+            "strategy 'lora' needs the peft package: pip install peft (or pytest-forgetting[lora])"
+        ) from None
     r = int_option("lora", "r", opts.r, 1)
     alpha = r if opts.alpha is None else float_option("lora", "alpha", opts.alpha, 0.0, open_low=True)
     dropout = float_option("lora", "dropout", opts.dropout, 0.0, 1.0)
@@ -62,4 +64,6 @@ def _lora(model: "nn.Module", opts: Any) -> Any:
     try:
         return peft.get_peft_model(model, lora_config)
     except (ValueError, TypeError, KeyError) as exc:
-        raise FinetuneError(f"strategy 'lora': peft could not add adapters ({exc}); pass target_modules=[...]") from None
+        raise FinetuneError(
+            f"strategy 'lora': peft could not add adapters ({exc}); pass target_modules=[...]"
+        ) from None

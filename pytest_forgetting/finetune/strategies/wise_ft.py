@@ -29,9 +29,13 @@ class WiseFT(StrategyBase):
         self._keep = _parse_keep(opts.keep)
         if opts.alpha == "auto":
             if not self._keep:
-                raise FinetuneError("wise_ft(alpha='auto') needs keep=[{'task': ..., 'max_drop': ...}, ...] to search against")
+                raise FinetuneError(
+                    "wise_ft(alpha='auto') needs keep=[{'task': ..., 'max_drop': ...}, ...] to search against"
+                )
             if session is None:
-                raise FinetuneError("wise_ft(alpha='auto') decides with a forgetting session: use the finetune fixture or pass session=")
+                raise FinetuneError(
+                    "wise_ft(alpha='auto') decides with a forgetting session: use the finetune fixture or pass session="
+                )
             self._alphas = [float_option("wise_ft", "alphas[]", a, 0.0, 1.0) for a in opts.alphas]
             if not self._alphas:
                 raise FinetuneError("wise_ft: alphas must not be empty")
@@ -72,7 +76,9 @@ def interpolate(base: "nn.Module", tuned: "nn.Module", alpha: float) -> "nn.Modu
     with torch.no_grad():
         for name, t in out.state_dict().items():
             if name not in base_state:
-                raise FinetuneError(f"wise_ft: the tuned model has a weight {name!r} the base lacks; they must share an architecture")
+                raise FinetuneError(
+                    f"wise_ft: the tuned model has a weight {name!r} the base lacks; they must share an architecture"
+                )
             b = base_state[name]
             if not t.is_floating_point():
                 continue
@@ -106,6 +112,10 @@ def _base_slot_for(session: Any, model: Any) -> Any:
     return session.module_slot("base", copy.deepcopy(model))
 
 
+#: what the curve keeps of each check's row
+_CURVE_KEYS = ("task", "kind", "metric", "base", "tuned", "drop", "ci_low", "ci_high", "margin", "verdict")
+
+
 def _wise_ft_search(
     start: "nn.Module", tuned: "nn.Module", *, keep: list[Any], alphas: Sequence[float], session: Any, base_slot: Any,
     track: str | None, progress: Callable[[str], None] | None, dtype: Any,
@@ -115,7 +125,8 @@ def _wise_ft_search(
 
     bound = [bind_task(c, "wise_ft keep", session.task(c.task)) for c in keep]
     if track is not None and not any(c.task == track for c in bound):
-        bound_track = bind_task(parse_check("retains", {"task": track, "max_drop": 1.0}, "wise_ft"), "wise_ft", session.task(track))
+        tracked = parse_check("retains", {"task": track, "max_drop": 1.0}, "wise_ft")
+        bound_track = bind_task(tracked, "wise_ft", session.task(track))
     else:
         bound_track = None
     curve: list[dict[str, Any]] = []
@@ -125,11 +136,12 @@ def _wise_ft_search(
         ok = True
         for check in bound:
             row = session.run_check(check, test="<finetune wise_ft>", base=base_slot, tuned=slot).row
-            point["checks"].append({k: row.get(k) for k in ("task", "kind", "metric", "base", "tuned", "drop", "ci_low", "ci_high", "margin", "verdict")})
+            point["checks"].append({k: row.get(k) for k in _CURVE_KEYS})
             ok = ok and row["verdict"] == "pass"
         if bound_track is not None:
             row = session.run_check(bound_track, test="<finetune wise_ft>", base=base_slot, tuned=slot).row
-            point["gain"] = {"task": track, "base": row["base"], "tuned": row["tuned"], "gain": None if row["drop"] is None else -row["drop"]}
+            gain = None if row["drop"] is None else -row["drop"]
+            point["gain"] = {"task": track, "base": row["base"], "tuned": row["tuned"], "gain": gain}
         point["ok"] = ok
         curve.append(point)
     passing = [p["alpha"] for p in curve if p["ok"]]
@@ -142,7 +154,8 @@ def _wise_ft_search(
 
 def format_curve(curve: list[dict[str, Any]], chosen: float | None = None) -> list[str]:
     """The WiSE-FT curve as text lines: alpha, each check's drop [CI] and verdict, the new-task gain."""
-    lines = ["wise_ft: largest alpha whose model meets every keep check" + (f" -> alpha={chosen:g}" if chosen is not None else "")]
+    head = "wise_ft: largest alpha whose model meets every keep check"
+    lines = [head + (f" -> alpha={chosen:g}" if chosen is not None else "")]
     for p in curve:
         parts = []
         for c in p["checks"]:
@@ -152,7 +165,8 @@ def format_curve(curve: list[dict[str, Any]], chosen: float | None = None) -> li
             sign = "drop" if c["kind"] == "retains" else "gain"
             value = c["drop"] if c["kind"] == "retains" else -c["drop"]
             lo, hi = (c["ci_low"], c["ci_high"]) if c["kind"] == "retains" else (-c["ci_high"], -c["ci_low"])
-            parts.append(f"{c['task']} {sign} {100 * value:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] {c['verdict'].upper()}")
+            parts.append(f"{c['task']} {sign} {100 * value:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+                         f"{c['verdict'].upper()}")
         if "gain" in p and p["gain"]["gain"] is not None:
             parts.append(f"{p['gain']['task']} gain {100 * p['gain']['gain']:+.1f} pp")
         mark = "*" if chosen is not None and p["alpha"] == chosen else " "
