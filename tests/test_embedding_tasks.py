@@ -137,6 +137,13 @@ def test_probe_reads_the_backbone_whatever_the_head(task):
     assert np.array_equal(outputs[0], outputs[1]) and np.array_equal(outputs[0], outputs[2])
 
 
+def test_the_heads_label_map_is_not_checked_against_the_probe_classes(task):
+    """A topic classifier's id2label (names unlike the probe's classes) is no error: the probe never reads the head."""
+    model = tiny_bert("BertForSequenceClassification", seed=0, **labelled(list("abcde")))
+    model.config.architectures = ["BertForSequenceClassification"]  # as save_pretrained writes it
+    task.check_model(ModelMeta(config=model.config))  # the session's check before any batch: no TaskError
+
+
 def test_a_subsample_of_the_eval_split_still_fits_on_the_whole_probe_split(task):
     model = tiny_bert("BertModel")
     full = evaluate(task, model, split="test", meta=meta(), batch_size=64)

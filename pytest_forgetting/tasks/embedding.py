@@ -305,6 +305,10 @@ class EmbeddingProbeTask(TextClassificationTask):
                 f"(splits: {', '.join(s for s in self.split_names() if s != split) or '(none)'})"
             )
 
+    def check_model(self, meta: ModelMeta) -> None:
+        """Nothing to check: the probe reads hidden states and fits its own classes, never the model's head
+        (a topic classifier's ``id2label`` says nothing about a sentiment probe of its encoder)."""
+
     def prepare_key(self, meta: ModelMeta) -> str:
         return f"{meta.tokenizer_fingerprint}:{effective_max_length(meta, self.max_length)}"
 
