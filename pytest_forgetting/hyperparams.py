@@ -148,7 +148,13 @@ def strategy_options(name: str, *, retain: Any = None, **overrides: Any) -> Sear
     if name not in STRATEGIES:
         raise InvalidArgument(f"unknown fine-tuning strategy {name!r}; strategies: {', '.join(STRATEGIES)}")
     parts = _options(name, retain, overrides, "strategy_options")
-    return st.fixed_dictionaries(parts).map(lambda cfg, order=tuple(parts): {k: cfg[k] for k in order})
+    return _ordered(parts)
+
+
+def _ordered(parts: dict[str, SearchStrategy[Any]]) -> SearchStrategy[dict[str, Any]]:
+    """``st.fixed_dictionaries(parts)`` with its keys in the order of ``parts`` (a stable, readable key order)."""
+    order = tuple(parts)
+    return st.fixed_dictionaries(parts).map(lambda cfg: {k: cfg[k] for k in order})
 
 
 def _options(name: str, retain: Any, overrides: Mapping[str, Any], where: str) -> dict[str, SearchStrategy[Any]]:
@@ -217,4 +223,4 @@ def _branch(
 ) -> SearchStrategy[dict[str, Any]]:
     """One strategy's configs as a single fixed_dictionaries (each key shrinks on its own; no flatmap)."""
     parts = {"strategy": st.just(name), **common, **_options(name, retain, overrides, "finetune_configs")}
-    return st.fixed_dictionaries(parts).map(lambda cfg, order=tuple(parts): {k: cfg[k] for k in order})
+    return _ordered(parts)

@@ -18,8 +18,8 @@ import pytest_forgetting.hyperparams as hp
 from pytest_forgetting.finetune import STRATEGIES, STRATEGY_OPTIONS, _check_common, _check_options
 
 
-@pytest.mark.parametrize("name", ["hyperparams", "strategies"])
-def test_importing_the_hyperparams_does_not_import_torch(name):
+@pytest.mark.parametrize("name", ["hyperparams", "strategies", "finetune", "finetune.spec"])
+def test_importing_the_hyperparams_does_not_import_torch(name):  # nor the finetune package or its spec
     code = f"import sys, pytest_forgetting.{name}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 

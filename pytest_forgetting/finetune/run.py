@@ -119,7 +119,7 @@ def finetune(
     reporter.done(info)
     if save_to is not None:
         info.saved_to = save_model(result, save_to, tokenizer=tokenizer)
-    result.finetune_info = info
+    setattr(result, "finetune_info", info)  # nn.Module.__setattr__, as an attribute assignment
     attach_tokenizer(result, tokenizer)  # the result is evaluated (and fine-tuned again) like its checkpoint
     return result
 

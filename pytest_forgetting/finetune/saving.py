@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .spec import FinetuneError
-
-if TYPE_CHECKING:
-    from torch import nn
 
 
 def is_peft(model: Any) -> bool:
@@ -20,7 +17,7 @@ def is_peft(model: Any) -> bool:
     return isinstance(model, peft.PeftModel)
 
 
-def save_model(model: "nn.Module", path: str | os.PathLike[str], tokenizer: Any = None) -> str:
+def save_model(model: Any, path: str | os.PathLike[str], tokenizer: Any = None) -> str:
     """Write what ``--tuned-ckpt`` loads: a PEFT adapter folder, a ``.safetensors`` file, or an HF folder."""
     from safetensors.torch import save_file
 

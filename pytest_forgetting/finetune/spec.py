@@ -171,7 +171,7 @@ def options_of(strategy: str, opts: Mapping[str, Any]) -> Any:
 # -- scalar checks ------------------------------------------------------------------------------------
 
 
-def _scalar_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+def _scalar_types() -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """``(integer types, number types)``, numpy's scalars included (numpy is imported on first use)."""
     import numpy as np
 

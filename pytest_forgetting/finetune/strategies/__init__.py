@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..spec import STRATEGIES, options_of
+from ..spec import options_of
 from .adalora import AdaLora
 from .base import FinishContext, Strategy, StrategyBase, TrainContext
 from .ewc import EWC
@@ -21,7 +21,7 @@ from .lora import Lora
 from .replay import Replay
 from .wise_ft import WiseFT
 
-#: strategy name -> class (keys: exactly ``spec.STRATEGIES``, in its order)
+#: strategy name -> class (keys: exactly ``spec.STRATEGIES``, in its order; checked by tests/test_finetune_equivalence.py)
 TABLE: dict[str, type[StrategyBase]] = {
     cls.name: cls for cls in (Full, Freeze, GradualUnfreeze, Lora, AdaLora, L2SP, EWC, Replay, WiseFT)
 }

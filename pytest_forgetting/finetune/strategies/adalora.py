@@ -49,7 +49,8 @@ class AdaLora(StrategyBase):
 
     def after_step(self, model: "nn.Module", step: int) -> None:
         # importance from this step's gradients, then the budget is re-allocated
-        model.base_model.update_and_allocate(step)
+        peft_model: Any = model  # the PeftModel of wrap()
+        peft_model.base_model.update_and_allocate(step)
 
     def end_training(self, model: "nn.Module", flags: dict[str, bool]) -> None:
         return None  # a PeftModel keeps its own flags (only the adapters train)
@@ -103,7 +104,8 @@ def _adalora(model: "nn.Module", opts: Any, total_steps: int) -> Any:
             targets = "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
     try:
         adalora_config = peft.AdaLoraConfig(
-            init_r=init_r, target_r=target_r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+            init_r=init_r, target_r=target_r, lora_dropout=dropout, target_modules=targets,
+            lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int, takes a float
             modules_to_save=opts.modules_to_save, task_type=task_type, tinit=tinit, tfinal=tfinal,
             deltaT=int_option("adalora", "delta_t", opts.delta_t, 1),
             beta1=float_option("adalora", "beta1", opts.beta1, 0.0, 1.0),

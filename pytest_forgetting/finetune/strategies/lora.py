@@ -58,7 +58,8 @@ def _lora(model: "nn.Module", opts: Any) -> Any:
                 raise FinetuneError("strategy 'lora': the model has no Linear/Conv layers; pass target_modules=[...]")
             targets = "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
     lora_config = peft.LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+        r=r, lora_dropout=dropout, target_modules=targets,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates int, takes a float
         modules_to_save=opts.modules_to_save, task_type=task_type,
     )  # fmt: skip
     try:

@@ -61,7 +61,7 @@ class WiseFT(StrategyBase):
         else:
             alpha = float(self.options.alpha)
         info.wise_ft_alpha = alpha
-        result = interpolate(start, tuned, alpha)
+        result: Any = interpolate(start, tuned, alpha)  # a module with two attributes of ours
         result.wise_ft_alpha = info.wise_ft_alpha
         result.wise_ft_curve = info.wise_ft_curve
         return result
