@@ -203,9 +203,7 @@ def test_scoring_sends_only_the_scored_positions_to_the_log_softmax(monkeypatch)
     monkeypatch.setattr(torch.nn.functional, "log_softmax", real)
     with torch.inference_mode():
         ref_ll, ref_greedy, ref_finite = _reference_scores(model, rows, targets)
-    scored = [sum(n for _, n in rows[lo : lo + 4]) for lo in range(0, len(rows), 4)]
-    assert [s[0] for s in shapes[: len(scored)]] == scored  # one log-softmax per chunk, over its scored positions only
-    assert sum(s[0] for s in shapes[len(scored) :]) == sum(n for _, n in rows)
+    assert shapes == [(n, len(tok)) for _, n in rows] * 2  # per row, over its scored positions only (not the chunk's width)
     np.testing.assert_allclose(lls.numpy(), ref_ll, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(lls2.numpy(), ref_ll, rtol=1e-5, atol=1e-4)
     assert lls.dtype == torch.float64 and ref_ll[[n for _, n in rows].index(0)] == 0.0

@@ -102,8 +102,8 @@ def score_rows(
 
     ``rows[i] = (input ids, n)``: the last ``n`` logits of the input predict ``targets[i]``.
     Right-padded in chunks of ``chunk`` rows; no attention mask (causal: padding comes after).
-    Only the scored positions reach the log-softmax, so its cost follows the real tokens, not the
-    padding; ``greedy`` (whether every target is the argmax) is computed only when asked for.
+    Only a row's scored positions reach the log-softmax (a view, no copy), so the scoring costs
+    follow the real tokens, not the padding; ``greedy`` (every target the argmax) only when asked.
     """
     import torch
     import torch.nn.functional as F
@@ -119,32 +119,18 @@ def score_rows(
         part = rows[lo : lo + chunk]
         width = max(len(r[0]) for r in part)
         inp = torch.full((len(part), width), pad_id, dtype=torch.long)
-        row_of, pos_of, tgt = [], [], []
-        for i, (ids, n) in enumerate(part):
+        for i, (ids, _) in enumerate(part):
             inp[i, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
-            row_of += [i] * n
-            pos_of += range(len(ids) - n, len(ids))
-            tgt += list(targets[lo + i])
         logits = logits_of(model(inp.to(device), **kwargs))
-        at = logits.device
-        sel = logits[torch.tensor(row_of, dtype=torch.long, device=at), torch.tensor(pos_of, dtype=torch.long, device=at)]
-        del logits
-        logp = F.log_softmax(sel if sel.dtype == torch.float64 else sel.float(), dim=-1)
-        del sel
-        target = torch.tensor(tgt, dtype=torch.long, device=at)
-        picked = logp.gather(1, target[:, None]).squeeze(1)
-        if logp.dtype == torch.float64:
-            ok = torch.isfinite(logp).all(dim=-1)
-        else:  # one pass: a double sum of float32 values is finite exactly when they all are (it cannot overflow)
-            ok = torch.isfinite(logp.sum(dim=-1, dtype=torch.float64))
-        right = (logp.argmax(dim=-1) == target) if greedy else None
-        pos = 0
-        for _, n in part:
-            lls.append(float(picked[pos : pos + n].sum()))
-            finite.append(bool(ok[pos : pos + n].all()))
-            if right is not None:
-                hits.append(bool(right[pos : pos + n].all()))
-            pos += n
+        for i, (ids, n) in enumerate(part):
+            sel = logits[i, len(ids) - n : len(ids)]
+            logp = F.log_softmax(sel if sel.dtype == torch.float64 else sel.float(), dim=-1)
+            tgt = torch.as_tensor(list(targets[lo + i]), dtype=torch.long, device=logp.device)
+            lls.append(float(logp.gather(1, tgt[:, None]).sum()))
+            # a log-probability is never +inf (at most 0 up to rounding; NaN propagates): all are finite when the smallest is
+            finite.append(n == 0 or bool(torch.isfinite(logp.min())))
+            if greedy:
+                hits.append(bool((logp.argmax(dim=-1) == tgt).all()))
     return (
         torch.tensor(lls, dtype=torch.float64),
         torch.tensor(hits, dtype=torch.bool) if greedy else None,
