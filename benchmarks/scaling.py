@@ -268,6 +268,8 @@ CHILD_CORE = r"""
 import json, resource, sys, time, tracemalloc
 sys.path.insert(0, sys.argv[3])
 import scaling
+sys.path.insert(0, sys.argv[4])  # the package under test (scaling's imports put this checkout first)
+import pytest_forgetting
 path, n = sys.argv[1], int(sys.argv[2])
 scaling._core_inputs(path, 1000)()  # warm-up: first-call costs (lazy imports, caches) are not the decision's
 decide = scaling._core_inputs(path, n)
@@ -287,36 +289,66 @@ if secs <= 10.0:  # again under tracemalloc (which slows Python-heavy code), for
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
 verdict = res.verdict if hasattr(res, "verdict") else f"{len(res)} classes"
-print("CORE " + json.dumps({"seconds": secs, "cpu": cpu, "peak_mb": peak, "rss_mb": peak_rss, "rss_before_mb": before,
+print("CORE " + json.dumps({"package": pytest_forgetting.__file__, "seconds": secs, "cpu": cpu, "peak_mb": peak, "rss_mb": peak_rss, "rss_before_mb": before,
                             "verdict": verdict, "method": getattr(res, "method", "class_drops")}))
 """
 
 
-def core_main(sizes: list[int], paths: list[str], give_up: float) -> list[dict]:
-    """Time each path's decision at each n in a fresh child process (inputs built outside the timing), with its
-    peak traced memory and the child's peak RSS. A path slower than ``give_up`` seconds is not run at larger n."""
-    out = []
+def _core_child(path: str, n: int, tree: Path) -> dict:
+    """One decision in a fresh process importing pytest_forgetting from ``tree`` (this checkout, or an exported
+    older commit for --against)."""
     here = str(Path(__file__).resolve().parent)
+    env = dict(_child_env(), PYTHONPATH=str(tree))
+    proc = subprocess.run([sys.executable, "-c", CHILD_CORE, path, str(n), here, str(tree)], capture_output=True, text=True,
+                          cwd=tree, env=env)  # fmt: skip
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("CORE ")), None)
+    if line is None:
+        raise SystemExit(f"core run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    r = json.loads(line.split(" ", 1)[1])
+    if not Path(r["package"]).resolve().is_relative_to(Path(tree).resolve()):
+        raise SystemExit(f"the child imported {r['package']}, not the package under {tree}")
+    return r
+
+
+def core_main(sizes: list[int], paths: list[str], give_up: float, against: Path | None = None) -> list[dict]:
+    """Time each path's decision at each n in a fresh child process (inputs built outside the timing), with its
+    peak traced memory and the child's peak RSS. A path slower than ``give_up`` seconds is not run at larger n.
+    With ``against`` (a tree of an older commit), the same decision there right after, side by side."""
+    out = []
+    variants = [("new", ROOT)] + ([("old", against)] if against is not None else [])
     for path in paths:
-        slow = None
+        slow: dict[str, float] = {}
         for n in sizes:
-            if slow is not None:
-                print(f"{path:<32} n={n:>9,}  skipped (took {slow:.1f} s at a smaller n)", flush=True)
-                out.append({"path": path, "n": n, "seconds": None, "peak_mb": None, "verdict": "skipped"})
-                continue
-            proc = subprocess.run([sys.executable, "-c", CHILD_CORE, path, str(n), here], capture_output=True, text=True,
-                                  env=_child_env())  # fmt: skip
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("CORE ")), None)
-            if line is None:
-                raise SystemExit(f"core run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-            r = json.loads(line.split(" ", 1)[1])
-            mem = "    n/a" if r["peak_mb"] is None else f"{r['peak_mb']:8.1f}"
-            print(f"{path:<32} n={n:>9,}  {r['seconds']:8.3f} s (cpu {r['cpu']:.3f})  traced {mem} MiB  RSS {r['rss_mb']:7.1f} MiB "
-                  f"(before {r['rss_before_mb']:.0f})  {r['verdict']} ({r['method']})", flush=True)  # fmt: skip
-            out.append({"path": path, "n": n, **r})
-            if r["seconds"] > give_up:
-                slow = r["seconds"]
+            for variant, tree in variants:
+                if variant in slow:
+                    print(f"{path:<32} n={n:>9,}  [{variant}] skipped (took {slow[variant]:.1f} s at a smaller n)", flush=True)
+                    out.append({"path": path, "n": n, "variant": variant, "seconds": None, "peak_mb": None, "verdict": "skipped"})
+                    continue
+                r = _core_child(path, n, tree)
+                mem = "    n/a" if r["peak_mb"] is None else f"{r['peak_mb']:8.1f}"
+                print(f"{path:<32} n={n:>9,}  [{variant}] {r['seconds']:8.3f} s (cpu {r['cpu']:.3f})  traced {mem} MiB  "
+                      f"RSS {r['rss_mb']:7.1f} MiB (before {r['rss_before_mb']:.0f})  {r['verdict']} ({r['method']})", flush=True)  # fmt: skip
+                out.append({"path": path, "n": n, "variant": variant, **r})
+                if r["seconds"] > give_up:
+                    slow[variant] = r["seconds"]
     return out
+
+
+def compare_table(results: list[dict], sizes: list[int]) -> list[str]:
+    """CPU seconds of the new code vs the old one (--against), per path and n, from the same run."""
+    lines = ["| path | " + " | ".join(f"n = {n:,}" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    for path in dict.fromkeys(r["path"] for r in results):
+        cells = []
+        for n in sizes:
+            got = {r.get("variant", "new"): r for r in results if r["path"] == path and r["n"] == n}
+            new, old = got.get("new"), got.get("old")
+            fmt = lambda r: "-" if r is None or r["seconds"] is None else f"{r['cpu']:.3f}"  # noqa: E731
+            ratio = ""
+            if new and old and new["seconds"] is not None and old["seconds"] is not None and new["cpu"] > 0:
+                ratio = f" ({old['cpu'] / new['cpu']:.1f}x)" if old["cpu"] >= new["cpu"] else f" ({old['cpu'] / new['cpu']:.2f}x)"
+            cells.append(f"{fmt(new)} vs {fmt(old)}{ratio}")
+        lines.append(f"| {path} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def core_table(results: list[dict], sizes: list[int]) -> list[str]:
@@ -324,7 +356,7 @@ def core_table(results: list[dict], sizes: list[int]) -> list[str]:
     for path in dict.fromkeys(r["path"] for r in results):
         cells = []
         for n in sizes:
-            r = next((r for r in results if r["path"] == path and r["n"] == n), None)
+            r = next((r for r in results if r["path"] == path and r["n"] == n and r.get("variant", "new") == "new"), None)
             if r is None or r["seconds"] is None:
                 cells.append("-")
             else:
@@ -346,6 +378,8 @@ def main() -> None:
     ap.add_argument("--core-sizes", default=",".join(str(n) for n in CORE_SIZES))
     ap.add_argument("--core-paths", default="all", help="comma-separated subset of: " + ", ".join(CORE_PATHS))
     ap.add_argument("--give-up", type=float, default=60.0, help="--core: skip larger n of a path slower than this (seconds)")
+    ap.add_argument("--from-json", help="--core: print (and with --results write) a run saved with --json instead of running")
+    ap.add_argument("--against", help="--core: also time each decision with the package of this older commit (git archive), side by side")
     args = ap.parse_args()
     if args.core:
         import platform
@@ -355,8 +389,21 @@ def main() -> None:
         load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
         started = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs, Python {platform.python_version()}, "
                    f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average {' '.join(f'{x:.1f}' for x in load)}")  # fmt: skip
-        results = core_main(sizes, paths, args.give_up)
+        saved: dict = {}
+        if args.from_json:  # a saved run (--json), written again (e.g. into RESULTS.md)
+            saved = json.loads(Path(args.from_json).read_text())
+            results, started = saved["results"], saved["machine"]
+            sizes = sorted({r["n"] for r in results})
+        else:
+            against = None
+            if args.against:
+                against = Path(tempfile.mkdtemp(prefix="forgetting-against-"))
+                archive = subprocess.run(["git", "archive", args.against], cwd=ROOT, capture_output=True, check=True).stdout
+                subprocess.run(["tar", "-x", "-C", str(against)], input=archive, check=True)
+            results = core_main(sizes, paths, args.give_up, against)
         print("\n".join(core_table(results, sizes)))
+        if any(r.get("variant") == "old" for r in results):
+            print("\n".join(compare_table(results, sizes)))
         if args.results:
             write_section("scaling-core", [
                 "## Decision core at n = 1e3 .. 1e6 per statistical path (`benchmarks/scaling.py --core`)", "",
@@ -368,9 +415,13 @@ def main() -> None:
                 "`-`: not run, the path took longer than `--give-up` seconds at a smaller n.",
                 f"Machine: {started}.", "", *core_table(results, sizes), "",
                 CORE_NOTE,
+                *([] if not any(r.get("variant") == "old" for r in results) else [
+                    "", f"### Side by side in the same run: CPU seconds of this code vs commit {args.against or saved.get('against')} "
+                    "(the old code run right after the new one in a fresh process, per path and n; `-`: not run, slower than "
+                    "`--give-up` at a smaller n)", "", *compare_table(results, sizes)]),
             ])  # fmt: skip
         if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=2))
+            Path(args.json).write_text(json.dumps({"machine": started, "against": args.against, "results": results}, indent=2))
         return
     results = []
     started = machine()

@@ -92,9 +92,14 @@ def _f1_macro_ratio(o: Outputs, k: int | None = None) -> tuple[np.ndarray, np.nd
     y = np.asarray(o["label"]).astype(np.int64)
     p = np.asarray(o["pred"]).astype(np.int64)
     k = _class_count(o) if k is None else k
-    onehot_y = np.eye(k)[y]
-    onehot_p = np.eye(k)[p]
-    return 2.0 * onehot_y * onehot_p, onehot_y + onehot_p
+    rows = np.arange(y.size)
+    hit = y == p
+    num = np.zeros((y.size, k))
+    num[rows[hit], y[hit]] = 2.0
+    den = np.zeros((y.size, k))
+    den[rows, y] = 1.0
+    den[rows, p] += 1.0  # one entry per row: no repeated index within the assignment
+    return num, den
 
 
 def _balanced_accuracy_ratio(o: Outputs, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -103,8 +108,13 @@ def _balanced_accuracy_ratio(o: Outputs, k: int | None = None) -> tuple[np.ndarr
     y = np.asarray(o["label"]).astype(np.int64)
     p = np.asarray(o["pred"]).astype(np.int64)
     k = _class_count(o) if k is None else k
-    onehot_y = np.eye(k)[y]
-    return onehot_y * (y == p)[:, None], onehot_y
+    rows = np.arange(y.size)
+    hit = y == p
+    num = np.zeros((y.size, k))
+    num[rows[hit], y[hit]] = 1.0
+    den = np.zeros((y.size, k))
+    den[rows, y] = 1.0
+    return num, den
 
 
 def ratio_of(metric: "Metric", base: Outputs, tuned: Outputs) -> Ratio | None:

@@ -329,3 +329,21 @@ def test_class_drops_thousand_classes_fast():
     top = time.process_time() - start
     assert full < 0.2
     assert top < full
+
+
+def test_macro_ratio_forms_equal_the_one_hot_products():
+    """metrics._f1_macro_ratio / _balanced_accuracy_ratio, built by index assignment (no one-hot
+    temporaries), equal the one-hot formulas they replace."""
+    from pytest_forgetting import metrics
+
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 5, 13):
+        y = rng.integers(0, k, 3000)
+        p = np.where(rng.random(3000) < 0.7, y, rng.integers(0, k, 3000))
+        o = {"label": y, "pred": p}
+        kk = k + 2
+        oy, op = np.eye(kk)[y], np.eye(kk)[p]
+        num, den = metrics._f1_macro_ratio(o, kk)
+        assert np.array_equal(num, 2.0 * oy * op) and np.array_equal(den, oy + op)
+        num, den = metrics._balanced_accuracy_ratio(o, kk)
+        assert np.array_equal(num, oy * (y == p)[:, None]) and np.array_equal(den, oy)
