@@ -13,6 +13,7 @@ here. The package's shape is checked too: one class per strategy name, no strate
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 
@@ -52,8 +53,9 @@ NEW, OLD = _data(80, 1, 0), _data(60, 2, 5)
 BLOCKS = [["1.weight", "1.bias"], ["4.weight", "4.bias"], ["6.weight", "6.bias"]]  # Linear layers, input side first
 
 
-def _reference(strategy, penalty=0.0, train_last=1, fraction=0.0, fisher_examples=0, alpha=None):
-    """The documented algorithm, in plain torch."""
+def _reference(strategy, penalty=0.0, train_last=1, fraction=0.0, fisher_examples=0, alpha=None, sgd=None):
+    """The documented algorithm, in plain torch. ``sgd``: SGD with momentum 0.9, weight decay on matrices,
+    ``lr * decay**depth`` per block from the head, linear warm-up then cosine decay, gradient-norm clipping."""
     base = _model()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
@@ -85,8 +87,18 @@ def _reference(strategy, penalty=0.0, train_last=1, fraction=0.0, fisher_example
 
         n_replay = min(max(1, round(fraction * BATCH)), BATCH - 1) if strategy == "replay" else 0
         n_new = BATCH - n_replay
-        opt = torch.optim.AdamW([p for n, p in params.items() if strategy == "gradual_unfreeze" or n in trainable],
-                                lr=LR, weight_decay=0.0)
+        trained = [p for n, p in params.items() if strategy == "gradual_unfreeze" or n in trainable]
+        if sgd is None:
+            opt = torch.optim.AdamW(trained, lr=LR, weight_decay=0.0)
+        else:
+            depth = {n: len(BLOCKS) - 1 - i for i, names in enumerate(BLOCKS) for n in names}
+            groups = [{"params": [p], "lr": LR * sgd["decay"] ** depth[n],
+                       "weight_decay": sgd["wd"] if p.ndim >= 2 else 0.0} for n, p in params.items()]
+            opt = torch.optim.SGD(groups, lr=LR, momentum=0.9)
+            base_lrs = [g["lr"] for g in groups]
+            total = EPOCHS * -(-len(NEW[1]) // BATCH)
+            warm = round(sgd["warmup"] * total)
+        step = 0
         order, replay_gen = torch.Generator().manual_seed(SEED), torch.Generator().manual_seed(SEED + 2)
         replay_queue = []
         model.train()
@@ -103,6 +115,11 @@ def _reference(strategy, penalty=0.0, train_last=1, fraction=0.0, fisher_example
                         replay_queue += torch.randperm(len(OLD[1]), generator=replay_gen).tolist()
                     ridx, replay_queue = replay_queue[:n_replay], replay_queue[n_replay:]
                     x, y = torch.cat([x, OLD[0][ridx]]), torch.cat([y, OLD[1][ridx]])
+                if sgd is not None:  # warm-up, then cosine
+                    factor = ((step + 1) / warm if step < warm
+                              else 0.5 * (1 + math.cos(math.pi * min((step - warm) / (total - warm), 1.0))))
+                    for g, lr in zip(opt.param_groups, base_lrs):
+                        g["lr"] = lr * factor
                 opt.zero_grad(set_to_none=True)
                 loss = torch.nn.functional.cross_entropy(model(x), y)
                 if strategy in ("l2sp", "ewc"):
@@ -113,7 +130,10 @@ def _reference(strategy, penalty=0.0, train_last=1, fraction=0.0, fisher_example
                         total = total + t
                     loss = loss + 0.5 * penalty * total
                 loss.backward()
+                if sgd is not None:
+                    torch.nn.utils.clip_grad_norm_(list(model.parameters()), sgd["clip"])
                 opt.step()
+                step += 1
         model.eval()
         if alpha is not None:
             start = copy.deepcopy(base).float().state_dict()
@@ -131,6 +151,9 @@ CASES = {
     "ewc": ({"retain": OLD, "penalty": 10.0, "fisher_examples": 20}, {"penalty": 10.0, "fisher_examples": 20}),
     "replay": ({"retain": OLD, "fraction": 0.3}, {"fraction": 0.3}),
     "wise_ft": ({"alpha": 0.3}, {"alpha": 0.3}),
+    "full_sgd": ({"optimizer": "sgd", "lr_schedule": "cosine", "warmup": 0.25, "max_grad_norm": 0.5,
+                  "weight_decay": 0.01, "layer_lr_decay": 0.5},
+                 {"sgd": {"decay": 0.5, "wd": 0.01, "warmup": 0.25, "clip": 0.5}}),
 }
 
 
@@ -140,8 +163,9 @@ def test_finetune_equals_the_reference_bit_for_bit(strategy):
     base = _model()
     before = copy.deepcopy(base.state_dict())
     rng_before = torch.random.get_rng_state()
-    tuned = finetune(base, NEW, strategy=strategy, lr=LR, epochs=EPOCHS, batch_size=BATCH, seed=SEED, **options)
-    expected = _reference(strategy, **reference_options)
+    name = strategy.split("_sgd")[0]
+    tuned = finetune(base, NEW, strategy=name, lr=LR, epochs=EPOCHS, batch_size=BATCH, seed=SEED, **options)
+    expected = _reference(name, **reference_options)
     got, want = tuned.state_dict(), expected.state_dict()
     assert list(got) == list(want)
     different = [n for n in want if not torch.equal(got[n], want[n])]
@@ -156,7 +180,7 @@ def test_the_reference_tells_the_strategies_apart():
     full = _reference("full").state_dict()
     for strategy, (_, options) in CASES.items():
         if strategy != "full":
-            other = _reference(strategy, **options).state_dict()
+            other = _reference(strategy.split("_sgd")[0], **options).state_dict()
             assert any(not torch.equal(full[n], other[n]) for n in full), strategy
 
 
