@@ -257,7 +257,9 @@ CORE_NOTE = ("Resampling by counts: groups of identical examples (macro-F1 / bal
              "instead of BCa over a black box; its per-sentence entity counts are built outside the timing, as the other paths' inputs "
              "are. Per-class: every class's bounds (a class budget gates the check); without a budget the session asks only for the "
              "worst 3 (`class_drops(worst=3)`). Peak RSS: the whole child process (Python, numpy, the inputs and the decision); "
-             "'before' is its resident size just before the decision.")
+             "'before' is its resident size just before the decision. Side by side (--against): on a loaded machine one decision's "
+             "CPU seconds vary by about +-30 % from run to run (balanced accuracy at 1e6, three warm repeats in one process: 0.87-0.94 s "
+             "here vs 0.90-1.05 s at 3e180f4), so ratios within 0.7-1.3x are noise; the new side runs the working tree as it is.")
 
 CORE_PATHS = ("0/1 absolute", "0/1 relative", "continuous absolute", "continuous relative", "macro-F1 (10 classes)",
               "balanced accuracy (10 classes)", "entity F1", "WER", "perplexity relative",
