@@ -2340,8 +2340,15 @@ def class_drops(
     lab = _as_labels(labels, bc.size)
     # one pass of counts, then every class's bounds at once (element-wise versions of the
     # scalar bounds, same results)
-    classes, codes = np.unique(lab, return_inverse=True)
-    codes = codes.reshape(-1)
+    if lab.dtype.kind in "iu" and lab.size and 0 <= lab.min() and lab.max() < 4 * lab.size:
+        # small non-negative integer labels: np.unique's classes and codes by one bincount (no sort)
+        seen = np.bincount(lab)
+        classes = np.flatnonzero(seen).astype(lab.dtype)
+        lookup = np.cumsum(seen > 0) - 1
+        codes = lookup[lab]
+    else:
+        classes, codes = np.unique(lab, return_inverse=True)
+        codes = codes.reshape(-1)
     k = len(classes)
     a_each = af / (2.0 * k)
     sizes = np.bincount(codes, minlength=k)

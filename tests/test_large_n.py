@@ -347,3 +347,18 @@ def test_macro_ratio_forms_equal_the_one_hot_products():
         assert np.array_equal(num, 2.0 * oy * op) and np.array_equal(den, oy + op)
         num, den = metrics._balanced_accuracy_ratio(o, kk)
         assert np.array_equal(num, oy * (y == p)[:, None]) and np.array_equal(den, oy)
+
+
+def test_class_drops_integer_labels_by_bincount_equal_the_sorted_path():
+    """Small non-negative integer labels take classes and codes from one bincount; the budgets (names,
+    order, bounds, verdicts) equal those of the np.unique path (the same labels as floats), names too."""
+    rng = np.random.default_rng(11)
+    for dt in (np.int64, np.int32, np.uint8, np.int16):
+        for hi in (1, 3, 50, 300):
+            lab = rng.integers(0, hi, 2000).astype(dt)
+            bc = rng.random(2000) < 0.8
+            tc = np.where(rng.random(2000) < 0.1, ~bc, bc)
+            got = stats.class_drops(bc.astype(float), tc.astype(float), lab, limit=0.1, class_names=[f"c{i}" for i in range(hi)])
+            ref = stats.class_drops(bc.astype(float), tc.astype(float), lab.astype(float), limit=0.1)
+            assert [(g.value, g.ci_low, g.ci_high, g.verdict, g.n) for g in got] == [(r.value, r.ci_low, r.ci_high, r.verdict, r.n) for r in ref]
+            assert [g.name for g in got] == [f"c{int(float(r.name))}" for r in ref]
