@@ -173,6 +173,71 @@ def test_module_imports_without_torch_transformers_safetensors_peft():
 
 
 # --------------------------------------------------------------------------------------
+# The loader seam: one table from format to loader, private copies, a frozen context
+# --------------------------------------------------------------------------------------
+
+
+def test_one_table_from_checkpoint_format_to_loader(bert_dir, cnn_file, tmp_path):
+    from pytest_forgetting.checkpoints.loaders import LOADERS, loader_kind
+    from pytest_forgetting.checkpoints.refs import _describe
+
+    def kind(ref, allow_pickle=False):
+        return loader_kind(_describe(ref, None, allow_pickle=allow_pickle, allow_download=False))
+
+    assert sorted(LOADERS) == ["gguf", "hf", "peft", "state_dict"]
+    assert all(name == loader.name for name, loader in LOADERS.items())
+    assert kind(bert_dir) == "hf" and kind(cnn_file[0]) == "state_dict"
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(bert_dir / "config.json", pickled)
+    torch.save(load_checkpoint(bert_dir).model.state_dict(), pickled / "pytorch_model.bin")
+    assert kind(pickled, allow_pickle=True) == "hf"  # a pickled Hugging Face folder: the same loader
+    single = tmp_path / "single"
+    single.mkdir()
+    torch.save(cnn_file[1].state_dict(), single / "weights.pt")
+    assert kind(single, allow_pickle=True) == "state_dict"
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    save_file({"w": torch.zeros(1)}, str(adapter / "adapter_model.safetensors"))
+    assert kind(adapter) == "peft"
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    assert kind(tmp_path / "m.gguf") == "gguf"
+
+
+def test_a_loader_sees_only_private_copies_and_a_frozen_context(cnn_file, monkeypatch):
+    """load.py refuses on the user's files, then hands the loader verified copies that are gone afterwards."""
+    import dataclasses
+
+    from pytest_forgetting.checkpoints import loaders
+
+    path, model = cnn_file
+    seen: dict = {}
+
+    class Recorder:
+        name = "state_dict"
+
+        def places(self, target):
+            return False
+
+        def refuse(self, target, ctx):
+            seen["refuse"] = target.path
+
+        def load(self, target, ctx):
+            seen.update(load=target.path, data=[p.read_bytes() for p in target.files], ctx=ctx)
+            return build_cnn(), None, None, None
+
+    monkeypatch.setitem(loaders.LOADERS, "state_dict", Recorder())
+    loaded = load_checkpoint(path, model_factory=build_cnn)
+    assert seen["refuse"] == path.resolve()
+    assert seen["load"] != seen["refuse"] and not seen["load"].exists()  # a private copy, removed once loaded
+    assert seen["data"] == [path.read_bytes()] and loaded.fingerprint == fingerprint_ref(path)
+    assert seen["ctx"].factory is not None and seen["ctx"].placement is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        seen["ctx"].trust_remote_code = True
+
+
+# --------------------------------------------------------------------------------------
 # 1. Hugging Face folders
 # --------------------------------------------------------------------------------------
 
