@@ -509,6 +509,30 @@ def sim_nll(rng: np.random.Generator, n: int, sc: Scenario, at_margin: bool) -> 
     return r.verdict, r.method, ""
 
 
+# -- path: per-example scores in a declared range (compare_scores(score_range=...)) -----------
+MRANGE = 0.05
+RANGE = (0.0, 1.0)
+
+
+def sim_range(rng: np.random.Generator, n: int, sc: Scenario, at_margin: bool) -> tuple[str, str, str]:
+    """Loss-like scores (lower is better) inside RANGE by construction, so the true drop is exact:
+    base = c + 0.4 Beta(2, 2) (c = 0.1, or 0.45 when the rare change is an improvement), tuned =
+    base + shift + uniform noise of half-width w + ``big`` on a fraction p_bad of the examples."""
+    w, p_bad, big = sc.params["noise"], sc.params.get("p_bad", 0.0), sc.params.get("big", 0.0)
+    rel = sc.params.get("relative", False)
+    centre = 0.1 if big >= 0 else 0.45
+    base = centre + 0.4 * rng.beta(2.0, 2.0, n)
+    mean_b = centre + 0.2
+    target = (MRANGE if at_margin else 0.0) * (mean_b if rel else 1.0)
+    shift = target - p_bad * big
+    bad = rng.random(n) < p_bad
+    tuned = base + shift + rng.uniform(-w, w, n) + np.where(bad, big, 0.0)
+    kw = {"max_drop": MRANGE, "relative": rel, "alpha": ALPHA, "higher_is_better": False, "seed": SEED,
+          "score_range": RANGE}
+    r = stats.compare_scores(base, tuned, **_fast(stats.compare_scores, kw))
+    return r.verdict, r.method, ""
+
+
 # -- path: perplexity (ratio of sums, relative) ------------------------------------------------
 MPPL = 0.05  # relative
 
@@ -860,11 +884,25 @@ PATHS: list[Path] = [
         Scenario("churn high", {"noise": 1.0}),
         Scenario("skewed: few much worse", {"noise": 0.2, "p_bad": 0.02, "big": 4.0}),
         Scenario("skewed: few much better", {"noise": 0.2, "p_bad": 0.02, "big": -4.0}),
+        Scenario("skewed: 0.5 % 8 nats worse", {"noise": 0.2, "p_bad": 0.005, "big": 8.0}),
+        Scenario("skewed: 0.5 % 16 nats worse", {"noise": 0.2, "p_bad": 0.005, "big": 16.0}),
+        Scenario("skewed: 0.5 % 8 nats better", {"noise": 0.2, "p_bad": 0.005, "big": -8.0}),
+        Scenario("skewed: 1 % 8 nats worse, heavy noise", {"noise": 1.0, "p_bad": 0.01, "big": 8.0}),
     ], simulate=sim_nll),
+    Path("range", "scores in a declared range", f"score_range {RANGE}, loss-like, max_drop {MRANGE}", [
+        Scenario("churn low", {"noise": 0.05}),
+        Scenario("churn high", {"noise": 0.1}),
+        Scenario("skewed: 2 % much worse", {"noise": 0.05, "p_bad": 0.02, "big": 0.4}),
+        Scenario("skewed: 0.5 % much worse", {"noise": 0.05, "p_bad": 0.005, "big": 0.4}),
+        Scenario("skewed: 2 % much better", {"noise": 0.05, "p_bad": 0.02, "big": -0.4}),
+        Scenario("relative, skewed: 2 % much worse", {"noise": 0.05, "p_bad": 0.02, "big": 0.4, "relative": True}),
+    ], simulate=sim_range),
     Path("ppl", "perplexity", f"ratio of sums, max_drop {MPPL} relative", [
         Scenario("churn low", {"noise": 0.1}),
         Scenario("churn high", {"noise": 0.5}),
         Scenario("skewed: few much worse, long-tailed lengths", {"noise": 0.1, "p_bad": 0.02, "big": 2.0, "skewed": True}),
+        Scenario("skewed: 0.5 % 4 nats worse, long-tailed lengths", {"noise": 0.1, "p_bad": 0.005, "big": 4.0, "skewed": True}),
+        Scenario("skewed: 2 % 2 nats better, long-tailed lengths", {"noise": 0.1, "p_bad": 0.02, "big": -2.0, "skewed": True}),
     ], simulate=sim_ppl),
     Path("wer", "WER", f"errors/words, WER {WER_B}, max_drop {MWER}", [
         Scenario("churn low", {"q_pos": 0.05, "skewed": False}),

@@ -18,6 +18,10 @@ from .registry import REGISTRY, suggest
 RETAINS_KEYS = ("task", "max_drop", "metric", "relative", "max_class_drop", "max_nfr", "split", "slices", "max_gap_increase",
                 "class_metric")
 IMPROVES_KEYS = ("task", "min_gain", "metric", "relative", "split")
+#: score_range=(low, high): every per-example score of both models lies in it (issue 11), so the
+#: drop gets bounds valid at every n (stats.compare_scores) instead of the asymptotic bootstrap
+RETAINS_KEYS += ("score_range",)
+IMPROVES_KEYS += ("score_range",)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class Check:
     max_gap_increase: float | None = None
     #: what max_class_drop budgets per class: "recall" (per-class accuracy) or "precision" (class_budget.py)
     class_metric: str = "recall"
+    #: declared (low, high) of the per-example scores, or None (the metric's own, if any)
+    score_range: tuple[float, float] | None = None
 
     @property
     def label(self) -> str:
@@ -58,6 +64,27 @@ def _number(where: str, key: str, value: Any, low: float | None = None, high: fl
 
 def parse_check(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[Any, ...] = ()) -> Check:
     """Validate marker/declaration arguments into a Check; ConfigError with "did you mean" on mistakes."""
+    from dataclasses import replace
+
+    kwargs = dict(kwargs)
+    declared = kwargs.pop("score_range", None)
+    check = _parse_fields(kind, kwargs, where, args)
+    if declared is None:
+        return check
+    from .bounded import check_score_range
+
+    if isinstance(declared, list):  # a TOML array
+        declared = tuple(declared)
+    if not isinstance(declared, tuple) or any(isinstance(v, bool) for v in declared):
+        raise ConfigError(f"{where}: score_range={declared!r} must be a pair (low, high) of numbers")
+    try:
+        return replace(check, score_range=check_score_range(declared))
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _parse_fields(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[Any, ...] = ()) -> Check:
+    """:func:`parse_check` for every keyword but score_range."""
     allowed = RETAINS_KEYS if kind == "retains" else IMPROVES_KEYS
     kwargs = dict(kwargs)
     if args:
@@ -148,4 +175,6 @@ def bind_task(check: Check, where: str, task: Any) -> Check:
         pass  # any non-negative margin is meaningful in the metric's own units
     elif abs(check.margin) > 1.0:
         raise ConfigError(f"{where}: margin {abs(check.margin):g} is outside [0, 1] for metric {metric!r}")
+    if check.score_range is not None and m.per_example is None:
+        raise ConfigError(f"{where}: score_range applies to per-example metrics; {metric!r} is an aggregate")
     return replace(check, metric=metric)

@@ -211,7 +211,7 @@ def precision_macro_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
 
 LOG_LOSS = Metric("log_loss", False, False, per_example=log_loss_per_example,
                   description="mean negative log-probability of the gold class (nats)")
-BRIER = Metric("brier", False, True, per_example=brier_per_example,
+BRIER = Metric("brier", False, True, per_example=brier_per_example, score_range=(0.0, 2.0),  # sum of squares of two unit vectors' difference
                description="mean squared distance of the class probabilities to the one-hot gold class")
 AUC = Metric("auc", True, True, aggregate=auc, description="ROC AUC (binary; macro one-vs-rest for more classes)", sensitivity=auc_sensitivity)
 ECE = Metric("ece", False, True, aggregate=ece, description=f"expected calibration error, {ECE_BINS} equal-mass confidence bins", sensitivity=ece_sensitivity)

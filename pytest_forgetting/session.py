@@ -625,7 +625,8 @@ class ForgettingSession:
             seconds += res.seconds
             parts.append(metric.per_example(res.outputs))
             seq = sequential_decide(base_scores, np.concatenate(parts), max_drop=check.margin, alpha=self.settings.alpha,
-                                    higher_is_better=metric.higher_is_better, looks=looks)
+                                    higher_is_better=metric.higher_is_better, looks=looks,
+                                    score_range=check.score_range or metric.score_range or (0.0, 1.0))
             if seq.done:
                 break
         used = b.ids[order][: seq.n_used]
@@ -673,7 +674,8 @@ class ForgettingSession:
         common = dict(max_drop=check.margin, relative=check.relative, alpha=alpha, higher_is_better=metric.higher_is_better, seed=seed,
                       fail_alpha=fail_alpha)
         if metric.per_example is not None:
-            cmp = stats.compare_scores(metric.per_example(b.outputs), metric.per_example(t.outputs), **common)
+            cmp = stats.compare_scores(metric.per_example(b.outputs), metric.per_example(t.outputs),
+                                       score_range=check.score_range or metric.score_range, **common)
         else:
             from .metrics import ratio_of
 

@@ -61,6 +61,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from . import bounded as _bounded
+
 __all__ = [
     "PASS",
     "FAIL",
@@ -147,6 +149,17 @@ _CC_PASS = 1.0
 #: the studentised bootstrap false-PASSes 0.076 at n = 50 and <= 0.053 from n = 100, and relative
 #: perplexity 0.127 at n = 50 and 0.043 at n = 100 (1,000 simulations each).
 _MIN_BOOTSTRAP_N = 100
+
+#: Scores with no declared range (per-example NLL or log-loss, perplexity's token sums, any
+#: unbounded metric) are decided by the bootstrap only from this many examples. No finite n makes
+#: a test of an unbounded mean valid for every distribution (Bahadur and Savage 1956): a drop
+#: carried by a few examples is missing from a sample of n with probability (1 - p)^n, and then
+#: the rest of the sample looks like an improvement. From 1,000 examples the studentised bootstrap
+#: keeps both error rates within alpha + 3 SE in every simulated case where the drop is carried by
+#: at least 0.5 % of the examples (n p >= 5; docs/calibration.md: 0.5-2 % of the examples 4-16
+#: nats worse or better, perplexity with long-tailed lengths); at 300 it reaches 0.14-0.26. A
+#: declared ``score_range`` gives bounds valid at every n instead.
+_MIN_UNBOUNDED_N = 1000
 
 #: A macro average (macro-F1, balanced accuracy) decides only when every class it averages has
 #: at least this much denominator mass (F1: support + predictions) for both models: a class seen
@@ -1891,19 +1904,27 @@ def compare_scores(
     n_boot: int = 2000,
     fail_alpha: float | None = None,
     n_needed: bool = True,
+    score_range: tuple[float, float] | None = None,
 ) -> Comparison:
     """Decide whether ``tuned`` lost more than ``max_drop`` of ``base``'s metric, paired.
 
     ``base`` and ``tuned`` are aligned per-example scores (same examples, same order).
     0/1 scores: Tango bounds on the flip counts (absolute drop) or the paired ratio score
-    interval (relative drop) -- exact pairing, no resampling. Other scores: a seeded paired
-    studentised bootstrap of the mean difference (or of the relative drop, linearised).
+    interval (relative drop) -- exact pairing, no resampling. Other scores with a declared
+    ``score_range=(lo, hi)`` (every score of either model lies in it): betting bounds of the
+    mean difference (:mod:`pytest_forgetting.bounded`), valid at every n. Other scores without
+    one: a seeded paired studentised bootstrap of the mean difference (or of the relative drop,
+    linearised), which decides only from ``_MIN_UNBOUNDED_N`` examples.
     ``fail_alpha`` (default ``alpha``) is the level of the bound that backs a FAIL.
     ``n_needed=False`` skips estimating how many examples would settle an inconclusive result
     (simulations that only need the verdict). ``improves(min_gain=g)`` is this with ``max_drop=-g``.
     """
     m, a, af, n_boot = _check_common(max_drop, alpha, fail_alpha, n_boot)
+    declared = _bounded.check_score_range(score_range)
     b_arr, t_arr = _as_pair(base, tuned)
+    if declared is not None:
+        _bounded.check_within(b_arr, *declared, "base")
+        _bounded.check_within(t_arr, *declared, "tuned")
     n = int(b_arr.size)
     base_value, tuned_value = float(b_arr.mean()), float(t_arr.mean())
     hib = bool(higher_is_better)
@@ -1914,6 +1935,8 @@ def compare_scores(
                   fail_alpha=af, hib=hib)
 
     nfr = pfr = None
+    if declared is not None:
+        return _range_comparison(b_arr, t_arr, declared, seed=seed, **common)
     binary = _is_binary(b_arr) and _is_binary(t_arr)
     if binary:
         # "good" = correct for accuracy-like scores, = 0 for error-like (lower-is-better) ones.
@@ -1934,19 +1957,18 @@ def compare_scores(
 
     diff = b_arr - t_arr if hib else t_arr - b_arr
     drop = float(_drop_of(base_value, tuned_value, rel, hib))
+    # no declared range: nothing bounds a change the sample does not show (see _MIN_UNBOUNDED_N)
+    refusal = _unbounded_refusal(n, drop, dict(nfr=nfr, pfr=pfr, **common))
+    if refusal is not None:
+        return refusal
     if np.ptp(diff) == 0.0:
         if diff[0] == 0.0:
-            bounded = bool(np.all((b_arr >= 0) & (b_arr <= 1) & (t_arr >= 0) & (t_arr <= 1)))
-            spread = 1.0 if bounded else float(np.ptp(np.concatenate([b_arr, t_arr])))
+            spread = float(np.ptp(np.concatenate([b_arr, t_arr])))
             scale = spread / (abs(base_value) if rel else 1.0)
-            return _no_change(bound=lambda f: scale * f, exact=bounded, **common)
+            return _no_change(bound=lambda f: scale * f, exact=False, **common)
         return _degenerate(drop=drop, method="bootstrap-t", why=(
             f"every example's difference is the same ({diff[0]:g}), so the bootstrap has no "
             "spread and no bound is valid"), **common)
-
-    refusal = _bootstrap_refusal(n, drop, dict(nfr=nfr, pfr=pfr, **common))
-    if refusal is not None:
-        return refusal
     sqrt_n = math.sqrt(n)
     if rel:
         def batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -2204,6 +2226,12 @@ def compare_statistic(
         sp = _check_sensitivity(sensitivity, n)
         if not sp.changed or sp.homogeneous:
             return _sensitivity_comparison(sp, drop=drop, **common)
+    if parts is not None and not bounded:
+        # an unbounded ratio (perplexity, NLL per token): as for unbounded per-example scores
+        refusal = _unbounded_refusal(n, drop, common, what="an unbounded ratio metric",
+                                     n_eff=_effective_size(parts.xb, parts.xt))
+        if refusal is not None:
+            return refusal
     if parts is not None and parts.unchanged:
         return _no_change(bound=parts.no_change_bound(rel, hib, bounded), exact=bounded, **common)
     refusal = _bootstrap_refusal(n, drop, common)
@@ -2252,6 +2280,69 @@ def _refused(n: int, need: int, drop: float, common: dict[str, Any], what: str =
     return _result(verdict=INCONCLUSIVE, drop=drop, low=-math.inf, high=math.inf, method="refused",
                    settle=_Settle(n=need),
                    note=note, **common)
+
+
+def _unbounded_refusal(n: int, drop: float, common: dict[str, Any], what: str = "scores",
+                       n_eff: float | None = None) -> Comparison | None:
+    """INCONCLUSIVE below _MIN_UNBOUNDED_N (effective) examples for a bootstrap of values with no
+    known range. ``n_eff``: for a ratio of sums, Kish's effective size of its denominators,
+    (sum den)^2 / sum den^2 -- a few long texts carry most of the tokens, and with them the drop."""
+    eff = float(n) if n_eff is None else float(n_eff)
+    if eff >= _MIN_UNBOUNDED_N:
+        return None
+    if n_eff is None:
+        return _refused(n, _MIN_UNBOUNDED_N, drop, common, what=(
+            f"n={n:,} is too small to bound a drop of {what} with no declared range: below "
+            f"{_MIN_UNBOUNDED_N:,} examples a drop carried by a few of them is too often missing from the "
+            "sample, so no method here is valid; declare score_range=(low, high) for a bound valid at "
+            f"every n, or use at least {_MIN_UNBOUNDED_N:,} examples"))
+    need = max(n + 1, int(math.ceil(n * _MIN_UNBOUNDED_N / max(eff, 1e-300))))
+    return _refused(n, min(need, _N_NEEDED_CAP), drop, common, what=(
+        f"the {n:,} examples weigh like {eff:,.0f} (effective size of the denominators, (sum)^2 / sum "
+        f"of squares): below {_MIN_UNBOUNDED_N:,} a drop of {what} carried by a few examples is too "
+        "often missing from the sample, so no method here is valid; use more examples"))
+
+
+def _effective_size(*dens: np.ndarray) -> float:
+    """Kish's effective sample size of per-example weights (the row sums of each denominator
+    array), the smallest over the arrays: n when every example weighs the same."""
+    out = math.inf
+    for den in dens:
+        w = den.sum(axis=1) if den.ndim == 2 else den
+        sq = float(np.dot(w, w))
+        out = min(out, float(w.sum()) ** 2 / sq if sq > 0 else 0.0)
+    return out
+
+
+def _range_comparison(b: np.ndarray, t: np.ndarray, declared: tuple[float, float], *, seed: int, n: int,
+                      base: float, tuned: float, margin: float, relative: bool, alpha: float,
+                      fail_alpha: float, hib: bool) -> Comparison:
+    """Per-example scores in a declared range: betting bounds of the mean difference (absolute) or
+    the linear test of the relative drop (:mod:`pytest_forgetting.bounded`), valid at every n."""
+    lo, hi = declared
+    width = hi - lo
+    common = dict(n=n, base=base, tuned=tuned, margin=margin, relative=relative, alpha=alpha,
+                  fail_alpha=fail_alpha, hib=hib)
+    drop = float(_drop_of(base, tuned, relative, hib))
+    if relative:
+        tol = _tol(margin)
+        low, high, passed, failed = _bounded.relative_bounds(
+            b, t, lo=lo, hi=hi, hib=hib, pass_at=margin - tol, fail_at=margin + tol, alpha=alpha,
+            fail_alpha=fail_alpha, seed=seed)
+        verdict = PASS if passed else FAIL if failed else INCONCLUSIVE
+    else:
+        d = np.clip(b - t if hib else t - b, -width, width)
+        if not d.any():
+            # nothing changed: a changed example moves the mean by at most the width (exact rule)
+            return _no_change(bound=lambda f: width * f, exact=True, **common)
+        low, high = _bounded.mean_bounds(d, bound=width, margin=margin, alpha=alpha,
+                                         fail_alpha=fail_alpha, seed=seed)
+        low, high = min(low, drop), max(high, drop)
+        verdict = _decide(low, high, margin)
+    settle = None
+    if verdict == INCONCLUSIVE:
+        settle = _normal_settle(n, drop, low, high, margin, alpha, fail_alpha)
+    return _result(verdict=verdict, drop=drop, low=low, high=high, method="betting", settle=settle, **common)
 
 
 def _bootstrap_refusal(n: int, drop: float, common: dict[str, Any]) -> Comparison | None:

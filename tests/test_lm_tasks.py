@@ -200,15 +200,12 @@ def test_perplexity_margins_are_in_perplexity_units():
     task = named(LanguageModelingTask(["a b c"]), "lm")
     from pytest_forgetting.registry import REGISTRY
 
-    REGISTRY.register("tiny-heldout", lambda: task, origin="test_lm_tasks")
-    try:
+    with REGISTRY.temporary("tiny-heldout", lambda: task, origin="test_lm_tasks"):
         check = parse_check("retains", {"task": "tiny-heldout", "metric": "perplexity", "max_drop": 5.0}, "here")
         assert bind_task(check, "here", task).margin == 5.0
         with pytest.raises(ConfigError, match="outside"):
             parse_check("retains", {"task": "tiny-heldout", "metric": "perplexity", "max_drop": 5.0, "relative": True}, "here")
         assert bind_task(parse_check("retains", {"task": "tiny-heldout", "max_drop": 1.0}, "here"), "here", task).metric == "perplexity"
-    finally:
-        REGISTRY.entries.pop("tiny-heldout", None)
 
 
 # -- greedy generation ---------------------------------------------------------------------------
@@ -337,10 +334,10 @@ def test_lora_adapter_end_to_end(pytester, lm):
     qa, colours, facts = rows["test_keeps_facts"], rows["test_learns_colours"], rows["test_facts_stay_likely"]
     assert qa["metric"] == "exact_match" and qa["n"] == len(COUNTRIES)
     assert qa["base"] == 1.0 and qa["tuned"] <= 0.5 and qa["verdict"] == "fail", qa
-    # perplexity is decided by a bootstrap, which needs at least 100 texts (issue 11): with 16 texts the
+    # perplexity is decided by a bootstrap, which needs at least 1,000 texts (issue 11): with 16 texts the
     # honest verdict is INCONCLUSIVE, however large the change, and the reason says how many are needed
     assert colours["metric"] == "perplexity" and colours["verdict"] == "inconclusive", colours
-    assert "at least 100 examples" in colours["reason"], colours
+    assert "weigh like" in colours["reason"] and "examples are needed" in colours["reason"], colours  # stats._MIN_UNBOUNDED_N
     assert colours["base"] - colours["tuned"] > 2.0 and colours["higher_is_better"] is False
     assert facts["drop"] == pytest.approx((facts["tuned"] - facts["base"]) / facts["base"]), facts  # lower is better, relative
     assert facts["drop"] > 0.5 and facts["verdict"] == "inconclusive", facts

@@ -229,9 +229,13 @@ def test_identical_models_on_the_probability_metrics():
                                        higher_is_better=metric.higher_is_better, bounded=True, sensitivity=metric.sensitivity(o, o))
 
     o = _outputs(400, 3, seed=5)
-    for metric, margin in ((pm.BRIER, 0.02), (pm.LOG_LOSS, 0.1)):  # log_loss: its sample range (7.4 nats) bounds a change
-        s = metric.per_example(o)
-        assert stats.compare_scores(s, s, max_drop=margin, higher_is_better=metric.higher_is_better).verdict == "pass"
+    s = pm.BRIER.per_example(o)  # Brier's own range [0, 2] bounds a change: valid at every n
+    same = stats.compare_scores(s, s, max_drop=0.02, higher_is_better=False, score_range=pm.BRIER.score_range)
+    assert same.verdict == "pass" and same.method == "exact-no-change"
+    s = pm.LOG_LOSS.per_example(o)  # no range: refused below 1,000 examples, then its sample range stands in
+    assert stats.compare_scores(s, s, max_drop=0.1, higher_is_better=False).method == "refused"
+    s = pm.LOG_LOSS.per_example(_outputs(1000, 3, seed=5))
+    assert stats.compare_scores(s, s, max_drop=0.1, higher_is_better=False).verdict == "pass"
     for metric in (pm.AUC, pm.PRECISION_MACRO, pm.RECALL_MACRO):
         cmp = compare(o, metric, 400)
         assert cmp.verdict == "pass" and cmp.drop == 0.0 and cmp.method == "exact-no-change", (metric.name, cmp)

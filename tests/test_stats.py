@@ -41,6 +41,13 @@ RANK = {FAIL: 0, INCONCLUSIVE: 1, PASS: 2}
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+@pytest.fixture
+def small_n_bootstrap(monkeypatch):
+    """The bootstrap-t's arithmetic at small n: lower the floor below which scores with no declared
+    range are refused (stats._MIN_UNBOUNDED_N, a policy tested on its own) to the bootstrap's own."""
+    monkeypatch.setattr(stats, "_MIN_UNBOUNDED_N", stats._MIN_BOOTSTRAP_N)
+
+
 def paired(n11: int, n10: int, n01: int, n00: int) -> tuple[np.ndarray, np.ndarray]:
     """0/1 correctness arrays with the given cell counts (n10 = base right, tuned wrong)."""
     base = np.array([1] * n11 + [1] * n10 + [0] * n01 + [0] * n00, dtype=float)
@@ -190,6 +197,7 @@ def test_bootstrap_agrees_with_normal_approximation():
     assert res.nfr is None and res.pfr is None
 
 
+@pytest.mark.usefixtures("small_n_bootstrap")
 def test_bootstrap_is_seeded_and_degenerate_case_has_zero_width():
     rng = np.random.default_rng(0)
     base, tuned = rng.normal(size=200), rng.normal(size=200)
@@ -266,7 +274,7 @@ def test_n_needed_none_when_estimate_equals_margin():
     res = compare_scores(base, tuned, max_drop=0.0)
     assert res.verdict == INCONCLUSIVE and res.n_needed is None
     assert "no sample size" in res.reason
-    boot = compare_scores(np.arange(10.0), np.arange(10.0), max_drop=0.0)
+    boot = compare_scores(np.arange(1000.0), np.arange(1000.0), max_drop=0.0)
     assert boot.verdict == INCONCLUSIVE and boot.n_needed is None
     # "no sample size would settle it" only when that is true: a drop off the margin says n
     base, tuned = paired(80, 11, 9, 0)
@@ -274,6 +282,7 @@ def test_n_needed_none_when_estimate_equals_margin():
     assert off.n_needed is not None and "no sample size" not in off.reason
 
 
+@pytest.mark.usefixtures("small_n_bootstrap")
 def test_n_needed_capped():
     # drop 1e-5 against a margin of 0 with ~100% discordance: ~3e10 examples would be needed
     base, tuned = paired(0, 50_001, 50_000, 0)
@@ -288,6 +297,7 @@ def test_n_needed_capped():
     assert close.verdict == INCONCLUSIVE and close.n_needed is None
 
 
+@pytest.mark.usefixtures("small_n_bootstrap")
 def test_bootstrap_n_needed_scales_like_inverse_square():
     rng = np.random.default_rng(1)
     base = rng.normal(size=400)
@@ -516,6 +526,7 @@ def test_compare_statistic_identical_never_fails(seed):
 
 @pytest.mark.parametrize("relative", [False, True])
 @pytest.mark.parametrize("higher", [False, True])
+@pytest.mark.usefixtures("small_n_bootstrap")
 def test_compare_statistic_of_means_reproduces_compare_scores(relative, higher):
     """The ratio form with unit denominators is the mean: both give the same bootstrap-t bounds."""
     rng = np.random.default_rng(11)
@@ -871,8 +882,10 @@ def test_bounded_aggregate_refused_below_the_smallest_n():
     res = compare_statistic(None, 100, max_drop=0.02, ratio=ratio, bounded=True)
     assert res.verdict == INCONCLUSIVE and res.method == "refused"
     assert res.n_needed == 149 and "smallest n" in res.reason
+    # not bounded: the floor of unbounded ratios (a drop carried by a few examples can hide)
     unbounded = compare_statistic(None, 100, max_drop=0.02, ratio=ratio)
-    assert unbounded.verdict == FAIL and unbounded.method == "bootstrap-t"
+    assert unbounded.verdict == INCONCLUSIVE and unbounded.method == "refused"
+    assert unbounded.n_needed == stats._MIN_UNBOUNDED_N and "weigh like 100" in unbounded.reason
 
 
 def test_bootstrap_refuses_below_its_smallest_n():
@@ -880,7 +893,15 @@ def test_bootstrap_refuses_below_its_smallest_n():
     base = rng.normal(size=60)
     res = compare_scores(base, base + 5.0 + rng.normal(size=60), max_drop=0.1, higher_is_better=False)
     assert res.verdict == INCONCLUSIVE and res.method == "refused"
-    assert res.n_needed == stats._MIN_BOOTSTRAP_N and "too small for a bootstrap" in res.reason
+    assert res.n_needed == stats._MIN_UNBOUNDED_N and "no declared range" in res.reason
+    assert "score_range=(low, high)" in res.reason and "\n" not in res.reason
+    # from the floor on, the bootstrap decides; identical models too (on the sample's own range)
+    n = stats._MIN_UNBOUNDED_N
+    base = rng.normal(size=n)
+    assert compare_scores(base, base + 5.0 + rng.normal(size=n), max_drop=0.1).verdict == PASS
+    assert compare_scores(base[:n - 1], base[:n - 1] + 5.0, max_drop=0.1).method == "refused"
+    same = compare_scores(base, base, max_drop=0.1)
+    assert same.verdict == PASS and same.method == "no-change-sample-range"
 
 
 def test_macro_average_refuses_a_class_seen_a_handful_of_times():
@@ -897,6 +918,7 @@ def test_macro_average_refuses_a_class_seen_a_handful_of_times():
     assert "rarest class" in res.reason and res.n_needed > 300
 
 
+@pytest.mark.usefixtures("small_n_bootstrap")
 def test_bootstrap_n_needed_settles_about_080_of_the_time():
     """Drawing n_needed examples from the observed sample itself (the observed rates), the check
     settles in about 80 % of the runs."""
@@ -1074,6 +1096,7 @@ def _reference_bootstrap_t(b, t, rel, hib, n_boot, seed, alpha, fail_alpha):
 
 @pytest.mark.parametrize("rel", [False, True])
 @pytest.mark.parametrize("quantised", [False, True])
+@pytest.mark.usefixtures("small_n_bootstrap")
 def test_compare_scores_bootstrap_matches_reference(rel, quantised):
     """Distinct scores: the same index stream, so the same bounds to float rounding. Repeated
     scores (resampled as groups by multinomial): a different stream of the same distribution, so
