@@ -30,14 +30,15 @@ MARKERS = ("retains", "improves")
 
 RETAINS_DOC = (
     "retains(task, max_drop, metric=None, relative=False, max_class_drop=None, max_nfr=None, split='test', slices=None, "
-    "max_gap_increase=None, class_metric='recall'): "
+    "max_gap_increase=None, class_metric='recall', score_range=None): "
     "the tuned checkpoint must keep the base checkpoint's `metric` on `task` within `max_drop` "
     "(absolute, or a fraction of the base value with relative=True), optionally per class / slice "
     "(max_class_drop; class_metric='precision' budgets each class's precision instead of its recall), within a budget of negative flips (max_nfr), and without widening the gap between "
-    "the best and the worst slice / class by more than max_gap_increase."
+    "the best and the worst slice / class by more than max_gap_increase. score_range=(low, high) declares the range of "
+    "per-example scores (bounds valid at every n instead of the bootstrap, which decides from 1,000 examples)."
 )
 IMPROVES_DOC = (
-    "improves(task, min_gain, metric=None, relative=False, split='test'): the tuned checkpoint must beat "
+    "improves(task, min_gain, metric=None, relative=False, split='test', score_range=None): the tuned checkpoint must beat "
     "the base checkpoint on `task` by more than `min_gain` (proven at level alpha)."
 )
 
