@@ -8,11 +8,16 @@ tokenizer), loadable by the plugin with no model factory:
   "sentence embeddings + a linear head" topic classifier.
 - checkpoints/topics-tuned: that model fully fine-tuned on the same BBC training split (every
   layer unfrozen), to gain topic accuracy. Same label map as the base.
+- checkpoints/topics-overconfident / topics-underconfident: topics-tuned with its logits divided
+  by a temperature of 0.2 / 10 (classifier weight and bias times 5 / 0.1). Every argmax, so every
+  prediction, is the tuned model's; only the probabilities are sharper / flatter: calibration-only
+  regressions, made on purpose, for the checks that read probabilities (ECE, log-loss) to catch
+  while the accuracy checks pass.
 
 Training uses only the ``bbc-news`` train split; every gate in tests/ is evaluated on held-out
 test splits. Everything is seeded.
 
-Usage: python build_checkpoints.py [--force] [--out DIR] [--epochs N] [--lr LR]
+Usage: python build_checkpoints.py [--force] [--out DIR] [--epochs N] [--max-steps N] [--lr LR] [--max-length N]
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
+HEAD_MAX_LENGTH = 128  # tokens per article for the head-only base (the task's own max_length)
 
 
 def minilm_path() -> Path:
@@ -80,10 +86,13 @@ def train_head(model, tok, texts: list[str], labels: np.ndarray, *, max_length: 
     model.eval()
 
 
-def finetune(model, tok, texts: list[str], labels: np.ndarray, *, max_length: int, epochs: int, lr: float, batch_size: int = 16) -> None:
-    """All layers unfrozen, AdamW with linear warm-up and decay, dropout on."""
+def finetune(model, tok, texts: list[str], labels: np.ndarray, *, max_length: int, epochs: int, lr: float,
+             batch_size: int = 16, max_steps: int | None = None) -> None:
+    """All layers unfrozen, AdamW with linear warm-up and decay, dropout on; at most ``max_steps`` steps."""
     y = torch.from_numpy(labels)
     steps = epochs * ((len(texts) + batch_size - 1) // batch_size)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warm = max(1, steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
@@ -99,9 +108,30 @@ def finetune(model, tok, texts: list[str], labels: np.ndarray, *, max_length: in
             opt.step()
             sched.step()
             step += 1
-            if step % 20 == 0:
+            if step % 10 == 0:
                 print(f"  step {step}/{steps} loss {loss.item():.3f}", flush=True)
+            if step >= steps:
+                break
+        if step >= steps:
+            break
     model.eval()
+
+
+#: the calibration-only candidates: folder name -> temperature of the tuned model's logits
+TEMPERED = {"topics-overconfident": 0.2, "topics-underconfident": 10.0}
+
+
+def tempered(tuned_dir: Path, out_dir: Path, temperature: float) -> None:
+    """Save the tuned checkpoint with logits / temperature: same predictions, sharper probabilities."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(tuned_dir)
+    with torch.no_grad():
+        model.classifier.weight.div_(temperature)
+        model.classifier.bias.div_(temperature)
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(tuned_dir).save_pretrained(out_dir)
+    print(f"{out_dir.name} (tuned, temperature {temperature:g}) saved to {out_dir}", flush=True)
 
 
 def main() -> None:
@@ -109,12 +139,17 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "checkpoints"))
     ap.add_argument("--force", action="store_true", help="rebuild even if the folders exist")
     ap.add_argument("--epochs", type=int, default=1, help="full fine-tuning epochs (default 1)")
-    ap.add_argument("--lr", type=float, default=5e-5, help="full fine-tuning learning rate (default 5e-5)")
-    ap.add_argument("--max-length", type=int, default=128, help="tokens per article while training (default 128)")
+    ap.add_argument("--max-steps", type=int, default=40,
+                    help="at most this many fine-tuning steps of 16 articles (default 40: 640 articles; 0 = every step of --epochs)")
+    ap.add_argument("--lr", type=float, default=1e-4, help="full fine-tuning learning rate (default 1e-4)")
+    ap.add_argument("--max-length", type=int, default=64, help="tokens per article while fine-tuning (default 64; the head sees 128)")
     args = ap.parse_args()
     out = Path(args.out)
     base_dir, tuned_dir = out / "topics-base", out / "topics-tuned"
     if (base_dir / "config.json").exists() and (tuned_dir / "config.json").exists() and not args.force:
+        for name, temperature in TEMPERED.items():
+            if not (out / name / "config.json").exists():
+                tempered(tuned_dir, out / name, temperature)
         print(f"checkpoints exist in {out} (use --force to rebuild)")
         return
 
@@ -127,18 +162,31 @@ def main() -> None:
     label_map = {"id2label": dict(enumerate(classes)), "label2id": {c: i for i, c in enumerate(classes)}}
     t0 = time.perf_counter()
 
-    model = BertForSequenceClassification.from_pretrained(src, num_labels=len(classes), **label_map)
-    train_head(model, tok, texts, labels, max_length=args.max_length, epochs=30, lr=1e-3)
-    model.save_pretrained(base_dir)
-    tok.save_pretrained(base_dir)
-    print(f"base (head-only) saved to {base_dir} after {time.perf_counter() - t0:.0f}s", flush=True)
+    if (base_dir / "config.json").exists() and not args.force:
+        # the head-only base is the slow half of the build on a CPU (every article through the encoder): reuse it
+        model = BertForSequenceClassification.from_pretrained(base_dir)
+        print(f"base (head-only) reused from {base_dir}", flush=True)
+    else:
+        model = BertForSequenceClassification.from_pretrained(src, num_labels=len(classes), **label_map)
+        train_head(model, tok, texts, labels, max_length=HEAD_MAX_LENGTH, epochs=30, lr=1e-3)
+        model.save_pretrained(base_dir)
+        tok.save_pretrained(base_dir)
+        print(f"base (head-only) saved to {base_dir} after {time.perf_counter() - t0:.0f}s", flush=True)
 
-    finetune(model, tok, texts, labels, max_length=args.max_length, epochs=args.epochs, lr=args.lr)
+    torch.manual_seed(1)  # the fine-tune's dropout does not depend on whether the base was built or reused
+    finetune(model, tok, texts, labels, max_length=args.max_length, epochs=args.epochs, lr=args.lr,
+             max_steps=args.max_steps or None)
     model.save_pretrained(tuned_dir)
     tok.save_pretrained(tuned_dir)
-    recipe = {"base": "head-only, 30 epochs, lr 1e-3, frozen encoder", "tuned": {"epochs": args.epochs, "lr": args.lr, "max_length": args.max_length, "batch_size": 16}}
+    recipe = {
+        "base": "head-only, 30 epochs, lr 1e-3, frozen encoder",
+        "tuned": {"epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr, "max_length": args.max_length, "batch_size": 16},
+        **{name: {"from": "tuned", "temperature": t} for name, t in TEMPERED.items()},
+    }
     (out / "recipe.json").write_text(json.dumps(recipe, indent=2))
     print(f"tuned (full fine-tune) saved to {tuned_dir} after {time.perf_counter() - t0:.0f}s", flush=True)
+    for name, temperature in TEMPERED.items():
+        tempered(tuned_dir, out / name, temperature)
 
 
 if __name__ == "__main__":
