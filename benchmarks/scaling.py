@@ -256,10 +256,12 @@ CORE_NOTE = ("Resampling by counts: groups of identical examples (macro-F1 / bal
              "correction is not small). Entity F1 goes through the Ratio form (2 sum tp / (sum predicted + sum gold), the same statistic) "
              "instead of BCa over a black box; its per-sentence entity counts are built outside the timing, as the other paths' inputs "
              "are. Per-class: every class's bounds (a class budget gates the check); without a budget the session asks only for the "
-             "worst 3 (`class_drops(worst=3)`). Peak RSS: the whole child process (Python, numpy, the inputs and the decision); "
-             "'before' is its resident size just before the decision. Side by side (--against): on a loaded machine one decision's "
-             "CPU seconds vary by about +-30 % from run to run (balanced accuracy at 1e6, three warm repeats in one process: 0.87-0.94 s "
-             "here vs 0.90-1.05 s at 3e180f4), so ratios within 0.7-1.3x are noise; the new side runs the working tree as it is.")
+             "worst 3 (`class_drops(worst=3)`). Peak RSS: the child process's resident high-water mark during the decision (VmHWM, reset just "
+             "before it through /proc/self/clear_refs; Python, numpy and the inputs included); 'before' is its resident size just "
+             "before the decision. Side by side (--against): on a loaded machine one decision's "
+             "CPU seconds vary by about +-30 % from run to run, and the first of a back-to-back pair tends to pay more (with the new "
+             "code always first, balanced accuracy at 1e6 read 0.73x; alternating, 1.1x), so ratios within 0.7-1.3x are noise; the "
+             "new side runs the working tree as it is (other helpers' uncommitted edits included).")
 
 CORE_PATHS = ("0/1 absolute", "0/1 relative", "continuous absolute", "continuous relative", "macro-F1 (10 classes)",
               "balanced accuracy (10 classes)", "entity F1", "WER", "perplexity relative",
@@ -279,11 +281,19 @@ def rss_now():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 before = rss_now()
+def hwm():  # the resident high-water mark (VmHWM), reset just before the decision: the decision's own peak
+    with open("/proc/self/status") as fh:
+        return next(int(ln.split()[1]) for ln in fh if ln.startswith("VmHWM:")) / 1024
+try:
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+except OSError:
+    pass  # no reset: the peak then includes building the inputs
 t = time.perf_counter()
 cpu = time.process_time()
 res = decide()
 secs, cpu = time.perf_counter() - t, time.process_time() - cpu
-peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+peak_rss = hwm()
 peak = None
 if secs <= 10.0:  # again under tracemalloc (which slows Python-heavy code), for the traced peak only
     tracemalloc.start()
@@ -320,8 +330,9 @@ def core_main(sizes: list[int], paths: list[str], give_up: float, against: Path 
     variants = [("new", ROOT)] + ([("old", against)] if against is not None else [])
     for path in paths:
         slow: dict[str, float] = {}
-        for n in sizes:
-            for variant, tree in variants:
+        for i, n in enumerate(sizes):
+            # alternate which side runs first (the first of a pair tends to pay for the machine's state)
+            for variant, tree in (variants if i % 2 == 0 else variants[::-1]):
                 if variant in slow:
                     print(f"{path:<32} n={n:>9,}  [{variant}] skipped (took {slow[variant]:.1f} s at a smaller n)", flush=True)
                     out.append({"path": path, "n": n, "variant": variant, "seconds": None, "peak_mb": None, "verdict": "skipped"})
@@ -412,14 +423,14 @@ def main() -> None:
                 "Seconds for one decision as `ForgettingSession._decide` makes it, each in a fresh process (per-example inputs built "
                 "outside the timing; for aggregates the timing includes the metric's ratio form and sensitivity), n_boot = 2000 where a "
                 "bootstrap decides; the peak memory traced by tracemalloc in a second run (numpy buffers included; not measured past "
-                "10 s); RSS: the process's peak resident MiB (in brackets, its resident MiB just before the decision). Wall seconds "
+                "10 s); RSS: the process's peak resident MiB during the decision (in brackets, its resident MiB just before it). Wall seconds "
                 "first, CPU seconds of the process in brackets (on a machine shared with other jobs the CPU time is the steadier one). "
                 "`-`: not run, the path took longer than `--give-up` seconds at a smaller n.",
                 f"Machine: {started}.", "", *core_table(results, sizes), "",
                 CORE_NOTE,
                 *([] if not any(r.get("variant") == "old" for r in results) else [
                     "", f"### Side by side in the same run: CPU seconds of this code vs commit {args.against or saved.get('against')} "
-                    "(the old code run right after the new one in a fresh process, per path and n; `-`: not run, slower than "
+                    "(each in a fresh process, the two run back to back, which one first alternating with n; `-`: not run, slower than "
                     "`--give-up` at a smaller n)", "", *compare_table(results, sizes)]),
             ])  # fmt: skip
         if args.json:
