@@ -284,3 +284,21 @@ def test_marker_through_pytest_reports_the_precision_budget(make_project):
     assert row["class_metric"] == "precision" and row["worst_classes"][0]["name"] == "1"
     assert row["worst_classes"][0]["verdict"] == "fail" and row["worst_classes"][0]["n_tuned"] == 450
     assert "FAIL" in md.read_text()
+
+
+def test_class_metric_from_a_declaration_and_a_task_without_predictions():
+    from pytest_forgetting.checks import parse_check
+    from pytest_forgetting.declarations import parse_spec
+    from pytest_forgetting.errors import ConfigError
+
+    _register_tiny("cb-validate")
+    d = parse_spec("retains", "cb-validate:0.02,max_class_drop=0.1,class_metric=precision")
+    assert parse_check(d.kind, d.kwargs, d.where).class_metric == "precision"
+    labels = np.array([0, 1, 1])
+    with pytest.raises(ConfigError, match="needs one predicted class per example; task 'x' has none"):
+        cb.precision_part({"label": labels}, {"label": labels}, limit=0.1, alpha=0.05, fail_alpha=0.05,
+                          class_names=None, top=3, task="x")
+    part = cb.precision_part({"label": labels, "pred": labels}, {"label": labels, "pred": labels}, limit=None,
+                             alpha=0.05, fail_alpha=0.05, class_names=["a", "b"], top=3, task="x")
+    assert part.budgets == [] and part.verdicts == [] and part.reason == ""  # shown, not gated
+    assert {r["name"] for r in part.rows} == {"a", "b"} and all(r["verdict"] == "" for r in part.rows)
