@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 import subprocess
 import warnings
@@ -49,6 +48,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ._util import atomic_write, create_temp
 from .tasks.base import EvalResult
 
 #: bump when the evaluation loop changes what it stores (2: entries record and verify their key)
@@ -199,7 +199,7 @@ class EvalCache:
                 return tracked
         # a read-only folder is found now, not at the first write after a long evaluation
         try:
-            tmp, fd = self._create_temp("probe")
+            tmp, fd = create_temp(self.directory, "probe", dir_fd=self._fd)
         except OSError as exc:
             return f"is not writable ({_strerror(exc)})"
         os.close(fd)
@@ -207,19 +207,6 @@ class EvalCache:
         return None
 
     # -- low-level file operations relative to the checked folder -------------------------------
-    def _create_temp(self, stem: str) -> tuple[str, int]:
-        name = f".{stem}.{secrets.token_hex(8)}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC | _O_BINARY
-        if self._fd is not None:
-            return name, os.open(name, flags, 0o600, dir_fd=self._fd)
-        return name, os.open(self.directory / name, flags, 0o600)
-
-    def _replace(self, src: str, dst: str) -> None:
-        if self._fd is not None:
-            os.replace(src, dst, src_dir_fd=self._fd, dst_dir_fd=self._fd)
-        else:
-            os.replace(self.directory / src, self.directory / dst)
-
     def _unlink(self, name: str) -> None:
         with contextlib.suppress(OSError):
             if self._fd is not None:
@@ -271,22 +258,14 @@ class EvalCache:
     def _write(self, name: str, key_text: str, arrays: dict[str, np.ndarray]) -> bool:
         if not self.usable():
             return False
+        target = f"{name}.npz" if self._fd is not None else self.directory / f"{name}.npz"
+        # relative to the checked folder's descriptor where there is one; the temporary is removed on failure
         try:
-            tmp, fd = self._create_temp(name)
-        except OSError as exc:
-            self._disable(f"cannot be written ({_strerror(exc)})")
-            return False
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, __key__=np.array(key_text), **arrays)
-            self._replace(tmp, f"{name}.npz")
+            atomic_write(target, lambda fh: np.savez(fh, __key__=np.array(key_text), **arrays),
+                         dir_fd=self._fd, makedirs=False)
         except OSError as exc:  # full, read-only, quota: one warning, the run goes on uncached
-            self._unlink(tmp)
             self._disable(f"cannot be written ({_strerror(exc)})")
             return False
-        except BaseException:
-            self._unlink(tmp)
-            raise
         return True
 
     def load(

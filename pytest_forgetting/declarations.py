@@ -84,7 +84,7 @@ def load_pyproject(path: Path) -> list[Declaration]:
         if key == "tasks":  # [tool.pytest_forgetting.tasks.NAME]: data tasks, read by tasks.declared
             continue
         if key not in KINDS:
-            from .registry import suggest
+            from ._util import suggest
 
             raise ConfigError(f"{where}: unknown key {key!r}{suggest(key, list(KINDS))}; expected retains = [...] and/or improves = [...]")
         entries = [value] if isinstance(value, dict) else value

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ._util import suggest
 from .errors import ConfigError, TaskError
 
 ENTRY_POINT_GROUP = "pytest_forgetting.tasks"
@@ -31,14 +32,6 @@ _BUILTINS: dict[str, str] = {
     "rotten-tomatoes-probe": "pytest_forgetting.tasks.builtin_text:rotten_tomatoes_probe",
     "wnut16": "pytest_forgetting.tasks.builtin_text:wnut16",
 }
-
-
-def suggest(name: str, choices: list[str] | tuple[str, ...]) -> str:
-    """A " (did you mean 'x'?)" suffix, or "" when nothing is close."""
-    import difflib  # only on the error path: ~3 ms of every pytest start-up otherwise
-
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _load_target(target: str | Callable[[], Any]) -> Callable[[], Any]:

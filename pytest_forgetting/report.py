@@ -39,12 +39,12 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pytest_forgetting import escape
+from pytest_forgetting._util import atomic_write
 from pytest_forgetting.errors import ConfigError
 
 __all__ = [
@@ -703,23 +703,8 @@ def build_json(header: Mapping[str, Any], rows: Iterable[Row]) -> dict[str, Any]
 
 def _atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` so that readers see the old file or the new one, never half of it."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    # a report is meant to be read by others: 0644 whatever the umask
+    atomic_write(path, data, fsync=True, chmod=0o644)
 
 
 def dumps_json(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
@@ -1044,21 +1029,7 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
     fig.suptitle(f"pytest-forgetting: base vs tuned — {summary} (alpha={alpha:g}, one-sided)",
                  fontsize=12)
 
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(os.fspath(path))}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110, metadata={"Software": None})
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, os.fspath(path))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, metadata={"Software": None}), chmod=0o644)
     from .drift import write_drift_plot  # where the weights moved, beside it: PLOT.drift.png
 
     write_drift_plot(os.path.splitext(os.fspath(path))[0] + ".drift.png", rows)

@@ -372,9 +372,9 @@ def _close_marker(config: pytest.Config, name: str) -> str | None:
     registered = {line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")}
     if name in registered:
         return None
-    import difflib
+    from ._util import close_matches
 
-    close = difflib.get_close_matches(low, MARKERS, n=1, cutoff=0.8)
+    close = close_matches(low, MARKERS, n=1, cutoff=0.8)
     return close[0] if close else None
 
 

@@ -24,7 +24,6 @@ imported only when its scheduler hook is called.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -32,6 +31,8 @@ import tempfile
 from typing import Any, Callable
 
 import pytest
+
+from ._util import atomic_write
 
 #: the key of ``workerinput`` that names the folder of the groups files
 WORKERINPUT_KEY = "forgetting_groups_dir"
@@ -88,16 +89,10 @@ class _WorkerGroups:
     @pytest.hookimpl(tryfirst=True)  # before xdist's worker sends "collectionfinish" to the controller
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         groups = {item.nodeid: g for item in session.items if (g := group_of(item)) is not None}
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{self.workerid}.", suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(groups, fh)
-            os.replace(tmp, os.path.join(self.folder, f"{self.workerid}.json"))
+        try:  # the folder is the controller's: not created again when it is gone
+            atomic_write(os.path.join(self.folder, f"{self.workerid}.json"), json.dumps(groups), makedirs=False)
         except OSError:  # the controller then sees no groups: tests are balanced one by one
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+            pass
 
 
 class _ControllerGroups:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import re
@@ -10,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .._util import close_matches
 from ..errors import CheckpointError
 from .util import _describe_exc
 
@@ -52,7 +52,7 @@ def resolve_factory(spec: str, rootdir: str | os.PathLike[str] | None = None) ->
     walked = module_name
     for part in attr_path.split("."):
         if not hasattr(obj, part):
-            close = difflib.get_close_matches(part, [n for n in dir(obj) if not n.startswith("_")], n=3)
+            close = close_matches(part, [n for n in dir(obj) if not n.startswith("_")], n=3)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
             raise CheckpointError(f"--model-factory {spec!r}: {walked!r} has no attribute {part!r}{hint}")
         obj = getattr(obj, part)

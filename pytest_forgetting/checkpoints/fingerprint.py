@@ -138,26 +138,15 @@ class FileDigests:
         self._dirty = False
         while len(self._memory) > self.MAX_ENTRIES:
             self._memory.pop(next(iter(self._memory)))
-        import contextlib
-        import tempfile
+        from .._util import atomic_write
 
-        # a temporary file with an unpredictable name, created O_EXCL | O_NOFOLLOW (mkstemp), renamed over
-        # the store: a planted symbolic link (at the store or at a guessed temporary name) is replaced,
+        # a temporary file with an unpredictable name, created O_EXCL | O_NOFOLLOW, renamed over the
+        # store: a planted symbolic link (at the store or at a guessed temporary name) is replaced,
         # never written through. A concurrent worker's entry lost here is only a later re-hash.
-        tmp = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps(self._memory))
-            os.replace(tmp, self.path)
-            tmp = None
+            atomic_write(self.path, json.dumps(self._memory))
         except OSError:
             pass
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
 
 def _fingerprint_files(target: Target, digests: FileDigests | None = None) -> str:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..errors import ForgettingError
-from ..registry import suggest
+from .._util import suggest
 from .spec import FinetuneError
 
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._util import atomic_write
 from .spec import FinetuneError
 
 
@@ -30,12 +31,10 @@ def save_model(model: Any, path: str | os.PathLike[str], tokenizer: Any = None) 
         model.save_pretrained(str(path))
         return str(path)
     if path.suffix == ".safetensors":
-        path.parent.mkdir(parents=True, exist_ok=True)
         # clones: tied weights share storage, which safetensors refuses; both names stay for strict loading
         state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, path)
+        # perm 0o666: the file ends with the umask's permissions, as when save_file writes it in place
+        atomic_write(path, lambda tmp: save_file(state, tmp), perm=0o666, by_name=True)
         return str(path)
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(str(path))

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ConfigError, TaskError
 from ..metrics import Metric
-from ..registry import suggest
+from .._util import suggest
 
 
 @dataclass(frozen=True)

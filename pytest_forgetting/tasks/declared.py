@@ -110,7 +110,7 @@ def parse_cli(spec: str, base_dir: Path) -> TaskSpec:
     fmt, sep, path = source.partition(":")
     if not sep or fmt.strip().lower() not in FORMATS:  # no format (or a drive letter): the suffix decides
         if sep and len(fmt) > 1 and not os.path.exists(source):
-            from ..registry import suggest
+            from .._util import suggest
 
             raise ConfigError(f"{where}: unknown format {fmt!r}{suggest(fmt, list(FORMATS))}; expected one of {', '.join(FORMATS)}")
         fmt, path = "", source
@@ -141,7 +141,7 @@ def parse_table(name: str, table: Any, where: str, base_dir: Path) -> TaskSpec:
 
 
 def _spec(name: str, fmt: str | None, path: Any, options: dict[str, Any], where: str, base_dir: Path) -> TaskSpec:
-    from ..registry import suggest
+    from .._util import suggest
 
     if not name or any(c in name for c in ", "):
         raise ConfigError(f"{where}: task name {name!r} must be non-empty, without spaces or commas")
@@ -200,13 +200,13 @@ def _check_exists(path: Path, fmt: str, where: str) -> None:
 
 
 def _close_file(path: Path) -> str | None:
-    import difflib
+    from .._util import close_matches
 
     try:
         names = os.listdir(path.parent)
     except OSError:
         return None
-    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    close = close_matches(path.name, names)
     return close[0] if close else None
 
 
@@ -254,7 +254,7 @@ def _task_class(kind: str) -> Any:
 
         return TokenClassificationTask
     if kind != "text":
-        from ..registry import suggest
+        from .._util import suggest
 
         raise ConfigError(f"kind={kind!r}: expected one of {', '.join(loaders.KINDS)}{suggest(str(kind), loaders.KINDS)}")
     from .classification import TextClassificationTask
@@ -263,7 +263,7 @@ def _task_class(kind: str) -> Any:
 
 
 def _check_options(fmt: str, options: dict[str, Any], where: str) -> dict[str, Any]:
-    from ..registry import suggest
+    from .._util import suggest
 
     kind = options.get("kind", "text")
     try:
@@ -300,7 +300,7 @@ def _check_columns(spec: TaskSpec) -> None:
             continue
         for key, column in wanted.items():
             if column not in columns:
-                from ..registry import suggest
+                from .._util import suggest
 
                 raise ConfigError(
                     f"{spec.where or spec.name}: {p} has no column {column!r}{suggest(str(column), columns)} "

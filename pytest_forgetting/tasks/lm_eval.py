@@ -121,7 +121,7 @@ def _resolve(name: str, include: tuple[str, ...]) -> Any:
             return tm
     tm = task_manager(include, defaults=True)
     if name not in tm.all_tasks:
-        from ..registry import suggest
+        from .._util import suggest
 
         where = f" or in {', '.join(include)}" if include else " (add folders of your own YAML tasks with --forgetting-lm-eval-include DIR)"
         raise ConfigError(f"unknown lm-eval task {name!r}{suggest(name, tm.all_tasks)}: not among lm-eval's tasks, groups and tags{where}")

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import TaskError
-from ..registry import suggest
+from .._util import suggest
 
 KINDS = ("text", "embedding", "image", "token")
 FILE_BUILDERS = ("csv", "json", "parquet", "text", "arrow")
