@@ -10,13 +10,19 @@ different factories is an error; an unknown name gets a "did you mean" suggestio
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
 
 from ._util import suggest
 from .errors import ConfigError, TaskError
+
+if TYPE_CHECKING:
+    from .tasks.base import Task
+
+__all__ = ["ENTRY_POINT_GROUP", "REGISTRY", "Entry", "Registry", "TaskRegistry", "suggest", "task"]
 
 ENTRY_POINT_GROUP = "pytest_forgetting.tasks"
 
@@ -33,6 +39,8 @@ _BUILTINS: dict[str, str] = {
     "wnut16": "pytest_forgetting.tasks.builtin_text:wnut16",
 }
 
+T = TypeVar("T")
+
 
 def _load_target(target: str | Callable[[], Any]) -> Callable[[], Any]:
     if callable(target):
@@ -43,29 +51,121 @@ def _load_target(target: str | Callable[[], Any]) -> Callable[[], Any]:
 
 
 @dataclass
-class _Entry:
+class Entry(Generic[T]):
+    """One registered name: its factory (or a lazy ``"module:attr"``), where it came from, the built object."""
+
     name: str
-    target: str | Callable[[], Any]
+    target: str | Callable[[], T]
     origin: str
-    instance: Any = None
+    instance: T | None = None
 
 
-@dataclass
-class TaskRegistry:
-    entries: dict[str, _Entry] = field(default_factory=dict)
-    _entry_points_loaded: bool = False
-    _lock: threading.RLock = field(default_factory=threading.RLock)
+_Entry = Entry  # the old private name
 
-    def register(self, name: str, target: str | Callable[[], Any], origin: str) -> None:
+
+class Registry(Generic[T]):
+    """Names of lazily built objects of one kind (``what``: "task"), each built once per process.
+
+    A name registered again from the same origin replaces the entry (a conftest imported twice); from
+    another origin it is an error; an unknown name gets a "did you mean" suggestion. Thread-safe.
+    Subclasses may resolve names on first use (:meth:`_resolve`) and check what a factory built
+    (:meth:`_built`). :meth:`temporary` registers for the length of a ``with`` block (tests).
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.entries: dict[str, Entry[T]] = {}
+        self._lock = threading.RLock()
+
+    def register(self, name: str, target: str | Callable[[], T], origin: str) -> None:
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"task name must be a non-empty string, got {name!r}")
+            raise ConfigError(f"{self.what} name must be a non-empty string, got {name!r}")
         with self._lock:
             old = self.entries.get(name)
             if old is not None and old.origin != origin:
                 raise ConfigError(
-                    f"task {name!r} is registered twice: by {old.origin} and by {origin}; rename one of them"
+                    f"{self.what} {name!r} is registered twice: by {old.origin} and by {origin}; rename one of them"
                 )
-            self.entries[name] = _Entry(name, target, origin)
+            self.entries[name] = Entry(name, target, origin)
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (nothing happens when it is not registered)."""
+        with self._lock:
+            self.entries.pop(name, None)
+
+    @contextlib.contextmanager
+    def temporary(self, name: str, target: str | Callable[[], T], origin: str = "a test") -> Iterator[str]:
+        """Register ``name`` inside the ``with`` block (yields the name); afterwards the registry is as before.
+
+        A name already registered is replaced for the block and restored after it, whatever its origin.
+        """
+        with self._lock:
+            previous = self.entries.pop(name, None)
+            try:
+                self.register(name, target, origin)
+            except BaseException:
+                if previous is not None:
+                    self.entries[name] = previous
+                raise
+        try:
+            yield name
+        finally:
+            with self._lock:
+                self.entries.pop(name, None)
+                if previous is not None:
+                    self.entries[name] = previous
+
+    def _resolve(self, name: Any) -> bool:
+        """Register ``name`` on first use when it stands for something (False: it does not)."""
+        return False
+
+    def _built(self, name: str, entry: Entry[T], obj: Any) -> T:
+        """Check what ``entry``'s factory returned; the value kept for the name."""
+        return obj
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries or self._resolve(name)
+
+    def check_name(self, name: str) -> None:
+        if name not in self:
+            known = self.names()
+            raise ConfigError(
+                f"unknown {self.what} {name!r}{suggest(name, known)}; known {self.what}s: {', '.join(known)}"
+            )
+
+    def get(self, name: str) -> T:
+        """The built object (factories run once per process)."""
+        self.check_name(name)
+        with self._lock:
+            entry = self.entries[name]
+            if entry.instance is None:
+                try:
+                    factory = _load_target(entry.target)
+                    obj = factory()
+                except (TaskError, ConfigError):
+                    raise
+                except Exception as exc:  # a user's factory: report it as the entry's failure
+                    raise TaskError(
+                        f"{self.what} {name!r} could not be built ({entry.origin}): {type(exc).__name__}: {exc}"
+                    ) from exc
+                entry.instance = self._built(name, entry, obj)
+            return entry.instance
+
+    def forget_instances(self) -> None:
+        with self._lock:
+            for entry in self.entries.values():
+                entry.instance = None
+
+
+class TaskRegistry(Registry["Task"]):
+    """The tasks: built-ins, ``@task``, the entry points (read on first look-up), ``lm-eval:NAME`` and data files."""
+
+    def __init__(self) -> None:
+        super().__init__("task")
+        self._entry_points_loaded = False
 
     def _load_entry_points(self) -> None:
         if self._entry_points_loaded:
@@ -78,11 +178,14 @@ class TaskRegistry:
 
     def names(self) -> list[str]:
         self._load_entry_points()
-        return sorted(self.entries)
+        return super().names()
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
         self._load_entry_points()
-        return name in self.entries or self._prefixed_task(name) or self._data_file_task(name)
+        return super().__contains__(name)
+
+    def _resolve(self, name: Any) -> bool:
+        return self._prefixed_task(name) or self._data_file_task(name)
 
     def _prefixed_task(self, name: Any) -> bool:
         """``lm-eval:NAME``: a task or group of lm-evaluation-harness, registered on first use (built lazily)."""
@@ -109,35 +212,15 @@ class TaskRegistry:
         register(spec)
         return True
 
-    def check_name(self, name: str) -> None:
-        if name not in self:
-            raise ConfigError(f"unknown task {name!r}{suggest(name, self.names())}; known tasks: {', '.join(self.names())}")
-
-    def get(self, name: str) -> Any:
-        """The built task (factories run once per process)."""
+    def _built(self, name: str, entry: Entry[Task], obj: Any) -> Task:
         from .tasks.base import Task
 
-        self.check_name(name)
-        with self._lock:
-            entry = self.entries[name]
-            if entry.instance is None:
-                try:
-                    factory = _load_target(entry.target)
-                    task = factory()
-                except (TaskError, ConfigError):
-                    raise
-                except Exception as exc:  # a user's factory: report it as the task's failure
-                    raise TaskError(f"task {name!r} could not be built ({entry.origin}): {type(exc).__name__}: {exc}") from exc
-                if not isinstance(task, Task):
-                    raise TaskError(f"task factory {name!r} ({entry.origin}) returned {type(task).__name__}, not a pytest_forgetting Task")
-                task.name = name
-                entry.instance = task
-            return entry.instance
-
-    def forget_instances(self) -> None:
-        with self._lock:
-            for entry in self.entries.values():
-                entry.instance = None
+        if not isinstance(obj, Task):
+            raise TaskError(
+                f"task factory {name!r} ({entry.origin}) returned {type(obj).__name__}, not a pytest_forgetting Task"
+            )
+        obj.name = name
+        return obj
 
 
 def _lm_eval_task(name: str) -> Any:

@@ -283,8 +283,7 @@ def test_verdicts_identical_with_and_without_buckets(tmp_path, monkeypatch):
     base = save(tiny_bert(num_labels=2, seed=0), tmp_path / "base")
     tuned = save(tiny_bert(num_labels=2, seed=1), tmp_path / "tuned")
     name = "bucketing-sentiment"
-    REGISTRY.register(name, lambda: pf.TextClassificationTask(texts, labels), "test_bucketing")
-    try:
+    with REGISTRY.temporary(name, lambda: pf.TextClassificationTask(texts, labels), "test_bucketing"):
         rows = []
         for bucketed in (True, False):
             if not bucketed:
@@ -294,8 +293,6 @@ def test_verdicts_identical_with_and_without_buckets(tmp_path, monkeypatch):
                 row = sess.run_check(check(name, max_drop=0.2, metric=metric), test="t").row
                 rows.append({k: v for k, v in row.items() if not k.endswith("_eval_s") and not k.startswith("_")})
         assert rows[:2] == rows[2:]
-    finally:
-        REGISTRY.entries.pop(name, None)
 
 
 # -- issue 18, point 5: libraries where they are better ------------------------------------------------

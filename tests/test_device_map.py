@@ -53,9 +53,8 @@ def folder(tmp_path_factory):
 def task_name():
     texts, labels = sentiment_texts(N, 5)
     task = TextClassificationTask(texts, labels, class_names=THREE)
-    REGISTRY.register("tiny-device-map", lambda: task, origin="test_device_map")
-    yield "tiny-device-map"
-    REGISTRY.entries.pop("tiny-device-map", None)
+    with REGISTRY.temporary("tiny-device-map", lambda: task, origin="test_device_map") as name:
+        yield name
 
 
 def _map_file(tmp_path, mapping=SPLIT_MAP, name="map.json"):

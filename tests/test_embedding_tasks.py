@@ -165,9 +165,8 @@ def encoder_folders(tmp_path_factory):
 
 @pytest.fixture
 def registered(task):
-    REGISTRY.register("tiny-probe", lambda: task, origin="test_embedding_tasks")
-    yield "tiny-probe"
-    REGISTRY.entries.pop("tiny-probe", None)
+    with REGISTRY.temporary("tiny-probe", lambda: task, origin="test_embedding_tasks") as name:
+        yield name
 
 
 def test_backbone_forgetting_fails_and_identity_passes(encoder_folders, registered, tmp_path):

@@ -200,15 +200,12 @@ def test_perplexity_margins_are_in_perplexity_units():
     task = named(LanguageModelingTask(["a b c"]), "lm")
     from pytest_forgetting.registry import REGISTRY
 
-    REGISTRY.register("tiny-heldout", lambda: task, origin="test_lm_tasks")
-    try:
+    with REGISTRY.temporary("tiny-heldout", lambda: task, origin="test_lm_tasks"):
         check = parse_check("retains", {"task": "tiny-heldout", "metric": "perplexity", "max_drop": 5.0}, "here")
         assert bind_task(check, "here", task).margin == 5.0
         with pytest.raises(ConfigError, match="outside"):
             parse_check("retains", {"task": "tiny-heldout", "metric": "perplexity", "max_drop": 5.0, "relative": True}, "here")
         assert bind_task(parse_check("retains", {"task": "tiny-heldout", "max_drop": 1.0}, "here"), "here", task).metric == "perplexity"
-    finally:
-        REGISTRY.entries.pop("tiny-heldout", None)
 
 
 # -- greedy generation ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ multi-second imports that the evaluation does not need.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,10 @@ def tasks():
         TEXT_TASK: lambda: TextClassificationTask(texts, labels, max_length=16),
         IMAGE_TASK: lambda: ImageClassificationTask(images, y),
     }
-    for name, factory in made.items():
-        REGISTRY.register(name, factory, origin=f"{__name__}.{name}")
-    yield made
-    for name in made:
-        REGISTRY.entries.pop(name, None)
+    with contextlib.ExitStack() as stack:
+        for name, factory in made.items():
+            stack.enter_context(REGISTRY.temporary(name, factory, origin=f"{__name__}.{name}"))
+        yield made
 
 
 @pytest.fixture
@@ -177,10 +177,9 @@ def test_prepared_cache_key_covers_tokenizer_settings_and_data(tasks, bert_folde
 
     session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
     assert len(_prepared_entries(tmp_path / "cache")) == 1
-    REGISTRY.entries.pop(TEXT_TASK)
     texts, labels = sentiment_texts(160, seed=0)
-    REGISTRY.register(TEXT_TASK, lambda: TextClassificationTask(texts, labels, max_length=8), origin="test")
-    session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
+    with REGISTRY.temporary(TEXT_TASK, lambda: TextClassificationTask(texts, labels, max_length=8), origin="test"):
+        session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
     assert len(_prepared_entries(tmp_path / "cache")) == 2
 
 

@@ -125,9 +125,8 @@ def agreement_task(classifiers):
 
 @pytest.fixture
 def registered(agreement_task):
-    REGISTRY.register("tiny-text", lambda: agreement_task, origin="test_text_tasks")
-    yield "tiny-text"
-    REGISTRY.entries.pop("tiny-text", None)
+    with REGISTRY.temporary("tiny-text", lambda: agreement_task, origin="test_text_tasks") as name:
+        yield name
 
 
 def test_identical_classifiers_pass_and_a_scrambled_head_fails(classifiers, registered, tmp_path):

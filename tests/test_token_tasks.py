@@ -241,9 +241,8 @@ def tagger_folders(tmp_path_factory):
 
 @pytest.fixture
 def registered(ner_task):
-    REGISTRY.register("tiny-ner", lambda: ner_task, origin="test_token_tasks")
-    yield "tiny-ner"
-    REGISTRY.entries.pop("tiny-ner", None)
+    with REGISTRY.temporary("tiny-ner", lambda: ner_task, origin="test_token_tasks") as name:
+        yield name
 
 
 def test_identical_taggers_pass_and_a_forgetful_one_fails(tagger_folders, registered, tmp_path):

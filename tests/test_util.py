@@ -1,4 +1,4 @@
-"""pytest_forgetting._util (suggest, atomic_write); no torch."""
+"""pytest_forgetting._util (suggest, atomic_write) and the generic registry; no torch."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import pytest
 
 from pytest_forgetting import _util
 from pytest_forgetting._util import atomic_write, close_matches, create_temp, suggest
+from pytest_forgetting.errors import ConfigError, TaskError
+from pytest_forgetting.registry import REGISTRY, Registry
 
 PACKAGE = Path(_util.__file__).parent
 posix_only = pytest.mark.skipif(os.name != "posix", reason="permissions and O_NOFOLLOW are POSIX")
@@ -180,6 +182,74 @@ def test_atomic_write_relative_to_a_folder_descriptor(tmp_path):
     assert _listing(folder) == ["entry.npz"] and (folder / "entry.npz").read_bytes() == b"data"
     if os.name == "posix":
         assert stat.S_IMODE((folder / "entry.npz").stat().st_mode) == 0o640
+
+
+# -- the registry ---------------------------------------------------------------------------------
+
+
+def test_generic_registry_builds_once_and_suggests():
+    calls = []
+    reg: Registry[list[int]] = Registry("widget")
+    reg.register("alpha", lambda: [0], origin="here")
+    reg.register("alpha", lambda: calls.append(1) or [1], origin="here")  # the same origin again: replaced
+    assert reg.names() == ["alpha"] and "alpha" in reg and "beta" not in reg
+    assert reg.get("alpha") == [1] and reg.get("alpha") is reg.get("alpha") and calls == [1]  # built once
+    with pytest.raises(ConfigError, match=r"unknown widget 'alpah' \(did you mean 'alpha'\?\); known widgets: alpha"):
+        reg.get("alpah")
+    with pytest.raises(ConfigError, match="widget 'alpha' is registered twice: by here and by there"):
+        reg.register("alpha", list, origin="there")
+    with pytest.raises(ConfigError, match="widget name must be a non-empty string"):
+        reg.register("", list, origin="here")
+    reg.register("broken", lambda: 1 / 0, origin="there")
+    with pytest.raises(TaskError, match=r"widget 'broken' could not be built \(there\): ZeroDivisionError"):
+        reg.get("broken")
+    reg.register("lazy", "os.path:sep", origin="there")  # a lazy "module:attr" whose attribute is the factory
+    with pytest.raises(TaskError, match="could not be built"):
+        reg.get("lazy")  # os.path.sep is a string, not callable
+    reg.unregister("lazy")
+    reg.unregister("never-there")
+    assert reg.names() == ["alpha", "broken"]
+
+
+def test_temporary_registration_restores_the_registry():
+    before = dict(REGISTRY.entries)
+    with REGISTRY.temporary("util-temp", lambda: None, origin="test_util") as name:
+        assert name == "util-temp" and "util-temp" in REGISTRY.names()
+        with pytest.raises(ConfigError, match="registered twice"):
+            REGISTRY.register("util-temp", lambda: None, origin="someone else")
+    assert REGISTRY.entries == before
+    mnist = REGISTRY.entries["mnist"]
+    with REGISTRY.temporary("mnist", lambda: None, origin="test_util"):  # shadows a built-in for the block
+        assert REGISTRY.entries["mnist"].origin == "test_util"
+    assert REGISTRY.entries["mnist"] is mnist
+    with pytest.raises(RuntimeError):
+        with REGISTRY.temporary("util-temp", lambda: None):
+            raise RuntimeError("the test failed")
+    with pytest.raises(ConfigError):
+        with REGISTRY.temporary("", lambda: None):
+            pass  # pragma: no cover
+    assert REGISTRY.entries == before
+
+
+def test_task_registry_checks_what_a_factory_returns():
+    with REGISTRY.temporary("util-not-a-task", lambda: object(), origin="test_util"):
+        with pytest.raises(TaskError, match=r"task factory 'util-not-a-task' \(test_util\) returned object, "
+                                            "not a pytest_forgetting Task"):
+            REGISTRY.get("util-not-a-task")
+
+
+def test_the_pf_task_decorator_registers_under_the_module_and_name():
+    import pytest_forgetting as pf
+
+    try:
+        @pf.task("util-decorated")
+        def factory():  # pragma: no cover - not built
+            raise AssertionError
+
+        assert REGISTRY.entries["util-decorated"].origin.endswith("test_util.test_the_pf_task_decorator_registers"
+                                                                  "_under_the_module_and_name.<locals>.factory")
+    finally:
+        REGISTRY.unregister("util-decorated")
 
 
 def test_util_imports_no_torch():

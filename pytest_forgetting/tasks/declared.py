@@ -406,7 +406,7 @@ class _Unregister:
         from ..registry import REGISTRY
 
         while _registered:
-            REGISTRY.entries.pop(_registered.pop(), None)
+            REGISTRY.unregister(_registered.pop())
 
 
 def configure(config: Any) -> None:
