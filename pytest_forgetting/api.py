@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from .checks import bind_task, parse_check
 from .errors import ForgettingError
+from .results import outcome_for
 
 
 class Forgetting:
@@ -92,11 +94,7 @@ class Forgetting:
         from .runner import ForgettingInconclusiveWarning, record_row
 
         result = self._run(kind, kwargs, base, tuned, record=True)
-        row = result.row
-        verdict = row["verdict"]
-        action = self._state.settings.inconclusive
-        row["outcome"] = "failed" if verdict == "fail" or (verdict == "inconclusive" and action == "fail") else (
-            "warned" if verdict == "inconclusive" and action == "warn" else "passed")
+        result.row = row = replace(result.row, outcome=outcome_for(result.row.verdict, self._state.settings.inconclusive))
         item = getattr(self._state, "current_item", None)
         if item is not None:
             # one row per (test, check): under @given the last example (Hypothesis' final, shrunk one) wins

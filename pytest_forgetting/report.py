@@ -5,21 +5,9 @@ same functions serve a single process and the pytest-xdist controller, which rec
 rows from its workers in whatever order they finish. Every report sorts the rows first
 (:func:`sort_rows`), which is what makes the output identical with and without xdist.
 
-A row holds ``test``, ``task``, ``split``, ``metric``, ``kind`` ("retains" | "improves"),
-``candidate``, ``n``, ``base``, ``tuned``, ``drop``, ``ci_low``, ``ci_high``, ``margin``,
-``relative``, ``nfr``, ``verdict``, ``reason``, ``n_needed``, ``worst_classes``,
-``flipped_ids``, ``base_cached``, ``base_eval_s``, ``tuned_eval_s``, ``higher_is_better``,
-``outcome`` and optionally ``bounded`` (default True: a metric in [0, 1] shown in percent) and
-``base_reuse`` / ``tuned_reuse`` (``computed``, ``memory``: earlier in the same process, ``cache``:
-read from the cache, which another xdist worker or an earlier run filled; ``""``: not evaluated),
-``weight_drift`` (the pair's per-block drift table, ``drift.py``: ``block``, ``rel``, ``cosine``,
-``diff_norm``, ``base_norm``, ``n_params``, ``adapter``; None when a model was not in memory),
-``representation_cka`` (with ``--forgetting-representation-drift``), ``max_gap_increase`` and,
-when it is set, ``gap`` (``best``, ``worst``, ``base``, ``tuned``, ``increase``, ``ci_low``,
-``ci_high``, ``verdict``, ``method``, ``of``: "slice" or "class"), and ``class_metric``: "precision"
-when ``max_class_drop`` budgets per-class precision (``class_budget.py``; each ``worst_classes``
-entry then also holds ``metric``, ``base``, ``tuned`` and ``n_tuned``, and ``n`` counts the base's
-predictions of the class).
+A row is a :class:`pytest_forgetting.results.CheckRow` (whose docstring lists every field and
+when it is present), read here through its mapping view, or any mapping with the same keys: the
+functions take plain dicts too, and tolerate missing or odd values (an unknown verdict reads ERROR).
 A *drop* is signed so that positive means worse; for ``improves`` rows the gain is
 ``-drop`` and the margin is ``-min_gain``.
 
@@ -46,6 +34,7 @@ from typing import Any
 from pytest_forgetting import escape
 from pytest_forgetting._util import atomic_write
 from pytest_forgetting.errors import ConfigError
+from pytest_forgetting.results import CheckKind, gain_triple, min_gain
 
 __all__ = [
     "build_json",
@@ -203,7 +192,7 @@ def _bounded(row: Row) -> bool:
 
 
 def _is_improves(row: Row) -> bool:
-    return str(row.get("kind") or "retains") == "improves"
+    return str(row.get("kind") or CheckKind.RETAINS) == CheckKind.IMPROVES
 
 
 def _delta_unit(row: Row) -> tuple[float, str]:
@@ -261,9 +250,7 @@ def _margin_value_text(row: Row, value: Any, *, signed: bool) -> str:
 
 def _gain_triple(row: Row) -> tuple[Any, Any, Any]:
     """Gain and its interval of an improves row (the negated drop, ends swapped)."""
-    drop, lo, hi = row.get("drop"), row.get("ci_low"), row.get("ci_high")
-    neg = lambda v: -float(v) if _is_number(v) else v  # noqa: E731
-    return neg(drop), neg(hi), neg(lo)
+    return gain_triple(row.get("drop"), row.get("ci_low"), row.get("ci_high"))
 
 
 def _interval_text(row: Row, value: Any, lo: Any, hi: Any, *, signed: bool) -> str:
@@ -287,8 +274,7 @@ def _margin_cell(row: Row) -> str:
     if margin is None:
         return _DASH
     if _is_improves(row):
-        min_gain = -float(margin) if _is_number(margin) else margin
-        return "≥ " + _margin_value_text(row, min_gain, signed=True)
+        return "≥ " + _margin_value_text(row, min_gain(margin), signed=True)
     return _margin_value_text(row, margin, signed=False)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -18,6 +19,7 @@ import pytest
 
 from .errors import ConfigError, ForgettingError, TaskError
 from .options import Settings, resolve
+from .results import CheckRow, Outcome, Verdict, outcome_for
 
 SETTINGS_KEY = pytest.StashKey[Settings]()
 STATE_KEY = pytest.StashKey["RunState"]()
@@ -60,7 +62,7 @@ class RunState:
         self.config = config
         self.settings = settings
         self._session: Any = None
-        self.rows: dict[tuple[str, int], dict[str, Any]] = {}
+        self.rows: dict[tuple[str, int], CheckRow] = {}
         self.header: dict[str, Any] = {}
         self.current_item: pytest.Item | None = None
         self.outcomes: dict[str, str] = {}  # nodeid -> pytest's outcome of its last run
@@ -90,10 +92,10 @@ class RunState:
             self._session = ForgettingSession(self.settings)
         return self._session
 
-    def add_row(self, key: tuple[str, int], row: dict[str, Any]) -> None:
+    def add_row(self, key: tuple[str, int], row: CheckRow) -> None:
         self.rows[key] = row
 
-    def sorted_rows(self) -> list[dict[str, Any]]:
+    def sorted_rows(self) -> list[CheckRow]:
         return [self.rows[k] for k in sorted(self.rows)]
 
 
@@ -446,8 +448,9 @@ def _interrupted_rows(item: pytest.Item, checks: list[Check], index: int, exc: B
     _error_row(item, index, checks[index], f"interrupted while evaluating ({what})")
     for later in range(index + 1, len(checks)):
         _error_row(item, later, checks[later], f"not run: an earlier check of this test was interrupted ({what})")
+    rows = item.stash[ROWS_KEY]
     for i in range(index, len(checks)):
-        item.stash[ROWS_KEY][i]["candidate"] = candidate
+        rows[i] = replace(rows[i], candidate=candidate)
     if isinstance(exc, (KeyboardInterrupt, pytest.exit.Exception)):
         # pytest logs no report for this phase: hand the rows to this process's table directly
         st = item.config.stash.get(STATE_KEY, None)
@@ -457,15 +460,16 @@ def _interrupted_rows(item: pytest.Item, checks: list[Check], index: int, exc: B
 
 
 def _error_row(item: pytest.Item, index: int, check: Check, reason: str, candidate: str = "") -> None:
-    row = {"test": item.nodeid, "task": check.task, "split": check.split, "metric": check.metric or "-", "kind": check.kind,
-           "candidate": candidate, "n": 0, "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None,
-           "margin": check.margin, "relative": check.relative, "nfr": None, "verdict": "error", "reason": reason,
-           "n_needed": None, "worst_classes": [], "flipped_ids": [], "base_cached": False, "base_eval_s": 0.0,
-           "tuned_eval_s": 0.0, "higher_is_better": True, "outcome": "error"}
+    row = CheckRow.from_dict({
+        "test": item.nodeid, "task": check.task, "split": check.split, "metric": check.metric or "-", "kind": check.kind,
+        "candidate": candidate, "n": 0, "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None,
+        "margin": check.margin, "relative": check.relative, "nfr": None, "verdict": Verdict.ERROR, "reason": reason,
+        "n_needed": None, "worst_classes": [], "flipped_ids": [], "base_cached": False, "base_eval_s": 0.0,
+        "tuned_eval_s": 0.0, "higher_is_better": True, "outcome": Outcome.ERROR})
     record_row(item, index, row)
 
 
-def record_row(item: pytest.Item, index: int, row: dict[str, Any]) -> None:
+def record_row(item: pytest.Item, index: int, row: CheckRow) -> None:
     """Set row ``index`` of this item's run (it travels on the item's reports: see ``attach_rows``).
 
     Under ``@hypothesis.given`` every example would be a row: the rows of one check (kind, task,
@@ -477,9 +481,9 @@ def record_row(item: pytest.Item, index: int, row: dict[str, Any]) -> None:
         groups = item.stash.setdefault(_GROUPS_KEY, {})
         index = groups.setdefault(group, index)
         old = rows.get(index)
-        row = dict(row, examples=(old or {}).get("examples", 0) + 1)
+        row = replace(row, examples=(old or {}).get("examples", 0) + 1)
         if old is not None and _severity(old) >= _severity(row):
-            row = dict(old, examples=row["examples"])
+            row = replace(old, examples=row["examples"])
     rows[index] = row
 
 
@@ -491,7 +495,7 @@ def _is_hypothesis_test(item: pytest.Item) -> bool:
     return bool(getattr(getattr(item, "obj", None), "is_hypothesis_test", False))
 
 
-def _severity(row: dict[str, Any]) -> tuple[int, float]:
+def _severity(row: CheckRow) -> tuple[int, float]:
     """Worse verdict first, then the higher upper bound of the drop above its margin."""
     def num(key: str) -> float:
         value = row.get(key)
@@ -505,7 +509,7 @@ def attach_rows(item: pytest.Item, report: pytest.TestReport) -> None:
     rows = item.stash.get(ROWS_KEY, None)
     if rows:
         setattr(report, ROWS_ATTR, json.dumps(
-            [{"index": i, "row": r} for i, r in sorted(rows.items())], sort_keys=True, default=_json_default))
+            [{"index": i, "row": r.to_json()} for i, r in sorted(rows.items())], sort_keys=True, default=_json_default))
 
 
 def _json_default(obj: Any) -> Any:
@@ -529,16 +533,12 @@ def enforce(item: pytest.Item) -> None:
     from .report import failure_message
 
     for index, result in results:
-        row = result.row
-        verdict = row["verdict"]
-        if verdict == "fail" or (verdict == "inconclusive" and settings.inconclusive == "fail"):
-            row["outcome"] = "failed"
+        outcome = outcome_for(result.row.verdict, settings.inconclusive)
+        result.row = row = replace(result.row, outcome=outcome)
+        if outcome == Outcome.FAILED:
             failures.append(failure_message(row))
-        elif verdict == "inconclusive" and settings.inconclusive == "warn":
-            row["outcome"] = "warned"
+        elif outcome == Outcome.WARNED:
             warnings.warn(ForgettingInconclusiveWarning(failure_message(row).splitlines()[0]), stacklevel=1)
-        else:
-            row["outcome"] = "passed"
         record_row(item, index, row)
     if failures:
         pytest.fail("\n\n".join(failures), pytrace=False)
@@ -582,7 +582,7 @@ def collect_report(config: pytest.Config, report: pytest.TestReport) -> None:
     if st.outcomes.get(report.nodeid) in (None, "passed") or outcome in ("failed", "error"):
         st.outcomes[report.nodeid] = outcome
     for entry in json.loads(getattr(report, ROWS_ATTR, None) or "[]"):
-        st.add_row((report.nodeid, int(entry["index"])), entry["row"])
+        st.add_row((report.nodeid, int(entry["index"])), CheckRow.from_json(entry["row"]))
 
 
 # -- end of run ---------------------------------------------------------------------------------
@@ -736,15 +736,15 @@ def _other_rank() -> bool:
     return distributed.rank() > 0
 
 
-def with_outcomes(st: RunState) -> list[dict[str, Any]]:
+def with_outcomes(st: RunState) -> list[CheckRow]:
     """The rows, each with ``pytest_outcome``: what pytest made of its test (the body can fail a passing check)."""
-    rows = st.sorted_rows()
-    for row in rows:
-        row["pytest_outcome"] = st.outcomes.get(str(row.get("test")), "error" if row.get("verdict") == "error" else "")
-    return rows
+    for key, row in st.rows.items():
+        outcome = st.outcomes.get(str(row.get("test")), "error" if row.get("verdict") == Verdict.ERROR else "")
+        st.rows[key] = replace(row, pytest_outcome=outcome)
+    return st.sorted_rows()
 
 
-def outcome_note(rows: list[dict[str, Any]]) -> str:
+def outcome_note(rows: list[CheckRow]) -> str:
     """So that the summary line never reads green while pytest failed the tests it describes."""
     by_test: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -758,8 +758,8 @@ def outcome_note(rows: list[dict[str, Any]]) -> str:
             f"(in {'their bodies' if many else 'its body'}, fixtures or teardown: see pytest's summary)")
 
 
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if not k.startswith("_")}
+def _public(row: CheckRow) -> CheckRow:
+    return row.public()
 
 
 def report_header(config: pytest.Config) -> list[str]:

@@ -25,6 +25,7 @@ from .evaluate import BatchFailure, NonFiniteOutputs, describe_error, is_dispatc
 from .metrics import Metric
 from .options import Settings, candidate_name
 from .registry import REGISTRY
+from .results import CheckRow
 from .tasks.base import EvalResult, ModelMeta, Task, hash_arrays
 
 N_FLIPPED_IDS = 5
@@ -65,10 +66,19 @@ class ModelSlot:
 
 @dataclass
 class CheckResult:
+    """A decided check: its ``Comparison`` (None when the tuned model is broken) and its frozen row.
+
+    The session fills a plain dict while it runs the check (``_row_skeleton`` and the steps after
+    it); the result freezes it into a :class:`~pytest_forgetting.results.CheckRow`.
+    """
+
     check: Check
     comparison: stats.Comparison | None
-    row: dict[str, Any]
+    row: CheckRow
     budgets: list[stats.Budget] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.row = CheckRow.from_dict(self.row)
 
     @property
     def verdict(self) -> str:
@@ -653,6 +663,7 @@ class ForgettingSession:
         return CheckResult(check, cmp, row)
 
     def _row_skeleton(self, check: Check, metric: Metric, test: str, tuned: ModelSlot) -> dict[str, Any]:
+        """The draft of a check's row (every key a ``results.CheckRow`` field), frozen by ``CheckResult``."""
         return {
             "test": test, "task": check.task, "split": check.split, "metric": metric.name, "kind": check.kind,
             "candidate": tuned.name, "n": 0, "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None,
