@@ -29,6 +29,9 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from pytest_forgetting import escape
+from pytest_forgetting._util import atomic_write
+
 #: prefixes a PEFT wrapper adds to the base model's parameter names
 _PEFT_PREFIXES = ("base_model.model.",)
 _NUMBERED = re.compile(r"^\d+$")
@@ -253,18 +256,19 @@ def write_drift_plot(path: str, rows: Sequence[dict[str, Any]]) -> bool:
     FigureCanvasAgg(fig)
     for i, (test, table, cka) in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, i + 1)
-        names = [str(b.get("block")) for b in table]
+        names = [escape.plot(b.get("block"), 60) for b in table]  # parameter names come from the checkpoint
         rel = [100.0 * float(b.get("rel") or 0.0) if math.isfinite(float(b.get("rel") or 0.0)) else 0.0 for b in table]
         ax.bar(range(len(names)), rel, color=["#c0392b" if v > 0 else "#95a5a6" for v in rel])
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
         ax.set_ylabel("rel. change %")
-        ax.set_title(f"weight drift: {test[-70:]}", fontsize=9)
+        ax.set_title(f"weight drift: {escape.plot(test[-70:])}", fontsize=9)
         if cka:
             ax2 = ax.twinx()
             ax2.plot([c["layer"] for c in cka], [c["cka"] for c in cka], "o-", color="#2c3e50", ms=3)
             ax2.set_ylabel("CKA", fontsize=8)
             ax2.set_ylim(0, 1.05)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # like the report plot: a temporary file renamed over the target, never written through a link
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, metadata={"Software": None}), chmod=0o644)
     return True

@@ -194,3 +194,21 @@ def test_representation_drift_option_adds_cka_per_layer_to_the_row(tmp_path):
     cka = row["representation_cka"]
     assert [c["layer"] for c in cka] == [0, 1] and cka[0]["cka"] == pytest.approx(1.0) and cka[1]["cka"] < 1.0
     assert {b["block"]: b["rel"] for b in row["weight_drift"]}["bert.embeddings"] == 0.0
+
+
+def test_drift_plot_replaces_a_planted_link_and_draws_hostile_block_names(tmp_path):
+    """The drift PNG is a report file: a link planted at its name (a PR can add one to the checkout)
+    is replaced, never written through, and block names from the checkpoint cannot inject mathtext."""
+    pytest.importorskip("matplotlib")
+    from pytest_forgetting.drift import write_drift_plot
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    target = tmp_path / "plot.drift.png"
+    target.symlink_to(victim)
+    rows = [{"test": "t $\\frac{", "weight_drift": [{"block": "a$\\sqrt{$", "rel": 0.5, "cos": 0.9},
+                                                     {"block": "b\x1b[31m", "rel": 0.0, "cos": 1.0}]}]
+    assert write_drift_plot(str(target), rows) is True
+    assert victim.read_text() == "keep me"
+    assert not target.is_symlink() and target.read_bytes().startswith(b"\x89PNG")
+    assert write_drift_plot(str(tmp_path / "none.png"), [{"test": "t"}]) is False
