@@ -163,6 +163,8 @@ def bind_task(check: Check, where: str, task: Any) -> Check:
     """Fill the default metric and validate metric / split / slices against the built task."""
     from dataclasses import replace
 
+    from .metrics import PerExampleMetric
+
     try:
         metric = check.metric or task.default_metric
         m = task.check_metric(metric)
@@ -175,6 +177,6 @@ def bind_task(check: Check, where: str, task: Any) -> Check:
         pass  # any non-negative margin is meaningful in the metric's own units
     elif abs(check.margin) > 1.0:
         raise ConfigError(f"{where}: margin {abs(check.margin):g} is outside [0, 1] for metric {metric!r}")
-    if check.score_range is not None and m.per_example is None:
+    if check.score_range is not None and not isinstance(m, PerExampleMetric):
         raise ConfigError(f"{where}: score_range applies to per-example metrics; {metric!r} is an aggregate")
     return replace(check, metric=metric)

@@ -2,15 +2,17 @@
 
 A metric reads the per-example outputs of an evaluation (``dict[str, np.ndarray]``, e.g.
 ``{"pred": ..., "label": ...}`` for classification or ``{"nll": ..., "ntok": ...}`` for
-language modelling). *Per-example* metrics give one score per example (0/1 correctness, so
-the paired score interval applies); *aggregate* metrics are a function of a set of examples
-(macro-F1, perplexity) and are compared with a paired bootstrap over examples.
+language modelling). A :class:`PerExampleMetric` gives one score per example (0/1 correctness,
+so the paired score interval applies); an :class:`AggregateMetric` is a function of a set of
+examples (macro-F1, perplexity), compared with a paired bootstrap over examples, and may declare
+a ratio form and a sensitivity for the decision core. Both carry their direction
+(``higher_is_better``) and boundedness on the common base :class:`Metric`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
@@ -19,40 +21,105 @@ from .stats import Ratio, Sensitivity
 Outputs = Mapping[str, np.ndarray]
 
 
+class _RecordCall(type):
+    """``Metric(...)`` called directly builds the record its callable asks for (the pre-split
+    constructor, kept for user code); the subclasses construct as dataclasses do."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is Metric:
+            return _from_record(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass(frozen=True)
-class Metric:
+class Metric(metaclass=_RecordCall):
+    """What every metric declares: its name, its direction and whether its values lie in [0, 1].
+
+    A metric is one of two kinds, told apart by type: :class:`PerExampleMetric` (one score per
+    example; the value is their mean) or :class:`AggregateMetric` (a function of a set of examples).
+    ``Metric(name, higher_is_better, bounded, per_example=... | aggregate=..., ...)`` still builds
+    the matching one.
+    """
+
     name: str
     higher_is_better: bool
     bounded: bool  # values in [0, 1]: max_drop must lie in [0, 1] for absolute drops
-    per_example: Callable[[Outputs], np.ndarray] | None = None
-    aggregate: Callable[[Outputs, np.ndarray], float] | None = None
-    description: str = ""
+    description: str = field(default="", kw_only=True)
+
+    def value(self, outputs: Outputs, idx: np.ndarray | None = None) -> float:
+        """The metric over the examples ``idx`` of ``outputs`` (all of them when None)."""
+        if idx is None:
+            idx = np.arange(len(next(iter(outputs.values()))))
+        return self._value(outputs, idx)
+
+    def _value(self, outputs: Outputs, idx: np.ndarray) -> float:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class PerExampleMetric(Metric):
+    """A mean of per-example scores (0/1 correctness or continuous): compared with the paired score tests."""
+
+    per_example: Callable[[Outputs], np.ndarray]
+    # (low, high) that every per-example score lies in by definition (beyond 0/1): the decision
+    # then uses bounds valid at every n (stats.compare_scores(score_range=...)).
+    score_range: tuple[float, float] | None = field(default=None, kw_only=True)
+
+    #: the pre-split record's other callable (always None here), for code that still reads it
+    aggregate: ClassVar[None] = None
+
+    def _value(self, outputs: Outputs, idx: np.ndarray) -> float:
+        return float(np.mean(self.per_example(outputs)[idx]))
+
+
+@dataclass(frozen=True)
+class AggregateMetric(Metric):
+    """A function of a set of examples ``(outputs, idx) -> float``: compared with a paired bootstrap."""
+
+    aggregate: Callable[[Outputs, np.ndarray], float]
     # An aggregate written as (a macro average of) ratios of per-example sums: outputs ->
     # (numerator, denominator), each (n,) or (n, K); value = transform(mean_k sum num / sum den).
     # It lets the decision core use a studentised bootstrap with a delta-method standard error
     # (stats.Ratio) instead of treating the metric as a black box.
-    ratio: Callable[[Outputs], tuple[np.ndarray, np.ndarray]] | None = None
-    transform: str = "identity"
+    ratio: Callable[[Outputs], tuple[np.ndarray, np.ndarray]] | None = field(default=None, kw_only=True)
+    transform: str = field(default="identity", kw_only=True)
     # Whether the ratio's denominators are the same for both models (tokens, words, support);
     # None: every ratio but macro-F1's. Used only to bound the metric when no example changed.
-    ratio_den_fixed: bool | None = None
+    ratio_den_fixed: bool | None = field(default=None, kw_only=True)
     # False for a ratio with no exact bound when no example changed (entity counts per sentence
     # are unbounded): then identical outputs are left to the black-box path (no spread: INCONCLUSIVE).
-    ratio_no_change: bool = True
+    ratio_no_change: bool = field(default=True, kw_only=True)
     # (base outputs, tuned outputs) -> stats.Sensitivity: how far the metric can move when a
     # fraction of the examples changes, for the exact no-change rule of bounded aggregates.
-    sensitivity: Callable[[Outputs, Outputs], Sensitivity] | None = None
-    # (low, high) that every per-example score lies in by definition (beyond 0/1): the decision
-    # then uses bounds valid at every n (stats.compare_scores(score_range=...)).
-    score_range: tuple[float, float] | None = None
+    sensitivity: Callable[[Outputs, Outputs], Sensitivity] | None = field(default=None, kw_only=True)
 
-    def value(self, outputs: Outputs, idx: np.ndarray | None = None) -> float:
-        if idx is None:
-            idx = np.arange(len(next(iter(outputs.values()))))
-        if self.per_example is not None:
-            return float(np.mean(self.per_example(outputs)[idx]))
-        assert self.aggregate is not None
+    #: the pre-split record's other callable (always None here), for code that still reads it
+    per_example: ClassVar[None] = None
+    score_range: ClassVar[None] = None
+
+    def _value(self, outputs: Outputs, idx: np.ndarray) -> float:
         return float(self.aggregate(outputs, idx))
+
+
+_AGGREGATE_ONLY = ("ratio", "transform", "ratio_den_fixed", "ratio_no_change", "sensitivity")
+
+
+def _from_record(name: str, higher_is_better: bool, bounded: bool,
+                 per_example: Callable[[Outputs], np.ndarray] | None = None,
+                 aggregate: Callable[[Outputs, np.ndarray], float] | None = None,
+                 description: str = "", **options: Any) -> PerExampleMetric | AggregateMetric:
+    """The pre-split ``Metric(...)`` signature: exactly one of ``per_example`` / ``aggregate``."""
+    if (per_example is None) == (aggregate is None):
+        raise TypeError(f"metric {name!r}: give exactly one of per_example= or aggregate=")
+    if per_example is not None:
+        extra = sorted(set(options) & set(_AGGREGATE_ONLY))
+        if extra:
+            raise TypeError(f"metric {name!r}: {', '.join(extra)}: only for aggregate= metrics, not per_example=")
+        return PerExampleMetric(name, higher_is_better, bounded, per_example, description=description, **options)
+    assert aggregate is not None
+    if "score_range" in options:
+        raise TypeError(f"metric {name!r}: score_range applies to per_example= metrics, not aggregate=")
+    return AggregateMetric(name, higher_is_better, bounded, aggregate, description=description, **options)
 
 
 def _correct(o: Outputs) -> np.ndarray:
@@ -117,10 +184,10 @@ def _balanced_accuracy_ratio(o: Outputs, k: int | None = None) -> tuple[np.ndarr
     return num, den
 
 
-def ratio_of(metric: "Metric", base: Outputs, tuned: Outputs) -> Ratio | None:
+def ratio_of(metric: Metric, base: Outputs, tuned: Outputs) -> Ratio | None:
     """The :class:`~pytest_forgetting.stats.Ratio` form of a metric on both models' outputs (one
     column layout for both: the union of their classes), or None for metrics without one."""
-    if metric.ratio is None:
+    if not isinstance(metric, AggregateMetric) or metric.ratio is None:
         return None
     if metric.ratio in (_f1_macro_ratio, _balanced_accuracy_ratio):
         k = max(_class_count(base), _class_count(tuned))
@@ -228,18 +295,18 @@ def _error_ratio(errors: str, total: str) -> Callable[[Outputs, np.ndarray], flo
     return rate
 
 
-ACCURACY = Metric("accuracy", True, True, per_example=_correct, description="fraction of correct predictions (per example 0/1)")
-ERROR_RATE = Metric("error_rate", False, True, per_example=_error, description="fraction of wrong predictions (per example 0/1)")
-F1_MACRO = Metric("f1_macro", True, True, aggregate=f1_macro, description="macro-averaged F1 over classes", ratio=_f1_macro_ratio,
+ACCURACY = PerExampleMetric("accuracy", True, True, _correct, description="fraction of correct predictions (per example 0/1)")
+ERROR_RATE = PerExampleMetric("error_rate", False, True, _error, description="fraction of wrong predictions (per example 0/1)")
+F1_MACRO = AggregateMetric("f1_macro", True, True, f1_macro, description="macro-averaged F1 over classes", ratio=_f1_macro_ratio,
                   sensitivity=f1_sensitivity)
-BALANCED_ACCURACY = Metric("balanced_accuracy", True, True, aggregate=balanced_accuracy, description="mean per-class recall", ratio=_balanced_accuracy_ratio,
+BALANCED_ACCURACY = AggregateMetric("balanced_accuracy", True, True, balanced_accuracy, description="mean per-class recall", ratio=_balanced_accuracy_ratio,
                            sensitivity=balanced_accuracy_sensitivity)
-NLL = Metric("nll", False, False, aggregate=_mean_nll, description="mean negative log-likelihood per token (nats)", ratio=_nll_ratio)
-PERPLEXITY = Metric("perplexity", False, False, aggregate=_perplexity, description="exp(mean token NLL)", ratio=_nll_ratio, transform="exp")
-EXACT_MATCH = Metric("exact_match", True, True, per_example=_exact, description="fraction of generations equal to a reference answer (per example 0/1)")
+NLL = AggregateMetric("nll", False, False, _mean_nll, description="mean negative log-likelihood per token (nats)", ratio=_nll_ratio)
+PERPLEXITY = AggregateMetric("perplexity", False, False, _perplexity, description="exp(mean token NLL)", ratio=_nll_ratio, transform="exp")
+EXACT_MATCH = PerExampleMetric("exact_match", True, True, _exact, description="fraction of generations equal to a reference answer (per example 0/1)")
 # Error rates can exceed 1 (insertions) but are read, and given margins, as fractions: shown in percent.
-WER = Metric("wer", False, True, aggregate=_error_ratio("word_errors", "ref_words"), description="word error rate: word edits / reference words", ratio=_error_parts("word_errors", "ref_words"))
-CER = Metric("cer", False, True, aggregate=_error_ratio("char_errors", "ref_chars"), description="character error rate: character edits / reference characters", ratio=_error_parts("char_errors", "ref_chars"))
+WER = AggregateMetric("wer", False, True, _error_ratio("word_errors", "ref_words"), description="word error rate: word edits / reference words", ratio=_error_parts("word_errors", "ref_words"))
+CER = AggregateMetric("cer", False, True, _error_ratio("char_errors", "ref_chars"), description="character error rate: character edits / reference characters", ratio=_error_parts("char_errors", "ref_chars"))
 
 CLASSIFICATION_METRICS: dict[str, Metric] = {m.name: m for m in (ACCURACY, ERROR_RATE, F1_MACRO, BALANCED_ACCURACY)}
 def _per(unit: str, scale: float = 1.0) -> Callable[[Outputs], tuple[np.ndarray, np.ndarray]]:
@@ -259,11 +326,11 @@ def _pooled(unit: str, scale: float = 1.0, exp: bool = False) -> Callable[[Outpu
 
 
 # lm-evaluation-harness's normalised perplexities of loglikelihood_rolling tasks (wikitext): per word, per byte
-WORD_PERPLEXITY = Metric("word_perplexity", False, False, aggregate=_pooled("nwords", exp=True), ratio=_per("nwords"), transform="exp",
+WORD_PERPLEXITY = AggregateMetric("word_perplexity", False, False, _pooled("nwords", exp=True), ratio=_per("nwords"), transform="exp",
                          description="exp(total NLL / total words)")
-BYTE_PERPLEXITY = Metric("byte_perplexity", False, False, aggregate=_pooled("nbytes", exp=True), ratio=_per("nbytes"), transform="exp",
+BYTE_PERPLEXITY = AggregateMetric("byte_perplexity", False, False, _pooled("nbytes", exp=True), ratio=_per("nbytes"), transform="exp",
                          description="exp(total NLL / total UTF-8 bytes)")
-BITS_PER_BYTE = Metric("bits_per_byte", False, False, aggregate=_pooled("nbytes", 1 / np.log(2)), ratio=_per("nbytes", 1 / np.log(2)),
+BITS_PER_BYTE = AggregateMetric("bits_per_byte", False, False, _pooled("nbytes", 1 / np.log(2)), ratio=_per("nbytes", 1 / np.log(2)),
                        description="total NLL in bits / total UTF-8 bytes")
 LM_METRICS: dict[str, Metric] = {m.name: m for m in (PERPLEXITY, NLL, WORD_PERPLEXITY, BYTE_PERPLEXITY, BITS_PER_BYTE)}
 GENERATION_METRICS: dict[str, Metric] = {m.name: m for m in (EXACT_MATCH,)}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .metrics import Metric, Outputs, _codes, _n_present, _others_min, _pred_keys
+from .metrics import AggregateMetric, Metric, Outputs, PerExampleMetric, _codes, _n_present, _others_min, _pred_keys
 from .stats import Sensitivity
 
 #: number of equal-mass bins of ``ece``
@@ -209,13 +209,13 @@ def precision_macro_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
                        gain_jump=unpredicted / k, reference=False)
 
 
-LOG_LOSS = Metric("log_loss", False, False, per_example=log_loss_per_example,
+LOG_LOSS = PerExampleMetric("log_loss", False, False, log_loss_per_example,
                   description="mean negative log-probability of the gold class (nats)")
-BRIER = Metric("brier", False, True, per_example=brier_per_example, score_range=(0.0, 2.0),  # sum of squares of two unit vectors' difference
+BRIER = PerExampleMetric("brier", False, True, brier_per_example, score_range=(0.0, 2.0),  # sum of squares of two unit vectors' difference
                description="mean squared distance of the class probabilities to the one-hot gold class")
-AUC = Metric("auc", True, True, aggregate=auc, description="ROC AUC (binary; macro one-vs-rest for more classes)", sensitivity=auc_sensitivity)
-ECE = Metric("ece", False, True, aggregate=ece, description=f"expected calibration error, {ECE_BINS} equal-mass confidence bins", sensitivity=ece_sensitivity)
-PRECISION_MACRO = Metric("precision_macro", True, True, aggregate=precision_macro, description="macro-averaged precision", sensitivity=precision_macro_sensitivity)
-RECALL_MACRO = Metric("recall_macro", True, True, aggregate=recall_macro, description="macro-averaged recall", sensitivity=recall_macro_sensitivity)
+AUC = AggregateMetric("auc", True, True, auc, description="ROC AUC (binary; macro one-vs-rest for more classes)", sensitivity=auc_sensitivity)
+ECE = AggregateMetric("ece", False, True, ece, description=f"expected calibration error, {ECE_BINS} equal-mass confidence bins", sensitivity=ece_sensitivity)
+PRECISION_MACRO = AggregateMetric("precision_macro", True, True, precision_macro, description="macro-averaged precision", sensitivity=precision_macro_sensitivity)
+RECALL_MACRO = AggregateMetric("recall_macro", True, True, recall_macro, description="macro-averaged recall", sensitivity=recall_macro_sensitivity)
 
 PROBA_METRICS: dict[str, Metric] = {m.name: m for m in (LOG_LOSS, BRIER, AUC, ECE, PRECISION_MACRO, RECALL_MACRO)}

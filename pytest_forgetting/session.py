@@ -22,7 +22,7 @@ from .errors import CheckpointError, ConfigError, EvaluationError, ForgettingErr
 from .escape import terminal
 from . import progress
 from .evaluate import BatchFailure, NonFiniteOutputs, describe_error, is_dispatched, is_oom, resolve_device, run_model
-from .metrics import Metric
+from .metrics import Metric, PerExampleMetric
 from .options import Settings, candidate_name
 from .registry import REGISTRY
 from .results import CheckRow
@@ -610,7 +610,7 @@ class ForgettingSession:
 
     def _early_stoppable(self, check: Check, metric: Metric) -> bool:
         """Early stopping covers the main comparison of bounded per-example metrics (absolute drops)."""
-        return (self.settings.early_stop and metric.per_example is not None and metric.bounded and not check.relative
+        return (self.settings.early_stop and isinstance(metric, PerExampleMetric) and metric.bounded and not check.relative
                 and check.max_class_drop is None and check.max_nfr is None and check.max_gap_increase is None)
 
     def _decide_early(self, check: Check, task: Task, metric: Metric, b: EvalResult, tuned: ModelSlot, row: dict[str, Any]) -> CheckResult:
@@ -684,7 +684,7 @@ class ForgettingSession:
                               + (check.max_gap_increase is not None and check.kind == "retains"))  # the slice-gap part (issue 17)
         common = dict(max_drop=check.margin, relative=check.relative, alpha=alpha, higher_is_better=metric.higher_is_better, seed=seed,
                       fail_alpha=fail_alpha)
-        if metric.per_example is not None:
+        if isinstance(metric, PerExampleMetric):
             cmp = stats.compare_scores(metric.per_example(b.outputs), metric.per_example(t.outputs),
                                        score_range=check.score_range or metric.score_range, **common)
         else:
@@ -762,7 +762,7 @@ class ForgettingSession:
         scores (right/wrong for aggregate metrics) may widen by at most the budget (``gap.compare_gap``)."""
         from .gap import compare_gap, describe
 
-        if metric.per_example is not None:
+        if isinstance(metric, PerExampleMetric):
             sb, st = metric.per_example(b.outputs), metric.per_example(t.outputs)
         elif bc is not None:
             sb, st = bc.astype(float), tc.astype(float)
@@ -789,7 +789,7 @@ def _correctness(metric: Metric, b: EvalResult, t: EvalResult) -> tuple[np.ndarr
     """Per-example right/wrong of both models (for flips, NFR and class drops), when the task has it."""
     if "pred" in b.outputs and "label" in b.outputs and b.outputs["pred"].shape == b.outputs["label"].shape and b.outputs["pred"].ndim == 1:
         return b.outputs["pred"] == b.outputs["label"], t.outputs["pred"] == t.outputs["label"]
-    if metric.per_example is not None:
+    if isinstance(metric, PerExampleMetric):
         sb, st = metric.per_example(b.outputs), metric.per_example(t.outputs)
         if np.isin(sb, (0, 1)).all() and np.isin(st, (0, 1)).all():
             good = 1 if metric.higher_is_better else 0

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import ConfigError, TaskError
-from ..metrics import Metric
+from ..metrics import AggregateMetric, Metric, PerExampleMetric
 from .base import EvalResult, ModelMeta, Task
 
 PREFIX = "lm-eval:"
@@ -431,7 +431,7 @@ def _metric(name: str, aggregation: str, higher_is_better: bool, binary: bool, *
     """The plugin's record of one lm-eval metric, read from output ``key`` (default: its name)."""
     key = key or name
     if aggregation == "mean":
-        return Metric(name, higher_is_better, binary, per_example=lambda o, k=key: np.asarray(o[k], dtype=np.float64),
+        return PerExampleMetric(name, higher_is_better, binary, lambda o, k=key: np.asarray(o[k], dtype=np.float64),
                       description=f"lm-eval {name} per document (mean over documents)")  # fmt: skip
     if aggregation == "weighted_perplexity":  # exp(-sum ll / sum weight): words or bytes
 
@@ -442,7 +442,7 @@ def _metric(name: str, aggregation: str, higher_is_better: bool, binary: bool, *
             num, den = parts(o)
             return float(np.exp(num[idx].sum() / den[idx].sum()))
 
-        return Metric(name, False, False, aggregate=value, ratio=parts, transform="exp", description=f"lm-eval {name}")
+        return AggregateMetric(name, False, False, value, ratio=parts, transform="exp", description=f"lm-eval {name}")
     if aggregation == "bits_per_byte":  # -sum ll / sum bytes / ln 2
 
         def bpb_parts(o: Any, k: str = key) -> tuple[np.ndarray, np.ndarray]:
@@ -452,5 +452,5 @@ def _metric(name: str, aggregation: str, higher_is_better: bool, binary: bool, *
             num, den = bpb_parts(o)
             return float(num[idx].sum() / den[idx].sum())
 
-        return Metric(name, False, False, aggregate=bpb, ratio=bpb_parts, description=f"lm-eval {name}")
+        return AggregateMetric(name, False, False, bpb, ratio=bpb_parts, description=f"lm-eval {name}")
     return None

@@ -19,13 +19,13 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from ..errors import TaskError
-from ..metrics import Metric
+from ..metrics import Metric, PerExampleMetric
 from .base import ModelMeta, Task, lookup_column, normalize_ids
 
 MC_METRICS: dict[str, Metric] = {
-    "acc": Metric("acc", True, True, per_example=lambda o: np.asarray(o["acc"], dtype=np.float64),
+    "acc": PerExampleMetric("acc", True, True, lambda o: np.asarray(o["acc"], dtype=np.float64),
                   description="the most likely choice is the gold one (per example 0/1)"),
-    "acc_norm": Metric("acc_norm", True, True, per_example=lambda o: np.asarray(o["acc_norm"], dtype=np.float64),
+    "acc_norm": PerExampleMetric("acc_norm", True, True, lambda o: np.asarray(o["acc_norm"], dtype=np.float64),
                        description="the most likely choice per character is the gold one (per example 0/1)"),
 }  # fmt: skip
 

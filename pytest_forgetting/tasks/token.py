@@ -28,7 +28,7 @@ import numpy as np
 
 from ..checkpoints.compat import placeholder_labels
 from ..errors import TaskError
-from ..metrics import Metric, Outputs
+from ..metrics import AggregateMetric, Metric, Outputs
 from .base import ModelMeta, Task, normalize_ids
 from .classification import logits_of
 
@@ -291,19 +291,19 @@ def entity_metrics(table: TagTable, memo: _CountsMemo | None = None) -> dict[str
     # no exact no-change rule yet for entity counts (a sentence holds any number of entities)
     kw = dict(ratio_no_change=False)
     out = {
-        "f1": Metric("f1", True, True, aggregate=summed("f1"), description="entity-level micro F1 (exact span and type, seqeval default)",
+        "f1": AggregateMetric("f1", True, True, summed("f1"), description="entity-level micro F1 (exact span and type, seqeval default)",
                      ratio=parts("f1"), ratio_den_fixed=False, **kw),
-        "precision": Metric("precision", True, True, aggregate=summed("precision"), description="entity-level micro precision",
+        "precision": AggregateMetric("precision", True, True, summed("precision"), description="entity-level micro precision",
                             ratio=parts("precision"), ratio_den_fixed=False, **kw),
-        "recall": Metric("recall", True, True, aggregate=summed("recall"), description="entity-level micro recall",
+        "recall": AggregateMetric("recall", True, True, summed("recall"), description="entity-level micro recall",
                          ratio=parts("recall"), ratio_den_fixed=True, **kw),
-        "f1_macro": Metric("f1_macro", True, True, aggregate=macro, description="mean of per-type entity F1 over the types present"),
-        "token_accuracy": Metric("token_accuracy", True, True, aggregate=word_accuracy, description="fraction of words with the exact gold tag",
+        "f1_macro": AggregateMetric("f1_macro", True, True, macro, description="mean of per-type entity F1 over the types present"),
+        "token_accuracy": AggregateMetric("token_accuracy", True, True, word_accuracy, description="fraction of words with the exact gold tag",
                                  ratio=parts("words"), ratio_den_fixed=True, **kw),
     }
     for t, name in enumerate(table.types):
         key = f"f1:{name}"
-        out[key] = Metric(key, True, True, aggregate=type_f1(t), description=f"entity F1 of type {name!r}",
+        out[key] = AggregateMetric(key, True, True, type_f1(t), description=f"entity F1 of type {name!r}",
                           ratio=parts("f1", t), ratio_den_fixed=False, **kw)
     return out
 
