@@ -296,22 +296,3 @@ def test_the_candidates_of_one_task_run_on_two_workers(counting):
             r.pop(k)
     differ = {t: {k: (r.get(k), want[t].get(k)) for k in {*r, *want[t]} if r.get(k) != want[t].get(k)} for t, r in rows.items()}
     assert not any(differ.values()), differ
-
-
-def test_a_finetune_does_not_import_torch_dynamo():
-    """Every process that fine-tunes (each xdist worker) would pay ~2 s of CPU for torch._dynamo /
-    torch._inductor, which torch.use_deterministic_algorithms imports to set one flag; the
-    fine-tune's deterministic block sets the same switch without it (evaluate.set_deterministic)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, torch\n"
-        "from pytest_forgetting.finetune.progress import deterministic\n"
-        "with deterministic(0, torch.device('cpu')):\n"
-        "    inside = torch.are_deterministic_algorithms_enabled()\n"
-        "print(inside, torch.are_deterministic_algorithms_enabled(), 'torch._dynamo' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert out.stdout.split() == ["True", "False", "False"], out.stdout + out.stderr

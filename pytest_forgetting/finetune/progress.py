@@ -18,8 +18,6 @@ def deterministic(seed: int, device: "torch.device") -> Iterator[None]:
     """Seeded RNG (forked: the caller's is untouched) and deterministic kernels for one call."""
     import torch
 
-    from ..evaluate import set_deterministic  # not torch.use_deterministic_algorithms: ~2 s of torch._dynamo import
-
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
@@ -30,13 +28,13 @@ def deterministic(seed: int, device: "torch.device") -> Iterator[None]:
         devices = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        set_deterministic(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         cudnn.deterministic, cudnn.benchmark = True, False
         try:
             with torch.enable_grad():
                 yield
         finally:
-            set_deterministic(was, warn_only=was_warn)
+            torch.use_deterministic_algorithms(was, warn_only=was_warn)
             cudnn.deterministic, cudnn.benchmark = cudnn_state
 
 
