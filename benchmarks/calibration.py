@@ -923,8 +923,12 @@ PATHS: list[Path] = [
 # =============================================================================================
 
 
+#: --seed-offset: independent repetitions of cells (0, the default, keeps the table's own seeds)
+SEED_OFFSET = 0
+
+
 def _cell_seed(path: str, scenario: str, n: int) -> list[int]:
-    return [SEED, sum(map(ord, path)) * 7919 + sum(map(ord, scenario)), n]
+    return [SEED, sum(map(ord, path)) * 7919 + sum(map(ord, scenario)), n] + ([SEED_OFFSET] if SEED_OFFSET else [])
 
 
 def simulate_cell(path: Path, sc: Scenario, n: int, reps: int, cell_seconds: float, min_reps: int) -> Cell:
@@ -1004,7 +1008,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paths", default="all", help="comma-separated subset of: " + ", ".join(p.key for p in PATHS))
     ap.add_argument("--sizes", default=None, help="comma-separated n values (default 50,100,300,1000,5000)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    ap.add_argument("--scenarios", default=None, help="comma-separated substrings: only scenarios whose name contains one")
+    ap.add_argument("--seed-offset", type=int, default=0, help="independent repetitions with other seeds (default 0: the table's)")
     args = ap.parse_args(argv)
+    global SEED_OFFSET
+    SEED_OFFSET = args.seed_offset
     sizes = SIZES
     if args.quick:
         sizes, args.reps, args.min_reps, args.cell_seconds = (50, 300, 1000), 60, 20, 1.0
@@ -1017,8 +1025,10 @@ def main(argv: list[str] | None = None) -> int:
     n_sim = sum(len(p.scenarios) * len(sizes) for p in PATHS if p.key in keys and p.simulate is not None)
     if args.cell_seconds is None:
         args.cell_seconds = max(1.0, 0.92 * args.budget_minutes * 60 * max(args.jobs, 1) / max(n_sim, 1))
+    wanted = None if args.scenarios is None else [w.strip() for w in args.scenarios.split(",")]
     jobs = [(p.key, i, n, args.reps, args.cell_seconds, args.min_reps)
-            for p in PATHS if p.key in keys for i in range(len(p.scenarios)) for n in sizes]
+            for p in PATHS if p.key in keys for i in range(len(p.scenarios)) for n in sizes
+            if wanted is None or any(w in p.scenarios[i].name for w in wanted)]
     t0 = time.perf_counter()
     print(f"# Calibration of every decision path (alpha = {ALPHA})\n")
     print(f"machine: {machine()}")
