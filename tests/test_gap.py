@@ -79,17 +79,21 @@ def test_bounds_by_hand_for_two_slices():
 
 def test_continuous_scores_and_input_errors():
     rng = np.random.default_rng(0)
-    bs = rng.random(600) * 0.3
+    bs = rng.random(2000) * 0.3
     ts = bs.copy()
-    ts[:300] += 0.4  # slice 0 gets much worse: a lower-is-better score's gap widens
-    groups = np.repeat([0, 1], 300)
+    ts[:1000] += 0.4  # slice 0 gets much worse: a lower-is-better score's gap widens
+    groups = np.repeat([0, 1], 1000)
     cmp = gap.compare_gap(bs, ts, groups, margin=0.05)
     assert cmp.verdict == "fail" and cmp.method == "bootstrap-union"
+    # unbounded per-example scores decide only from stats._MIN_UNBOUNDED_N examples per slice
+    few = np.r_[0:300, 1000:1300]
+    small = gap.compare_gap(bs[few], ts[few], groups[few], margin=0.05)
+    assert small.verdict == "inconclusive" and "no valid bound" in small.reason
     with pytest.raises(ValueError, match="aligned"):
         gap.compare_gap(bs, ts[:-1], groups, margin=0.05)
     with pytest.raises(ValueError, match="NaN"):
         gap.compare_gap(np.r_[bs[:-1], np.nan], ts, groups, margin=0.05)
-    assert gap.compare_gap(bs, ts, np.zeros(600), margin=0.05).verdict == "inconclusive"
+    assert gap.compare_gap(bs, ts, np.zeros(2000), margin=0.05).verdict == "inconclusive"
 
 
 # -- the marker keyword, end to end -------------------------------------------------------------
