@@ -207,15 +207,17 @@ class PrecisionPart(NamedTuple):
 
 
 def precision_part(base_outputs: Mapping[str, Any], tuned_outputs: Mapping[str, Any], *, limit: float | None,
-                   alpha: float, fail_alpha: float, class_names: Any, top: int, task: str) -> PrecisionPart:
-    """Run the precision budget on two aligned evaluations (1-D ``label`` and ``pred`` in each)."""
+                   alpha: float, fail_alpha: float, class_names: Any, top: int, task: str,
+                   label_key: str = "label", pred_key: str | None = "pred") -> PrecisionPart:
+    """Run the precision budget on two aligned evaluations (1-D labels and predictions in each,
+    under the task's declared ``label_key`` / ``pred_key``)."""
     from .errors import ConfigError
 
     for out in (base_outputs, tuned_outputs):
-        if "pred" not in out or np.ndim(out["pred"]) != 1 or np.shape(out["pred"]) != np.shape(out["label"]):
+        if pred_key is None or pred_key not in out or np.ndim(out[pred_key]) != 1 or np.shape(out[pred_key]) != np.shape(out[label_key]):
             raise ConfigError(f"class_metric='precision' needs one predicted class per example; task {task!r} has none")
     gated = limit is not None
-    classes = class_precision_drops(base_outputs["label"], base_outputs["pred"], tuned_outputs["pred"],
+    classes = class_precision_drops(base_outputs[label_key], base_outputs[pred_key], tuned_outputs[pred_key],
                                     limit=limit if gated else 1.0, alpha=alpha,
                                     fail_alpha=fail_alpha if gated else None, class_names=class_names)
     rows = [c.row(gated) for c in classes[:top]]

@@ -285,7 +285,7 @@ def run_model(
         outputs = restore_order(outputs, order)
         indices = requested
     seconds = time.perf_counter() - start
-    finite = outputs.pop("finite", None)
+    finite = outputs.pop(task.finite_key, None) if task.finite_key is not None else None
     if finite is not None and not bool(np.all(finite)):
         bad = ids[indices][~finite.astype(bool)]
         raise NonFiniteOutputs(

@@ -209,8 +209,8 @@ def chance_level(task: Any, split: str, metric: str) -> tuple[float, str] | None
     try:
         import numpy as np
 
-        labels = np.asarray(task.static_outputs(split).get("label"))
-        if labels.size == 0:
+        labels = task.class_labels(task.static_outputs(split))  # the task's declared label output
+        if labels is None or labels.size == 0:
             return None
         names = task.class_names() or []
         _, counts = np.unique(labels, return_counts=True)

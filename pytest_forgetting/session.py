@@ -698,20 +698,22 @@ class ForgettingSession:
         reasons = [cmp.reason]
         budgets: list[stats.Budget] = []
         row.update(n=cmp.n, base=cmp.base, tuned=cmp.tuned, drop=cmp.drop, ci_low=cmp.ci_low, ci_high=cmp.ci_high, n_needed=cmp.n_needed)
-        bc, tc = _correctness(metric, b, t)
+        bc, tc = _correctness(task, metric, b, t)
+        labels = task.class_labels(b.outputs)
         if bc is not None:
             row["nfr"] = float(np.mean(bc & ~tc))
             row["flipped_ids"] = b.ids[bc & ~tc][:N_FLIPPED_IDS].tolist()
-            if check.kind == "retains" and "label" in b.outputs and b.outputs["label"].ndim == 1:
+            if check.kind == "retains" and labels is not None:
                 names = task.class_names()
-                groups, group_names = b.outputs["label"], names
+                groups, group_names = labels, names
                 if check.slices:
                     groups, group_names = _encode_groups(task.slice_column(check.split, check.slices), b.ids, task.ids(check.split))
                 if check.class_metric == "precision":  # max_class_drop budgets per-class precision (class_budget.py)
                     from .class_budget import precision_part
 
                     part = precision_part(b.outputs, t.outputs, limit=check.max_class_drop, alpha=alpha, fail_alpha=fail_alpha,
-                                          class_names=names, top=N_WORST_CLASSES, task=task.name)
+                                          class_names=names, top=N_WORST_CLASSES, task=task.name,
+                                          label_key=task.label_key or "label", pred_key=task.pred_key)
                     row["worst_classes"], row["class_metric"] = part.rows, "precision"
                     budgets.extend(part.budgets)
                     verdicts.extend(part.verdicts)
@@ -745,7 +747,7 @@ class ForgettingSession:
                 verdicts.append(nb.verdict)
                 if nb.verdict != "pass":
                     reasons.append(f"negative-flip rate {nb.value:.3f} [{nb.ci_low:.3f}, {nb.ci_high:.3f}] vs budget {check.max_nfr:g}: {nb.verdict}")
-        has_groups = bc is not None and "label" in b.outputs and b.outputs["label"].ndim == 1
+        has_groups = bc is not None and labels is not None
         if check.slices and not has_groups:
             raise ConfigError(f"slices={check.slices!r} needs per-example right/wrong outcomes; task {task.name!r} metric {metric.name!r} has none")
         if bc is None and (check.max_class_drop is not None or check.max_nfr is not None):
@@ -770,8 +772,8 @@ class ForgettingSession:
             raise ConfigError(f"max_gap_increase needs per-example scores; task {task.name!r} metric {metric.name!r} has none")
         if check.slices:
             groups, names = _encode_groups(task.slice_column(check.split, check.slices), b.ids, task.ids(check.split))
-        elif "label" in b.outputs and b.outputs["label"].ndim == 1:
-            groups, names = b.outputs["label"], task.class_names()
+        elif (labels := task.class_labels(b.outputs)) is not None:
+            groups, names = labels, task.class_names()
         else:
             raise ConfigError(f"max_gap_increase without slices= needs class labels; task {task.name!r} has none (use slices= with a column)")
         gap = compare_gap(sb, st, groups, margin=check.max_gap_increase, alpha=self.settings.alpha, fail_alpha=fail_alpha, names=names,
@@ -785,10 +787,12 @@ class ForgettingSession:
         return gap.verdict
 
 
-def _correctness(metric: Metric, b: EvalResult, t: EvalResult) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Per-example right/wrong of both models (for flips, NFR and class drops), when the task has it."""
-    if "pred" in b.outputs and "label" in b.outputs and b.outputs["pred"].shape == b.outputs["label"].shape and b.outputs["pred"].ndim == 1:
-        return b.outputs["pred"] == b.outputs["label"], t.outputs["pred"] == t.outputs["label"]
+def _correctness(task: Task, metric: Metric, b: EvalResult, t: EvalResult) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per-example right/wrong of both models (for flips, NFR and class drops), when the task has it:
+    its declared predictions against its declared labels, else a 0/1 per-example metric."""
+    pb, pt = task.predictions(b.outputs), task.predictions(t.outputs)
+    if pb is not None and pt is not None:
+        return pb == task.class_labels(b.outputs), pt == task.class_labels(t.outputs)
     if isinstance(metric, PerExampleMetric):
         sb, st = metric.per_example(b.outputs), metric.per_example(t.outputs)
         if np.isin(sb, (0, 1)).all() and np.isin(st, (0, 1)).all():

@@ -120,8 +120,17 @@ class Task:
     version: str = "1"
     metrics: Mapping[str, Metric] = {}
     default_metric: str = ""
-    #: outputs that identify the class of an example, used for per-class drops
+    # What the task's outputs mean beyond its metrics (keys of ``EvalResult.outputs``); the
+    # session and the evaluator read these declarations, never a key of their own choosing.
+    #: the output holding one class id per example (model-independent, 1-D): per-class drops,
+    #: class gaps and class budgets group by it; None: no class per example
     label_key: str | None = "label"
+    #: the output holding the predicted class id per example, comparable with ``label_key``:
+    #: right/wrong per example (flips, negative-flip rate, class drops, precision budgets); None: none
+    pred_key: str | None = "pred"
+    #: the output of ``forward`` flagging, per example, that the model's outputs are finite: the
+    #: evaluator refuses NaN/Inf on it and drops it before the result is stored; None: none
+    finite_key: str | None = "finite"
 
     #: split name -> that split's data, for tasks that keep their splits in memory
     _splits: Mapping[str, Any] = {}
@@ -148,6 +157,18 @@ class Task:
 
     def class_names(self) -> list[str] | None:
         return None
+
+    def class_labels(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """The declared class id per example in ``outputs`` (``label_key``, 1-D), or None."""
+        value = outputs.get(self.label_key) if self.label_key is not None else None
+        return value if value is not None and np.ndim(value) == 1 else None
+
+    def predictions(self, outputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """The declared predicted class per example (``pred_key``), when it pairs one to one with
+        :meth:`class_labels`; else None."""
+        labels = self.class_labels(outputs)
+        pred = outputs.get(self.pred_key) if self.pred_key is not None else None
+        return pred if labels is not None and pred is not None and np.shape(pred) == np.shape(labels) else None
 
     def data_fingerprint(self, split: str) -> str:
         """Hash of the split's data and the task version (part of every cache key), memoised per split."""

@@ -63,6 +63,7 @@ class _SplitTask(Task):
     """Shared bookkeeping: named splits with ids, optional slice columns and a fingerprint."""
 
     label_key = None
+    pred_key = None
 
     def __init__(self) -> None:
         self._ids: dict[str, np.ndarray] = {}

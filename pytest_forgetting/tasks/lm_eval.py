@@ -208,7 +208,9 @@ class LmEvalTask(Task):
     ``fewshot_seed`` before each model's evaluation, so both models see the same contexts.
     """
 
-    label_key = "label"
+    label_key = "label"  # the subtask of each document, for groups (static_outputs)
+    pred_key = None
+    finite_key = None  # evaluated by lm-eval in one call (evaluate_model), never batch by batch
     SPLIT = "test"
 
     def __init__(

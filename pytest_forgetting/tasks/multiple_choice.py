@@ -38,6 +38,9 @@ class MultipleChoiceTask(Task):
     input (default: the model's own maximum, as lm-eval resolves it).
     """
 
+    label_key = "label"  # the gold choice's index (static_outputs)
+    pred_key = None
+
     metrics = MC_METRICS
     default_metric = "acc"
     cache_prepared = True

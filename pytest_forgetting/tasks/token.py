@@ -335,6 +335,7 @@ class TokenClassificationTask(Task):
 
     default_metric = "f1"
     label_key = None  # per-word tags, not one label per example: no per-class drops
+    pred_key = None  # tag_pred: per word
 
     def __init__(
         self,
