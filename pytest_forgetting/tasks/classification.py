@@ -18,6 +18,7 @@ from ..errors import TaskError
 from ..metrics import CLASSIFICATION_METRICS
 from ..proba_metrics import PROBA_METRICS
 from .base import ModelMeta, Task, normalize_ids
+from .batching import trimmed_batches
 
 
 @dataclass
@@ -376,12 +377,6 @@ def tokenize_padded(meta: ModelMeta, texts: Sequence[str], max_length: int, task
 
 
 def padded_batches(prepared: dict[str, Any], indices: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
-    import torch
-
-    lengths = prepared["lengths"]
-    idx_all = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-    for lo in range(0, len(indices), batch_size):
-        chunk = indices[lo : lo + batch_size]
-        width = max(int(lengths[chunk].max(initial=1)), 1)
-        idx = idx_all[lo : lo + batch_size]
-        yield {k: t.index_select(0, idx)[:, :width] for k, t in prepared["tensors"].items()}
+    """The model inputs of each batch of a :func:`tokenize_padded` split, cut to the batch's longest text."""
+    for _, _, inputs in trimmed_batches(prepared["tensors"], prepared["lengths"], indices, batch_size):
+        yield inputs

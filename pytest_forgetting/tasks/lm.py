@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import TaskError
 from ..metrics import GENERATION_METRICS, LM_METRICS
 from .base import lookup_column, ModelMeta, normalize_ids, Task
+from .batching import trimmed_batches
 from .classification import logits_of
 
 
@@ -433,17 +434,10 @@ class GenerationExactMatchTask(_SplitTask):
         }  # fmt: skip
 
     def batches(self, prepared: Any, indices: np.ndarray, batch_size: int) -> Iterator[Any]:
-        import torch
-
-        lengths = prepared["lengths"]
-        idx_all = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-        for lo in range(0, len(indices), batch_size):
-            chunk = indices[lo : lo + batch_size]
-            width = int(lengths[chunk].max(initial=1))
-            idx = idx_all[lo : lo + batch_size]
+        prompts = {k: prepared[k] for k in ("input_ids", "attention_mask")}  # padded on the left
+        for chunk, _, inputs in trimmed_batches(prompts, prepared["lengths"], indices, batch_size, left=True):
             yield {
-                "input_ids": prepared["input_ids"].index_select(0, idx)[:, -width:],
-                "attention_mask": prepared["attention_mask"].index_select(0, idx)[:, -width:],
+                **inputs,
                 "targets": [prepared["targets"][int(i)] for i in chunk],
                 "context": prepared["context"],
             }

@@ -30,6 +30,7 @@ from ..checkpoints.compat import placeholder_labels
 from ..errors import TaskError
 from ..metrics import AggregateMetric, Metric, Outputs
 from .base import ModelMeta, Task, normalize_ids
+from .batching import trimmed_batches
 from .classification import logits_of
 
 PAD = -100
@@ -431,16 +432,9 @@ class TokenClassificationTask(Task):
         return tokenize_words(meta, d.tokens, effective_max_length(meta, self.max_length), self.name, width=d.tags.shape[1])
 
     def batches(self, prepared: dict[str, Any], indices: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
-        import torch
-
-        lengths = prepared["lengths"]
-        idx_all = torch.from_numpy(np.asarray(indices, dtype=np.int64))
-        for lo in range(0, len(indices), batch_size):
-            chunk = indices[lo : lo + batch_size]
-            width = max(int(lengths[chunk].max(initial=1)), 1)
-            idx = idx_all[lo : lo + batch_size]
+        for _, idx, inputs in trimmed_batches(prepared["tensors"], prepared["lengths"], indices, batch_size):
             yield {
-                "inputs": {k: t.index_select(0, idx)[:, :width] for k, t in prepared["tensors"].items()},
+                "inputs": inputs,
                 "first": prepared["first"].index_select(0, idx),
                 "n_words": prepared["n_words"].index_select(0, idx),
             }
