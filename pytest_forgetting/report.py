@@ -587,8 +587,10 @@ def _gain_reason(row: Row, reason: str) -> str:
 
 
 def _class_text(row: Row, cls: Mapping[str, Any]) -> str:
+    # a class's (or slice's) drop is always of a proportion -- its accuracy, or its precision with
+    # class_metric="precision" -- whatever the check's metric, so it reads in points
     texts, unit = _delta_texts(
-        {"bounded": _bounded(row)}, [cls.get("drop"), cls.get("ci_low"), cls.get("ci_high")],
+        {"bounded": True}, [cls.get("drop"), cls.get("ci_low"), cls.get("ci_high")],
         signed=True,
     )
     out = f"{escape.terminal(cls.get('name'), _NAME_LIMIT)} {texts[0]}{unit}"
@@ -636,7 +638,10 @@ def failure_message(row: Row, *, max_classes: int = 3, max_ids: int = 5) -> str:
             return (-float(drop) if _finite(drop) else math.inf, str(cls.get("name")))
 
         classes = sorted(classes, key=worst_first)
-        of = " precision" if row.get("class_metric") == "precision" else ""  # class_budget.py
+        if row.get("class_metric") == "precision":  # class_budget.py
+            of = " precision"
+        else:  # per-class accuracy: named when the check's own metric is another one
+            of = "" if str(row.get("metric") or "accuracy") == "accuracy" else " accuracy"
         lines.append(f"  classes:  worst{of} " + "; ".join(
             _class_text(row, c) for c in classes[:max_classes]))
     ids = [escape.terminal(i, _NAME_LIMIT) for i in (row.get("flipped_ids") or [])]

@@ -529,3 +529,15 @@ def test_importing_report_is_cheap():
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
+
+
+def test_class_drops_of_an_unbounded_metric_read_as_accuracy_points():
+    """Per-class drops are of per-class accuracy whatever the check's metric: a log-loss check's
+    classes line says so, in points, not in nats."""
+    classes = [{"name": "business", "drop": 0.0196, "ci_low": -0.0673, "ci_high": 0.0759}]
+    row = make_row(metric="log_loss", bounded=False, higher_is_better=False, drop=0.78, ci_low=0.11, ci_high=1.87,
+                   margin=0.05, worst_classes=classes)
+    line = [x for x in report.failure_message(row).splitlines() if x.lstrip().startswith("classes:")][0]
+    assert line == "  classes:  worst accuracy business +2.0 pp [-6.7, +7.6]", line
+    same = make_row(worst_classes=classes)  # an accuracy check: the line as it always was
+    assert "  classes:  worst business +2.0 pp [-6.7, +7.6]" in report.failure_message(same).splitlines()
