@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import TaskError
 from ..metrics import GENERATION_METRICS, LM_METRICS
-from .base import lookup_column, ModelMeta, normalize_ids, Task
+from .base import ModelMeta, normalize_ids, Task
 from .batching import trimmed_batches
 from .classification import logits_of
 
@@ -60,26 +60,32 @@ def _build_splits(
     return out
 
 
+@dataclass(frozen=True)
+class SplitRecord:
+    """One split of a text or speech task: ids, slice columns and its per-example fields by name
+    (``texts``; ``prompts`` and ``targets``; ``audio`` and ``transcripts``)."""
+
+    ids: np.ndarray
+    columns: dict[str, np.ndarray]
+    fields: dict[str, list[Any]]
+
+
 class _SplitTask(Task):
-    """Shared bookkeeping: named splits with ids, optional slice columns and a fingerprint."""
+    """Shared bookkeeping: named splits (``Task._splits``, one :class:`SplitRecord` each) with ids,
+    optional slice columns and per-example fields; ids, split names and slice columns come from
+    the base class, as for every task."""
 
     label_key = None
     pred_key = None
 
     def __init__(self) -> None:
-        self._ids: dict[str, np.ndarray] = {}
-        self._columns: dict[str, dict[str, np.ndarray]] = {}
+        self._splits: dict[str, SplitRecord] = {}
 
-    def split_names(self) -> tuple[str, ...]:
-        return tuple(self._ids)
+    def _add_split(self, name: str, ids: np.ndarray, columns: dict[str, np.ndarray], **fields: list[Any]) -> None:
+        self._splits[name] = SplitRecord(ids, columns, fields)
 
-    def ids(self, split: str) -> np.ndarray:
-        self.check_split(split)
-        return self._ids[split]
-
-    def slice_column(self, split: str, column: str) -> np.ndarray:
-        self.check_split(split)
-        return lookup_column(self.name, self._columns.get(split, {}), column)
+    def _field(self, split: str, name: str) -> Any:
+        return self.split(split).fields[name]
 
 
 
@@ -127,13 +133,12 @@ class LanguageModelingTask(_SplitTask):
             raise TaskError("truncate=True needs max_length= (the number of tokens scored per text)")
         self.max_length = None if max_length is None else int(max_length)
         self.truncate = bool(truncate)
-        self._texts: dict[str, list[str]] = {}
         for name, (split_ids, items, cols) in _build_splits(splits, "LanguageModelingTask").items():
             texts_list = [str(t) for t in items]
             empty = [str(i) for i, t in zip(split_ids, texts_list) if not t.strip()]
             if empty:
                 raise TaskError(f"LanguageModelingTask split {name!r}: empty texts (ids {empty[:3]})")
-            self._ids[name], self._texts[name], self._columns[name] = split_ids, texts_list, cols
+            self._add_split(name, split_ids, cols, texts=texts_list)
 
     @classmethod
     def from_text_file(
@@ -176,8 +181,7 @@ class LanguageModelingTask(_SplitTask):
         )
 
     def texts(self, split: str) -> list[str]:
-        self.check_split(split)
-        return self._texts[split]
+        return self._field(split, "texts")
 
     def fingerprint_parts(self, split: str) -> Sequence[Any]:
         return self.ids(split), self.max_length, "truncate" if self.truncate else "rolling", self.texts(split)
@@ -362,8 +366,6 @@ class GenerationExactMatchTask(_SplitTask):
         self.chat_template = bool(chat_template)
         self.system_prompt = system_prompt
         self.max_prompt_length = int(max_prompt_length)
-        self._prompts: dict[str, list[str]] = {}
-        self._targets: dict[str, list[tuple[str, ...]]] = {}
         for name, (split_ids, items, cols) in _build_splits(splits, "GenerationExactMatchTask").items():
             prompts_list, targets_list = [], []
             for item in items:
@@ -376,15 +378,13 @@ class GenerationExactMatchTask(_SplitTask):
                     raise TaskError(f"GenerationExactMatchTask split {name!r}: prompt {prompt!r} has no reference answer")
                 prompts_list.append(str(prompt))
                 targets_list.append(answers)
-            self._ids[name], self._prompts[name], self._targets[name], self._columns[name] = split_ids, prompts_list, targets_list, cols
+            self._add_split(name, split_ids, cols, prompts=prompts_list, targets=targets_list)
 
     def prompts(self, split: str) -> list[str]:
-        self.check_split(split)
-        return self._prompts[split]
+        return self._field(split, "prompts")
 
     def targets(self, split: str) -> list[tuple[str, ...]]:
-        self.check_split(split)
-        return self._targets[split]
+        return self._field(split, "targets")
 
     def fingerprint_parts(self, split: str) -> Sequence[Any]:
         settings = [self.max_new_tokens, list(self.stop), self.match, _callable_name(self.normalize),

@@ -244,8 +244,6 @@ class SpeechRecognitionTask(_SplitTask):
                 raise TaskError(f"SpeechRecognitionTask: {len(audio)} utterances but {len(transcripts)} transcripts")
             splits = {"test": (list(zip(audio, transcripts)), ids, columns)}
         self.normalize_audio = bool(normalize_audio)
-        self._audio: dict[str, list[np.ndarray]] = {}
-        self._transcripts: dict[str, list[str]] = {}
         for name, (split_ids, items, cols) in _build_splits(splits, "SpeechRecognitionTask").items():
             waves, texts = [], []
             for uid, item in zip(split_ids.tolist(), items):
@@ -262,7 +260,7 @@ class SpeechRecognitionTask(_SplitTask):
                     raise TaskError(f"SpeechRecognitionTask split {name!r}: utterance {uid!r} has an empty transcript")
                 waves.append(wave)
                 texts.append(str(text))
-            self._ids[name], self._audio[name], self._transcripts[name], self._columns[name] = split_ids, waves, texts, cols
+            self._add_split(name, split_ids, cols, audio=waves, transcripts=texts)
 
     @classmethod
     def from_folder(cls, folder: str | Path, *, transcripts: str = "transcripts.tsv") -> "SpeechRecognitionTask":
@@ -298,12 +296,10 @@ class SpeechRecognitionTask(_SplitTask):
         return cls(audio, [t for _, t in pairs], [s for s, _ in pairs])
 
     def audio(self, split: str) -> list[np.ndarray]:
-        self.check_split(split)
-        return self._audio[split]
+        return self._field(split, "audio")
 
     def transcripts(self, split: str) -> list[str]:
-        self.check_split(split)
-        return self._transcripts[split]
+        return self._field(split, "transcripts")
 
     def fingerprint_parts(self, split: str) -> Sequence[Any]:
         return self.ids(split), self.normalize_audio, self.audio(split), self.transcripts(split)
