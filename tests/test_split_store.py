@@ -1,4 +1,4 @@
-"""Text and speech tasks keep their splits in the one store of every task (issue 15): ``Task._splits``,
+"""Text, speech and multiple-choice tasks keep their splits in the one store of every task (issue 15): ``Task._splits``,
 one record per split, read through ``Task.split`` / ``ids`` / ``split_names`` / ``slice_column``.
 
 The data fingerprints (part of every cache key) are pinned to the values the tasks computed when
@@ -52,3 +52,16 @@ def test_unknown_splits_and_columns_are_one_line_errors():
         lm.slice_column("b", "src")
     with pytest.raises(ConfigError, match="has no split 'x'"):
         gen.prompts("x")
+
+
+def test_multiple_choice_splits_are_in_the_same_store():
+    from pytest_forgetting.tasks.multiple_choice import MultipleChoiceTask
+
+    task = MultipleChoiceTask(splits={"test": (["q1", "q2"], [["a", "b"], ["c", "d", "e"]], [1, "e"], ["x", "y"], {"g": ["u", "v"]}),
+                                      "dev": (["q"], [["a", "b"]], [0])})
+    assert task.split_names() == ("test", "dev") and task.split("dev")["ids"].tolist() == ["dev/0"]
+    assert task.static_outputs("test")["label"].tolist() == [1, 2] and task.slice_column("test", "g").tolist() == ["u", "v"]
+    assert task.data_fingerprint("test") == "c9d866978d000dffd50add79c4086fc54a610f189a2ed231802a26faf0f6b6d9"
+    assert task.data_fingerprint("dev") == "ce203ddde298a27939f693679de201a1b12f1f1ddbdbb467321d14168be335dc"
+    with pytest.raises(ConfigError, match="has no split 'nope'; splits: test, dev"):
+        task.ids("nope")

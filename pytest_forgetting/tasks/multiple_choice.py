@@ -65,7 +65,7 @@ class MultipleChoiceTask(Task):
             raise TaskError("MultipleChoiceTask needs at least one split")
         self.target_delimiter = str(target_delimiter)
         self.max_length = max_length
-        self._data: dict[str, dict[str, Any]] = {}
+        self._splits: dict[str, dict[str, Any]] = {}  # split name -> its record (a dict)
         for name, spec in splits.items():
             ctx, ch, gd, split_ids, cols = (tuple(spec) + (None, None))[:5]
             ctx = [str(c) for c in ctx]
@@ -85,7 +85,7 @@ class MultipleChoiceTask(Task):
                     raise TaskError(f"MultipleChoiceTask split {name!r} example {i}: gold index {g} outside 0..{len(options) - 1}")
                 golds.append(g)
             columns_ = {k: np.asarray(v) for k, v in (cols or {}).items()}
-            self._data[name] = {
+            self._splits[name] = {
                 "ids": normalize_ids(split_ids, len(ctx), f"{name}/"), "contexts": ctx, "choices": ch,
                 "gold": np.asarray(golds, dtype=np.int64), "columns": columns_,
             }  # fmt: skip
@@ -143,43 +143,36 @@ class MultipleChoiceTask(Task):
             dataset = datasets.load_from_disk(str(dataset))
         if hasattr(dataset, "keys") and not hasattr(dataset, "column_names") or isinstance(getattr(dataset, "column_names", None), dict):
             names = [split] if split else list(dataset.keys())
-            parts = {n: cls.from_records(list(dataset[n]), **kwargs)._data["test"] for n in names}
+            parts = {n: cls.from_records(list(dataset[n]), **kwargs)._splits["test"] for n in names}
             task = cls.__new__(cls)
             task.target_delimiter = str(kwargs.get("target_delimiter", " "))
             task.max_length = kwargs.get("max_length")
-            task._data = parts
+            task._splits = parts
             return task
         return cls.from_records(list(dataset), **kwargs)
 
     # -- data ----------------------------------------------------------------------------------
-    def split_names(self) -> tuple[str, ...]:
-        return tuple(self._data)
-
-    def _split(self, split: str) -> dict[str, Any]:
-        self.check_split(split)
-        return self._data[split]
-
     def ids(self, split: str) -> np.ndarray:
-        return self._split(split)["ids"]
+        return self.split(split)["ids"]
 
     def contexts(self, split: str) -> list[str]:
-        return self._split(split)["contexts"]
+        return self.split(split)["contexts"]
 
     def choices(self, split: str) -> list[list[str]]:
-        return self._split(split)["choices"]
+        return self.split(split)["choices"]
 
     def class_names(self) -> list[str]:
-        k = max((max(len(c) for c in d["choices"]) for d in self._data.values() if d["choices"]), default=0)
+        k = max((max(len(c) for c in d["choices"]) for d in self._splits.values() if d["choices"]), default=0)
         return [f"choice {i}" for i in range(k)]
 
     def static_outputs(self, split: str) -> dict[str, np.ndarray]:
-        return {"label": self._split(split)["gold"]}
+        return {"label": self.split(split)["gold"]}
 
     def slice_column(self, split: str, column: str) -> np.ndarray:
-        return lookup_column(self.name, self._split(split)["columns"], column)
+        return lookup_column(self.name, self.split(split)["columns"], column)
 
     def fingerprint_parts(self, split: str) -> Sequence[Any]:
-        d = self._split(split)
+        d = self.split(split)
         return d["ids"], d["gold"], d["contexts"], d["choices"], self.target_delimiter, self.max_length
 
     # -- running a model -------------------------------------------------------------------------
@@ -197,7 +190,7 @@ class MultipleChoiceTask(Task):
         tok = meta.tokenizer
         if tok is None:
             raise TaskError(f"task {self.name!r} needs a tokenizer, and the checkpoint has none")
-        d = self._split(split)
+        d = self.split(split)
         max_length = self._max_length(meta)
         k_max = max(len(c) for c in d["choices"])
         requests = []
