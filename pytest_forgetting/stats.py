@@ -2234,7 +2234,7 @@ def compare_statistic(
             return refusal
     if parts is not None and parts.unchanged:
         return _no_change(bound=parts.no_change_bound(rel, hib, bounded), exact=bounded, **common)
-    refusal = _bootstrap_refusal(n, drop, common)
+    refusal = _bootstrap_refusal(n, drop, common, n_eff=None if parts is None else _effective_size(parts.xb, parts.xt))
     if refusal is not None:
         return refusal
     if parts is not None and parts.width > 1:
@@ -2345,13 +2345,24 @@ def _range_comparison(b: np.ndarray, t: np.ndarray, declared: tuple[float, float
     return _result(verdict=verdict, drop=drop, low=low, high=high, method="betting", settle=settle, **common)
 
 
-def _bootstrap_refusal(n: int, drop: float, common: dict[str, Any]) -> Comparison | None:
-    if n >= _MIN_BOOTSTRAP_N:
+def _bootstrap_refusal(n: int, drop: float, common: dict[str, Any],
+                       n_eff: float | None = None) -> Comparison | None:
+    """INCONCLUSIVE below _MIN_BOOTSTRAP_N examples. ``n_eff``: for a ratio of sums (entity F1, WER,
+    macro-F1), Kish's effective size of its denominators must reach it too: when a few sentences hold
+    most of the entities or words, they carry the drop, and 100 sentences can weigh like 14."""
+    eff = float(n) if n_eff is None else min(float(n), float(n_eff))
+    if eff >= _MIN_BOOTSTRAP_N:
         return None
-    return _refused(n, _MIN_BOOTSTRAP_N, drop, common, what=(
-        f"n={n:,} is too small for a bootstrap bound: below {_MIN_BOOTSTRAP_N} examples a few "
-        "examples that carry the drop are too often missing from the sample, so no method here "
-        "is valid"))
+    if n < _MIN_BOOTSTRAP_N:
+        return _refused(n, _MIN_BOOTSTRAP_N, drop, common, what=(
+            f"n={n:,} is too small for a bootstrap bound: below {_MIN_BOOTSTRAP_N} examples a few "
+            "examples that carry the drop are too often missing from the sample, so no method here "
+            "is valid"))
+    need = max(n + 1, int(math.ceil(n * _MIN_BOOTSTRAP_N / max(eff, 1e-300))))
+    return _refused(n, min(need, _N_NEEDED_CAP), drop, common, what=(
+        f"the {n:,} examples weigh like {eff:,.0f} (effective size of the denominators, (sum)^2 / sum "
+        f"of squares): below {_MIN_BOOTSTRAP_N} a drop carried by the few examples that hold most of "
+        "the weight is too often missing from the sample, so no method here is valid; use more examples"))
 
 
 def _jackknife(call: Callable[[np.ndarray], tuple[float, float]], n: int, rel: bool, hib: bool,

@@ -1204,3 +1204,24 @@ def test_ratio_gram_se_matches_per_example_influence(transform, relative, width)
     ref = parts.drop_and_se(w, relative, False)
     assert got[0] == pytest.approx(ref[0], rel=1e-12, abs=1e-14)
     assert got[1] == pytest.approx(ref[1], rel=1e-9)
+
+
+def test_bounded_ratio_needs_an_effective_size_of_100():
+    """Entity F1 / WER as ratios of sums: when a few sentences hold most of the entities they carry
+    the drop, and the floor of 100 examples counts Kish's effective size of the denominators
+    (a review found false PASS 0.19 at n = 100 with 1.5 % of sentences holding 60 entities each)."""
+    rng = np.random.default_rng(3)
+    n = 300
+    gold = np.where(np.arange(n) < 5, 60.0, 1.0 + rng.poisson(1.0, n))  # 5 entity-dense sentences
+    tp_b = np.floor(gold * 0.9)
+    tp_t = tp_b.copy()
+    tp_t[:5] = np.floor(gold[:5] * 0.6)
+    heavy = Ratio(2 * tp_b, tp_b + gold, 2 * tp_t, tp_t + gold)
+    eff = stats._effective_size(heavy.den_base, heavy.den_tuned)
+    assert eff < 100 <= n
+    cmp = compare_statistic(None, n, max_drop=0.05, ratio=heavy, bounded=True)
+    assert cmp.verdict == "inconclusive" and cmp.method == "refused" and cmp.ci_low == -math.inf
+    assert f"weigh like {eff:,.0f}" in cmp.reason and cmp.n_needed > n
+    # the same sentences without the dense ones: the bootstrap decides as before
+    light = Ratio(2 * tp_b[5:], tp_b[5:] + gold[5:], 2 * tp_t[5:], tp_t[5:] + gold[5:])
+    assert compare_statistic(None, n - 5, max_drop=0.05, ratio=light, bounded=True).method != "refused"
