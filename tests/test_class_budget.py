@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from table_model import table_model
 
 from pytest_forgetting import class_budget as cb
 
@@ -202,23 +203,7 @@ def test_class_metric_is_validated_at_collection():
 # -- end to end ------------------------------------------------------------------------------------
 
 
-class _Table:
-    """A model that returns preset logits for the example whose index the input holds."""
-
-    def __new__(cls, preds: np.ndarray, k: int):
-        import torch
-
-        class Lookup(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                logits = torch.full((len(preds), k), -4.0)
-                logits[torch.arange(len(preds)), torch.from_numpy(preds)] = 4.0
-                self.register_buffer("table", logits)
-
-            def forward(self, x):
-                return self.table[x.flatten(1)[:, 0].round().long()]
-
-        return Lookup().eval()
+_Table = table_model  # preset logits per example index (tests/table_model.py)
 
 
 def _run(task_name: str, base, tuned, **kwargs):
