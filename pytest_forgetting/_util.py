@@ -112,7 +112,7 @@ def atomic_write(
         if by_name:
             os.close(fd)
             fd = -1
-            content(_in(directory, tmp, dir_fd))  # type: ignore[call-arg,operator]
+            content(_in(directory, tmp, dir_fd))  # type: ignore[arg-type,call-arg,operator]
         else:
             with os.fdopen(fd, "wb") as fh:
                 fd = -1

@@ -255,7 +255,7 @@ class EvalCache:
             return None
         return arrays
 
-    def _write(self, name: str, key_text: str, arrays: dict[str, np.ndarray]) -> bool:
+    def _write(self, name: str, key_text: str, arrays: dict[str, Any]) -> bool:
         if not self.usable():
             return False
         target = f"{name}.npz" if self._fd is not None else self.directory / f"{name}.npz"
@@ -463,7 +463,7 @@ def _read_npy(member: Any, size: int) -> np.ndarray:
     if nbytes > size:
         raise _Miss("header promises more data than the member holds")
     buf = np.empty(nbytes, dtype=np.uint8)
-    view = memoryview(buf)
+    view = memoryview(buf)  # type: ignore[arg-type]
     got = 0
     while got < nbytes:
         chunk = member.read(min(nbytes - got, 1 << 22))
@@ -545,7 +545,7 @@ def _unflatten(data: dict[str, np.ndarray]) -> dict[str, Any]:
     for i, (path, kind) in enumerate(layout):
         if not isinstance(path, list) or not path or not all(isinstance(p, str) for p in path) or kind not in ("numpy", "torch"):
             raise _Miss("bad layout")
-        arr = data[f"a{i}"]
+        arr: Any = data[f"a{i}"]
         if kind == "torch":
             import torch
 

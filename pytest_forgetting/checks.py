@@ -15,9 +15,9 @@ from typing import Any, Mapping
 from .errors import ConfigError
 from .registry import REGISTRY, suggest
 
-RETAINS_KEYS = ("task", "max_drop", "metric", "relative", "max_class_drop", "max_nfr", "split", "slices", "max_gap_increase",
+RETAINS_KEYS: tuple[str, ...] = ("task", "max_drop", "metric", "relative", "max_class_drop", "max_nfr", "split", "slices", "max_gap_increase",
                 "class_metric")
-IMPROVES_KEYS = ("task", "min_gain", "metric", "relative", "split")
+IMPROVES_KEYS: tuple[str, ...] = ("task", "min_gain", "metric", "relative", "split")
 #: score_range=(low, high): every per-example score of both models lies in it (issue 11), so the
 #: drop gets bounds valid at every n (stats.compare_scores) instead of the asymptotic bootstrap
 RETAINS_KEYS += ("score_range",)

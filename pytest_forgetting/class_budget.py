@@ -216,12 +216,13 @@ def precision_part(base_outputs: Mapping[str, Any], tuned_outputs: Mapping[str, 
     for out in (base_outputs, tuned_outputs):
         if pred_key is None or pred_key not in out or np.ndim(out[pred_key]) != 1 or np.shape(out[pred_key]) != np.shape(out[label_key]):
             raise ConfigError(f"class_metric='precision' needs one predicted class per example; task {task!r} has none")
+    assert pred_key is not None  # refused above
     gated = limit is not None
     classes = class_precision_drops(base_outputs[label_key], base_outputs[pred_key], tuned_outputs[pred_key],
-                                    limit=limit if gated else 1.0, alpha=alpha,
+                                    limit=limit if limit is not None else 1.0, alpha=alpha,
                                     fail_alpha=fail_alpha if gated else None, class_names=class_names)
     rows = [c.row(gated) for c in classes[:top]]
-    if not gated:
+    if limit is None:
         return PrecisionPart(rows, [], [], "")
     return PrecisionPart(rows, [c.budget() for c in classes], [c.verdict for c in classes], describe(classes, limit))
 

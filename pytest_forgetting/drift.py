@@ -154,7 +154,7 @@ def drift_table(base: Any, tuned: Any) -> DriftTable:
             acc[4] += float(torch.sum(tf * tf))
             acc[5] = max(acc[5], float(delta is not None))
             del bf, tf, diff
-    first = {}
+    first: dict[str, int] = {}
     for i, name in enumerate(base_params):  # blocks in the base model's order (adapter layers are read first)
         first.setdefault(block_of(name), i)
     order.sort(key=lambda blk: first.get(blk, len(first)))

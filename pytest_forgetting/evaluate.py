@@ -271,7 +271,7 @@ def run_model(
             number += 1
             for key, value in out.items():
                 collected.setdefault(key, []).append(value)
-            first = next(iter(out.values()), None)
+            first: Any = next(iter(out.values()), None)
             done += int(first.shape[0]) if getattr(first, "ndim", 0) else 0
             if progress is not None:
                 progress(done)

@@ -23,7 +23,7 @@ def no_progress_bars(load: bool = True) -> Iterator[None]:
     transformers is imported for it only when ``load`` says the block loads through it (importing it
     costs seconds); when it is imported already, its bars are silenced whatever ``load`` says.
     """
-    tl = sys.modules.get("transformers.utils.logging")
+    tl: Any = sys.modules.get("transformers.utils.logging")
     if tl is None and not load:
         yield
         return
@@ -33,12 +33,14 @@ def no_progress_bars(load: bool = True) -> Iterator[None]:
         except Exception:  # noqa: BLE001 - no transformers: nothing to silence
             yield
             return
+    are_progress_bars_disabled: Any
+    disable_progress_bars: Any
     try:
         from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
     except Exception:  # noqa: BLE001
-        are_progress_bars_disabled = disable_progress_bars = None  # type: ignore[assignment]
+        are_progress_bars_disabled = disable_progress_bars = None
     was_on = tl.is_progress_bar_enabled()
-    hub_off = bool(are_progress_bars_disabled()) if are_progress_bars_disabled else False
+    hub_off = bool(are_progress_bars_disabled()) if are_progress_bars_disabled is not None else False
     if was_on:
         tl.disable_progress_bar()
     try:

@@ -195,5 +195,5 @@ def _fingerprint_module(model: "torch.nn.Module") -> str:
         digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
         flat = tensor.to("cpu").contiguous().reshape(-1)
         if flat.numel():
-            digest.update(memoryview(flat.view(torch.uint8).numpy()))
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))  # type: ignore[arg-type]
     return "sha256:" + digest.hexdigest()

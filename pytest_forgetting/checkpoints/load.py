@@ -145,11 +145,12 @@ def _load(ref: Ref, model_factory: str | Callable[[], "torch.nn.Module"] | None,
         stage.keep_while(model)
     else:
         stage.remove()
-    for obj in (config, getattr(model, "config", None)):
+    named: tuple[Any, ...] = (config, getattr(model, "config", None))
+    for obj in named:
         if obj is not None and hasattr(obj, "_name_or_path"):
             obj._name_or_path = target.resolved  # not the private copy's name
     if hasattr(model, "name_or_path"):
-        model.name_or_path = target.resolved
+        model.name_or_path = target.resolved  # type: ignore[assignment]  # an HF model's str attribute
     if tokenizer is not None and hasattr(tokenizer, "name_or_path") and tokenizer is not getattr(ctx.base, "tokenizer", None):
         tokenizer.name_or_path = target.resolved
 

@@ -283,7 +283,7 @@ def _refuse_oversized(model_cls: Any, config: Any, checkpoint_elements: int, sou
     import torch
 
     text = getattr(config, "get_text_config", lambda: config)()
-    dims = {k: getattr(text, k, None) for k in ("vocab_size", "hidden_size", "num_hidden_layers")}
+    dims: dict[str, Any] = {k: getattr(text, k, None) for k in ("vocab_size", "hidden_size", "num_hidden_layers")}
     if all(_is_int(v) and v > 0 for v in dims.values()):
         vocab, hidden, layers = dims["vocab_size"], dims["hidden_size"], dims["num_hidden_layers"]
         floor = max(vocab * hidden, layers * hidden * hidden)

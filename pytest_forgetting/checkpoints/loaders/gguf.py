@@ -39,6 +39,7 @@ def _load_gguf(path: Path) -> tuple["torch.nn.Module", Any]:
         raise CheckpointError(f"transformers cannot read the metadata of GGUF file {path}: {_describe_exc(exc)}") from exc
     source = f"the metadata of GGUF file {path}"
     _check_counts(config.to_dict(), source)
+    model_cls: Any
     try:
         model_cls = transformers.AutoModelForCausalLM._model_mapping[type(config)]
     except Exception:
@@ -46,12 +47,13 @@ def _load_gguf(path: Path) -> tuple["torch.nn.Module", Any]:
     # defaults fill what the metadata leaves out (a Llama-7B shape): the tensors in the file must fill that model
     _refuse_oversized(model_cls, config, elements, source, False)
     try:
-        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        loaded: Any = transformers.AutoModelForCausalLM.from_pretrained(
             str(path.parent), config=config, output_loading_info=True, attn_implementation=None, **kwargs,
             **{_dtype_kwarg(transformers): torch.get_default_dtype()},
         )  # fmt: skip
     except Exception as exc:
         raise CheckpointError(f"transformers cannot load GGUF file {path}: {_describe_exc(exc)}") from exc
+    model, info = loaded
     _check_loading_info(info, path, type(model).__name__)
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), **kwargs)
