@@ -332,6 +332,11 @@ class CheckRow(_Record):
         return self.kind == CheckKind.IMPROVES
 
     @property
+    def is_bounded(self) -> bool:
+        """A metric in [0, 1], shown in percent and its drops in points: ``bounded``, True when the row has none."""
+        return True if self.bounded is ABSENT else bool(self.bounded)
+
+    @property
     def gain(self) -> tuple[Any, Any, Any]:
         """An ``improves`` row's gain and its interval (:func:`gain_triple`)."""
         return gain_triple(self.drop, self.ci_low, self.ci_high)
