@@ -458,7 +458,7 @@ def main() -> None:
             "Stages are exclusive (a task built while pytest collects counts as task build). *other*: Python and pytest start-up, "
             "pytest plugins (Hypothesis' terminal-summary hook imports hypothesis), checkpoint fingerprints, the cache. "
             "Warm runs reuse both models' outputs (the cache keeps tuned evaluations too); what is left at 60k is the "
-            "statistics (the aggregate macro-F1 bootstrap, stats.py: issue 18 point 2).",
+            "statistics (the aggregate macro-F1 bootstrap, stats/ratio.py and stats/bootstrap.py: issue 18 point 2).",
         ])  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
