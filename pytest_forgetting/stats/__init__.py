@@ -1,4 +1,5 @@
-"""The statistical decision core of pytest-forgetting (pure: numpy and the standard library, no I/O, no torch, no scipy).
+"""The statistical decision core of pytest-forgetting (pure: numpy and the standard library, no I/O,
+no torch, no scipy).
 
 The question every marker asks is *non-inferiority on paired data*: did the fine-tuned model
 lose more than ``margin`` of a metric its base model had, measured on the **same** examples?
@@ -62,6 +63,8 @@ read in the module that defines it: to change one (a test's monkeypatch), set it
 (``stats.bootstrap._ANALYTIC_MIN_N``, ``stats.refusals._MIN_UNBOUNDED_N``), not on this package.
 """
 
+# The modules in dependency order (each imports only modules above it), not sorted by name:
+# ruff: noqa: I001
 from .verdict import (  # noqa: F401
     PASS, FAIL, INCONCLUSIVE, _SEVERITY, _N_NEEDED_CAP, _TIE_RTOL, Comparison, Budget, Ratio, Sensitivity,
     _drop_of, _tol, _below, _above, _ties, _decide, _fmt_pair, _Settle, _reason, combine_verdicts, _result,

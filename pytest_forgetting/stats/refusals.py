@@ -30,7 +30,8 @@ _MIN_UNBOUNDED_N = 1000
 
 def _refused(n: int, need: int, drop: float, common: dict[str, Any], what: str = "") -> Comparison:
     note = what or (f"n={n:,} is below {need:,}, the smallest n at which a bounded aggregate metric can "
-                    f"be decided at a margin of {abs(common['margin']):g} and this alpha (no method here is valid below it)")
+                    f"be decided at a margin of {abs(common['margin']):g} and this alpha "
+                    "(no method here is valid below it)")
     return _result(verdict=INCONCLUSIVE, drop=drop, low=-math.inf, high=math.inf, method="refused",
                    settle=_Settle(n=need),
                    note=note, **common)
