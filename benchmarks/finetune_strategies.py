@@ -49,7 +49,7 @@ def base_model() -> torch.nn.Module:
     """The example CNN trained on the MNIST train split with the example's own recipe (build_checkpoints.py).
 
     Trained here rather than read from example_project/checkpoints so that the numbers depend only on
-    the code (the test suite builds the same base at one thread: tests/test_finetune.py ``scenario``).
+    the code (the test suite builds the same base at one thread: tests/engine/test_finetune.py ``scenario``).
     """
     from cnn import build_model, train
 

@@ -11,7 +11,7 @@ The script writes ``docs/readme-outputs/NAME.txt`` (a header with the command, t
 hash of the inputs that determine the output and a hash of the body, then the body) and rewrites
 the README block between ``<!-- readme-output: NAME -->`` and ``<!-- /readme-output -->``.
 
-``tests/test_readme.py`` reruns the cheap outputs and compares them with the README; for the
+``tests/contracts/test_readme.py`` reruns the cheap outputs and compares them with the README; for the
 expensive ones (they need the example's checkpoints) it checks that the README block equals the
 committed file, that the file's body hash and command are this script's, and that the inputs hash
 matches the files as they are now. A change to the plugin that changes the printed numbers is not

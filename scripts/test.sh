@@ -12,8 +12,8 @@ fi
 # The built wheel on the lowest supported Python (3.10) without torch: `python -m build` makes an
 # sdist and a wheel from it, scripts/check_dist.py checks they hold every package file and the pytest11
 # entry point, and the wheel (not the source tree) is installed in a fresh venv that runs
-# tests/test_torchfree.py: plugin import, options, declarations, statistics (--noconftest because
-# tests/conftest.py imports torch). Without python3.10 the same runs on a fresh python3.11 venv.
+# tests/unit/test_torchfree.py: plugin import, options, declarations, statistics (--noconftest: the file
+# needs none of the suite's conftests). Without python3.10 the same runs on a fresh python3.11 venv.
 find_python310() {
     local c
     for c in "${PYTHON310:-}" python3.10 "$HOME"/.pyenv/versions/3.10*/bin/python3.10 /usr/bin/python3.10; do
@@ -39,7 +39,7 @@ PIPW=(.venv/wheel-smoke/bin/python -m pip install -q --disable-pip-version-check
 "${PIPW[@]}" pytest numpy scipy hypothesis filelock "tomli>=1.1"
 "${PIPW[@]}" --no-deps "$DIST"/*.whl
 # from outside the clone, so that `import pytest_forgetting` can only find the installed wheel
-(cd "$DIST" && FORGETTING_WHEEL_SMOKE="$ROOT" "$ROOT"/.venv/wheel-smoke/bin/python -m pytest "$ROOT"/tests/test_torchfree.py \
+(cd "$DIST" && FORGETTING_WHEEL_SMOKE="$ROOT" "$ROOT"/.venv/wheel-smoke/bin/python -m pytest "$ROOT"/tests/unit/test_torchfree.py \
     --rootdir "$ROOT" --noconftest -p no:cacheprovider -q)
 rm -rf "$DIST"
 

@@ -598,7 +598,7 @@ def test_readme_options_table_lists_the_newcomer_options():
 
 # -- 6. the example's property tests are derandomised; fine-tuning tests are no candidate -----------
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "example_project"
+EXAMPLE = Path(__file__).resolve().parents[2] / "example_project"
 
 
 def test_example_project_is_derandomised_and_counts_only_real_candidates(pytester, tmp_path):

@@ -115,7 +115,7 @@ def test_warm_run_does_not_reread_an_unchanged_base_checkpoint(tasks, bert_folde
     cold = session(*bert_folders, tmp_path).run_check(check(TEXT_TASK, max_drop=0.5), test="t")
     assert (tmp_path / "cache" / "file-digests.json").is_file()
 
-    from test_checkpoints import spy_on_checkpoint_reads
+    from _helpers.checkpoint_models import spy_on_checkpoint_reads
 
     opened: list[str] = []
     spy_on_checkpoint_reads(monkeypatch, lambda f, *a, **k: opened.append(str(f)) or open(f, *a, **k))

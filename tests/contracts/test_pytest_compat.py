@@ -31,7 +31,7 @@ PYPROJECT = """
 
 def _outside(tmp_path_factory: pytest.TempPathFactory, p, **weights) -> tuple[Path, Path]:
     """Base and tuned checkpoints on a 'data disk': a folder outside the pytester project."""
-    from conftest import linear_weights, save_weights
+    from _helpers.project import linear_weights, save_weights
 
     data = tmp_path_factory.mktemp("data-disk")
     base = save_weights(data / "base.safetensors", linear_weights())
@@ -137,7 +137,7 @@ TWO_CHECKS = """
 
 
 def _odd_project(make_project):
-    from conftest import CONFTEST, K, linear_weights, save_weights
+    from _helpers.project import CONFTEST, K, linear_weights, save_weights
 
     p = make_project(n=400)
     p.pytester.makepyfile(oddmodels=ODD_MODELS)
@@ -354,7 +354,7 @@ def test_collect_only_does_not_import_torch(make_project):
 # -- the compatibility matrix: each way of running pytest gives the table and JSON of a plain run ---
 _STABLE = ("test", "task", "metric", "kind", "candidate", "n", "base", "tuned", "drop", "ci_low", "ci_high",
            "margin", "nfr", "verdict")
-COMPAT_PLUGINS = Path(__file__).resolve().parents[1] / ".venv" / "compat-plugins"  # pytest-randomly (scripts/test.sh)
+COMPAT_PLUGINS = Path(__file__).resolve().parents[2] / ".venv" / "compat-plugins"  # pytest-randomly (scripts/test.sh)
 
 
 def _rows(js: Path) -> dict[str, dict]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 _spec = importlib.util.spec_from_file_location("readme_outputs", ROOT / "scripts" / "readme_outputs.py")
@@ -147,7 +147,7 @@ def test_extractors_cut_the_parts_the_readme_shows():
 def _tested_by(test_name: str) -> list[str]:
     text = README.read_text()
     return [body for _line, info, body, before in fences(text)
-            if info == "python" and before and f"tests/test_readme.py::{test_name}" in before]
+            if info == "python" and before and f"tests/contracts/test_readme.py::{test_name}" in before]
 
 
 def test_marker_snippets_collect(pytester):

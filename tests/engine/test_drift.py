@@ -12,7 +12,7 @@ import pytest
 from pytest_forgetting import drift
 
 torch = pytest.importorskip("torch")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cnn():
@@ -86,7 +86,7 @@ def test_lora_adapter_is_read_as_its_update_per_target_module():
     pytest.importorskip("peft")
     import peft
 
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/: text_helpers
     from text_helpers import tiny_bert
 
     base = tiny_bert(num_labels=2)
@@ -123,7 +123,7 @@ def test_linear_cka_equals_an_independent_implementation():
 
 
 def test_representation_cka_per_layer_on_hidden_states():
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/: text_helpers
     from text_helpers import tiny_bert
 
     base = tiny_bert(num_labels=2, num_hidden_layers=2)
@@ -176,7 +176,7 @@ def test_fail_message_and_json_carry_the_most_changed_blocks(tmp_path):
 
 
 def test_representation_drift_option_adds_cka_per_layer_to_the_row(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/: text_helpers
     from text_helpers import check, make_tokenizer, save, sentiment_texts, session, tiny_bert
 
     import pytest_forgetting as pf

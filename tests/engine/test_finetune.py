@@ -33,7 +33,7 @@ from pytest_forgetting.finetune import (
     parameter_blocks,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -24,7 +24,7 @@ torch = pytest.importorskip("torch")
 
 from pytest_forgetting.finetune import STRATEGIES, finetune  # noqa: E402
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pytest_forgetting" / "finetune"
+PACKAGE = Path(__file__).resolve().parents[2] / "pytest_forgetting" / "finetune"
 SEED, LR, EPOCHS, BATCH = 3, 0.03, 2, 10
 
 

@@ -43,7 +43,7 @@ INTO_PROC = "replace the link with the real file"
 @pytest.fixture
 def text_project(pytester: pytest.Pytester):
     """A text-classification project (two checks, one unrelated test), a tiny BERT base, a secret outside."""
-    import test_checkpoints as tc
+    import _helpers.checkpoint_models as tc
 
     pytester.makeconftest(TEXT_CONFTEST)
     pytester.makepyfile(test_contract=dedent(TEXT_CHECKS))
@@ -228,7 +228,7 @@ def test_attn_implementation_checks_sub_configs_and_dicts():
 
 
 def test_links_inside_the_folder_and_hub_snapshots_load(tmp_path, monkeypatch):
-    import test_checkpoints as tc
+    import _helpers.checkpoint_models as tc
     from huggingface_hub import constants
 
     folder = tmp_path / "bert"
@@ -272,7 +272,7 @@ def test_loaders_never_see_the_folder_itself(tmp_path):
     """What transformers reads is a private copy, deleted once the model is loaded."""
     import tempfile
 
-    import test_checkpoints as tc
+    import _helpers.checkpoint_models as tc
 
     folder = tmp_path / "bert"
     tc.save_bert(folder)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import linear_weights, save_weights
+from _helpers.project import linear_weights, save_weights
 
 #: a forward pass that raises on the batch holding the last examples (fewer than 64 rows), but
 #: only for a model whose 'armed' buffer is set: the base runs, the hostile tuned model crashes
@@ -324,7 +324,7 @@ def words():
 
 
 def test_crashing_tokenizer_names_the_model_and_the_task(pytester):
-    import test_checkpoints as tc
+    import _helpers.checkpoint_models as tc
 
     pytester.makeconftest(TEXT_CONFTEST)
     base = pytester.path / "base"

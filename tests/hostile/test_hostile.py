@@ -87,7 +87,7 @@ def test_auto_device_says_cpu_in_header(make_project):
 
 
 def test_fake_oom_halves_batch_for_both_models(make_project, monkeypatch):
-    from conftest import linear_weights, save_weights
+    from _helpers.project import linear_weights, save_weights
 
     p = make_project(n=400)
     p.pytester.makepyfile(flaky=FLAKY_MODELS)
@@ -113,7 +113,7 @@ def test_fake_oom_halves_batch_for_both_models(make_project, monkeypatch):
 
 
 def test_interrupted_base_evaluation_leaves_no_cache_entry(make_project, monkeypatch):
-    from conftest import linear_weights, save_weights
+    from _helpers.project import linear_weights, save_weights
 
     p = make_project(n=400)
     p.pytester.makepyfile(flaky=FLAKY_MODELS)
@@ -254,7 +254,7 @@ def test_pickle_refused_by_default_and_code_never_runs(make_project):
 
     import torch
 
-    from conftest import linear_weights
+    from _helpers.project import linear_weights
 
     p = make_project(n=400)
     p.test_file(RETAINS)
@@ -281,7 +281,7 @@ def test_pickle_refused_by_default_and_code_never_runs(make_project):
 def test_factory_key_mismatch_lists_keys(make_project):
     import torch
 
-    from conftest import save_weights
+    from _helpers.project import save_weights
 
     p = make_project(n=400)
     p.test_file(RETAINS)
@@ -293,7 +293,7 @@ def test_factory_key_mismatch_lists_keys(make_project):
 
 TEXT_CONFTEST = '''
 import pytest_forgetting as pf
-from test_checkpoints import WORDS
+from _helpers.checkpoint_models import WORDS
 
 @pf.task("words")
 def words():
@@ -307,7 +307,7 @@ def text_project(pytester, request):
     import sys
 
     sys.path.insert(0, str(request.path.parent))
-    from test_checkpoints import save_bert
+    from _helpers.checkpoint_models import save_bert
 
     pytester.makeconftest(TEXT_CONFTEST)
     pytester.makepyfile(test_words="""
@@ -350,7 +350,7 @@ def test_label_map_difference(text_project):
 
 def test_vocabulary_difference(text_project):
     pytester, base, save_bert = text_project
-    import test_checkpoints as tc
+    import _helpers.checkpoint_models as tc
 
     tuned = pytester.path / "tuned"
     save_bert(tuned, tokenizer=False)

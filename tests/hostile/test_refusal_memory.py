@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from _checkpoint_helpers import TEXT_CONFTEST  # the two text tasks of the hostile suites
-from conftest import linear_weights, save_weights
+from _helpers.project import linear_weights, save_weights
 
 
 TWO_CHECKS = """
@@ -105,7 +105,7 @@ def assert_refused_every_time(run: Run, verdict: str, needle: str, hint: str, *,
 @pytest.fixture
 def text_project(pytester: pytest.Pytester):
     """A text-classification project (two tasks) with a tiny BERT base checkpoint folder."""
-    import test_checkpoints as tc
+    import _helpers.checkpoint_models as tc
 
     pytester.makeconftest(TEXT_CONFTEST)
     pytester.makepyfile(test_contract=textwrap.dedent(TWO_CHECKS.format(a="words", b="words2")))

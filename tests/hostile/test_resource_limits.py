@@ -276,7 +276,7 @@ def test_gguf_tensor_claiming_a_trillion_elements_is_refused(zygote, synth):
 
 @pytest.fixture
 def text(pytester):
-    import test_checkpoints as tc
+    import _helpers.checkpoint_models as tc
 
     pytester.makeconftest(TEXT_CONFTEST)
     pytester.makepyfile(test_contract=dedent(TEXT_CHECKS))

@@ -261,7 +261,7 @@ def test_nan_in_tuned_fails_and_in_base_errors(make_project):
 
     p = make_project(n=400)
     p.test_file(RETAINS)
-    from conftest import linear_weights, save_weights  # noqa: E402  (tests/conftest.py helpers)
+    from _helpers.project import linear_weights, save_weights  # noqa: E402  (tests/_helpers/project.py)
 
     bad = linear_weights()
     bad["1.bias"] = torch.tensor([float("nan")] * 4)

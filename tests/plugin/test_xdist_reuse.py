@@ -229,7 +229,7 @@ def test_an_explicit_dist_keeps_xdists_scheduler(counting):
 
 def test_a_forged_or_foreign_tuned_entry_is_recomputed(counting):
     """Tuned entries keep the base entries' guarantees: the recorded whole key is checked on read."""
-    from conftest import linear_weights, save_weights
+    from _helpers.project import linear_weights, save_weights
 
     p, tuned, log, _ = counting
     p.test_file(SPLIT_BY_USER)

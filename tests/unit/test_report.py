@@ -526,7 +526,7 @@ def test_importing_report_is_cheap():
     code = ("import sys, pytest_forgetting.report; "
             "heavy = {'matplotlib', 'torch', 'transformers', 'datasets'} & set(sys.modules); "
             "assert not heavy, heavy")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
 

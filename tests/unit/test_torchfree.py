@@ -1,7 +1,7 @@
 """The parts of the plugin that need no torch: import, options, declarations, statistics.
 
 ``scripts/test.sh`` runs this file on the lowest supported Python (3.10) in a venv without torch,
-with ``--noconftest`` (``tests/conftest.py`` imports torch for the rest of the suite). Nothing
+with ``--noconftest`` (the file needs none of the suite's conftests). Nothing
 here may import torch at module level; what needs it is skipped where torch is missing.
 """
 

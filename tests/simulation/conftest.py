@@ -1,0 +1,3 @@
+"""The simulation tier: torch and the plugin's heavy modules are imported once, before any pytester in-process run."""
+
+import _helpers.heavy  # noqa: F401
