@@ -1,7 +1,7 @@
 """The unit tier: pure tests that never import torch.
 
 Run alone (``pytest tests/unit``), the tier checks that promise: a test after which torch is in sys.modules gets
-an error at teardown, and the session ends with exit status 1 if torch was imported during collection or a run.
+an error at teardown (once per process), and the session ends with exit status 1 if torch was imported during collection or a run.
 FORGETTING_UNIT_REPORT=<path> writes the modules seen at the end of the session (used by tests/contracts).
 """
 
@@ -31,10 +31,15 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     config.stash[_ONLY_UNIT] = bool(items) and all(_in_unit(item) for item in items)
 
 
+_REPORTED = pytest.StashKey[bool]()
+
+
 @pytest.fixture(autouse=True)
 def _torch_stays_out(request: pytest.FixtureRequest):
     yield
-    if request.config.stash.get(_ONLY_UNIT, False) and "torch" in sys.modules:
+    config = request.config
+    if config.stash.get(_ONLY_UNIT, False) and "torch" in sys.modules and not config.stash.get(_REPORTED, False):
+        config.stash[_REPORTED] = True  # once per process: the first test that sees it names the culprit
         pytest.fail(f"torch was imported in the unit tier (by {request.node.nodeid} or before it)", pytrace=False)
 
 
