@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -199,10 +200,19 @@ def _metric_key(metric: str, flt: str) -> str:
     return metric if flt == "none" else f"{metric}@{flt}"
 
 
+@dataclass(frozen=True)
+class LmEvalDocuments:
+    """The one split of an lm-eval task: each document's id (``SUBTASK:DOC_ID``) and subtask index."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+
+
 class LmEvalTask(Task):
     """An lm-evaluation-harness task or group, evaluated by lm-eval on the whole model.
 
-    One split, ``test``: the documents lm-eval evaluates (its test split, else validation).
+    One split, ``test``: the documents lm-eval evaluates (its test split, else validation), kept
+    in the store of every task (``Task._splits``) as an :class:`LmEvalDocuments` record.
     ``num_fewshot`` overrides the tasks' own few-shot count as lm-eval's ``--num_fewshot`` does
     (a task whose YAML fixes ``num_fewshot: 0`` keeps it); the few-shot sampler is seeded with
     ``fewshot_seed`` before each model's evaluation, so both models see the same contexts.
@@ -262,8 +272,7 @@ class LmEvalTask(Task):
             self._n_docs.append(n)
             ids.extend(f"{sub}:{i}" for i in range(n))
             labels.extend([k] * n)
-        self._ids = np.asarray(ids, dtype=str)
-        self._labels = np.asarray(labels, dtype=np.int64)
+        self._splits = {self.SPLIT: LmEvalDocuments(np.asarray(ids, dtype=str), np.asarray(labels, dtype=np.int64))}
         self.metrics = self._build_metrics()
         if not self.metrics:
             raise TaskError(
@@ -317,22 +326,15 @@ class LmEvalTask(Task):
         return next(iter(self.metrics))
 
     # -- the Task interface --------------------------------------------------------------------
-    def split_names(self) -> tuple[str, ...]:
-        return (self.SPLIT,)
-
-    def ids(self, split: str) -> np.ndarray:
-        self.check_split(split)
-        return self._ids
-
     def class_names(self) -> list[str] | None:
         return list(self.subtasks) if self.is_group else None
 
     def static_outputs(self, split: str) -> dict[str, np.ndarray]:
-        self.check_split(split)
-        return {"label": self._labels} if self.is_group else {}
+        docs = self.split(split)
+        return {"label": docs.labels} if self.is_group else {}
 
     def fingerprint_parts(self, split: str) -> Sequence[Any]:
-        self.check_split(split)
+        docs = self.split(split)
         settings = dict(
             lm_eval=self.lm_eval_version, name=self.lm_eval_name, num_fewshot=self.num_fewshot, fewshot_seed=self.fewshot_seed,
             seeds=[RANDOM_SEED, NUMPY_SEED, TORCH_SEED], chat_template=self.apply_chat_template,
@@ -343,7 +345,7 @@ class LmEvalTask(Task):
             config = json.dumps(_stable(t.dump_config()), sort_keys=True, ensure_ascii=False)
             fewshot = _doc_digest(t.fewshot_docs()) if (t.get_config("num_fewshot") or 0) > 0 else ""
             parts.append([sub, config, _doc_digest(t.eval_docs), fewshot])
-        return [self._ids, parts]
+        return [docs.ids, parts]
 
     def prepare(self, split: str, meta: ModelMeta) -> Any:  # pragma: no cover - evaluate_model runs the model
         raise TaskError(f"task {self.name!r} is evaluated by lm-eval as a whole (Task.evaluate_model), not batch by batch")
@@ -360,14 +362,14 @@ class LmEvalTask(Task):
         from lm_eval.evaluator import evaluate
         from lm_eval.models.huggingface import HFLM
 
-        self.check_split(split)
+        n_docs = self.size(split)
         idx = np.sort(np.asarray(idx, dtype=np.int64))
         # lm-eval may set a pad token on the tokenizer it is given: a copy keeps the checkpoint's as it is
         tokenizer = copy.deepcopy(meta.tokenizer)
         start = time.perf_counter()
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=self.max_length)
         samples = None
-        if len(idx) < len(self._ids):
+        if len(idx) < n_docs:
             samples = {}
             offsets = np.cumsum([0, *self._n_docs])
             for k, sub in enumerate(self.subtasks):
@@ -395,7 +397,8 @@ class LmEvalTask(Task):
     def _collect(self, logged: dict[str, list[dict[str, Any]]], idx: np.ndarray, seconds: float) -> EvalResult:
         from ..evaluate import NonFiniteOutputs
 
-        pos = {i: k for k, i in enumerate(self._ids[idx].tolist())}
+        docs = self.split(self.SPLIT)
+        pos = {i: k for k, i in enumerate(docs.ids[idx].tolist())}
         n = len(idx)
         columns: dict[str, np.ndarray] = {}
         seen = np.zeros(n, dtype=bool)
@@ -419,14 +422,14 @@ class LmEvalTask(Task):
                     elif isinstance(value, (bool, int, float, np.integer, np.floating)):
                         columns.setdefault(key, np.full(n, np.nan))[row] = float(value)
         if not seen.all():
-            missing = self._ids[idx][~seen][:3].tolist()
+            missing = docs.ids[idx][~seen][:3].tolist()
             raise TaskError(f"task {self.name!r}: lm-eval logged no result for documents {missing}")
         if bad:
             raise NonFiniteOutputs(f"NaN/Inf log-likelihoods on {len(bad)} of {n} documents (e.g. {', '.join(bad[:3])})", bad[:10])
         outputs = {k: v for k, v in columns.items()}
         if self.is_group:
-            outputs["label"] = self._labels[idx]
-        return EvalResult(ids=self._ids[idx], outputs=outputs, seconds=seconds)
+            outputs["label"] = docs.labels[idx]
+        return EvalResult(ids=docs.ids[idx], outputs=outputs, seconds=seconds)
 
 
 def _metric(name: str, aggregation: str, higher_is_better: bool, binary: bool, *, key: str | None = None) -> Metric | None:
