@@ -8,12 +8,15 @@ same evaluation examples. The per-example outputs are ordinary ``pred`` / ``labe
 accuracy (Tango interval), macro-F1 (paired bootstrap), per-class and per-slice drops and
 negative flips all apply unchanged.
 
-How it fits the evaluator's batch loop without a new hook: ``batches`` first yields the probe
-split (tagged ``"probe"``), then the requested evaluation examples, all carrying one
-``ProbeRun`` object created per evaluation. ``forward`` stores the probe embeddings, fits the
-probe on the first evaluation batch, and returns the probe's predictions from then on. The
-probe split is never subsampled by ``--forgetting-limit`` (only the evaluated examples are);
-its size is fixed by ``probe_size``.
+Per model, two named phases: the **fit** phase, :meth:`EmbeddingProbeTask.fit_probe` (the
+module's :func:`fit_probe` with the task's settings: the model's probe-split embeddings and
+their labels -> a :class:`Probe`), and the **scoring** phase, :meth:`Probe.predict` (evaluated
+embeddings -> predicted classes). They fit the evaluator's batch loop without a new hook:
+``batches`` first yields the probe split (tagged ``"probe"``), then the requested evaluation
+examples, all carrying one ``ProbeRun`` object created per evaluation. ``forward`` collects the
+probe embeddings, runs the fit phase at the first evaluation batch (``ProbeRun.fit``), and
+scores every evaluation batch with the fitted probe. The probe split is never subsampled by
+``--forgetting-limit`` (only the evaluated examples are); its size is fixed by ``probe_size``.
 
 An evaluation in several calls (``--forgetting-early-stop`` runs the tuned model chunk by
 chunk) fits each model's probe once: the fitted probe is kept with the prepared inputs, per
@@ -22,8 +25,10 @@ model object, and refitted only when the model's weights have changed in place s
 
 from __future__ import annotations
 
+import functools
 import weakref
-from typing import Any, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -36,26 +41,110 @@ PROBES = ("logistic", "knn")
 POOLINGS = ("mean", "cls", "max")
 
 
-class ProbeRun:
-    """One model's probe: collects probe-split embeddings, fits once, predicts evaluation embeddings."""
+@dataclass(frozen=True)
+class Probe:
+    """A probe fitted on one model's probe-split embeddings (:func:`fit_probe`): the scoring phase.
 
-    def __init__(self, labels: np.ndarray, *, probe: str, k: int, C: float, seed: int, normalize: bool,
-                 fitted: "weakref.WeakKeyDictionary[Any, tuple[Any, Any, bool]] | None" = None) -> None:
+    ``predict(embeddings)`` gives a class id per row; rows with NaN/Inf get class 0 (the
+    evaluator reports them as non-finite). ``finite`` is False when the probe split's own
+    embeddings were not finite: the model is broken and every evaluated example is non-finite.
+    """
+
+    classify: Callable[[np.ndarray], np.ndarray]
+    finite: bool = True
+
+    def predict(self, emb: Any) -> np.ndarray:
+        e = _to_numpy(emb)
+        out = np.zeros(len(e), dtype=np.int64)
+        ok = np.isfinite(e).all(axis=1)
+        if ok.any():
+            out[ok] = self.classify(e[ok])
+        return out
+
+
+def _prep(x: np.ndarray, normalize: bool) -> np.ndarray:
+    x = x.astype(np.float64, copy=False)
+    if normalize:
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norms > 0, norms, 1.0)
+    return x
+
+
+def fit_probe(
+    embeddings: np.ndarray, labels: np.ndarray, *, probe: str, k: int, C: float, seed: int, normalize: bool
+) -> Probe:
+    """The fit phase: a probe on (probe examples, hidden) ``embeddings`` and their class ``labels``.
+
+    ``probe="knn"``: cosine ``k``-nearest neighbours (with ``normalize``), the highest similarity
+    first, ties between examples broken by probe index and ties between classes going to the
+    nearer neighbours. ``probe="logistic"``: standardised, L2-regularised logistic regression
+    (inverse strength ``C``, ``random_state=seed``); a single class is predicted as such.
+    """
+    x, y = embeddings, labels
+    if not np.isfinite(x).all():
+        return Probe(lambda e: np.zeros(len(e), dtype=np.int64), finite=False)
+    x = _prep(x, normalize)
+    if probe == "knn":
+        k = min(k, len(x))
+        n_classes = int(y.max(initial=0)) + 1
+
+        def predict_knn(e: np.ndarray) -> np.ndarray:
+            sims = _prep(e, normalize) @ x.T
+            # stable order: the highest similarity first, ties broken by probe index
+            top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            votes = np.zeros((len(e), n_classes))
+            rows = np.repeat(np.arange(len(e)), k)
+            np.add.at(votes, (rows, y[top].ravel()), 1.0)
+            # ties between classes go to the class of the nearer neighbours
+            np.add.at(votes, (rows, y[top].ravel()), 1e-6 * np.take_along_axis(sims, top, axis=1).ravel())
+            return votes.argmax(axis=1).astype(np.int64)
+
+        return Probe(predict_knn)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        only = int(classes[0]) if len(classes) else 0
+        return Probe(lambda e: np.full(len(e), only, dtype=np.int64))
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(scaler.transform(x), y)
+
+    def predict_logistic(e: np.ndarray) -> np.ndarray:
+        return clf.predict(scaler.transform(_prep(e, normalize))).astype(np.int64)
+
+    return Probe(predict_logistic)
+
+
+class ProbeRun:
+    """One model's probe within one evaluation: collects the probe split's embeddings batch by batch,
+    fits the :class:`Probe` on them (:meth:`fit`, once), then predicts the evaluated embeddings."""
+
+    def __init__(self, labels: np.ndarray, *, probe: str = "logistic", k: int = 10, C: float = 1.0, seed: int = 0,
+                 normalize: bool = True, fit: Callable[[np.ndarray, np.ndarray], Probe] | None = None,
+                 fitted: "weakref.WeakKeyDictionary[Any, tuple[Any, Probe]] | None" = None) -> None:  # fmt: skip
         self.labels = labels
-        self.probe = probe
-        self.k = k
-        self.C = C
-        self.seed = seed
-        self.normalize = normalize
+        #: the fit phase (``EmbeddingProbeTask.fit_probe``; else :func:`fit_probe` with the settings given)
+        self._fit = fit or functools.partial(fit_probe, probe=probe, k=k, C=C, seed=seed, normalize=normalize)
         self._parts: list[np.ndarray] = []
-        self._predict: Any = None
-        self.finite = True
+        #: the probe once fitted (:meth:`fit`) or reused from an earlier run on unchanged weights
+        self.fitted_probe: Probe | None = None
         self._fitted = fitted
         self._model: Any = None
 
+    @property
+    def finite(self) -> bool:
+        return self.fitted_probe is None or self.fitted_probe.finite
+
     def reuse(self, model: Any) -> bool:
         """True when this model's probe is already fitted (in this run, or in an earlier one on unchanged weights)."""
-        if self._predict is not None:
+        if self.fitted_probe is not None:
             return True
         self._model = model
         entry = None
@@ -65,14 +154,14 @@ class ProbeRun:
             except TypeError:  # not weak-referenceable: no reuse
                 entry = None
         if entry is not None and entry[0] == _weights_version(model):
-            _, self._predict, self.finite = entry
+            self.fitted_probe = entry[1]
             return True
         return False
 
     def _remember(self) -> None:
         if self._fitted is not None and self._model is not None:
             try:
-                self._fitted[self._model] = (_weights_version(self._model), self._predict, self.finite)
+                self._fitted[self._model] = (_weights_version(self._model), self.fitted_probe)
             except TypeError:
                 pass
         self._model = None  # the stored probe must not keep the model alive
@@ -82,79 +171,22 @@ class ProbeRun:
 
     @property
     def fitted(self) -> bool:
-        return self._predict is not None
+        return self.fitted_probe is not None
 
-    def _prep(self, x: np.ndarray) -> np.ndarray:
-        x = x.astype(np.float64, copy=False)
-        if self.normalize:
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            x = x / np.where(norms > 0, norms, 1.0)
-        return x
-
-    def fit(self) -> None:
+    def fit(self) -> Probe:
+        """The fit phase: :func:`fit_probe` on the collected probe-split embeddings."""
         x = np.concatenate(self._parts) if self._parts else np.zeros((0, 0))
         self._parts = []
         if len(x) != len(self.labels):
             raise TaskError(f"probe split: {len(x)} embeddings for {len(self.labels)} labels")
-        if not np.isfinite(x).all():
-            # the model is broken; every evaluated example is reported as non-finite
-            self.finite = False
-            self._predict = lambda e: np.zeros(len(e), dtype=np.int64)
-            self._remember()
-            return
-        x = self._prep(x)
-        y = self.labels
-        if self.probe == "knn":
-            k = min(self.k, len(x))
-            n_classes = int(y.max(initial=0)) + 1
-
-            def predict_knn(e: np.ndarray) -> np.ndarray:
-                sims = self._prep(e) @ x.T
-                # stable order: the highest similarity first, ties broken by probe index
-                top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-                votes = np.zeros((len(e), n_classes))
-                rows = np.repeat(np.arange(len(e)), k)
-                np.add.at(votes, (rows, y[top].ravel()), 1.0)
-                # ties between classes go to the class of the nearer neighbours
-                np.add.at(votes, (rows, y[top].ravel()), 1e-6 * np.take_along_axis(sims, top, axis=1).ravel())
-                return votes.argmax(axis=1).astype(np.int64)
-
-            self._predict = predict_knn
-            self._remember()
-            return
-        classes = np.unique(y)
-        if len(classes) < 2:
-            only = int(classes[0]) if len(classes) else 0
-            self._predict = lambda e: np.full(len(e), only, dtype=np.int64)
-            self._remember()
-            return
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.preprocessing import StandardScaler
-
-        scaler = StandardScaler().fit(x)
-        clf = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            clf.fit(scaler.transform(x), y)
-
-        def predict_logistic(e: np.ndarray) -> np.ndarray:
-            return clf.predict(scaler.transform(self._prep(e))).astype(np.int64)
-
-        self._predict = predict_logistic
+        self.fitted_probe = self._fit(x, self.labels)
         self._remember()
+        return self.fitted_probe
 
     def predict(self, emb: Any) -> np.ndarray:
-        if not self.fitted:
-            self.fit()
-        e = _to_numpy(emb)
-        out = np.zeros(len(e), dtype=np.int64)
-        ok = np.isfinite(e).all(axis=1)
-        if ok.any():
-            out[ok] = self._predict(e[ok])
-        return out
+        """The scoring phase (fitting first if that has not happened yet)."""
+        probe = self.fitted_probe if self.fitted_probe is not None else self.fit()
+        return probe.predict(emb)
 
 
 def _weights_version(model: Any) -> tuple[Any, ...]:
@@ -221,6 +253,10 @@ class EmbeddingProbeTask(TextClassificationTask):
     ``"max"``), ``layer`` (index into the model's hidden states, -1 = last), ``probe_split``
     (default ``"train"``), ``probe_size`` (a seeded stratified subsample of the probe split,
     to bound the cost), ``normalize`` (L2-normalise embeddings first), ``seed``.
+
+    Each model gets its own probe, in two phases: :meth:`fit_probe` (fit on that model's
+    embeddings of the probe split) and :meth:`Probe.predict` (score its embeddings of the
+    evaluated split); ``forward`` runs them in that order within the evaluator's batch loop.
     """
 
     version = "1"
@@ -276,6 +312,13 @@ class EmbeddingProbeTask(TextClassificationTask):
             _, self._probe_idx = stratified_split(labels_all, test_size=int(probe_size), seed=self.seed)
         self.probe_size = len(self._probe_idx)
 
+    def fit_probe(self, embeddings: np.ndarray, labels: np.ndarray) -> Probe:
+        """The fit phase: a :class:`Probe` on one model's (probe examples, hidden) embeddings of the
+        probe split and their labels, with this task's ``probe``, ``k``, ``C``, ``seed``, ``normalize``."""
+        return fit_probe(
+            embeddings, labels, probe=self.probe, k=self.k, C=self.C, seed=self.seed, normalize=self.normalize
+        )
+
     def spec(self) -> dict[str, Any]:
         """The probe's settings (part of the data fingerprint, shown in reports)."""
         return {
@@ -329,10 +372,8 @@ class EmbeddingProbeTask(TextClassificationTask):
         }
 
     def batches(self, prepared: dict[str, Any], indices: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
-        run = ProbeRun(
-            prepared["probe_labels"], probe=self.probe, k=self.k, C=self.C, seed=self.seed, normalize=self.normalize,
-            fitted=prepared.setdefault("fitted", weakref.WeakKeyDictionary()),
-        )  # fmt: skip
+        fitted = prepared.setdefault("fitted", weakref.WeakKeyDictionary())  # per model, across evaluations
+        run = ProbeRun(prepared["probe_labels"], fit=self.fit_probe, fitted=fitted)
         for batch in padded_batches(prepared["probe"], prepared["probe_order"], batch_size):
             yield {"phase": "probe", "inputs": batch, "run": run}
         for batch in padded_batches(prepared["eval"], indices, batch_size):
@@ -350,6 +391,7 @@ class EmbeddingProbeTask(TextClassificationTask):
                 run.add(pooled_embeddings(model, batch["inputs"], self.pooling, self.layer))
             return {}
         emb = pooled_embeddings(model, batch["inputs"], self.pooling, self.layer)
-        pred = torch.from_numpy(run.predict(emb))
-        finite = torch.isfinite(emb).all(dim=1).cpu() & run.finite
+        probe = run.fitted_probe if run.fitted_probe is not None else run.fit()  # the fit phase, at the first batch
+        pred = torch.from_numpy(probe.predict(emb))  # the scoring phase
+        finite = torch.isfinite(emb).all(dim=1).cpu() & probe.finite
         return {"pred": pred, "finite": finite}
