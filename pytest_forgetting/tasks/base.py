@@ -254,3 +254,69 @@ class EvalResult:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+# -- splits of per-example fields (text and speech tasks) ------------------------------------
+
+
+def _build_splits(
+    splits: Mapping[str, Any], kind: str
+) -> dict[str, tuple[np.ndarray, list[Any], dict[str, np.ndarray]]]:
+    """Normalise ``{"name": (items, ids?, columns?)}`` (or bare item lists) into arrays."""
+    if not splits:
+        raise TaskError(f"{kind} needs at least one split")
+    out = {}
+    for name, spec in splits.items():
+        if isinstance(spec, tuple):
+            items, split_ids, cols = (spec + (None, None))[:3]
+        else:
+            items, split_ids, cols = spec, None, None
+        items = list(items)
+        columns = {k: np.asarray(v) for k, v in (cols or {}).items()}
+        for col, values in columns.items():
+            if len(values) != len(items):
+                raise TaskError(f"{kind}: split {name!r} column {col!r} has {len(values)} values for {len(items)} examples")
+        out[name] = (normalize_ids(split_ids, len(items), f"{name}/"), items, columns)
+    return out
+
+
+@dataclass(frozen=True)
+class SplitRecord:
+    """One split of a text or speech task: ids, slice columns and its per-example fields by name
+    (``texts``; ``prompts`` and ``targets``; ``audio`` and ``transcripts``)."""
+
+    ids: np.ndarray
+    columns: dict[str, np.ndarray]
+    fields: dict[str, list[Any]]
+
+
+class _SplitTask(Task):
+    """Shared bookkeeping of the text and speech tasks: named splits (``Task._splits``, one
+    :class:`SplitRecord` each) with ids, optional slice columns and per-example fields; ids, split
+    names and slice columns come from the base class, as for every task."""
+
+    label_key = None
+    pred_key = None
+
+    def __init__(self) -> None:
+        self._splits: dict[str, SplitRecord] = {}
+
+    def _add_split(self, name: str, ids: np.ndarray, columns: dict[str, np.ndarray], **fields: list[Any]) -> None:
+        self._splits[name] = SplitRecord(ids, columns, fields)
+
+    def _field(self, split: str, name: str) -> Any:
+        return self.split(split).fields[name]
+
+
+def _paired_split(
+    kind: str, first: Sequence[Any] | None, second: Sequence[Any] | None, ids: Sequence[Any] | None,
+    columns: Mapping[str, Sequence[Any]] | None, *, needs: str, counts: tuple[str, str],
+) -> dict[str, Any]:  # fmt: skip
+    """The ``splits`` of a task given one split as two parallel lists (prompts and targets, audio and
+    transcripts): ``{"test": (pairs, ids, columns)}``, or a TaskError naming what is missing or uneven."""
+    if first is None or second is None:
+        raise TaskError(f"{kind} needs {needs} (or splits={{...}})")
+    first, second = list(first), list(second)
+    if len(first) != len(second):
+        raise TaskError(f"{kind}: {len(first)} {counts[0]} but {len(second)} {counts[1]}")
+    return {"test": (list(zip(first, second)), ids, columns)}

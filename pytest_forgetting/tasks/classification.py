@@ -18,7 +18,7 @@ from ..errors import TaskError
 from ..metrics import CLASSIFICATION_METRICS
 from ..proba_metrics import PROBA_METRICS
 from .base import ModelMeta, Task, normalize_ids
-from .batching import trimmed_batches
+from .batching import pad_encoding, trimmed_batches
 
 
 @dataclass
@@ -297,6 +297,17 @@ class TextClassificationTask(ClassificationTask):
 _CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForImageClassification", "ForAudioClassification")
 
 
+def config_label_names(config: Any) -> dict[int, str]:
+    """The label names of a model's ``config.id2label`` by integer id; {} when it has none (or unreadable ids)."""
+    id2label = getattr(config, "id2label", None)
+    if not isinstance(id2label, Mapping) or not id2label:
+        return {}
+    try:
+        return {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        return {}
+
+
 def class_lookup(config: Any, class_names: Sequence[str], task_name: str, *, indexed: bool = False, n_outputs: int | None = None) -> Any:
     """Model output index -> task class id, from the model's ``config``; None when they already agree.
 
@@ -309,13 +320,7 @@ def class_lookup(config: Any, class_names: Sequence[str], task_name: str, *, ind
       Placeholder names (LABEL_0, ...) and models without a label map are read in order.
     """
     n_classes = len(class_names)
-    id2label = getattr(config, "id2label", None)
-    names: dict[int, str] = {}
-    if isinstance(id2label, Mapping) and id2label:
-        try:
-            names = {int(k): str(v) for k, v in id2label.items()}
-        except (TypeError, ValueError):
-            names = {}
+    names = config_label_names(config)
     placeholder = placeholder_labels(names)
     if indexed or not names or placeholder:
         if n_outputs is not None and n_classes > n_outputs:
@@ -350,8 +355,6 @@ def _few(values: Sequence[Any], n: int = 10) -> str:
 
 def tokenize_padded(meta: ModelMeta, texts: Sequence[str], max_length: int, task_name: str) -> dict[str, Any]:
     """Tokenise once, right-padded to the split's longest sequence: {"tensors": {...}, "lengths": (N,)}."""
-    import torch
-
     if meta.tokenizer is None:
         raise TaskError(f"task {task_name!r} needs a tokenizer, and the checkpoint folder has none")
     tok = meta.tokenizer
@@ -363,17 +366,7 @@ def tokenize_padded(meta: ModelMeta, texts: Sequence[str], max_length: int, task
     enc = tok(list(texts), truncation=True, max_length=max_length, padding=False)
     seqs = enc["input_ids"]
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    width = int(lengths.max(initial=1))
-    tensors: dict[str, Any] = {}
-    for key in enc.keys():
-        fill = pad if key == "input_ids" else 0
-        flat = np.full((len(seqs), width), fill, dtype=np.int64)
-        mask = np.arange(width)[None, :] < lengths[:, None]
-        flat[mask] = np.concatenate([np.asarray(s, dtype=np.int64) for s in enc[key]]) if len(seqs) else []
-        tensors[key] = torch.from_numpy(flat)
-    if "attention_mask" not in tensors:
-        tensors["attention_mask"] = torch.from_numpy((np.arange(width)[None, :] < lengths[:, None]).astype(np.int64))
-    return {"tensors": tensors, "lengths": lengths}
+    return {"tensors": pad_encoding(enc, lengths, pad), "lengths": lengths}
 
 
 def padded_batches(prepared: dict[str, Any], indices: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:

@@ -60,6 +60,12 @@ def encode_pair(tok: Any, context: str, continuation: str) -> tuple[list[int], l
     return ctx, whole[len(ctx) :]
 
 
+def padding_id(tok: Any) -> int:
+    """The id that right-pads scored rows (causal: never attended to): the pad token, else EOS, else 0."""
+    pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else (tok.eos_token_id or 0)
+    return int(pad)
+
+
 def model_max_length(config: Any, tok: Any) -> int:
     """The longest input the model takes (see the module docstring)."""
     for cfg in (getattr(config, "text_config", None), config):
@@ -101,13 +107,16 @@ def score_rows(
     (double, bool or None, bool).
 
     ``rows[i] = (input ids, n)``: the last ``n`` logits of the input predict ``targets[i]``.
-    Right-padded in chunks of ``chunk`` rows; no attention mask (causal: padding comes after).
+    Right-padded in chunks of ``chunk`` rows (``batching.trimmed_batches``); no attention mask
+    (causal: padding comes after).
     Only a row's scored positions reach the log-softmax (a view, no copy), so the scoring costs
     follow the real tokens, not the padding; ``greedy`` (every target the argmax) only when asked.
     """
+    import numpy as np
     import torch
     import torch.nn.functional as F
 
+    from .batching import Ragged, trimmed_batches
     from .classification import logits_of
 
     device = next((p.device for p in model.parameters()), torch.device("cpu")) if hasattr(model, "parameters") else torch.device("cpu")
@@ -115,17 +124,16 @@ def score_rows(
     hits: list[bool] = []
     finite: list[bool] = []
     kwargs = {"use_cache": False} if hasattr(model, "config") else {}
-    for lo in range(0, len(rows), chunk):
-        part = rows[lo : lo + chunk]
-        width = max(len(r[0]) for r in part)
-        inp = torch.full((len(part), width), pad_id, dtype=torch.long)
-        for i, (ids, _) in enumerate(part):
-            inp[i, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
-        logits = logits_of(model(inp.to(device), **kwargs))
-        for i, (ids, n) in enumerate(part):
+    inputs = [ids for ids, _ in rows]
+    lengths = np.fromiter((len(ids) for ids in inputs), dtype=np.int64, count=len(inputs))
+    padded = {"input_ids": Ragged(inputs, fill=pad_id)}
+    for part, _, batch in trimmed_batches(padded, lengths, np.arange(len(rows)), chunk):
+        logits = logits_of(model(batch["input_ids"].to(device), **kwargs))
+        for i, k in enumerate(part.tolist()):
+            ids, n = rows[k]
             sel = logits[i, len(ids) - n : len(ids)]
             logp = F.log_softmax(sel if sel.dtype == torch.float64 else sel.float(), dim=-1)
-            tgt = torch.as_tensor(list(targets[lo + i]), dtype=torch.long, device=logp.device)
+            tgt = torch.as_tensor(list(targets[k]), dtype=torch.long, device=logp.device)
             lls.append(float(logp.gather(1, tgt[:, None]).sum()))
             # a log-probability is never +inf (at most 0 up to rounding; NaN propagates): all are finite when the smallest is
             finite.append(n == 0 or bool(torch.isfinite(logp.min())))
@@ -136,3 +144,23 @@ def score_rows(
         torch.tensor(hits, dtype=torch.bool) if greedy else None,
         torch.tensor(finite, dtype=torch.bool),
     )
+
+
+def score_groups(
+    model: Any, groups: Sequence[Sequence[tuple[Any, int, Sequence[int]]]], pad_id: int, chunk: int
+) -> tuple[list[Any], Any]:
+    """:func:`score_rows` over groups of ``(input ids, n, targets)`` requests (a text's windows, a
+    question's choices), scored as one list: per group its rows' log-likelihoods (a slice of one
+    double tensor), and per group whether all of them are finite (a bool tensor)."""
+    import torch
+
+    flat = [(inp, n) for rows in groups for inp, n, _ in rows]
+    targets = [t for rows in groups for _, _, t in rows]
+    lls, _, finite = score_rows(model, flat, targets, pad_id, chunk)
+    per_group, ok = [], []
+    pos = 0
+    for rows in groups:
+        per_group.append(lls[pos : pos + len(rows)])
+        ok.append(bool(finite[pos : pos + len(rows)].all()))
+        pos += len(rows)
+    return per_group, torch.tensor(ok, dtype=torch.bool)

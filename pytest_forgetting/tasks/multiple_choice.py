@@ -185,7 +185,7 @@ class MultipleChoiceTask(Task):
         return int(self.max_length) if self.max_length else model_max_length(meta.config, meta.tokenizer)
 
     def prepare(self, split: str, meta: ModelMeta) -> Any:
-        from .loglik import encode_pair, request_row
+        from .loglik import encode_pair, padding_id, request_row
 
         tok = meta.tokenizer
         if tok is None:
@@ -203,8 +203,7 @@ class MultipleChoiceTask(Task):
         lengths = np.ones((len(requests), k_max))  # padding choices have ll -inf: never chosen
         for i, options in enumerate(d["choices"]):
             lengths[i, : len(options)] = [float(len(o)) for o in options]
-        pad = tok.pad_token_id if getattr(tok, "pad_token_id", None) is not None else (tok.eos_token_id or 0)
-        return {"requests": requests, "lengths": lengths, "gold": d["gold"], "k_max": k_max, "pad": int(pad)}
+        return {"requests": requests, "lengths": lengths, "gold": d["gold"], "k_max": k_max, "pad": padding_id(tok)}
 
     def batches(self, prepared: Any, indices: np.ndarray, batch_size: int) -> Iterator[Any]:
         for lo in range(0, len(indices), batch_size):
@@ -221,19 +220,13 @@ class MultipleChoiceTask(Task):
     def forward(self, model: Any, batch: Any) -> dict[str, Any]:
         import torch
 
-        from .loglik import score_rows
+        from .loglik import score_groups
 
-        flat = [(inp, n) for reqs in batch["requests"] for inp, n, _ in reqs]
-        targets = [cont for reqs in batch["requests"] for _, _, cont in reqs]
-        lls, _, finite = score_rows(model, flat, targets, batch["pad"], chunk=max(1, batch["chunk"] * 2))
+        lls, ok = score_groups(model, batch["requests"], batch["pad"], chunk=max(1, batch["chunk"] * 2))
         b, k = len(batch["requests"]), batch["k_max"]
         ll = torch.full((b, k), float("-inf"), dtype=torch.float64)
-        ok = torch.ones(b, dtype=torch.bool)
-        pos = 0
-        for i, reqs in enumerate(batch["requests"]):
-            ll[i, : len(reqs)] = lls[pos : pos + len(reqs)]
-            ok[i] = bool(finite[pos : pos + len(reqs)].all())
-            pos += len(reqs)
+        for i, choices in enumerate(lls):
+            ll[i, : len(choices)] = choices
         ll_np = ll.numpy()
         gold = np.asarray(batch["gold"])
         pred = ll_np.argmax(axis=1)

@@ -28,9 +28,9 @@ import numpy as np
 
 from ..errors import TaskError
 from ..metrics import SPEECH_METRICS
-from .base import ModelMeta
+from .base import ModelMeta, _build_splits, _paired_split, _SplitTask
+from .batching import Ragged, trimmed_batches
 from .classification import logits_of
-from .lm import _build_splits, _SplitTask
 
 SAMPLING_RATE = 16_000
 
@@ -237,12 +237,8 @@ class SpeechRecognitionTask(_SplitTask):
     ) -> None:
         super().__init__()
         if splits is None:
-            if audio is None or transcripts is None:
-                raise TaskError("SpeechRecognitionTask needs audio and transcripts (or splits={...})")
-            audio, transcripts = list(audio), list(transcripts)
-            if len(audio) != len(transcripts):
-                raise TaskError(f"SpeechRecognitionTask: {len(audio)} utterances but {len(transcripts)} transcripts")
-            splits = {"test": (list(zip(audio, transcripts)), ids, columns)}
+            splits = _paired_split("SpeechRecognitionTask", audio, transcripts, ids, columns,
+                                   needs="audio and transcripts", counts=("utterances", "transcripts"))  # fmt: skip
         self.normalize_audio = bool(normalize_audio)
         for name, (split_ids, items, cols) in _build_splits(splits, "SpeechRecognitionTask").items():
             waves, texts = [], []
@@ -308,8 +304,6 @@ class SpeechRecognitionTask(_SplitTask):
         return f"{meta.tokenizer_fingerprint}:{_wants_mask(meta.config)}"
 
     def prepare(self, split: str, meta: ModelMeta) -> Any:
-        import torch
-
         if meta.tokenizer is None:
             raise TaskError(
                 f"task {self.name!r} needs the CTC vocabulary: the checkpoint folder has no tokenizer "
@@ -319,28 +313,18 @@ class SpeechRecognitionTask(_SplitTask):
         for wave in self.audio(split):
             if self.normalize_audio:
                 wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
-            waves.append(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32)))
+            waves.append(np.ascontiguousarray(wave, dtype=np.float32))
         return {
             "waves": waves, "lengths": np.array([len(w) for w in waves], dtype=np.int64),
             "references": self.transcripts(split), "context": _CTCContext(meta.tokenizer, _wants_mask(meta.config)),
         }  # fmt: skip
 
     def batches(self, prepared: Any, indices: np.ndarray, batch_size: int) -> Iterator[Any]:
-        import torch
-
-        for lo in range(0, len(indices), batch_size):
-            chunk = [int(i) for i in indices[lo : lo + batch_size]]
-            lengths = prepared["lengths"][chunk]
-            width = int(lengths.max())
-            values = torch.zeros((len(chunk), width), dtype=torch.float32)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, i in enumerate(chunk):
-                values[row, : lengths[row]] = prepared["waves"][i]
-                mask[row, : lengths[row]] = 1
-            yield {
-                "input_values": values, "attention_mask": mask, "references": [prepared["references"][i] for i in chunk],
-                "context": prepared["context"],
-            }  # fmt: skip
+        # zero padding per batch (a split's longest utterance would be too much), with the attention mask
+        audio = {"input_values": Ragged(prepared["waves"], fill=0.0, dtype=np.float32)}
+        for chunk, _, inputs in trimmed_batches(audio, prepared["lengths"], indices, batch_size, mask="attention_mask"):
+            references = [prepared["references"][i] for i in chunk.tolist()]
+            yield {**inputs, "references": references, "context": prepared["context"]}
 
     def forward(self, model: Any, batch: Any) -> dict[str, Any]:
         import torch

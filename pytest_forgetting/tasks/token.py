@@ -30,8 +30,8 @@ from ..checkpoints.compat import placeholder_labels
 from ..errors import TaskError
 from ..metrics import AggregateMetric, Metric, Outputs
 from .base import ModelMeta, Task, normalize_ids
-from .batching import trimmed_batches
-from .classification import logits_of
+from .batching import pad_encoding, trimmed_batches
+from .classification import config_label_names, logits_of
 
 PAD = -100
 #: tag prefixes, BILOU spellings folded into BIOES
@@ -474,16 +474,9 @@ def label_lookup(model: Any, n_logits: int, table: TagTable, task_name: str) -> 
     """Tensor mapping the model's label ids to the task's tag ids (through ``config.id2label``)."""
     import torch
 
-    config = getattr(model, "config", None)
-    id2label = getattr(config, "id2label", None)
-    names: dict[int, str] = {}
-    if isinstance(id2label, Mapping) and id2label:
-        try:
-            names = {int(k): str(v) for k, v in id2label.items()}
-        except (TypeError, ValueError):
-            names = {}
-        if placeholder_labels(names):
-            names = {}
+    names = config_label_names(getattr(model, "config", None))
+    if placeholder_labels(names):
+        names = {}
     if not names:
         if n_logits != len(table.tags):
             raise TaskError(
@@ -544,18 +537,7 @@ def tokenize_words(meta: ModelMeta, sentences: Sequence[Sequence[str]], max_leng
     n = len(sentences)
     seqs = enc["input_ids"]
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
-    t_width = int(lengths.max(initial=1))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    tensors: dict[str, Any] = {}
-    token_mask = np.arange(t_width)[None, :] < lengths[:, None]
-    for key in enc.keys():
-        fill = pad if key == "input_ids" else 0
-        flat = np.full((n, t_width), fill, dtype=np.int64)
-        if n:
-            flat[token_mask] = np.concatenate([np.asarray(s, dtype=np.int64) for s in enc[key]])
-        tensors[key] = torch.from_numpy(flat)
-    if "attention_mask" not in tensors:
-        tensors["attention_mask"] = torch.from_numpy(token_mask.astype(np.int64))
+    tensors = pad_encoding(enc, lengths, tok.pad_token_id if tok.pad_token_id is not None else 0)
     first = np.full((n, max(width, 1)), -1, dtype=np.int64)
     for i in range(n):
         for pos, w in enumerate(enc.word_ids(i)):
