@@ -15,7 +15,7 @@ Stages, timed inside the process by wrapping the plugin's functions:
 - ``evaluation``: running the models (``ForgettingSession._run``);
 - ``statistics``: deciding the checks (``ForgettingSession._decide``);
 - ``collection``: pytest's collection (the plugin validates markers there);
-- ``report``: the table and the JSON report (``runner.terminal_summary``);
+- ``report``: the table and the JSON report (``summary.terminal_summary``);
 - ``other``: the rest of the process (Python start-up, pytest and its plugins, fingerprints, the cache).
 
 Children run with bytecode caching on (``PYTHONDONTWRITEBYTECODE`` removed, as on a developer's
@@ -88,14 +88,14 @@ import pytest
 t = time.perf_counter()
 import numpy, torch, safetensors.torch  # what the first check imports
 timings["imports"] = time.perf_counter() - t
-from pytest_forgetting import runner, session
+from pytest_forgetting import session, summary
 from pytest_forgetting.registry import TaskRegistry
 TaskRegistry.get = timed("task build", TaskRegistry.get)
 S = session.ForgettingSession
 S._load_new = timed("load", S._load_new)
 S._run = timed("evaluation", S._run)
 S._decide = timed("statistics", S._decide)
-runner.terminal_summary = timed("report", runner.terminal_summary)
+summary.terminal_summary = timed("report", summary.terminal_summary)
 import _pytest.main
 _pytest.main.Session.perform_collect = timed("collection", _pytest.main.Session.perform_collect)
 code = pytest.main(sys.argv[1:])

@@ -31,7 +31,7 @@ class Forgetting:
                 return sess.base_slot()
             item = getattr(self._state, "current_item", None)
             callspec = getattr(item, "callspec", None)
-            from .runner import CANDIDATE_ARG
+            from .collection import CANDIDATE_ARG
 
             return sess.tuned_slot(callspec.params.get(CANDIDATE_ARG) if callspec is not None else None)
         if isinstance(model, str):  # one slot per reference for the session: a refusal is remembered
@@ -57,7 +57,7 @@ class Forgetting:
         else:
             return result
         if record and item is not None and check is not None:  # an ERROR is a row of the summary, as for markers
-            from .runner import _error_row
+            from .phases import _error_row
 
             _error_row(item, self._indices.setdefault((item.nodeid, check, ""), 1000 + len(self._indices)), check, error)
         from .escape import terminal  # file, tensor and task names in the error: one visible line
@@ -90,8 +90,8 @@ class Forgetting:
 
     def _assert(self, kind: str, kwargs: dict[str, Any], base: Any, tuned: Any) -> Any:
         __tracebackhide__ = True
+        from .phases import ForgettingInconclusiveWarning, record_row
         from .report import failure_message
-        from .runner import ForgettingInconclusiveWarning, record_row
 
         result = self._run(kind, kwargs, base, tuned, record=True)
         result.row = row = replace(result.row, outcome=outcome_for(result.row.verdict, self._state.settings.inconclusive))

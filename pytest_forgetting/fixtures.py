@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .runner import state
+from .state import state
 
 if TYPE_CHECKING:
     from .api import Forgetting

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from . import runner
+from . import state as _state
+from . import summary as _summary
 
 
 def _pre(lines: list[str]) -> str:
@@ -28,27 +29,29 @@ class HtmlReport:
         report = yield
         # the teardown report: the rows are final (every Hypothesis example seen), and one extra per test
         if report.when == "teardown":
-            rows = [row for _, row in sorted(item.stash.get(runner.ROWS_KEY, {}).items())]
+            rows = [row for _, row in sorted(item.stash.get(_state.ROWS_KEY, {}).items())]
             if rows:
                 from pytest_html import extras
 
                 from .report import format_table
 
-                alpha = runner.state(self.config).settings.alpha
-                table = format_table([runner._public(r) for r in rows], alpha=alpha, width=150)
+                alpha = _state.state(self.config).settings.alpha
+                table = format_table([_summary._public(r) for r in rows], alpha=alpha, width=150)
                 report.extras = [*getattr(report, "extras", []), extras.html(_pre(table))]
         return report
 
-    def pytest_html_results_summary(self, prefix: list[str], summary: list[str], postfix: list[str], session: Any) -> None:
-        st = self.config.stash.get(runner.STATE_KEY, None)
+    def pytest_html_results_summary(
+        self, prefix: list[str], summary: list[str], postfix: list[str], session: Any
+    ) -> None:
+        st = self.config.stash.get(_state.STATE_KEY, None)
         if st is None or not st.rows:
             return
         from .report import format_table
 
-        rows = [runner._public(r) for r in runner.with_outcomes(st)]
+        rows = [_summary._public(r) for r in _summary.with_outcomes(st)]
         lines = format_table(rows, alpha=st.settings.alpha, width=150)
         if lines:
-            lines[0] += runner.outcome_note(rows)
+            lines[0] += _summary.outcome_note(rows)
         postfix.append("<h2>forgetting summary</h2>" + _pre(lines))
 
 

@@ -1,4 +1,10 @@
-"""pytest hooks of pytest-forgetting. Each hands off to a module that works without pytest running.
+"""pytest hooks of pytest-forgetting. Each hands off to a module named for what it does.
+
+``state`` (the plugin object of a run, registered by ``pytest_configure``, with the report
+listeners), ``collection``, ``phases`` and ``summary``. The hooks below stay functions of this
+module, registered when pytest loads it: their place among the other plugins' and the conftests'
+implementations (the order of header and summary lines, of parametrisations, of wrappers) is the
+one they have always had, which an object registered in ``pytest_configure`` would change.
 
 Importing this module must stay cheap: pytest imports every installed plugin in every run of
 every project, so torch, transformers and datasets are imported only where they are used.
@@ -10,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from . import options, runner
-from .fixtures import _forgetting_candidate, base_model, finetune, forgetting, tuned_model  # noqa: F401  (registered fixtures)
+from . import collection, options, phases, state, summary
+from .fixtures import _forgetting_candidate, base_model, finetune, forgetting, tuned_model  # noqa: F401 (fixtures)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,11 +37,12 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    runner.configure(config)
+    state.configure(config)
     from . import xdist_groups
 
-    settings = config.stash[runner.SETTINGS_KEY]
-    xdist_groups.configure(config, gate_configured=bool(settings.base_ckpt or settings.tuned_ckpts))  # -n N: a task's checks on one worker
+    settings = config.stash[state.SETTINGS_KEY]
+    # -n N: a task's checks on one worker
+    xdist_groups.configure(config, gate_configured=bool(settings.base_ckpt or settings.tuned_ckpts))
     if config.getoption("htmlpath", None):  # pytest-html's --html: the table and rows go in its report
         from . import htmlreport
 
@@ -54,83 +61,66 @@ def pytest_cmdline_main(config: pytest.Config) -> Any:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    return runner.report_header(config)
+    return summary.report_header(config)
 
 
 @pytest.hookimpl(tryfirst=True)  # before -k / -m deselection, so declared checks can be selected
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     try:
-        runner.collect_checks(session, config, items)
+        collection.collect_checks(session, config, items)
     except pytest.UsageError as exc:
-        _usage_error(config, exc, items)
+        collection.usage_error(config, exc, items)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker sends its collection to the controller
 def pytest_collection_finish(session: pytest.Session) -> None:
     try:
-        runner.refuse_missing_checkpoints(session.config, session.items)  # the selected tests' checkpoints exist
+        collection.refuse_missing_checkpoints(session.config, session.items)  # the selected tests' checkpoints exist
     except pytest.UsageError as exc:
-        _usage_error(session.config, exc, session.items)
-
-
-#: where an xdist worker leaves a usage error found while collecting, for the controller to raise
-_WORKER_USAGE_ERROR = "forgetting_usage_error"
-
-
-def _usage_error(config: pytest.Config, exc: pytest.UsageError, items: list[pytest.Item]) -> None:
-    """A usage error found while collecting: raised as is, or, on an xdist worker (where raising
-    crashes the worker and the controller ends in INTERNALERROR), handed to the controller, which
-    raises it once (exit 4); the worker collects nothing, so nothing runs."""
-    workeroutput = getattr(config, "workeroutput", None)
-    if workeroutput is None:
-        raise exc
-    workeroutput[_WORKER_USAGE_ERROR] = str(exc)
-    items[:] = []
+        collection.usage_error(session.config, exc, session.items)
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, on the controller
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    message = getattr(node, "workeroutput", {}).get(_WORKER_USAGE_ERROR)
-    if message:
-        raise pytest.UsageError(message)
+    collection.raise_worker_usage_error(node)  # a usage error an xdist worker found while collecting
 
 
 def pytest_collect_file(file_path: Any, parent: pytest.Collector) -> Any:
-    return runner.declared_file(file_path, parent)  # one path comparison for every other file
+    return collection.declared_file(file_path, parent)  # one path comparison for every other file
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    runner.generate_tests(metafunc)
+    collection.generate_tests(metafunc)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # a hook, not an autouse fixture: unmarked tests (most of a suite) pay one dict lookup, not a fixture
-    runner.run_item_checks(item)  # setup phase: a bad input is an ERROR of this test
+    phases.run_item_checks(item)  # setup phase: a bad input is an ERROR of this test
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
-    runner.enforce(item)
-    with runner.current_item(item):
+    phases.enforce(item)
+    with phases.current_item(item):
         try:
             return (yield)
         except pytest.fail.Exception as exc:
-            runner.show_notes(exc)  # e.g. Hypothesis' falsifying example under @given
+            phases.show_notes(exc)  # e.g. Hypothesis' falsifying example under @given
             raise
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
     report = yield
-    runner.attach_rows(item, report)  # rows travel on the report (to the xdist controller too)
+    phases.attach_rows(item, report)  # rows travel on the report (to the xdist controller too)
     return report
 
 
 @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    runner.junit_suite_properties(session.config)
+    summary.junit_suite_properties(session.config)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    runner.terminal_summary(terminalreporter, config)
+    summary.terminal_summary(terminalreporter, config)

@@ -6,7 +6,7 @@ are spread as with ``--dist load``. This module groups without renaming anything
 
 * the plugin gives every checked test without an ``xdist_group`` of its own the group
   ``forgetting-TASK``, or ``forgetting-TASK@CANDIDATE`` when several tuned candidates are compared
-  (``runner._group_by_task``): the checks that need the same (base, tuned, task) evaluations run
+  (``collection._group_by_task``): the checks that need the same (base, tuned, task) evaluations run
   on one worker, and two candidates of a task can run on two;
 * each worker, once its collection is done, writes ``{node id: group}`` for the tests that have a
   group to a private folder (``mkdtemp``) that the controller created and named in the worker's
