@@ -136,9 +136,9 @@ def test_large_n_bounds_equal_the_bootstrap_t_within_its_monte_carlo_error(monke
     the bootstrap-t's (whose own Monte-Carlo error is ~0.05 SE), same drop and verdict."""
     n = 20_000
     decide = _cases(n, 11)[path]
-    monkeypatch.setattr(stats, "_ANALYTIC_MIN_N", n)
+    monkeypatch.setattr(stats.bootstrap, "_ANALYTIC_MIN_N", n)
     fast = decide()
-    monkeypatch.setattr(stats, "_ANALYTIC_MIN_N", 10**12)
+    monkeypatch.setattr(stats.bootstrap, "_ANALYTIC_MIN_N", 10**12)
     slow = decide()
     assert fast.method == "edgeworth-t" and slow.method == "bootstrap-t"
     assert fast.drop == slow.drop and fast.base == slow.base and fast.tuned == slow.tuned
@@ -159,9 +159,9 @@ def test_verdicts_agree_with_the_bootstrap_t_by_simulation(monkeypatch):
         shift = (i / 19.0 * 4.0 - 2.0) * 0.3 / math.sqrt(n)
         b = 3.0 + rng.normal(0, 0.5, n)
         t = b + 0.05 + shift + rng.normal(0, 0.3, n)
-        monkeypatch.setattr(stats, "_ANALYTIC_MIN_N", n)
+        monkeypatch.setattr(stats.bootstrap, "_ANALYTIC_MIN_N", n)
         fast = stats.compare_scores(b, t, max_drop=0.05, higher_is_better=False, seed=i, n_needed=False)
-        monkeypatch.setattr(stats, "_ANALYTIC_MIN_N", 10**12)
+        monkeypatch.setattr(stats.bootstrap, "_ANALYTIC_MIN_N", 10**12)
         slow = stats.compare_scores(b, t, max_drop=0.05, higher_is_better=False, seed=i, n_needed=False)
         agree += fast.verdict == slow.verdict
     assert agree >= 19

@@ -45,7 +45,7 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 def small_n_bootstrap(monkeypatch):
     """The bootstrap-t's arithmetic at small n: lower the floor below which scores with no declared
     range are refused (stats._MIN_UNBOUNDED_N, a policy tested on its own) to the bootstrap's own."""
-    monkeypatch.setattr(stats, "_MIN_UNBOUNDED_N", stats._MIN_BOOTSTRAP_N)
+    monkeypatch.setattr(stats.refusals, "_MIN_UNBOUNDED_N", stats._MIN_BOOTSTRAP_N)
 
 
 def paired(n11: int, n10: int, n01: int, n00: int) -> tuple[np.ndarray, np.ndarray]:
