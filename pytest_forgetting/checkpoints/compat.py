@@ -22,7 +22,9 @@ def check_compatible(base: LoadedCheckpoint, tuned: LoadedCheckpoint) -> None:
         for key in sorted(base_labels.keys() | tuned_labels.keys()):
             b, t = base_labels.get(key), tuned_labels.get(key)
             if b != t:
-                diffs.append(f"{key}: {'missing' if b is None else _excerpt(b)} vs {'missing' if t is None else _excerpt(t)}")
+                diffs.append(
+                    f"{key}: {'missing' if b is None else _excerpt(b)} vs {'missing' if t is None else _excerpt(t)}"
+                )
         raise CheckpointError(
             f"base and tuned label maps (id2label) differ: {_few(diffs, 3)} (base vs tuned); paired "
             "comparison needs the same class ids, so make id2label agree in both config.json files"
@@ -46,7 +48,9 @@ def check_compatible(base: LoadedCheckpoint, tuned: LoadedCheckpoint) -> None:
     if only_tuned:
         parts.append(f"only in tuned: {_few([_excerpt(t) for t in only_tuned], 3)}")
     if moved:
-        parts.append(f"different ids: {_few([f'{_excerpt(t)} ({base_vocab[t]} vs {tuned_vocab[t]})' for t in moved], 3)}")
+        parts.append(
+            f"different ids: {_few([f'{_excerpt(t)} ({base_vocab[t]} vs {tuned_vocab[t]})' for t in moved], 3)}"
+        )
     raise CheckpointError(
         "base and tuned tokenizers have different vocabularies (" + "; ".join(parts) + "); the two models "
         "would see different inputs, so ship the base tokenizer with the tuned checkpoint"

@@ -6,8 +6,9 @@ import importlib
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .._util import close_matches
 from ..errors import CheckpointError
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 _FACTORY_SPEC = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
 
 
-def resolve_factory(spec: str, rootdir: str | os.PathLike[str] | None = None) -> Callable[[], "torch.nn.Module"]:
+def resolve_factory(spec: str, rootdir: str | os.PathLike[str] | None = None) -> Callable[[], torch.nn.Module]:
     """Turn ``"package.module:callable"`` into a callable that builds an ``nn.Module``.
 
     ``rootdir`` is put on ``sys.path`` first so a project's own modules import. The returned
@@ -45,9 +46,13 @@ def resolve_factory(spec: str, rootdir: str | os.PathLike[str] | None = None) ->
             raise CheckpointError(
                 f"--model-factory {spec!r}: no module named {exc.name!r}{where}; check the spelling or install it"
             ) from None
-        raise CheckpointError(f"--model-factory {spec!r}: importing {module_name!r} failed: {_describe_exc(exc)}") from exc
+        raise CheckpointError(
+            f"--model-factory {spec!r}: importing {module_name!r} failed: {_describe_exc(exc)}"
+        ) from exc
     except (Exception, SystemExit) as exc:
-        raise CheckpointError(f"--model-factory {spec!r}: importing {module_name!r} failed: {_describe_exc(exc)}") from exc
+        raise CheckpointError(
+            f"--model-factory {spec!r}: importing {module_name!r} failed: {_describe_exc(exc)}"
+        ) from exc
     obj: Any = module
     walked = module_name
     for part in attr_path.split("."):
@@ -68,7 +73,7 @@ class Factory:
     def __init__(self, spec: str, fn: Callable[[], Any]) -> None:
         self.spec, self.fn = spec, fn
 
-    def __call__(self) -> "torch.nn.Module":
+    def __call__(self) -> torch.nn.Module:
         import torch
 
         try:
@@ -76,7 +81,9 @@ class Factory:
         except Exception as exc:
             raise CheckpointError(f"--model-factory {self.spec} raised {_describe_exc(exc)}") from exc
         if not isinstance(model, torch.nn.Module):
-            raise CheckpointError(f"--model-factory {self.spec} returned a {type(model).__name__}, not a torch.nn.Module")
+            raise CheckpointError(
+                f"--model-factory {self.spec} returned a {type(model).__name__}, not a torch.nn.Module"
+            )
         return model
 
     def __repr__(self) -> str:
@@ -93,7 +100,7 @@ def _as_factory(factory: str | Callable[[], Any] | None, rootdir: Any) -> Factor
     raise CheckpointError(f"model_factory must be 'module:callable' or a callable, not {type(factory).__name__}")
 
 
-def _as_module(ref: Any) -> "torch.nn.Module":
+def _as_module(ref: Any) -> torch.nn.Module:
     try:
         import torch
     except ImportError:

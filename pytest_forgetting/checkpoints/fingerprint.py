@@ -95,13 +95,19 @@ class FileDigests:
             with os.fdopen(fd, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 geteuid = getattr(os, "geteuid", None)
-                if not stat.S_ISREG(st.st_mode) or st.st_size > self.MAX_FILE_BYTES or (geteuid is not None and st.st_uid != geteuid()):
+                if (
+                    not stat.S_ISREG(st.st_mode)
+                    or st.st_size > self.MAX_FILE_BYTES
+                    or (geteuid is not None and st.st_uid != geteuid())
+                ):
                     return
                 data = json.loads(fh.read(self.MAX_FILE_BYTES + 1).decode("utf-8"))
         except (OSError, ValueError, RecursionError):
             return
         if isinstance(data, dict):
-            self._memory.update({k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and len(v) == 64})
+            self._memory.update(
+                {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str) and len(v) == 64}
+            )
 
     def digest(self, path: Path) -> bytes:
         st = _require_regular_stat(path)
@@ -179,7 +185,7 @@ def _add_file(digest: Any, rel: str, size: int, file_digest: bytes) -> None:
     digest.update(struct.pack("<Q", len(name)) + name + struct.pack("<Q", size) + file_digest)
 
 
-def _fingerprint_module(model: "torch.nn.Module") -> str:
+def _fingerprint_module(model: torch.nn.Module) -> str:
     import torch
 
     digest = hashlib.sha256(b"pytest-forgetting/module/v1\0")
@@ -191,7 +197,9 @@ def _fingerprint_module(model: "torch.nn.Module") -> str:
             continue
         tensor = tensor.detach()
         if tensor.device.type == "meta":
-            raise CheckpointError(f"parameter {name!r} is on the meta device (never materialised); cannot fingerprint it")
+            raise CheckpointError(
+                f"parameter {name!r} is on the meta device (never materialised); cannot fingerprint it"
+            )
         digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
         flat = tensor.to("cpu").contiguous().reshape(-1)
         if flat.numel():

@@ -19,7 +19,6 @@ from .records import Target
 from .safety import _read_json, _require_regular
 from .util import _describe_exc, _esc, _excerpt, _is_int, _short
 
-
 _MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors library's own limit
 _ST_ITEMSIZE = {
     "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E8M0": 1,
@@ -68,7 +67,11 @@ def _read_gguf_header(path: Path) -> int:
             if n > limit - pos:
                 raise bad(
                     f"it claims {n:,} more bytes at offset {pos:,} than "
-                    + ("the file holds (truncated?)" if limit == size else f"a header may take ({_MAX_GGUF_HEADER >> 20} MiB)")
+                    + (
+                        "the file holds (truncated?)"
+                        if limit == size
+                        else f"a header may take ({_MAX_GGUF_HEADER >> 20} MiB)"
+                    )
                 )
             data = fh.read(n)
             if len(data) != n:
@@ -225,7 +228,8 @@ def _read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]
         begin, end = offsets
         if not 0 <= begin <= end <= data_len:
             raise bad(
-                f"tensor {_excerpt(name, 60)} lies outside the file (bytes {begin}..{end} of a {data_len}-byte data section; "
+                f"tensor {_excerpt(name, 60)} lies outside the file "
+                f"(bytes {begin}..{end} of a {data_len}-byte data section; "
                 "truncated?)"
             )
         numel = math.prod(shape)
@@ -234,7 +238,10 @@ def _read_safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]
         else:
             nbytes = -(-numel * _ST_SUBBYTE_BITS[dtype] // 8)
         if end - begin != nbytes:
-            raise bad(f"tensor {_excerpt(name, 60)} ({dtype} {tuple(shape)}) needs {nbytes} bytes but its offsets span {end - begin}")
+            raise bad(
+                f"tensor {_excerpt(name, 60)} ({dtype} {tuple(shape)}) needs {nbytes} bytes "
+                f"but its offsets span {end - begin}"
+            )
         spans.append((begin, end, name))
         tensors[name] = (dtype, tuple(shape))
     spans.sort()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CheckpointError
 from .compat import _label_map, _label_map_from_dict
@@ -29,7 +30,7 @@ def load_checkpoint(
     ref: Ref,
     *,
     role: str = "tuned",
-    model_factory: str | Callable[[], "torch.nn.Module"] | None = None,
+    model_factory: str | Callable[[], torch.nn.Module] | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     allow_download: bool = False,
@@ -38,7 +39,7 @@ def load_checkpoint(
     device_map: str | dict[str, int | str] | None = None,
     max_memory: dict[int | str, int | str] | None = None,
     offload_folder: str | os.PathLike[str] | None = None,
-    dtype: "str | torch.dtype | None" = None,
+    dtype: str | torch.dtype | None = None,
     digests: FileDigests | None = None,
 ) -> LoadedCheckpoint:
     """Load ``ref`` (a path, a hub id or an ``nn.Module``) under the package's safety rules.
@@ -74,7 +75,9 @@ def load_checkpoint(
         raise CheckpointError(f"{role} checkpoint {_show(ref)}: could not load: {_describe_exc(exc)}") from exc
 
 
-def load_metadata(ref: Any, *, rootdir: str | os.PathLike[str] | None = None, trust_remote_code: bool = False) -> LoadedCheckpoint:
+def load_metadata(
+    ref: Any, *, rootdir: str | os.PathLike[str] | None = None, trust_remote_code: bool = False
+) -> LoadedCheckpoint:
     """Label map and tokenizer of a checkpoint folder without building its model.
 
     Lets ``check_compatible`` run when the base evaluation comes from the cache and the base
@@ -101,11 +104,13 @@ def load_metadata(ref: Any, *, rootdir: str | os.PathLike[str] | None = None, tr
     return empty
 
 
-def _load(ref: Ref, model_factory: str | Callable[[], "torch.nn.Module"] | None, ctx: LoadContext) -> LoadedCheckpoint:
+def _load(ref: Ref, model_factory: str | Callable[[], torch.nn.Module] | None, ctx: LoadContext) -> LoadedCheckpoint:
     """Find ``ref``, refuse what is unsafe on the user's files, stage private copies, let its loader build it."""
     if not isinstance(ref, (str, os.PathLike)):
         if ctx.placement is not None:
-            raise CheckpointError(DEVICE_MAP_NEEDS_HF_FOLDER + "; dispatch an in-memory module yourself (accelerate.dispatch_model)")
+            raise CheckpointError(
+                DEVICE_MAP_NEEDS_HF_FOLDER + "; dispatch an in-memory module yourself (accelerate.dispatch_model)"
+            )
         module = _as_module(ref)
         module.eval()
         config = getattr(module, "config", None)
@@ -124,7 +129,9 @@ def _load(ref: Ref, model_factory: str | Callable[[], "torch.nn.Module"] | None,
     ctx = replace(ctx, factory=_as_factory(model_factory, ctx.rootdir))
     loader = loader_for(target)
     if ctx.placement is not None and not loader.places(target):
-        what = {"peft-adapter": "a PEFT adapter", "safetensors": "a bare .safetensors file", "gguf": "a GGUF file"}.get(target.kind, f"a {target.kind} checkpoint")
+        what = {"peft-adapter": "a PEFT adapter", "safetensors": "a bare .safetensors file", "gguf": "a GGUF file"}.get(
+            target.kind, f"a {target.kind} checkpoint"
+        )
         raise CheckpointError(f"{DEVICE_MAP_NEEDS_HF_FOLDER}, not {what}")
     if target.path.is_dir():
         _refuse_remote_code(target.path, ctx.trust_remote_code)
@@ -151,7 +158,11 @@ def _load(ref: Ref, model_factory: str | Callable[[], "torch.nn.Module"] | None,
             obj._name_or_path = target.resolved  # not the private copy's name
     if hasattr(model, "name_or_path"):
         model.name_or_path = target.resolved  # type: ignore[assignment]  # an HF model's str attribute
-    if tokenizer is not None and hasattr(tokenizer, "name_or_path") and tokenizer is not getattr(ctx.base, "tokenizer", None):
+    if (
+        tokenizer is not None
+        and hasattr(tokenizer, "name_or_path")
+        and tokenizer is not getattr(ctx.base, "tokenizer", None)
+    ):
         tokenizer.name_or_path = target.resolved
 
     model.eval()
@@ -164,7 +175,7 @@ def _load(ref: Ref, model_factory: str | Callable[[], "torch.nn.Module"] | None,
     )  # fmt: skip
 
 
-def nonfinite_params(model: "torch.nn.Module", limit: int = 5) -> list[str]:
+def nonfinite_params(model: torch.nn.Module, limit: int = 5) -> list[str]:
     """Names of the first ``limit`` parameters / buffers holding NaN or Inf (empty when clean).
 
     Non-finite weights are not a loading error: the evaluator decides what they mean.

@@ -25,7 +25,7 @@ class LoadedCheckpoint:
     ``model`` is in eval mode, on the CPU, in the default dtype; the caller moves it.
     """
 
-    model: "torch.nn.Module" = field(repr=False)
+    model: torch.nn.Module = field(repr=False)
     ref: str  # as the user gave it
     resolved: str  # absolute path, hub id, or "<in-memory ClassName>"
     kind: str  # one of KINDS

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import CheckpointError
 from .records import PICKLE_SUFFIXES, Target
 from .safety import _check_files, _pickle_refusal, _require_regular, _special_root
 from .util import _abspath, _describe_exc, _esc, _few
-
 
 # Files of a folder that change what gets evaluated (weights, configs, tokenizer, code).
 # README edits must not bust the cache of base-model evaluations.
@@ -88,9 +87,7 @@ def _locate(ref: str | os.PathLike[str], rootdir: str | os.PathLike[str] | None)
         root = Path(rootdir).resolve()  # type: ignore[arg-type]
         where += f" nor at {_abspath(candidates[1])} (relative to rootdir {root})"
     hub_hint = "" if "/" in raw else "; a Hugging Face hub id looks like org/name"
-    raise CheckpointError(
-        f"checkpoint not found: nothing at {where}; the current working directory is {cwd}{hub_hint}"
-    )
+    raise CheckpointError(f"checkpoint not found: nothing at {where}; the current working directory is {cwd}{hub_hint}")
 
 
 def _describe_folder(folder: Path, *, allow_pickle: bool) -> Target:
@@ -151,7 +148,9 @@ def _hub_snapshot(repo_id: str, *, allow_download: bool, trust_remote_code: bool
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
     except ImportError as exc:
-        raise CheckpointError(f"hub id {repo_id!r} needs the huggingface_hub package: pip install huggingface_hub") from exc
+        raise CheckpointError(
+            f"hub id {repo_id!r} needs the huggingface_hub package: pip install huggingface_hub"
+        ) from exc
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
     if trust_remote_code:
         patterns.append("*.py")
@@ -159,8 +158,9 @@ def _hub_snapshot(repo_id: str, *, allow_download: bool, trust_remote_code: bool
         folder = snapshot_download(repo_id, local_files_only=not allow_download, allow_patterns=patterns)
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         raise CheckpointError(
-            f"no local path {repo_id!r} exists (relative to {Path.cwd()}), and as a hub id {repo_id!r} is not in the local "
-            f"Hugging Face cache and downloads are off (HF_HUB_OFFLINE / local_files_only); fix the path if it is a typo, "
+            f"no local path {repo_id!r} exists (relative to {Path.cwd()}), and as a hub id {repo_id!r} "
+            "is not in the local Hugging Face cache and downloads are off (HF_HUB_OFFLINE / local_files_only); "
+            "fix the path if it is a typo, "
             f"or download it first (hf download {repo_id}) or pass --forgetting-allow-download"
         ) from exc
     except Exception as exc:

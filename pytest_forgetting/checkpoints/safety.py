@@ -15,8 +15,9 @@ import json
 import os
 import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import CheckpointError
 from .records import PICKLE_SUFFIXES, Target
@@ -64,7 +65,9 @@ def _check_files(target: Target) -> None:
             with open(path, "rb") as fh:
                 head = fh.read(len(_LFS_MAGIC))
             if head == _LFS_MAGIC:
-                raise CheckpointError(f"{path} is a Git LFS pointer, not weights; run `git lfs pull` (in CI: lfs: true)")
+                raise CheckpointError(
+                    f"{path} is a Git LFS pointer, not weights; run `git lfs pull` (in CI: lfs: true)"
+                )
 
 
 def _require_regular(path: Path) -> int:
@@ -179,7 +182,9 @@ def _check_counts(config: dict[str, Any], source: str) -> None:
     for key, value in _walk_config(config):
         for pattern, limit in _COUNT_LIMITS:
             if isinstance(key, str) and pattern.search(key) and _is_int(value) and value > limit:
-                raise CheckpointError(f"{source}: {_esc(key, 60)}={value} is implausible (limit {limit}); is this config corrupt?")
+                raise CheckpointError(
+                    f"{source}: {_esc(key, 60)}={value} is implausible (limit {limit}); is this config corrupt?"
+                )
 
 
 def _walk_config(config: dict[str, Any], depth: int = 0) -> Iterable[tuple[str, Any]]:
@@ -201,7 +206,8 @@ def _refuse_remote_code(folder: Path, trust_remote_code: bool) -> None:
                 reasons.append(f"auto_map in {name}")
             if isinstance(content, dict) and name == "config.json":
                 reasons += [
-                    f"attn_implementation={_excerpt(value, 60)} in {name}, a kernel transformers would download and import"
+                    f"attn_implementation={_excerpt(value, 60)} in {name}, "
+                    "a kernel transformers would download and import"
                     for value in _unknown_attn_implementations(content)
                 ]
     py_files: list[str] = []
@@ -289,7 +295,8 @@ def _refuse_oversized(model_cls: Any, config: Any, checkpoint_elements: int, sou
         floor = max(vocab * hidden, layers * hidden * hidden)
         if floor > 4 * checkpoint_elements + (1 << 20):
             raise CheckpointError(
-                f"{source} describes a model of at least {floor:,} parameters (vocab_size={vocab}, hidden_size={hidden}, "
+                f"{source} describes a model of at least {floor:,} parameters "
+                f"(vocab_size={vocab}, hidden_size={hidden}, "
                 f"{layers} layers) but the weight files hold only {checkpoint_elements:,} values; the config does not "
                 "belong to these weights"
             )

@@ -13,7 +13,6 @@ from .fingerprint import _add_file, _files_digest, _in_name_order
 from .records import Target
 from .util import _esc
 
-
 _COPY_CHUNK = 8 << 20
 
 

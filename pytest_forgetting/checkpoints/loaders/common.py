@@ -57,7 +57,7 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool) -> Any:
         raise CheckpointError(f"the tokenizer files in {folder} do not load: {_describe_exc(exc)}") from exc
 
 
-def _torch_load_weights_only(path: Path) -> dict[str, "torch.Tensor"]:
+def _torch_load_weights_only(path: Path) -> dict[str, torch.Tensor]:
     """torch.load with weights_only=True, the only way this plugin ever unpickles."""
     import torch
 
@@ -74,11 +74,13 @@ def _torch_load_weights_only(path: Path) -> dict[str, "torch.Tensor"]:
     return _state_dict_from(obj, path)
 
 
-def _state_dict_from(obj: Any, path: Path) -> dict[str, "torch.Tensor"]:
+def _state_dict_from(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     import torch
 
     def is_state_dict(value: Any) -> bool:
-        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+        )
 
     if is_state_dict(obj):
         return dict(obj)
@@ -121,7 +123,7 @@ def _stripping_prefix(keys: set[str], target: set[str]) -> str | None:
         if len(heads) != 1 or len(keys) == 0 or any(k.count(".") < depth for k in keys):
             return None
         (prefix,) = heads
-        if {k[len(prefix):] for k in keys} == target:
+        if {k[len(prefix) :] for k in keys} == target:
             return prefix
     return None
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 
-def _load_gguf(path: Path) -> tuple["torch.nn.Module", Any]:
+def _load_gguf(path: Path) -> tuple[torch.nn.Module, Any]:
     """A (staged) GGUF file, checked by hand first: its metadata must describe the tensors it holds."""
     with open(path, "rb") as fh:
         magic = fh.read(4)
@@ -36,7 +36,9 @@ def _load_gguf(path: Path) -> tuple["torch.nn.Module", Any]:
     try:
         config = transformers.AutoConfig.from_pretrained(str(path.parent), **kwargs)
     except Exception as exc:
-        raise CheckpointError(f"transformers cannot read the metadata of GGUF file {path}: {_describe_exc(exc)}") from exc
+        raise CheckpointError(
+            f"transformers cannot read the metadata of GGUF file {path}: {_describe_exc(exc)}"
+        ) from exc
     source = f"the metadata of GGUF file {path}"
     _check_counts(config.to_dict(), source)
     model_cls: Any

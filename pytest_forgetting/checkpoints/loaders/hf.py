@@ -19,7 +19,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 
-def _load_hf_folder(target: Target, trust_remote_code: bool, placement: Placement | None = None) -> tuple["torch.nn.Module", Any]:
+def _load_hf_folder(
+    target: Target, trust_remote_code: bool, placement: Placement | None = None
+) -> tuple[torch.nn.Module, Any]:
     """A transformers model folder: class from config.architectures, strict loading.
 
     With a ``placement`` accelerate loads it straight onto its devices (and the disk) in the
@@ -60,7 +62,9 @@ def _load_hf_folder(target: Target, trust_remote_code: bool, placement: Placemen
             str(folder), local_files_only=True, trust_remote_code=trust_remote_code
         )
     except Exception as exc:
-        raise CheckpointError(f"{folder / 'config.json'} is not a valid transformers config: {_describe_exc(exc)}") from exc
+        raise CheckpointError(
+            f"{folder / 'config.json'} is not a valid transformers config: {_describe_exc(exc)}"
+        ) from exc
     model_cls = _model_class(transformers, arch, config_dict)
     _refuse_oversized(model_cls, config, checkpoint_elements, str(folder / "config.json"), trust_remote_code)
 

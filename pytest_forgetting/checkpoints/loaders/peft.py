@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 def _load_adapter(
     target: Target, base: LoadedCheckpoint | None, trust_remote_code: bool
-) -> tuple["torch.nn.Module", Any, Any, dict[int, str] | None]:
+) -> tuple[torch.nn.Module, Any, Any, dict[int, str] | None]:
     """Base + PEFT adapter, merged into a copy of the base (the base itself is never touched)."""
     folder = target.path
     if base is None:
@@ -47,7 +47,9 @@ def _load_adapter(
         import torch
         from peft.utils import get_peft_model_state_dict
     except ImportError as exc:
-        raise CheckpointError(f"{folder} is a PEFT adapter; loading it needs the peft package: pip install peft") from exc
+        raise CheckpointError(
+            f"{folder} is a PEFT adapter; loading it needs the peft package: pip install peft"
+        ) from exc
     _dry_run_adapter(folder, base.model, file_shapes)
 
     model_copy = copy.deepcopy(base.model).to("cpu", dtype=torch.get_default_dtype())
@@ -79,7 +81,7 @@ def _load_adapter(
     return merged, tokenizer, config, label_map
 
 
-def _dry_run_adapter(folder: Path, base_model: "torch.nn.Module", file_shapes: dict[str, tuple[int, ...]]) -> None:
+def _dry_run_adapter(folder: Path, base_model: torch.nn.Module, file_shapes: dict[str, tuple[int, ...]]) -> None:
     """Apply the adapter config to a meta-device copy of the base and compare with the file's tensors.
 
     peft allocates what ``adapter_config.json`` asks for (``r``, target modules, modules to save)
@@ -100,7 +102,9 @@ def _dry_run_adapter(folder: Path, base_model: "torch.nn.Module", file_shapes: d
         config.init_lora_weights = False
     # AdaLoRA: peft's resizing to the saved rank pattern cannot run on the meta device; the full
     # init_r shapes are built and then cut to each module's kept ranks (_adalora_shapes)
-    rank_pattern = getattr(config, "rank_pattern", None) if str(getattr(config, "peft_type", "")).endswith("ADALORA") else None
+    rank_pattern = (
+        getattr(config, "rank_pattern", None) if str(getattr(config, "peft_type", "")).endswith("ADALORA") else None
+    )
     if rank_pattern:
         config.rank_pattern = None
     try:
@@ -115,9 +119,13 @@ def _dry_run_adapter(folder: Path, base_model: "torch.nn.Module", file_shapes: d
     unexpected = sorted(file_shapes.keys() - expected.keys())
     mismatched = sorted(k for k in expected.keys() & file_shapes.keys() if expected[k] != tuple(file_shapes[k]))
     if missing or unexpected or mismatched:
-        shown = [f"{k.removeprefix('base_model.model.')}: file {tuple(file_shapes[k])} vs config {expected[k]}" for k in mismatched]
+        shown = [
+            f"{k.removeprefix('base_model.model.')}: file {tuple(file_shapes[k])} vs config {expected[k]}"
+            for k in mismatched
+        ]
         raise CheckpointError(
-            f"PEFT adapter {folder} does not fit the base model: " + "; ".join(_key_problems(missing, unexpected, shown))
+            f"PEFT adapter {folder} does not fit the base model: "
+            + "; ".join(_key_problems(missing, unexpected, shown))
             + " — was it trained on a different base, or is adapter_config.json (r, target_modules) not the one "
             "saved with these weights?"
         )
@@ -141,7 +149,7 @@ def _adalora_shapes(expected: dict[str, tuple[int, ...]], rank_pattern: dict[str
     return out
 
 
-def _meta_copy(model: "torch.nn.Module") -> "torch.nn.Module":
+def _meta_copy(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` whose parameters and buffers live on the meta device (nothing allocated)."""
     import torch
 
@@ -149,7 +157,11 @@ def _meta_copy(model: "torch.nn.Module") -> "torch.nn.Module":
     for tensor in (*model.parameters(), *model.buffers()):
         if id(tensor) not in memo:
             meta = tensor.detach().to("meta")
-            memo[id(tensor)] = torch.nn.Parameter(meta, requires_grad=tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) else meta
+            memo[id(tensor)] = (
+                torch.nn.Parameter(meta, requires_grad=tensor.requires_grad)
+                if isinstance(tensor, torch.nn.Parameter)
+                else meta
+            )
     return copy.deepcopy(model, memo)
 
 

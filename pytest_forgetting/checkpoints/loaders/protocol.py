@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..records import LoadedCheckpoint, Placement, Target
 
 #: what a loader builds: the model, its tokenizer and config (or None), its meaningful label names (or None)
-Built = Tuple["torch.nn.Module", Any, Any, "dict[int, str] | None"]
+Built = tuple["torch.nn.Module", Any, Any, "dict[int, str] | None"]
 
 
 @dataclass(frozen=True)

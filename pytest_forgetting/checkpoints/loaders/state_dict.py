@@ -10,25 +10,28 @@ from ..compat import _label_map
 from ..headers import _read_safetensors_header
 from ..records import Target
 from ..util import _describe_exc, _esc, _size
-from .common import _key_problems, _prefix_hint
-from .common import _torch_load_weights_only
+from .common import _key_problems, _prefix_hint, _torch_load_weights_only
 from .protocol import Built, LoadContext
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 
-def _load_safetensors(path: Path) -> dict[str, "torch.Tensor"]:
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     _read_safetensors_header(path)
     try:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
     except Exception as exc:
-        raise CheckpointError(f"{path} ({_size(path)} bytes) does not load as safetensors: {_describe_exc(exc)}") from exc
+        raise CheckpointError(
+            f"{path} ({_size(path)} bytes) does not load as safetensors: {_describe_exc(exc)}"
+        ) from exc
 
 
-def _check_state_dict_fits(model: "torch.nn.Module", shapes: dict[str, tuple[int, ...]], source: Path, factory: Any) -> None:
+def _check_state_dict_fits(
+    model: torch.nn.Module, shapes: dict[str, tuple[int, ...]], source: Path, factory: Any
+) -> None:
     """Strict-load pre-check with a readable report (torch's own error is one long blob).
 
     ``shapes`` are the file's tensor shapes (for safetensors: from the header, before any tensor is
@@ -43,7 +46,9 @@ def _check_state_dict_fits(model: "torch.nn.Module", shapes: dict[str, tuple[int
         return
     parts = _key_problems(missing, unexpected, [f"{k}: file {got[k]} vs model {expected[k]}" for k in mismatched])
     raise CheckpointError(
-        f"{source} does not fit the model built by {factory}: " + "; ".join(parts) + _prefix_hint(set(expected), set(got))
+        f"{source} does not fit the model built by {factory}: "
+        + "; ".join(parts)
+        + _prefix_hint(set(expected), set(got))
     )
 
 
