@@ -25,7 +25,7 @@ def block_of(module_path: str) -> str:
     return ".".join(parts[:2])
 
 
-def parameter_blocks(model: "nn.Module") -> Blocks:
+def parameter_blocks(model: nn.Module) -> Blocks:
     """``[(block, [parameter names])]`` from the input side to the head, in definition order."""
     blocks: dict[str, list[str]] = {}
     for name, _ in model.named_parameters():
@@ -33,12 +33,12 @@ def parameter_blocks(model: "nn.Module") -> Blocks:
     return list(blocks.items())
 
 
-def _set_trainable(model: "nn.Module", names: set[str]) -> None:
+def _set_trainable(model: nn.Module, names: set[str]) -> None:
     for name, p in model.named_parameters():
         p.requires_grad_(name in names)
 
 
-def _train_mode(model: "nn.Module") -> None:
+def _train_mode(model: nn.Module) -> None:
     """Train mode, except modules whose own parameters are all frozen (their buffers stay put)."""
     model.train()
     for module in model.modules():
@@ -48,4 +48,4 @@ def _train_mode(model: "nn.Module") -> None:
 
 
 def _last_blocks(blocks: Blocks, k: int) -> set[str]:
-    return {n for _, names in blocks[max(len(blocks) - k, 0):] for n in names}
+    return {n for _, names in blocks[max(len(blocks) - k, 0) :] for n in names}

@@ -6,12 +6,13 @@ new and replayed batches, logits of a model's output).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-from ..errors import ForgettingError
 from .._util import suggest
+from ..errors import ForgettingError
 from .spec import FinetuneError
 
 

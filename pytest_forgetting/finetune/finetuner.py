@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -28,7 +29,7 @@ class Finetuner:
         self._state = run_state
         self._write = write
 
-    def __call__(self, model: Any = None, train: Any = None, **kwargs: Any) -> "nn.Module":
+    def __call__(self, model: Any = None, train: Any = None, **kwargs: Any) -> nn.Module:
         __tracebackhide__ = True
         try:
             return self._call(model, train, **kwargs)
@@ -37,7 +38,7 @@ class Finetuner:
 
             pytest.fail(terminal(f"finetune: {exc}"), pytrace=False)
 
-    def _call(self, model: Any, train: Any, **kwargs: Any) -> "nn.Module":
+    def _call(self, model: Any, train: Any, **kwargs: Any) -> nn.Module:
         if train is None:
             raise FinetuneError("finetune() needs train= (a task name such as 'digits-28', a Task or a Dataset)")
         session = self._state.session

@@ -55,7 +55,7 @@ def _split(data: _Data, config: TrainConfig, seed: int) -> tuple[np.ndarray, np.
     return train_idx, val_idx
 
 
-def _optimizer(model: "nn.Module", blocks: Blocks, strategy: Strategy, config: TrainConfig) -> "torch.optim.Optimizer":
+def _optimizer(model: nn.Module, blocks: Blocks, strategy: Strategy, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or SGD with one parameter group per (depth, decayed) pair; ``layer_lr_decay`` scales by depth."""
     import torch
 
@@ -83,9 +83,17 @@ def _optimizer(model: "nn.Module", blocks: Blocks, strategy: Strategy, config: T
 
 
 def train(
-    model: "nn.Module", data: _Data, strategy: Strategy, config: TrainConfig, *, tokenizer: Any, device: "torch.device",
-    info: FinetuneInfo, reporter: _Progress, started: float,
-) -> "nn.Module":
+    model: nn.Module,
+    data: _Data,
+    strategy: Strategy,
+    config: TrainConfig,
+    *,
+    tokenizer: Any,
+    device: torch.device,
+    info: FinetuneInfo,
+    reporter: _Progress,
+    started: float,
+) -> nn.Module:
     """Train ``model`` (a copy of the caller's, in float32 on ``device``) with ``strategy``; the trained module."""
     import torch
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import TYPE_CHECKING, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from .info import FinetuneInfo
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def deterministic(seed: int, device: "torch.device") -> Iterator[None]:
+def deterministic(seed: int, device: torch.device) -> Iterator[None]:
     """Seeded RNG (forked: the caller's is untouched) and deterministic kernels for one call."""
     import torch
 
@@ -55,8 +56,10 @@ class _Progress:
         due = (step % self.every_steps == 0) if self.every_steps else (now - self.last >= self.every_s)
         if due:
             self.last, self.printed = now, True
-            self.write(f"{self.label} step {step}/{total} epoch {epoch + 1} loss {loss:.4f} lr {lr:.2e} "
-                       f"({now - self.start:.1f}s)")
+            self.write(
+                f"{self.label} step {step}/{total} epoch {epoch + 1} loss {loss:.4f} lr {lr:.2e} "
+                f"({now - self.start:.1f}s)"
+            )
 
     def done(self, info: FinetuneInfo) -> None:
         if self.write is not None and self.printed:

@@ -11,7 +11,8 @@ import copy
 import dataclasses
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..tasks.base import attach_tokenizer, tokenizer_of
 from .data import as_data
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 
 def finetune(
-    model: "nn.Module",
+    model: nn.Module,
     train: Any,
     *,
     strategy: str = "full",
@@ -53,7 +54,7 @@ def finetune(
     progress: Callable[[str], None] | None = None,
     log_every: int | None = None,
     **options: Any,
-) -> "nn.Module":
+) -> nn.Module:
     """Fine-tune a copy of ``model`` on ``train`` and return it (``model`` itself is never changed).
 
     ``epochs`` passes over the training split (default 1), or ``max_steps`` optimiser steps, or
@@ -119,7 +120,7 @@ def finetune(
     reporter.done(info)
     if save_to is not None:
         info.saved_to = save_model(result, save_to, tokenizer=tokenizer)
-    setattr(result, "finetune_info", info)  # nn.Module.__setattr__, as an attribute assignment
+    setattr(result, "finetune_info", info)  # noqa: B010 (nn.Module.__setattr__, as an attribute assignment)
     attach_tokenizer(result, tokenizer)  # the result is evaluated (and fine-tuned again) like its checkpoint
     return result
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from ..errors import ConfigError
 from .._util import suggest
+from ..errors import ConfigError
 
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("adamw", "sgd")
@@ -237,7 +238,7 @@ class EarlyStopping:
     restore_best: bool = True
 
     @classmethod
-    def coerce(cls, value: Any) -> "EarlyStopping | None":
+    def coerce(cls, value: Any) -> EarlyStopping | None:
         if value is None or value is False:
             return None
         if value is True:
@@ -258,8 +259,17 @@ class EarlyStopping:
 
 
 def check_common(
-    lr: Any, epochs: Any, max_steps: Any, batch_size: Any, weight_decay: Any, lr_schedule: Any, warmup: Any,
-    optimizer: Any, time_budget_s: Any, layer_lr_decay: Any, max_grad_norm: Any,
+    lr: Any,
+    epochs: Any,
+    max_steps: Any,
+    batch_size: Any,
+    weight_decay: Any,
+    lr_schedule: Any,
+    warmup: Any,
+    optimizer: Any,
+    time_budget_s: Any,
+    layer_lr_decay: Any,
+    max_grad_norm: Any,
 ) -> None:
     """One-line errors for the shared training knobs (the strategy's own options are checked where used)."""
 
@@ -286,8 +296,10 @@ def check_common(
     if time_budget_s is not None and (not number(time_budget_s) or time_budget_s <= 0):
         bad(f"time_budget_s={time_budget_s!r} must be a positive number of seconds")
     if layer_lr_decay is not None and (not number(layer_lr_decay) or not 0 < layer_lr_decay <= 1):
-        bad(f"layer_lr_decay={layer_lr_decay!r} must be in (0, 1] "
-            "(each block down from the head gets lr * decay**depth)")
+        bad(
+            f"layer_lr_decay={layer_lr_decay!r} must be in (0, 1] "
+            "(each block down from the head gets lr * decay**depth)"
+        )
     if max_grad_norm is not None and (not number(max_grad_norm) or max_grad_norm <= 0):
         bad(f"max_grad_norm={max_grad_norm!r} must be a positive number")
 
@@ -316,7 +328,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_common(
-            self.lr, self.epochs, self.max_steps, self.batch_size, self.weight_decay, self.lr_schedule, self.warmup,
-            self.optimizer, self.time_budget_s, self.layer_lr_decay, self.max_grad_norm,
+            self.lr,
+            self.epochs,
+            self.max_steps,
+            self.batch_size,
+            self.weight_decay,
+            self.lr_schedule,
+            self.warmup,
+            self.optimizer,
+            self.time_budget_s,
+            self.layer_lr_decay,
+            self.max_grad_norm,
         )
         object.__setattr__(self, "batch_size", int(self.batch_size))

@@ -14,13 +14,27 @@ from .spec import EarlyStopping
 class _Watch:
     """Early-stopping bookkeeping: held-out accuracy, optional retained accuracy, best weights."""
 
-    def __init__(self, early: EarlyStopping, model: Any, data: _Data, val_idx: np.ndarray, tokenizer: Any, device: Any,
-                 seed: int, info: FinetuneInfo) -> None:
+    def __init__(
+        self,
+        early: EarlyStopping,
+        model: Any,
+        data: _Data,
+        val_idx: np.ndarray,
+        tokenizer: Any,
+        device: Any,
+        seed: int,
+        info: FinetuneInfo,
+    ) -> None:
         self.early, self.data, self.val_idx, self.device, self.info = early, data, val_idx, device, info
         self.retain: _Data | None = None
         if early.retain is not None:
-            self.retain = as_data(early.retain, split=early.retain_split, tokenizer=tokenizer,
-                                  what="early_stopping retain", config=getattr(model, "config", None))
+            self.retain = as_data(
+                early.retain,
+                split=early.retain_split,
+                tokenizer=tokenizer,
+                what="early_stopping retain",
+                config=getattr(model, "config", None),
+            )
             n = min(early.retain_examples, self.retain.n)
             self.retain_idx = np.sort(np.random.default_rng(seed + 3).choice(self.retain.n, size=n, replace=False))
         self.retain_start = self._retained(model)
@@ -37,8 +51,11 @@ class _Watch:
         score = _accuracy(model, self.data, self.val_idx, self.device)
         retained = self._retained(model)
         self.info.validation.append({"step": step, "val_accuracy": score, "retain_accuracy": retained})
-        broken = (retained is not None and self.retain_start is not None
-                  and self.retain_start - retained > self.early.max_drop)
+        broken = (
+            retained is not None
+            and self.retain_start is not None
+            and self.retain_start - retained > self.early.max_drop
+        )
         if not broken and score > self.best_score + self.early.min_delta:
             self.best_score, self.best_state, self.best_step, self.bad = score, _state_copy(model), step, 0
         elif not final:

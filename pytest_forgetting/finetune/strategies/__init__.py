@@ -7,7 +7,8 @@ place a name becomes a strategy object. A strategy's options are the dataclass o
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ..spec import options_of
 from .adalora import AdaLora
@@ -21,7 +22,8 @@ from .lora import Lora
 from .replay import Replay
 from .wise_ft import WiseFT
 
-#: strategy name -> class (keys: exactly ``spec.STRATEGIES``, in its order; checked by tests/test_finetune_equivalence.py)
+#: strategy name -> class (keys: exactly ``spec.STRATEGIES``, in its order; checked by
+#: tests/test_finetune_equivalence.py)
 TABLE: dict[str, type[StrategyBase]] = {
     cls.name: cls for cls in (Full, Freeze, GradualUnfreeze, Lora, AdaLora, L2SP, EWC, Replay, WiseFT)
 }

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class AdaLora(StrategyBase):
     name = "adalora"
 
-    def wrap(self, model: "nn.Module", ctx: TrainContext) -> "nn.Module":
+    def wrap(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         # the rank schedule needs the planned number of steps
         cfg = ctx.config
         per_epoch = math.ceil(ctx.n_train / cfg.batch_size)
@@ -38,25 +38,25 @@ class AdaLora(StrategyBase):
         total = planned if cfg.max_steps is None else min(cfg.max_steps, planned)
         return _adalora(model, self.options, total).to(ctx.device)
 
-    def trainable(self, model: "nn.Module", blocks: Blocks) -> None:
+    def trainable(self, model: nn.Module, blocks: Blocks) -> None:
         return None  # peft froze the base weights: only the adapters (and modules_to_save) train
 
-    def penalty(self, model: "nn.Module") -> "torch.Tensor | None":
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
         if not self.options.orth_reg_weight:
             return None
         orth = _orthogonality(model)
         return None if orth is None else float(self.options.orth_reg_weight) * orth
 
-    def after_step(self, model: "nn.Module", step: int) -> None:
+    def after_step(self, model: nn.Module, step: int) -> None:
         # importance from this step's gradients, then the budget is re-allocated
         peft_model: Any = model  # the PeftModel of wrap()
         peft_model.base_model.update_and_allocate(step)
 
-    def end_training(self, model: "nn.Module", flags: dict[str, bool]) -> None:
+    def end_training(self, model: nn.Module, flags: dict[str, bool]) -> None:
         return None  # a PeftModel keeps its own flags (only the adapters train)
 
 
-def _adalora(model: "nn.Module", opts: Any, total_steps: int) -> Any:
+def _adalora(model: nn.Module, opts: Any, total_steps: int) -> Any:
     """Wrap ``model`` in a PeftModel with AdaLoRA adapters; the rank schedule spans ``total_steps``."""
     import torch
 

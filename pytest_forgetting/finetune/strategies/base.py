@@ -23,8 +23,9 @@ dataclass in ``finetune/spec.py`` and one line in the table of ``strategies/__in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..blocks import Blocks
 from ..info import FinetuneInfo
@@ -67,27 +68,27 @@ class Strategy(Protocol):
 
     def validate(self, session: Any) -> None: ...
 
-    def pretrained(self, device: Any) -> "nn.Module | None": ...
+    def pretrained(self, device: Any) -> nn.Module | None: ...
 
-    def wrap(self, model: "nn.Module", ctx: TrainContext) -> "nn.Module": ...
+    def wrap(self, model: nn.Module, ctx: TrainContext) -> nn.Module: ...
 
-    def trainable(self, model: "nn.Module", blocks: Blocks) -> set[str] | None: ...
+    def trainable(self, model: nn.Module, blocks: Blocks) -> set[str] | None: ...
 
-    def setup(self, model: "nn.Module", ctx: TrainContext) -> None: ...
+    def setup(self, model: nn.Module, ctx: TrainContext) -> None: ...
 
-    def start_epoch(self, model: "nn.Module", epoch: int, blocks: Blocks) -> None: ...
+    def start_epoch(self, model: nn.Module, epoch: int, blocks: Blocks) -> None: ...
 
     def replayed_per_batch(self) -> int: ...
 
     def extend_batch(self, x: Any, y: Any) -> tuple[Any, Any]: ...
 
-    def penalty(self, model: "nn.Module") -> "torch.Tensor | None": ...
+    def penalty(self, model: nn.Module) -> torch.Tensor | None: ...
 
-    def after_step(self, model: "nn.Module", step: int) -> None: ...
+    def after_step(self, model: nn.Module, step: int) -> None: ...
 
-    def end_training(self, model: "nn.Module", flags: dict[str, bool]) -> None: ...
+    def end_training(self, model: nn.Module, flags: dict[str, bool]) -> None: ...
 
-    def finish(self, start: "nn.Module", tuned: "nn.Module", ctx: FinishContext) -> "nn.Module": ...
+    def finish(self, start: nn.Module, tuned: nn.Module, ctx: FinishContext) -> nn.Module: ...
 
 
 class StrategyBase:
@@ -102,19 +103,19 @@ class StrategyBase:
     def validate(self, session: Any) -> None:
         return None
 
-    def pretrained(self, device: Any) -> "nn.Module | None":
+    def pretrained(self, device: Any) -> nn.Module | None:
         return None
 
-    def wrap(self, model: "nn.Module", ctx: TrainContext) -> "nn.Module":
+    def wrap(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         return model
 
-    def trainable(self, model: "nn.Module", blocks: Blocks) -> set[str] | None:
+    def trainable(self, model: nn.Module, blocks: Blocks) -> set[str] | None:
         return {n for n, _ in model.named_parameters()}
 
-    def setup(self, model: "nn.Module", ctx: TrainContext) -> None:
+    def setup(self, model: nn.Module, ctx: TrainContext) -> None:
         return None
 
-    def start_epoch(self, model: "nn.Module", epoch: int, blocks: Blocks) -> None:
+    def start_epoch(self, model: nn.Module, epoch: int, blocks: Blocks) -> None:
         return None
 
     def replayed_per_batch(self) -> int:
@@ -123,16 +124,15 @@ class StrategyBase:
     def extend_batch(self, x: Any, y: Any) -> tuple[Any, Any]:
         return x, y
 
-    def penalty(self, model: "nn.Module") -> "torch.Tensor | None":
+    def penalty(self, model: nn.Module) -> torch.Tensor | None:
         return None
 
-    def after_step(self, model: "nn.Module", step: int) -> None:
+    def after_step(self, model: nn.Module, step: int) -> None:
         return None
 
-    def end_training(self, model: "nn.Module", flags: dict[str, bool]) -> None:
+    def end_training(self, model: nn.Module, flags: dict[str, bool]) -> None:
         for name, p in model.named_parameters():
             p.requires_grad_(flags.get(name, True))
 
-    def finish(self, start: "nn.Module", tuned: "nn.Module", ctx: FinishContext) -> "nn.Module":
+    def finish(self, start: nn.Module, tuned: nn.Module, ctx: FinishContext) -> nn.Module:
         return tuned
-

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class EWC(StrategyBase):
     name = "ewc"
 
-    def setup(self, model: "nn.Module", ctx: TrainContext) -> None:
+    def setup(self, model: nn.Module, ctx: TrainContext) -> None:
         import torch
 
         opts = self.options
@@ -40,13 +40,11 @@ class EWC(StrategyBase):
         self._anchor = _Anchor(model, weight, fisher)
         ctx.info.fisher_mean = mean
 
-    def penalty(self, model: "nn.Module") -> "torch.Tensor":
+    def penalty(self, model: nn.Module) -> torch.Tensor:
         return self._anchor(model)
 
 
-def fisher_diagonal(
-    model: "nn.Module", data: _Data, indices: np.ndarray, device: Any = None
-) -> dict[str, "torch.Tensor"]:
+def fisher_diagonal(model: nn.Module, data: _Data, indices: np.ndarray, device: Any = None) -> dict[str, torch.Tensor]:
     """Diagonal empirical Fisher: the mean over examples of the squared gradient of -log p(y|x).
 
     Per-example gradients (one backward pass per example), with the model in eval mode.

@@ -17,11 +17,11 @@ if TYPE_CHECKING:
 class Freeze(StrategyBase):
     name = "freeze"
 
-    def trainable(self, model: "nn.Module", blocks: Blocks) -> set[str]:
+    def trainable(self, model: nn.Module, blocks: Blocks) -> set[str]:
         return _freeze_names(model, blocks, self.options)
 
 
-def _freeze_names(model: "nn.Module", blocks: Blocks, opts: Any) -> set[str]:
+def _freeze_names(model: nn.Module, blocks: Blocks, opts: Any) -> set[str]:
     """Names of the parameters that train under ``freeze``."""
     patterns, last = opts.freeze, opts.train_last
     if patterns is not None and last is not None:

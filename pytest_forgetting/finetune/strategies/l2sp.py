@@ -18,22 +18,22 @@ if TYPE_CHECKING:
 class L2SP(StrategyBase):
     name = "l2sp"
 
-    def setup(self, model: "nn.Module", ctx: TrainContext) -> None:
+    def setup(self, model: nn.Module, ctx: TrainContext) -> None:
         self._anchor = _Anchor(model, float_option("l2sp", "penalty", self.options.penalty, 0.0))
 
-    def penalty(self, model: "nn.Module") -> "torch.Tensor":
+    def penalty(self, model: nn.Module) -> torch.Tensor:
         return self._anchor(model)
 
 
 class _Anchor:
     """``penalty / 2 * sum(weight * (w - w0)^2)`` over the trainable parameters (L2-SP, EWC)."""
 
-    def __init__(self, model: "nn.Module", penalty: float, weights: dict[str, "torch.Tensor"] | None = None) -> None:
+    def __init__(self, model: nn.Module, penalty: float, weights: dict[str, torch.Tensor] | None = None) -> None:
         self.penalty = penalty
         self.anchor = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.weights = weights
 
-    def __call__(self, model: "nn.Module") -> "torch.Tensor":
+    def __call__(self, model: nn.Module) -> torch.Tensor:
         total = None
         for n, p in model.named_parameters():
             if not p.requires_grad or n not in self.anchor:

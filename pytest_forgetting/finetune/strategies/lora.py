@@ -18,17 +18,17 @@ if TYPE_CHECKING:
 class Lora(StrategyBase):
     name = "lora"
 
-    def wrap(self, model: "nn.Module", ctx: TrainContext) -> "nn.Module":
+    def wrap(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
         return _lora(model, self.options).to(ctx.device)
 
-    def trainable(self, model: "nn.Module", blocks: Blocks) -> None:
+    def trainable(self, model: nn.Module, blocks: Blocks) -> None:
         return None  # peft froze the base weights: only the adapters (and modules_to_save) train
 
-    def end_training(self, model: "nn.Module", flags: dict[str, bool]) -> None:
+    def end_training(self, model: nn.Module, flags: dict[str, bool]) -> None:
         return None  # a PeftModel keeps its own flags (only the adapters train)
 
 
-def _lora(model: "nn.Module", opts: Any) -> Any:
+def _lora(model: nn.Module, opts: Any) -> Any:
     """Wrap ``model`` in a PeftModel with LoRA adapters (the model's own weights are frozen)."""
     import torch
 

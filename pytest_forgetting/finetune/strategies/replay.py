@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class Replay(StrategyBase):
     name = "replay"
 
-    def setup(self, model: "nn.Module", ctx: TrainContext) -> None:
+    def setup(self, model: nn.Module, ctx: TrainContext) -> None:
         import torch
 
         opts, batch_size = self.options, ctx.config.batch_size

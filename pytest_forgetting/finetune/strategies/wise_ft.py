@@ -10,7 +10,8 @@ the fine-tuned module instead of training one.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ..spec import FinetuneError, float_option
 from .base import FinishContext, StrategyBase
@@ -40,14 +41,14 @@ class WiseFT(StrategyBase):
             if not self._alphas:
                 raise FinetuneError("wise_ft: alphas must not be empty")
 
-    def pretrained(self, device: Any) -> "nn.Module | None":
+    def pretrained(self, device: Any) -> nn.Module | None:
         import torch
 
         if self.options.tuned is None:
             return None
         return copy.deepcopy(self.options.tuned).to(device=device, dtype=torch.float32)
 
-    def finish(self, start: "nn.Module", tuned: "nn.Module", ctx: FinishContext) -> "nn.Module":
+    def finish(self, start: nn.Module, tuned: nn.Module, ctx: FinishContext) -> nn.Module:
         info, session = ctx.info, ctx.session
         if self.options.alpha == "auto":
             base_slot = _base_slot_for(session, ctx.model)
@@ -67,7 +68,7 @@ class WiseFT(StrategyBase):
         return result
 
 
-def interpolate(base: "nn.Module", tuned: "nn.Module", alpha: float) -> "nn.Module":
+def interpolate(base: nn.Module, tuned: nn.Module, alpha: float) -> nn.Module:
     """A new module with the weights ``(1 - alpha) * base + alpha * tuned`` (alpha 0 / 1 exactly)."""
     import torch
 
@@ -117,8 +118,16 @@ _CURVE_KEYS = ("task", "kind", "metric", "base", "tuned", "drop", "ci_low", "ci_
 
 
 def _wise_ft_search(
-    start: "nn.Module", tuned: "nn.Module", *, keep: list[Any], alphas: Sequence[float], session: Any, base_slot: Any,
-    track: str | None, progress: Callable[[str], None] | None, dtype: Any,
+    start: nn.Module,
+    tuned: nn.Module,
+    *,
+    keep: list[Any],
+    alphas: Sequence[float],
+    session: Any,
+    base_slot: Any,
+    track: str | None,
+    progress: Callable[[str], None] | None,
+    dtype: Any,
 ) -> tuple[float, list[dict[str, Any]]]:
     """Evaluate every alpha of the grid against the keep checks; the largest all-PASS alpha wins."""
     from ...checks import bind_task, parse_check
@@ -165,8 +174,9 @@ def format_curve(curve: list[dict[str, Any]], chosen: float | None = None) -> li
             sign = "drop" if c["kind"] == "retains" else "gain"
             value = c["drop"] if c["kind"] == "retains" else -c["drop"]
             lo, hi = (c["ci_low"], c["ci_high"]) if c["kind"] == "retains" else (-c["ci_high"], -c["ci_low"])
-            parts.append(f"{c['task']} {sign} {100 * value:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] "
-                         f"{c['verdict'].upper()}")
+            parts.append(
+                f"{c['task']} {sign} {100 * value:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] {c['verdict'].upper()}"
+            )
         if "gain" in p and p["gain"]["gain"] is not None:
             parts.append(f"{p['gain']['task']} gain {100 * p['gain']['gain']:+.1f} pp")
         mark = "*" if chosen is not None and p["alpha"] == chosen else " "
