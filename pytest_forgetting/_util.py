@@ -8,7 +8,9 @@ any module can use it without importing anything else of the package: ``registry
 from __future__ import annotations
 
 import os
-from typing import IO, Any, Callable, Sequence, Union
+
+# from typing, not collections.abc: tests/unit/test_util.py pins the modules this leaf module imports
+from typing import IO, Any, Callable, Sequence  # noqa: UP035
 
 __all__ = ["atomic_write", "close_matches", "create_temp", "suggest"]
 
@@ -39,15 +41,16 @@ _ATTEMPTS = 100
 
 #: what ``atomic_write`` writes: bytes, text (UTF-8), or a function given the open binary file
 #: (with ``by_name=True``: given the temporary file's path, for writers that open it themselves)
-Content = Union[bytes, str, Callable[[IO[bytes]], Any], Callable[[str], Any]]
+Content = bytes | str | Callable[[IO[bytes]], Any] | Callable[[str], Any]
 
 
 def _in(directory: str, name: str, dir_fd: int | None) -> str:
     return name if dir_fd is not None else os.path.join(directory, name)
 
 
-def create_temp(directory: str | os.PathLike[str], stem: str, *, perm: int = 0o600,
-                dir_fd: int | None = None) -> tuple[str, int]:
+def create_temp(
+    directory: str | os.PathLike[str], stem: str, *, perm: int = 0o600, dir_fd: int | None = None
+) -> tuple[str, int]:
     """A new temporary file ``.STEM.<16 random hex>.tmp`` in ``directory``: (its name, an fd open for writing).
 
     Created with ``O_EXCL | O_NOFOLLOW`` (a planted file or symbolic link at the name is refused, never
@@ -112,7 +115,7 @@ def atomic_write(
         if by_name:
             os.close(fd)
             fd = -1
-            content(_in(directory, tmp, dir_fd))  # type: ignore[arg-type,call-arg,operator]
+            content(_in(directory, tmp, dir_fd))  # type: ignore[arg-type,operator]
         else:
             with os.fdopen(fd, "wb") as fh:
                 fd = -1

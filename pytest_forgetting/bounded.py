@@ -61,8 +61,10 @@ def check_score_range(score_range: Any) -> tuple[float, float] | None:
     if math.isnan(lo) or math.isnan(hi):
         raise ValueError(f"score_range must be two numbers (low, high), got {score_range!r} (NaN)")
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"score_range must be finite (low, high), got {score_range!r}: an infinite range "
-                         "bounds nothing (leave it out for the asymptotic bootstrap)")
+        raise ValueError(
+            f"score_range must be finite (low, high), got {score_range!r}: an infinite range "
+            "bounds nothing (leave it out for the asymptotic bootstrap)"
+        )
     if not lo < hi:
         raise ValueError(f"score_range must have low < high, got {score_range!r}")
     if not math.isfinite(hi - lo):
@@ -76,8 +78,10 @@ def check_within(scores: np.ndarray, lo: float, hi: float, what: str) -> None:
     bad = (scores < lo - tol) | (scores > hi + tol)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{what} scores fall outside the declared score_range ({lo:g}, {hi:g}): "
-                         f"{int(bad.sum())} value(s), first {scores[i]:g} at index {i}")
+        raise ValueError(
+            f"{what} scores fall outside the declared score_range ({lo:g}, {hi:g}): "
+            f"{int(bad.sum())} value(s), first {scores[i]:g} at index {i}"
+        )
 
 
 class _Capital:
@@ -116,8 +120,7 @@ class _Capital:
         def f(m: np.ndarray, rows: np.ndarray) -> np.ndarray:
             return np.array([self.excess(float(m[0]), True)])
 
-        lo, _ = _seq._bracketed_root(f, np.zeros(1), np.ones(1), np.array([f0]),
-                                     np.array([self.excess(1.0, True)]))
+        lo, _ = _seq._bracketed_root(f, np.zeros(1), np.ones(1), np.array([f0]), np.array([self.excess(1.0, True)]))
         return float(lo[0]) * 2.0 * self.bound - self.bound
 
     def upper(self) -> float:
@@ -129,13 +132,13 @@ class _Capital:
         def f(u: np.ndarray, rows: np.ndarray) -> np.ndarray:
             return np.array([self.excess(1.0 - float(u[0]), False)])
 
-        u_lo, _ = _seq._bracketed_root(f, np.zeros(1), np.ones(1), np.array([h0]),
-                                       np.array([self.excess(0.0, False)]))
+        u_lo, _ = _seq._bracketed_root(f, np.zeros(1), np.ones(1), np.array([h0]), np.array([self.excess(0.0, False)]))
         return (1.0 - float(u_lo[0])) * 2.0 * self.bound - self.bound
 
 
-def mean_bounds(d: np.ndarray, *, bound: float, margin: float, alpha: float, fail_alpha: float,
-                seed: int = 0) -> tuple[float, float]:
+def mean_bounds(
+    d: np.ndarray, *, bound: float, margin: float, alpha: float, fail_alpha: float, seed: int = 0
+) -> tuple[float, float]:
     """(lower bound at ``fail_alpha``, upper bound at ``alpha``) of the mean of ``d``, each one-sided,
     for values in ``[-bound, bound]``; valid at every n. The bets aim at ``margin``."""
     d = np.asarray(d, dtype=float)
@@ -149,8 +152,19 @@ def _corner_bound(lo: float, hi: float, sign: float, coef: float) -> float:
     return max(abs(sign * (b - t) - coef * b) for b in (lo, hi) for t in (lo, hi))
 
 
-def relative_bounds(b: np.ndarray, t: np.ndarray, *, lo: float, hi: float, hib: bool, pass_at: float,
-                    fail_at: float, alpha: float, fail_alpha: float, seed: int = 0) -> tuple[float, float, bool, bool]:
+def relative_bounds(
+    b: np.ndarray,
+    t: np.ndarray,
+    *,
+    lo: float,
+    hi: float,
+    hib: bool,
+    pass_at: float,
+    fail_at: float,
+    alpha: float,
+    fail_alpha: float,
+    seed: int = 0,
+) -> tuple[float, float, bool, bool]:
     """Bounds of the relative drop ``mean d / |mean b|`` and the verdicts of the tests at the margin.
 
     Returns ``(low, high, passed, failed)``. ``passed``: the test of "mean(d - r s b) >= 0" at
@@ -159,8 +173,10 @@ def relative_bounds(b: np.ndarray, t: np.ndarray, *, lo: float, hi: float, hib: 
     invert the same tests in r by bisection (the reported interval), kept on the side of
     ``pass_at`` / ``fail_at`` that the verdicts say."""
     if not (lo >= 0.0 or hi <= 0.0):
-        raise ValueError(f"relative=True needs a score_range on one side of 0 (it fixes the sign of the "
-                         f"base value), got ({lo:g}, {hi:g}); use an absolute max_drop")
+        raise ValueError(
+            f"relative=True needs a score_range on one side of 0 (it fixes the sign of the "
+            f"base value), got ({lo:g}, {hi:g}); use an absolute max_drop"
+        )
     sign = 1.0 if hib else -1.0
     s = 1.0 if lo >= 0.0 else -1.0
     d = sign * (b - t)

@@ -42,9 +42,9 @@ import stat
 import subprocess
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -227,7 +227,9 @@ class EvalCache:
         if self._fd is None and not _O_NOFOLLOW and os.path.islink(self.directory / name):
             raise _Miss("a symbolic link")  # no O_NOFOLLOW (Windows): checked by name instead
         try:
-            fd = os.open(name, flags, dir_fd=self._fd) if self._fd is not None else os.open(self.directory / name, flags)
+            fd = (
+                os.open(name, flags, dir_fd=self._fd) if self._fd is not None else os.open(self.directory / name, flags)
+            )
         except FileNotFoundError:
             raise _Miss("absent") from None
         except OSError as exc:  # ELOOP: a symbolic link
@@ -261,8 +263,9 @@ class EvalCache:
         target = f"{name}.npz" if self._fd is not None else self.directory / f"{name}.npz"
         # relative to the checked folder's descriptor where there is one; the temporary is removed on failure
         try:
-            atomic_write(target, lambda fh: np.savez(fh, __key__=np.array(key_text), **arrays),
-                         dir_fd=self._fd, makedirs=False)
+            atomic_write(
+                target, lambda fh: np.savez(fh, __key__=np.array(key_text), **arrays), dir_fd=self._fd, makedirs=False
+            )
         except OSError as exc:  # full, read-only, quota: one warning, the run goes on uncached
             self._disable(f"cannot be written ({_strerror(exc)})")
             return False
@@ -299,7 +302,12 @@ class EvalCache:
         if any(k.startswith("__") for k in outputs) or any(v.dtype.kind not in _DTYPE_KINDS for v in outputs.values()):
             return False
         record = {"outputs": {k: [v.dtype.str, list(v.shape)] for k, v in sorted(outputs.items())}, **(meta or {})}
-        arrays = {"__ids__": np.asarray(result.ids), "__seconds__": np.float64(result.seconds), "__meta__": np.array(json.dumps(record, sort_keys=True)), **outputs}
+        arrays = {
+            "__ids__": np.asarray(result.ids),
+            "__seconds__": np.float64(result.seconds),
+            "__meta__": np.array(json.dumps(record, sort_keys=True)),
+            **outputs,
+        }
         return self._write(name, text, arrays)
 
     def load_prepared(self, key: str | Mapping[str, Any], n_examples: int | None = None) -> Any:
@@ -337,7 +345,9 @@ class EvalCache:
         lock_name = f".{name}.lock"
         st = self._lstat(lock_name)
         if st is not None and (not stat.S_ISREG(st.st_mode) or _owner_problem(st)):
-            self._disable(f"holds a lock file {lock_name} that is a symbolic link or not a regular file of ours (refused)")
+            self._disable(
+                f"holds a lock file {lock_name} that is a symbolic link or not a regular file of ours (refused)"
+            )
             yield
             return
         from filelock import FileLock
@@ -401,22 +411,41 @@ def _git_tracked(path: Path) -> str | None:
         return None  # not inside a git work tree
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(GIT_OPTIONAL_LOCKS="0", GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_PAGER="cat")
-    cmd = ["git", "-c", "core.fsmonitor=", "-c", "core.hooksPath=/dev/null", "-C", str(probe), "ls-files", "-z", "--", str(path)]
+    cmd = [
+        "git",
+        "-c",
+        "core.fsmonitor=",
+        "-c",
+        "core.hooksPath=/dev/null",
+        "-C",
+        str(probe),
+        "ls-files",
+        "-z",
+        "--",
+        str(path),
+    ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=GIT_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL, check=False)
+        proc = subprocess.run(
+            cmd, capture_output=True, timeout=GIT_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL, check=False
+        )
     except FileNotFoundError:
-        return "is inside a git work tree and git is not installed to check that none of its files are tracked (refused)"
+        return (
+            "is inside a git work tree and git is not installed to check that none of its files are tracked (refused)"
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"is inside a git work tree and `git ls-files` failed ({exc}) (refused)"
     if proc.returncode != 0:
         if b"not a git repository" in proc.stderr:
             return None
         first = proc.stderr.decode(errors="replace").strip().splitlines()[:1]
-        return f"is inside a git work tree and `git ls-files` failed ({first[0] if first else proc.returncode}) (refused)"
+        return (
+            f"is inside a git work tree and `git ls-files` failed ({first[0] if first else proc.returncode}) (refused)"
+        )
     files = [f for f in proc.stdout.split(b"\0") if f]
     if files:
         return (
-            f"holds {len(files)} file(s) tracked by git (e.g. {files[0].decode(errors='replace')!r}); a cache inside the "
+            f"holds {len(files)} file(s) tracked by git (e.g. {files[0].decode(errors='replace')!r}); "
+            "a cache inside the "
             "checkout can be forged by a pull request (refused: use the default user cache folder)"
         )
     return None
@@ -430,7 +459,9 @@ def _read_npz(fh: Any, max_bytes: int) -> dict[str, np.ndarray]:
             raise _Miss("too many members")
         total = 0
         for info in infos:
-            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or not info.filename.endswith(".npy"):
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or not info.filename.endswith(
+                ".npy"
+            ):
                 raise _Miss("unexpected member")
             total += info.file_size
         if total > max_bytes:
@@ -543,7 +574,12 @@ def _unflatten(data: dict[str, np.ndarray]) -> dict[str, Any]:
         raise _Miss("layout does not match the arrays")
     tree: dict[str, Any] = {}
     for i, (path, kind) in enumerate(layout):
-        if not isinstance(path, list) or not path or not all(isinstance(p, str) for p in path) or kind not in ("numpy", "torch"):
+        if (
+            not isinstance(path, list)
+            or not path
+            or not all(isinstance(p, str) for p in path)
+            or kind not in ("numpy", "torch")
+        ):
             raise _Miss("bad layout")
         arr: Any = data[f"a{i}"]
         if kind == "torch":

@@ -9,14 +9,25 @@ before anything heavy runs.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ConfigError
 from .registry import REGISTRY, suggest
 
-RETAINS_KEYS: tuple[str, ...] = ("task", "max_drop", "metric", "relative", "max_class_drop", "max_nfr", "split", "slices", "max_gap_increase",
-                "class_metric")
+RETAINS_KEYS: tuple[str, ...] = (
+    "task",
+    "max_drop",
+    "metric",
+    "relative",
+    "max_class_drop",
+    "max_nfr",
+    "split",
+    "slices",
+    "max_gap_increase",
+    "class_metric",
+)
 IMPROVES_KEYS: tuple[str, ...] = ("task", "min_gain", "metric", "relative", "split")
 #: score_range=(low, high): every per-example score of both models lies in it (issue 11), so the
 #: drop gets bounds valid at every n (stats.compare_scores) instead of the asymptotic bootstrap
@@ -44,7 +55,11 @@ class Check:
 
     @property
     def label(self) -> str:
-        return f"{self.kind}[{self.task}]" if self.metric in ("", "accuracy") else f"{self.kind}[{self.task}:{self.metric}]"
+        return (
+            f"{self.kind}[{self.task}]"
+            if self.metric in ("", "accuracy")
+            else f"{self.kind}[{self.task}:{self.metric}]"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,11 +104,15 @@ def _parse_fields(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[
     kwargs = dict(kwargs)
     if args:
         if len(args) > 1 or "task" in kwargs:
-            raise ConfigError(f"{where}: {kind}() takes the task as its only positional argument; use keywords for the rest")
+            raise ConfigError(
+                f"{where}: {kind}() takes the task as its only positional argument; use keywords for the rest"
+            )
         kwargs["task"] = args[0]
     for key in kwargs:
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown keyword {key!r} for {kind}(){suggest(key, allowed)}; allowed: {', '.join(allowed)}")
+            raise ConfigError(
+                f"{where}: unknown keyword {key!r} for {kind}(){suggest(key, allowed)}; allowed: {', '.join(allowed)}"
+            )
     if "task" not in kwargs:
         raise ConfigError(f"{where}: {kind}() needs task=")
     task_name = kwargs["task"]
@@ -113,7 +132,6 @@ def _parse_fields(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[
         raise ConfigError(f"{where}: metric={metric!r} must be a metric name")
 
     from . import metrics as _metrics
-
     from .proba_metrics import PROBA_METRICS
 
     known_metrics = {m.name: m for m in vars(_metrics).values() if isinstance(m, _metrics.Metric)}
@@ -134,7 +152,9 @@ def _parse_fields(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[
             raise ConfigError(f"{where}: slices={slices!r} must be a column name")
         from .class_budget import check_class_metric
 
-        class_metric = check_class_metric(where, kwargs.get("class_metric", "recall"), max_class_drop=mcd, slices=slices)
+        class_metric = check_class_metric(
+            where, kwargs.get("class_metric", "recall"), max_class_drop=mcd, slices=slices
+        )
         return Check(
             "retains",
             task_name,

@@ -41,9 +41,10 @@ Pure numpy + the exact bounds of :mod:`pytest_forgetting.stats`; no scipy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -83,14 +84,30 @@ class ClassPrecision:
     tuned_high: float = 1.0
 
     def budget(self) -> stats.Budget:
-        return stats.Budget(name=self.name, value=self.drop, ci_low=self.ci_low, ci_high=self.ci_high,
-                            limit=self.limit, verdict=self.verdict, n=self.n_base)
+        return stats.Budget(
+            name=self.name,
+            value=self.drop,
+            ci_low=self.ci_low,
+            ci_high=self.ci_high,
+            limit=self.limit,
+            verdict=self.verdict,
+            n=self.n_base,
+        )
 
     def row(self, gated: bool = True) -> dict[str, Any]:
         """The ``worst_classes`` entry of the JSON report (``drop`` and its bounds, plus both precisions)."""
-        return {"name": self.name, "metric": "precision", "drop": self.drop, "ci_low": self.ci_low,
-                "ci_high": self.ci_high, "verdict": self.verdict if gated else "", "n": self.n_base,
-                "n_tuned": self.n_tuned, "base": self.base, "tuned": self.tuned}
+        return {
+            "name": self.name,
+            "metric": "precision",
+            "drop": self.drop,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "verdict": self.verdict if gated else "",
+            "n": self.n_base,
+            "n_tuned": self.n_tuned,
+            "base": self.base,
+            "tuned": self.tuned,
+        }
 
 
 @lru_cache(maxsize=1 << 16)
@@ -114,7 +131,9 @@ def _as_codes(what: str, values: Any, size: int | None) -> np.ndarray:
     if arr.ndim != 1:
         raise ValueError(f"{what} must be a 1-D array, got shape {arr.shape}")
     if size is not None and arr.size != size:
-        raise ValueError(f"labels, base_pred and tuned_pred must be aligned: {what} has {arr.size} entries, labels {size}")
+        raise ValueError(
+            f"labels, base_pred and tuned_pred must be aligned: {what} has {arr.size} entries, labels {size}"
+        )
     return stats._as_labels(arr, arr.size) if arr.size else arr
 
 
@@ -150,7 +169,7 @@ def class_precision_drops(
         raise ValueError("labels and predictions must be of one comparable kind (all ints or all strings)") from None
     codes = codes.reshape(-1)
     n, k = y.size, len(classes)
-    cy, cb, ct = codes[:n], codes[n:2 * n], codes[2 * n:]
+    cy, cb, ct = codes[:n], codes[n : 2 * n], codes[2 * n :]
     pred_b = np.bincount(cb, minlength=k)
     pred_t = np.bincount(ct, minlength=k)
     tp_b = np.bincount(cb[cb == cy], minlength=k)
@@ -161,7 +180,9 @@ def class_precision_drops(
     base_low, tuned_high = _lower(tp_b, pred_b, a_fail), _upper(tp_t, pred_t, a_fail)
     lows = base_low - tuned_high
     unpaired = _upper(tp_b, pred_b, s_ub) - _lower(tp_t, pred_t, s_lt)
-    agreement = np.maximum(_upper(pred_b - shared, pred_b, s_rb), _upper(pred_t - shared, pred_t, s_rt)) if paired else 1.0
+    agreement = (
+        np.maximum(_upper(pred_b - shared, pred_b, s_rb), _upper(pred_t - shared, pred_t, s_rt)) if paired else 1.0
+    )
     highs = np.minimum(unpaired, agreement)
     base = np.divide(tp_b, pred_b, out=np.zeros(k), where=pred_b > 0)  # scikit-learn's zero_division=0
     tuned = np.divide(tp_t, pred_t, out=np.zeros(k), where=pred_t > 0)
@@ -169,12 +190,25 @@ def class_precision_drops(
     for j in range(k):
         label = classes[j].item() if hasattr(classes[j], "item") else classes[j]
         low, high = float(lows[j]), float(highs[j])
-        out.append(ClassPrecision(
-            name=stats._class_name(label, class_names), base=float(base[j]), tuned=float(tuned[j]),
-            drop=float(base[j] - tuned[j]), ci_low=low, ci_high=high, limit=lim, verdict=stats._decide(low, high, lim),
-            n_base=int(pred_b[j]), n_tuned=int(pred_t[j]), tp_base=int(tp_b[j]), tp_tuned=int(tp_t[j]),
-            shared=int(shared[j]), base_low=float(base_low[j]), tuned_high=float(tuned_high[j]),
-        ))
+        out.append(
+            ClassPrecision(
+                name=stats._class_name(label, class_names),
+                base=float(base[j]),
+                tuned=float(tuned[j]),
+                drop=float(base[j] - tuned[j]),
+                ci_low=low,
+                ci_high=high,
+                limit=lim,
+                verdict=stats._decide(low, high, lim),
+                n_base=int(pred_b[j]),
+                n_tuned=int(pred_t[j]),
+                tp_base=int(tp_b[j]),
+                tp_tuned=int(tp_t[j]),
+                shared=int(shared[j]),
+                base_low=float(base_low[j]),
+                tuned_high=float(tuned_high[j]),
+            )
+        )
     out.sort(key=lambda c: (-c.drop, -c.ci_low))
     return out
 
@@ -186,8 +220,10 @@ def describe(classes: Sequence[ClassPrecision], limit: float, top: int = 3) -> s
         return ""
 
     def one(c: ClassPrecision) -> str:
-        text = (f"{c.name} precision {c.base:.3f} -> {c.tuned:.3f} ({c.tp_base}/{c.n_base} -> {c.tp_tuned}/{c.n_tuned}), "
-                f"drop {c.drop:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]")
+        text = (
+            f"{c.name} precision {c.base:.3f} -> {c.tuned:.3f} ({c.tp_base}/{c.n_base} -> {c.tp_tuned}/{c.n_tuned}), "
+            f"drop {c.drop:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]"
+        )
         if c.verdict == stats.FAIL:
             return f"{text} fail: lower bound {c.ci_low:+.3f} = {c.base_low:.3f} - {c.tuned_high:.3f} > {limit:g}"
         return f"{text} {c.verdict}"
@@ -206,21 +242,42 @@ class PrecisionPart(NamedTuple):
     reason: str
 
 
-def precision_part(base_outputs: Mapping[str, Any], tuned_outputs: Mapping[str, Any], *, limit: float | None,
-                   alpha: float, fail_alpha: float, class_names: Any, top: int, task: str,
-                   label_key: str = "label", pred_key: str | None = "pred") -> PrecisionPart:
+def precision_part(
+    base_outputs: Mapping[str, Any],
+    tuned_outputs: Mapping[str, Any],
+    *,
+    limit: float | None,
+    alpha: float,
+    fail_alpha: float,
+    class_names: Any,
+    top: int,
+    task: str,
+    label_key: str = "label",
+    pred_key: str | None = "pred",
+) -> PrecisionPart:
     """Run the precision budget on two aligned evaluations (1-D labels and predictions in each,
     under the task's declared ``label_key`` / ``pred_key``)."""
     from .errors import ConfigError
 
     for out in (base_outputs, tuned_outputs):
-        if pred_key is None or pred_key not in out or np.ndim(out[pred_key]) != 1 or np.shape(out[pred_key]) != np.shape(out[label_key]):
+        if (
+            pred_key is None
+            or pred_key not in out
+            or np.ndim(out[pred_key]) != 1
+            or np.shape(out[pred_key]) != np.shape(out[label_key])
+        ):
             raise ConfigError(f"class_metric='precision' needs one predicted class per example; task {task!r} has none")
     assert pred_key is not None  # refused above
     gated = limit is not None
-    classes = class_precision_drops(base_outputs[label_key], base_outputs[pred_key], tuned_outputs[pred_key],
-                                    limit=limit if limit is not None else 1.0, alpha=alpha,
-                                    fail_alpha=fail_alpha if gated else None, class_names=class_names)
+    classes = class_precision_drops(
+        base_outputs[label_key],
+        base_outputs[pred_key],
+        tuned_outputs[pred_key],
+        limit=limit if limit is not None else 1.0,
+        alpha=alpha,
+        fail_alpha=fail_alpha if gated else None,
+        class_names=class_names,
+    )
     rows = [c.row(gated) for c in classes[:top]]
     if limit is None:
         return PrecisionPart(rows, [], [], "")
@@ -237,10 +294,14 @@ def check_class_metric(where: str, value: Any, *, max_class_drop: Any, slices: A
         raise ConfigError(f"{where}: class_metric={value!r} is not one of {', '.join(CLASS_METRICS)}{hint}")
     if value == "precision":
         if max_class_drop is None:
-            raise ConfigError(f"{where}: class_metric='precision' chooses what max_class_drop budgets; add max_class_drop=")
+            raise ConfigError(
+                f"{where}: class_metric='precision' chooses what max_class_drop budgets; add max_class_drop="
+            )
         if slices is not None:
-            raise ConfigError(f"{where}: class_metric='precision' is per predicted class; slices= budgets each slice's "
-                              "accuracy (drop one of the two)")
+            raise ConfigError(
+                f"{where}: class_metric='precision' is per predicted class; slices= budgets each slice's "
+                "accuracy (drop one of the two)"
+            )
     return value
 
 
@@ -261,8 +322,9 @@ def _other_two(rng: np.random.Generator, k: int, a: np.ndarray, b: np.ndarray) -
     return r + (r >= hi)
 
 
-def sample_pair(rng: np.random.Generator, k: int, n: int, *, drops: np.ndarray, discord: float,
-                shared_precision: float = 0.9) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def sample_pair(
+    rng: np.random.Generator, k: int, n: int, *, drops: np.ndarray, discord: float, shared_precision: float = 0.9
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One eval set of two paired classifiers with known per-class precisions.
 
     The base predicts a uniform class; the tuned model predicts the same class except, with
@@ -300,9 +362,20 @@ def sample_pair(rng: np.random.Generator, k: int, n: int, *, drops: np.ndarray, 
     return y, pb, pt, (1 - c) * q + c * u, (1 - c) * q + c * v
 
 
-def simulate(k: int, n: int, *, limit: float, drops: Any, discord: float, shared_precision: float = 0.9,
-             reps: int = 200, seed: int = 0, alpha: float = 0.05, fail_alpha: float | None = None,
-             paired: bool = True) -> dict[str, Any]:
+def simulate(
+    k: int,
+    n: int,
+    *,
+    limit: float,
+    drops: Any,
+    discord: float,
+    shared_precision: float = 0.9,
+    reps: int = 200,
+    seed: int = 0,
+    alpha: float = 0.05,
+    fail_alpha: float | None = None,
+    paired: bool = True,
+) -> dict[str, Any]:
     """Share of PASS / FAIL / INCONCLUSIVE verdicts of the whole budget (every class) over ``reps`` eval sets."""
     rng = np.random.default_rng(seed)
     d = np.broadcast_to(np.asarray(drops, dtype=float), (k,)).copy()
@@ -311,9 +384,17 @@ def simulate(k: int, n: int, *, limit: float, drops: Any, discord: float, shared
     for _ in range(reps):
         y, pb, pt, prec_b, prec_t = sample_pair(rng, k, n, drops=d, discord=discord, shared_precision=shared_precision)
         true_drop = prec_b - prec_t
-        verdicts = [c.verdict for c in class_precision_drops(y, pb, pt, limit=limit, alpha=alpha, fail_alpha=fail_alpha,
-                                                                  paired=paired)]
+        verdicts = [
+            c.verdict
+            for c in class_precision_drops(y, pb, pt, limit=limit, alpha=alpha, fail_alpha=fail_alpha, paired=paired)
+        ]
         counts[stats.combine_verdicts(*verdicts)] += 1
-    return {"k": k, "n": n, "reps": reps, "limit": limit, "discord": discord,
-            "true_max_drop": float(np.max(true_drop)) if true_drop is not None else None,
-            **{v: counts[v] / reps for v in counts}}
+    return {
+        "k": k,
+        "n": n,
+        "reps": reps,
+        "limit": limit,
+        "discord": discord,
+        "true_max_drop": float(np.max(true_drop)) if true_drop is not None else None,
+        **{v: counts[v] / reps for v in counts},
+    }

@@ -59,7 +59,7 @@ def _toml() -> Any:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib
     return tomllib
 
 
@@ -86,13 +86,21 @@ def load_pyproject(path: Path) -> list[Declaration]:
         if key not in KINDS:
             from ._util import suggest
 
-            raise ConfigError(f"{where}: unknown key {key!r}{suggest(key, list(KINDS))}; expected retains = [...] and/or improves = [...]")
+            raise ConfigError(
+                f"{where}: unknown key {key!r}{suggest(key, list(KINDS))}; "
+                "expected retains = [...] and/or improves = [...]"
+            )
         entries = [value] if isinstance(value, dict) else value
         if not isinstance(entries, list):
-            raise ConfigError(f"{where}: expected a list of inline tables, e.g. {key} = [{{ task = \"mnist\", {KINDS[key]} = 0.02 }}]")
+            raise ConfigError(
+                f'{where}: expected a list of inline tables, e.g. {key} = [{{ task = "mnist", {KINDS[key]} = 0.02 }}]'
+            )
         for i, entry in enumerate(entries):
             if not isinstance(entry, dict):
-                raise ConfigError(f"{where}[{i}]: expected an inline table like {{ task = \"mnist\", {KINDS[key]} = 0.02 }}, got {entry!r}")
+                raise ConfigError(
+                    f'{where}[{i}]: expected an inline table like {{ task = "mnist", {KINDS[key]} = 0.02 }}, '
+                    f"got {entry!r}"
+                )
             out.append(Declaration(key, dict(entry), f"{where}[{i}]"))
     return out
 

@@ -35,7 +35,7 @@ from .errors import EvaluationError, ForgettingError
 if TYPE_CHECKING:
     import numpy as np
 
-_group: "Group | None" = None
+_group: Group | None = None
 
 
 def launched_world() -> int:
@@ -62,7 +62,7 @@ def rank() -> int:
     return 0
 
 
-def setup(settings: Any) -> "Group | None":
+def setup(settings: Any) -> Group | None:
     """The process group of this run (created once), or None for a single process."""
     global _group
     if _group is None and wanted(settings):
@@ -136,7 +136,9 @@ class Group:
         self.send(("done", _result_parts(result), None))
         return result
 
-    def _serve(self, session: Any, check: Any, *, test: str, base: Any = None, tuned: Any = None, candidate: str | None = None) -> Any:
+    def _serve(
+        self, session: Any, check: Any, *, test: str, base: Any = None, tuned: Any = None, candidate: str | None = None
+    ) -> Any:
         from .session import CheckResult
 
         slots: dict[str, Any] = {}
@@ -150,7 +152,9 @@ class Group:
                 return CheckResult(check, comparison, row, budgets)
             _, role, task_name, split, idx = message
             if role not in slots:
-                slots[role] = (base or session.base_slot()) if role == "base" else (tuned or session.tuned_slot(candidate))
+                slots[role] = (
+                    (base or session.base_slot()) if role == "base" else (tuned or session.tuned_slot(candidate))
+                )
             task = session.task(task_name)
             self.gather(self._local(session, slots[role], task, split, idx))
 
@@ -175,7 +179,9 @@ class Group:
                 bad = sorted((pos for _, e in errors for pos in e[3]))
                 count = sum(e[4] for _, e in errors)
                 names = ids[idx[bad]].tolist()
-                raise NonFiniteOutputs(f"NaN/Inf outputs on {count} of {len(idx)} examples (e.g. {', '.join(names[:3])})", names[:10])
+                raise NonFiniteOutputs(
+                    f"NaN/Inf outputs on {count} of {len(idx)} examples (e.g. {', '.join(names[:3])})", names[:10]
+                )
             raise _rebuild(errors[0][1])
         outputs: dict[str, np.ndarray] = {}
         for r, part in enumerate(parts):

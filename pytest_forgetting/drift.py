@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def block_of(name: str) -> str:
     ``classifier``)."""
     for prefix in _PEFT_PREFIXES:
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     parts = name.split(".")
     for i, part in enumerate(parts[:-1]):
         if _NUMBERED.match(part):
@@ -86,7 +87,7 @@ def _normalise(name: str) -> str:
     """A tuned (possibly PEFT-wrapped) parameter name as the base model names it."""
     for prefix in _PEFT_PREFIXES:
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     return name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
 
 
@@ -229,7 +230,9 @@ def _pooled_hidden_states(model: Any, batches: Iterable[dict[str, Any]], device:
     return [np.concatenate(parts) for parts in layers]
 
 
-def representation_cka(base: Any, tuned: Any, batches: Sequence[dict[str, Any]], device: str = "cpu") -> list[dict[str, Any]]:
+def representation_cka(
+    base: Any, tuned: Any, batches: Sequence[dict[str, Any]], device: str = "cpu"
+) -> list[dict[str, Any]]:
     """Linear CKA per layer (embeddings = layer 0) between the mean-pooled hidden states of both
     models on the same batches: [{"layer": i, "cka": value}, ...]."""
     hb = _pooled_hidden_states(base, batches, device)
@@ -240,8 +243,11 @@ def representation_cka(base: Any, tuned: Any, batches: Sequence[dict[str, Any]],
 def write_drift_plot(path: str, rows: Sequence[dict[str, Any]]) -> bool:
     """A PNG beside the report plot: per check with a drift table, the relative change per block
     (bars) and, where computed, the CKA per layer. Returns False when there is nothing to draw."""
-    tables = [(str(r.get("test") or ""), r["weight_drift"], r.get("representation_cka"))
-              for r in rows if isinstance(r.get("weight_drift"), list) and r["weight_drift"]]
+    tables = [
+        (str(r.get("test") or ""), r["weight_drift"], r.get("representation_cka"))
+        for r in rows
+        if isinstance(r.get("weight_drift"), list) and r["weight_drift"]
+    ]
     seen: dict[str, Any] = {}
     for test, table, cka in tables:  # one panel per distinct table (checks of one pair share it)
         key = repr([(b.get("block"), b.get("rel")) for b in table])

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,10 @@ def resolve_device(spec: str) -> tuple[str, str]:
         return "cpu", ""
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"--forgetting-device {spec}: CUDA is not available on this machine (torch {torch.__version__}); use auto or cpu")
+            raise ConfigError(
+                f"--forgetting-device {spec}: CUDA is not available on this machine "
+                f"(torch {torch.__version__}); use auto or cpu"
+            )
         if spec == "cuda":
             return worker_device(torch.cuda.device_count())
         if ":" in spec:
@@ -267,7 +271,9 @@ def run_model(
                 if isinstance(exc, (NonFiniteOutputs, ForgettingError)) or is_oom(exc):
                     raise  # the plugin's own errors already say what is wrong; OOM stays raw for the back-off
                 hi = min(done + batch_size, len(indices))
-                raise BatchFailure(f"failed on {_batch_where(task, number, done, hi, ids, indices)}: {describe_error(exc)}", exc) from exc
+                raise BatchFailure(
+                    f"failed on {_batch_where(task, number, done, hi, ids, indices)}: {describe_error(exc)}", exc
+                ) from exc
             number += 1
             for key, value in out.items():
                 collected.setdefault(key, []).append(value)
@@ -289,7 +295,8 @@ def run_model(
     if finite is not None and not bool(np.all(finite)):
         bad = ids[indices][~finite.astype(bool)]
         raise NonFiniteOutputs(
-            f"NaN/Inf outputs on {len(bad)} of {len(indices)} examples (e.g. {', '.join(bad[:3].tolist())})", bad[:10].tolist()
+            f"NaN/Inf outputs on {len(bad)} of {len(indices)} examples (e.g. {', '.join(bad[:3].tolist())})",
+            bad[:10].tolist(),
         )
     if static:
         for key, value in static.items():
@@ -345,4 +352,14 @@ def evaluate(
         if meta is None:
             meta = ModelMeta(tokenizer=tokenizer_of(model), config=getattr(model, "config", None))
         prepared = task.prepare(split, meta)
-    return run_model(task, model, prepared, indices, ids, device=device, dtype=dtype, batch_size=batch_size, static=task.static_outputs(split))
+    return run_model(
+        task,
+        model,
+        prepared,
+        indices,
+        ids,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        static=task.static_outputs(split),
+    )

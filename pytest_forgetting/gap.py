@@ -16,8 +16,9 @@ alpha / 2K and alpha / 4K and the check keeps a wide safety margin):
 - per slice s, the change ``d_s = m_tuned_s - m_base_s`` and, for the FAIL side, the base level
   ``x_s = m_base_s``. For 0/1 metrics ``d_s = p21 - p12`` (positive minus negative flip rate), so
   its bounds are the paired score (Tango) bounds of the 0/1 path of ``stats`` (continuity-corrected
-  on the FAIL side, exact when nothing flipped); ``x_s`` gets an exact Clopper-Pearson bound. For continuous per-example metrics the bounds come from
-  :func:`pytest_forgetting.stats.compare_scores` on the slice (its studentised bootstrap).
+  on the FAIL side, exact when nothing flipped); ``x_s`` gets an exact Clopper-Pearson bound. For
+  continuous per-example metrics the bounds come from :func:`pytest_forgetting.stats.compare_scores`
+  on the slice (its studentised bootstrap).
 - PASS side (upper bound): ``G_t - G_b <= max_s d_s - min_s d_s`` for any levels (take the base's
   own best and worst pair in G_t), so ``U = max_s upper(d_s) - min_s lower(d_s)``, the 2K bounds
   each at ``alpha / 2K`` (Bonferroni). PASS when ``U < margin``.
@@ -38,8 +39,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +97,9 @@ def _tango(b: float, c: float, n: float, a: float) -> tuple[float, float]:
     return stats._paired_bounds(b, c, n, a, a)
 
 
-def _binary_bounds(bs: np.ndarray, ts: np.ndarray, a_change: float, a_level: float) -> tuple[float, float, float, float]:
+def _binary_bounds(
+    bs: np.ndarray, ts: np.ndarray, a_change: float, a_level: float
+) -> tuple[float, float, float, float]:
     """(lower d, upper d, lower x, upper x) of one slice of 0/1 scores; each bound at its level."""
     n = float(len(bs))
     b = float(np.sum((bs == 1) & (ts == 0)))  # negative flips
@@ -111,11 +115,17 @@ def _binary_bounds(bs: np.ndarray, ts: np.ndarray, a_change: float, a_level: flo
     return d_lo, d_hi, _cp_lower(k, n, a_level), _cp_upper(k, n, a_level)
 
 
-def _continuous_bounds(bs: np.ndarray, ts: np.ndarray, a_change: float, a_level: float, seed: int) -> tuple[float, float, float, float]:
+def _continuous_bounds(
+    bs: np.ndarray, ts: np.ndarray, a_change: float, a_level: float, seed: int
+) -> tuple[float, float, float, float]:
     """The same from the paired studentised bootstrap of ``stats`` (INCONCLUSIVE-safe: +-inf when it refuses)."""
     n_boot = max(2000, stats._min_boot(min(a_change, a_level)))
-    ch = stats.compare_scores(bs, ts, max_drop=0.0, alpha=a_change, fail_alpha=a_change, seed=seed, n_boot=n_boot, n_needed=False)
-    lv = stats.compare_scores(bs, np.zeros_like(bs), max_drop=0.0, alpha=a_level, fail_alpha=a_level, seed=seed, n_boot=n_boot, n_needed=False)
+    ch = stats.compare_scores(
+        bs, ts, max_drop=0.0, alpha=a_change, fail_alpha=a_change, seed=seed, n_boot=n_boot, n_needed=False
+    )
+    lv = stats.compare_scores(
+        bs, np.zeros_like(bs), max_drop=0.0, alpha=a_level, fail_alpha=a_level, seed=seed, n_boot=n_boot, n_needed=False
+    )
     # compare_scores bounds the drop base - tuned: the change is its negative; the level is the drop to 0
     return -ch.ci_high, -ch.ci_low, lv.ci_low, lv.ci_high
 
@@ -180,13 +190,30 @@ def compare_gap(
             best = int(np.lexsort((-means_b, -means_t))[0])
             worst = int(np.lexsort((means_b, means_t))[0])
         return GapComparison(
-            verdict, bg, tg, tg - bg, lo, hi, float(margin), labels[best] if k else "", labels[worst] if k else "",
-            n, k, int(sizes.min()) if k else 0, method, reason,
+            verdict,
+            bg,
+            tg,
+            tg - bg,
+            lo,
+            hi,
+            float(margin),
+            labels[best] if k else "",
+            labels[worst] if k else "",
+            n,
+            k,
+            int(sizes.min()) if k else 0,
+            method,
+            reason,
         )
 
     if k < 2:
-        return result("inconclusive", -math.inf, math.inf, "refused",
-                      f"gap needs at least 2 slices with examples, got {k}: nothing to compare")
+        return result(
+            "inconclusive",
+            -math.inf,
+            math.inf,
+            "refused",
+            f"gap needs at least 2 slices with examples, got {k}: nothing to compare",
+        )
     binary = bool(np.isin(bs, (0.0, 1.0)).all() and np.isin(ts, (0.0, 1.0)).all())
     a_pass = a / (2 * k)  # PASS: upper and lower bound of every slice's change
     a_fail = af / (4 * k)  # FAIL: both bounds of every change and every base level
@@ -223,12 +250,16 @@ def compare_gap(
 
 def describe(cmp: GapComparison, what: str = "slice") -> str:
     """One line for a reason or a failure message, naming the two slices."""
-    head = (f"{what} gap {cmp.best} vs {cmp.worst}: {cmp.base_gap:.3f} -> {cmp.tuned_gap:.3f} "
-            f"(increase {cmp.increase:+.3f} [{cmp.ci_low:+.3f}, {cmp.ci_high:+.3f}], budget {cmp.margin:g}): {cmp.verdict}")
+    head = (
+        f"{what} gap {cmp.best} vs {cmp.worst}: {cmp.base_gap:.3f} -> {cmp.tuned_gap:.3f} "
+        f"(increase {cmp.increase:+.3f} [{cmp.ci_low:+.3f}, {cmp.ci_high:+.3f}], budget {cmp.margin:g}): {cmp.verdict}"
+    )
     if cmp.verdict == "inconclusive" and cmp.method in ("tango-union", "exact-union") and cmp.ci_high >= cmp.margin:
         need = min_n_per_slice(cmp.margin, cmp.n_slices) if cmp.margin > 0 else None
         if need is not None and cmp.min_slice_n < need:
-            head += f"; even an unchanged model needs >= {need} examples in every slice (smallest has {cmp.min_slice_n})"
+            head += (
+                f"; even an unchanged model needs >= {need} examples in every slice (smallest has {cmp.min_slice_n})"
+            )
     return head + (f" ({cmp.reason})" if cmp.reason else "")
 
 
@@ -268,7 +299,7 @@ def simulate(
         raise ValueError("levels and churn give negative cell probabilities")
     cells = np.clip(cells, 0, None)
     counts = {"pass": 0, "fail": 0, "inconclusive": 0}
-    for r in range(reps):
+    for _ in range(reps):
         bs = np.empty(k * n_per_slice)
         ts = np.empty(k * n_per_slice)
         for j in range(k):

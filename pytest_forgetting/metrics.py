@@ -11,8 +11,9 @@ a ratio form and a sensitivity for the decision core. Both carry their direction
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -104,10 +105,15 @@ class AggregateMetric(Metric):
 _AGGREGATE_ONLY = ("ratio", "transform", "ratio_den_fixed", "ratio_no_change", "sensitivity")
 
 
-def _from_record(name: str, higher_is_better: bool, bounded: bool,
-                 per_example: Callable[[Outputs], np.ndarray] | None = None,
-                 aggregate: Callable[[Outputs, np.ndarray], float] | None = None,
-                 description: str = "", **options: Any) -> PerExampleMetric | AggregateMetric:
+def _from_record(
+    name: str,
+    higher_is_better: bool,
+    bounded: bool,
+    per_example: Callable[[Outputs], np.ndarray] | None = None,
+    aggregate: Callable[[Outputs, np.ndarray], float] | None = None,
+    description: str = "",
+    **options: Any,
+) -> PerExampleMetric | AggregateMetric:
     """The pre-split ``Metric(...)`` signature: exactly one of ``per_example`` / ``aggregate``."""
     if (per_example is None) == (aggregate is None):
         raise TypeError(f"metric {name!r}: give exactly one of per_example= or aggregate=")
@@ -191,8 +197,8 @@ def ratio_of(metric: Metric, base: Outputs, tuned: Outputs) -> Ratio | None:
         return None
     if metric.ratio in (_f1_macro_ratio, _balanced_accuracy_ratio):
         k = max(_class_count(base), _class_count(tuned))
-        nb, db = metric.ratio(base, k)  # type: ignore[call-arg]
-        nt, dt = metric.ratio(tuned, k)  # type: ignore[call-arg]
+        nb, db = metric.ratio(base, k)
+        nt, dt = metric.ratio(tuned, k)
     else:
         nb, db = metric.ratio(base)
         nt, dt = metric.ratio(tuned)
@@ -295,20 +301,64 @@ def _error_ratio(errors: str, total: str) -> Callable[[Outputs, np.ndarray], flo
     return rate
 
 
-ACCURACY = PerExampleMetric("accuracy", True, True, _correct, description="fraction of correct predictions (per example 0/1)")
-ERROR_RATE = PerExampleMetric("error_rate", False, True, _error, description="fraction of wrong predictions (per example 0/1)")
-F1_MACRO = AggregateMetric("f1_macro", True, True, f1_macro, description="macro-averaged F1 over classes", ratio=_f1_macro_ratio,
-                  sensitivity=f1_sensitivity)
-BALANCED_ACCURACY = AggregateMetric("balanced_accuracy", True, True, balanced_accuracy, description="mean per-class recall", ratio=_balanced_accuracy_ratio,
-                           sensitivity=balanced_accuracy_sensitivity)
-NLL = AggregateMetric("nll", False, False, _mean_nll, description="mean negative log-likelihood per token (nats)", ratio=_nll_ratio)
-PERPLEXITY = AggregateMetric("perplexity", False, False, _perplexity, description="exp(mean token NLL)", ratio=_nll_ratio, transform="exp")
-EXACT_MATCH = PerExampleMetric("exact_match", True, True, _exact, description="fraction of generations equal to a reference answer (per example 0/1)")
+ACCURACY = PerExampleMetric(
+    "accuracy", True, True, _correct, description="fraction of correct predictions (per example 0/1)"
+)
+ERROR_RATE = PerExampleMetric(
+    "error_rate", False, True, _error, description="fraction of wrong predictions (per example 0/1)"
+)
+F1_MACRO = AggregateMetric(
+    "f1_macro",
+    True,
+    True,
+    f1_macro,
+    description="macro-averaged F1 over classes",
+    ratio=_f1_macro_ratio,
+    sensitivity=f1_sensitivity,
+)
+BALANCED_ACCURACY = AggregateMetric(
+    "balanced_accuracy",
+    True,
+    True,
+    balanced_accuracy,
+    description="mean per-class recall",
+    ratio=_balanced_accuracy_ratio,
+    sensitivity=balanced_accuracy_sensitivity,
+)
+NLL = AggregateMetric(
+    "nll", False, False, _mean_nll, description="mean negative log-likelihood per token (nats)", ratio=_nll_ratio
+)
+PERPLEXITY = AggregateMetric(
+    "perplexity", False, False, _perplexity, description="exp(mean token NLL)", ratio=_nll_ratio, transform="exp"
+)
+EXACT_MATCH = PerExampleMetric(
+    "exact_match",
+    True,
+    True,
+    _exact,
+    description="fraction of generations equal to a reference answer (per example 0/1)",
+)
 # Error rates can exceed 1 (insertions) but are read, and given margins, as fractions: shown in percent.
-WER = AggregateMetric("wer", False, True, _error_ratio("word_errors", "ref_words"), description="word error rate: word edits / reference words", ratio=_error_parts("word_errors", "ref_words"))
-CER = AggregateMetric("cer", False, True, _error_ratio("char_errors", "ref_chars"), description="character error rate: character edits / reference characters", ratio=_error_parts("char_errors", "ref_chars"))
+WER = AggregateMetric(
+    "wer",
+    False,
+    True,
+    _error_ratio("word_errors", "ref_words"),
+    description="word error rate: word edits / reference words",
+    ratio=_error_parts("word_errors", "ref_words"),
+)
+CER = AggregateMetric(
+    "cer",
+    False,
+    True,
+    _error_ratio("char_errors", "ref_chars"),
+    description="character error rate: character edits / reference characters",
+    ratio=_error_parts("char_errors", "ref_chars"),
+)
 
 CLASSIFICATION_METRICS: dict[str, Metric] = {m.name: m for m in (ACCURACY, ERROR_RATE, F1_MACRO, BALANCED_ACCURACY)}
+
+
 def _per(unit: str, scale: float = 1.0) -> Callable[[Outputs], tuple[np.ndarray, np.ndarray]]:
     def parts(o: Outputs) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(o["nll"], dtype=np.float64) * scale, np.asarray(o[unit], dtype=np.float64)
@@ -326,12 +376,32 @@ def _pooled(unit: str, scale: float = 1.0, exp: bool = False) -> Callable[[Outpu
 
 
 # lm-evaluation-harness's normalised perplexities of loglikelihood_rolling tasks (wikitext): per word, per byte
-WORD_PERPLEXITY = AggregateMetric("word_perplexity", False, False, _pooled("nwords", exp=True), ratio=_per("nwords"), transform="exp",
-                         description="exp(total NLL / total words)")
-BYTE_PERPLEXITY = AggregateMetric("byte_perplexity", False, False, _pooled("nbytes", exp=True), ratio=_per("nbytes"), transform="exp",
-                         description="exp(total NLL / total UTF-8 bytes)")
-BITS_PER_BYTE = AggregateMetric("bits_per_byte", False, False, _pooled("nbytes", 1 / np.log(2)), ratio=_per("nbytes", 1 / np.log(2)),
-                       description="total NLL in bits / total UTF-8 bytes")
+WORD_PERPLEXITY = AggregateMetric(
+    "word_perplexity",
+    False,
+    False,
+    _pooled("nwords", exp=True),
+    ratio=_per("nwords"),
+    transform="exp",
+    description="exp(total NLL / total words)",
+)
+BYTE_PERPLEXITY = AggregateMetric(
+    "byte_perplexity",
+    False,
+    False,
+    _pooled("nbytes", exp=True),
+    ratio=_per("nbytes"),
+    transform="exp",
+    description="exp(total NLL / total UTF-8 bytes)",
+)
+BITS_PER_BYTE = AggregateMetric(
+    "bits_per_byte",
+    False,
+    False,
+    _pooled("nbytes", 1 / np.log(2)),
+    ratio=_per("nbytes", 1 / np.log(2)),
+    description="total NLL in bits / total UTF-8 bytes",
+)
 LM_METRICS: dict[str, Metric] = {m.name: m for m in (PERPLEXITY, NLL, WORD_PERPLEXITY, BYTE_PERPLEXITY, BITS_PER_BYTE)}
 GENERATION_METRICS: dict[str, Metric] = {m.name: m for m in (EXACT_MATCH,)}
 SPEECH_METRICS: dict[str, Metric] = {m.name: m for m in (WER, CER)}

@@ -12,8 +12,9 @@ Standard library only at import time (the collection-time check runs in every ma
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import CheckpointError, EvaluationError
 
@@ -48,7 +49,8 @@ def missing_checkpoints(settings: Any, needs: dict[str, list[str]]) -> str | Non
         if not refs:
             return terminal(
                 f"no {role} checkpoint: pass {cli}=REF (or set ${env} / ini key {ini}); "
-                f"{_tests(tests)} need{'s' if len(tests) == 1 else ''} it", 600
+                f"{_tests(tests)} need{'s' if len(tests) == 1 else ''} it",
+                600,
             )
         source = settings.sources.get(attr, "cli")
         for ref in refs:
@@ -59,7 +61,8 @@ def missing_checkpoints(settings: Any, needs: dict[str, list[str]]) -> str | Non
 
 
 def _file_of_a_folder(ref: str, settings: Any) -> str | None:
-    """``--tuned-ckpt folder/model.safetensors`` for a Hugging Face folder (without --model-factory): pass the folder."""
+    """``--tuned-ckpt folder/model.safetensors`` for a Hugging Face folder (without --model-factory): pass the
+    folder."""
     path = Path(ref)
     if settings.model_factory or not ref.lower().endswith(".safetensors") or not path.is_file():
         return None
@@ -156,7 +159,9 @@ def check_fit(label: str, ref: Any, task: Any, meta: Any, model: Any) -> None:
             f"the classifier: the model with its trained head ({stem}{head}), with save_pretrained"
         )
     if wants == "tokens" and getattr(meta, "tokenizer", None) is None:
-        raise EvaluationError(f"{label}{where} has no tokenizer, and text task '{name}' needs one; {_tokenizer_fix(ref)}")
+        raise EvaluationError(
+            f"{label}{where} has no tokenizer, and text task '{name}' needs one; {_tokenizer_fix(ref)}"
+        )
 
 
 def _where(ref: Any) -> str:
@@ -174,7 +179,8 @@ def _tokenizer_fix(ref: Any) -> str:
     path = Path(ref)
     if path.is_dir():
         folder = terminal(str(path), 200)
-        return (f"the folder has no tokenizer files (tokenizer.json, tokenizer_config.json); save the tokenizer the model "
+        return ("the folder has no tokenizer files (tokenizer.json, tokenizer_config.json); "
+                "save the tokenizer the model "
                 f"was trained with beside its weights: tokenizer.save_pretrained('{folder}')")  # fmt: skip
     if path.is_file():
         return ("a single weights file carries no tokenizer: save the model as a folder with its tokenizer "
@@ -204,7 +210,11 @@ def chance_level(task: Any, split: str, metric: str) -> tuple[float, str] | None
     Accuracy: the better of a uniform guess (1/K) and always answering the majority class;
     balanced accuracy: 1/K. K counts the task's classes (its class names, else its labels).
     """
-    if metric not in ("accuracy", "balanced_accuracy") or "ClassificationTask" not in _kinds(task) or "TokenClassificationTask" in _kinds(task):
+    if (
+        metric not in ("accuracy", "balanced_accuracy")
+        or "ClassificationTask" not in _kinds(task)
+        or "TokenClassificationTask" in _kinds(task)
+    ):
         return None
     try:
         import numpy as np
@@ -244,10 +254,17 @@ def run_warnings(rows: list[dict[str, Any]]) -> list[str]:
         chance = row.get("_chance")
         base = row.get("base")
         key = ("chance", row.get("task"), row.get("split"), row.get("metric"))
-        if (chance and row.get("kind") == "retains" and isinstance(base, (int, float)) and base <= chance[0] + 1e-12
-                and key not in seen):
+        if (
+            chance
+            and row.get("kind") == "retains"
+            and isinstance(base, (int, float))
+            and base <= chance[0] + 1e-12
+            and key not in seen
+        ):
             seen.add(key)
             out.append(f"the base scores {base:.1%} {terminal(row.get('metric') or '?', 40)} on task "
-                       f"'{terminal(row.get('task') or '?', 80)}', at or below chance ({chance[1]}): there is no capability "
-                       "to retain, so a PASS means nothing; check the task's labels and the base checkpoint")  # fmt: skip
+                       f"'{terminal(row.get('task') or '?', 80)}', at or below chance ({chance[1]}): "
+                       "there is no capability "
+                       "to retain, so a PASS means nothing; "
+                       "check the task's labels and the base checkpoint")  # fmt: skip
     return out

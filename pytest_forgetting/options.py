@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import ConfigError
 
@@ -33,37 +34,282 @@ class Option(NamedTuple):  # a NamedTuple, not a dataclass: it is built at every
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("base_ckpt", "--base-ckpt", "base checkpoint: HF model folder, .safetensors file (with --model-factory), .gguf file or hub id", "forgetting_base_ckpt", "FORGETTING_BASE_CKPT", kind="path", metavar="REF"),
-    Option("tuned_ckpts", "--tuned-ckpt", "fine-tuned checkpoint (repeat to compare several candidates)", "forgetting_tuned_ckpt", "FORGETTING_TUNED_CKPT", default=(), kind="paths", metavar="REF"),
-    Option("model_factory", "--model-factory", "module:callable building the nn.Module for a bare .safetensors checkpoint", "forgetting_model_factory", metavar="MOD:FN"),
-    Option("device", "--forgetting-device", "auto | cpu | cuda | cuda:N (default auto: CUDA when available)", "forgetting_device", default="auto", metavar="DEV"),
-    Option("dtype", "--forgetting-dtype", "dtype both models are evaluated in", "forgetting_dtype", default="float32", choices=("float32", "bfloat16", "float16")),
-    Option("batch_size", "--forgetting-batch-size", "evaluation batch size, or auto (halves on CUDA OOM for both models alike)", "forgetting_batch_size", default="64", metavar="N|auto"),
-    Option("alpha", "--forgetting-alpha", "one-sided error rate of every verdict (default 0.05)", "forgetting_alpha", default="0.05", metavar="A"),
-    Option("inconclusive", "--forgetting-inconclusive", "what an INCONCLUSIVE verdict does to the test (default fail)", "forgetting_inconclusive", default="fail", choices=INCONCLUSIVE_ACTIONS),
+    Option(
+        "base_ckpt",
+        "--base-ckpt",
+        "base checkpoint: HF model folder, .safetensors file (with --model-factory), .gguf file or hub id",
+        "forgetting_base_ckpt",
+        "FORGETTING_BASE_CKPT",
+        kind="path",
+        metavar="REF",
+    ),
+    Option(
+        "tuned_ckpts",
+        "--tuned-ckpt",
+        "fine-tuned checkpoint (repeat to compare several candidates)",
+        "forgetting_tuned_ckpt",
+        "FORGETTING_TUNED_CKPT",
+        default=(),
+        kind="paths",
+        metavar="REF",
+    ),
+    Option(
+        "model_factory",
+        "--model-factory",
+        "module:callable building the nn.Module for a bare .safetensors checkpoint",
+        "forgetting_model_factory",
+        metavar="MOD:FN",
+    ),
+    Option(
+        "device",
+        "--forgetting-device",
+        "auto | cpu | cuda | cuda:N (default auto: CUDA when available)",
+        "forgetting_device",
+        default="auto",
+        metavar="DEV",
+    ),
+    Option(
+        "dtype",
+        "--forgetting-dtype",
+        "dtype both models are evaluated in",
+        "forgetting_dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+    ),
+    Option(
+        "batch_size",
+        "--forgetting-batch-size",
+        "evaluation batch size, or auto (halves on CUDA OOM for both models alike)",
+        "forgetting_batch_size",
+        default="64",
+        metavar="N|auto",
+    ),
+    Option(
+        "alpha",
+        "--forgetting-alpha",
+        "one-sided error rate of every verdict (default 0.05)",
+        "forgetting_alpha",
+        default="0.05",
+        metavar="A",
+    ),
+    Option(
+        "inconclusive",
+        "--forgetting-inconclusive",
+        "what an INCONCLUSIVE verdict does to the test (default fail)",
+        "forgetting_inconclusive",
+        default="fail",
+        choices=INCONCLUSIVE_ACTIONS,
+    ),
     Option("limit", "--forgetting-limit", "seeded subsample of N examples per task (smoke runs)", None, metavar="N"),
-    Option("seed", "--forgetting-seed", "seed of subsampling and bootstrap (default 0)", "forgetting_seed", default="0", metavar="N"),
-    Option("json_path", "--forgetting-json", "write the machine-readable report here", "forgetting_json", kind="path", metavar="PATH"),
-    Option("markdown_path", "--forgetting-markdown", "write the summary table as Markdown here", "forgetting_markdown", kind="path", metavar="PATH"),
-    Option("plot_path", "--forgetting-plot", "write a PNG of base vs tuned per task with intervals (needs matplotlib)", "forgetting_plot", kind="path", metavar="PATH"),
-    Option("cache_dir", "--forgetting-cache-dir", "cache of base-model evaluations (default: the user cache folder, e.g. ~/.cache/pytest-forgetting; never a folder git tracks)", "forgetting_cache_dir", "FORGETTING_CACHE_DIR", kind="path", metavar="DIR"),
-    Option("no_cache", "--forgetting-no-cache", "do not read or write the base-evaluation cache", None, default=False, kind="bool"),
-    Option("allow_pickle", "--forgetting-allow-pickle", "permit .bin/.pt/.pth pickle checkpoints (still loaded with weights_only=True)", None, default=False, kind="bool"),
-    Option("trust_remote_code", "--forgetting-trust-remote-code", "permit checkpoints that carry their own Python code", None, default=False, kind="bool"),
-    Option("early_stop", "--forgetting-early-stop", "evaluate the tuned model in seeded random order and stop once the verdict is settled (anytime-valid confidence sequence)", "forgetting_early_stop", default=False, kind="bool"),
-    Option("representation_drift", "--forgetting-representation-drift", "also compute linear CKA between base and tuned hidden states per layer on each check's examples (Hugging Face models)", "forgetting_representation_drift", default=False, kind="bool"),
-    Option("retains", "--retains", "declare a retention check without writing a test: TASK:MAX_DROP[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
-    Option("improves", "--improves", "declare an improvement check: TASK:MIN_GAIN[,key=value...] (repeatable)", None, default=(), kind="list", metavar="SPEC"),
-    Option("tasks", "--forgetting-task", "declare a data task without Python: NAME=FORMAT:PATH[,key=value...], FORMAT csv|jsonl|conll|parquet|datasets|hub, keys text= label= id= class_names=a|b ... (repeatable)", None, default=(), kind="list", metavar="NAME=FORMAT:PATH,..."),
-    Option("list_tasks", "--forgetting-list-tasks", "list every registered task with its metrics, splits and size, and exit", None, default=False, kind="bool"),
-    Option("allow_download", "--forgetting-allow-download", "let hub ids download (default: local Hugging Face cache only)", None, default=False, kind="bool"),
-    Option("device_map", "--forgetting-device-map", "split Hugging Face folders too large for one device with accelerate: auto | balanced | balanced_low_0 | sequential | a JSON file mapping module names to devices (cpu, disk, N, cuda:N)", "forgetting_device_map", "FORGETTING_DEVICE_MAP", metavar="MAP"),
-    Option("lm_eval_include", "--forgetting-lm-eval-include", "folder of lm-evaluation-harness YAML tasks for lm-eval:NAME checks (repeatable; searched before lm-eval's bundled tasks)", "forgetting_lm_eval_include", "FORGETTING_LM_EVAL_INCLUDE", default=(), kind="paths", metavar="DIR"),
-    Option("lm_eval_fewshot", "--forgetting-lm-eval-fewshot", "few-shot examples per document for lm-eval:NAME checks, both models alike (default: each task's own)", "forgetting_lm_eval_fewshot", "FORGETTING_LM_EVAL_FEWSHOT", metavar="N"),
-    Option("lm_eval_chat_template", "--forgetting-lm-eval-chat-template", "apply the checkpoint's chat template to lm-eval:NAME prompts (both models alike)", "forgetting_lm_eval_chat_template", kind="bool"),
-    Option("progress", "--forgetting-progress", "a progress line per evaluation that takes over 2 s (model, task, examples done, rate, ETA): auto (not under -q; a line every 30 s when the output is no terminal), on (under -q too) or off", "forgetting_progress", "FORGETTING_PROGRESS", default="auto", choices=("auto", "on", "off")),
-    Option("distributed", "--forgetting-distributed", "data-parallel evaluation over torch.distributed ranks: each rank evaluates a shard of every task, rank 0 decides and reports (on by itself under torchrun / accelerate launch with more than one process)", "forgetting_distributed", "FORGETTING_DISTRIBUTED", default=False, kind="bool"),
-    Option("max_memory", "--forgetting-max-memory", "memory budget per device for --forgetting-device-map auto/balanced/sequential, e.g. cpu=40GiB,0=10GiB", "forgetting_max_memory", "FORGETTING_MAX_MEMORY", metavar="DEV=SIZE,..."),
+    Option(
+        "seed",
+        "--forgetting-seed",
+        "seed of subsampling and bootstrap (default 0)",
+        "forgetting_seed",
+        default="0",
+        metavar="N",
+    ),
+    Option(
+        "json_path",
+        "--forgetting-json",
+        "write the machine-readable report here",
+        "forgetting_json",
+        kind="path",
+        metavar="PATH",
+    ),
+    Option(
+        "markdown_path",
+        "--forgetting-markdown",
+        "write the summary table as Markdown here",
+        "forgetting_markdown",
+        kind="path",
+        metavar="PATH",
+    ),
+    Option(
+        "plot_path",
+        "--forgetting-plot",
+        "write a PNG of base vs tuned per task with intervals (needs matplotlib)",
+        "forgetting_plot",
+        kind="path",
+        metavar="PATH",
+    ),
+    Option(
+        "cache_dir",
+        "--forgetting-cache-dir",
+        (
+            "cache of base-model evaluations (default: the user cache folder, e.g. ~/.cache/pytest-forgetting; "
+            "never a folder git tracks)"
+        ),
+        "forgetting_cache_dir",
+        "FORGETTING_CACHE_DIR",
+        kind="path",
+        metavar="DIR",
+    ),
+    Option(
+        "no_cache",
+        "--forgetting-no-cache",
+        "do not read or write the base-evaluation cache",
+        None,
+        default=False,
+        kind="bool",
+    ),
+    Option(
+        "allow_pickle",
+        "--forgetting-allow-pickle",
+        "permit .bin/.pt/.pth pickle checkpoints (still loaded with weights_only=True)",
+        None,
+        default=False,
+        kind="bool",
+    ),
+    Option(
+        "trust_remote_code",
+        "--forgetting-trust-remote-code",
+        "permit checkpoints that carry their own Python code",
+        None,
+        default=False,
+        kind="bool",
+    ),
+    Option(
+        "early_stop",
+        "--forgetting-early-stop",
+        (
+            "evaluate the tuned model in seeded random order and stop once the verdict is settled "
+            "(anytime-valid confidence sequence)"
+        ),
+        "forgetting_early_stop",
+        default=False,
+        kind="bool",
+    ),
+    Option(
+        "representation_drift",
+        "--forgetting-representation-drift",
+        (
+            "also compute linear CKA between base and tuned hidden states per layer on each check's examples "
+            "(Hugging Face models)"
+        ),
+        "forgetting_representation_drift",
+        default=False,
+        kind="bool",
+    ),
+    Option(
+        "retains",
+        "--retains",
+        "declare a retention check without writing a test: TASK:MAX_DROP[,key=value...] (repeatable)",
+        None,
+        default=(),
+        kind="list",
+        metavar="SPEC",
+    ),
+    Option(
+        "improves",
+        "--improves",
+        "declare an improvement check: TASK:MIN_GAIN[,key=value...] (repeatable)",
+        None,
+        default=(),
+        kind="list",
+        metavar="SPEC",
+    ),
+    Option(
+        "tasks",
+        "--forgetting-task",
+        (
+            "declare a data task without Python: NAME=FORMAT:PATH[,key=value...], "
+            "FORMAT csv|jsonl|conll|parquet|datasets|hub, keys text= label= id= class_names=a|b ... (repeatable)"
+        ),
+        None,
+        default=(),
+        kind="list",
+        metavar="NAME=FORMAT:PATH,...",
+    ),
+    Option(
+        "list_tasks",
+        "--forgetting-list-tasks",
+        "list every registered task with its metrics, splits and size, and exit",
+        None,
+        default=False,
+        kind="bool",
+    ),
+    Option(
+        "allow_download",
+        "--forgetting-allow-download",
+        "let hub ids download (default: local Hugging Face cache only)",
+        None,
+        default=False,
+        kind="bool",
+    ),
+    Option(
+        "device_map",
+        "--forgetting-device-map",
+        (
+            "split Hugging Face folders too large for one device with accelerate: "
+            "auto | balanced | balanced_low_0 | sequential | "
+            "a JSON file mapping module names to devices (cpu, disk, N, cuda:N)"
+        ),
+        "forgetting_device_map",
+        "FORGETTING_DEVICE_MAP",
+        metavar="MAP",
+    ),
+    Option(
+        "lm_eval_include",
+        "--forgetting-lm-eval-include",
+        (
+            "folder of lm-evaluation-harness YAML tasks for lm-eval:NAME checks "
+            "(repeatable; searched before lm-eval's bundled tasks)"
+        ),
+        "forgetting_lm_eval_include",
+        "FORGETTING_LM_EVAL_INCLUDE",
+        default=(),
+        kind="paths",
+        metavar="DIR",
+    ),
+    Option(
+        "lm_eval_fewshot",
+        "--forgetting-lm-eval-fewshot",
+        "few-shot examples per document for lm-eval:NAME checks, both models alike (default: each task's own)",
+        "forgetting_lm_eval_fewshot",
+        "FORGETTING_LM_EVAL_FEWSHOT",
+        metavar="N",
+    ),
+    Option(
+        "lm_eval_chat_template",
+        "--forgetting-lm-eval-chat-template",
+        "apply the checkpoint's chat template to lm-eval:NAME prompts (both models alike)",
+        "forgetting_lm_eval_chat_template",
+        kind="bool",
+    ),
+    Option(
+        "progress",
+        "--forgetting-progress",
+        (
+            "a progress line per evaluation that takes over 2 s (model, task, examples done, rate, ETA): "
+            "auto (not under -q; a line every 30 s when the output is no terminal), on (under -q too) or off"
+        ),
+        "forgetting_progress",
+        "FORGETTING_PROGRESS",
+        default="auto",
+        choices=("auto", "on", "off"),
+    ),
+    Option(
+        "distributed",
+        "--forgetting-distributed",
+        (
+            "data-parallel evaluation over torch.distributed ranks: each rank evaluates a shard of every task, "
+            "rank 0 decides and reports "
+            "(on by itself under torchrun / accelerate launch with more than one process)"
+        ),
+        "forgetting_distributed",
+        "FORGETTING_DISTRIBUTED",
+        default=False,
+        kind="bool",
+    ),
+    Option(
+        "max_memory",
+        "--forgetting-max-memory",
+        "memory budget per device for --forgetting-device-map auto/balanced/sequential, e.g. cpu=40GiB,0=10GiB",
+        "forgetting_max_memory",
+        "FORGETTING_MAX_MEMORY",
+        metavar="DEV=SIZE,...",
+    ),
 )
 
 
@@ -125,7 +371,9 @@ def add_options(parser: Any) -> None:
             parser.addini(opt.ini, opt.help + (f" (or ${opt.env})" if opt.env else ""), type=ini_type, default=None)
 
 
-def _raw_values(opt: Option, getoption: Callable[[str], Any], getini: Callable[[str], Any], environ: dict[str, str]) -> tuple[Any, str]:
+def _raw_values(
+    opt: Option, getoption: Callable[[str], Any], getini: Callable[[str], Any], environ: dict[str, str]
+) -> tuple[Any, str]:
     value = getoption("forgetting_" + opt.name)
     if value not in (None, []):
         return value, "cli"
@@ -143,7 +391,9 @@ def _raw_values(opt: Option, getoption: Callable[[str], Any], getini: Callable[[
 
 
 def _where(opt: Option, source: str) -> str:
-    return {"cli": opt.cli, "env": f"${opt.env}", "ini": f"ini key {opt.ini}", "default": f"default of {opt.cli}"}[source]
+    return {"cli": opt.cli, "env": f"${opt.env}", "ini": f"ini key {opt.ini}", "default": f"default of {opt.cli}"}[
+        source
+    ]
 
 
 def _parse_int(opt: Option, source: str, value: Any, minimum: int) -> int:
@@ -189,26 +439,39 @@ def resolve(
     # typed values
     opt_by_name = {o.name: o for o in OPTIONS}
     bs = str(values["batch_size"]).strip().lower()
-    values["batch_size"] = "auto" if bs == "auto" else _parse_int(opt_by_name["batch_size"], sources["batch_size"], bs, 1)
+    values["batch_size"] = (
+        "auto" if bs == "auto" else _parse_int(opt_by_name["batch_size"], sources["batch_size"], bs, 1)
+    )
     try:
         alpha = float(values["alpha"])
     except (TypeError, ValueError):
         alpha = -1.0
     if not 0.0 < alpha < 0.5:
-        raise ConfigError(f"{_where(opt_by_name['alpha'], sources['alpha'])}={values['alpha']!r}: alpha must be a number in (0, 0.5), e.g. 0.05")
+        raise ConfigError(
+            f"{_where(opt_by_name['alpha'], sources['alpha'])}={values['alpha']!r}: "
+            "alpha must be a number in (0, 0.5), e.g. 0.05"
+        )
     values["alpha"] = alpha
     if values["limit"] is not None:
         values["limit"] = _parse_int(opt_by_name["limit"], sources["limit"], values["limit"], 1)
     values["seed"] = _parse_int(opt_by_name["seed"], sources["seed"], values["seed"], 0)
     if values["lm_eval_fewshot"] is not None:
-        values["lm_eval_fewshot"] = _parse_int(opt_by_name["lm_eval_fewshot"], sources["lm_eval_fewshot"], values["lm_eval_fewshot"], 0)
+        values["lm_eval_fewshot"] = _parse_int(
+            opt_by_name["lm_eval_fewshot"], sources["lm_eval_fewshot"], values["lm_eval_fewshot"], 0
+        )
     device = str(values["device"]).strip().lower()
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
-        raise ConfigError(f"{_where(opt_by_name['device'], sources['device'])}={values['device']!r}: expected auto, cpu, cuda or cuda:N")
+        raise ConfigError(
+            f"{_where(opt_by_name['device'], sources['device'])}={values['device']!r}: "
+            "expected auto, cpu, cuda or cuda:N"
+        )
     values["device"] = device
     factory = values["model_factory"]
     if factory is not None and (factory.count(":") != 1 or not all(factory.split(":"))):
-        raise ConfigError(f"{_where(opt_by_name['model_factory'], sources['model_factory'])}={factory!r}: expected module:callable, e.g. mymodels:build_cnn")
+        raise ConfigError(
+            f"{_where(opt_by_name['model_factory'], sources['model_factory'])}={factory!r}: "
+            "expected module:callable, e.g. mymodels:build_cnn"
+        )
     if values["cache_dir"] is None:  # outside the checkout: a pull request cannot ship entries
         values["cache_dir"] = str(default_cache_dir(environ))
     _resolve_device_map(values, sources, opt_by_name, Path(ini_dir or rootdir), Path(invocation_dir))
@@ -242,10 +505,23 @@ DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 _DEVICE_MAP_USAGE = "expected auto, balanced, balanced_low_0, sequential or a JSON file mapping module names to devices"
 _DEVICE = re.compile(r"cpu|disk|mps|(?:cuda|xpu|npu|mlu|hpu)(?::\d+)?")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib|tb|tib)?")
-_SIZE_UNITS = {None: 1, "b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30, "tb": 10**12, "tib": 2**40}
+_SIZE_UNITS = {
+    None: 1,
+    "b": 1,
+    "kb": 10**3,
+    "kib": 2**10,
+    "mb": 10**6,
+    "mib": 2**20,
+    "gb": 10**9,
+    "gib": 2**30,
+    "tb": 10**12,
+    "tib": 2**40,
+}
 
 
-def _resolve_device_map(values: dict[str, Any], sources: dict[str, str], opts: dict[str, Option], ini_base: Path, cli_base: Path) -> None:
+def _resolve_device_map(
+    values: dict[str, Any], sources: dict[str, str], opts: dict[str, Option], ini_base: Path, cli_base: Path
+) -> None:
     """Validate --forgetting-device-map / --forgetting-max-memory; a JSON map becomes an absolute path."""
     raw = values["device_map"]
     opt, source = opts["device_map"], sources["device_map"]
@@ -290,23 +566,33 @@ def parse_device_map(spec: str) -> str | dict[str, int | str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read device map {path}: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"device map {path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        raise ConfigError(
+            f"device map {path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        ) from None
     example = '{"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "disk"}'
     if not isinstance(data, dict) or not data:
-        raise ConfigError(f"device map {path} must be a non-empty JSON object mapping module names to devices, e.g. {example}")
+        raise ConfigError(
+            f"device map {path} must be a non-empty JSON object mapping module names to devices, e.g. {example}"
+        )
     out: dict[str, int | str] = {}
     for module, device in data.items():
         if isinstance(device, bool) or not (
-            (isinstance(device, int) and device >= 0) or (isinstance(device, str) and _DEVICE.fullmatch(device.strip().lower()))
+            (isinstance(device, int) and device >= 0)
+            or (isinstance(device, str) and _DEVICE.fullmatch(device.strip().lower()))
         ):
-            raise ConfigError(f"device map {path}: module {module!r} -> {device!r} is not a device (cpu, disk, a GPU index N or cuda:N)")
+            raise ConfigError(
+                f"device map {path}: module {module!r} -> {device!r} is not a device "
+                "(cpu, disk, a GPU index N or cuda:N)"
+            )
         out[module] = device if isinstance(device, int) else device.strip().lower()
     return out
 
 
 def parse_max_memory(spec: str) -> dict[int | str, int]:
     """``cpu=40GiB,0=10GiB`` -> {"cpu": 42949672960, 0: 10737418240} (bytes; accelerate's max_memory)."""
-    usage = "expected DEVICE=SIZE pairs separated by commas, e.g. cpu=40GiB,0=10GiB (devices: cpu, disk, mps, N, cuda:N)"
+    usage = (
+        "expected DEVICE=SIZE pairs separated by commas, e.g. cpu=40GiB,0=10GiB (devices: cpu, disk, mps, N, cuda:N)"
+    )
     out: dict[int | str, int] = {}
     for item in spec.split(","):
         key, sep, size = (part.strip().lower() for part in item.partition("="))

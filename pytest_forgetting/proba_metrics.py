@@ -189,8 +189,9 @@ def recall_macro_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
     _, codes = _codes(_labels(base))
     k = int(codes.max()) + 1
     kb, kt = _pred_keys(base, tuned)
-    return Sensitivity(codes, np.full(k, 1.0 / _n_present(base)), kb, kt,
-                       slope_tuned=np.full(k, 1.0 / _n_present(tuned)))
+    return Sensitivity(
+        codes, np.full(k, 1.0 / _n_present(base)), kb, kt, slope_tuned=np.full(k, 1.0 / _n_present(tuned))
+    )
 
 
 def precision_macro_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
@@ -205,17 +206,48 @@ def precision_macro_sensitivity(base: Outputs, tuned: Outputs) -> Sensitivity:
     slope = (1.0 + np.where(np.isfinite(_others_min(w)), w / _others_min(w), 0.0)) / k
     unpredicted = k - classes.size
     kb, kt = _pred_keys(base, tuned)
-    return Sensitivity(codes, slope, np.c_[kb, _labels(base)], np.c_[kt, _labels(tuned)],
-                       gain_jump=unpredicted / k, reference=False)
+    return Sensitivity(
+        codes, slope, np.c_[kb, _labels(base)], np.c_[kt, _labels(tuned)], gain_jump=unpredicted / k, reference=False
+    )
 
 
-LOG_LOSS = PerExampleMetric("log_loss", False, False, log_loss_per_example,
-                  description="mean negative log-probability of the gold class (nats)")
-BRIER = PerExampleMetric("brier", False, True, brier_per_example, score_range=(0.0, 2.0),  # sum of squares of two unit vectors' difference
-               description="mean squared distance of the class probabilities to the one-hot gold class")
-AUC = AggregateMetric("auc", True, True, auc, description="ROC AUC (binary; macro one-vs-rest for more classes)", sensitivity=auc_sensitivity)
-ECE = AggregateMetric("ece", False, True, ece, description=f"expected calibration error, {ECE_BINS} equal-mass confidence bins", sensitivity=ece_sensitivity)
-PRECISION_MACRO = AggregateMetric("precision_macro", True, True, precision_macro, description="macro-averaged precision", sensitivity=precision_macro_sensitivity)
-RECALL_MACRO = AggregateMetric("recall_macro", True, True, recall_macro, description="macro-averaged recall", sensitivity=recall_macro_sensitivity)
+LOG_LOSS = PerExampleMetric(
+    "log_loss", False, False, log_loss_per_example, description="mean negative log-probability of the gold class (nats)"
+)
+BRIER = PerExampleMetric(
+    "brier",
+    False,
+    True,
+    brier_per_example,
+    score_range=(0.0, 2.0),  # sum of squares of two unit vectors' difference
+    description="mean squared distance of the class probabilities to the one-hot gold class",
+)
+AUC = AggregateMetric(
+    "auc",
+    True,
+    True,
+    auc,
+    description="ROC AUC (binary; macro one-vs-rest for more classes)",
+    sensitivity=auc_sensitivity,
+)
+ECE = AggregateMetric(
+    "ece",
+    False,
+    True,
+    ece,
+    description=f"expected calibration error, {ECE_BINS} equal-mass confidence bins",
+    sensitivity=ece_sensitivity,
+)
+PRECISION_MACRO = AggregateMetric(
+    "precision_macro",
+    True,
+    True,
+    precision_macro,
+    description="macro-averaged precision",
+    sensitivity=precision_macro_sensitivity,
+)
+RECALL_MACRO = AggregateMetric(
+    "recall_macro", True, True, recall_macro, description="macro-averaged recall", sensitivity=recall_macro_sensitivity
+)
 
 PROBA_METRICS: dict[str, Metric] = {m.name: m for m in (LOG_LOSS, BRIER, AUC, ECE, PRECISION_MACRO, RECALL_MACRO)}

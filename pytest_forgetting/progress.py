@@ -21,7 +21,8 @@ import contextlib
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 #: an evaluation shows progress only once it has run this long (seconds; $FORGETTING_PROGRESS_DELAY)
 DELAY_S = 2.0
@@ -31,10 +32,10 @@ INTERVAL_S = 30.0
 #: seconds between two rewrites of the line on a terminal
 REFRESH_S = 0.25
 
-_reporter: "Reporter | None" = None
+_reporter: Reporter | None = None
 
 
-def configure(config: Any, mode: str) -> "Reporter | None":
+def configure(config: Any, mode: str) -> Reporter | None:
     """Called once per pytest run (``runner.configure``): where progress lines go, if anywhere.
 
     Returns the reporter it replaces (a pytest run inside another one, as pytester runs them)."""
@@ -43,7 +44,7 @@ def configure(config: Any, mode: str) -> "Reporter | None":
     return previous
 
 
-def restore(previous: "Reporter | None") -> Callable[[], None]:
+def restore(previous: Reporter | None) -> Callable[[], None]:
     """A cleanup that puts ``previous`` back at the end of the run."""
 
     def put_back() -> None:
@@ -72,7 +73,9 @@ def format_line(model: str, task: str, done: int, total: int, elapsed: float) ->
     pct = 100.0 * done / total if total else 100.0
     eta = (total - done) / rate if rate > 0 else float("inf")
     eta_text = _seconds(eta) if eta != float("inf") else "?"
-    return f"forgetting: {model} on task '{task}': {done}/{total} examples ({pct:.0f}%), {rate:,.0f} ex/s, ETA {eta_text}"
+    return (
+        f"forgetting: {model} on task '{task}': {done}/{total} examples ({pct:.0f}%), {rate:,.0f} ex/s, ETA {eta_text}"
+    )
 
 
 def _seconds(s: float) -> str:
@@ -167,12 +170,19 @@ class _Line:
         gap = REFRESH_S if self.rewrite else self.interval
         if self.last is not None and now - self.last < gap:
             return
-        self.rep.write(format_line(self.model, self.task, done, self.total, elapsed), rewrite=self.rewrite, first=self.last is None, last=False)
+        self.rep.write(
+            format_line(self.model, self.task, done, self.total, elapsed),
+            rewrite=self.rewrite,
+            first=self.last is None,
+            last=False,
+        )
         self.last = now
 
     def close(self) -> None:
         if self.last is None:
             return  # a fast evaluation: nothing was shown
         elapsed = time.perf_counter() - self.start
-        text = f"forgetting: {self.model} on task '{self.task}': {self.done}/{self.total} examples in {_seconds(elapsed)}"
+        text = (
+            f"forgetting: {self.model} on task '{self.task}': {self.done}/{self.total} examples in {_seconds(elapsed)}"
+        )
         self.rep.write(text, rewrite=self.rewrite, first=False, last=True)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._util import suggest
 from .errors import ConfigError, TaskError

@@ -115,8 +115,8 @@ min_n=20, score_range=(0, 1)) -> SequentialResult``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -217,8 +217,9 @@ def _log_factors(x: np.ndarray, m: np.ndarray | float, lam: np.ndarray, upward: 
     return np.log1p(np.minimum(lam, MAX_BET / (1.0 - m)) * (m - x))
 
 
-def log_capital(drops: np.ndarray | Sequence[float], *, margin: float, alpha: float = 0.05,
-                bound: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def log_capital(
+    drops: np.ndarray | Sequence[float], *, margin: float, alpha: float = 0.05, bound: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Log capital of the two one-sided tests of the margin after each prefix: ``(log_fail, log_pass)``.
 
     ``drops`` has shape ``(..., n)`` (leading axes are independent sequences, e.g. simulations),
@@ -234,12 +235,20 @@ def log_capital(drops: np.ndarray | Sequence[float], *, margin: float, alpha: fl
         return np.empty(x.shape), np.empty(x.shape)
     up, down, plug = _bets(x, m0, a)
     fail = _mix(np.cumsum(_log_factors(x, m0, up, True), axis=-1), np.cumsum(_log_factors(x, m0, plug, True), axis=-1))
-    passed = _mix(np.cumsum(_log_factors(x, m0, down, False), axis=-1), np.cumsum(_log_factors(x, m0, plug, False), axis=-1))
+    passed = _mix(
+        np.cumsum(_log_factors(x, m0, down, False), axis=-1), np.cumsum(_log_factors(x, m0, plug, False), axis=-1)
+    )
     return fail, passed
 
 
-def settle(drops: np.ndarray | Sequence[float], *, margin: float, looks: np.ndarray | Sequence[int],
-           alpha: float = 0.05, bound: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def settle(
+    drops: np.ndarray | Sequence[float],
+    *,
+    margin: float,
+    looks: np.ndarray | Sequence[int],
+    alpha: float = 0.05,
+    bound: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised stopping rule: (index into ``looks`` of the first settled look or -1, verdict code).
 
     ``drops`` has shape ``(..., n)``; ``looks`` are sample sizes in ``[1, n]``. Verdict codes: 1
@@ -254,11 +263,15 @@ def settle(drops: np.ndarray | Sequence[float], *, margin: float, looks: np.ndar
     any_settled = settled.any(axis=-1)
     first = np.where(any_settled, settled.argmax(axis=-1), -1)
     take = np.maximum(first, 0)[..., None]
-    code = np.where(np.take_along_axis(passed, take, -1)[..., 0], 1, np.where(np.take_along_axis(failed, take, -1)[..., 0], -1, 0))
+    code = np.where(
+        np.take_along_axis(passed, take, -1)[..., 0], 1, np.where(np.take_along_axis(failed, take, -1)[..., 0], -1, 0)
+    )
     return first, np.where(any_settled, code, 0)
 
 
-def _bracketed_root(f, lo: np.ndarray, hi: np.ndarray, f_lo: np.ndarray, f_hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _bracketed_root(
+    f, lo: np.ndarray, hi: np.ndarray, f_lo: np.ndarray, f_hi: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Shrink brackets [lo, hi] with f(lo) >= 0 > f(hi), f decreasing (vectorised), by the Illinois
     variant of regula falsi (bisection where the secant step leaves the bracket).
 
@@ -272,17 +285,17 @@ def _bracketed_root(f, lo: np.ndarray, hi: np.ndarray, f_lo: np.ndarray, f_hi: n
         rows = np.flatnonzero(hi - lo > _ROOT_TOL)
         if rows.size == 0:
             break
-        l, h, fl, fh = lo[rows], hi[rows], f_lo[rows], f_hi[rows]
+        lw, h, fl, fh = lo[rows], hi[rows], f_lo[rows], f_hi[rows]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            x = l + (h - l) * fl / (fl - fh)
-        x = np.where(np.isfinite(x) & (x > l) & (x < h), x, 0.5 * (l + h))
+            x = lw + (h - lw) * fl / (fl - fh)
+        x = np.where(np.isfinite(x) & (x > lw) & (x < h), x, 0.5 * (lw + h))
         fx = f(x, rows)
         up = fx >= 0
         # Illinois: an end that stays put twice running has its value halved (so both ends converge)
         lr = last[rows]
         f_hi[rows] = np.where(up & (lr == 1), 0.5 * fh, fh)
         f_lo[rows] = np.where(~up & (lr == -1), 0.5 * fl, fl)
-        lo[rows] = np.where(up, x, l)
+        lo[rows] = np.where(up, x, lw)
         hi[rows] = np.where(up, h, x)
         f_lo[rows] = np.where(up, fx, f_lo[rows])
         f_hi[rows] = np.where(up, f_hi[rows], fx)
@@ -290,8 +303,15 @@ def _bracketed_root(f, lo: np.ndarray, hi: np.ndarray, f_lo: np.ndarray, f_hi: n
     return lo, hi
 
 
-def confidence_bounds(drops: np.ndarray | Sequence[float], *, margin: float, at: Sequence[int] | np.ndarray,
-                      alpha: float = 0.05, bound: float = 1.0, intersect: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def confidence_bounds(
+    drops: np.ndarray | Sequence[float],
+    *,
+    margin: float,
+    at: Sequence[int] | np.ndarray,
+    alpha: float = 0.05,
+    bound: float = 1.0,
+    intersect: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Bounds of the mean drop of a single sequence after the first ``k`` drops, for each ``k`` in ``at``.
 
     ``lower = sup {mu : K+(mu) >= 1/alpha}``, ``upper = inf {mu : K-(mu) >= 1/alpha}`` (mapped back
@@ -378,7 +398,9 @@ def sequential_decide(
         raise ValueError(f"score_range must be finite (low, high) with low < high, got {score_range}")
     bound = hi_s - lo_s
     if not math.isfinite(float(max_drop)) or not -bound < max_drop < bound:
-        raise ValueError(f"max_drop={max_drop:g} must lie strictly inside (-{bound:g}, {bound:g}) for scores in {score_range}")
+        raise ValueError(
+            f"max_drop={max_drop:g} must lie strictly inside (-{bound:g}, {bound:g}) for scores in {score_range}"
+        )
     if min_n < 1:
         raise ValueError(f"min_n must be >= 1, got {min_n}")
     n_eval = len(t)
