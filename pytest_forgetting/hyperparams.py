@@ -30,7 +30,8 @@ this module imports neither torch nor the runner.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
@@ -117,25 +118,24 @@ def _fraction(low: float, high: float, shrink_towards: str = "low") -> SearchStr
     return st.integers(0, _GRID).map(lambda i: min(max(round(start + sign * i / _GRID * (high - low), 2), low), high))
 
 
+# each strategy's options, built for one ``retain`` (the retained task of ewc / replay); each option shrinks
+# towards its gentlest value (least change to the base model)
+_OPTION_STRATEGIES: dict[str, Callable[[Any], dict[str, SearchStrategy[Any]]]] = {
+    "freeze": lambda retain: {"train_last": st.integers(1, 3)},
+    "gradual_unfreeze": lambda retain: {"blocks_per_epoch": st.integers(1, 2)},
+    "lora": lambda retain: {"r": st.sampled_from([2, 4, 8, 16])},
+    "adalora": lambda retain: {"target_r": st.sampled_from([2, 4])},
+    "l2sp": lambda retain: {"penalty": log_uniform(0.01, 10.0, shrink_towards="high")},
+    "ewc": lambda retain: {"retain": st.just(retain), "penalty": log_uniform(0.01, 10.0, shrink_towards="high")},
+    "replay": lambda retain: {"retain": st.just(retain), "fraction": _fraction(0.05, 0.5, shrink_towards="high")},
+    "wise_ft": lambda retain: {"alpha": _fraction(0.0, 1.0)},
+}
+
+
 def _option_strategies(name: str, retain: Any) -> dict[str, SearchStrategy[Any]]:
-    """Each option shrinks towards its gentlest value (least change to the base model)."""
-    if name == "freeze":
-        return {"train_last": st.integers(1, 3)}
-    if name == "gradual_unfreeze":
-        return {"blocks_per_epoch": st.integers(1, 2)}
-    if name == "lora":
-        return {"r": st.sampled_from([2, 4, 8, 16])}
-    if name == "adalora":
-        return {"target_r": st.sampled_from([2, 4])}
-    if name == "l2sp":
-        return {"penalty": log_uniform(0.01, 10.0, shrink_towards="high")}
-    if name == "ewc":
-        return {"retain": st.just(retain), "penalty": log_uniform(0.01, 10.0, shrink_towards="high")}
-    if name == "replay":
-        return {"retain": st.just(retain), "fraction": _fraction(0.05, 0.5, shrink_towards="high")}
-    if name == "wise_ft":
-        return {"alpha": _fraction(0.0, 1.0)}
-    return {}
+    """Each option shrinks towards its gentlest value (least change to the base model); {} for a strategy without."""
+    build = _OPTION_STRATEGIES.get(name)
+    return build(retain) if build is not None else {}
 
 
 def strategy_options(name: str, *, retain: Any = None, **overrides: Any) -> SearchStrategy[dict[str, Any]]:

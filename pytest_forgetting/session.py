@@ -28,6 +28,11 @@ from .registry import REGISTRY
 from .results import CheckRow
 from .tasks.base import EvalResult, ModelMeta, Task, hash_arrays
 
+# every cache key is built in engine.keys (re-exported: the old names of the key parts)
+from .engine.keys import BaseEvalKey, EvalParts, PreparedKey, TunedEvalKey  # noqa: E402, I001
+from .engine.keys import _KEY_LIBRARIES, _MAX_SOURCE_BYTES, library_versions as _library_versions  # noqa: E402, F401
+from .engine.keys import model_code as _model_code, module_source_hash as _module_source_hash  # noqa: E402, F401
+
 N_FLIPPED_IDS = 5
 N_WORST_CLASSES = 3
 
@@ -369,11 +374,7 @@ class ForgettingSession:
         key = (task.name, split, task.prepare_key(meta))
         if key not in self._prepared:
             if task.cache_prepared and meta.tokenizer_cache_id:
-                disk_key = dict(
-                    kind="prepared", task_class=f"{type(task).__module__}.{type(task).__qualname__}", task=task.name,
-                    task_version=task.version, data=task.data_fingerprint(split), split=split,
-                    prepare=task.prepare_key(meta), tokenizer=meta.tokenizer_cache_id, libraries=_library_versions(),
-                )  # fmt: skip
+                disk_key = PreparedKey.of(task, split, meta).to_dict()
                 prepared = self.cache.load_prepared(disk_key, n_examples=task.size(split))
                 if prepared is None:
                     prepared = task.prepare(split, meta)
@@ -474,22 +475,24 @@ class ForgettingSession:
         self._results[memo] = out
         return out
 
-    def _eval_key(self, slot: ModelSlot, fp: str, task: Task, split: str, idx: np.ndarray, *, base: ModelSlot | None = None) -> dict[str, Any] | None:
-        """The cache key of an evaluation (recorded in the entry and verified on read), or None: not cached.
+    def _eval_key(self, slot: ModelSlot, fp: str, task: Task, split: str, idx: np.ndarray, *,
+                  base: ModelSlot | None = None) -> dict[str, Any] | None:
+        """The cache key of an evaluation (``engine.keys``), or None: not cached.
 
-        A base keeps :meth:`_base_key`. A tuned model's key is the same parts with its own
-        fingerprint, plus the fingerprint of the base it is paired with (an adapter is evaluated on
-        that base; a module without a tokenizer borrows the base's). An in-memory module's key also
-        names its tokenizer (its fingerprint covers the weights only).
+        A base's key is a :class:`BaseEvalKey`, a tuned model's a :class:`TunedEvalKey` (with the
+        fingerprint of the base it is paired with). An in-memory module's key also names its
+        tokenizer (its fingerprint covers the weights only); an exotic tokenizer means no key.
         """
-        key = self._base_key(slot, fp, task, split, idx)
+        parts = EvalParts.of(slot.ref, task, split, idx, settings=self.settings, device=self.device,
+                             batch_size=self.batch_size)
+        pair_fp = None
         if slot.role != "base":
             pair = base if base is not None else self.base
             try:
                 pair_fp = self.fingerprint(pair) if pair is not None else None
             except Exception:  # noqa: BLE001 - the base's own problem is reported where the base is used
                 return None
-            key = dict(key, kind="eval-tuned", tuned=key.pop("base"), paired_base=pair_fp)
+        tokenizer = None
         if not isinstance(slot.ref, str):
             if slot.loaded is None:
                 return None
@@ -497,23 +500,12 @@ class ForgettingSession:
                 meta = self._meta(slot.loaded)
             except Exception:  # noqa: BLE001 - a tokenizer that crashes is reported by _run, naming the model
                 return None
-            key["tokenizer"] = [meta.tokenizer_fingerprint, meta.tokenizer_cache_id]
             if meta.tokenizer is not None and meta.tokenizer_cache_id is None:
                 return None  # an exotic tokenizer: no disk cache rather than a wrong one
-        return key
-
-    def _base_key(self, slot: ModelSlot, fp: str, task: Task, split: str, idx: np.ndarray) -> dict[str, Any]:
-        """Everything that decides the base's outputs on (task, split, idx): the cache key, recorded in the entry."""
-        from . import __version__
-
-        s = self.settings
-        return dict(
-            kind="eval", base=fp, model_code=_model_code(slot.ref, s.model_factory, s.rootdir), trust_remote_code=s.trust_remote_code,
-            task=task.name, task_class=f"{type(task).__module__}.{type(task).__qualname__}", task_version=task.version,
-            data=task.data_fingerprint(split), split=split, indices=hash_arrays(idx), n=len(idx), device=self.device,
-            dtype=s.dtype, batch_size=self.batch_size, device_map=s.device_map, max_memory=s.max_memory,
-            libraries=_library_versions(), plugin=__version__,
-        )  # fmt: skip
+            tokenizer = (meta.tokenizer_fingerprint, meta.tokenizer_cache_id)
+        if slot.role == "base":
+            return BaseEvalKey(fp, parts, tokenizer).to_dict()
+        return TunedEvalKey(fp, parts, pair_fp, tokenizer).to_dict()
 
     # -- deciding ----------------------------------------------------------------------------
     def run_check(self, check: Check, *, test: str, base: ModelSlot | None = None, tuned: ModelSlot | None = None, candidate: str | None = None) -> CheckResult:
@@ -931,78 +923,6 @@ def _torch_version() -> str:
     import torch
 
     return torch.__version__
-
-
-#: libraries whose version can change a base model's outputs (or its tokenised inputs)
-_KEY_LIBRARIES = ("torch", "transformers", "peft", "tokenizers", "safetensors", "accelerate", "gguf", "numpy")
-_LIBRARY_VERSIONS: dict[str, str] = {}
-
-
-def _library_versions() -> dict[str, str]:
-    """{library: version or "absent"}, looked up once per process."""
-    if not _LIBRARY_VERSIONS:
-        import sys
-        from importlib.metadata import PackageNotFoundError, version
-
-        for name in _KEY_LIBRARIES:
-            found = getattr(sys.modules.get(name), "__version__", None)
-            if not isinstance(found, str):
-                try:
-                    found = version(name)
-                except PackageNotFoundError:
-                    found = "absent"
-            _LIBRARY_VERSIONS[name] = found
-    return dict(_LIBRARY_VERSIONS)
-
-
-_MAX_SOURCE_BYTES = 64 * 2**20
-
-
-def _model_code(ref: Any, factory: str | None, rootdir: str | None) -> dict[str, Any]:
-    """What of the model's *code* the cache key must cover (weights are in the fingerprint).
-
-    ``--model-factory module:fn``: the spec and a hash of the module's source file (read from disk,
-    not imported: a warm run never runs it); an in-memory module: its class's source file. Modules
-    that the factory module imports in turn are not covered (README "Cache").
-    """
-    out: dict[str, Any] = {}
-    if factory:
-        module_name = factory.split(":", 1)[0].strip()
-        out["factory"] = factory
-        out["factory_source"] = _module_source_hash(module_name, rootdir)
-    if ref is not None and not isinstance(ref, str):
-        cls = type(ref)
-        out["module_class"] = f"{cls.__module__}.{cls.__qualname__}"
-        out["module_source"] = _module_source_hash(cls.__module__, None)
-    return out
-
-
-def _module_source_hash(module_name: str, rootdir: str | None) -> str:
-    """sha256 of a module's file as it is on disk now ("unresolved" when it cannot be found or read)."""
-    import hashlib
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    origin = getattr(sys.modules.get(module_name), "__file__", None)
-    if origin is None:
-        if rootdir is not None:  # where resolve_factory will import it from
-            root = str(Path(rootdir).resolve())
-            if root not in sys.path:
-                sys.path.insert(0, root)
-        try:
-            spec = importlib.util.find_spec(module_name)
-        except (Exception, SystemExit):  # noqa: BLE001 - a parent package that fails to import
-            spec = None
-        origin = spec.origin if spec is not None and spec.has_location else None
-    if not origin:
-        return "unresolved"
-    try:
-        with open(origin, "rb") as fh:
-            data = fh.read(_MAX_SOURCE_BYTES + 1)
-    except OSError:
-        return "unresolved"
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _computable_metrics(task: Task, outputs: dict[str, np.ndarray]) -> list[str]:

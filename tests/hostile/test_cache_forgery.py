@@ -227,7 +227,7 @@ class _Shift(nn.Module):
 
 def test_library_and_plugin_versions_are_in_the_key(make_project, tmp_path, monkeypatch):
     import pytest_forgetting
-    from pytest_forgetting import session
+    from pytest_forgetting.engine import keys  # where the library versions of every key are read
 
     p, tuned = setup(make_project)
     cache = tmp_path / "cache"
@@ -240,13 +240,13 @@ def test_library_and_plugin_versions_are_in_the_key(make_project, tmp_path, monk
         assert part in key, part
     assert key["model_code"]["factory"] == "tinymodels:build" and key["model_code"]["factory_source"].startswith("sha256:")
     assert {"torch", "transformers", "peft", "tokenizers"} <= set(key["libraries"])
-    versions = session._library_versions()
+    versions = keys.library_versions()
     for lib in ("transformers", "peft", "torch"):
-        monkeypatch.setattr(session, "_LIBRARY_VERSIONS", {**versions, lib: versions[lib] + ".other"})
+        monkeypatch.setattr(keys, "_LIBRARY_VERSIONS", {**versions, lib: versions[lib] + ".other"})
         result, rows = run(p, tuned, cache)
         assert_honest(result, rows)
         assert not base_cached(rows), lib
-    monkeypatch.setattr(session, "_LIBRARY_VERSIONS", dict(versions))
+    monkeypatch.setattr(keys, "_LIBRARY_VERSIONS", dict(versions))
     monkeypatch.setattr(pytest_forgetting, "__version__", pytest_forgetting.__version__ + ".dev1")
     result, rows = run(p, tuned, cache)
     assert_honest(result, rows)
