@@ -11,9 +11,9 @@ Stages, timed inside the process by wrapping the plugin's functions:
 
 - ``imports``: ``import torch`` (and numpy, safetensors), which the plugin does at the first check;
 - ``task build``: the task registry building the task (reading the IDX files);
-- ``load``: loading and validating the checkpoints (``ForgettingSession._load_new``);
-- ``evaluation``: running the models (``ForgettingSession._run``);
-- ``statistics``: deciding the checks (``ForgettingSession._decide``);
+- ``load``: loading and validating the checkpoints (``engine.models.Models._load_new``);
+- ``evaluation``: running the models (``engine.evaluation.Evaluation.run``);
+- ``statistics``: deciding the checks (``engine.decision.decide``);
 - ``collection``: pytest's collection (the plugin validates markers there);
 - ``report``: the table and the JSON report (``summary.terminal_summary``);
 - ``other``: the rest of the process (Python start-up, pytest and its plugins, fingerprints, the cache).
@@ -91,10 +91,10 @@ timings["imports"] = time.perf_counter() - t
 from pytest_forgetting import session, summary
 from pytest_forgetting.registry import TaskRegistry
 TaskRegistry.get = timed("task build", TaskRegistry.get)
-S = session.ForgettingSession
-S._load_new = timed("load", S._load_new)
-S._run = timed("evaluation", S._run)
-S._decide = timed("statistics", S._decide)
+from pytest_forgetting.engine import decision, evaluation, models
+models.Models._load_new = timed("load", models.Models._load_new)
+evaluation.Evaluation.run = timed("evaluation", evaluation.Evaluation.run)
+decision.decide = timed("statistics", decision.decide)
 summary.terminal_summary = timed("report", summary.terminal_summary)
 import _pytest.main
 _pytest.main.Session.perform_collect = timed("collection", _pytest.main.Session.perform_collect)
@@ -165,7 +165,7 @@ CORE_SIZES = (1_000, 10_000, 100_000, 1_000_000)
 
 
 def _core_decide(metric, ob: dict, ot: dict, n: int, **kw):
-    """What ``ForgettingSession._decide`` calls for an aggregate metric (stat, ratio form, bounded flag, sensitivity)."""
+    """What ``engine.decision.decide`` calls for an aggregate metric (stat, ratio form, bounded flag, sensitivity)."""
     from pytest_forgetting import stats
     from pytest_forgetting.metrics import ratio_of
 
@@ -420,7 +420,7 @@ def main() -> None:
         if args.results:
             write_section("scaling-core", [
                 "## Decision core at n = 1e3 .. 1e6 per statistical path (`benchmarks/scaling.py --core`)", "",
-                "Seconds for one decision as `ForgettingSession._decide` makes it, each in a fresh process (per-example inputs built "
+                "Seconds for one decision as `engine.decision.decide` makes it, each in a fresh process (per-example inputs built "
                 "outside the timing; for aggregates the timing includes the metric's ratio form and sensitivity), n_boot = 2000 where a "
                 "bootstrap decides; the peak memory traced by tracemalloc in a second run (numpy buffers included; not measured past "
                 "10 s); RSS: the process's peak resident MiB during the decision (in brackets, its resident MiB just before it). Wall seconds "
