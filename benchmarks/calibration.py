@@ -499,12 +499,37 @@ def sim_entity(rng: np.random.Generator, n: int, sc: Scenario, at_margin: bool) 
 MNLL = 0.1  # nats
 
 
+def change_sizes(rng: np.random.Generator, n: int, big: float, params: dict) -> np.ndarray | float:
+    """Sizes of the rare changes: ``big`` itself, or random with mean ``big``: ``"sizes":
+    "pareto"`` (Pareto with tail index ``"tail"``: P(X > x) = (x_m / x)^tail, infinite variance
+    below 2, infinite fourth moment below 4) or ``"lognormal"`` (log-sd ``"sigma"``)."""
+    kind = params.get("sizes")
+    if kind is None:
+        return big
+    if kind == "pareto":
+        a = params["tail"]
+        return big * (1.0 + rng.pareto(a, n)) * (a - 1.0) / a  # classic Pareto, x_m = 1, mean a / (a - 1)
+    if kind == "lognormal":
+        sg = params["sigma"]
+        return big * np.exp(rng.normal(-0.5 * sg * sg, sg, n))
+    raise ValueError(kind)
+
+
+def noise_of(rng: np.random.Generator, n: int, s: float, params: dict) -> np.ndarray:
+    """Normal noise of sd s, or Student t with ``"noise_df"`` degrees of freedom scaled to sd s."""
+    df = params.get("noise_df")
+    if df is None:
+        return rng.normal(0, s, n)
+    return s * rng.standard_t(df, n) / math.sqrt(df / (df - 2.0))
+
+
 def sim_nll(rng: np.random.Generator, n: int, sc: Scenario, at_margin: bool) -> tuple[str, str, str]:
     s, p_bad, big = sc.params["noise"], sc.params.get("p_bad", 0.0), sc.params.get("big", 0.0)
-    shift = (MNLL if at_margin else 0.0) - p_bad * big
+    shift = (MNLL if at_margin else 0.0) - p_bad * big  # big: the mean size of a rare change
     base = 3.0 + rng.normal(0, 0.5, n)
     bad = rng.random(n) < p_bad
-    tuned = base + shift + rng.normal(0, s, n) + np.where(bad, big, 0.0)
+    noise = noise_of(rng, n, s, sc.params)
+    tuned = base + shift + noise + np.where(bad, change_sizes(rng, n, big, sc.params), 0.0)
     r = decide_scores(base, tuned, max_drop=MNLL, higher_is_better=False)
     return r.verdict, r.method, ""
 
@@ -537,20 +562,22 @@ def sim_range(rng: np.random.Generator, n: int, sc: Scenario, at_margin: bool) -
 MPPL = 0.05  # relative
 
 
-def _lm_lengths(rng: np.random.Generator, n: int, skewed: bool) -> np.ndarray:
+def _lm_lengths(rng: np.random.Generator, n: int, skewed: bool, sd: float = 1.0) -> np.ndarray:
+    """Tokens per text: log-normal (median 30, log-sd ``sd``) when skewed, else 2 + Poisson(30)."""
     if skewed:
-        return np.maximum(2, np.round(np.exp(rng.normal(math.log(30), 1.0, n)))).astype(float)
+        return np.maximum(2, np.round(np.exp(rng.normal(math.log(30), sd, n)))).astype(float)
     return (2 + rng.poisson(30, n)).astype(float)
 
 
 def sim_ppl(rng: np.random.Generator, n: int, sc: Scenario, at_margin: bool) -> tuple[str, str, str]:
     s, p_bad, big = sc.params["noise"], sc.params.get("p_bad", 0.0), sc.params.get("big", 0.0)
     shift = (math.log1p(MPPL) if at_margin else 0.0) - p_bad * big
-    ntok = _lm_lengths(rng, n, sc.params.get("skewed", False))
+    ntok = _lm_lengths(rng, n, sc.params.get("skewed", False), sc.params.get("len_sd", 1.0))
     mu = 3.0 + rng.normal(0, 0.3, n)
     bad = rng.random(n) < p_bad
     nll_b = ntok * mu
-    nll_t = ntok * (mu + shift + rng.normal(0, s, n) + np.where(bad, big, 0.0))
+    noise = rng.normal(0, s, n)
+    nll_t = ntok * (mu + shift + noise + np.where(bad, change_sizes(rng, n, big, sc.params), 0.0))
     ob, ot = {"nll": nll_b, "ntok": ntok}, {"nll": nll_t, "ntok": ntok}
     r = decide_aggregate(PERPLEXITY, ob, ot, n, max_drop=MPPL, relative=True)
     return r.verdict, r.method, ""
@@ -888,6 +915,14 @@ PATHS: list[Path] = [
         Scenario("skewed: 0.5 % 16 nats worse", {"noise": 0.2, "p_bad": 0.005, "big": 16.0}),
         Scenario("skewed: 0.5 % 8 nats better", {"noise": 0.2, "p_bad": 0.005, "big": -8.0}),
         Scenario("skewed: 1 % 8 nats worse, heavy noise", {"noise": 1.0, "p_bad": 0.01, "big": 8.0}),
+        Scenario("light: t5 noise", {"noise": 0.5, "noise_df": 5}),
+        Scenario("heavy: 1 % worse by Pareto 1.5 amounts", {"noise": 0.2, "p_bad": 0.01, "big": 4.0, "sizes": "pareto", "tail": 1.5}),
+        Scenario("heavy: 5 % worse by Pareto 1.5 amounts", {"noise": 0.2, "p_bad": 0.05, "big": 2.0, "sizes": "pareto", "tail": 1.5}),
+        Scenario("heavy: 1 % better by Pareto 1.5 amounts", {"noise": 0.2, "p_bad": 0.01, "big": -4.0, "sizes": "pareto", "tail": 1.5}),
+        Scenario("heavy: 1 % worse by Pareto 2.5 amounts", {"noise": 0.2, "p_bad": 0.01, "big": 4.0, "sizes": "pareto", "tail": 2.5}),
+        Scenario("heavy: 5 % worse by Pareto 2.5 amounts", {"noise": 0.2, "p_bad": 0.05, "big": 2.0, "sizes": "pareto", "tail": 2.5}),
+        Scenario("heavy: 2 % worse by log-normal amounts, sd 1", {"noise": 0.2, "p_bad": 0.02, "big": 4.0, "sizes": "lognormal", "sigma": 1.0}),
+        Scenario("heavy: 1 % worse by log-normal amounts, sd 2", {"noise": 0.2, "p_bad": 0.01, "big": 8.0, "sizes": "lognormal", "sigma": 2.0}),
     ], simulate=sim_nll),
     Path("range", "scores in a declared range", f"score_range {RANGE}, loss-like, max_drop {MRANGE}", [
         Scenario("churn low", {"noise": 0.05}),
@@ -903,6 +938,11 @@ PATHS: list[Path] = [
         Scenario("skewed: few much worse, long-tailed lengths", {"noise": 0.1, "p_bad": 0.02, "big": 2.0, "skewed": True}),
         Scenario("skewed: 0.5 % 4 nats worse, long-tailed lengths", {"noise": 0.1, "p_bad": 0.005, "big": 4.0, "skewed": True}),
         Scenario("skewed: 2 % 2 nats better, long-tailed lengths", {"noise": 0.1, "p_bad": 0.02, "big": -2.0, "skewed": True}),
+        Scenario("light: long-tailed lengths (sd 1), no rare change", {"noise": 0.1, "skewed": True}),
+        Scenario("light: lengths sd 1.5, no rare change", {"noise": 0.1, "skewed": True, "len_sd": 1.5}),
+        Scenario("skewed: 0.5 % 4 nats worse, lengths sd 1.5", {"noise": 0.1, "p_bad": 0.005, "big": 4.0, "skewed": True, "len_sd": 1.5}),
+        Scenario("heavy: 1 % worse by Pareto 1.5 amounts", {"noise": 0.1, "p_bad": 0.01, "big": 2.0, "sizes": "pareto", "tail": 1.5}),
+        Scenario("heavy: 2 % worse by Pareto 2.5 amounts, long-tailed lengths", {"noise": 0.1, "p_bad": 0.02, "big": 2.0, "skewed": True, "sizes": "pareto", "tail": 2.5}),
     ], simulate=sim_ppl),
     Path("wer", "WER", f"errors/words, WER {WER_B}, max_drop {MWER}", [
         Scenario("churn low", {"q_pos": 0.05, "skewed": False}),

@@ -102,6 +102,7 @@ from .no_change import (  # noqa: F401
 )
 from .refusals import (  # noqa: F401
     _MIN_BOOTSTRAP_N, _MIN_UNBOUNDED_N, _refused, _unbounded_refusal, _bootstrap_refusal, _effective_size,
+    _influence_refusal,
 )
 from .scores import (  # noqa: F401
     compare_scores, _moment_replicates, _mean_smooth, _moment_plan, _moment_draws, _ratio_comparison,

@@ -188,6 +188,19 @@ class _RatioParts:
         var = np.where(np.isfinite(var), np.maximum(var, 0.0), np.nan)
         return drop, np.sqrt(var / self.n)
 
+    def influence(self, relative: bool, hib: bool) -> np.ndarray:
+        """Per-example influence values of the drop on the whole eval set (the linearised terms
+        whose spread is the delta-method SE of :meth:`drop_and_se`), for the tail rule."""
+        w = np.ones((1, self.n))
+        vb, ib = self._model(w, self.yb, self.xb, self.present_b)
+        vt, it = self._model(w, self.yt, self.xt, self.present_t)
+        sign = 1.0 if hib else -1.0
+        infl = sign * (ib - it)
+        if relative:
+            drop = sign * (vb - vt) / np.abs(vb)
+            infl = (infl - (drop * np.sign(vb))[:, None] * ib) / np.abs(vb)[:, None]
+        return np.asarray(infl[0], dtype=float)
+
     def no_change_bound(self, relative: bool, hib: bool, bounded: bool) -> Callable[[float], float]:
         """Largest drop when a fraction f of the examples changes, used only when none did.
 

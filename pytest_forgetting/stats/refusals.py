@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import tail_rule as _tail
 from .verdict import _N_NEEDED_CAP, INCONCLUSIVE, Comparison, _result, _Settle
 
 #: The bootstrap paths decide only from this many examples. Below it a few examples that carry
@@ -56,6 +57,21 @@ def _unbounded_refusal(n: int, drop: float, common: dict[str, Any], what: str = 
         f"the {n:,} examples weigh like {eff:,.0f} (effective size of the denominators, (sum)^2 / sum "
         f"of squares): below {_MIN_UNBOUNDED_N:,} a drop of {what} carried by a few examples is too "
         "often missing from the sample, so no method here is valid; use more examples"))
+
+
+def _influence_refusal(infl: np.ndarray, drop: float, common: dict[str, Any], what: str,
+                       fix: str) -> Comparison | None:
+    """INCONCLUSIVE when the effective size of the influence values ``infl`` (:mod:`..tail_rule`)
+    is below its minimum: the change is carried by a few examples, or its variance is infinite,
+    and no resampling interval is valid. No n_needed: no sample size is sure to cure it. The
+    minimum is stated at the floor of 1,000 examples and moves with ``_MIN_UNBOUNDED_N`` (a test
+    that lowers the floor to reach the bootstrap's arithmetic lowers both)."""
+    minimum = _tail.MIN_INFLUENCE_SIZE * _MIN_UNBOUNDED_N / 1000.0
+    n_inf = _tail.influence_size(infl)
+    if not _tail.too_few(n_inf, minimum):
+        return None
+    return _result(verdict=INCONCLUSIVE, drop=drop, low=-math.inf, high=math.inf, method="refused",
+                   note=_tail.refusal_note(n_inf, what, fix, minimum), **common)
 
 
 def _bootstrap_refusal(n: int, drop: float, common: dict[str, Any],

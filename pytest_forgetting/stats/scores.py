@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import bounded as _bounded
+from .. import tail_rule as _tail
 from .bootstrap import (
     _count_chunks,
     _distinct_rows,
@@ -20,7 +21,7 @@ from .bootstrap import (
 )
 from .no_change import _no_change
 from .paired import _CC_FAIL, _paired_bounds, _ratio_bound, min_n_to_pass
-from .refusals import _unbounded_refusal
+from .refusals import _influence_refusal, _unbounded_refusal
 from .settle import _normal_settle, _tango_settle
 from .special import _cp_upper, _z
 from .validation import _as_pair, _check_common, _is_binary
@@ -92,6 +93,14 @@ def compare_scores(
 
     diff = b_arr - t_arr if hib else t_arr - b_arr
     drop = float(_drop_of(base_value, tuned_value, rel, hib))
+    if np.ptp(diff) == 0.0 and diff[0] == 0.0 and np.ptp(b_arr) == 0.0:
+        # one constant score for both models: no example shows a scale for a change, at any n
+        return _result(verdict=INCONCLUSIVE, drop=0.0, low=-math.inf, high=math.inf, method="no-change",
+                       settle=_Settle(why=(
+                           "more examples of one constant score cannot settle it; declare "
+                           "score_range=(low, high) and the exact no-change rule decides with the range's width")),
+                       note=(f"every score of both models is {b_arr[0]:g}, so the sample shows no scale for a "
+                             "change and nothing bounds the drop"), nfr=nfr, pfr=pfr, **common)
     # no declared range: nothing bounds a change the sample does not show (see _MIN_UNBOUNDED_N)
     refusal = _unbounded_refusal(n, drop, dict(nfr=nfr, pfr=pfr, **common))
     if refusal is not None:
@@ -104,6 +113,11 @@ def compare_scores(
         return _degenerate(drop=drop, method="bootstrap-t", why=(
             f"every example's difference is the same ({diff[0]:g}), so the bootstrap has no "
             "spread and no bound is valid"), **common)
+    # a change carried by a few examples, or with an infinite variance: no resampling interval is valid
+    refusal = _influence_refusal(_tail.mean_influence(b_arr, diff, rel), drop, dict(nfr=nfr, pfr=pfr, **common),
+                                 what="the mean score", fix="declare score_range=(low, high) to decide")
+    if refusal is not None:
+        return refusal
     sqrt_n = math.sqrt(n)
     if rel:
         def batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from .bootstrap import _bca_bounds, _bootstrap_replicates, _jackknife, _studenti
 from .no_change import _check_sensitivity, _no_change, _sensitivity_comparison
 from .paired import min_n_to_pass
 from .ratio import _RatioParts
-from .refusals import _bootstrap_refusal, _effective_size, _refused, _unbounded_refusal
+from .refusals import _bootstrap_refusal, _effective_size, _influence_refusal, _refused, _unbounded_refusal
 from .settle import _normal_settle
 from .validation import _check_common
 from .verdict import INCONCLUSIVE, Comparison, Ratio, Sensitivity, _decide, _degenerate, _drop_of, _result
@@ -124,6 +124,13 @@ def compare_statistic(
     refusal = _bootstrap_refusal(n, drop, common, n_eff=None if parts is None else _effective_size(parts.xb, parts.xt))
     if refusal is not None:
         return refusal
+    if parts is not None and not bounded:
+        # a change carried by a few texts (long ones, or a heavy-tailed change): no interval is valid
+        refusal = _influence_refusal(parts.influence(rel, hib), drop, common, what="an unbounded ratio metric",
+                                     fix=("no method here can decide it on this eval set (a per-example metric "
+                                          "with a declared score_range=(low, high) can)"))
+        if refusal is not None:
+            return refusal
     if parts is not None and parts.width > 1:
         mass = min(float(parts.xb.sum(axis=0)[parts.present_b].min()),
                    float(parts.xt.sum(axis=0)[parts.present_t].min()))
