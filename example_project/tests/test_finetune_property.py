@@ -9,7 +9,7 @@ configuration (the least aggressive one that still forgets) under the verdict.
 
 from hypothesis import given, settings
 
-import pytest_forgetting.hyperparams as fs
+import pytest_forgetting.strategies as fs
 
 
 def test_lora_keeps_mnist_and_learns_digits(finetune, forgetting):
