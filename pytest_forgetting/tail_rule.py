@@ -52,10 +52,17 @@ def influence_size(values: np.ndarray) -> float:
     if top == 0.0:
         return 0.0
     z = z / top
-    sq = z * z
-    s2 = float(sq.sum())
-    s4 = float(np.dot(sq, sq))
-    return s2 * s2 / s4 if s4 > 0.0 else 0.0
+    return kish_size(z * z)
+
+
+def kish_size(weights: np.ndarray) -> float:
+    """Kish's effective sample size (sum w)^2 / sum w^2 of 1-D ``weights``: n when every example
+    weighs the same, 0.0 when every weight is 0. ``influence_size`` is this of the weights z^2; the
+    decision core's floor for ratios of sums (``stats.refusals._effective_size``) is this of the
+    denominators."""
+    sq = float(np.dot(weights, weights))
+    total = float(weights.sum())
+    return total * total / sq if sq > 0.0 else 0.0
 
 
 def mean_influence(base: np.ndarray, diff: np.ndarray, relative: bool) -> np.ndarray:

@@ -100,6 +100,5 @@ def _effective_size(*dens: np.ndarray) -> float:
     out = math.inf
     for den in dens:
         w = den.sum(axis=1) if den.ndim == 2 else den
-        sq = float(np.dot(w, w))
-        out = min(out, float(w.sum()) ** 2 / sq if sq > 0 else 0.0)
+        out = min(out, _tail.kish_size(w))
     return out
