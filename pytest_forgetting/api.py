@@ -59,13 +59,24 @@ class Forgetting:
         if record and item is not None and check is not None:  # an ERROR is a row of the summary, as for markers
             from .phases import _error_row
 
-            _error_row(item, self._indices.setdefault((item.nodeid, check, ""), 1000 + len(self._indices)), check, error)
+            _error_row(
+                item, self._indices.setdefault((item.nodeid, check, ""), 1000 + len(self._indices)), check, error
+            )
         from .escape import terminal  # file, tensor and task names in the error: one visible line
 
         pytest.fail(terminal(error if error.startswith(where) else f"{where}: {error}"), pytrace=False)
 
-    def compare(self, task: str, base: Any = None, tuned: Any = None, *, metric: str | None = None, split: str = "test",
-                max_drop: float = 0.0, relative: bool = False) -> Any:
+    def compare(
+        self,
+        task: str,
+        base: Any = None,
+        tuned: Any = None,
+        *,
+        metric: str | None = None,
+        split: str = "test",
+        max_drop: float = 0.0,
+        relative: bool = False,
+    ) -> Any:
         """Evaluate base and tuned on ``task`` (paired) and return the Comparison; never fails the test."""
         __tracebackhide__ = True
         kwargs = {"task": task, "max_drop": max_drop, "relative": relative, "split": split}
@@ -94,7 +105,9 @@ class Forgetting:
         from .report import failure_message
 
         result = self._run(kind, kwargs, base, tuned, record=True)
-        result.row = row = replace(result.row, outcome=outcome_for(result.row.verdict, self._state.settings.inconclusive))
+        result.row = row = replace(
+            result.row, outcome=outcome_for(result.row.verdict, self._state.settings.inconclusive)
+        )
         item = getattr(self._state, "current_item", None)
         if item is not None:
             # one row per (test, check): under @given the last example (Hypothesis' final, shrunk one) wins

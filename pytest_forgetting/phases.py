@@ -83,13 +83,35 @@ def _interrupted_rows(item: pytest.Item, checks: list[Check], index: int, exc: B
 
 
 def _error_row(item: pytest.Item, index: int, check: Check, reason: str, candidate: str = "") -> None:
-    row = CheckRow.from_dict({
-        "test": item.nodeid, "task": check.task, "split": check.split, "metric": check.metric or "-",
-        "kind": check.kind,
-        "candidate": candidate, "n": 0, "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None,
-        "margin": check.margin, "relative": check.relative, "nfr": None, "verdict": Verdict.ERROR, "reason": reason,
-        "n_needed": None, "worst_classes": [], "flipped_ids": [], "base_cached": False, "base_eval_s": 0.0,
-        "tuned_eval_s": 0.0, "higher_is_better": True, "outcome": Outcome.ERROR})
+    row = CheckRow.from_dict(
+        {
+            "test": item.nodeid,
+            "task": check.task,
+            "split": check.split,
+            "metric": check.metric or "-",
+            "kind": check.kind,
+            "candidate": candidate,
+            "n": 0,
+            "base": None,
+            "tuned": None,
+            "drop": None,
+            "ci_low": None,
+            "ci_high": None,
+            "margin": check.margin,
+            "relative": check.relative,
+            "nfr": None,
+            "verdict": Verdict.ERROR,
+            "reason": reason,
+            "n_needed": None,
+            "worst_classes": [],
+            "flipped_ids": [],
+            "base_cached": False,
+            "base_eval_s": 0.0,
+            "tuned_eval_s": 0.0,
+            "higher_is_better": True,
+            "outcome": Outcome.ERROR,
+        }
+    )
     record_row(item, index, row)
 
 
@@ -121,6 +143,7 @@ def _is_hypothesis_test(item: pytest.Item) -> bool:
 
 def _severity(row: CheckRow) -> tuple[int, float]:
     """Worse verdict first, then the higher upper bound of the drop above its margin."""
+
     def num(key: str) -> float:
         value = row.get(key)
         return float(value) if isinstance(value, (int, float)) and value == value else float("-inf")
@@ -132,8 +155,15 @@ def attach_rows(item: pytest.Item, report: pytest.TestReport) -> None:
     """Put this item's rows on its report (a JSON string, so it survives xdist's serialisation)."""
     rows = item.stash.get(ROWS_KEY, None)
     if rows:
-        setattr(report, ROWS_ATTR, json.dumps(
-            [{"index": i, "row": r.to_json()} for i, r in sorted(rows.items())], sort_keys=True, default=_json_default))
+        setattr(
+            report,
+            ROWS_ATTR,
+            json.dumps(
+                [{"index": i, "row": r.to_json()} for i, r in sorted(rows.items())],
+                sort_keys=True,
+                default=_json_default,
+            ),
+        )
 
 
 def _json_default(obj: Any) -> Any:
@@ -192,4 +222,3 @@ def show_notes(exc: BaseException) -> None:
     msg = getattr(exc, "msg", None)
     if notes and isinstance(msg, str) and not getattr(exc, "pytrace", True) and notes[0] not in msg:
         exc.msg = "\n".join([msg, "", *notes])  # type: ignore[attr-defined]
-

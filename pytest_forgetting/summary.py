@@ -34,8 +34,9 @@ def header(st: ForgettingPlugin) -> dict[str, Any]:
         fps.update(row.get("_fingerprints", {}))
     return {
         "base_ckpt": {"ref": s.base_ckpt, "fingerprint": fps.get(s.base_ckpt or "", "")},
-        "tuned_ckpts": [{"ref": r, "fingerprint": fps.get(r, ""), "name": _cand_name(r, s.tuned_ckpts)}
-                        for r in s.tuned_ckpts],
+        "tuned_ckpts": [
+            {"ref": r, "fingerprint": fps.get(r, ""), "name": _cand_name(r, s.tuned_ckpts)} for r in s.tuned_ckpts
+        ],
         "device": next((row.get("_device") for row in rows if row.get("_device")), s.device),
         "dtype": s.dtype,
         "alpha": s.alpha,
@@ -113,8 +114,11 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     for line in lines:
         tr.write_line(line)
     if st.interrupted:
-        tr.write_line("forgetting: the run was interrupted: these results are partial "
-                      "(the reports say \"interrupted\"); run it to the end before trusting them", red=True)
+        tr.write_line(
+            "forgetting: the run was interrupted: these results are partial "
+            '(the reports say "interrupted"); run it to the end before trusting them',
+            red=True,
+        )
     from .mismatch import run_warnings  # a tuned checkpoint identical to the base, a base at chance
 
     notes = run_warnings(st.sorted_rows())
@@ -124,9 +128,11 @@ def terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     head["interrupted"] = st.interrupted
     head["warnings"] = notes
     s = st.settings
-    outputs = ((s.json_path, lambda p: report.write_json(p, head, rows)),
-               (s.markdown_path, lambda p: report.write_markdown(p, head, rows)),
-               (s.plot_path, lambda p: report.write_plot(p, rows, alpha=s.alpha)))
+    outputs = (
+        (s.json_path, lambda p: report.write_json(p, head, rows)),
+        (s.markdown_path, lambda p: report.write_markdown(p, head, rows)),
+        (s.plot_path, lambda p: report.write_plot(p, rows, alpha=s.alpha)),
+    )
     for path, write in outputs:
         if not path:
             continue
@@ -183,13 +189,19 @@ def outcome_note(rows: list[CheckRow]) -> str:
     by_test: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_test.setdefault(str(row.get("test")), []).append(row)
-    odd = [t for t, rs in by_test.items() if rs[0].get("pytest_outcome") in ("failed", "error")
-           and all(r.get("outcome") in ("passed", "warned") for r in rs)]
+    odd = [
+        t
+        for t, rs in by_test.items()
+        if rs[0].get("pytest_outcome") in ("failed", "error")
+        and all(r.get("outcome") in ("passed", "warned") for r in rs)
+    ]
     if not odd:
         return ""
     many = len(odd) != 1
-    return (f"; pytest: {len(odd)} test{'s' if many else ''} with passing checks failed "
-            f"(in {'their bodies' if many else 'its body'}, fixtures or teardown: see pytest's summary)")
+    return (
+        f"; pytest: {len(odd)} test{'s' if many else ''} with passing checks failed "
+        f"(in {'their bodies' if many else 'its body'}, fixtures or teardown: see pytest's summary)"
+    )
 
 
 def _public(row: CheckRow) -> CheckRow:
@@ -211,14 +223,20 @@ def report_header(config: pytest.Config) -> list[str]:
         import torch
 
         device = "auto -> cuda" if torch.cuda.is_available() else "auto -> cpu (no CUDA device)"
-    lines = [f"forgetting: base={s.base_ckpt} ({src.get('base_ckpt')}), "
-             f"tuned={', '.join(s.tuned_ckpts) or '-'} ({src.get('tuned_ckpts')})"]
-    lines.append(f"forgetting: device={device} ({src.get('device')}), dtype={s.dtype}, alpha={s.alpha:g}, "
-                 f"batch_size={s.batch_size}, inconclusive={s.inconclusive}, "
-                 f"cache={'off' if s.no_cache else s.cache_dir}")
+    lines = [
+        f"forgetting: base={s.base_ckpt} ({src.get('base_ckpt')}), "
+        f"tuned={', '.join(s.tuned_ckpts) or '-'} ({src.get('tuned_ckpts')})"
+    ]
+    lines.append(
+        f"forgetting: device={device} ({src.get('device')}), dtype={s.dtype}, alpha={s.alpha:g}, "
+        f"batch_size={s.batch_size}, inconclusive={s.inconclusive}, "
+        f"cache={'off' if s.no_cache else s.cache_dir}"
+    )
     if s.device_map:
-        lines.append(f"forgetting: device_map={s.device_map} ({src.get('device_map')})"
-                     + (f", max_memory={s.max_memory} ({src.get('max_memory')})" if s.max_memory else ""))
+        lines.append(
+            f"forgetting: device_map={s.device_map} ({src.get('device_map')})"
+            + (f", max_memory={s.max_memory} ({src.get('max_memory')})" if s.max_memory else "")
+        )
     from .escape import terminal  # checkpoint paths are chosen by whoever names the files
 
     return [terminal(line) for line in lines]

@@ -28,7 +28,8 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -132,7 +133,9 @@ class _ControllerGroups:
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict):
-                groups.update({k: f"xdist_group:{v}" for k, v in data.items() if isinstance(k, str) and isinstance(v, str)})
+                groups.update(
+                    {k: f"xdist_group:{v}" for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+                )
         return groups
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
@@ -140,7 +143,7 @@ class _ControllerGroups:
 
 
 def _scheduler_class(base: type) -> type:
-    class TaskGroupScheduling(base):  # type: ignore[misc, valid-type]
+    class TaskGroupScheduling(base):
         """pytest-xdist's scope scheduling, a test's scope being its group (else the test itself)."""
 
         def __init__(self, config: pytest.Config, log: Any, read_groups: Callable[[], dict[str, str]]) -> None:

@@ -44,7 +44,9 @@ def check(dist: Path) -> list[str]:
         in_package = {n for n in names if n.startswith(PACKAGE + "/")}
         for missing in sorted(expected - in_package):
             problems.append(f"{wheels[0].name}: missing {missing}")
-        for extra in sorted(n for n in names if n.split("/")[0] in {"tests", "example_project", "benchmarks", "scripts"}):
+        for extra in sorted(
+            n for n in names if n.split("/")[0] in {"tests", "example_project", "benchmarks", "scripts"}
+        ):
             problems.append(f"{wheels[0].name}: should not contain {extra}")
         entry_points = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         if not entry_points:
@@ -52,7 +54,10 @@ def check(dist: Path) -> list[str]:
         else:
             parser = configparser.ConfigParser()
             parser.read_string(whl.read(entry_points[0]).decode())
-            if not parser.has_section("pytest11") or parser.get("pytest11", "forgetting", fallback=None) != f"{PACKAGE}.plugin":
+            if (
+                not parser.has_section("pytest11")
+                or parser.get("pytest11", "forgetting", fallback=None) != f"{PACKAGE}.plugin"
+            ):
                 problems.append(f"{wheels[0].name}: no pytest11 entry point 'forgetting = {PACKAGE}.plugin'")
 
     with tarfile.open(sdists[0]) as sdist:
@@ -71,7 +76,9 @@ def main(argv: list[str]) -> int:
     for line in problems:
         print(line, file=sys.stderr)
     if not problems:
-        print(f"check_dist: wheel and sdist in {argv[0]} hold all {len(source_files())} package files and the pytest11 entry point")
+        print(
+            f"check_dist: wheel and sdist in {argv[0]} hold all {len(source_files())} package files and the pytest11 entry point"
+        )
     return 1 if problems else 0
 
 
