@@ -112,7 +112,7 @@ def _declared_items(
 ) -> list[pytest.Item]:
     seen: dict[str, int] = {}
     items: list[pytest.Item] = []
-    names = candidates(config) or [None]
+    names: list[str | None] = [*candidates(config)] or [None]
     for check, _ in checks:
         label = declared_name(check)
         seen[label] = seen.get(label, 0) + 1

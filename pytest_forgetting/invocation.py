@@ -48,7 +48,7 @@ def _setup(config: Any, args: list[str]) -> tuple[Path, Path | None] | None:
     except ImportError:  # pragma: no cover - a pytest without it
         return None
     ns = config.known_args_namespace
-    candidates = {
+    candidates: dict[str, Any] = {
         "inifile": getattr(ns, "inifilename", None),
         "override_ini": getattr(ns, "override_ini", None),
         "args": args,

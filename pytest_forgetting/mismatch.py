@@ -12,7 +12,7 @@ Standard library only at import time (the collection-time check runs in every ma
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +236,7 @@ def chance_level(task: Any, split: str, metric: str) -> tuple[float, str] | None
     return uniform, f"1/{k} classes, {uniform:.1%}"
 
 
-def run_warnings(rows: list[dict[str, Any]]) -> list[str]:
+def run_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """One line per suspicious setup seen in the rows: a tuned checkpoint identical to the base, a base at chance."""
     from .escape import terminal
 

@@ -186,7 +186,7 @@ def with_outcomes(st: ForgettingPlugin) -> list[CheckRow]:
 
 def outcome_note(rows: list[CheckRow]) -> str:
     """So that the summary line never reads green while pytest failed the tests it describes."""
-    by_test: dict[str, list[dict[str, Any]]] = {}
+    by_test: dict[str, list[CheckRow]] = {}
     for row in rows:
         by_test.setdefault(str(row.get("test")), []).append(row)
     odd = [

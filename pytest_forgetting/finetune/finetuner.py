@@ -73,6 +73,6 @@ def terminal_writer(config: Any) -> Callable[[str], None] | None:
 
 def fixture(config: Any) -> Finetuner:
     """What the ``finetune`` fixture returns."""
-    from ..runner import state
+    from ..state import state
 
     return Finetuner(state(config), terminal_writer(config))
