@@ -217,6 +217,56 @@ def test_unbounded_scores_are_refused_below_the_floor():
     assert res.method == "refused" and res.n_needed > 10 * n
 
 
+# -- the tail rule of the unbounded paths (pytest_forgetting/tail_rule.py) ---------------------
+
+
+def heavy_tailed_nll(n: int, margin: float, *, p_bad: float = 0.01, big: float = 4.0, tail: float = 1.5,
+                     noise: float = 0.2):
+    """benchmarks/calibration.py's ``heavy: 1 % worse by Pareto 1.5 amounts`` (``sim_nll`` with
+    ``change_sizes``): a fraction ``p_bad`` of the examples worse by a classic Pareto amount of
+    tail index ``tail`` (infinite variance below 2) and mean ``big``, the rest by normal noise;
+    the population mean change is exactly ``margin``. ``p_bad=0``: light normal noise only."""
+
+    def decide(rng):
+        base = 3.0 + rng.normal(0.0, 0.5, n)
+        bad = rng.random(n) < p_bad
+        sizes = big * (1.0 + rng.pareto(tail, n)) * (tail - 1.0) / tail
+        tuned = base + (margin - p_bad * big) + rng.normal(0.0, noise, n) + np.where(bad, sizes, 0.0)
+        return stats.compare_scores(base, tuned, max_drop=0.1, higher_is_better=False, n_boot=N_BOOT)
+
+    return decide
+
+
+def test_tail_rule_keeps_heavy_tailed_change_sizes_at_the_margin():
+    """1 % of 1,000 examples worse by Pareto-1.5 amounts, at the margin: without the rule the
+    bootstrap-t false-PASSes 0.21 (200 runs, docs/calibration.md); with it the change's influence
+    values weigh like ~6 examples and the check is refused (n_inf < 50; a sample that looks
+    light-tailed would be decided, none does in these 100), so false PASS stays <= alpha + 3 SE.
+    With tail_rule.MIN_INFLUENCE_SIZE set to 0 this test fails (false PASS 0.18 > 0.115)."""
+    reps = 100
+    rng = np.random.default_rng(1511)
+    decide = heavy_tailed_nll(1000, 0.1)
+    results = [decide(rng) for _ in range(reps)]
+    pass_rate = sum(r.verdict == PASS for r in results) / reps
+    fail_rate = sum(r.verdict == FAIL for r in results) / reps
+    assert pass_rate <= _limit(reps)
+    assert fail_rate <= _limit(reps)
+    refused = [r for r in results if r.method == "refused"]
+    assert len(refused) >= reps // 2
+    assert all(r.n_needed is None and "score_range" in r.reason for r in refused)
+
+
+def test_tail_rule_never_refuses_light_noise():
+    """Normal differences weigh like n / 3 (~333 at n = 1,000): the rule never refuses them, and
+    identical-in-distribution models still PASS."""
+    reps = 40
+    rng = np.random.default_rng(1512)
+    drop0 = heavy_tailed_nll(1000, 0.0, p_bad=0.0)
+    results = [drop0(rng) for _ in range(reps)]
+    assert not any(r.method == "refused" for r in results)
+    assert sum(r.verdict == PASS for r in results) >= reps - 2
+
+
 def skewed_in_range(n: int, margin: float, p_bad: float, big: float, relative: bool = False, drop: float | None = None):
     """Loss-like scores in the declared range [0, 1] (lower is better): a fraction p_bad of the
     examples ``big`` worse (or better), the rest shifted so that the true drop is ``drop``
