@@ -24,7 +24,15 @@ from enum import Enum
 from typing import Any, ClassVar
 
 __all__ = [
-    "ABSENT", "CheckKind", "CheckRow", "ClassDrop", "Outcome", "Provenance", "Verdict", "gain_triple", "min_gain",
+    "ABSENT",
+    "CheckKind",
+    "CheckRow",
+    "ClassDrop",
+    "Outcome",
+    "Provenance",
+    "Verdict",
+    "gain_triple",
+    "min_gain",
     "outcome_for",
 ]
 
@@ -310,7 +318,11 @@ class CheckRow(_Record):
 
     _KEYS: ClassVar[Mapping[str, str]] = {"chance": "_chance", "device": "_device", "fingerprints": "_fingerprints"}
     _CONVERT: ClassVar[Mapping[str, Any]] = {
-        "kind": CheckKind, "verdict": Verdict, "outcome": Outcome, "worst_classes": _class_drops, "flipped_ids": list,
+        "kind": CheckKind,
+        "verdict": Verdict,
+        "outcome": Outcome,
+        "worst_classes": _class_drops,
+        "flipped_ids": list,
     }
     PRIVATE: ClassVar[tuple[str, ...]] = ("chance", "device", "fingerprints")
 
@@ -323,9 +335,15 @@ class CheckRow(_Record):
         def get(key: str, default: Any) -> Any:
             return self.get(key, default)
 
-        return Provenance(device=get("_device", None), fingerprints=get("_fingerprints", None) or {},
-                          base_reuse=get("base_reuse", ""), tuned_reuse=get("tuned_reuse", ""),
-                          base_cached=self.base_cached, base_eval_s=self.base_eval_s, tuned_eval_s=self.tuned_eval_s)
+        return Provenance(
+            device=get("_device", None),
+            fingerprints=get("_fingerprints", None) or {},
+            base_reuse=get("base_reuse", ""),
+            tuned_reuse=get("tuned_reuse", ""),
+            base_cached=self.base_cached,
+            base_eval_s=self.base_eval_s,
+            tuned_eval_s=self.tuned_eval_s,
+        )
 
     @property
     def is_improves(self) -> bool:

@@ -262,9 +262,7 @@ def values_texts(row: CheckRow, values: list[Any]) -> list[str]:
     tuned visibly differ by the drop shown beside them (12.34 -> 13.15, drop +0.81).
     """
     if row.is_bounded:
-        return [
-            f"{fixed(float(v) * 100, 1)}%" if finite(v) else nonfinite_text(v) for v in values
-        ]
+        return [f"{fixed(float(v) * 100, 1)}%" if finite(v) else nonfinite_text(v) for v in values]
     mags = [abs(float(v)) for v in values if finite(v)]
     decimals = sig_decimals(max(mags) if mags else 0.0)
     if not row.relative:
@@ -396,4 +394,4 @@ def truncate_left(text: str, width: int) -> str:
         return text
     if width <= 1:
         return ELLIPSIS[:width]
-    return ELLIPSIS + text[-(width - 1):]
+    return ELLIPSIS + text[-(width - 1) :]

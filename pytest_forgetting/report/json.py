@@ -44,8 +44,7 @@ def build_json(header: Mapping[str, Any], rows: Iterable[Row]) -> dict[str, Any]
     typed = [as_row(r) for r in rows]
     summary: dict[str, Any] = summary_counts(typed)
     summary["by_candidate"] = {
-        c: summary_counts(r for r in typed if str(r.candidate or "") == c)
-        for c in candidates(typed)
+        c: summary_counts(r for r in typed if str(r.candidate or "") == c) for c in candidates(typed)
     }
     report = plain(dict(header))
     report["rows"] = [plain(dict(r)) for r in rows]
@@ -60,8 +59,6 @@ def dumps_json(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
     return escape.json_text(text) + "\n"  # raw values, but no character a terminal acts on
 
 
-def write_json(
-    path: str | os.PathLike[str], header: Mapping[str, Any], rows: Iterable[Row]
-) -> None:
+def write_json(path: str | os.PathLike[str], header: Mapping[str, Any], rows: Iterable[Row]) -> None:
     """Write the JSON report atomically (:func:`~pytest_forgetting._util.atomic_write`: temp file, fsync, rename)."""
     atomic_write(path, dumps_json(header, rows).encode("utf-8"), fsync=True, chmod=REPORT_MODE)

@@ -21,10 +21,32 @@ __all__ = ["junit_properties"]
 
 # The order of the JUnit properties (and the order a reader expects); other keys follow, sorted.
 _ROW_KEYS = (
-    "test", "candidate", "task", "split", "metric", "kind", "n", "base", "tuned", "drop",
-    "ci_low", "ci_high", "margin", "relative", "bounded", "higher_is_better", "nfr", "verdict",
-    "reason", "n_needed", "outcome", "worst_classes", "flipped_ids", "base_cached",
-    "base_eval_s", "tuned_eval_s",
+    "test",
+    "candidate",
+    "task",
+    "split",
+    "metric",
+    "kind",
+    "n",
+    "base",
+    "tuned",
+    "drop",
+    "ci_low",
+    "ci_high",
+    "margin",
+    "relative",
+    "bounded",
+    "higher_is_better",
+    "nfr",
+    "verdict",
+    "reason",
+    "n_needed",
+    "outcome",
+    "worst_classes",
+    "flipped_ids",
+    "base_cached",
+    "base_eval_s",
+    "tuned_eval_s",
 )
 
 

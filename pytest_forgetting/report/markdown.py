@@ -86,8 +86,13 @@ def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
     several = len(candidates(checks)) > 1
     out = [f"### pytest-forgetting: {counts_phrase(checks) if checks else 'no checks'}", ""]
     if header.get("interrupted"):
-        out += [("> **Interrupted:** the run did not finish, so these results are partial; "
-                 "run it to the end before trusting them."), ""]
+        out += [
+            (
+                "> **Interrupted:** the run did not finish, so these results are partial; "
+                "run it to the end before trusting them."
+            ),
+            "",
+        ]
 
     tuned = header.get("tuned_ckpts") or []
     tuned_text = ", ".join(_ckpt_text(t) for t in tuned) if tuned else "?"
@@ -117,8 +122,11 @@ def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
         cells = row_cells(row, short)
         cells[-1] = f"{ICONS[verdict_of(row)]} {cells[-1]}"
         # test, task and metric are the row's own names (escaped); the rest is the plugin's text
-        cells = ([escape.markdown_code(cells[0])] + [escape.markdown(c) for c in cells[1:3]]
-                 + [_md_cell(c) for c in cells[3:]])
+        cells = (
+            [escape.markdown_code(cells[0])]
+            + [escape.markdown(c) for c in cells[1:3]]
+            + [_md_cell(c) for c in cells[3:]]
+        )
         if several:
             cells.insert(0, _candidate_text(row))
         out.append("| " + " | ".join(cells) + " |")
@@ -168,8 +176,7 @@ def _reuse_phrase(rows: list[CheckRow]) -> str:
     return f"Evaluations per check: {'; '.join(parts)}." if parts else ""
 
 
-def write_markdown(path: str | os.PathLike[str], header: Mapping[str, Any],
-                   rows: Iterable[Row]) -> None:
+def write_markdown(path: str | os.PathLike[str], header: Mapping[str, Any], rows: Iterable[Row]) -> None:
     """Write :func:`format_markdown` atomically. ``$GITHUB_STEP_SUMMARY`` wants appending:
     the plugin (not this function) should append the text there instead."""
     atomic_write(path, format_markdown(header, rows).encode("utf-8"), fsync=True, chmod=REPORT_MODE)

@@ -94,8 +94,10 @@ def _gain(row: CheckRow, value: Any) -> str:
 
 def _contains_phrase(row: CheckRow, m: re.Match) -> str:
     _, low, high = gain_triple(None, float(m[2]), float(m[3]))  # the drop's interval as the gain's
-    return (f"gain {(m[1] or 'interval ').strip()} [{_gain(row, low)}, {_gain(row, high)}] {m[4] or ''}"
-            f"contains the required {_gain(row, min_gain(float(m[5])))}")
+    return (
+        f"gain {(m[1] or 'interval ').strip()} [{_gain(row, low)}, {_gain(row, high)}] {m[4] or ''}"
+        f"contains the required {_gain(row, min_gain(float(m[5])))}"
+    )
 
 
 def _above_phrase(row: CheckRow, m: re.Match) -> str:
@@ -105,13 +107,19 @@ def _above_phrase(row: CheckRow, m: re.Match) -> str:
 
 def _below_phrase(row: CheckRow, m: re.Match) -> str:
     _, _, high = gain_triple(None, float(m[1]), None)  # the drop's lower bound is the gain's upper bound
-    return (f"upper bound of the gain {_gain(row, high)} < required {_gain(row, min_gain(float(m[2])))} "
-            "(proven: it gains less)")
+    return (
+        f"upper bound of the gain {_gain(row, high)} < required {_gain(row, min_gain(float(m[2])))} "
+        "(proven: it gains less)"
+    )
 
 
 _DROP_PHRASES = (  # the decision core's wording in drops (positive = worse) -> the same in gains
-    (re.compile(rf"^(confidence sequence |interval )?\[{_NUMBER}, {_NUMBER}\] (still )?contains the margin {_NUMBER}"),
-     _contains_phrase),
+    (
+        re.compile(
+            rf"^(confidence sequence |interval )?\[{_NUMBER}, {_NUMBER}\] (still )?contains the margin {_NUMBER}"
+        ),
+        _contains_phrase,
+    ),
     (re.compile(rf"^upper bound of the drop {_NUMBER} < margin {_NUMBER}"), _above_phrase),
     (re.compile(rf"^lower bound of the drop {_NUMBER} > margin {_NUMBER} \(proven regression\)"), _below_phrase),
 )
@@ -122,7 +130,7 @@ def _gain_reason(row: CheckRow, reason: str) -> str:
     for pattern, say in _DROP_PHRASES:
         m = pattern.match(reason)
         if m:
-            return say(row, m) + reason[m.end():]
+            return say(row, m) + reason[m.end() :]
     return reason
 
 
@@ -170,11 +178,9 @@ def failure_message(row: Row, *, max_classes: int = 3, max_ids: int = 5) -> str:
         f"({escape.terminal(row.metric or '?', NAME_LIMIT)}, {direction} is better)"
     )
     if row.nfr is not None:
-        lines.append(f"  NFR:      {nfr_text(row)} of examples flipped from right (base) "
-                     "to wrong (tuned)")
+        lines.append(f"  NFR:      {nfr_text(row)} of examples flipped from right (base) to wrong (tuned)")
     if verdict == "inconclusive" and row.n_needed:
-        lines.append(f"  settle:   about {int(row.n_needed):,} examples would settle it "
-                     f"(n={n_text(row)} now)")
+        lines.append(f"  settle:   about {int(row.n_needed):,} examples would settle it (n={n_text(row)} now)")
     classes = sorted((as_class(c) for c in (row.worst_classes or []) if isinstance(c, Mapping)), key=_worst_first)
     if classes:
         if row.class_metric == "precision":  # class_budget.py

@@ -90,9 +90,7 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
         from matplotlib.ticker import FuncFormatter
         from matplotlib.transforms import blended_transform_factory
     except ImportError:
-        raise ConfigError(
-            "--forgetting-plot needs matplotlib: pip install 'pytest-forgetting[plot]'"
-        ) from None
+        raise ConfigError("--forgetting-plot needs matplotlib: pip install 'pytest-forgetting[plot]'") from None
 
     given = sort_rows(rows)
     checks = [as_row(r) for r in given]
@@ -109,8 +107,7 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
     heights = [max(1, len(g)) * 0.55 + 0.35 for g in groups.values()]
     fig = Figure(figsize=(12, sum(heights) + 1.6), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(len(groups), 1, squeeze=False,
-                        gridspec_kw={"height_ratios": heights})[:, 0]
+    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
 
     for ax, ((task, split, metric), group) in zip(axes, groups.items()):
         if not group:
@@ -135,29 +132,48 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
             colour = _COLOURS[verdict]
             if geo is None:
                 reason = escape.plot(row.reason or "no values", 90)
-                ax.text(0.5, y, f"ERROR: {reason}", ha="center",
-                        va="center", color=colour, transform=label_at, fontsize=9)
+                ax.text(
+                    0.5, y, f"ERROR: {reason}", ha="center", va="center", color=colour, transform=label_at, fontsize=9
+                )
             else:
                 top, bottom = y - 0.38, y + 0.38
                 if "threshold" in geo:
                     higher = row.higher_is_better
                     edge = hi if higher else lo
-                    ax.fill_betweenx([top, bottom], geo["threshold"], edge, color=_ALLOWED,
-                                     alpha=0.18, linewidth=0, zorder=1)
-                    ax.plot([geo["threshold"]] * 2, [top, bottom], color=_ALLOWED, ls="--",
-                            lw=1.5, zorder=2)
+                    ax.fill_betweenx(
+                        [top, bottom], geo["threshold"], edge, color=_ALLOWED, alpha=0.18, linewidth=0, zorder=1
+                    )
+                    ax.plot([geo["threshold"]] * 2, [top, bottom], color=_ALLOWED, ls="--", lw=1.5, zorder=2)
                 ax.plot([geo["base"]] * 2, [top, bottom], color="black", lw=2.5, zorder=3)
                 xerr = None
                 if "lo" in geo:
-                    xerr = [[max(0.0, geo["tuned"] - geo["lo"])],
-                            [max(0.0, geo["hi"] - geo["tuned"])]]
-                ax.errorbar(geo["tuned"], y, xerr=xerr, fmt="o", color=colour, ms=8,
-                            capsize=5, elinewidth=2.2, capthick=2.2, zorder=4)
+                    xerr = [[max(0.0, geo["tuned"] - geo["lo"])], [max(0.0, geo["hi"] - geo["tuned"])]]
+                ax.errorbar(
+                    geo["tuned"],
+                    y,
+                    xerr=xerr,
+                    fmt="o",
+                    color=colour,
+                    ms=8,
+                    capsize=5,
+                    elinewidth=2.2,
+                    capthick=2.2,
+                    zorder=4,
+                )
             note = LABELS[verdict]
             if geo is not None:
                 note += f"  {drop_cell(row)}, margin {margin_cell(row)}"
-            ax.text(1.01, y, note, transform=label_at, va="center", ha="left", fontsize=9,
-                    color=colour, fontweight="bold" if verdict != "pass" else "normal")
+            ax.text(
+                1.01,
+                y,
+                note,
+                transform=label_at,
+                va="center",
+                ha="left",
+                fontsize=9,
+                color=colour,
+                fontweight="bold" if verdict != "pass" else "normal",
+            )
 
         labels = []
         for row in group:
@@ -175,12 +191,11 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
         ax.tick_params(axis="y", length=0)
         direction = "higher" if group[0].higher_is_better else "lower"
         title = escape.plot(f"{task}/{split}" if split else task, 60)
-        ax.set_title(f"{title}  ·  {escape.plot(metric, 40)} ({direction} is better)",
-                     loc="left", fontsize=10,
-                     fontweight="bold")
+        ax.set_title(
+            f"{title}  ·  {escape.plot(metric, 40)} ({direction} is better)", loc="left", fontsize=10, fontweight="bold"
+        )
         if all(r.is_bounded for r in group):
-            ax.xaxis.set_major_formatter(
-                FuncFormatter(lambda v, _pos: trim_zeros(f"{v * 100:.2f}") + "%"))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: trim_zeros(f"{v * 100:.2f}") + "%"))
         ax.grid(axis="x", color="#dddddd", lw=0.8, zorder=0)
         ax.set_axisbelow(True)
         for side in ("top", "right"):
@@ -189,23 +204,18 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
     present = [v for v in VERDICTS if any(verdict_of(r) == v for r in checks)]
     handles = [
         Line2D([], [], color="black", lw=2.5, marker="|", ms=14, ls="none", mew=2.5, label="base"),
-        Line2D([], [], color="#555555", marker="o", ls="-", lw=2,
-               label=f"tuned, {ci_percent(alpha)} interval"),
-        Line2D([], [], color=_ALLOWED, ls="--", lw=1.5,
-               label="worst tuned value the margin allows"),
+        Line2D([], [], color="#555555", marker="o", ls="-", lw=2, label=f"tuned, {ci_percent(alpha)} interval"),
+        Line2D([], [], color=_ALLOWED, ls="--", lw=1.5, label="worst tuned value the margin allows"),
         Patch(color=_ALLOWED, alpha=0.25, label="allowed"),
     ] + [Patch(color=_COLOURS[v], label=LABELS[v]) for v in present]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8),
-               fontsize=9, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8), fontsize=9, frameon=False)
     summary = counts_phrase(checks) if checks else "no checks"
-    fig.suptitle(f"pytest-forgetting: base vs tuned — {summary} (alpha={alpha:g}, one-sided)",
-                 fontsize=12)
+    fig.suptitle(f"pytest-forgetting: base vs tuned — {summary} (alpha={alpha:g}, one-sided)", fontsize=12)
 
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, metadata={"Software": None}),
-                 chmod=REPORT_MODE)
+    atomic_write(
+        path, lambda fh: fig.savefig(fh, format="png", dpi=110, metadata={"Software": None}), chmod=REPORT_MODE
+    )
     # where the weights moved, beside it: PLOT.drift.png
     from pytest_forgetting.drift import write_drift_plot
 
     write_drift_plot(os.path.splitext(os.fspath(path))[0] + ".drift.png", given)
-
-

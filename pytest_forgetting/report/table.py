@@ -98,8 +98,11 @@ def format_table(rows: Iterable[Row], *, alpha: float, width: int | None = None)
         candidate = str(row.candidate or "")
         if several and candidate != current:
             current = candidate
-            lines.append(f"candidate {escape.terminal(candidate, NAME_LIMIT)}:" if candidate
-                         else "models built by the tests (no candidate):")
+            lines.append(
+                f"candidate {escape.terminal(candidate, NAME_LIMIT)}:"
+                if candidate
+                else "models built by the tests (no candidate):"
+            )
         lines.append(render(cells_of_row))
 
     lines.append(
