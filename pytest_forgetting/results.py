@@ -129,7 +129,7 @@ class _Absent:
     def __bool__(self) -> bool:
         return False
 
-    def __reduce__(self) -> tuple[type, tuple]:
+    def __reduce__(self) -> tuple[type[_Absent], tuple[()]]:
         return (_Absent, ())
 
 

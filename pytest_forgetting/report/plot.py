@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 from pytest_forgetting import escape
 from pytest_forgetting._util import atomic_write
@@ -218,4 +219,5 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
     # where the weights moved, beside it: PLOT.drift.png
     from pytest_forgetting.drift import write_drift_plot
 
-    write_drift_plot(os.path.splitext(os.fspath(path))[0] + ".drift.png", given)
+    # write_drift_plot reads each row as a mapping only (.get / []): rows and CheckRows both are
+    write_drift_plot(os.path.splitext(os.fspath(path))[0] + ".drift.png", cast("Sequence[dict[str, Any]]", given))
