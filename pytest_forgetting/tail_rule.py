@@ -88,7 +88,9 @@ def refusal_note(n_inf: float, what: str, fix: str, minimum: float = MIN_INFLUEN
 
     ``what``: the statistic ("the mean difference", "the ratio metric"); ``fix``: what can settle
     it instead (a declared ``score_range``, ...)."""
-    return (f"the change of {what} is carried by a few examples (effective size of the change "
-            f"{n_inf:,.1f} < {minimum:g}, (sum z^2)^2 / sum z^4 of the per-example influence values): "
-            f"no resampling interval is valid, and more examples help only if those changes are not "
-            f"heavy-tailed; {fix}")
+    return (
+        f"the change of {what} is carried by a few examples (effective size of the change "
+        f"{n_inf:,.1f} < {minimum:g}, (sum z^2)^2 / sum z^4 of the per-example influence values): "
+        f"no resampling interval is valid, and more examples help only if those changes are not "
+        f"heavy-tailed; {fix}"
+    )

@@ -65,6 +65,7 @@ read in the module that defines it: to change one (a test's monkeypatch), set it
 
 # The modules in dependency order (each imports only modules above it), not sorted by name:
 # ruff: noqa: I001
+# fmt: off
 from .verdict import (  # noqa: F401
     PASS, FAIL, INCONCLUSIVE, _SEVERITY, _N_NEEDED_CAP, _TIE_RTOL, Comparison, Budget, Ratio, Sensitivity,
     _drop_of, _tol, _below, _above, _ties, _decide, _fmt_pair, _Settle, _reason, combine_verdicts, _result,
@@ -114,6 +115,7 @@ from .statistic import (  # noqa: F401
 from .budgets import (  # noqa: F401
     _class_name, class_drops, nfr_budget,
 )
+# fmt: on
 
 __all__ = [
     "PASS",

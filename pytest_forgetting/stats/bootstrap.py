@@ -60,8 +60,7 @@ def _index_chunks(n: int, n_boot: int, seed: int, width: int = 1):
         done += k
 
 
-def _bootstrap_replicates(n: int, n_boot: int, seed: int,
-                          batch: Callable[[np.ndarray], Any]) -> Any:
+def _bootstrap_replicates(n: int, n_boot: int, seed: int, batch: Callable[[np.ndarray], Any]) -> Any:
     """Concatenate ``batch(idx)`` over the resamples; batch returns an array or a tuple of them."""
     parts = [batch(idx) for idx in _index_chunks(n, n_boot, seed)]
     if isinstance(parts[0], tuple):
@@ -84,11 +83,13 @@ def _distinct_rows(*arrays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     _, first, codes = np.unique(proj, return_index=True, return_inverse=True)
     codes = codes.reshape(-1)
     step = max(1, _CHUNK_ENTRIES // max(1, sum(a.shape[1] for a in arrays)))
-    same = all(np.array_equal(arr[lo:lo + step], arr[first[codes[lo:lo + step]]])
-               for arr in arrays for lo in range(0, n, step))
+    same = all(
+        np.array_equal(arr[lo : lo + step], arr[first[codes[lo : lo + step]]])
+        for arr in arrays
+        for lo in range(0, n, step)
+    )
     if not same:
-        _, first, codes = np.unique(np.concatenate(arrays, axis=1), axis=0, return_index=True,
-                                    return_inverse=True)
+        _, first, codes = np.unique(np.concatenate(arrays, axis=1), axis=0, return_index=True, return_inverse=True)
         codes = codes.reshape(-1)
     return codes, first
 
@@ -142,8 +143,9 @@ def _weights(idx: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _order_bounds(low_reps: np.ndarray, high_reps: np.ndarray, alpha_low: float,
-                  alpha_high: float) -> tuple[float, float]:
+def _order_bounds(
+    low_reps: np.ndarray, high_reps: np.ndarray, alpha_low: float, alpha_high: float
+) -> tuple[float, float]:
     """The alpha_low quantile of ``low_reps`` and the (1 - alpha_high) quantile of ``high_reps``
     as order statistics (no interpolation, so infinite replicates stay meaningful)."""
     size = low_reps.size
@@ -154,8 +156,9 @@ def _order_bounds(low_reps: np.ndarray, high_reps: np.ndarray, alpha_low: float,
     return lo, hi
 
 
-def _studentized_bounds(drop: float, se: float, reps: np.ndarray, reps_se: np.ndarray,
-                        alpha: float, fail_alpha: float) -> tuple[float, float]:
+def _studentized_bounds(
+    drop: float, se: float, reps: np.ndarray, reps_se: np.ndarray, alpha: float, fail_alpha: float
+) -> tuple[float, float]:
     """Bootstrap-t bounds: t* = (drop* - drop) / se*; upper = drop - q_alpha(t*) se, lower =
     drop - q_{1 - fail_alpha}(t*) se. A resample with no spread has t* = +-inf (or 0 when its
     drop equals the estimate) and an undefined one counts against both a PASS and a FAIL."""
@@ -163,8 +166,7 @@ def _studentized_bounds(drop: float, se: float, reps: np.ndarray, reps_se: np.nd
         t = (reps - drop) / reps_se
         t = np.where(reps_se > 0, t, np.where(reps == drop, 0.0, np.sign(reps - drop) * np.inf))
     undefined = np.isnan(t)
-    q_low, q_high = _order_bounds(np.where(undefined, -np.inf, t), np.where(undefined, np.inf, t),
-                                  alpha, fail_alpha)
+    q_low, q_high = _order_bounds(np.where(undefined, -np.inf, t), np.where(undefined, np.inf, t), alpha, fail_alpha)
     with np.errstate(invalid="ignore"):
         high = drop - q_low * se if math.isfinite(q_low) else math.inf
         low = drop - q_high * se if math.isfinite(q_high) else -math.inf
@@ -197,7 +199,7 @@ def _edgeworth_terms(sm: _SmoothMean) -> tuple[float, float, float, float, float
     n = z.shape[0]
     zbar = z.mean(axis=0)
     u = z - zbar
-    cov = u.T @ u / n                                    # S
+    cov = u.T @ u / n  # S
     value, a = sm.grad(zbar)
     a = np.asarray(a, dtype=float)
     psi = u @ a
@@ -218,17 +220,18 @@ def _edgeworth_terms(sm: _SmoothMean) -> tuple[float, float, float, float, float
         down[j] -= h
         hess[:, j] = (np.asarray(sm.grad(up)[1], dtype=float) - np.asarray(sm.grad(down)[1], dtype=float)) / (2.0 * h)
     hess = 0.5 * (hess + hess.T)
-    sa = cov @ a                                         # S a
+    sa = cov @ a  # S a
     q = float(sa @ hess @ sa)
-    tr_hs = float(np.sum(hess * cov))                    # tr(H S)
-    k12 = tr_hs / (2.0 * sigma) - (m3 + 2.0 * q) / (2.0 * sigma ** 3)
-    k31 = -(2.0 * m3 + 3.0 * q) / sigma ** 3
-    second = ((m3 / sigma ** 3) ** 2 + abs(m4 / sigma ** 4 - 3.0)) / n
+    tr_hs = float(np.sum(hess * cov))  # tr(H S)
+    k12 = tr_hs / (2.0 * sigma) - (m3 + 2.0 * q) / (2.0 * sigma**3)
+    k31 = -(2.0 * m3 + 3.0 * q) / sigma**3
+    second = ((m3 / sigma**3) ** 2 + abs(m4 / sigma**4 - 3.0)) / n
     return float(value), sigma, k12, k31, second
 
 
-def _edgeworth_bounds(sm: _SmoothMean, drop: float, se: float, alpha: float,
-                      fail_alpha: float) -> tuple[float, float] | None:
+def _edgeworth_bounds(
+    sm: _SmoothMean, drop: float, se: float, alpha: float, fail_alpha: float
+) -> tuple[float, float] | None:
     """The bounds the bootstrap-t approximates, computed from the expansion instead of resamples.
 
     The bootstrap-t's bounds are drop - t*_q se with t*_q the quantiles of its resampled T*; T*'s
@@ -241,8 +244,12 @@ def _edgeworth_bounds(sm: _SmoothMean, drop: float, se: float, alpha: float,
     _EDGEWORTH_MAX_SECOND: very skewed or heavy-tailed scores); the caller then resamples."""
     value, sigma, k12, k31, second = _edgeworth_terms(sm)
     n = sm.z.shape[0]
-    if not (sigma > 0.0 and math.isfinite(second) and second <= _EDGEWORTH_MAX_SECOND
-            and math.isclose(value, drop, rel_tol=1e-7, abs_tol=1e-12 * max(1.0, abs(drop)))):
+    if not (
+        sigma > 0.0
+        and math.isfinite(second)
+        and second <= _EDGEWORTH_MAX_SECOND
+        and math.isclose(value, drop, rel_tol=1e-7, abs_tol=1e-12 * max(1.0, abs(drop)))
+    ):
         return None
     root_n = math.sqrt(n)
 
@@ -250,7 +257,7 @@ def _edgeworth_bounds(sm: _SmoothMean, drop: float, se: float, alpha: float,
         return (k12 + k31 * (zq * zq - 1.0) / 6.0) / root_n
 
     zp, zf = _z(alpha), _z(fail_alpha)
-    s_low, s_high = shift(-zp), shift(zf)   # at the alpha and 1 - fail_alpha quantiles of T
+    s_low, s_high = shift(-zp), shift(zf)  # at the alpha and 1 - fail_alpha quantiles of T
     if max(abs(s_low), abs(s_high)) > _EDGEWORTH_MAX_SHIFT:
         return None
     high = drop - (-zp + s_low) * se
@@ -258,21 +265,46 @@ def _edgeworth_bounds(sm: _SmoothMean, drop: float, se: float, alpha: float,
     return min(low, drop), max(high, drop)
 
 
-def _studentized_comparison(*, n: int, base: float, tuned: float, drop: float, se: float,
-                            replicates: Callable[[], tuple[np.ndarray, np.ndarray]],
-                            margin: float, relative: bool, alpha: float, fail_alpha: float, hib: bool,
-                            smooth: Callable[[], _SmoothMean] | None = None,
-                            nfr: float | None = None, pfr: float | None = None) -> Comparison:
+def _studentized_comparison(
+    *,
+    n: int,
+    base: float,
+    tuned: float,
+    drop: float,
+    se: float,
+    replicates: Callable[[], tuple[np.ndarray, np.ndarray]],
+    margin: float,
+    relative: bool,
+    alpha: float,
+    fail_alpha: float,
+    hib: bool,
+    smooth: Callable[[], _SmoothMean] | None = None,
+    nfr: float | None = None,
+    pfr: float | None = None,
+) -> Comparison:
     """Bootstrap-t bounds from ``replicates()`` (drops and SEs of the resamples), or, from
     _ANALYTIC_MIN_N examples when the caller gives the drop's smooth-function form (``smooth``:
     given only where resamples would draw an index per example), the same interval from its
     Edgeworth expansion (method "edgeworth-t", deterministic: no resamples, so no seed)."""
-    common = dict(n=n, base=base, tuned=tuned, margin=margin, relative=relative, alpha=alpha,
-                  fail_alpha=fail_alpha, hib=hib, nfr=nfr, pfr=pfr)
+    common = dict(
+        n=n,
+        base=base,
+        tuned=tuned,
+        margin=margin,
+        relative=relative,
+        alpha=alpha,
+        fail_alpha=fail_alpha,
+        hib=hib,
+        nfr=nfr,
+        pfr=pfr,
+    )
     if not (se > 0.0 and math.isfinite(se)):
-        return _degenerate(drop=drop, method="bootstrap-t", why=(
-            "the standard error of the drop is 0, so the bootstrap has no spread and no bound is valid"),
-            **common)
+        return _degenerate(
+            drop=drop,
+            method="bootstrap-t",
+            why=("the standard error of the drop is 0, so the bootstrap has no spread and no bound is valid"),
+            **common,
+        )
     bounds, method = None, "bootstrap-t"
     if smooth is not None and n >= _ANALYTIC_MIN_N:
         bounds, method = _edgeworth_bounds(smooth(), drop, se, alpha, fail_alpha), "edgeworth-t"
@@ -282,12 +314,12 @@ def _studentized_comparison(*, n: int, base: float, tuned: float, drop: float, s
     low, high = bounds
     verdict = _decide(low, high, margin)
     settle = _normal_settle(n, drop, low, high, margin, alpha, fail_alpha) if verdict == INCONCLUSIVE else None
-    return _result(verdict=verdict, drop=drop, low=low, high=high, method=method,
-                   settle=settle, **common)
+    return _result(verdict=verdict, drop=drop, low=low, high=high, method=method, settle=settle, **common)
 
 
-def _bca_bounds(drop: float, reps: np.ndarray, jack: np.ndarray, alpha: float,
-                fail_alpha: float) -> tuple[float, float] | None:
+def _bca_bounds(
+    drop: float, reps: np.ndarray, jack: np.ndarray, alpha: float, fail_alpha: float
+) -> tuple[float, float] | None:
     """BCa bounds (Efron 1987); None when the resamples lie entirely on one side of the estimate
     (no bias correction exists, so no bound would be honest)."""
     size = reps.size
@@ -297,7 +329,7 @@ def _bca_bounds(drop: float, reps: np.ndarray, jack: np.ndarray, alpha: float,
     z0 = NormalDist().inv_cdf(frac)
     dev = jack.mean() - jack
     ss = float(np.sum(dev * dev))
-    acc = float(np.sum(dev ** 3)) / (6.0 * ss ** 1.5) if ss > 0 else 0.0
+    acc = float(np.sum(dev**3)) / (6.0 * ss**1.5) if ss > 0 else 0.0
 
     def level(zq: float) -> float:
         den = 1.0 - acc * (z0 + zq)
@@ -305,20 +337,20 @@ def _bca_bounds(drop: float, reps: np.ndarray, jack: np.ndarray, alpha: float,
             return 1.0 if zq > 0 else 0.0
         return _phi(z0 + (z0 + zq) / den)
 
-    a_hi = 1.0 - level(_z(alpha))        # tail share above the upper bound
-    a_lo = level(-_z(fail_alpha))        # tail share below the lower bound
+    a_hi = 1.0 - level(_z(alpha))  # tail share above the upper bound
+    a_lo = level(-_z(fail_alpha))  # tail share below the lower bound
     undefined = np.isnan(reps)
-    lo, hi = _order_bounds(np.where(undefined, -np.inf, reps), np.where(undefined, np.inf, reps),
-                           a_lo, a_hi)
+    lo, hi = _order_bounds(np.where(undefined, -np.inf, reps), np.where(undefined, np.inf, reps), a_lo, a_hi)
     if a_hi * (size - 1) < 1.0:
-        hi = math.inf   # the corrected level is beyond the resolution of the resamples
+        hi = math.inf  # the corrected level is beyond the resolution of the resamples
     if a_lo * (size - 1) < 1.0:
         lo = -math.inf
     return min(lo, drop), max(hi, drop)
 
 
-def _jackknife(call: Callable[[np.ndarray], tuple[float, float]], n: int, rel: bool, hib: bool,
-               seed: int, groups: int = 200) -> np.ndarray:
+def _jackknife(
+    call: Callable[[np.ndarray], tuple[float, float]], n: int, rel: bool, hib: bool, seed: int, groups: int = 200
+) -> np.ndarray:
     """Leave-one-out drops (leave-one-group-out beyond ``groups`` examples), for BCa's acceleration."""
     everything = np.arange(n)
     if n <= groups:

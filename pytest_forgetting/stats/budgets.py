@@ -86,25 +86,34 @@ def class_drops(
             raise ValueError(f"worst must be a positive number of classes, got {worst!r}")
         if worst < k:
             values = (neg - pos) / sizes
-            kth = np.partition(values, k - worst)[k - worst]   # the worst-th largest drop
+            kth = np.partition(values, k - worst)[k - worst]  # the worst-th largest drop
             keep = np.flatnonzero(values >= kth)
             classes, sizes, neg, pos = classes[keep], sizes[keep], neg[keep], pos[keep]
     highs = _paired_high_arr(neg, pos, sizes, a)
     lows = _cp_lower_arr(neg, sizes, a_each) - _cp_upper_arr(pos, sizes, a_each)
     out: list[Budget] = []
-    for cls, nk, b, c, low, high in zip(classes, sizes.tolist(), neg.tolist(), pos.tolist(),
-                                        lows.tolist(), highs.tolist()):
+    for cls, nk, b, c, low, high in zip(
+        classes, sizes.tolist(), neg.tolist(), pos.tolist(), lows.tolist(), highs.tolist()
+    ):
         label = cls.item() if hasattr(cls, "item") else cls
-        out.append(Budget(
-            name=_class_name(label, class_names), value=(b - c) / nk, ci_low=low,
-            ci_high=high, limit=lim, verdict=_decide(low, high, lim), n=nk,
-        ))
+        out.append(
+            Budget(
+                name=_class_name(label, class_names),
+                value=(b - c) / nk,
+                ci_low=low,
+                ci_high=high,
+                limit=lim,
+                verdict=_decide(low, high, lim),
+                n=nk,
+            )
+        )
     out.sort(key=lambda bud: (-bud.value, -bud.ci_low))
     return out if worst is None else out[:worst]
 
 
-def nfr_budget(base_correct: Any, tuned_correct: Any, *, limit: float,
-               alpha: float = 0.05, fail_alpha: float | None = None) -> Budget:
+def nfr_budget(
+    base_correct: Any, tuned_correct: Any, *, limit: float, alpha: float = 0.05, fail_alpha: float | None = None
+) -> Budget:
     """Budget on the negative-flip rate: the share of examples the base got right and the tuned
     model now gets wrong. Even with no accuracy drop, many flips mean users see new errors.
     Exact Clopper-Pearson bounds on b / n (upper at ``alpha``, lower at ``fail_alpha``), the
@@ -116,11 +125,8 @@ def nfr_budget(base_correct: Any, tuned_correct: Any, *, limit: float,
     bc = _as_correct(base_correct, "base_correct")
     tc = _as_correct(tuned_correct, "tuned_correct")
     if bc.size != tc.size:
-        raise ValueError(
-            f"base_correct and tuned_correct must be aligned: got lengths {bc.size} and {tc.size}"
-        )
+        raise ValueError(f"base_correct and tuned_correct must be aligned: got lengths {bc.size} and {tc.size}")
     n = int(bc.size)
     b = int(np.count_nonzero(bc & ~tc))
     low, high = _cp_lower(b, n, af), _cp_upper(b, n, a)
-    return Budget(name="nfr", value=b / n, ci_low=low, ci_high=high, limit=lim,
-                  verdict=_decide(low, high, lim), n=n)
+    return Budget(name="nfr", value=b / n, ci_low=low, ci_high=high, limit=lim, verdict=_decide(low, high, lim), n=n)

@@ -26,18 +26,44 @@ from .verdict import (
 )
 
 
-def _no_change(*, n: int, base: float, tuned: float, margin: float, relative: bool,
-               alpha: float, fail_alpha: float, hib: bool, bound: Callable[[float], float],
-               exact: bool, nfr: float | None = None, pfr: float | None = None) -> Comparison:
+def _no_change(
+    *,
+    n: int,
+    base: float,
+    tuned: float,
+    margin: float,
+    relative: bool,
+    alpha: float,
+    fail_alpha: float,
+    hib: bool,
+    bound: Callable[[float], float],
+    exact: bool,
+    nfr: float | None = None,
+    pfr: float | None = None,
+) -> Comparison:
     """Nothing changed on any example. A tuned model that changed a fraction f of the examples
     shows no change with probability (1 - f)^n, so f <= 1 - alpha^(1/n) exactly; ``bound(f)``
     turns that into a bound of the drop: exact for a metric bounded per example, or from the
     sample's own range of per-example values otherwise (an assumption, stated in the method)."""
     if not (bound(1.0) > 0.0 and math.isfinite(bound(1.0))):
-        return _degenerate(n=n, base=base, tuned=tuned, drop=0.0, margin=margin, relative=relative,
-                           alpha=alpha, fail_alpha=fail_alpha, hib=hib, method="no-change", nfr=nfr,
-                           pfr=pfr, why=("no example differs between the models and the sample "
-                                         "shows no scale for a difference, so nothing is proven"))
+        return _degenerate(
+            n=n,
+            base=base,
+            tuned=tuned,
+            drop=0.0,
+            margin=margin,
+            relative=relative,
+            alpha=alpha,
+            fail_alpha=fail_alpha,
+            hib=hib,
+            method="no-change",
+            nfr=nfr,
+            pfr=pfr,
+            why=(
+                "no example differs between the models and the sample "
+                "shows no scale for a difference, so nothing is proven"
+            ),
+        )
     high = bound(_no_change_upper(n, alpha))
     low = -bound(_no_change_upper(n, fail_alpha))
     verdict = _decide(low, high, margin)
@@ -60,10 +86,24 @@ def _no_change(*, n: int, base: float, tuned: float, margin: float, relative: bo
                 settle = _Settle(n=max(n + 1, m), prob=1.0)
             else:
                 settle = _Settle(why="cap")
-    return _result(verdict=verdict, n=n, base=base, tuned=tuned, drop=0.0, low=low, high=high,
-                   margin=margin, relative=relative, alpha=alpha, fail_alpha=fail_alpha, hib=hib,
-                   method="exact-no-change" if exact else "no-change-sample-range", nfr=nfr,
-                   pfr=pfr, settle=settle)
+    return _result(
+        verdict=verdict,
+        n=n,
+        base=base,
+        tuned=tuned,
+        drop=0.0,
+        low=low,
+        high=high,
+        margin=margin,
+        relative=relative,
+        alpha=alpha,
+        fail_alpha=fail_alpha,
+        hib=hib,
+        method="exact-no-change" if exact else "no-change-sample-range",
+        nfr=nfr,
+        pfr=pfr,
+        settle=settle,
+    )
 
 
 def _stratified_upper(counts: np.ndarray, slopes: np.ndarray, alpha: float) -> float:
@@ -139,9 +179,19 @@ def _check_sensitivity(sens: Sensitivity, n: int) -> _Sens:
     return _Sens(counts, slope, slope + slope_t, jump, changed, homogeneous)
 
 
-def _sensitivity_comparison(sp: _Sens, *, n: int, base: float, tuned: float, drop: float,
-                            margin: float, relative: bool, alpha: float, fail_alpha: float,
-                            hib: bool) -> Comparison:
+def _sensitivity_comparison(
+    sp: _Sens,
+    *,
+    n: int,
+    base: float,
+    tuned: float,
+    drop: float,
+    margin: float,
+    relative: bool,
+    alpha: float,
+    fail_alpha: float,
+    hib: bool,
+) -> Comparison:
     """Exact bounds from a :class:`Sensitivity`: nothing changed (the tuned model's deviation
     from the base is bounded), or every stratum homogeneous (each model's deviation from the
     sample's value is bounded; the slopes of both models add)."""
@@ -167,6 +217,19 @@ def _sensitivity_comparison(sp: _Sens, *, n: int, base: float, tuned: float, dro
             settle = _scaled_settle(up, n, margin - center - tol)
         else:
             settle = _scaled_settle(down, n, center - margin - tol)
-    return _result(verdict=verdict, n=n, base=base, tuned=tuned, drop=center, low=low, high=high,
-                   margin=margin, relative=relative, alpha=alpha, fail_alpha=fail_alpha, hib=hib,
-                   method="exact-reference" if reference else "exact-no-change", settle=settle)
+    return _result(
+        verdict=verdict,
+        n=n,
+        base=base,
+        tuned=tuned,
+        drop=center,
+        low=low,
+        high=high,
+        margin=margin,
+        relative=relative,
+        alpha=alpha,
+        fail_alpha=fail_alpha,
+        hib=hib,
+        method="exact-reference" if reference else "exact-no-change",
+        settle=settle,
+    )

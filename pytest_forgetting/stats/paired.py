@@ -228,8 +228,9 @@ def _tango_lower_vec(b: np.ndarray, c: np.ndarray, n: float, z: float, cc: float
     return np.where(dhat == -1.0, -1.0, out)
 
 
-def _paired_bounds_vec(b: np.ndarray, c: np.ndarray, n: float, alpha: float,
-                       fail_alpha: float) -> tuple[np.ndarray, np.ndarray]:
+def _paired_bounds_vec(
+    b: np.ndarray, c: np.ndarray, n: float, alpha: float, fail_alpha: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Vectorised :func:`_paired_bounds`."""
     b = np.asarray(b, dtype=float)
     c = np.asarray(c, dtype=float)
@@ -344,8 +345,10 @@ def _ratio_bound_cached(cells: tuple[float, ...], z: float, upper: bool, cc: flo
     nb, nt = n11 + n10, n11 + n01
     est = nt / nb
     if upper:
+
         def f(log_t: float) -> float:
             return _constrained_score(cells, _ratio_cells_a(math.exp(log_t)), cc) + z
+
         lo, hi = (math.log(est) if est > 0 else -60.0), 60.0
         if f(hi) > 0.0:
             return math.inf
@@ -355,6 +358,7 @@ def _ratio_bound_cached(cells: tuple[float, ...], z: float, upper: bool, cc: flo
 
         def f(log_t: float) -> float:
             return _constrained_score(cells, _ratio_cells_a(math.exp(log_t)), -cc) - z
+
         lo, hi = -60.0, math.log(est)
         if f(lo) <= 0.0:
             return 0.0
@@ -369,8 +373,7 @@ def _ratio_bound_cached(cells: tuple[float, ...], z: float, upper: bool, cc: flo
     return math.exp(0.5 * (lo + hi))
 
 
-def ratio_score_interval(n11: int, n10: int, n01: int, n00: int,
-                         alpha: float = 0.05) -> tuple[float, float]:
+def ratio_score_interval(n11: int, n10: int, n01: int, n00: int, alpha: float = 0.05) -> tuple[float, float]:
     """Score interval of theta = P(tuned = 1) / P(base = 1) for paired 0/1 outcomes.
 
     Cells: ``n11`` both 1, ``n10`` base 1 and tuned 0, ``n01`` base 0 and tuned 1, ``n00`` both 0.

@@ -77,8 +77,10 @@ class _RatioParts:
     def replicates(self, relative: bool, hib: bool, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """Drops and SEs of the seeded resamples (group counts when few groups, else per example)."""
         grouped = self.sizes is not None
-        chunks = [self.drop_and_se(w, relative, hib, grouped=grouped)
-                  for w in _count_chunks(self.sizes, self.n, n_boot, seed, self.width)]
+        chunks = [
+            self.drop_and_se(w, relative, hib, grouped=grouped)
+            for w in _count_chunks(self.sizes, self.n, n_boot, seed, self.width)
+        ]
         return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
 
     def smooth(self, relative: bool, hib: bool) -> _SmoothMean:
@@ -90,8 +92,8 @@ class _RatioParts:
 
         def grad(m: np.ndarray) -> tuple[float, np.ndarray]:
             s = m[None, :] * self.n
-            vb, ab, gb = self._terms(s[:, :kk], s[:, kk:2 * kk], self.present_b)
-            vt, at, gt = self._terms(s[:, 2 * kk:3 * kk], s[:, 3 * kk:], self.present_t)
+            vb, ab, gb = self._terms(s[:, :kk], s[:, kk : 2 * kk], self.present_b)
+            vt, at, gt = self._terms(s[:, 2 * kk : 3 * kk], s[:, 3 * kk :], self.present_t)
             # _terms' coefficients are per example of a sum over n: the gradient in the means
             drop = sign * (vb - vt)
             beta = sign * np.concatenate([ab, gb, -at, -gt], axis=1)
@@ -103,8 +105,7 @@ class _RatioParts:
 
         return _SmoothMean(z, grad)
 
-    def _model(self, w: np.ndarray, y: np.ndarray, x: np.ndarray,
-               present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _model(self, w: np.ndarray, y: np.ndarray, x: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         value, alpha, gamma = self._terms(w @ y, w @ x, present)
         return value, alpha @ y.T + gamma @ x.T
 
@@ -119,8 +120,9 @@ class _RatioParts:
         vt, _ = self._model(w, yt, xt, self.present_t)
         return float(vb[0]), float(vt[0])
 
-    def drop_and_se(self, w: np.ndarray, relative: bool, hib: bool,
-                    grouped: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def drop_and_se(
+        self, w: np.ndarray, relative: bool, hib: bool, grouped: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Drops and delta-method SEs of resamples given as counts ``w`` per example, or per
         group of identical examples (``grouped``: the rows of ``self.grouped``); the same sums."""
         if not grouped and w.shape[0] > 1 and self.gram is not None:
@@ -166,8 +168,8 @@ class _RatioParts:
         s = w @ cols
         m = 4 * kk
         sz = s[:, :m]
-        vb, ab, gb = self._terms(sz[:, :kk], sz[:, kk:2 * kk], self.present_b)
-        vt, at, gt = self._terms(sz[:, 2 * kk:3 * kk], sz[:, 3 * kk:], self.present_t)
+        vb, ab, gb = self._terms(sz[:, :kk], sz[:, kk : 2 * kk], self.present_b)
+        vt, at, gt = self._terms(sz[:, 2 * kk : 3 * kk], sz[:, 3 * kk :], self.present_t)
         sign = 1.0 if hib else -1.0
         drop = sign * (vb - vt)
         beta = sign * np.concatenate([ab, gb, -at, -gt], axis=1)

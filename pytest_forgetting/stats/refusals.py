@@ -30,16 +30,26 @@ _MIN_UNBOUNDED_N = 1000
 
 
 def _refused(n: int, need: int, drop: float, common: dict[str, Any], what: str = "") -> Comparison:
-    note = what or (f"n={n:,} is below {need:,}, the smallest n at which a bounded aggregate metric can "
-                    f"be decided at a margin of {abs(common['margin']):g} and this alpha "
-                    "(no method here is valid below it)")
-    return _result(verdict=INCONCLUSIVE, drop=drop, low=-math.inf, high=math.inf, method="refused",
-                   settle=_Settle(n=need),
-                   note=note, **common)
+    note = what or (
+        f"n={n:,} is below {need:,}, the smallest n at which a bounded aggregate metric can "
+        f"be decided at a margin of {abs(common['margin']):g} and this alpha "
+        "(no method here is valid below it)"
+    )
+    return _result(
+        verdict=INCONCLUSIVE,
+        drop=drop,
+        low=-math.inf,
+        high=math.inf,
+        method="refused",
+        settle=_Settle(n=need),
+        note=note,
+        **common,
+    )
 
 
-def _unbounded_refusal(n: int, drop: float, common: dict[str, Any], what: str = "scores",
-                       n_eff: float | None = None) -> Comparison | None:
+def _unbounded_refusal(
+    n: int, drop: float, common: dict[str, Any], what: str = "scores", n_eff: float | None = None
+) -> Comparison | None:
     """INCONCLUSIVE below _MIN_UNBOUNDED_N (effective) examples for a bootstrap of values with no
     known range. ``n_eff``: for a ratio of sums, Kish's effective size of its denominators,
     (sum den)^2 / sum den^2 -- a few long texts carry most of the tokens, and with them the drop."""
@@ -47,20 +57,33 @@ def _unbounded_refusal(n: int, drop: float, common: dict[str, Any], what: str = 
     if eff >= _MIN_UNBOUNDED_N:
         return None
     if n_eff is None:
-        return _refused(n, _MIN_UNBOUNDED_N, drop, common, what=(
-            f"n={n:,} is too small to bound a drop of {what} with no declared range: below "
-            f"{_MIN_UNBOUNDED_N:,} examples a drop carried by a few of them is too often missing from the "
-            "sample, so no method here is valid; declare score_range=(low, high) for a bound valid at "
-            f"every n, or use at least {_MIN_UNBOUNDED_N:,} examples"))
+        return _refused(
+            n,
+            _MIN_UNBOUNDED_N,
+            drop,
+            common,
+            what=(
+                f"n={n:,} is too small to bound a drop of {what} with no declared range: below "
+                f"{_MIN_UNBOUNDED_N:,} examples a drop carried by a few of them is too often missing from the "
+                "sample, so no method here is valid; declare score_range=(low, high) for a bound valid at "
+                f"every n, or use at least {_MIN_UNBOUNDED_N:,} examples"
+            ),
+        )
     need = max(n + 1, int(math.ceil(n * _MIN_UNBOUNDED_N / max(eff, 1e-300))))
-    return _refused(n, min(need, _N_NEEDED_CAP), drop, common, what=(
-        f"the {n:,} examples weigh like {eff:,.0f} (effective size of the denominators, (sum)^2 / sum "
-        f"of squares): below {_MIN_UNBOUNDED_N:,} a drop of {what} carried by a few examples is too "
-        "often missing from the sample, so no method here is valid; use more examples"))
+    return _refused(
+        n,
+        min(need, _N_NEEDED_CAP),
+        drop,
+        common,
+        what=(
+            f"the {n:,} examples weigh like {eff:,.0f} (effective size of the denominators, (sum)^2 / sum "
+            f"of squares): below {_MIN_UNBOUNDED_N:,} a drop of {what} carried by a few examples is too "
+            "often missing from the sample, so no method here is valid; use more examples"
+        ),
+    )
 
 
-def _influence_refusal(infl: np.ndarray, drop: float, common: dict[str, Any], what: str,
-                       fix: str) -> Comparison | None:
+def _influence_refusal(infl: np.ndarray, drop: float, common: dict[str, Any], what: str, fix: str) -> Comparison | None:
     """INCONCLUSIVE when the effective size of the influence values ``infl`` (:mod:`..tail_rule`)
     is below its minimum: the change is carried by a few examples, or its variance is infinite,
     and no resampling interval is valid. No n_needed: no sample size is sure to cure it. The
@@ -70,12 +93,18 @@ def _influence_refusal(infl: np.ndarray, drop: float, common: dict[str, Any], wh
     n_inf = _tail.influence_size(infl)
     if not _tail.too_few(n_inf, minimum):
         return None
-    return _result(verdict=INCONCLUSIVE, drop=drop, low=-math.inf, high=math.inf, method="refused",
-                   note=_tail.refusal_note(n_inf, what, fix, minimum), **common)
+    return _result(
+        verdict=INCONCLUSIVE,
+        drop=drop,
+        low=-math.inf,
+        high=math.inf,
+        method="refused",
+        note=_tail.refusal_note(n_inf, what, fix, minimum),
+        **common,
+    )
 
 
-def _bootstrap_refusal(n: int, drop: float, common: dict[str, Any],
-                       n_eff: float | None = None) -> Comparison | None:
+def _bootstrap_refusal(n: int, drop: float, common: dict[str, Any], n_eff: float | None = None) -> Comparison | None:
     """INCONCLUSIVE below _MIN_BOOTSTRAP_N examples. ``n_eff``: for a ratio of sums (entity F1, WER,
     macro-F1), Kish's effective size of its denominators must reach it too: when a few sentences hold
     most of the entities or words, they carry the drop, and 100 sentences can weigh like 14."""
@@ -83,15 +112,29 @@ def _bootstrap_refusal(n: int, drop: float, common: dict[str, Any],
     if eff >= _MIN_BOOTSTRAP_N:
         return None
     if n < _MIN_BOOTSTRAP_N:
-        return _refused(n, _MIN_BOOTSTRAP_N, drop, common, what=(
-            f"n={n:,} is too small for a bootstrap bound: below {_MIN_BOOTSTRAP_N} examples a few "
-            "examples that carry the drop are too often missing from the sample, so no method here "
-            "is valid"))
+        return _refused(
+            n,
+            _MIN_BOOTSTRAP_N,
+            drop,
+            common,
+            what=(
+                f"n={n:,} is too small for a bootstrap bound: below {_MIN_BOOTSTRAP_N} examples a few "
+                "examples that carry the drop are too often missing from the sample, so no method here "
+                "is valid"
+            ),
+        )
     need = max(n + 1, int(math.ceil(n * _MIN_BOOTSTRAP_N / max(eff, 1e-300))))
-    return _refused(n, min(need, _N_NEEDED_CAP), drop, common, what=(
-        f"the {n:,} examples weigh like {eff:,.0f} (effective size of the denominators, (sum)^2 / sum "
-        f"of squares): below {_MIN_BOOTSTRAP_N} a drop carried by the few examples that hold most of "
-        "the weight is too often missing from the sample, so no method here is valid; use more examples"))
+    return _refused(
+        n,
+        min(need, _N_NEEDED_CAP),
+        drop,
+        common,
+        what=(
+            f"the {n:,} examples weigh like {eff:,.0f} (effective size of the denominators, (sum)^2 / sum "
+            f"of squares): below {_MIN_BOOTSTRAP_N} a drop carried by the few examples that hold most of "
+            "the weight is too often missing from the sample, so no method here is valid; use more examples"
+        ),
+    )
 
 
 def _effective_size(*dens: np.ndarray) -> float:

@@ -67,8 +67,7 @@ def compare_scores(
     rel = bool(relative)
     if rel and base_value == 0.0:
         raise ValueError("relative drop is undefined: the base model's metric value is 0")
-    common = dict(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a,
-                  fail_alpha=af, hib=hib)
+    common = dict(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a, fail_alpha=af, hib=hib)
 
     nfr = pfr = None
     if declared is not None:
@@ -85,22 +84,44 @@ def compare_scores(
             drop = (n_neg - n_pos) / n
             low, high = _paired_bounds(n_neg, n_pos, n, a, af)
             verdict = _decide(low, high, m)
-            settle = (_tango_settle(n_neg, n_pos, n, m, a, af, seed)
-                      if verdict == INCONCLUSIVE and n_needed else None)
-            return _result(verdict=verdict, drop=drop, low=low, high=high, method="tango",
-                           nfr=nfr, pfr=pfr, settle=settle, **common)
+            settle = _tango_settle(n_neg, n_pos, n, m, a, af, seed) if verdict == INCONCLUSIVE and n_needed else None
+            return _result(
+                verdict=verdict,
+                drop=drop,
+                low=low,
+                high=high,
+                method="tango",
+                nfr=nfr,
+                pfr=pfr,
+                settle=settle,
+                **common,
+            )
         return _ratio_comparison(b_arr, t_arr, nfr=nfr, pfr=pfr, **common)
 
     diff = b_arr - t_arr if hib else t_arr - b_arr
     drop = float(_drop_of(base_value, tuned_value, rel, hib))
     if np.ptp(diff) == 0.0 and diff[0] == 0.0 and np.ptp(b_arr) == 0.0:
         # one constant score for both models: no example shows a scale for a change, at any n
-        return _result(verdict=INCONCLUSIVE, drop=0.0, low=-math.inf, high=math.inf, method="no-change",
-                       settle=_Settle(why=(
-                           "more examples of one constant score cannot settle it; declare "
-                           "score_range=(low, high) and the exact no-change rule decides with the range's width")),
-                       note=(f"every score of both models is {b_arr[0]:g}, so the sample shows no scale for a "
-                             "change and nothing bounds the drop"), nfr=nfr, pfr=pfr, **common)
+        return _result(
+            verdict=INCONCLUSIVE,
+            drop=0.0,
+            low=-math.inf,
+            high=math.inf,
+            method="no-change",
+            settle=_Settle(
+                why=(
+                    "more examples of one constant score cannot settle it; declare "
+                    "score_range=(low, high) and the exact no-change rule decides with the range's width"
+                )
+            ),
+            note=(
+                f"every score of both models is {b_arr[0]:g}, so the sample shows no scale for a "
+                "change and nothing bounds the drop"
+            ),
+            nfr=nfr,
+            pfr=pfr,
+            **common,
+        )
     # no declared range: nothing bounds a change the sample does not show (see _MIN_UNBOUNDED_N)
     refusal = _unbounded_refusal(n, drop, dict(nfr=nfr, pfr=pfr, **common))
     if refusal is not None:
@@ -110,16 +131,28 @@ def compare_scores(
             spread = float(np.ptp(np.concatenate([b_arr, t_arr])))
             scale = spread / (abs(base_value) if rel else 1.0)
             return _no_change(bound=lambda f: scale * f, exact=False, **common)
-        return _degenerate(drop=drop, method="bootstrap-t", why=(
-            f"every example's difference is the same ({diff[0]:g}), so the bootstrap has no "
-            "spread and no bound is valid"), **common)
+        return _degenerate(
+            drop=drop,
+            method="bootstrap-t",
+            why=(
+                f"every example's difference is the same ({diff[0]:g}), so the bootstrap has no "
+                "spread and no bound is valid"
+            ),
+            **common,
+        )
     # a change carried by a few examples, or with an infinite variance: no resampling interval is valid
-    refusal = _influence_refusal(_tail.mean_influence(b_arr, diff, rel), drop, dict(nfr=nfr, pfr=pfr, **common),
-                                 what="the mean score", fix="declare score_range=(low, high) to decide")
+    refusal = _influence_refusal(
+        _tail.mean_influence(b_arr, diff, rel),
+        drop,
+        dict(nfr=nfr, pfr=pfr, **common),
+        what="the mean score",
+        fix="declare score_range=(low, high) to decide",
+    )
     if refusal is not None:
         return refusal
     sqrt_n = math.sqrt(n)
     if rel:
+
         def batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             bb, tt = b_arr[idx], t_arr[idx]
             mb, mt = bb.mean(axis=1), tt.mean(axis=1)
@@ -130,6 +163,7 @@ def compare_scores(
                 infl = ((d - dm[:, None]) - (reps * np.sign(mb))[:, None] * (bb - mb[:, None])) / np.abs(mb)[:, None]
             return reps, infl.std(axis=1, ddof=1) / sqrt_n
     else:
+
         def batch(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             x = diff[idx]
             return x.mean(axis=1), x.std(axis=1, ddof=1) / sqrt_n
@@ -137,12 +171,12 @@ def compare_scores(
     full = np.arange(n)[None, :]
     drop0, se0 = (float(v[0]) for v in batch(full))
     replicates, smooth = _moment_plan(b_arr, t_arr, diff, rel, hib, n_boot, seed)
-    return _studentized_comparison(drop=drop0, se=se0, replicates=replicates, smooth=smooth,
-                                   nfr=nfr, pfr=pfr, **common)
+    return _studentized_comparison(drop=drop0, se=se0, replicates=replicates, smooth=smooth, nfr=nfr, pfr=pfr, **common)
 
 
-def _moment_replicates(b: np.ndarray, t: np.ndarray, diff: np.ndarray, rel: bool, hib: bool,
-                       n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _moment_replicates(
+    b: np.ndarray, t: np.ndarray, diff: np.ndarray, rel: bool, hib: bool, n_boot: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap replicates of the mean difference (or the relative drop) and their
     delta-method SEs, from resample counts and centred moments: absolute, the mean and the
     (ddof 1) standard deviation of the differences; relative, the influence values
@@ -164,8 +198,9 @@ def _mean_smooth(b: np.ndarray, diff: np.ndarray, rel: bool) -> _SmoothMean:
     return _SmoothMean(np.stack([b, diff], axis=1), grad)
 
 
-def _moment_plan(b: np.ndarray, t: np.ndarray, diff: np.ndarray, rel: bool, hib: bool, n_boot: int,
-                 seed: int) -> tuple[Callable[[], tuple[np.ndarray, np.ndarray]], Callable[[], _SmoothMean] | None]:
+def _moment_plan(
+    b: np.ndarray, t: np.ndarray, diff: np.ndarray, rel: bool, hib: bool, n_boot: int, seed: int
+) -> tuple[Callable[[], tuple[np.ndarray, np.ndarray]], Callable[[], _SmoothMean] | None]:
     """(replicates, smooth) for :func:`_studentized_comparison`: the resampling of
     :func:`_moment_replicates`, run only when called, and the drop's smooth-function form when
     the resamples would draw an index per example (None when they resample a few groups)."""
@@ -193,8 +228,17 @@ def _moment_plan(b: np.ndarray, t: np.ndarray, diff: np.ndarray, rel: bool, hib:
     return lambda: _moment_draws(cols, sizes, n, n_boot, seed, rel, hib, cb, cd), smooth
 
 
-def _moment_draws(cols: np.ndarray, sizes: np.ndarray | None, n: int, n_boot: int, seed: int, rel: bool,
-                  hib: bool, cb: float, cd: float) -> tuple[np.ndarray, np.ndarray]:
+def _moment_draws(
+    cols: np.ndarray,
+    sizes: np.ndarray | None,
+    n: int,
+    n_boot: int,
+    seed: int,
+    rel: bool,
+    hib: bool,
+    cb: float,
+    cd: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """The resampling loop of :func:`_moment_replicates` over the centred moment columns."""
     sqrt_n = math.sqrt(n)
     reps, ses = [], []
@@ -224,22 +268,38 @@ def _moment_draws(cols: np.ndarray, sizes: np.ndarray | None, n: int, n_boot: in
     return np.concatenate(reps), np.concatenate(ses)
 
 
-def _ratio_comparison(xb: np.ndarray, xt: np.ndarray, *, n: int, base: float, tuned: float,
-                      margin: float, relative: bool, alpha: float, fail_alpha: float, hib: bool,
-                      nfr: float | None, pfr: float | None) -> Comparison:
+def _ratio_comparison(
+    xb: np.ndarray,
+    xt: np.ndarray,
+    *,
+    n: int,
+    base: float,
+    tuned: float,
+    margin: float,
+    relative: bool,
+    alpha: float,
+    fail_alpha: float,
+    hib: bool,
+    nfr: float | None,
+    pfr: float | None,
+) -> Comparison:
     """Relative drop of a 0/1 metric from the paired ratio score interval of theta = tuned / base."""
     yb, yt = xb == 1.0, xt == 1.0
-    cells = [float(np.count_nonzero(yb & yt)), float(np.count_nonzero(yb & ~yt)),
-             float(np.count_nonzero(~yb & yt)), float(np.count_nonzero(~yb & ~yt))]
+    cells = [
+        float(np.count_nonzero(yb & yt)),
+        float(np.count_nonzero(yb & ~yt)),
+        float(np.count_nonzero(~yb & yt)),
+        float(np.count_nonzero(~yb & ~yt)),
+    ]
     nb = cells[0] + cells[1]
     zp, zf = _z(alpha), _z(fail_alpha)
     flips = cells[1] + cells[2]
-    if hib:   # drop = 1 - theta: PASS needs theta's lower end, FAIL its upper end
+    if hib:  # drop = 1 - theta: PASS needs theta's lower end, FAIL its upper end
         high = 1.0 - _ratio_bound(cells, zp, upper=False)
         low = 1.0 - _ratio_bound(cells, zf, upper=True, cc=_CC_FAIL)
-        if flips == 0:   # exact, conditional on which examples the base got right
+        if flips == 0:  # exact, conditional on which examples the base got right
             high = max(high, _cp_upper(0.0, nb, alpha))
-    else:     # drop = theta - 1
+    else:  # drop = theta - 1
         high = _ratio_bound(cells, zp, upper=True) - 1.0
         low = _ratio_bound(cells, zf, upper=False, cc=_CC_FAIL) - 1.0
         if flips == 0 and n > nb:
@@ -254,34 +314,70 @@ def _ratio_comparison(xb: np.ndarray, xt: np.ndarray, *, n: int, base: float, tu
             settle = _Settle(n=max(n + 1, int(math.ceil(need * n / nb))), prob=1.0)
         else:
             settle = _normal_settle(n, drop, low, high, margin, alpha, fail_alpha)
-    return _result(verdict=verdict, n=n, base=base, tuned=tuned, drop=drop, low=low, high=high,
-                   margin=margin, relative=relative, alpha=alpha, fail_alpha=fail_alpha, hib=hib,
-                   method="ratio-score", nfr=nfr, pfr=pfr, settle=settle)
+    return _result(
+        verdict=verdict,
+        n=n,
+        base=base,
+        tuned=tuned,
+        drop=drop,
+        low=low,
+        high=high,
+        margin=margin,
+        relative=relative,
+        alpha=alpha,
+        fail_alpha=fail_alpha,
+        hib=hib,
+        method="ratio-score",
+        nfr=nfr,
+        pfr=pfr,
+        settle=settle,
+    )
 
 
-def _range_comparison(b: np.ndarray, t: np.ndarray, declared: tuple[float, float], *, seed: int, n: int,
-                      base: float, tuned: float, margin: float, relative: bool, alpha: float,
-                      fail_alpha: float, hib: bool) -> Comparison:
+def _range_comparison(
+    b: np.ndarray,
+    t: np.ndarray,
+    declared: tuple[float, float],
+    *,
+    seed: int,
+    n: int,
+    base: float,
+    tuned: float,
+    margin: float,
+    relative: bool,
+    alpha: float,
+    fail_alpha: float,
+    hib: bool,
+) -> Comparison:
     """Per-example scores in a declared range: betting bounds of the mean difference (absolute) or
     the linear test of the relative drop (:mod:`pytest_forgetting.bounded`), valid at every n."""
     lo, hi = declared
     width = hi - lo
-    common = dict(n=n, base=base, tuned=tuned, margin=margin, relative=relative, alpha=alpha,
-                  fail_alpha=fail_alpha, hib=hib)
+    common = dict(
+        n=n, base=base, tuned=tuned, margin=margin, relative=relative, alpha=alpha, fail_alpha=fail_alpha, hib=hib
+    )
     drop = float(_drop_of(base, tuned, relative, hib))
     if relative:
         tol = _tol(margin)
         low, high, passed, failed = _bounded.relative_bounds(
-            b, t, lo=lo, hi=hi, hib=hib, pass_at=margin - tol, fail_at=margin + tol, alpha=alpha,
-            fail_alpha=fail_alpha, seed=seed)
+            b,
+            t,
+            lo=lo,
+            hi=hi,
+            hib=hib,
+            pass_at=margin - tol,
+            fail_at=margin + tol,
+            alpha=alpha,
+            fail_alpha=fail_alpha,
+            seed=seed,
+        )
         verdict = PASS if passed else FAIL if failed else INCONCLUSIVE
     else:
         d = np.clip(b - t if hib else t - b, -width, width)
         if not d.any():
             # nothing changed: a changed example moves the mean by at most the width (exact rule)
             return _no_change(bound=lambda f: width * f, exact=True, **common)
-        low, high = _bounded.mean_bounds(d, bound=width, margin=margin, alpha=alpha,
-                                         fail_alpha=fail_alpha, seed=seed)
+        low, high = _bounded.mean_bounds(d, bound=width, margin=margin, alpha=alpha, fail_alpha=fail_alpha, seed=seed)
         low, high = min(low, drop), max(high, drop)
         verdict = _decide(low, high, margin)
     settle = None

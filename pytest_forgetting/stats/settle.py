@@ -22,8 +22,9 @@ _SETTLE_DRAWS = 1000
 _Z_SETTLE = NormalDist().inv_cdf(_SETTLE_PROB)
 
 
-def _normal_settle(n: int, drop: float, low: float, high: float, margin: float,
-                   alpha: float, fail_alpha: float) -> _Settle:
+def _normal_settle(
+    n: int, drop: float, low: float, high: float, margin: float, alpha: float, fail_alpha: float
+) -> _Settle:
     """Normal approximation: the bound on the settling side sits z * s / sqrt(n) from the
     estimate; the same s at n' settles with probability Phi(|margin - drop| sqrt(n') / s - z)."""
     if _ties(drop, margin):
@@ -42,8 +43,7 @@ def _normal_settle(n: int, drop: float, low: float, high: float, margin: float,
     return _Settle(n=m, prob=_phi(gap * math.sqrt(m) / s - z))
 
 
-def _tango_settle(b: int, c: int, n: int, margin: float, alpha: float, fail_alpha: float,
-                  seed: int) -> _Settle:
+def _tango_settle(b: int, c: int, n: int, margin: float, alpha: float, fail_alpha: float, seed: int) -> _Settle:
     """n at which tables drawn at the observed flip rates settle with probability >= 0.8,
     checked by simulating the decision itself (vectorised bounds) at the candidate n."""
     drop = (b - c) / n

@@ -42,8 +42,10 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > tiny else tiny)
     h = d
     for m in range(1, 100_000):
-        for coeff in (m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
-                      -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))):
+        for coeff in (
+            m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0)),
+        ):
             d = 1.0 + coeff * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + coeff / c
@@ -153,8 +155,10 @@ def _beta_fraction_arr(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarra
         if pos.size == 0:
             break
         step = None
-        for coeff in (m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
-                      -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))):
+        for coeff in (
+            m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0)),
+        ):
             d = 1.0 + coeff * d
             d = 1.0 / np.where(np.abs(d) > tiny, d, tiny)
             c = 1.0 + coeff / c
@@ -221,8 +225,11 @@ def _beta_quantile_arr(p: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
             ratio = np.exp(np.minimum(log_density, 700.0)) / tail
             g = np.log(tail) - log_tail
             # lower tail: the step in log x (I_x ~ x^a there); upper tail: in x (1 - I_x ~ e^(-b x))
-            step = np.where((tail > 0.0) & np.isfinite(ratio) & (ratio > 0.0),
-                            xi * np.exp(-g / (xi * ratio)) if lower_tail else xi + g / ratio, np.nan)
+            step = np.where(
+                (tail > 0.0) & np.isfinite(ratio) & (ratio > 0.0),
+                xi * np.exp(-g / (xi * ratio)) if lower_tail else xi + g / ratio,
+                np.nan,
+            )
         # a Newton step that no longer moves x means x is the root (the scalar code would go on
         # bisecting there, its step being no longer strictly inside the bracket)
         settled = np.isfinite(step) & (np.abs(step - xi) <= 1e-15 * xi)

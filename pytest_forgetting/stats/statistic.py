@@ -81,27 +81,25 @@ def compare_statistic(
     else:
         base_value, tuned_value = parts.values()  # type: ignore[union-attr]
     if not (math.isfinite(base_value) and math.isfinite(tuned_value)):
-        raise ValueError(
-            f"statistic is not finite on the full eval set: base={base_value}, tuned={tuned_value}"
-        )
+        raise ValueError(f"statistic is not finite on the full eval set: base={base_value}, tuned={tuned_value}")
     if rel and base_value == 0.0:
         raise ValueError("relative drop is undefined: the base model's metric value is 0")
     if parts is not None and stat is not None:
         pb, pt = parts.values()
-        if not (math.isclose(pb, base_value, rel_tol=1e-7, abs_tol=1e-9)
-                and math.isclose(pt, tuned_value, rel_tol=1e-7, abs_tol=1e-9)):
+        if not (
+            math.isclose(pb, base_value, rel_tol=1e-7, abs_tol=1e-9)
+            and math.isclose(pt, tuned_value, rel_tol=1e-7, abs_tol=1e-9)
+        ):
             raise ValueError(
                 f"ratio parts give base={pb:.6g}, tuned={pt:.6g} but stat gives "
                 f"base={base_value:.6g}, tuned={tuned_value:.6g}: they describe different metrics"
             )
-    common = dict(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a,
-                  fail_alpha=af, hib=hib)
+    common = dict(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a, fail_alpha=af, hib=hib)
     with np.errstate(over="ignore"):
         drop = float(_drop_of(base_value, tuned_value, rel, hib))
     if not math.isfinite(drop):
         raise ValueError(
-            f"the drop overflows to infinity (base={base_value:.6g}, tuned={tuned_value:.6g}): "
-            "rescale the statistic"
+            f"the drop overflows to infinity (base={base_value:.6g}, tuned={tuned_value:.6g}): rescale the statistic"
         )
 
     if bounded and not rel and m != 0.0:
@@ -115,8 +113,9 @@ def compare_statistic(
             return _sensitivity_comparison(sp, drop=drop, **common)
     if parts is not None and not bounded:
         # an unbounded ratio (perplexity, NLL per token): as for unbounded per-example scores
-        refusal = _unbounded_refusal(n, drop, common, what="an unbounded ratio metric",
-                                     n_eff=_effective_size(parts.xb, parts.xt))
+        refusal = _unbounded_refusal(
+            n, drop, common, what="an unbounded ratio metric", n_eff=_effective_size(parts.xb, parts.xt)
+        )
         if refusal is not None:
             return refusal
     if parts is not None and parts.unchanged:
@@ -126,25 +125,45 @@ def compare_statistic(
         return refusal
     if parts is not None and not bounded:
         # a change carried by a few texts (long ones, or a heavy-tailed change): no interval is valid
-        refusal = _influence_refusal(parts.influence(rel, hib), drop, common, what="an unbounded ratio metric",
-                                     fix=("no method here can decide it on this eval set (a per-example metric "
-                                          "with a declared score_range=(low, high) can)"))
+        refusal = _influence_refusal(
+            parts.influence(rel, hib),
+            drop,
+            common,
+            what="an unbounded ratio metric",
+            fix=(
+                "no method here can decide it on this eval set (a per-example metric "
+                "with a declared score_range=(low, high) can)"
+            ),
+        )
         if refusal is not None:
             return refusal
     if parts is not None and parts.width > 1:
-        mass = min(float(parts.xb.sum(axis=0)[parts.present_b].min()),
-                   float(parts.xt.sum(axis=0)[parts.present_t].min()))
+        mass = min(
+            float(parts.xb.sum(axis=0)[parts.present_b].min()), float(parts.xt.sum(axis=0)[parts.present_t].min())
+        )
         if mass < _MIN_COLUMN_MASS:
             need = int(math.ceil(n * _MIN_COLUMN_MASS / max(mass, 1.0)))
-            return _refused(n, max(need, n + 1), drop, common, what=(
-                f"the rarest class averaged here has only {mass:g} examples (support plus "
-                f"predictions); a macro average needs at least {_MIN_COLUMN_MASS:g} per class to be "
-                "decided, so no method here is valid at this n"))
+            return _refused(
+                n,
+                max(need, n + 1),
+                drop,
+                common,
+                what=(
+                    f"the rarest class averaged here has only {mass:g} examples (support plus "
+                    f"predictions); a macro average needs at least {_MIN_COLUMN_MASS:g} per class to be "
+                    "decided, so no method here is valid at this n"
+                ),
+            )
     if parts is not None:
         grouped = parts.sizes is not None
         drop0, se0 = (float(v[0]) for v in parts.drop_and_se(parts.full_weights(), rel, hib, grouped=grouped))
-        return _studentized_comparison(drop=drop0, se=se0, replicates=lambda: parts.replicates(rel, hib, n_boot, seed),
-                                       smooth=None if grouped else (lambda: parts.smooth(rel, hib)), **common)
+        return _studentized_comparison(
+            drop=drop0,
+            se=se0,
+            replicates=lambda: parts.replicates(rel, hib, n_boot, seed),
+            smooth=None if grouped else (lambda: parts.smooth(rel, hib)),
+            **common,
+        )
 
     def batch_stat(idx: np.ndarray) -> np.ndarray:
         pairs = np.array([call(row) for row in idx], dtype=float).reshape(-1, 2)
@@ -153,16 +172,21 @@ def compare_statistic(
     reps = _bootstrap_replicates(n, n_boot, seed, batch_stat)
     finite = reps[np.isfinite(reps)]
     if finite.size == 0 or np.ptp(finite) == 0.0:
-        return _degenerate(drop=drop, method="bca", why=(
-            "every resample gives the same drop, so the bootstrap has no spread and no bound is valid"),
-            **common)
+        return _degenerate(
+            drop=drop,
+            method="bca",
+            why=("every resample gives the same drop, so the bootstrap has no spread and no bound is valid"),
+            **common,
+        )
     bounds = _bca_bounds(drop, reps, _jackknife(call, n, rel, hib, seed), a, af)
     if bounds is None:
-        return _degenerate(drop=drop, method="bca", why=(
-            "every resample lies on one side of the estimate, so the bias correction is undefined"),
-            **common)
+        return _degenerate(
+            drop=drop,
+            method="bca",
+            why=("every resample lies on one side of the estimate, so the bias correction is undefined"),
+            **common,
+        )
     low, high = bounds
     verdict = _decide(low, high, m)
     settle = _normal_settle(n, drop, low, high, m, a, af) if verdict == INCONCLUSIVE else None
-    return _result(verdict=verdict, drop=drop, low=low, high=high, method="bca", settle=settle,
-                   **common)
+    return _result(verdict=verdict, drop=drop, low=low, high=high, method="bca", settle=settle, **common)

@@ -66,8 +66,7 @@ def _as_scores(x: Any, what: str) -> np.ndarray:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"{what} scores contain {int(bad.sum())} non-finite value(s) (NaN/Inf), "
-            f"first at index {first}"
+            f"{what} scores contain {int(bad.sum())} non-finite value(s) (NaN/Inf), first at index {first}"
         )
     return arr
 
@@ -77,15 +76,13 @@ def _as_pair(base: Any, tuned: Any) -> tuple[np.ndarray, np.ndarray]:
     t = _as_scores(tuned, "tuned")
     if b.shape != t.shape:
         raise ValueError(
-            f"base and tuned scores must be aligned (same examples, same order): "
-            f"got lengths {b.size} and {t.size}"
+            f"base and tuned scores must be aligned (same examples, same order): got lengths {b.size} and {t.size}"
         )
     with np.errstate(over="ignore", invalid="ignore"):
         finite = bool(np.isfinite(b - t).all() and np.isfinite(b.sum()) and np.isfinite(t.sum()))
     if not finite:
         raise ValueError(
-            "score range is too large: differences or sums of the scores overflow to infinity "
-            "(rescale the scores)"
+            "score range is too large: differences or sums of the scores overflow to infinity (rescale the scores)"
         )
     return b, t
 
@@ -108,14 +105,12 @@ def _as_labels(labels: Any, size: int) -> np.ndarray:
         raise ValueError(f"labels must be a 1-D array, got shape {lab.shape}")
     if lab.size != size:
         raise ValueError(
-            f"base_correct, tuned_correct and labels must be aligned: "
-            f"got lengths {size}, {size} and {lab.size}"
+            f"base_correct, tuned_correct and labels must be aligned: got lengths {size}, {size} and {lab.size}"
         )
     if lab.dtype.kind in "fc":
         bad = np.isnan(lab)
     elif lab.dtype.kind == "O":
-        bad = np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in lab.tolist()],
-                       dtype=bool)
+        bad = np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in lab.tolist()], dtype=bool)
     else:
         bad = np.zeros(lab.size, dtype=bool)
     if bad.any():
@@ -126,8 +121,9 @@ def _as_labels(labels: Any, size: int) -> np.ndarray:
     return lab
 
 
-def _check_common(max_drop: float, alpha: float, fail_alpha: float | None,
-                  n_boot: int) -> tuple[float, float, float, int]:
+def _check_common(
+    max_drop: float, alpha: float, fail_alpha: float | None, n_boot: int
+) -> tuple[float, float, float, int]:
     m = _check_margin(max_drop, "max_drop")
     a = _check_alpha(alpha)
     af = _check_fail_alpha(fail_alpha, a)

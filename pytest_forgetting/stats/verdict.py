@@ -167,8 +167,7 @@ def _fmt_pair(x: float, y: float) -> tuple[str, str]:
         sx, sy = f"{x:.{digits}f}", f"{y:.{digits}f}"
         distinct = sx != sy or x == y
         # "-0.000" for -0.0002 hides the sign that matters; add digits until it shows.
-        visible = all(v == 0.0 or not math.isfinite(v) or float(s) != 0.0
-                      for v, s in ((x, sx), (y, sy)))
+        visible = all(v == 0.0 or not math.isfinite(v) or float(s) != 0.0 for v, s in ((x, sx), (y, sy)))
         if distinct and visible:
             return sx, sy
     return f"{x:.3g}", f"{y:.3g}"
@@ -182,8 +181,9 @@ class _Settle(NamedTuple):
     why: str = ""  # "tie", "cap", or a sentence when n is None
 
 
-def _reason(verdict: str, low: float, high: float, margin: float, drop: float,
-            settle: _Settle | None = None, note: str = "") -> str:
+def _reason(
+    verdict: str, low: float, high: float, margin: float, drop: float, settle: _Settle | None = None, note: str = ""
+) -> str:
     if verdict == PASS:
         hs, ms = _fmt_pair(high, margin)
         return f"upper bound of the drop {hs} < margin {ms}"
@@ -201,8 +201,10 @@ def _reason(verdict: str, low: float, high: float, margin: float, drop: float,
     if settle.n is not None and settle.prob == 1.0:
         return f"{head}; {settle.n:,} examples would settle it if, as here, no example changes"
     if settle.n is not None:
-        return (f"{head}; about {settle.n:,} examples would settle it with probability "
-                f"{settle.prob:.2f} if the observed rates hold")
+        return (
+            f"{head}; about {settle.n:,} examples would settle it with probability "
+            f"{settle.prob:.2f} if the observed rates hold"
+        )
     if settle.why == "tie":
         return f"{head}; the observed drop equals the margin, so no sample size would settle it"
     if settle.why == "cap":
@@ -225,26 +227,81 @@ def combine_verdicts(*verdicts: str) -> str:
     return max(verdicts, key=_SEVERITY.__getitem__)
 
 
-def _result(*, verdict: str, n: int, base: float, tuned: float, drop: float, low: float,
-            high: float, margin: float, relative: bool, alpha: float, fail_alpha: float,
-            hib: bool, method: str, nfr: float | None = None, pfr: float | None = None,
-            settle: _Settle | None = None, note: str = "") -> Comparison:
+def _result(
+    *,
+    verdict: str,
+    n: int,
+    base: float,
+    tuned: float,
+    drop: float,
+    low: float,
+    high: float,
+    margin: float,
+    relative: bool,
+    alpha: float,
+    fail_alpha: float,
+    hib: bool,
+    method: str,
+    nfr: float | None = None,
+    pfr: float | None = None,
+    settle: _Settle | None = None,
+    note: str = "",
+) -> Comparison:
     settle = settle if verdict == INCONCLUSIVE else None
     return Comparison(
-        verdict=verdict, n=n, base=float(base), tuned=float(tuned), drop=float(drop),
-        ci_low=float(low), ci_high=float(high), margin=margin, relative=relative, alpha=alpha,
-        higher_is_better=hib, method=method, nfr=nfr, pfr=pfr,
+        verdict=verdict,
+        n=n,
+        base=float(base),
+        tuned=float(tuned),
+        drop=float(drop),
+        ci_low=float(low),
+        ci_high=float(high),
+        margin=margin,
+        relative=relative,
+        alpha=alpha,
+        higher_is_better=hib,
+        method=method,
+        nfr=nfr,
+        pfr=pfr,
         n_needed=settle.n if settle else None,
         reason=_reason(verdict, low, high, margin, drop, settle, note),
-        fail_alpha=fail_alpha, settle_prob=settle.prob if settle else None,
+        fail_alpha=fail_alpha,
+        settle_prob=settle.prob if settle else None,
     )
 
 
-def _degenerate(*, n: int, base: float, tuned: float, drop: float, margin: float,
-                relative: bool, alpha: float, fail_alpha: float, hib: bool, method: str,
-                why: str, nfr: float | None = None, pfr: float | None = None) -> Comparison:
-    return _result(verdict=INCONCLUSIVE, n=n, base=base, tuned=tuned, drop=drop, low=-math.inf,
-                   high=math.inf, margin=margin, relative=relative, alpha=alpha,
-                   fail_alpha=fail_alpha, hib=hib, method=method, nfr=nfr, pfr=pfr,
-                   settle=_Settle(why="more examples that differ in different ways would be needed"),
-                   note=why)
+def _degenerate(
+    *,
+    n: int,
+    base: float,
+    tuned: float,
+    drop: float,
+    margin: float,
+    relative: bool,
+    alpha: float,
+    fail_alpha: float,
+    hib: bool,
+    method: str,
+    why: str,
+    nfr: float | None = None,
+    pfr: float | None = None,
+) -> Comparison:
+    return _result(
+        verdict=INCONCLUSIVE,
+        n=n,
+        base=base,
+        tuned=tuned,
+        drop=drop,
+        low=-math.inf,
+        high=math.inf,
+        margin=margin,
+        relative=relative,
+        alpha=alpha,
+        fail_alpha=fail_alpha,
+        hib=hib,
+        method=method,
+        nfr=nfr,
+        pfr=pfr,
+        settle=_Settle(why="more examples that differ in different ways would be needed"),
+        note=why,
+    )
