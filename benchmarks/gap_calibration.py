@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     lines = [
-        f"| n per slice | slices | kind | false PASS at margin (SE) | false FAIL at margin (SE) | PASS at no change | FAIL at 3x margin |",
+        "| n per slice | slices | kind | false PASS at margin (SE) | false FAIL at margin (SE) | PASS at no change | FAIL at 3x margin |",
         "|---|---|---|---|---|---|---|",
     ]
     worst = 0.0
@@ -60,9 +60,13 @@ def main() -> None:
                 b, t = levels(k, kind, MARGIN)
                 at = simulate(b, t, n, margin=MARGIN, reps=args.reps, alpha=ALPHA, seed=n * 100 + k)
                 b0, t0 = levels(k, kind, 0.0)
-                none = simulate(b0, t0, n, margin=MARGIN, reps=max(50, args.reps // 4), alpha=ALPHA, seed=1 + n * 100 + k)
+                none = simulate(
+                    b0, t0, n, margin=MARGIN, reps=max(50, args.reps // 4), alpha=ALPHA, seed=1 + n * 100 + k
+                )
                 b3, t3 = levels(k, kind, 3 * MARGIN)
-                wide = simulate(b3, t3, n, margin=MARGIN, reps=max(50, args.reps // 4), alpha=ALPHA, seed=2 + n * 100 + k)
+                wide = simulate(
+                    b3, t3, n, margin=MARGIN, reps=max(50, args.reps // 4), alpha=ALPHA, seed=2 + n * 100 + k
+                )
                 for p in (at["pass"], at["fail"]):
                     worst = max(worst, p - (ALPHA + 3 * se(p, args.reps)))
                 lines.append(
@@ -76,15 +80,21 @@ def main() -> None:
         "",
         f"Margin {MARGIN}, alpha {ALPHA}, {args.reps} repetitions per cell at the margin ({max(50, args.reps // 4)} for the power columns), "
         "0/1 scores, churn 0.1. The smallest slice size at which two identical models PASS at this margin: "
-        + ", ".join(f"{min_n_per_slice(MARGIN, k, ALPHA)} ({k} slices)" for k in (2, 5, 10)) + ".",
+        + ", ".join(f"{min_n_per_slice(MARGIN, k, ALPHA)} ({k} slices)" for k in (2, 5, 10))
+        + ".",
         "",
         f"Measured with `python benchmarks/gap_calibration.py --reps {args.reps}` on {platform.machine()} CPU in {seconds:.0f} s.",
         "",
     ]
-    verdict = "every rate at the margin is <= alpha + 3 SE" if worst <= 0 else f"a rate exceeds alpha + 3 SE by {worst:.3f}"
-    notes = ["", f"Result: {verdict}. The method is a union bound (per slice the paired score bounds of the 0/1 path for the change and exact Clopper-Pearson bounds for the base level, Bonferroni "
-             "over the slices), so it is conservative (the score bounds are asymptotic per slice, exact where nothing flipped; the union's slack keeps the rates at the margin far below alpha), with power that needs a few hundred "
-             "examples per slice."]
+    verdict = (
+        "every rate at the margin is <= alpha + 3 SE" if worst <= 0 else f"a rate exceeds alpha + 3 SE by {worst:.3f}"
+    )
+    notes = [
+        "",
+        f"Result: {verdict}. The method is a union bound (per slice the paired score bounds of the 0/1 path for the change and exact Clopper-Pearson bounds for the base level, Bonferroni "
+        "over the slices), so it is conservative (the score bounds are asymptotic per slice, exact where nothing flipped; the union's slack keeps the rates at the margin far below alpha), with power that needs a few hundred "
+        "examples per slice.",
+    ]
     text = "\n".join(header + lines + notes) + "\n"
     print(text)
     if args.out:

@@ -35,7 +35,9 @@ def decide(path: str, n: int, rng: np.random.Generator, sweep: float, seed: int)
     shift = math.log1p(0.01) + sweep * 0.0117 / math.sqrt(n) * 3.0
     ob = {"nll": ntok * mu, "ntok": ntok}
     ot = {"nll": ntok * (mu + shift + rng.normal(0, 0.3, n)), "ntok": ntok}
-    return lambda: stats.compare_statistic(None, n, ratio=ratio_of(PERPLEXITY, ob, ot), max_drop=0.01, relative=True, **common)
+    return lambda: stats.compare_statistic(
+        None, n, ratio=ratio_of(PERPLEXITY, ob, ot), max_drop=0.01, relative=True, **common
+    )
 
 
 def main() -> None:
@@ -69,24 +71,34 @@ def main() -> None:
                 agree += fast.verdict == slow.verdict
                 verdicts.append(slow.verdict)
             mix = ", ".join(f"{v} {verdicts.count(v)}" for v in ("pass", "inconclusive", "fail") if verdicts.count(v))
-            row = (f"| {path} | {n:,} | {agree} / {args.sets} | {max(dists):.3f} | {float(np.median(dists)):.3f} | {mix} | "
-                   f"{t_fast / args.sets:.3f} | {t_slow / args.sets:.2f} |")
+            row = (
+                f"| {path} | {n:,} | {agree} / {args.sets} | {max(dists):.3f} | {float(np.median(dists)):.3f} | {mix} | "
+                f"{t_fast / args.sets:.3f} | {t_slow / args.sets:.2f} |"
+            )
             print(row, flush=True)
             rows.append(row)
-    head = ["| path | n | same verdict | max bound distance (SE) | median (SE) | bootstrap-t verdicts | analytic s | bootstrap-t s |",
-            "|---|---|---|---|---|---|---|---|"]
+    head = [
+        "| path | n | same verdict | max bound distance (SE) | median (SE) | bootstrap-t verdicts | analytic s | bootstrap-t s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     print("\n".join(head + rows))
     if args.results:
         from bucketing import write_section
 
-        write_section("large-n-agreement", [
-            "### Analytic large-n interval vs the bootstrap-t (`benchmarks/large_n_agreement.py`)", "",
-            f"Per path and n, {args.sets} eval sets whose true drop sweeps the margin from -3 to +3 standard errors (skewed per-example "
-            "differences; perplexity with long-tailed lengths); each decided by both methods (n_boot = 2000, alpha 0.05 / fail_alpha 0.025). "
-            "Bound distances in standard errors of the drop; the bootstrap-t's own Monte-Carlo error is about 0.05 SE. "
-            f"Run {started}, 2-CPU machine shared with other jobs (times are per decision).", "",
-            *head, *rows,
-        ])
+        write_section(
+            "large-n-agreement",
+            [
+                "### Analytic large-n interval vs the bootstrap-t (`benchmarks/large_n_agreement.py`)",
+                "",
+                f"Per path and n, {args.sets} eval sets whose true drop sweeps the margin from -3 to +3 standard errors (skewed per-example "
+                "differences; perplexity with long-tailed lengths); each decided by both methods (n_boot = 2000, alpha 0.05 / fail_alpha 0.025). "
+                "Bound distances in standard errors of the drop; the bootstrap-t's own Monte-Carlo error is about 0.05 SE. "
+                f"Run {started}, 2-CPU machine shared with other jobs (times are per decision).",
+                "",
+                *head,
+                *rows,
+            ],
+        )
 
 
 if __name__ == "__main__":

@@ -48,9 +48,20 @@ def build(root: Path, n_docs: int, rounds: int) -> None:
     vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", *words])}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=len(vocab), n_embd=256, n_layer=4, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = transformers.GPT2Config(
+        vocab_size=len(vocab),
+        n_embd=256,
+        n_layer=4,
+        n_head=4,
+        n_positions=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     base = transformers.GPT2LMHeadModel(cfg)
     facts = [f"the capital of {c} is {t}" for c, t in zip(countries, cities)]
     opt = torch.optim.Adam(base.parameters(), lr=3e-3)
@@ -81,8 +92,8 @@ def build(root: Path, n_docs: int, rounds: int) -> None:
     (tasks / "caps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tasks / "caps.yaml").write_text(
         f"task: bench_caps\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tasks / 'caps.jsonl'}\n"
-        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{q}}\"\ndoc_to_choice: \"{{choices}}\"\n"
-        "doc_to_target: \"{{gold}}\"\nmetric_list:\n  - metric: acc\n"
+        'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "{{q}}"\ndoc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{gold}}"\nmetric_list:\n  - metric: acc\n'
     )
 
 
@@ -140,10 +151,15 @@ def main() -> None:
         seconds, row = plugin(root, cache, args.batch_size, f"tuned-{r}-cold")
         assert not row["base_cached"] and row["tuned_eval_s"] > 0, row
         cold.append(seconds)
-        seconds, warm_row = plugin(root, cache, args.batch_size, f"tuned-{r}-cached")  # a new candidate, the base cached
+        seconds, warm_row = plugin(
+            root, cache, args.batch_size, f"tuned-{r}-cached"
+        )  # a new candidate, the base cached
         assert warm_row["base_cached"] and warm_row["tuned_eval_s"] > 0, warm_row
         warm.append(seconds)
-        print(f"round {r}: by hand {hand[-1]:.2f} s, plugin cold {cold[-1]:.2f} s, plugin base cached {warm[-1]:.2f} s", flush=True)
+        print(
+            f"round {r}: by hand {hand[-1]:.2f} s, plugin cold {cold[-1]:.2f} s, plugin base cached {warm[-1]:.2f} s",
+            flush=True,
+        )
     h, c, w = statistics.median(hand), statistics.median(cold), statistics.median(warm)
     print(f"\n{args.docs} documents x 4 choices, batch size {args.batch_size}, {torch.get_num_threads()} threads, lm-eval "
           f"{__import__('lm_eval').__version__}")  # fmt: skip

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "example_project"
 STAGES = ("imports", "collection", "task build", "load", "evaluation", "statistics", "report")
 
-TESTS = '''
+TESTS = """
 import pytest
 
 
@@ -56,7 +56,7 @@ def test_accuracy():
 @pytest.mark.retains("fashion-mnist", max_drop=0.05, split="train", metric="f1_macro")
 def test_macro_f1():
     pass
-'''
+"""
 
 # runs inside the child process: wraps the stages, runs pytest, prints the timings as JSON
 CHILD = r'''
@@ -155,8 +155,10 @@ def machine() -> str:
     import torch
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}; load average {' '.join(f'{x:.1f}' for x in load)}")
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), Python {platform.python_version()}; load average {' '.join(f'{x:.1f}' for x in load)}"
+    )
 
 
 # --- decision core (issue 18, point 6): n = 1e3..1e6 per statistical path ------------------------
@@ -193,7 +195,9 @@ def _core_inputs(path: str, n: int):
         b = 3.0 + rng.normal(0, 0.5, n)
         t = b + 0.05 + rng.normal(0, 0.3, n)
         rel = path.endswith("relative")
-        return lambda: stats.compare_scores(b, t, max_drop=0.05 if rel else 0.1, relative=rel, higher_is_better=False, **common)
+        return lambda: stats.compare_scores(
+            b, t, max_drop=0.05 if rel else 0.1, relative=rel, higher_is_better=False, **common
+        )
     if path.startswith("macro-F1") or path.startswith("balanced accuracy"):
         from pytest_forgetting.metrics import BALANCED_ACCURACY, F1_MACRO
 
@@ -237,7 +241,9 @@ def _core_inputs(path: str, n: int):
         mu = 3.0 + rng.normal(0, 0.3, n)
         ob = {"nll": ntok * mu, "ntok": ntok}
         ot = {"nll": ntok * (mu + 0.01 + rng.normal(0, 0.2, n)), "ntok": ntok}
-        return lambda: _core_decide(PERPLEXITY, ob, ot, n, max_drop=0.05, relative=True, higher_is_better=False, **common)
+        return lambda: _core_decide(
+            PERPLEXITY, ob, ot, n, max_drop=0.05, relative=True, higher_is_better=False, **common
+        )
     if path.startswith("per-class"):
         k = int(path.split()[1])
         labels = rng.integers(0, k, size=n)
@@ -247,21 +253,23 @@ def _core_inputs(path: str, n: int):
     raise ValueError(f"unknown path {path!r}")
 
 
-CORE_NOTE = ("Resampling by counts: groups of identical examples (macro-F1 / balanced accuracy: (label, base, tuned) cells; WER and "
-             "entity F1: their small per-example counts) are resampled as one multinomial draw per resample, the same distribution as n "
-             "uniform indices. Scores that rarely repeat (continuous means, per-example NLL, perplexity's token sums) would need n indices "
-             "per resample (2 x 10^9 draws at n = 1e6): from n = 50,000 (`stats._ANALYTIC_MIN_N`) those paths take the interval the "
-             "bootstrap-t approximates from its one-term Edgeworth expansion instead (`stats._edgeworth_bounds`, method `edgeworth-t`: Hall "
-             "1992's skewness-corrected studentised interval, Johnson's modified t for a plain mean; the bootstrap still decides where the "
-             "correction is not small). Entity F1 goes through the Ratio form (2 sum tp / (sum predicted + sum gold), the same statistic) "
-             "instead of BCa over a black box; its per-sentence entity counts are built outside the timing, as the other paths' inputs "
-             "are. Per-class: every class's bounds (a class budget gates the check); without a budget the session asks only for the "
-             "worst 3 (`class_drops(worst=3)`). Peak RSS: the child process's resident high-water mark during the decision (VmHWM, reset just "
-             "before it through /proc/self/clear_refs; Python, numpy and the inputs included); 'before' is its resident size just "
-             "before the decision. Side by side (--against): on a loaded machine one decision's "
-             "CPU seconds vary by about +-30 % from run to run, and the first of a back-to-back pair tends to pay more (with the new "
-             "code always first, balanced accuracy at 1e6 read 0.73x; alternating, 1.1x), so ratios within 0.7-1.3x are noise; the "
-             "new side runs the working tree as it is (other helpers' uncommitted edits included).")
+CORE_NOTE = (
+    "Resampling by counts: groups of identical examples (macro-F1 / balanced accuracy: (label, base, tuned) cells; WER and "
+    "entity F1: their small per-example counts) are resampled as one multinomial draw per resample, the same distribution as n "
+    "uniform indices. Scores that rarely repeat (continuous means, per-example NLL, perplexity's token sums) would need n indices "
+    "per resample (2 x 10^9 draws at n = 1e6): from n = 50,000 (`stats._ANALYTIC_MIN_N`) those paths take the interval the "
+    "bootstrap-t approximates from its one-term Edgeworth expansion instead (`stats._edgeworth_bounds`, method `edgeworth-t`: Hall "
+    "1992's skewness-corrected studentised interval, Johnson's modified t for a plain mean; the bootstrap still decides where the "
+    "correction is not small). Entity F1 goes through the Ratio form (2 sum tp / (sum predicted + sum gold), the same statistic) "
+    "instead of BCa over a black box; its per-sentence entity counts are built outside the timing, as the other paths' inputs "
+    "are. Per-class: every class's bounds (a class budget gates the check); without a budget the session asks only for the "
+    "worst 3 (`class_drops(worst=3)`). Peak RSS: the child process's resident high-water mark during the decision (VmHWM, reset just "
+    "before it through /proc/self/clear_refs; Python, numpy and the inputs included); 'before' is its resident size just "
+    "before the decision. Side by side (--against): on a loaded machine one decision's "
+    "CPU seconds vary by about +-30 % from run to run, and the first of a back-to-back pair tends to pay more (with the new "
+    "code always first, balanced accuracy at 1e6 read 0.73x; alternating, 1.1x), so ratios within 0.7-1.3x are noise; the "
+    "new side runs the working tree as it is (other helpers' uncommitted edits included)."
+)
 
 CORE_PATHS = ("0/1 absolute", "0/1 relative", "continuous absolute", "continuous relative", "macro-F1 (10 classes)",
               "balanced accuracy (10 classes)", "entity F1", "WER", "perplexity relative",
@@ -332,10 +340,22 @@ def core_main(sizes: list[int], paths: list[str], give_up: float, against: Path 
         slow: dict[str, float] = {}
         for i, n in enumerate(sizes):
             # alternate which side runs first (the first of a pair tends to pay for the machine's state)
-            for variant, tree in (variants if i % 2 == 0 else variants[::-1]):
+            for variant, tree in variants if i % 2 == 0 else variants[::-1]:
                 if variant in slow:
-                    print(f"{path:<32} n={n:>9,}  [{variant}] skipped (took {slow[variant]:.1f} s at a smaller n)", flush=True)
-                    out.append({"path": path, "n": n, "variant": variant, "seconds": None, "peak_mb": None, "verdict": "skipped"})
+                    print(
+                        f"{path:<32} n={n:>9,}  [{variant}] skipped (took {slow[variant]:.1f} s at a smaller n)",
+                        flush=True,
+                    )
+                    out.append(
+                        {
+                            "path": path,
+                            "n": n,
+                            "variant": variant,
+                            "seconds": None,
+                            "peak_mb": None,
+                            "verdict": "skipped",
+                        }
+                    )
                     continue
                 r = _core_child(path, n, tree)
                 mem = "    n/a" if r["peak_mb"] is None else f"{r['peak_mb']:8.1f}"
@@ -358,7 +378,11 @@ def compare_table(results: list[dict], sizes: list[int]) -> list[str]:
             fmt = lambda r: "-" if r is None or r["seconds"] is None else f"{r['cpu']:.3f}"  # noqa: E731
             ratio = ""
             if new and old and new["seconds"] is not None and old["seconds"] is not None and new["cpu"] > 0:
-                ratio = f" ({old['cpu'] / new['cpu']:.1f}x)" if old["cpu"] >= new["cpu"] else f" ({old['cpu'] / new['cpu']:.2f}x)"
+                ratio = (
+                    f" ({old['cpu'] / new['cpu']:.1f}x)"
+                    if old["cpu"] >= new["cpu"]
+                    else f" ({old['cpu'] / new['cpu']:.2f}x)"
+                )
             cells.append(f"{fmt(new)} vs {fmt(old)}{ratio}")
         lines.append(f"| {path} | " + " | ".join(cells) + " |")
     return lines
@@ -369,7 +393,9 @@ def core_table(results: list[dict], sizes: list[int]) -> list[str]:
     for path in dict.fromkeys(r["path"] for r in results):
         cells = []
         for n in sizes:
-            r = next((r for r in results if r["path"] == path and r["n"] == n and r.get("variant", "new") == "new"), None)
+            r = next(
+                (r for r in results if r["path"] == path and r["n"] == n and r.get("variant", "new") == "new"), None
+            )
             if r is None or r["seconds"] is None:
                 cells.append("-")
             else:
@@ -387,12 +413,21 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000,10000,60000")
     ap.add_argument("--json")
     ap.add_argument("--results", action="store_true", help="write the table into benchmarks/RESULTS.md")
-    ap.add_argument("--core", action="store_true", help="time the decision core of each statistical path instead of whole runs")
+    ap.add_argument(
+        "--core", action="store_true", help="time the decision core of each statistical path instead of whole runs"
+    )
     ap.add_argument("--core-sizes", default=",".join(str(n) for n in CORE_SIZES))
     ap.add_argument("--core-paths", default="all", help="comma-separated subset of: " + ", ".join(CORE_PATHS))
-    ap.add_argument("--give-up", type=float, default=60.0, help="--core: skip larger n of a path slower than this (seconds)")
-    ap.add_argument("--from-json", help="--core: print (and with --results write) a run saved with --json instead of running")
-    ap.add_argument("--against", help="--core: also time each decision with the package of this older commit (git archive), side by side")
+    ap.add_argument(
+        "--give-up", type=float, default=60.0, help="--core: skip larger n of a path slower than this (seconds)"
+    )
+    ap.add_argument(
+        "--from-json", help="--core: print (and with --results write) a run saved with --json instead of running"
+    )
+    ap.add_argument(
+        "--against",
+        help="--core: also time each decision with the package of this older commit (git archive), side by side",
+    )
     args = ap.parse_args()
     if args.core:
         import platform
@@ -411,7 +446,9 @@ def main() -> None:
             against = None
             if args.against:
                 against = Path(tempfile.mkdtemp(prefix="forgetting-against-"))
-                archive = subprocess.run(["git", "archive", args.against], cwd=ROOT, capture_output=True, check=True).stdout
+                archive = subprocess.run(
+                    ["git", "archive", args.against], cwd=ROOT, capture_output=True, check=True
+                ).stdout
                 subprocess.run(["tar", "-x", "-C", str(against)], input=archive, check=True)
             results = core_main(sizes, paths, args.give_up, against)
         print("\n".join(core_table(results, sizes)))
@@ -434,7 +471,9 @@ def main() -> None:
                     "`--give-up` at a smaller n)", "", *compare_table(results, sizes)]),
             ])  # fmt: skip
         if args.json:
-            Path(args.json).write_text(json.dumps({"machine": started, "against": args.against, "results": results}, indent=2))
+            Path(args.json).write_text(
+                json.dumps({"machine": started, "against": args.against, "results": results}, indent=2)
+            )
         return
     results = []
     started = machine()
@@ -447,7 +486,11 @@ def main() -> None:
             for kind in ("cold", "warm"):
                 timings = run(folder, n, cache)
                 results.append({"n": n, "run": kind, "timings": timings})
-                print(f"n={n:>6} {kind}: {timings['wall']:.1f} s  " + ", ".join(f"{s} {timings.get(s, 0.0):.2f}" for s in STAGES), flush=True)
+                print(
+                    f"n={n:>6} {kind}: {timings['wall']:.1f} s  "
+                    + ", ".join(f"{s} {timings.get(s, 0.0):.2f}" for s in STAGES),
+                    flush=True,
+                )
     print("\n".join(table(results)))
     if args.results:
         write_section("scaling", [

@@ -72,8 +72,14 @@ def _load() -> float:
 def _timed(cmd: list[str], cwd: Path, timing_log: Path) -> tuple[float, float, subprocess.CompletedProcess, list[dict]]:
     """(wall s, CPU s of the whole process tree (user + system, workers included), the run, per-process CPU)."""
     timing_log.unlink(missing_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0", XDIST_TIMING_LOG=str(timing_log),
-               PYTHONPATH=os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]))
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        PYTHONHASHSEED="0",
+        XDIST_TIMING_LOG=str(timing_log),
+        PYTHONPATH=os.pathsep.join([str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    )
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
@@ -95,12 +101,33 @@ def run(xdist: list[str], cache: Path, out: Path, tests: list[str]) -> dict:
     load = _load()
     wall, cpu, proc, procs = _timed(cmd, EXAMPLE, out / "timing.jsonl")
     report = json.loads(json_path.read_text()) if json_path.exists() else {}
-    return {"wall": wall, "cpu": cpu, "procs": procs, "report": report, "table": _table(proc.stdout), "rc": proc.returncode, "load": load}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "procs": procs,
+        "report": report,
+        "table": _table(proc.stdout),
+        "rc": proc.returncode,
+        "load": load,
+    }
 
 
 def run_floor(xdist: list[str], folder: Path) -> dict:
     """Four empty tests with the example's conftest (no checkpoints: the gate is off)."""
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "xdist", "-p", "_xdist_timing", *xdist, "test_empty.py"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "xdist",
+        "-p",
+        "_xdist_timing",
+        *xdist,
+        "test_empty.py",
+    ]
     load = _load()
     wall, cpu, _, procs = _timed(cmd, folder, folder / "timing.jsonl")
     return {"wall": wall, "cpu": cpu, "procs": procs, "load": load}
@@ -134,8 +161,14 @@ def phases(procs: list[dict]) -> dict[str, dict[str, float]]:
     for p in procs:
         collected = p.get("collected", p.get("configure", 0.0))
         total = p.get("exit", 0.0)
-        out[p["w"]] = {"start": collected, "tests": p.get("tests", 0.0), "rest": max(0.0, total - collected - p.get("tests", 0.0)),
-                       "total": total, "n_tests": p.get("n_tests", 0), "torch": bool(p.get("torch"))}
+        out[p["w"]] = {
+            "start": collected,
+            "tests": p.get("tests", 0.0),
+            "rest": max(0.0, total - collected - p.get("tests", 0.0)),
+            "total": total,
+            "n_tests": p.get("n_tests", 0),
+            "torch": bool(p.get("torch")),
+        }
     return out
 
 
@@ -143,7 +176,11 @@ def critical_path(procs: list[dict]) -> float:
     """Controller + busiest worker, CPU s (the single process for -n 0)."""
     ph = phases(procs)
     workers = [v["total"] for k, v in ph.items() if k.startswith("gw")]
-    return ph.get("controller", {"total": 0.0})["total"] + (max(workers) if workers else 0.0) + sum(v["total"] for k, v in ph.items() if k == "main")
+    return (
+        ph.get("controller", {"total": 0.0})["total"]
+        + (max(workers) if workers else 0.0)
+        + sum(v["total"] for k, v in ph.items() if k == "main")
+    )
 
 
 def _q(values: list[float]) -> tuple[float, float, float]:
@@ -174,8 +211,11 @@ def measure(labels: list[str], pairs: int, warm: bool, work: Path, tests: list[s
             cache = warm_cache if warm else work / f"cache-{rnd}-{labels.index(label)}"
             r = run(VARIANTS[label], cache, work, tests)
             runs[label].append(r)
-            print(f"{'warm' if warm else 'cold'} round {rnd + 1}: {label:17s} {r['wall']:6.1f} s wall, {r['cpu']:6.1f} s CPU, "
-                  f"critical path {critical_path(r['procs']):5.1f} s CPU, load {r['load']:.1f} (exit {r['rc']})", flush=True)
+            print(
+                f"{'warm' if warm else 'cold'} round {rnd + 1}: {label:17s} {r['wall']:6.1f} s wall, {r['cpu']:6.1f} s CPU, "
+                f"critical path {critical_path(r['procs']):5.1f} s CPU, load {r['load']:.1f} (exit {r['rc']})",
+                flush=True,
+            )
     return runs
 
 
@@ -197,29 +237,41 @@ def ratios(runs: dict[str, list[dict]], label: str, key: str) -> list[float]:
 
 def report_lines(mode: str, runs: dict[str, list[dict]], floor: dict[str, list[dict]] | None) -> list[str]:
     labels = list(runs)
-    lines = [f"**{mode} cache** ({len(runs['-n 0'])} rounds; load average at the runs' start: "
-             f"{_fmt([r['load'] for rs in runs.values() for r in rs])})", "",
-             "| variant | wall s | CPU s | critical path CPU s | wall / -n 0 | CPU / -n 0 | reuse (base) | reuse (tuned) | exit |",
-             "|---|--:|--:|--:|--:|--:|---|---|--:|"]
+    lines = [
+        f"**{mode} cache** ({len(runs['-n 0'])} rounds; load average at the runs' start: "
+        f"{_fmt([r['load'] for rs in runs.values() for r in rs])})",
+        "",
+        "| variant | wall s | CPU s | critical path CPU s | wall / -n 0 | CPU / -n 0 | reuse (base) | reuse (tuned) | exit |",
+        "|---|--:|--:|--:|--:|--:|---|---|--:|",
+    ]
     for label in labels:
         rs = runs[label]
         counts = reuse_counts(rs[-1]["report"])
         rw = "1" if label == "-n 0" else _fmt(ratios(runs, label, "wall"), 3)
         rc = "1" if label == "-n 0" else _fmt(ratios(runs, label, "cpu"), 3)
-        lines.append(f"| {label} | {_fmt([r['wall'] for r in rs])} | {_fmt([r['cpu'] for r in rs])} | "
-                     f"{_fmt([critical_path(r['procs']) for r in rs])} | {rw} | {rc} | {counts['base_reuse']} | {counts['tuned_reuse']} | "
-                     f"{sorted({r['rc'] for r in rs})} |")
+        lines.append(
+            f"| {label} | {_fmt([r['wall'] for r in rs])} | {_fmt([r['cpu'] for r in rs])} | "
+            f"{_fmt([critical_path(r['procs']) for r in rs])} | {rw} | {rc} | {counts['base_reuse']} | {counts['tuned_reuse']} | "
+            f"{sorted({r['rc'] for r in rs})} |"
+        )
     if floor:
         for label in ("-n 0", "-n 2"):
             rs = floor[label]
             rw = "1" if label == "-n 0" else _fmt(ratios(floor, label, "wall"), 3)
             rc = "1" if label == "-n 0" else _fmt(ratios(floor, label, "cpu"), 3)
-            lines.append(f"| floor: 4 empty tests, {label} | {_fmt([r['wall'] for r in rs])} | {_fmt([r['cpu'] for r in rs])} | "
-                         f"{_fmt([critical_path(r['procs']) for r in rs])} | {rw} | {rc} | | | |")
-    lines += ["", "CPU s per process (median over rounds): start = until collected (interpreter, pytest, plugins, conftest, "
-              "test modules, the tasks built to validate markers); tests = inside tests (torch import, model loading, "
-              "evaluation, fine-tuning); rest = report and exit.", "",
-              "| variant | process | start | tests | rest | total | tests run | torch imported |", "|---|---|--:|--:|--:|--:|--:|---|"]
+            lines.append(
+                f"| floor: 4 empty tests, {label} | {_fmt([r['wall'] for r in rs])} | {_fmt([r['cpu'] for r in rs])} | "
+                f"{_fmt([critical_path(r['procs']) for r in rs])} | {rw} | {rc} | | | |"
+            )
+    lines += [
+        "",
+        "CPU s per process (median over rounds): start = until collected (interpreter, pytest, plugins, conftest, "
+        "test modules, the tasks built to validate markers); tests = inside tests (torch import, model loading, "
+        "evaluation, fine-tuning); rest = report and exit.",
+        "",
+        "| variant | process | start | tests | rest | total | tests run | torch imported |",
+        "|---|---|--:|--:|--:|--:|--:|---|",
+    ]
     for label in labels:
         per: dict[str, list[dict]] = collections.defaultdict(list)
         for r in runs[label]:
@@ -228,8 +280,10 @@ def report_lines(mode: str, runs: dict[str, list[dict]], floor: dict[str, list[d
         for w in sorted(per, key=lambda k: (k != "controller", k)):
             vs = per[w]
             med = {k: statistics.median(v[k] for v in vs) for k in ("start", "tests", "rest", "total", "n_tests")}
-            lines.append(f"| {label} | {w} | {med['start']:.2f} | {med['tests']:.2f} | {med['rest']:.2f} | {med['total']:.2f} | "
-                         f"{med['n_tests']:.0f} | {'yes' if all(v['torch'] for v in vs) else 'no' if not any(v['torch'] for v in vs) else 'some runs'} |")
+            lines.append(
+                f"| {label} | {w} | {med['start']:.2f} | {med['tests']:.2f} | {med['rest']:.2f} | {med['total']:.2f} | "
+                f"{med['n_tests']:.0f} | {'yes' if all(v['torch'] for v in vs) else 'no' if not any(v['torch'] for v in vs) else 'some runs'} |"
+            )
     tables = {label: runs[label][-1]["table"] for label in labels}
     same = len(set(tables.values())) == 1 and bool(tables["-n 0"])
     lines += ["", f"Summary tables identical across variants: {'yes' if same else 'NO'}."]
@@ -268,18 +322,23 @@ def main() -> int:
         autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
     except OSError:
         autogroup = False
-    lines = [f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
-             f"Linux autogroup scheduling: {'on' if autogroup else 'off'}",
-             f"- load average (1, 5, 15 min) at start / end: {' '.join(f'{x:.1f}' for x in load0)} / {' '.join(f'{x:.1f}' for x in load1)}; "
-             f"total {(time.time() - t0) / 60:.1f} min",
-             f"- tests: example_project/{' '.join(args.tests)}; command: `python benchmarks/xdist_bench.py --pairs {args.pairs}"
-             f"{' --with-load' if args.with_load else ''}{'' if args.cache == 'both' else f' --cache {args.cache}'}`", ""]
+    lines = [
+        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(t0))}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
+        f"Linux autogroup scheduling: {'on' if autogroup else 'off'}",
+        f"- load average (1, 5, 15 min) at start / end: {' '.join(f'{x:.1f}' for x in load0)} / {' '.join(f'{x:.1f}' for x in load1)}; "
+        f"total {(time.time() - t0) / 60:.1f} min",
+        f"- tests: example_project/{' '.join(args.tests)}; command: `python benchmarks/xdist_bench.py --pairs {args.pairs}"
+        f"{' --with-load' if args.with_load else ''}{'' if args.cache == 'both' else f' --cache {args.cache}'}`",
+        "",
+    ]
     for i, mode in enumerate(modes):
         lines += report_lines(mode, results[mode], floor if i == 0 else None) + [""]
     print()
     print("\n".join(lines))
     if args.write:
-        write_section("xdist", ["## pytest-xdist: `-n 2` vs `-n 0` on the example gate (`benchmarks/xdist_bench.py`)", "", *lines])
+        write_section(
+            "xdist", ["## pytest-xdist: `-n 2` vs `-n 0` on the example gate (`benchmarks/xdist_bench.py`)", "", *lines]
+        )
     return 0
 
 

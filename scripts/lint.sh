@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Lint, format and types (run by scripts/test.sh, so by CI): ruff's formatter and linter over the
+# Lint, format and types (run by scripts/test.sh, so by CI; versions pinned in requirements-lint.txt): ruff's formatter and linter over the
 # package, tests, benchmarks and scripts (the example project is linted but not reformatted: its files
 # are hashed into the README's example outputs), then mypy over the package (pyproject.toml: default
-# mode everywhere, mypy's strict flags on the pure modules). Versions pinned in constraints.txt.
+# mode everywhere, mypy's strict flags on the pure modules).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -26,9 +26,9 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -44,9 +44,14 @@ ENV = {
 }
 
 EXAMPLE_INPUTS = [
-    "scripts/premerge.sh", "scripts/setup.sh", "constraints.txt",
-    "example_project/cnn.py", "example_project/build_checkpoints.py", "example_project/conftest.py",
-    "example_project/pyproject.toml", "example_project/tests/test_retention.py",
+    "scripts/premerge.sh",
+    "scripts/setup.sh",
+    "constraints.txt",
+    "example_project/cnn.py",
+    "example_project/build_checkpoints.py",
+    "example_project/conftest.py",
+    "example_project/pyproject.toml",
+    "example_project/tests/test_retention.py",
     "example_project/tests/test_finetune_property.py",
 ]
 
@@ -70,7 +75,7 @@ def summary_table(text: str) -> str:
     lines = text.splitlines()
     first = next(i for i, line in enumerate(lines) if "forgetting summary" in line and line.startswith("="))
     out = [lines[first].rstrip()]
-    for line in lines[first + 1:]:
+    for line in lines[first + 1 :]:
         if not line.strip() or line.startswith("=") or line.startswith("forgetting: wrote"):
             break
         out.append(line.rstrip())
@@ -79,21 +84,24 @@ def summary_table(text: str) -> str:
 
 def failure(test: str) -> Callable[[str], str]:
     """The failure section of one test: what pytest prints under its ____ title."""
+
     def extract(text: str) -> str:
         lines = text.splitlines()
         title = next(i for i, line in enumerate(lines) if re.fullmatch(rf"_+ {re.escape(test)} _+", line))
         body = []
-        for line in lines[title + 1:]:
+        for line in lines[title + 1 :]:
             if line.startswith("____") or line.startswith("===="):
                 break
             body.append(line.rstrip())
         return "\n".join(body).strip("\n")
+
     return extract
 
 
 def failure_line(test: str, prefix: str) -> Callable[[str], str]:
     def extract(text: str) -> str:
         return next(line.rstrip() for line in failure(test)(text).splitlines() if line.lstrip().startswith(prefix))
+
     return extract
 
 
@@ -115,19 +123,34 @@ class Output:
 
 
 PREMERGE = ("bash", "scripts/premerge.sh")
-CANDIDATES = (PY, "-m", "pytest", "example_project", "-p", "no:cacheprovider",
-              "--base-ckpt=example_project/checkpoints/base.safetensors",
-              "--tuned-ckpt=example_project/checkpoints/tuned.safetensors",
-              "--tuned-ckpt=example_project/checkpoints/replay.safetensors",
-              "--tuned-ckpt=example_project/checkpoints/lora")
+CANDIDATES = (
+    PY,
+    "-m",
+    "pytest",
+    "example_project",
+    "-p",
+    "no:cacheprovider",
+    "--base-ckpt=example_project/checkpoints/base.safetensors",
+    "--tuned-ckpt=example_project/checkpoints/tuned.safetensors",
+    "--tuned-ckpt=example_project/checkpoints/replay.safetensors",
+    "--tuned-ckpt=example_project/checkpoints/lora",
+)
 
 OUTPUTS: dict[str, Output] = {
-    "list-tasks": Output((PY, "-m", "pytest", "-p", "no:cacheprovider", "--forgetting-list-tasks"), list_tasks, cheap=True),
+    "list-tasks": Output(
+        (PY, "-m", "pytest", "-p", "no:cacheprovider", "--forgetting-list-tasks"), list_tasks, cheap=True
+    ),
     "premerge": Output(PREMERGE, summary_table, cheap=False, inputs=tuple(EXAMPLE_INPUTS), expect_rc=(1,)),
-    "premerge-failure": Output(PREMERGE, failure("test_keeps_mnist_accuracy"), cheap=False,
-                               inputs=tuple(EXAMPLE_INPUTS), expect_rc=(1,)),
-    "premerge-weights": Output(PREMERGE, failure_line("test_keeps_mnist_accuracy", "weights:"), cheap=False,
-                               inputs=tuple(EXAMPLE_INPUTS), expect_rc=(1,)),
+    "premerge-failure": Output(
+        PREMERGE, failure("test_keeps_mnist_accuracy"), cheap=False, inputs=tuple(EXAMPLE_INPUTS), expect_rc=(1,)
+    ),
+    "premerge-weights": Output(
+        PREMERGE,
+        failure_line("test_keeps_mnist_accuracy", "weights:"),
+        cheap=False,
+        inputs=tuple(EXAMPLE_INPUTS),
+        expect_rc=(1,),
+    ),
     "candidates": Output(CANDIDATES, summary_table, cheap=False, inputs=tuple(EXAMPLE_INPUTS), expect_rc=(1,)),
 }
 
@@ -158,7 +181,9 @@ def run(output: Output) -> str:
             proc = subprocess.run(output.command, cwd=ROOT, env=env, capture_output=True, text=True)
         text = proc.stdout + proc.stderr
         if proc.returncode not in output.expect_rc:
-            raise SystemExit(f"{output.command_line} exited {proc.returncode} (expected {output.expect_rc}):\n{text[-4000:]}")
+            raise SystemExit(
+                f"{output.command_line} exited {proc.returncode} (expected {output.expect_rc}):\n{text[-4000:]}"
+            )
         _RUNS[output.command] = text
     return _RUNS[output.command]
 
@@ -170,12 +195,14 @@ def generate(name: str) -> str:
 
 def render_file(name: str, body: str) -> str:
     output = OUTPUTS[name]
-    return (f"# generated by scripts/readme_outputs.py {name}: do not edit, rerun the script\n"
-            f"# command: {output.command_line}\n"
-            f"# env: {env_line()}\n"
-            f"# inputs-sha256: {inputs_hash(output)}\n"
-            f"# output-sha256: {body_hash(body)}\n"
-            f"{body}\n")
+    return (
+        f"# generated by scripts/readme_outputs.py {name}: do not edit, rerun the script\n"
+        f"# command: {output.command_line}\n"
+        f"# env: {env_line()}\n"
+        f"# inputs-sha256: {inputs_hash(output)}\n"
+        f"# output-sha256: {body_hash(body)}\n"
+        f"{body}\n"
+    )
 
 
 def parse_file(text: str) -> tuple[dict[str, str], str]:
@@ -190,7 +217,9 @@ def parse_file(text: str) -> tuple[dict[str, str], str]:
     return header, "\n".join(lines[i:]).rstrip("\n")
 
 
-BLOCK = re.compile(r"(<!-- readme-output: (?P<name>[\w-]+) -->\n```[^\n]*\n)(?P<body>.*?)(\n```\n<!-- /readme-output -->)", re.S)
+BLOCK = re.compile(
+    r"(<!-- readme-output: (?P<name>[\w-]+) -->\n```[^\n]*\n)(?P<body>.*?)(\n```\n<!-- /readme-output -->)", re.S
+)
 
 
 def readme_blocks(text: str) -> dict[str, str]:
