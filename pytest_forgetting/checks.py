@@ -15,6 +15,8 @@ from typing import Any
 
 from .errors import ConfigError
 from .registry import REGISTRY, suggest
+from .results import CheckKind
+from .results import min_gain as _min_gain
 
 RETAINS_KEYS: tuple[str, ...] = (
     "task",
@@ -37,10 +39,10 @@ IMPROVES_KEYS += ("score_range",)
 
 @dataclass(frozen=True)
 class Check:
-    kind: str  # "retains" | "improves"
+    kind: CheckKind  # a str enum: equal to (and printed as) "retains" | "improves"
     task: str
     metric: str
-    margin: float  # max_drop, or -min_gain for improves
+    margin: float  # max_drop, or -min_gain for improves (read min_gain, never -margin)
     relative: bool = False
     split: str = "test"
     max_class_drop: float | None = None
@@ -61,8 +63,14 @@ class Check:
             else f"{self.kind}[{self.task}:{self.metric}]"
         )
 
+    @property
+    def min_gain(self) -> float | None:
+        """An ``improves`` check's required gain (:func:`results.min_gain` of the margin); None for ``retains``."""
+        return None if self.kind == CheckKind.RETAINS else float(_min_gain(self.margin))
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as plain values (``kind`` the plain string, as before it was a :class:`CheckKind`)."""
+        return {**asdict(self), "kind": str(self.kind)}
 
 
 def _number(where: str, key: str, value: Any, low: float | None = None, high: float | None = None) -> float:
@@ -156,7 +164,7 @@ def _parse_fields(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[
             where, kwargs.get("class_metric", "recall"), max_class_drop=mcd, slices=slices
         )
         return Check(
-            "retains",
+            CheckKind.RETAINS,
             task_name,
             metric or "",
             margin,
@@ -171,7 +179,7 @@ def _parse_fields(kind: str, kwargs: Mapping[str, Any], where: str, args: tuple[
     if "min_gain" not in kwargs:
         raise ConfigError(f"{where}: improves() needs min_gain= (e.g. min_gain=0.05 for five points)")
     gain = _number(where, "min_gain", kwargs["min_gain"], 0.0, 1.0 if (bounded or relative) else None)
-    return Check("improves", task_name, metric or "", -gain, relative, split)
+    return Check(CheckKind.IMPROVES, task_name, metric or "", -gain, relative, split)
 
 
 def _unknown_task(where: str, name: str) -> None:
