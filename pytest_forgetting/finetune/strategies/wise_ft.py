@@ -13,6 +13,7 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ...results import CheckKind, gain_triple
 from ..spec import FinetuneError, float_option
 from .base import FinishContext, StrategyBase
 
@@ -171,9 +172,10 @@ def format_curve(curve: list[dict[str, Any]], chosen: float | None = None) -> li
             if c["drop"] is None:
                 parts.append(f"{c['task']} {c['verdict'].upper()}")
                 continue
-            sign = "drop" if c["kind"] == "retains" else "gain"
-            value = c["drop"] if c["kind"] == "retains" else -c["drop"]
-            lo, hi = (c["ci_low"], c["ci_high"]) if c["kind"] == "retains" else (-c["ci_high"], -c["ci_low"])
+            if c["kind"] == CheckKind.RETAINS:
+                sign, (value, lo, hi) = "drop", (c["drop"], c["ci_low"], c["ci_high"])
+            else:  # an improves check: its gain and interval, as every report shows them (results.gain_triple)
+                sign, (value, lo, hi) = "gain", gain_triple(c["drop"], c["ci_low"], c["ci_high"])
             parts.append(
                 f"{c['task']} {sign} {100 * value:+.1f} pp [{100 * lo:+.1f}, {100 * hi:+.1f}] {c['verdict'].upper()}"
             )
