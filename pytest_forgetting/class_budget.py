@@ -44,11 +44,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from . import stats
+from .stats import budgets as _budgets
+from .stats import special as _special
+from .stats import validation as _validation
+from .stats import verdict as _verdict
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 #: what ``max_class_drop`` budgets per class (``class_metric=``); "recall" is per-class accuracy
 CLASS_METRICS = ("recall", "precision")
@@ -115,7 +122,7 @@ def _bound(k: int, n: int, a: float, upper: bool) -> float:
     """Exact one-sided Clopper-Pearson bound at ``a`` of k/n; n = 0 says nothing ([0, 1])."""
     if n == 0:
         return 1.0 if upper else 0.0
-    return stats._cp_upper(float(k), float(n), a) if upper else stats._cp_lower(float(k), float(n), a)
+    return _special._cp_upper(float(k), float(n), a) if upper else _special._cp_lower(float(k), float(n), a)
 
 
 def _lower(k: np.ndarray, n: np.ndarray, a: float) -> np.ndarray:
@@ -134,7 +141,7 @@ def _as_codes(what: str, values: Any, size: int | None) -> np.ndarray:
         raise ValueError(
             f"labels, base_pred and tuned_pred must be aligned: {what} has {arr.size} entries, labels {size}"
         )
-    return stats._as_labels(arr, arr.size) if arr.size else arr
+    return _validation._as_labels(arr, arr.size) if arr.size else arr
 
 
 def class_precision_drops(
@@ -155,9 +162,9 @@ def class_precision_drops(
     ``paired=False`` drops the agreement bound from the PASS side (the unpaired bound alone, each
     side at alpha / 2): the benchmark's comparison.
     """
-    lim = stats._check_margin(limit, "max_class_drop")
-    a = stats._check_alpha(alpha)
-    af = stats._check_fail_alpha(fail_alpha, a)
+    lim = _validation._check_margin(limit, "max_class_drop")
+    a = _validation._check_alpha(alpha)
+    af = _validation._check_fail_alpha(fail_alpha, a)
     y = _as_codes("labels", labels, None)
     if y.size == 0:
         raise ValueError("class precision needs at least one example")
@@ -192,14 +199,14 @@ def class_precision_drops(
         low, high = float(lows[j]), float(highs[j])
         out.append(
             ClassPrecision(
-                name=stats._class_name(label, class_names),
+                name=_budgets._class_name(label, class_names),
                 base=float(base[j]),
                 tuned=float(tuned[j]),
                 drop=float(base[j] - tuned[j]),
                 ci_low=low,
                 ci_high=high,
                 limit=lim,
-                verdict=stats._decide(low, high, lim),
+                verdict=_verdict._decide(low, high, lim),
                 n_base=int(pred_b[j]),
                 n_tuned=int(pred_t[j]),
                 tp_base=int(tp_b[j]),
@@ -319,7 +326,8 @@ def _other_two(rng: np.random.Generator, k: int, a: np.ndarray, b: np.ndarray) -
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     r = rng.integers(0, k - 2, a.size)
     r = r + (r >= lo)
-    return r + (r >= hi)
+    out: NDArray[np.int64] = r + (r >= hi)
+    return out
 
 
 def sample_pair(

@@ -46,6 +46,10 @@ from typing import Any
 import numpy as np
 
 from . import stats
+from .stats import paired as _paired
+from .stats import special as _special
+from .stats import validation as _validation
+from .stats import verdict as _verdict
 
 
 @dataclass(frozen=True)
@@ -79,12 +83,12 @@ def _as_1d(x: Any, what: str) -> np.ndarray:
 
 @functools.lru_cache(maxsize=65536)
 def _cp_upper(k: float, n: float, a: float) -> float:
-    return stats._cp_upper(k, n, a)
+    return _special._cp_upper(k, n, a)
 
 
 @functools.lru_cache(maxsize=65536)
 def _cp_lower(k: float, n: float, a: float) -> float:
-    return stats._cp_lower(k, n, a)
+    return _special._cp_lower(k, n, a)
 
 
 #: how a slice's change is bounded: "tango" (the paired score bounds of the 0/1 path, stats) or
@@ -94,7 +98,7 @@ _CHANGE = "tango"
 
 @functools.lru_cache(maxsize=65536)
 def _tango(b: float, c: float, n: float, a: float) -> tuple[float, float]:
-    return stats._paired_bounds(b, c, n, a, a)
+    return _paired._paired_bounds(b, c, n, a, a)
 
 
 def _binary_bounds(
@@ -119,7 +123,7 @@ def _continuous_bounds(
     bs: np.ndarray, ts: np.ndarray, a_change: float, a_level: float, seed: int
 ) -> tuple[float, float, float, float]:
     """The same from the paired studentised bootstrap of ``stats`` (INCONCLUSIVE-safe: +-inf when it refuses)."""
-    n_boot = max(2000, stats._min_boot(min(a_change, a_level)))
+    n_boot = max(2000, _validation._min_boot(min(a_change, a_level)))
     ch = stats.compare_scores(
         bs, ts, max_drop=0.0, alpha=a_change, fail_alpha=a_change, seed=seed, n_boot=n_boot, n_needed=False
     )
@@ -169,8 +173,8 @@ def compare_gap(
         raise ValueError(f"groups must give one slice per example: {g.size} for {bs.size} examples")
     if not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
         raise ValueError(f"max_gap_increase must be a finite number >= 0, got {margin!r}")
-    a = stats._check_alpha(alpha)
-    af = stats._check_fail_alpha(fail_alpha, a)
+    a = _validation._check_alpha(alpha)
+    af = _validation._check_fail_alpha(fail_alpha, a)
     codes, inverse = np.unique(g, return_inverse=True)
     k = len(codes)
     if names is not None and np.issubdtype(codes.dtype, np.integer):
@@ -244,7 +248,7 @@ def compare_gap(
             lower = max(lower, float(lo_d[i] - hi_d[j] - pen_best - pen_worst))
     if not (math.isfinite(upper) or math.isfinite(lower)):
         return result("inconclusive", lower, upper, method, "no valid bound on the slices at this n")
-    verdict = stats._decide(lower, upper, float(margin))
+    verdict = _verdict._decide(lower, upper, float(margin))
     return result(verdict, lower, upper, method, "")
 
 
