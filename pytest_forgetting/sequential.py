@@ -117,8 +117,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from numpy.typing import NDArray
 
 #: cap on the bet as a fraction of the largest safe bet (the paper's c; any value in (0, 1) is valid)
 MAX_BET = 0.5
@@ -212,9 +218,12 @@ def _mix(log_a: np.ndarray, log_b: np.ndarray) -> np.ndarray:
 
 def _log_factors(x: np.ndarray, m: np.ndarray | float, lam: np.ndarray, upward: bool) -> np.ndarray:
     """log(1 + l(m) (x - m)) for K+ (upward) or log(1 - l(m) (x - m)) for K-, l truncated at c/m or c/(1-m)."""
+    out: NDArray[np.float64]
     if upward:
-        return np.log1p(np.minimum(lam, MAX_BET / m) * (x - m))
-    return np.log1p(np.minimum(lam, MAX_BET / (1.0 - m)) * (m - x))
+        out = np.log1p(np.minimum(lam, MAX_BET / m) * (x - m))
+    else:
+        out = np.log1p(np.minimum(lam, MAX_BET / (1.0 - m)) * (m - x))
+    return out
 
 
 def log_capital(
@@ -270,7 +279,11 @@ def settle(
 
 
 def _bracketed_root(
-    f, lo: np.ndarray, hi: np.ndarray, f_lo: np.ndarray, f_hi: np.ndarray
+    f: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    f_lo: np.ndarray,
+    f_hi: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Shrink brackets [lo, hi] with f(lo) >= 0 > f(hi), f decreasing (vectorised), by the Illinois
     variant of regula falsi (bisection where the secant step leaves the bracket).

@@ -25,8 +25,12 @@ Pure: numpy and the standard library only.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 #: The smallest effective size of the influence values at which the bootstrap-t of an unbounded
 #: statistic (a mean with no declared range, an unbounded ratio of sums) decides. Chosen by
@@ -71,11 +75,13 @@ def mean_influence(base: np.ndarray, diff: np.ndarray, relative: bool) -> np.nda
     ((d_i - mean d) - r sign(mean b) (b_i - mean b)) / |mean b| with r the relative drop."""
     d = np.asarray(diff, dtype=float)
     if not relative:
-        return d - d.mean()
+        centred: NDArray[np.float64] = d - d.mean()
+        return centred
     b = np.asarray(base, dtype=float)
     mb, md = float(b.mean()), float(d.mean())
     r = md / abs(mb)
-    return ((d - md) - r * math.copysign(1.0, mb) * (b - mb)) / abs(mb)
+    z: NDArray[np.float64] = ((d - md) - r * math.copysign(1.0, mb) * (b - mb)) / abs(mb)
+    return z
 
 
 def too_few(n_inf: float, minimum: float = MIN_INFLUENCE_SIZE) -> bool:

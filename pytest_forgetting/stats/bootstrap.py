@@ -6,7 +6,7 @@ BCa bounds (Efron 1987) with their jackknife."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from statistics import NormalDist
 from typing import Any, NamedTuple
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from .settle import _normal_settle
 from .special import _phi, _z
-from .verdict import INCONCLUSIVE, Comparison, _decide, _degenerate, _drop_of, _result
+from .verdict import INCONCLUSIVE, Comparison, _CommonRates, _decide, _degenerate, _drop_of, _result
 
 #: Bootstrap index matrices are generated in chunks of at most this many entries, so memory
 #: stays bounded (~16 MB of indices) whatever n and n_boot are.
@@ -48,7 +48,7 @@ _EDGEWORTH_MAX_SHIFT = 0.5
 _EDGEWORTH_MAX_SECOND = 0.05
 
 
-def _index_chunks(n: int, n_boot: int, seed: int, width: int = 1):
+def _index_chunks(n: int, n_boot: int, seed: int, width: int = 1) -> Iterator[np.ndarray]:
     """Seeded paired resamples as (rows, n) index matrices, in memory-bounded chunks; the chunk
     size depends only on n (and the caller's width), so results depend only on the seed."""
     rng = np.random.default_rng(seed)
@@ -104,7 +104,7 @@ def _too_many_groups(*arrays: np.ndarray) -> bool:
     if head >= n:
         return False
     _, first = _distinct_rows(*(a[:head] for a in arrays))
-    return first.size * _MULTINOMIAL_RATIO > n
+    return bool(first.size * _MULTINOMIAL_RATIO > n)
 
 
 def _group_sizes(codes: np.ndarray, groups: int, n: int) -> np.ndarray | None:
@@ -114,7 +114,7 @@ def _group_sizes(codes: np.ndarray, groups: int, n: int) -> np.ndarray | None:
     return np.bincount(codes, minlength=groups).astype(float)
 
 
-def _count_chunks(sizes: np.ndarray | None, n: int, n_boot: int, seed: int, width: int = 1):
+def _count_chunks(sizes: np.ndarray | None, n: int, n_boot: int, seed: int, width: int = 1) -> Iterator[np.ndarray]:
     """Seeded paired resamples as (rows, m) float count matrices in memory-bounded chunks.
 
     ``sizes`` None: counts of each of the n examples, from the index matrices of
@@ -286,7 +286,7 @@ def _studentized_comparison(
     _ANALYTIC_MIN_N examples when the caller gives the drop's smooth-function form (``smooth``:
     given only where resamples would draw an index per example), the same interval from its
     Edgeworth expansion (method "edgeworth-t", deterministic: no resamples, so no seed)."""
-    common = dict(
+    common = _CommonRates(
         n=n,
         base=base,
         tuned=tuned,

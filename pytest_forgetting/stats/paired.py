@@ -9,12 +9,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .special import _cp_upper, _cp_upper_arr, _z
 from .validation import _check_alpha, _check_margin
 from .verdict import _below
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 #: Tango's statistic is infinite at the edges of [-1, 1]; clip it so the root finder only ever
 #: sees finite numbers (any value this large is far beyond any z we use).
@@ -131,7 +135,7 @@ def _tango_lower_arr(b: np.ndarray, c: np.ndarray, n: np.ndarray, z: float, cc: 
         f = np.where(mid == di, -z, zval - z)
         lo[idx] = np.where(f > 0.0, mid, li)
         hi[idx] = np.where(f > 0.0, hi_, mid)
-    out = 0.5 * (lo + hi)
+    out: NDArray[np.float64] = 0.5 * (lo + hi)
     out[dhat == -1.0] = -1.0
     if cc == 0.0:
         none = (b == 0.0) & (c == 0.0)
@@ -146,7 +150,8 @@ def _paired_high_arr(b: np.ndarray, c: np.ndarray, n: np.ndarray, alpha: float) 
     up_bc = np.where((b > 0) | (c > 0), -_tango_lower_arr(c, b, n, zp, _CC_PASS), 0.0)
     up_b0 = np.where(b > 0, -_tango_lower_arr(np.zeros_like(b), b, n, zp, _CC_PASS), 0.0)
     high0 = np.maximum(up_b0, _cp_upper_arr(b, n, alpha))
-    return np.where(c == 0, high0, np.minimum(up_bc, high0))
+    high: NDArray[np.float64] = np.where(c == 0, high0, np.minimum(up_bc, high0))
+    return high
 
 
 def tango_interval(b: float, c: float, n: float, alpha: float = 0.05) -> tuple[float, float]:

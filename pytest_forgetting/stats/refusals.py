@@ -4,12 +4,11 @@ with no declared range), each answered INCONCLUSIVE with the n that would be nee
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
 from .. import tail_rule as _tail
-from .verdict import _N_NEEDED_CAP, INCONCLUSIVE, Comparison, _result, _Settle
+from .verdict import _N_NEEDED_CAP, INCONCLUSIVE, Comparison, _Common, _result, _Settle
 
 #: The bootstrap paths decide only from this many examples. Below it a few examples that carry
 #: the whole drop are too often absent from the sample: with 5 % of the examples forgotten badly,
@@ -29,7 +28,7 @@ _MIN_BOOTSTRAP_N = 100
 _MIN_UNBOUNDED_N = 1000
 
 
-def _refused(n: int, need: int, drop: float, common: dict[str, Any], what: str = "") -> Comparison:
+def _refused(n: int, need: int, drop: float, common: _Common, what: str = "") -> Comparison:
     note = what or (
         f"n={n:,} is below {need:,}, the smallest n at which a bounded aggregate metric can "
         f"be decided at a margin of {abs(common['margin']):g} and this alpha "
@@ -48,7 +47,7 @@ def _refused(n: int, need: int, drop: float, common: dict[str, Any], what: str =
 
 
 def _unbounded_refusal(
-    n: int, drop: float, common: dict[str, Any], what: str = "scores", n_eff: float | None = None
+    n: int, drop: float, common: _Common, what: str = "scores", n_eff: float | None = None
 ) -> Comparison | None:
     """INCONCLUSIVE below _MIN_UNBOUNDED_N (effective) examples for a bootstrap of values with no
     known range. ``n_eff``: for a ratio of sums, Kish's effective size of its denominators,
@@ -83,7 +82,7 @@ def _unbounded_refusal(
     )
 
 
-def _influence_refusal(infl: np.ndarray, drop: float, common: dict[str, Any], what: str, fix: str) -> Comparison | None:
+def _influence_refusal(infl: np.ndarray, drop: float, common: _Common, what: str, fix: str) -> Comparison | None:
     """INCONCLUSIVE when the effective size of the influence values ``infl`` (:mod:`..tail_rule`)
     is below its minimum: the change is carried by a few examples, or its variance is infinite,
     and no resampling interval is valid. No n_needed: no sample size is sure to cure it. The
@@ -104,7 +103,7 @@ def _influence_refusal(infl: np.ndarray, drop: float, common: dict[str, Any], wh
     )
 
 
-def _bootstrap_refusal(n: int, drop: float, common: dict[str, Any], n_eff: float | None = None) -> Comparison | None:
+def _bootstrap_refusal(n: int, drop: float, common: _Common, n_eff: float | None = None) -> Comparison | None:
     """INCONCLUSIVE below _MIN_BOOTSTRAP_N examples. ``n_eff``: for a ratio of sums (entity F1, WER,
     macro-F1), Kish's effective size of its denominators must reach it too: when a few sentences hold
     most of the entities or words, they carry the drop, and 100 sentences can weigh like 14."""

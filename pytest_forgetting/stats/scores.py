@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -25,7 +25,20 @@ from .refusals import _influence_refusal, _unbounded_refusal
 from .settle import _normal_settle, _tango_settle
 from .special import _cp_upper, _z
 from .validation import _as_pair, _check_common, _is_binary
-from .verdict import FAIL, INCONCLUSIVE, PASS, Comparison, _decide, _degenerate, _drop_of, _result, _Settle, _tol
+from .verdict import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    Comparison,
+    _Common,
+    _CommonRates,
+    _decide,
+    _degenerate,
+    _drop_of,
+    _result,
+    _Settle,
+    _tol,
+)
 
 
 def compare_scores(
@@ -67,7 +80,7 @@ def compare_scores(
     rel = bool(relative)
     if rel and base_value == 0.0:
         raise ValueError("relative drop is undefined: the base model's metric value is 0")
-    common = dict(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a, fail_alpha=af, hib=hib)
+    common = _Common(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a, fail_alpha=af, hib=hib)
 
     nfr = pfr = None
     if declared is not None:
@@ -123,7 +136,7 @@ def compare_scores(
             **common,
         )
     # no declared range: nothing bounds a change the sample does not show (see _MIN_UNBOUNDED_N)
-    refusal = _unbounded_refusal(n, drop, dict(nfr=nfr, pfr=pfr, **common))
+    refusal = _unbounded_refusal(n, drop, _CommonRates(nfr=nfr, pfr=pfr, **common))
     if refusal is not None:
         return refusal
     if np.ptp(diff) == 0.0:
@@ -144,7 +157,7 @@ def compare_scores(
     refusal = _influence_refusal(
         _tail.mean_influence(b_arr, diff, rel),
         drop,
-        dict(nfr=nfr, pfr=pfr, **common),
+        _CommonRates(nfr=nfr, pfr=pfr, **common),
         what="the mean score",
         fix="declare score_range=(low, high) to decide",
     )
@@ -310,7 +323,7 @@ def _ratio_comparison(
     settle = None
     if verdict == INCONCLUSIVE:
         if flips == 0 and hib and margin > 0:  # nothing flips at these rates: the exact bound decides
-            need = min_n_to_pass(margin, alpha)
+            need = cast(int, min_n_to_pass(margin, alpha))  # an int: margin > 0 here
             settle = _Settle(n=max(n + 1, int(math.ceil(need * n / nb))), prob=1.0)
         else:
             settle = _normal_settle(n, drop, low, high, margin, alpha, fail_alpha)
@@ -353,7 +366,7 @@ def _range_comparison(
     the linear test of the relative drop (:mod:`pytest_forgetting.bounded`), valid at every n."""
     lo, hi = declared
     width = hi - lo
-    common = dict(
+    common = _Common(
         n=n, base=base, tuned=tuned, margin=margin, relative=relative, alpha=alpha, fail_alpha=fail_alpha, hib=hib
     )
     drop = float(_drop_of(base, tuned, relative, hib))

@@ -10,10 +10,14 @@ import math
 from collections.abc import Callable
 from functools import lru_cache
 from statistics import NormalDist
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .validation import _check_alpha
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 
 def _z(alpha: float) -> float:
@@ -154,7 +158,6 @@ def _beta_fraction_arr(a: np.ndarray, b: np.ndarray, x: np.ndarray) -> np.ndarra
     for m in range(1, 100_000):
         if pos.size == 0:
             break
-        step = None
         for coeff in (
             m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m)),
             -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0)),
@@ -204,7 +207,7 @@ def _beta_quantile_arr(p: float, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lo, hi = np.zeros_like(a), np.ones_like(a)
     lower_tail = p < 0.5
     log_tail = math.log(p) if lower_tail else math.log1p(-p)
-    x = a / (a + b)
+    x: NDArray[np.float64] = a / (a + b)
     log_norm = _log_beta_arr(a, b)
     active = np.ones(a.shape, dtype=bool)
     for _ in range(300):

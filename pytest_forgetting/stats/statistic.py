@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,7 +17,10 @@ from .ratio import _RatioParts
 from .refusals import _bootstrap_refusal, _effective_size, _influence_refusal, _refused, _unbounded_refusal
 from .settle import _normal_settle
 from .validation import _check_common
-from .verdict import INCONCLUSIVE, Comparison, Ratio, Sensitivity, _decide, _degenerate, _drop_of, _result
+from .verdict import INCONCLUSIVE, Comparison, Ratio, Sensitivity, _Common, _decide, _degenerate, _drop_of, _result
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 #: A macro average (macro-F1, balanced accuracy) decides only when every class it averages has
 #: at least this much denominator mass (F1: support + predictions) for both models: a class seen
@@ -94,7 +98,7 @@ def compare_statistic(
                 f"ratio parts give base={pb:.6g}, tuned={pt:.6g} but stat gives "
                 f"base={base_value:.6g}, tuned={tuned_value:.6g}: they describe different metrics"
             )
-    common = dict(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a, fail_alpha=af, hib=hib)
+    common = _Common(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a, fail_alpha=af, hib=hib)
     with np.errstate(over="ignore"):
         drop = float(_drop_of(base_value, tuned_value, rel, hib))
     if not math.isfinite(drop):
@@ -167,7 +171,8 @@ def compare_statistic(
 
     def batch_stat(idx: np.ndarray) -> np.ndarray:
         pairs = np.array([call(row) for row in idx], dtype=float).reshape(-1, 2)
-        return _drop_of(pairs[:, 0], pairs[:, 1], rel, hib)
+        drops: NDArray[np.float64] = _drop_of(pairs[:, 0], pairs[:, 1], rel, hib)
+        return drops
 
     reps = _bootstrap_replicates(n, n_boot, seed, batch_stat)
     finite = reps[np.isfinite(reps)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 
@@ -23,6 +23,27 @@ _N_NEEDED_CAP = 10**9
 #: A bound within this (relative) distance of the margin is a tie: it proves nothing. Float
 #: rounding alone makes mean(0.5) - mean(0.48) exceed 0.02.
 _TIE_RTOL = 1e-9
+
+
+class _Common(TypedDict):
+    """The arguments every decision path passes on to :func:`_result` as ``**common`` (a plain dict
+    at run time)."""
+
+    n: int
+    base: float
+    tuned: float
+    margin: float
+    relative: bool
+    alpha: float
+    fail_alpha: float
+    hib: bool
+
+
+class _CommonRates(_Common, total=False):
+    """:class:`_Common` with the flip rates of 0/1 scores (None for other scores)."""
+
+    nfr: float | None
+    pfr: float | None
 
 
 @dataclass(frozen=True)
