@@ -1,8 +1,8 @@
 """Decide stage: pure. A check, its task and metric, and the two evaluations -> the comparison and the row.
 
 Nothing here runs a model or reads a setting: the session passes ``alpha`` and ``seed``. The row is
-a plain dict drafted by :func:`row_skeleton` and filled step by step; :class:`CheckResult` freezes it
-into a :class:`~pytest_forgetting.results.CheckRow`.
+a plain dict drafted by :func:`row_skeleton` and filled step by step, then frozen into the
+:class:`CheckResult`'s :class:`~pytest_forgetting.results.CheckRow` (``CheckRow.from_dict``).
 
 Two paths share the main comparison's and the negative flips' entries in the row
 (:func:`_record_comparison`, :func:`_record_flips`):
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from .. import stats
 from ..checks import Check
 from ..errors import ConfigError
-from ..metrics import Metric, PerExampleMetric
+from ..metrics import AggregateMetric, Metric, PerExampleMetric
 from ..results import CheckRow
 from ..tasks.base import EvalResult, Task
 
@@ -39,7 +39,8 @@ class CheckResult:
     """A decided check: its ``Comparison`` (None when the tuned model is broken) and its frozen row.
 
     The pipeline fills a plain dict while it runs the check (:func:`row_skeleton` and the steps
-    after it); the result freezes it into a :class:`~pytest_forgetting.results.CheckRow`.
+    after it) and freezes it into a :class:`~pytest_forgetting.results.CheckRow` (a dict given
+    here is frozen too).
     """
 
     check: Check
@@ -103,7 +104,7 @@ def chance(check: Check, task: Task, metric: Metric) -> Any:
 def tuned_broken(check: Check, metric: Metric, b: EvalResult, row: dict[str, Any], exc: BaseException) -> CheckResult:
     """A tuned model that is itself broken (NaN/Inf weights or outputs): a FAIL, without a comparison."""
     row.update(verdict="fail", reason=str(exc), n=len(b), base=metric.value(b.outputs))
-    return CheckResult(check, None, row)
+    return CheckResult(check, None, CheckRow.from_dict(row))
 
 
 def _record_comparison(row: dict[str, Any], cmp: stats.Comparison) -> None:
@@ -135,7 +136,7 @@ def decide(
     row: dict[str, Any],
     *,
     alpha: float,
-    seed: int | None,
+    seed: int,
 ) -> CheckResult:
     """A fixed-n check: the main comparison of the metric, then its budgets (class or slice drops, the
     negative-flip rate, the slice gap); the verdict combines them (a FAIL of any part is a FAIL)."""
@@ -149,7 +150,7 @@ def decide(
         + gates_nfr
         + (check.max_gap_increase is not None and check.kind == "retains")
     )  # the slice-gap part (issue 17)
-    common = dict(
+    common: dict[str, Any] = dict(
         max_drop=check.margin,
         relative=check.relative,
         alpha=alpha,
@@ -167,6 +168,7 @@ def decide(
     else:
         from ..metrics import ratio_of
 
+        metric = cast(AggregateMetric, metric)  # a metric is per-example or aggregate (metrics.py)
         agg = metric.aggregate
         cmp = stats.compare_statistic(
             lambda idx: (agg(b.outputs, idx), agg(t.outputs, idx)),
@@ -183,6 +185,7 @@ def decide(
     bc, tc = correctness(task, metric, b, t)
     labels = task.class_labels(b.outputs)
     if bc is not None:
+        tc = cast(np.ndarray, tc)  # correctness() gives both or neither
         _record_flips(row, b.ids, bc, tc)
         if check.kind == "retains" and labels is not None:
             names = task.class_names()
@@ -254,7 +257,11 @@ def decide(
             )
         if gates_nfr:
             nb = stats.nfr_budget(
-                bc.astype(float), tc.astype(float), limit=check.max_nfr, alpha=alpha, fail_alpha=fail_alpha
+                bc.astype(float),
+                tc.astype(float),
+                limit=cast(float, check.max_nfr),  # gates_nfr: set
+                alpha=alpha,
+                fail_alpha=fail_alpha,
             )
             budgets.append(nb)
             verdicts.append(nb.verdict)
@@ -280,7 +287,7 @@ def decide(
         )
     row["verdict"] = stats.combine_verdicts(*verdicts)
     row["reason"] = "; ".join(r for r in reasons if r)
-    return CheckResult(check, cmp, row, budgets)
+    return CheckResult(check, cmp, CheckRow.from_dict(row), budgets)
 
 
 def _decide_gap(
@@ -297,7 +304,7 @@ def _decide_gap(
     fail_alpha: float,
     *,
     alpha: float,
-    seed: int | None,
+    seed: int,
 ) -> str:
     """``max_gap_increase``: the best-minus-worst slice (or class) gap of the metric's per-example
     scores (right/wrong for aggregate metrics) may widen by at most the budget (``gap.compare_gap``)."""
@@ -311,6 +318,7 @@ def _decide_gap(
         raise ConfigError(
             f"max_gap_increase needs per-example scores; task {task.name!r} metric {metric.name!r} has none"
         )
+    names: list[str] | None
     if check.slices:
         groups, names = _encode_groups(task.slice_column(check.split, check.slices), b.ids, task.ids(check.split))
     elif (labels := task.class_labels(b.outputs)) is not None:
@@ -321,7 +329,14 @@ def _decide_gap(
             "(use slices= with a column)"
         )
     gap = compare_gap(
-        sb, st, groups, margin=check.max_gap_increase, alpha=alpha, fail_alpha=fail_alpha, names=names, seed=seed
+        sb,
+        st,
+        groups,
+        margin=cast(float, check.max_gap_increase),  # the caller's condition
+        alpha=alpha,
+        fail_alpha=fail_alpha,
+        names=names,
+        seed=seed,
     )
     what = "slice" if check.slices else "class"
     row["gap"] = {
@@ -406,6 +421,7 @@ def decide_early(
     chunk at a time (lazily: a chunk after the verdict is settled is never asked for, so never evaluated)."""
     from ..sequential import chunk_looks, sequential_decide
 
+    metric = cast(PerExampleMetric, metric)  # early_stoppable(): a per-example metric
     base_scores = metric.per_example(b.outputs)[plan.order]
     looks = chunk_looks(len(b), plan.chunk)
     parts: list[np.ndarray] = []
@@ -460,7 +476,7 @@ def decide_early(
         reason=row["reason"],
     )
     _record_comparison(row, cmp)
-    return CheckResult(check, cmp, row)
+    return CheckResult(check, cmp, CheckRow.from_dict(row))
 
 
 def correctness(
