@@ -43,8 +43,10 @@ def _no_change(
 ) -> Comparison:
     """Nothing changed on any example. A tuned model that changed a fraction f of the examples
     shows no change with probability (1 - f)^n, so f <= 1 - alpha^(1/n) exactly; ``bound(f)``
-    turns that into a bound of the drop: exact for a metric bounded per example, or from the
-    sample's own range of per-example values otherwise (an assumption, stated in the method)."""
+    turns that into a bound of the drop: exact for a metric bounded per example (for a
+    :class:`Ratio`, exact conditional on the eval set's denominators, which set how far one
+    changed example moves it: :meth:`_RatioParts.no_change_bound`), or from the sample's own
+    range of per-example values otherwise (an assumption, stated in the method)."""
     if not (bound(1.0) > 0.0 and math.isfinite(bound(1.0))):
         return _degenerate(
             n=n,

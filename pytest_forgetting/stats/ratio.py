@@ -208,7 +208,19 @@ class _RatioParts:
 
         A changed example moves a column ratio by at most its share of the denominator times
         the largest per-unit value (1 for a metric bounded in [0, 1] per unit; the sample's
-        largest |num / den| otherwise), thrice that when the denominators move too (F1)."""
+        largest |num / den| otherwise), thrice that when the denominators move too (F1).
+
+        What is exact: the shares are the eval set's own (the base model's denominators): the
+        largest denominator of one example (summed over the averaged columns) and the smallest
+        column total are the sample's. With ``bounded`` the bound (method "exact-no-change") is
+        therefore exact *conditional on the eval set's denominators*, as the :class:`Sensitivity`
+        rule is conditional on the class supports: f is bounded exactly, and turning f into a
+        drop assumes that no example weighs more than the sample's heaviest and no column is
+        rarer than the sample's rarest, which the sample does not prove (an example with a far
+        larger denominator, absent from the sample, could move a column further). No cheap
+        unconditional bound exists: a fraction f of the examples can carry any share of a
+        column's total when the denominators are unbounded. Without ``bounded`` the per-unit
+        value is the sample's too (method "no-change-sample-range")."""
         k = float(self.present_b.sum())
         share = self.xb.sum(axis=0)[self.present_b] / self.n
         per_example = float(self.xb[:, self.present_b].sum(axis=1).max())

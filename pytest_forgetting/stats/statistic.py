@@ -123,6 +123,7 @@ def compare_statistic(
         if refusal is not None:
             return refusal
     if parts is not None and parts.unchanged:
+        # "exact" (bounded): exact conditional on the eval set's denominators (_RatioParts.no_change_bound)
         return _no_change(bound=parts.no_change_bound(rel, hib, bounded), exact=bounded, **common)
     refusal = _bootstrap_refusal(n, drop, common, n_eff=None if parts is None else _effective_size(parts.xb, parts.xt))
     if refusal is not None:

@@ -118,7 +118,7 @@ class Ratio(NamedTuple):
     transform: str = "identity"
     #: the denominators do not depend on the model (tokens, reference words, class support);
     #: False for F1, whose denominators count predictions. Used only to bound the metric when
-    #: no example changed.
+    #: no example changed (a bound exact conditional on the eval set's denominators).
     den_fixed: bool = False
 
 
