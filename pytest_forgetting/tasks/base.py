@@ -10,14 +10,15 @@ not depend on the model (labels, ids, slice columns) is returned by ``static_out
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
+from .._util import suggest
 from ..errors import ConfigError, TaskError
 from ..metrics import Metric
-from .._util import suggest
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,9 @@ class Task:
     def check_split(self, split: str) -> None:
         names = self.split_names()
         if split not in names:
-            raise ConfigError(f"task {self.name!r} has no split {split!r}{suggest(split, names)}; splits: {', '.join(names)}")
+            raise ConfigError(
+                f"task {self.name!r} has no split {split!r}{suggest(split, names)}; splits: {', '.join(names)}"
+            )
 
     def ids(self, split: str) -> np.ndarray:
         return self.split(split).ids
@@ -222,7 +225,7 @@ class Task:
         """Per-example outputs as tensors (first dim = batch), plus optional ``"finite"`` flags."""
         raise NotImplementedError
 
-    def lengths(self, prepared: Any) -> "np.ndarray | None":
+    def lengths(self, prepared: Any) -> np.ndarray | None:
         """Per-example input lengths of a prepared split (tokens), or None (the default): run in order.
 
         With lengths, the evaluator runs the requested examples sorted by length (stable) and puts
@@ -233,8 +236,16 @@ class Task:
         return None
 
     def evaluate_model(
-        self, model: Any, meta: ModelMeta, split: str, idx: np.ndarray, *, device: str, dtype: str, batch_size: int | str
-    ) -> "EvalResult | None":
+        self,
+        model: Any,
+        meta: ModelMeta,
+        split: str,
+        idx: np.ndarray,
+        *,
+        device: str,
+        dtype: str,
+        batch_size: int | str,
+    ) -> EvalResult | None:
         """Evaluate ``model`` on ``idx`` of ``split`` in one call, or None (the default) for the batched loop.
 
         For tasks whose evaluation is done by another engine for the whole model (lm-eval): the
@@ -275,7 +286,9 @@ def _build_splits(
         columns = {k: np.asarray(v) for k, v in (cols or {}).items()}
         for col, values in columns.items():
             if len(values) != len(items):
-                raise TaskError(f"{kind}: split {name!r} column {col!r} has {len(values)} values for {len(items)} examples")
+                raise TaskError(
+                    f"{kind}: split {name!r} column {col!r} has {len(values)} values for {len(items)} examples"
+                )
         out[name] = (normalize_ids(split_ids, len(items), f"{name}/"), items, columns)
     return out
 

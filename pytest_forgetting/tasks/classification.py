@@ -8,8 +8,9 @@ prepared for a model and fed to it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,9 @@ def classification_outputs(logits: Any) -> dict[str, Any]:
     import torch
 
     if logits.ndim != 2:
-        raise TaskError(f"a classification model must return logits of shape (batch, classes), got {tuple(logits.shape)}")
+        raise TaskError(
+            f"a classification model must return logits of shape (batch, classes), got {tuple(logits.shape)}"
+        )
     return {"pred": logits.argmax(dim=1), "finite": torch.isfinite(logits).all(dim=1)}
 
 
@@ -131,13 +134,24 @@ class ClassificationTask(Task):
         config = meta.config
         archs = getattr(config, "architectures", None) or []
         if any(str(a).endswith(_CLASSIFIER_SUFFIXES) for a in archs):  # a head whose outputs are the labels
-            class_lookup(config, self._class_names, self.name, indexed=self.indexed, n_outputs=getattr(config, "num_labels", None))
+            class_lookup(
+                config,
+                self._class_names,
+                self.name,
+                indexed=self.indexed,
+                n_outputs=getattr(config, "num_labels", None),
+            )
 
     def score(self, model: Any, logits: Any) -> dict[str, Any]:
         """Per-example outputs in the task's class ids (a model class outside the task is never right)."""
         out = classification_outputs(logits)
-        lookup = class_lookup(getattr(model, "config", None), self._class_names, self.name, indexed=self.indexed,
-                              n_outputs=int(logits.shape[1]) if logits.ndim == 2 else None)
+        lookup = class_lookup(
+            getattr(model, "config", None),
+            self._class_names,
+            self.name,
+            indexed=self.indexed,
+            n_outputs=int(logits.shape[1]) if logits.ndim == 2 else None,
+        )
         if lookup is not None:  # the model orders (or names) its labels differently: score in the task's class ids
             out["pred"] = lookup.to(out["pred"].device)[out["pred"]]
         out["proba"] = class_probabilities(logits, lookup, len(self._class_names))
@@ -159,7 +173,7 @@ def _as_image_array(images: Any) -> np.ndarray:
     if arr.ndim != 4:
         raise TaskError(f"images must have shape (N, H, W) or (N, C, H, W), got {arr.shape}")
     if arr.dtype == np.uint8:
-        return (arr.astype(np.float32) / 255.0)
+        return arr.astype(np.float32) / 255.0
     arr = arr.astype(np.float32, copy=False)
     if arr.size and (not np.isfinite(arr).all()):
         raise TaskError("images contain NaN or Inf")
@@ -226,7 +240,9 @@ class ImageClassificationTask(ClassificationTask):
         splits: Mapping[str, tuple] | None = None,
         columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> None:
-        built, names, indexed = build_splits("images", images, labels, ids, columns, splits, class_names, _as_image_array)
+        built, names, indexed = build_splits(
+            "images", images, labels, ids, columns, splits, class_names, _as_image_array
+        )
         super().__init__(built, names, indexed=indexed)
 
     def prepare(self, split: str, meta: ModelMeta) -> Any:
@@ -237,7 +253,9 @@ class ImageClassificationTask(ClassificationTask):
     def batches(self, prepared: Any, indices: np.ndarray, batch_size: int) -> Iterator[Any]:
         import torch
 
-        contiguous = len(indices) > 0 and indices[0] + len(indices) - 1 == indices[-1] and bool(np.all(np.diff(indices) == 1))
+        contiguous = (
+            len(indices) > 0 and indices[0] + len(indices) - 1 == indices[-1] and bool(np.all(np.diff(indices) == 1))
+        )
         if contiguous:
             start = int(indices[0])
             for lo in range(0, len(indices), batch_size):
@@ -268,7 +286,9 @@ class TextClassificationTask(ClassificationTask):
         splits: Mapping[str, tuple] | None = None,
         columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> None:
-        built, names, indexed = build_splits("texts", texts, labels, ids, columns, splits, class_names, lambda x: [str(t) for t in x])
+        built, names, indexed = build_splits(
+            "texts", texts, labels, ids, columns, splits, class_names, lambda x: [str(t) for t in x]
+        )
         self.max_length = int(max_length)
         super().__init__(built, names, indexed=indexed)
 
@@ -308,7 +328,9 @@ def config_label_names(config: Any) -> dict[int, str]:
         return {}
 
 
-def class_lookup(config: Any, class_names: Sequence[str], task_name: str, *, indexed: bool = False, n_outputs: int | None = None) -> Any:
+def class_lookup(
+    config: Any, class_names: Sequence[str], task_name: str, *, indexed: bool = False, n_outputs: int | None = None
+) -> Any:
     """Model output index -> task class id, from the model's ``config``; None when they already agree.
 
     - ``indexed`` (integer labels without names): label k is output k, so every label must be
@@ -326,10 +348,15 @@ def class_lookup(config: Any, class_names: Sequence[str], task_name: str, *, ind
         if n_outputs is not None and n_classes > n_outputs:
             what = f"integer labels 0..{n_classes - 1}" if indexed else f"{n_classes} classes"
             hint = " or pass class_names=[...] to match them by name" if indexed and names and not placeholder else ""
-            raise TaskError(f"task {task_name!r} has {what} but the model has {n_outputs} outputs (label k is output k); check the label column{hint}")
+            raise TaskError(
+                f"task {task_name!r} has {what} but the model has {n_outputs} outputs (label k is output k); "
+                f"check the label column{hint}"
+            )
         return None
     if n_outputs is not None and set(names) != set(range(n_outputs)):
-        raise TaskError(f"task {task_name!r}: the model's config.id2label names {len(names)} labels but it has {n_outputs} outputs")
+        raise TaskError(
+            f"task {task_name!r}: the model's config.id2label names {len(names)} labels but it has {n_outputs} outputs"
+        )
     if set(names) != set(range(max(names) + 1)):
         raise TaskError(f"task {task_name!r}: the model's config.id2label does not name label ids 0..{max(names)}")
     model_labels = [names[i] for i in range(len(names))]

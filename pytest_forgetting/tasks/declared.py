@@ -29,8 +29,9 @@ This module imports only the standard library at import time: the plugin calls i
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import ConfigError
 
@@ -106,13 +107,18 @@ def parse_cli(spec: str, base_dir: Path) -> TaskSpec:
     name, eq, source = head.partition("=")
     name, source = name.strip(), source.strip()
     if not eq or not name or not source:
-        raise ConfigError(f"{where}: expected NAME=FORMAT:PATH[,key=value...], e.g. --forgetting-task news=csv:data/news.csv,text=body,label=topic")
+        raise ConfigError(
+            f"{where}: expected NAME=FORMAT:PATH[,key=value...], "
+            "e.g. --forgetting-task news=csv:data/news.csv,text=body,label=topic"
+        )
     fmt, sep, path = source.partition(":")
     if not sep or fmt.strip().lower() not in FORMATS:  # no format (or a drive letter): the suffix decides
         if sep and len(fmt) > 1 and not os.path.exists(source):
             from .._util import suggest
 
-            raise ConfigError(f"{where}: unknown format {fmt!r}{suggest(fmt, list(FORMATS))}; expected one of {', '.join(FORMATS)}")
+            raise ConfigError(
+                f"{where}: unknown format {fmt!r}{suggest(fmt, list(FORMATS))}; expected one of {', '.join(FORMATS)}"
+            )
         fmt, path = "", source
     options: dict[str, Any] = {}
     for part in rest:
@@ -129,14 +135,16 @@ def parse_cli(spec: str, base_dir: Path) -> TaskSpec:
 def parse_table(name: str, table: Any, where: str, base_dir: Path) -> TaskSpec:
     """One ``[tool.pytest_forgetting.tasks.NAME]`` table."""
     if not isinstance(table, dict):
-        raise ConfigError(f"{where}: expected a table with path = \"...\" and the loader's arguments, got {table!r}")
+        raise ConfigError(f'{where}: expected a table with path = "..." and the loader\'s arguments, got {table!r}')
     options = dict(table)
     path = options.pop("path", None)
     fmt = options.pop("format", None)
     if fmt is not None and not isinstance(fmt, str):
         raise ConfigError(f"{where}: format={fmt!r} must be one of {', '.join(FORMATS)}")
     if path is None:
-        raise ConfigError(f"{where}: needs path = \"data/file.csv\" (or {{ test = \"...\" }} per split; a hub id for format = \"hub\")")
+        raise ConfigError(
+            f'{where}: needs path = "data/file.csv" (or {{ test = "..." }} per split; a hub id for format = "hub")'
+        )
     return _spec(name, fmt.lower() if fmt else None, path, options, where, base_dir)
 
 
@@ -146,21 +154,29 @@ def _spec(name: str, fmt: str | None, path: Any, options: dict[str, Any], where:
     if not name or any(c in name for c in ", "):
         raise ConfigError(f"{where}: task name {name!r} must be non-empty, without spaces or commas")
     if fmt is not None and fmt not in FORMATS:
-        raise ConfigError(f"{where}: unknown format {fmt!r}{suggest(fmt, list(FORMATS))}; expected one of {', '.join(FORMATS)}")
+        raise ConfigError(
+            f"{where}: unknown format {fmt!r}{suggest(fmt, list(FORMATS))}; expected one of {', '.join(FORMATS)}"
+        )
     if isinstance(path, Mapping):
         if not path or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in path.items()):
-            raise ConfigError(f"{where}: path = {{ split = \"file\", ... }} needs a file per split, got {dict(path)!r}")
+            raise ConfigError(f'{where}: path = {{ split = "file", ... }} needs a file per split, got {dict(path)!r}')
     elif not isinstance(path, str) or not path:
-        raise ConfigError(f"{where}: path={path!r} must be a file, a folder, {{ split = file }} or (format hub) a hub id")
+        raise ConfigError(
+            f"{where}: path={path!r} must be a file, a folder, {{ split = file }} or (format hub) a hub id"
+        )
     if fmt is None:
         fmt = _infer_format(path, base_dir)
         if fmt is None:
             raise ConfigError(
                 f"{where}: cannot tell the format of {_first(path)!r} from its name; give it "
-                f"(format = \"csv\" in the table, csv:PATH on the command line): one of {', '.join(FORMATS)}"
+                f'(format = "csv" in the table, csv:PATH on the command line): one of {", ".join(FORMATS)}'
             )
     if fmt != "hub":
-        path = {k: str(_resolve(v, base_dir)) for k, v in path.items()} if isinstance(path, Mapping) else str(_resolve(path, base_dir))
+        path = (
+            {k: str(_resolve(v, base_dir)) for k, v in path.items()}
+            if isinstance(path, Mapping)
+            else str(_resolve(path, base_dir))
+        )
         for p in path.values() if isinstance(path, dict) else [path]:
             _check_exists(Path(p), fmt, where)
     elif isinstance(path, Mapping):
@@ -193,9 +209,12 @@ def _infer_format(path: Any, base_dir: Path) -> str | None:
 def _check_exists(path: Path, fmt: str, where: str) -> None:
     if fmt == "datasets":
         if not path.is_dir():
-            raise ConfigError(f"{where}: {path} is not a folder written by Dataset.save_to_disk (or DatasetDict.save_to_disk)")
+            raise ConfigError(
+                f"{where}: {path} is not a folder written by Dataset.save_to_disk (or DatasetDict.save_to_disk)"
+            )
     elif not path.is_file():
-        hint = f"; did you mean {path.parent / _close_file(path)}?" if _close_file(path) else ""
+        close = _close_file(path)
+        hint = f"; did you mean {path.parent / close}?" if close else ""
         raise ConfigError(f"{where}: data file {path} does not exist{hint}")
 
 
@@ -256,7 +275,9 @@ def _task_class(kind: str) -> Any:
     if kind != "text":
         from .._util import suggest
 
-        raise ConfigError(f"kind={kind!r}: expected one of {', '.join(loaders.KINDS)}{suggest(str(kind), loaders.KINDS)}")
+        raise ConfigError(
+            f"kind={kind!r}: expected one of {', '.join(loaders.KINDS)}{suggest(str(kind), loaders.KINDS)}"
+        )
     from .classification import TextClassificationTask
 
     return TextClassificationTask
@@ -272,9 +293,18 @@ def _check_options(fmt: str, options: dict[str, Any], where: str) -> dict[str, A
         raise ConfigError(f"{where}: {exc}") from None
     for key, value in options.items():
         if key not in allowed:
-            raise ConfigError(f"{where}: unknown key {key!r} for a {fmt} task{suggest(key, allowed)}; allowed: path, format, {', '.join(allowed)}")
-        if key in LIST_KEYS and key != "splits" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
-            raise ConfigError(f"{where}: {key} must be a list of names, e.g. {key} = [\"neg\", \"pos\"] (neg|pos on the command line)")
+            raise ConfigError(
+                f"{where}: unknown key {key!r} for a {fmt} task{suggest(key, allowed)}; "
+                f"allowed: path, format, {', '.join(allowed)}"
+            )
+        if (
+            key in LIST_KEYS
+            and key != "splits"
+            and not (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        ):
+            raise ConfigError(
+                f'{where}: {key} must be a list of names, e.g. {key} = ["neg", "pos"] (neg|pos on the command line)'
+            )
     return options
 
 
@@ -346,7 +376,9 @@ def path_task(name: str) -> TaskSpec | None:
         candidate = _resolve(name, base)
         if candidate.is_file() and candidate.suffix.lower() in SUFFIXES:
             return TaskSpec(name, SUFFIXES[candidate.suffix.lower()], str(candidate), {}, f"data file {candidate}")
-        if candidate.is_dir() and any((candidate / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")):
+        if candidate.is_dir() and any(
+            (candidate / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")
+        ):
             return TaskSpec(name, "datasets", str(candidate), {}, f"datasets folder {candidate}")
     if Path(name).suffix.lower() in SUFFIXES:
         looked = ", ".join(str(d) for d in dict.fromkeys(dirs))
@@ -395,7 +427,9 @@ def load_pyproject(path: Path) -> list[TaskSpec]:
     if tables is None:
         return []
     if not isinstance(tables, dict):
-        raise ConfigError(f"{path.name} [{TABLE}] must be a table of tables, e.g. [{TABLE}.news] path = \"data/news.csv\"")
+        raise ConfigError(
+            f'{path.name} [{TABLE}] must be a table of tables, e.g. [{TABLE}.news] path = "data/news.csv"'
+        )
     return [parse_table(name, table, f"{path.name} [{TABLE}.{name}]", path.parent) for name, table in tables.items()]
 
 
@@ -458,7 +492,9 @@ def describe_tasks() -> list[TaskInfo]:
             out.append(TaskInfo(name, "", [], {}, entry.origin, str(exc)))
             continue
         metrics = [task.default_metric] + sorted(m for m in task.metrics if m != task.default_metric)
-        out.append(TaskInfo(name, type(task).__name__, metrics, {s: task.size(s) for s in task.split_names()}, entry.origin))
+        out.append(
+            TaskInfo(name, type(task).__name__, metrics, {s: task.size(s) for s in task.split_names()}, entry.origin)
+        )
     return out
 
 
@@ -468,7 +504,15 @@ def format_tasks(infos: list[TaskInfo]) -> list[str]:
         if t.error:
             rows.append((t.name, "-", "-", f"unavailable: {t.error}", t.origin))
         else:
-            rows.append((t.name, t.kind, _metric_list(t.metrics), ", ".join(f"{s} {n:,}" for s, n in t.splits.items()), t.origin))
+            rows.append(
+                (
+                    t.name,
+                    t.kind,
+                    _metric_list(t.metrics),
+                    ", ".join(f"{s} {n:,}" for s, n in t.splits.items()),
+                    t.origin,
+                )
+            )
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = [f"forgetting: {len(infos)} tasks"]
     for r in rows:

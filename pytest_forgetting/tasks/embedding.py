@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import functools
 import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -128,7 +129,7 @@ class ProbeRun:
 
     def __init__(self, labels: np.ndarray, *, probe: str = "logistic", k: int = 10, C: float = 1.0, seed: int = 0,
                  normalize: bool = True, fit: Callable[[np.ndarray, np.ndarray], Probe] | None = None,
-                 fitted: "weakref.WeakKeyDictionary[Any, tuple[Any, Probe]] | None" = None) -> None:  # fmt: skip
+                 fitted: weakref.WeakKeyDictionary[Any, tuple[Any, Probe]] | None = None) -> None:  # fmt: skip
         self.labels = labels
         #: the fit phase (``EmbeddingProbeTask.fit_probe``; else :func:`fit_probe` with the settings given)
         self._fit = fit or functools.partial(fit_probe, probe=probe, k=k, C=C, seed=seed, normalize=normalize)
@@ -158,10 +159,10 @@ class ProbeRun:
             return True
         return False
 
-    def _remember(self) -> None:
+    def _remember(self, probe: Probe) -> None:
         if self._fitted is not None and self._model is not None:
             try:
-                self._fitted[self._model] = (_weights_version(self._model), self.fitted_probe)
+                self._fitted[self._model] = (_weights_version(self._model), probe)
             except TypeError:
                 pass
         self._model = None  # the stored probe must not keep the model alive
@@ -179,9 +180,10 @@ class ProbeRun:
         self._parts = []
         if len(x) != len(self.labels):
             raise TaskError(f"probe split: {len(x)} embeddings for {len(self.labels)} labels")
-        self.fitted_probe = self._fit(x, self.labels)
-        self._remember()
-        return self.fitted_probe
+        probe = self._fit(x, self.labels)
+        self.fitted_probe = probe
+        self._remember(probe)
+        return probe
 
     def predict(self, emb: Any) -> np.ndarray:
         """The scoring phase (fitting first if that has not happened yet)."""
@@ -221,7 +223,9 @@ def pooled_embeddings(model: Any, inputs: Mapping[str, Any], pooling: str = "mea
         hidden = states[layer]
     elif getattr(out, "last_hidden_state", None) is not None:
         if layer != -1:
-            raise TaskError(f"layer={layer} needs a model that returns hidden_states; this one returns only the last layer")
+            raise TaskError(
+                f"layer={layer} needs a model that returns hidden_states; this one returns only the last layer"
+            )
         hidden = out.last_hidden_state
     elif isinstance(out, torch.Tensor):
         hidden = out
@@ -282,14 +286,20 @@ class EmbeddingProbeTask(TextClassificationTask):
         columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> None:
         if splits is None:
-            raise TaskError("EmbeddingProbeTask needs splits={...}: a probe split to fit the probe on and a split to evaluate")
-        super().__init__(texts, labels, ids, max_length=max_length, class_names=class_names, splits=splits, columns=columns)
+            raise TaskError(
+                "EmbeddingProbeTask needs splits={...}: a probe split to fit the probe on and a split to evaluate"
+            )
+        super().__init__(
+            texts, labels, ids, max_length=max_length, class_names=class_names, splits=splits, columns=columns
+        )
         if probe not in PROBES:
             raise TaskError(f"probe={probe!r}: expected one of {', '.join(PROBES)}")
         if pooling not in POOLINGS:
             raise TaskError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
         if probe_split not in self._splits:
-            raise TaskError(f"probe_split={probe_split!r} is not a split of the task; splits: {', '.join(self._splits)}")
+            raise TaskError(
+                f"probe_split={probe_split!r} is not a split of the task; splits: {', '.join(self._splits)}"
+            )
         if isinstance(k, bool) or int(k) < 1:
             raise TaskError(f"k={k!r} must be a positive integer")
         if not float(C) > 0:
@@ -323,7 +333,8 @@ class EmbeddingProbeTask(TextClassificationTask):
         """The probe's settings (part of the data fingerprint, shown in reports)."""
         return {
             "probe": self.probe, "k": self.k, "C": self.C, "pooling": self.pooling, "layer": self.layer,
-            "probe_split": self.probe_split, "probe_size": self.probe_size, "normalize": self.normalize, "seed": self.seed,
+            "probe_split": self.probe_split, "probe_size": self.probe_size, "normalize": self.normalize,
+            "seed": self.seed,
         }  # fmt: skip
 
     def fingerprint_parts(self, split: str) -> Sequence[Any]:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -110,10 +111,14 @@ class GenerationExactMatchTask(_SplitTask):
                 try:
                     prompt, target = item
                 except (TypeError, ValueError):
-                    raise TaskError(f"GenerationExactMatchTask split {name!r}: expected (prompt, answer) pairs, got {item!r}") from None
+                    raise TaskError(
+                        f"GenerationExactMatchTask split {name!r}: expected (prompt, answer) pairs, got {item!r}"
+                    ) from None
                 answers = (target,) if isinstance(target, str) else tuple(str(t) for t in target)
                 if not answers:
-                    raise TaskError(f"GenerationExactMatchTask split {name!r}: prompt {prompt!r} has no reference answer")
+                    raise TaskError(
+                        f"GenerationExactMatchTask split {name!r}: prompt {prompt!r} has no reference answer"
+                    )
                 prompts_list.append(str(prompt))
                 targets_list.append(answers)
             self._add_split(name, split_ids, cols, prompts=prompts_list, targets=targets_list)
@@ -137,7 +142,9 @@ class GenerationExactMatchTask(_SplitTask):
         if not self.chat_template:
             return prompt
         if not getattr(tokenizer, "chat_template", None):
-            raise TaskError(f"task {self.name!r} asks for chat_template=True but the checkpoint's tokenizer has no chat template")
+            raise TaskError(
+                f"task {self.name!r} asks for chat_template=True but the checkpoint's tokenizer has no chat template"
+            )
         messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
             {"role": "user", "content": prompt}
         ]
@@ -186,7 +193,9 @@ class GenerationExactMatchTask(_SplitTask):
 
         ctx: _GenContext = batch["context"]
         eos = set(ctx.eos_ids) | _as_id_set(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
-        tokens, finite = greedy_decode(model, batch["input_ids"], batch["attention_mask"], ctx.max_new_tokens, eos, ctx.pad_id)
+        tokens, finite = greedy_decode(
+            model, batch["input_ids"], batch["attention_mask"], ctx.max_new_tokens, eos, ctx.pad_id
+        )
         exact = []
         for row, answers in zip(tokens.tolist(), batch["targets"]):
             text = decode_generation(ctx.tokenizer, [t for t in row if t >= 0], ctx.stop)
@@ -200,7 +209,10 @@ class GenerationExactMatchTask(_SplitTask):
     def generations(self, result: Any, tokenizer: Any) -> dict[str, str]:
         """Decoded generations of an ``EvalResult`` of this task, by example id (for reading, not scoring)."""
         rows = np.asarray(result.outputs["generated"])
-        return {i: decode_generation(tokenizer, [t for t in row.tolist() if t >= 0], self.stop) for i, row in zip(result.ids.tolist(), rows)}
+        return {
+            i: decode_generation(tokenizer, [t for t in row.tolist() if t >= 0], self.stop)
+            for i, row in zip(result.ids.tolist(), rows)
+        }
 
 
 # its public path, the one cache keys record (``engine.keys.task_class``): the class was defined in
@@ -236,7 +248,9 @@ def greedy_decode(
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
     for step in range(max_new_tokens):
         if is_hf:
-            result = model(input_ids=step_input, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+            result = model(
+                input_ids=step_input, attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True
+            )
             past = getattr(result, "past_key_values", None)
         else:
             result = model(seq)
@@ -270,9 +284,15 @@ def _generate_greedy(
     from transformers import GenerationConfig
 
     config = GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, min_new_tokens=0, eos_token_id=sorted(eos_ids) or None,
-        pad_token_id=pad_id, output_logits=True, return_dict_in_generate=True,
-    )  # fmt: skip
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=0,
+        eos_token_id=sorted(eos_ids) or None,
+        pad_token_id=pad_id,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
     saved = getattr(model, "generation_config", None)
     model.generation_config = GenerationConfig()  # the checkpoint's defaults must not fill in what is unset
     try:
@@ -283,7 +303,11 @@ def _generate_greedy(
     batch, steps = new.shape
     out = torch.full((batch, max_new_tokens), -1, dtype=torch.long, device=input_ids.device)
     out[:, :steps] = new
-    logits = torch.stack(list(result.logits), dim=1) if result.logits else torch.zeros((batch, 0, 1), device=input_ids.device)
+    logits = (
+        torch.stack(list(result.logits), dim=1)
+        if result.logits
+        else torch.zeros((batch, 0, 1), device=input_ids.device)
+    )
     if eos_ids:
         eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=out.device)
         ended = torch.isin(out, eos)

@@ -18,8 +18,9 @@ a pair whose vocabularies differ), so inputs are tokenised once and reused for b
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,7 @@ class LanguageModelingTask(_SplitTask):
         seed: int = 0,
         max_length: int | None = None,
         truncate: bool = False,
-    ) -> "LanguageModelingTask":
+    ) -> LanguageModelingTask:
         """Examples from a UTF-8 text file: one per paragraph (blank-line separated) or per line.
 
         Pieces shorter than ``min_chars`` are dropped; ids are ``<file name>:<piece number>``.
@@ -164,12 +165,20 @@ class LanguageModelingTask(_SplitTask):
                 tokens = tokens[:window]
             if not tokens:
                 raise TaskError(f"task {self.name!r}: a text tokenises to nothing")
-            rows.append([(inp, n, tokens[done : done + n]) for (inp, n), done in _with_offsets(rolling_rows(tokens, prefix, window))])
+            rows.append(
+                [
+                    (inp, n, tokens[done : done + n])
+                    for (inp, n), done in _with_offsets(rolling_rows(tokens, prefix, window))
+                ]
+            )
             ntok.append(len(tokens))
         n_cut = int(sum(cut))
         if n_cut:
-            warnings.warn(f"task {self.name!r}: {n_cut} of {len(texts)} texts are longer than max_length={window} tokens and were cut "
-                          "(truncate=True); only their first tokens are scored", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"task {self.name!r}: {n_cut} of {len(texts)} texts are longer than max_length={window} tokens "
+                "and were cut (truncate=True); only their first tokens are scored",
+                stacklevel=2,
+            )
         return {
             "rows": rows, "ntok": np.asarray(ntok, dtype=np.int64), "pad": padding_id(tok),
             "truncated": np.asarray(cut, dtype=bool),

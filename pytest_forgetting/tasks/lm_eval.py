@@ -24,8 +24,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ _BINARY = frozenset({"acc", "acc_norm", "acc_bytes", "acc_mutual_info", "exact_m
 _DOWNLOAD_HINT = (
     "with downloads off (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE) lm-eval reads datasets from the local "
     "Hugging Face cache or local files: fetch it once on a machine with network "
-    "(python -c \"import datasets; datasets.load_dataset({args})\"), or write the task as a YAML over local "
+    '(python -c "import datasets; datasets.load_dataset({args})"), or write the task as a YAML over local '
     "files (dataset_path: json, dataset_kwargs: {{data_files: {{test: data/test.jsonl}}}}) in a folder given to "
     "--forgetting-lm-eval-include"
 )
@@ -52,7 +53,13 @@ class SourceSettings(tuple):
 
     __slots__ = ()
 
-    def __new__(cls, include: Sequence[str] = (), fewshot: int | None = None, chat_template: bool = False, system_instruction: str | None = None) -> "SourceSettings":
+    def __new__(
+        cls,
+        include: Sequence[str] = (),
+        fewshot: int | None = None,
+        chat_template: bool = False,
+        system_instruction: str | None = None,
+    ) -> SourceSettings:
         return super().__new__(cls, (tuple(str(p) for p in include), fewshot, bool(chat_template), system_instruction))
 
     include = property(lambda self: self[0])
@@ -84,10 +91,16 @@ def configure(settings: Any) -> None:
                     entry.instance = None
 
 
-def build(name: str) -> "LmEvalTask":
+def build(name: str) -> LmEvalTask:
     """The registry's factory for ``lm-eval:NAME`` (with this run's options)."""
     s = _settings
-    return LmEvalTask(name, include=s.include, num_fewshot=s.fewshot, apply_chat_template=s.chat_template, system_instruction=s.system_instruction)
+    return LmEvalTask(
+        name,
+        include=s.include,
+        num_fewshot=s.fewshot,
+        apply_chat_template=s.chat_template,
+        system_instruction=s.system_instruction,
+    )
 
 
 def _require_lm_eval() -> Any:
@@ -95,7 +108,8 @@ def _require_lm_eval() -> Any:
         import lm_eval
     except ImportError:
         raise ConfigError(
-            "lm-eval: tasks need lm-evaluation-harness: pip install 'pytest-forgetting[lm-eval]' (or pip install lm-eval)"
+            "lm-eval: tasks need lm-evaluation-harness: "
+            "pip install 'pytest-forgetting[lm-eval]' (or pip install lm-eval)"
         ) from None
     return lm_eval
 
@@ -124,8 +138,15 @@ def _resolve(name: str, include: tuple[str, ...]) -> Any:
     if name not in tm.all_tasks:
         from .._util import suggest
 
-        where = f" or in {', '.join(include)}" if include else " (add folders of your own YAML tasks with --forgetting-lm-eval-include DIR)"
-        raise ConfigError(f"unknown lm-eval task {name!r}{suggest(name, tm.all_tasks)}: not among lm-eval's tasks, groups and tags{where}")
+        where = (
+            f" or in {', '.join(include)}"
+            if include
+            else " (add folders of your own YAML tasks with --forgetting-lm-eval-include DIR)"
+        )
+        raise ConfigError(
+            f"unknown lm-eval task {name!r}{suggest(name, tm.all_tasks)}: "
+            f"not among lm-eval's tasks, groups and tags{where}"
+        )
     return tm
 
 
@@ -286,7 +307,18 @@ class LmEvalTask(Task):
         from ..evaluate import describe_error
 
         text = describe_error(exc)
-        offline = any(w in text.lower() for w in ("offline", "couldn't reach", "connection", "not found", "doesn't exist", "no such file", "cannot find"))
+        offline = any(
+            w in text.lower()
+            for w in (
+                "offline",
+                "couldn't reach",
+                "connection",
+                "not found",
+                "doesn't exist",
+                "no such file",
+                "cannot find",
+            )
+        )
         hint = "; " + _DOWNLOAD_HINT.format(args=_dataset_args(tm, name)) if offline else ""
         raise TaskError(f"lm-eval task {name!r}: its dataset could not be loaded: {text}{hint}") from None
 
@@ -314,7 +346,9 @@ class LmEvalTask(Task):
                     if m is not None:
                         found[key] = m
                         if k == 0 and key != metric:  # the first filter's value under the plain name too
-                            found[metric] = _metric(metric, kind, bool(hib.get(metric, True)), metric in _BINARY, key=key)  # type: ignore[assignment]
+                            found[metric] = _metric(
+                                metric, kind, bool(hib.get(metric, True)), metric in _BINARY, key=key
+                            )  # type: ignore[assignment]
             per_task.append(found)
         common = set(per_task[0]).intersection(*per_task[1:]) if per_task else set()
         return {k: per_task[0][k] for k in per_task[0] if k in common}
@@ -336,10 +370,16 @@ class LmEvalTask(Task):
     def fingerprint_parts(self, split: str) -> Sequence[Any]:
         docs = self.split(split)
         settings = dict(
-            lm_eval=self.lm_eval_version, name=self.lm_eval_name, num_fewshot=self.num_fewshot, fewshot_seed=self.fewshot_seed,
-            seeds=[RANDOM_SEED, NUMPY_SEED, TORCH_SEED], chat_template=self.apply_chat_template,
-            fewshot_as_multiturn=self.fewshot_as_multiturn, system_instruction=self.system_instruction, max_length=self.max_length,
-        )  # fmt: skip
+            lm_eval=self.lm_eval_version,
+            name=self.lm_eval_name,
+            num_fewshot=self.num_fewshot,
+            fewshot_seed=self.fewshot_seed,
+            seeds=[RANDOM_SEED, NUMPY_SEED, TORCH_SEED],
+            chat_template=self.apply_chat_template,
+            fewshot_as_multiturn=self.fewshot_as_multiturn,
+            system_instruction=self.system_instruction,
+            max_length=self.max_length,
+        )
         parts: list[Any] = [json.dumps(settings, sort_keys=True)]
         for sub, t in zip(self.subtasks, self._tasks):
             config = json.dumps(_stable(t.dump_config()), sort_keys=True, ensure_ascii=False)
@@ -348,13 +388,25 @@ class LmEvalTask(Task):
         return [docs.ids, parts]
 
     def prepare(self, split: str, meta: ModelMeta) -> Any:  # pragma: no cover - evaluate_model runs the model
-        raise TaskError(f"task {self.name!r} is evaluated by lm-eval as a whole (Task.evaluate_model), not batch by batch")
+        raise TaskError(
+            f"task {self.name!r} is evaluated by lm-eval as a whole (Task.evaluate_model), not batch by batch"
+        )
 
     def check_model(self, meta: ModelMeta) -> None:
         if meta.tokenizer is None:
             raise TaskError(f"task {self.name!r} needs the checkpoint's tokenizer, and the checkpoint has none")
 
-    def evaluate_model(self, model: Any, meta: ModelMeta, split: str, idx: np.ndarray, *, device: str, dtype: str, batch_size: int | str) -> EvalResult:
+    def evaluate_model(
+        self,
+        model: Any,
+        meta: ModelMeta,
+        split: str,
+        idx: np.ndarray,
+        *,
+        device: str,
+        dtype: str,
+        batch_size: int | str,
+    ) -> EvalResult:
         """Run lm-eval on ``idx`` of the documents; per-document metrics as outputs."""
         import copy
         import time
@@ -416,7 +468,11 @@ class LmEvalTask(Task):
                 for metric in sample.get("metrics", []):
                     value = sample.get(metric)
                     key = _metric_key(metric, flt)
-                    if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+                    if (
+                        isinstance(value, (list, tuple))
+                        and len(value) == 2
+                        and all(isinstance(v, (int, float)) for v in value)
+                    ):
                         for suffix, v in ((".ll", value[0]), (".w", value[1])):
                             columns.setdefault(key + suffix, np.full(n, np.nan))[row] = float(v)
                     elif isinstance(value, (bool, int, float, np.integer, np.floating)):
@@ -425,19 +481,32 @@ class LmEvalTask(Task):
             missing = docs.ids[idx][~seen][:3].tolist()
             raise TaskError(f"task {self.name!r}: lm-eval logged no result for documents {missing}")
         if bad:
-            raise NonFiniteOutputs(f"NaN/Inf log-likelihoods on {len(bad)} of {n} documents (e.g. {', '.join(bad[:3])})", bad[:10])
+            raise NonFiniteOutputs(
+                f"NaN/Inf log-likelihoods on {len(bad)} of {n} documents (e.g. {', '.join(bad[:3])})", bad[:10]
+            )
         outputs = {k: v for k, v in columns.items()}
         if self.is_group:
             outputs["label"] = docs.labels[idx]
         return EvalResult(ids=docs.ids[idx], outputs=outputs, seconds=seconds)
 
 
-def _metric(name: str, aggregation: str, higher_is_better: bool, binary: bool, *, key: str | None = None) -> Metric | None:
+def _metric(
+    name: str, aggregation: str, higher_is_better: bool, binary: bool, *, key: str | None = None
+) -> Metric | None:
     """The plugin's record of one lm-eval metric, read from output ``key`` (default: its name)."""
     key = key or name
     if aggregation == "mean":
-        return PerExampleMetric(name, higher_is_better, binary, lambda o, k=key: np.asarray(o[k], dtype=np.float64),
-                      description=f"lm-eval {name} per document (mean over documents)")  # fmt: skip
+
+        def per_document(o: Any, k: str = key) -> np.ndarray:
+            return np.asarray(o[k], dtype=np.float64)
+
+        return PerExampleMetric(
+            name,
+            higher_is_better,
+            binary,
+            per_document,
+            description=f"lm-eval {name} per document (mean over documents)",
+        )
     if aggregation == "weighted_perplexity":  # exp(-sum ll / sum weight): words or bytes
 
         def parts(o: Any, k: str = key) -> tuple[np.ndarray, np.ndarray]:

@@ -27,13 +27,14 @@ import contextlib
 import csv
 import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..errors import TaskError
 from .._util import suggest
+from ..errors import TaskError
 
 KINDS = ("text", "embedding", "image", "token")
 FILE_BUILDERS = ("csv", "json", "parquet", "text", "arrow")
@@ -83,7 +84,8 @@ def read_conll(
             word, tag = parts[token_column], parts[tag_column]
         except IndexError:
             raise TaskError(
-                f"{path}:{line_no}: expected a token column {token_column} and a tag column {tag_column}, got {len(parts)} column(s): {line!r}"
+                f"{path}:{line_no}: expected a token column {token_column} and a tag column {tag_column}, "
+                f"got {len(parts)} column(s): {line!r}"
             ) from None
         if not word or not tag:
             raise TaskError(f"{path}:{line_no}: empty token or tag in {line!r}")
@@ -147,8 +149,13 @@ def read_jsonl(path: PathLike, *, encoding: str = "utf-8") -> dict[str, list[Any
 class _Part:
     """One split's columns, with where they came from (for messages and relative image paths)."""
 
-    def __init__(self, columns: Mapping[str, Sequence[Any]], source: str, base_dir: Path | None = None,
-                 names: Mapping[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        columns: Mapping[str, Sequence[Any]],
+        source: str,
+        base_dir: Path | None = None,
+        names: Mapping[str, list[str]] | None = None,
+    ) -> None:
         self.columns = {k: list(v) for k, v in columns.items()}
         self.source = source
         self.base_dir = base_dir
@@ -166,7 +173,7 @@ class _Part:
             )
         return self.columns[name]
 
-    def take(self, rows: np.ndarray, source: str) -> "_Part":
+    def take(self, rows: np.ndarray, source: str) -> _Part:
         return _Part({k: [v[i] for i in rows] for k, v in self.columns.items()}, source, self.base_dir, self.names)
 
 
@@ -179,7 +186,9 @@ def _split_by_column(parts: dict[str, _Part], split_column: str | None) -> dict[
         for name in dict.fromkeys(values):
             rows = np.flatnonzero(np.asarray(values) == name)
             if name in out:
-                raise TaskError(f"split {name!r} comes from more than one source; use either split_column= or several files")
+                raise TaskError(
+                    f"split {name!r} comes from more than one source; use either split_column= or several files"
+                )
             out[name] = part.take(rows, f"{part.source} [{split_column}={name}]")
     return out
 
@@ -241,7 +250,9 @@ def _words(value: Any, where: str) -> list[Any]:
         return value.split()
     if isinstance(value, (list, tuple, np.ndarray)):
         return list(value)
-    raise TaskError(f"{where}: expected a list of tokens/tags (or a whitespace-separated string), got {type(value).__name__}")
+    raise TaskError(
+        f"{where}: expected a list of tokens/tags (or a whitespace-separated string), got {type(value).__name__}"
+    )
 
 
 def _image_array(value: Any, base_dir: Path | None, where: str) -> np.ndarray:
@@ -267,10 +278,14 @@ def _image_array(value: Any, base_dir: Path | None, where: str) -> np.ndarray:
 
 
 def _images(part: _Part, column: str) -> np.ndarray:
-    arrays = [_image_array(v, part.base_dir, f"{part.source}, row {i}") for i, v in enumerate(part.column(column, "image"))]
+    arrays = [
+        _image_array(v, part.base_dir, f"{part.source}, row {i}") for i, v in enumerate(part.column(column, "image"))
+    ]
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
-        raise TaskError(f"{part.source}: images have different shapes {sorted(shapes)[:4]}; resize them to one shape first")
+        raise TaskError(
+            f"{part.source}: images have different shapes {sorted(shapes)[:4]}; resize them to one shape first"
+        )
     if not arrays:
         raise TaskError(f"{part.source}: no images")
     return np.stack(arrays)
@@ -356,8 +371,13 @@ def _file_parts(path: PathLike | Mapping[str, PathLike], reader: Any, what: str)
 
 
 def from_csv(
-    path: PathLike | Mapping[str, PathLike], *, kind: str = "text", split_column: str | None = None,
-    delimiter: str = ",", encoding: str = "utf-8", **spec: Any,
+    path: PathLike | Mapping[str, PathLike],
+    *,
+    kind: str = "text",
+    split_column: str | None = None,
+    delimiter: str = ",",
+    encoding: str = "utf-8",
+    **spec: Any,
 ) -> Any:
     """A task from a CSV file with a header (or ``{split: path}``); see the module docstring.
 
@@ -368,8 +388,12 @@ def from_csv(
 
 
 def from_jsonl(
-    path: PathLike | Mapping[str, PathLike], *, kind: str = "text", split_column: str | None = None,
-    encoding: str = "utf-8", **spec: Any,
+    path: PathLike | Mapping[str, PathLike],
+    *,
+    kind: str = "text",
+    split_column: str | None = None,
+    encoding: str = "utf-8",
+    **spec: Any,
 ) -> Any:
     """A task from a JSON Lines file (or ``{split: path}``); token tasks use list-valued fields."""
     parts = _file_parts(path, lambda p: read_jsonl(p, encoding=encoding), "JSONL")
@@ -377,8 +401,14 @@ def from_jsonl(
 
 
 def from_conll(
-    path: PathLike | Mapping[str, PathLike], *, token_column: int = 0, tag_column: int = -1,
-    encoding: str = "utf-8", tag_names: Sequence[str] | None = None, id_prefix: str | None = None, **options: Any,
+    path: PathLike | Mapping[str, PathLike],
+    *,
+    token_column: int = 0,
+    tag_column: int = -1,
+    encoding: str = "utf-8",
+    tag_names: Sequence[str] | None = None,
+    id_prefix: str | None = None,
+    **options: Any,
 ) -> Any:
     """A :class:`TokenClassificationTask` from CoNLL files (``{split: path}``, or one file = ``"test"``).
 
@@ -417,13 +447,17 @@ def _dataset_part(ds: Any, source: str) -> _Part:
     return _Part({c: list(ds[c]) for c in ds.column_names}, source, names=names)
 
 
-def _select_splits(parts: dict[str, Any], splits: Sequence[str] | Mapping[str, str] | None, source: str) -> dict[str, Any]:
+def _select_splits(
+    parts: dict[str, Any], splits: Sequence[str] | Mapping[str, str] | None, source: str
+) -> dict[str, Any]:
     if splits is None:
         return parts
     mapping = dict(splits) if isinstance(splits, Mapping) else {s: s for s in splits}
     missing = [s for s in mapping if s not in parts]
     if missing:
-        raise TaskError(f"{source} has no split {missing[0]!r}{suggest(missing[0], list(parts))}; splits: {', '.join(parts)}")
+        raise TaskError(
+            f"{source} has no split {missing[0]!r}{suggest(missing[0], list(parts))}; splits: {', '.join(parts)}"
+        )
     return {mapping[s]: parts[s] for s in mapping}
 
 
@@ -443,8 +477,14 @@ def _as_parts(data: Any, source: str, splits: Any) -> dict[str, _Part]:
 
 
 def from_hf_dataset(
-    data: Any, *, kind: str = "text", data_files: Any = None, splits: Sequence[str] | Mapping[str, str] | None = None,
-    split_column: str | None = None, cache_dir: PathLike | None = None, **spec: Any,
+    data: Any,
+    *,
+    kind: str = "text",
+    data_files: Any = None,
+    splits: Sequence[str] | Mapping[str, str] | None = None,
+    split_column: str | None = None,
+    cache_dir: PathLike | None = None,
+    **spec: Any,
 ) -> Any:
     """A task from Hugging Face ``datasets`` data, all local.
 
@@ -467,8 +507,14 @@ def from_hf_dataset(
         try:
             loaded = datasets.load_dataset(data, data_files=_abs_files(data_files), cache_dir=_opt_str(cache_dir))
         except Exception as exc:
-            raise TaskError(f"datasets.load_dataset({data!r}, data_files={data_files!r}) failed: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(data_files, Mapping) and isinstance(loaded, datasets.DatasetDict) and list(loaded) == ["train"]:
+            raise TaskError(
+                f"datasets.load_dataset({data!r}, data_files={data_files!r}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if (
+            not isinstance(data_files, Mapping)
+            and isinstance(loaded, datasets.DatasetDict)
+            and list(loaded) == ["train"]
+        ):
             loaded = datasets.DatasetDict({"test": loaded["train"]})  # one unnamed file is what we evaluate
         source = f"{data} files {data_files!r}"
         data = loaded
@@ -515,8 +561,13 @@ def _hub_offline() -> Iterator[None]:
 
 
 def load_hub_dataset(
-    repo_id: str, *, name: str | None = None, revision: str | None = None, cache_dir: PathLike | None = None,
-    allow_download: bool = False, datasets_cache_dir: PathLike | None = None,
+    repo_id: str,
+    *,
+    name: str | None = None,
+    revision: str | None = None,
+    cache_dir: PathLike | None = None,
+    allow_download: bool = False,
+    datasets_cache_dir: PathLike | None = None,
 ) -> Any:
     """A hub dataset, offline first: the hub snapshot cache, then datasets' own cache, then (if allowed) the network.
 
@@ -540,7 +591,9 @@ def load_hub_dataset(
         try:
             return datasets.load_dataset(folder, name=name, cache_dir=ds_cache)
         except Exception as exc:
-            raise TaskError(f"dataset {repo_id!r} is cached at {folder} but does not load: {type(exc).__name__}: {exc}") from exc
+            raise TaskError(
+                f"dataset {repo_id!r} is cached at {folder} but does not load: {type(exc).__name__}: {exc}"
+            ) from exc
     try:
         with _hub_offline():
             return datasets.load_dataset(repo_id, name=name, revision=revision, cache_dir=ds_cache)
@@ -560,9 +613,17 @@ def load_hub_dataset(
 
 
 def from_hub(
-    repo_id: str, *, kind: str = "text", name: str | None = None, revision: str | None = None,
-    cache_dir: PathLike | None = None, allow_download: bool = False, datasets_cache_dir: PathLike | None = None,
-    splits: Sequence[str] | Mapping[str, str] | None = None, split_column: str | None = None, **spec: Any,
+    repo_id: str,
+    *,
+    kind: str = "text",
+    name: str | None = None,
+    revision: str | None = None,
+    cache_dir: PathLike | None = None,
+    allow_download: bool = False,
+    datasets_cache_dir: PathLike | None = None,
+    splits: Sequence[str] | Mapping[str, str] | None = None,
+    split_column: str | None = None,
+    **spec: Any,
 ) -> Any:
     """A task from a Hugging Face hub dataset id, offline first (a clear error when it is not cached).
 

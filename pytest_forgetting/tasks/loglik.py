@@ -18,7 +18,8 @@ Shared by ``MultipleChoiceTask`` (a context and each choice) and the rolling per
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ..errors import TaskError
 
@@ -101,7 +102,13 @@ def rolling_rows(tokens: Sequence[int], prefix: int, max_length: int) -> Iterato
 
 
 def score_rows(
-    model: Any, rows: Sequence[tuple[Any, int]], targets: Sequence[Sequence[int]], pad_id: int, chunk: int, *, greedy: bool = False
+    model: Any,
+    rows: Sequence[tuple[Any, int]],
+    targets: Sequence[Sequence[int]],
+    pad_id: int,
+    chunk: int,
+    *,
+    greedy: bool = False,
 ) -> tuple[Any, Any, Any]:
     """Per row: (sum of log-probabilities of its targets, all targets greedy, finite), as tensors
     (double, bool or None, bool).
@@ -119,7 +126,11 @@ def score_rows(
     from .batching import Ragged, trimmed_batches
     from .classification import logits_of
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu")) if hasattr(model, "parameters") else torch.device("cpu")
+    device = (
+        next((p.device for p in model.parameters()), torch.device("cpu"))
+        if hasattr(model, "parameters")
+        else torch.device("cpu")
+    )
     lls: list[float] = []
     hits: list[bool] = []
     finite: list[bool] = []
@@ -135,7 +146,8 @@ def score_rows(
             logp = F.log_softmax(sel if sel.dtype == torch.float64 else sel.float(), dim=-1)
             tgt = torch.as_tensor(list(targets[k]), dtype=torch.long, device=logp.device)
             lls.append(float(logp.gather(1, tgt[:, None]).sum()))
-            # a log-probability is never +inf (at most 0 up to rounding; NaN propagates): all are finite when the smallest is
+            # a log-probability is never +inf (at most 0 up to rounding; NaN propagates):
+            # all are finite when the smallest is
             finite.append(n == 0 or bool(torch.isfinite(logp.min())))
             if greedy:
                 hits.append(bool((logp.argmax(dim=-1) == tgt).all()))

@@ -13,8 +13,9 @@ output type on the same documents and prompts.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,18 +72,28 @@ class MultipleChoiceTask(Task):
             ctx = [str(c) for c in ctx]
             ch = [[str(x) for x in c] for c in ch]
             if not (len(ctx) == len(ch) == len(gd)):
-                raise TaskError(f"MultipleChoiceTask split {name!r}: {len(ctx)} contexts, {len(ch)} choice lists, {len(gd)} gold answers")
+                raise TaskError(
+                    f"MultipleChoiceTask split {name!r}: {len(ctx)} contexts, {len(ch)} choice lists, "
+                    f"{len(gd)} gold answers"
+                )
             golds = []
             for i, (options, g) in enumerate(zip(ch, gd)):
                 if len(options) < 2:
-                    raise TaskError(f"MultipleChoiceTask split {name!r} example {i}: needs at least two choices, got {options!r}")
+                    raise TaskError(
+                        f"MultipleChoiceTask split {name!r} example {i}: needs at least two choices, got {options!r}"
+                    )
                 if isinstance(g, str) and not g.strip().lstrip("-").isdigit():
                     if g not in options:
-                        raise TaskError(f"MultipleChoiceTask split {name!r} example {i}: gold answer {g!r} is not among the choices {options!r}")
+                        raise TaskError(
+                            f"MultipleChoiceTask split {name!r} example {i}: gold answer {g!r} "
+                            f"is not among the choices {options!r}"
+                        )
                     g = options.index(g)
                 g = int(g)
                 if not 0 <= g < len(options):
-                    raise TaskError(f"MultipleChoiceTask split {name!r} example {i}: gold index {g} outside 0..{len(options) - 1}")
+                    raise TaskError(
+                        f"MultipleChoiceTask split {name!r} example {i}: gold index {g} outside 0..{len(options) - 1}"
+                    )
                 golds.append(g)
             columns_ = {k: np.asarray(v) for k, v in (cols or {}).items()}
             self._splits[name] = {
@@ -93,10 +104,20 @@ class MultipleChoiceTask(Task):
     # -- loaders -------------------------------------------------------------------------------
     @classmethod
     def from_records(
-        cls, records: Sequence[Mapping[str, Any]], *, context: str = "question", choices: str | Sequence[str] = "choices",
-        gold: str = "answer", id: str | None = None, split_column: str | None = None, **kwargs: Any,
-    ) -> "MultipleChoiceTask":  # fmt: skip
-        """From dict rows: ``choices`` names one column holding a list (or a JSON list, or ``a|b|c``) or several columns."""
+        cls,
+        records: Sequence[Mapping[str, Any]],
+        *,
+        context: str = "question",
+        choices: str | Sequence[str] = "choices",
+        gold: str = "answer",
+        id: str | None = None,
+        split_column: str | None = None,
+        **kwargs: Any,
+    ) -> MultipleChoiceTask:
+        """From dict rows.
+
+        ``choices`` names one column holding a list (or a JSON list, or ``a|b|c``) or several columns.
+        """
         groups: dict[str, list[Mapping[str, Any]]] = {}
         for r in records:
             groups.setdefault(str(r[split_column]) if split_column else "test", []).append(r)
@@ -115,7 +136,7 @@ class MultipleChoiceTask(Task):
         return cls(splits=splits, **kwargs)
 
     @classmethod
-    def from_jsonl(cls, path: str | Path, **kwargs: Any) -> "MultipleChoiceTask":
+    def from_jsonl(cls, path: str | Path, **kwargs: Any) -> MultipleChoiceTask:
         rows = []
         with open(path, encoding="utf-8") as fh:
             for n, line in enumerate(fh, 1):
@@ -127,7 +148,7 @@ class MultipleChoiceTask(Task):
         return cls.from_records(rows, **kwargs)
 
     @classmethod
-    def from_csv(cls, path: str | Path, *, delimiter: str = ",", **kwargs: Any) -> "MultipleChoiceTask":
+    def from_csv(cls, path: str | Path, *, delimiter: str = ",", **kwargs: Any) -> MultipleChoiceTask:
         import csv
 
         with open(path, encoding="utf-8", newline="") as fh:
@@ -135,13 +156,17 @@ class MultipleChoiceTask(Task):
         return cls.from_records(rows, **kwargs)
 
     @classmethod
-    def from_hf_dataset(cls, dataset: Any, *, split: str | None = None, **kwargs: Any) -> "MultipleChoiceTask":
+    def from_hf_dataset(cls, dataset: Any, *, split: str | None = None, **kwargs: Any) -> MultipleChoiceTask:
         """From a ``datasets.Dataset`` / ``DatasetDict`` or a folder saved with ``save_to_disk``."""
         if isinstance(dataset, (str, Path)):
             import datasets
 
             dataset = datasets.load_from_disk(str(dataset))
-        if hasattr(dataset, "keys") and not hasattr(dataset, "column_names") or isinstance(getattr(dataset, "column_names", None), dict):
+        if (
+            hasattr(dataset, "keys")
+            and not hasattr(dataset, "column_names")
+            or isinstance(getattr(dataset, "column_names", None), dict)
+        ):
             names = [split] if split else list(dataset.keys())
             parts = {n: cls.from_records(list(dataset[n]), **kwargs)._splits["test"] for n in names}
             task = cls.__new__(cls)
@@ -209,9 +234,13 @@ class MultipleChoiceTask(Task):
         for lo in range(0, len(indices), batch_size):
             chunk = [int(i) for i in indices[lo : lo + batch_size]]
             yield {
-                "requests": [prepared["requests"][i] for i in chunk], "lengths": prepared["lengths"][chunk],
-                "gold": prepared["gold"][chunk], "k_max": prepared["k_max"], "pad": prepared["pad"], "chunk": batch_size,
-            }  # fmt: skip
+                "requests": [prepared["requests"][i] for i in chunk],
+                "lengths": prepared["lengths"][chunk],
+                "gold": prepared["gold"][chunk],
+                "k_max": prepared["k_max"],
+                "pad": prepared["pad"],
+                "chunk": batch_size,
+            }
 
     def lengths(self, prepared: Any) -> np.ndarray:
         """The longest (context + choice) input of each example: length-bucketed batches (causal right padding)."""
@@ -232,10 +261,13 @@ class MultipleChoiceTask(Task):
         pred = ll_np.argmax(axis=1)
         pred_norm = (ll_np / np.asarray(batch["lengths"])).argmax(axis=1)
         return {
-            "ll": ll, "pred_choice": torch.from_numpy(pred), "pred_norm_choice": torch.from_numpy(pred_norm),
-            "acc": torch.from_numpy((pred == gold).astype(np.float64)), "acc_norm": torch.from_numpy((pred_norm == gold).astype(np.float64)),
+            "ll": ll,
+            "pred_choice": torch.from_numpy(pred),
+            "pred_norm_choice": torch.from_numpy(pred_norm),
+            "acc": torch.from_numpy((pred == gold).astype(np.float64)),
+            "acc_norm": torch.from_numpy((pred_norm == gold).astype(np.float64)),
             "finite": ok,
-        }  # fmt: skip
+        }
 
 
 def _as_list(value: Any) -> list[str]:

@@ -20,9 +20,10 @@ import re
 import shutil
 import subprocess
 import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ def edit_distance(ref: Sequence[Any], hyp: Sequence[Any]) -> int:
     return python_edit_distance(ref, hyp)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fast_levenshtein() -> Any:
     try:
         from rapidfuzz.distance import Levenshtein
@@ -143,7 +144,9 @@ def read_wav(source: str | Path | bytes, rate: int = SAMPLING_RATE) -> np.ndarra
     return resample(_as_float_audio(data), sr, rate)
 
 
-def synthesize_espeak(text: str, *, voice: str = "en-us", rate: int = 160, pitch: int = 50, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
+def synthesize_espeak(
+    text: str, *, voice: str = "en-us", rate: int = 160, pitch: int = 50, sampling_rate: int = SAMPLING_RATE
+) -> np.ndarray:
     """Speak ``text`` with the ``espeak-ng`` program (Debian package espeak-ng): mono float32 at ``sampling_rate``."""
     exe = shutil.which("espeak-ng")
     if exe is None:
@@ -160,7 +163,9 @@ def synthesize_espeak(text: str, *, voice: str = "en-us", rate: int = 160, pitch
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise TaskError(f"espeak-ng failed on {text[:40]!r}: {exc}") from None
     if proc.returncode != 0 or not proc.stdout:
-        raise TaskError(f"espeak-ng (voice {voice!r}) failed on {text[:40]!r}: {proc.stderr.decode(errors='replace').strip()}")
+        raise TaskError(
+            f"espeak-ng (voice {voice!r}) failed on {text[:40]!r}: {proc.stderr.decode(errors='replace').strip()}"
+        )
     return _read_streamed_wav(proc.stdout, sampling_rate)
 
 
@@ -246,10 +251,14 @@ class SpeechRecognitionTask(_SplitTask):
                 try:
                     wave, text = item
                 except (TypeError, ValueError):
-                    raise TaskError(f"SpeechRecognitionTask split {name!r}: expected (audio, transcript) pairs") from None
+                    raise TaskError(
+                        f"SpeechRecognitionTask split {name!r}: expected (audio, transcript) pairs"
+                    ) from None
                 wave = resample(_as_float_audio(wave), sampling_rate)
                 if len(wave) < 400:  # 25 ms: shorter than the first convolutions' receptive field
-                    raise TaskError(f"SpeechRecognitionTask split {name!r}: utterance {uid!r} has only {len(wave)} samples")
+                    raise TaskError(
+                        f"SpeechRecognitionTask split {name!r}: utterance {uid!r} has only {len(wave)} samples"
+                    )
                 if not np.isfinite(wave).all():
                     raise TaskError(f"SpeechRecognitionTask split {name!r}: utterance {uid!r} contains NaN/Inf")
                 if not normalize_transcript(str(text)):
@@ -259,7 +268,7 @@ class SpeechRecognitionTask(_SplitTask):
             self._add_split(name, split_ids, cols, audio=waves, transcripts=texts)
 
     @classmethod
-    def from_folder(cls, folder: str | Path, *, transcripts: str = "transcripts.tsv") -> "SpeechRecognitionTask":
+    def from_folder(cls, folder: str | Path, *, transcripts: str = "transcripts.tsv") -> SpeechRecognitionTask:
         """WAV files of a folder with their transcripts: ``transcripts.tsv`` (``file<TAB>text`` per line,
         the file name with or without ``.wav``), else a ``.txt`` beside each ``.wav``. Ids are the file stems."""
         folder = Path(folder)
@@ -334,18 +343,26 @@ class SpeechRecognitionTask(_SplitTask):
         out = model(input_values=values, attention_mask=mask) if ctx.use_mask else model(input_values=values)
         logits = logits_of(out)
         if logits.ndim != 3 or logits.shape[0] != values.shape[0]:
-            raise TaskError(f"task {self.name!r} needs a CTC model returning logits (batch, frames, vocab); got {tuple(logits.shape)}")
+            raise TaskError(
+                f"task {self.name!r} needs a CTC model returning logits (batch, frames, vocab); "
+                f"got {tuple(logits.shape)}"
+            )
         frames = output_frames(model, mask.sum(dim=1), logits.shape[1])
         valid = torch.arange(logits.shape[1], device=logits.device)[None, :] < frames[:, None]
         finite = (torch.isfinite(logits).all(dim=2) | ~valid).all(dim=1)
         blank = _blank_id(model, ctx.tokenizer)
         hyps = ctc_greedy_decode(logits, frames, ctx.tokenizer, blank)
-        counts = torch.tensor([error_counts(r, h) for r, h in zip(batch["references"], hyps)], dtype=torch.long).reshape(-1, 4)
+        counts = torch.tensor(
+            [error_counts(r, h) for r, h in zip(batch["references"], hyps)], dtype=torch.long
+        ).reshape(-1, 4)
         counts = counts.to(logits.device)
         return {
-            "word_errors": counts[:, 0], "ref_words": counts[:, 1], "char_errors": counts[:, 2], "ref_chars": counts[:, 3],
+            "word_errors": counts[:, 0],
+            "ref_words": counts[:, 1],
+            "char_errors": counts[:, 2],
+            "ref_chars": counts[:, 3],
             "finite": finite,
-        }  # fmt: skip
+        }
 
     def transcribe(self, model: Any, split: str, meta: ModelMeta, batch_size: int = 16) -> dict[str, str]:
         """Greedy transcripts of a split by example id (for reading; scoring goes through ``evaluate``)."""

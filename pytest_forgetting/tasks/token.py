@@ -21,8 +21,9 @@ task's is scored correctly, and a label the task does not know is an error.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ class TagTable:
     outside: int = 0  # id of the "O" tag
 
     @classmethod
-    def from_tags(cls, tags: Sequence[str]) -> "TagTable":
+    def from_tags(cls, tags: Sequence[str]) -> TagTable:
         tags = tuple(str(t) for t in tags)
         if len(set(tags)) != len(tags):
             dup = sorted({t for t in tags if tags.count(t) > 1})
@@ -126,7 +127,8 @@ def extract_entities(tag_ids: np.ndarray, table: TagTable) -> tuple[np.ndarray, 
     cur_opens = (cur_p == _B) | (cur_p == _S)
     cur_cont = (cur_p == _I) | (cur_p == _E)
     ends = (
-        (prev_p == _E) | (prev_p == _S)
+        (prev_p == _E)
+        | (prev_p == _S)
         | (((prev_p == _B) | (prev_p == _I)) & (cur_opens | (cur_p == _O)))
         | (prev_in & type_change)
     )
@@ -179,7 +181,9 @@ def entity_counts(pred: np.ndarray, gold: np.ndarray, table: TagTable) -> Entity
     hit = _member(_entity_keys(pr, ps, pe, pt, w, k), _entity_keys(gr, gs, ge, gt, w, k))
 
     def per_row_type(rows: np.ndarray, types: np.ndarray) -> np.ndarray:
-        return np.bincount(rows * k + types, minlength=n * k).reshape(n, k).astype(np.float64) if k else np.zeros((n, 0))
+        return (
+            np.bincount(rows * k + types, minlength=n * k).reshape(n, k).astype(np.float64) if k else np.zeros((n, 0))
+        )
 
     words = gold != PAD
     return EntityCounts(
@@ -279,7 +283,11 @@ def entity_metrics(table: TagTable, memo: _CountsMemo | None = None) -> dict[str
             c = memo.get(o, table)
             if which == "words":
                 return c.words_correct, c.words
-            tp, pred, gold = (c.tp, c.pred, c.gold) if t is None else (c.tp[:, t:t + 1], c.pred[:, t:t + 1], c.gold[:, t:t + 1])
+            tp, pred, gold = (
+                (c.tp, c.pred, c.gold)
+                if t is None
+                else (c.tp[:, t : t + 1], c.pred[:, t : t + 1], c.gold[:, t : t + 1])
+            )
             tp, pred, gold = tp.sum(axis=1), pred.sum(axis=1), gold.sum(axis=1)
             if which == "precision":
                 return tp, pred
@@ -289,23 +297,64 @@ def entity_metrics(table: TagTable, memo: _CountsMemo | None = None) -> dict[str
 
         return fn
 
-    # no exact no-change rule yet for entity counts (a sentence holds any number of entities)
-    kw = dict(ratio_no_change=False)
-    out = {
-        "f1": AggregateMetric("f1", True, True, summed("f1"), description="entity-level micro F1 (exact span and type, seqeval default)",
-                     ratio=parts("f1"), ratio_den_fixed=False, **kw),
-        "precision": AggregateMetric("precision", True, True, summed("precision"), description="entity-level micro precision",
-                            ratio=parts("precision"), ratio_den_fixed=False, **kw),
-        "recall": AggregateMetric("recall", True, True, summed("recall"), description="entity-level micro recall",
-                         ratio=parts("recall"), ratio_den_fixed=True, **kw),
-        "f1_macro": AggregateMetric("f1_macro", True, True, macro, description="mean of per-type entity F1 over the types present"),
-        "token_accuracy": AggregateMetric("token_accuracy", True, True, word_accuracy, description="fraction of words with the exact gold tag",
-                                 ratio=parts("words"), ratio_den_fixed=True, **kw),
+    # ratio_no_change=False: no exact no-change rule yet for entity counts (a sentence holds any number of entities)
+    out: dict[str, Metric] = {
+        "f1": AggregateMetric(
+            "f1",
+            True,
+            True,
+            summed("f1"),
+            description="entity-level micro F1 (exact span and type, seqeval default)",
+            ratio=parts("f1"),
+            ratio_den_fixed=False,
+            ratio_no_change=False,
+        ),
+        "precision": AggregateMetric(
+            "precision",
+            True,
+            True,
+            summed("precision"),
+            description="entity-level micro precision",
+            ratio=parts("precision"),
+            ratio_den_fixed=False,
+            ratio_no_change=False,
+        ),
+        "recall": AggregateMetric(
+            "recall",
+            True,
+            True,
+            summed("recall"),
+            description="entity-level micro recall",
+            ratio=parts("recall"),
+            ratio_den_fixed=True,
+            ratio_no_change=False,
+        ),
+        "f1_macro": AggregateMetric(
+            "f1_macro", True, True, macro, description="mean of per-type entity F1 over the types present"
+        ),
+        "token_accuracy": AggregateMetric(
+            "token_accuracy",
+            True,
+            True,
+            word_accuracy,
+            description="fraction of words with the exact gold tag",
+            ratio=parts("words"),
+            ratio_den_fixed=True,
+            ratio_no_change=False,
+        ),
     }
     for t, name in enumerate(table.types):
         key = f"f1:{name}"
-        out[key] = AggregateMetric(key, True, True, type_f1(t), description=f"entity F1 of type {name!r}",
-                          ratio=parts("f1", t), ratio_den_fixed=False, **kw)
+        out[key] = AggregateMetric(
+            key,
+            True,
+            True,
+            type_f1(t),
+            description=f"entity F1 of type {name!r}",
+            ratio=parts("f1", t),
+            ratio_den_fixed=False,
+            ratio_no_change=False,
+        )
     return out
 
 
@@ -385,13 +434,19 @@ class TokenClassificationTask(Task):
             for j, t in enumerate(row):
                 if isinstance(t, (int, np.integer)) and not isinstance(t, bool):
                     if not 0 <= int(t) < len(self.table.tags):
-                        raise TaskError(f"split {name!r}, sentence {i}: tag id {int(t)} is outside the {len(self.table.tags)} tag names")
+                        raise TaskError(
+                            f"split {name!r}, sentence {i}: tag id {int(t)} is outside the "
+                            f"{len(self.table.tags)} tag names"
+                        )
                     arr[i, j] = int(t)
                 else:
                     try:
                         arr[i, j] = index[str(t)]
                     except KeyError:
-                        raise TaskError(f"split {name!r}, sentence {i}: tag {str(t)!r} is not among the tag names {list(self.table.tags)}") from None
+                        raise TaskError(
+                            f"split {name!r}, sentence {i}: tag {str(t)!r} is not among the tag names "
+                            f"{list(self.table.tags)}"
+                        ) from None
         columns = {k: np.asarray(v) for k, v in (cols or {}).items()}
         for k, v in columns.items():
             if len(v) != len(sentences):
@@ -429,7 +484,9 @@ class TokenClassificationTask(Task):
 
     def prepare(self, split: str, meta: ModelMeta) -> dict[str, Any]:
         d = self.split(split)
-        return tokenize_words(meta, d.tokens, effective_max_length(meta, self.max_length), self.name, width=d.tags.shape[1])
+        return tokenize_words(
+            meta, d.tokens, effective_max_length(meta, self.max_length), self.name, width=d.tags.shape[1]
+        )
 
     def batches(self, prepared: dict[str, Any], indices: np.ndarray, batch_size: int) -> Iterator[dict[str, Any]]:
         for _, idx, inputs in trimmed_batches(prepared["tensors"], prepared["lengths"], indices, batch_size):
@@ -449,7 +506,8 @@ class TokenClassificationTask(Task):
         logits = logits_of(model(**inputs))
         if logits.ndim != 3:
             raise TaskError(
-                f"task {self.name!r}: a token classifier must return logits of shape (batch, tokens, labels), got {tuple(logits.shape)}"
+                f"task {self.name!r}: a token classifier must return logits of shape (batch, tokens, labels), "
+                f"got {tuple(logits.shape)}"
             )
         lookup = label_lookup(model, logits.shape[-1], self.table, self.name).to(logits.device)
         first = batch["first"]
@@ -514,7 +572,9 @@ def effective_max_length(meta: ModelMeta, max_length: int) -> int:
     return int(max_length)
 
 
-def tokenize_words(meta: ModelMeta, sentences: Sequence[Sequence[str]], max_length: int, task_name: str, width: int) -> dict[str, Any]:
+def tokenize_words(
+    meta: ModelMeta, sentences: Sequence[Sequence[str]], max_length: int, task_name: str, width: int
+) -> dict[str, Any]:
     """Tokenise pre-split sentences once, right-padded; record each word's first subword position.
 
     Returns ``{"tensors": {...} (N, T), "lengths": (N,), "first": (N, width) token index or -1,
@@ -531,9 +591,17 @@ def tokenize_words(meta: ModelMeta, sentences: Sequence[Sequence[str]], max_leng
             f"checkpoint folder); {type(tok).__name__} is not one"
         )
     try:
-        enc = tok([list(s) for s in sentences], is_split_into_words=True, truncation=True, max_length=max_length, padding=False)
+        enc = tok(
+            [list(s) for s in sentences],
+            is_split_into_words=True,
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+        )
     except Exception as exc:  # e.g. a BPE tokenizer that needs add_prefix_space=True
-        raise TaskError(f"task {task_name!r}: the tokenizer cannot encode pre-split words: {type(exc).__name__}: {exc}") from exc
+        raise TaskError(
+            f"task {task_name!r}: the tokenizer cannot encode pre-split words: {type(exc).__name__}: {exc}"
+        ) from exc
     n = len(sentences)
     seqs = enc["input_ids"]
     lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
@@ -544,4 +612,9 @@ def tokenize_words(meta: ModelMeta, sentences: Sequence[Sequence[str]], max_leng
             if w is not None and first[i, w] < 0:
                 first[i, w] = pos
     n_words = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=n)
-    return {"tensors": tensors, "lengths": lengths, "first": torch.from_numpy(first), "n_words": torch.from_numpy(n_words)}
+    return {
+        "tensors": tensors,
+        "lengths": lengths,
+        "first": torch.from_numpy(first),
+        "n_words": torch.from_numpy(n_words),
+    }
