@@ -19,7 +19,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "pytest_forgetting"
 #: subpackages the wheel must hold even if the tree looked at lacks them (package discovery is by pattern)
-SUBPACKAGES = ("tasks", "finetune", "finetune/strategies", "checkpoints", "checkpoints/loaders")
+SUBPACKAGES = (
+    "checkpoints",
+    "checkpoints/loaders",
+    "engine",
+    "finetune",
+    "finetune/strategies",
+    "report",
+    "stats",
+    "tasks",
+)
 
 
 def source_files() -> set[str]:
