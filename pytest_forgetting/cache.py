@@ -96,7 +96,8 @@ def _entry_id(key: str | Mapping[str, Any]) -> tuple[str, str]:
     if isinstance(key, Mapping):
         text = key_json(key)
         name = hashlib.sha256(text.encode()).hexdigest()[:32]
-        # a tuned model's evaluation (``session._eval_key``): ``tuned-<hash>.npz``, beside the base's ``<hash>.npz``
+        # a tuned model's evaluation (``ForgettingSession._eval_key``): ``tuned-<hash>.npz``,
+        # beside the base's ``<hash>.npz``
         return (f"tuned-{name}" if key.get("kind") == "eval-tuned" else name), text
     text = str(key)
     name = text if _NAME.fullmatch(text) else hashlib.sha256(text.encode()).hexdigest()[:32]

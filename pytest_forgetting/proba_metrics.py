@@ -3,7 +3,7 @@
 Classification tasks store, besides the predicted class, the softmax of the logits in the task's
 class ids (``proba``: (N, K) float32, K >= the number of classes; a model output that is no class of
 the task adds to no column). These metrics read it; each matches scikit-learn on the same
-predictions (``tests/test_proba_metrics.py``):
+predictions (``tests/engine/test_proba_metrics.py``):
 
 - ``log_loss``: per example, the negative log-probability of the gold class (clipped at float64
   eps, as scikit-learn does) -- a mean of per-example terms, compared with the paired bootstrap.

@@ -36,7 +36,7 @@ _reporter: Reporter | None = None
 
 
 def configure(config: Any, mode: str) -> Reporter | None:
-    """Called once per pytest run (``runner.configure``): where progress lines go, if anywhere.
+    """Called once per pytest run (``state.configure``): where progress lines go, if anywhere.
 
     Returns the reporter it replaces (a pytest run inside another one, as pytester runs them)."""
     global _reporter
