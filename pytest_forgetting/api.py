@@ -10,7 +10,7 @@ import pytest
 
 from .checks import bind_task, parse_check
 from .errors import ForgettingError
-from .results import outcome_for
+from .results import Outcome, outcome_for
 
 
 class Forgetting:
@@ -114,8 +114,8 @@ class Forgetting:
             key = (item.nodeid, result.check, row.get("candidate", ""))
             index = self._indices.setdefault(key, 1000 + len(self._indices))
             record_row(item, index, row)
-        if row["outcome"] == "failed":
+        if row["outcome"] == Outcome.FAILED:
             pytest.fail(failure_message(row), pytrace=False)
-        if row["outcome"] == "warned":
+        if row["outcome"] == Outcome.WARNED:
             warnings.warn(ForgettingInconclusiveWarning(failure_message(row).splitlines()[0]), stacklevel=2)
         return result.comparison

@@ -241,7 +241,7 @@ def describe(classes: Sequence[ClassPrecision], limit: float, top: int = 3) -> s
 
 
 class PrecisionPart(NamedTuple):
-    """What the check's decision takes from the precision budget (``session.ForgettingSession._decide``)."""
+    """What the check's decision takes from the precision budget (``engine.decision.decide``)."""
 
     rows: list[dict[str, Any]]
     budgets: list[stats.Budget]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import ConfigError, TaskError
+from .results import CheckKind
 from .state import CHECKS_KEY, MARKERS, STATE_KEY, ForgettingPlugin, state
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ def _bind(st: ForgettingPlugin, check: Check, where: str) -> Check:
     except TaskError:
         return check
     check = bind_task(check, f"{where}: @pytest.mark.{check.kind}", task)
-    if check.kind == "retains":
+    if check.kind == CheckKind.RETAINS:
         from .stats import min_n_to_pass
 
         n = task.size(check.split)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, EvaluationError
+from .results import CheckKind, Verdict
 
 # -- configuration errors at collection -----------------------------------------------------------
 
@@ -246,7 +247,7 @@ def run_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         fps = row.get("_fingerprints") or {}
         values = [v for v in fps.values() if v]
         cand = str(row.get("candidate") or "")
-        if values and len(set(values)) == 1 and ("same", cand) not in seen and row.get("verdict") != "error":
+        if values and len(set(values)) == 1 and ("same", cand) not in seen and row.get("verdict") != Verdict.ERROR:
             seen.add(("same", cand))
             who = f"tuned checkpoint '{terminal(cand, 80)}'" if cand else "the tuned checkpoint"
             out.append(f"{who} is the same as the base (same content fingerprint {values[0][:12]}): every check "
@@ -256,7 +257,7 @@ def run_warnings(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         key = ("chance", row.get("task"), row.get("split"), row.get("metric"))
         if (
             chance
-            and row.get("kind") == "retains"
+            and row.get("kind") == CheckKind.RETAINS
             and isinstance(base, (int, float))
             and base <= chance[0] + 1e-12
             and key not in seen

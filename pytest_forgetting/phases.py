@@ -18,7 +18,7 @@ import pytest
 
 from .collection import CANDIDATE_ARG
 from .errors import ForgettingError
-from .results import CheckRow, Outcome, Verdict, outcome_for
+from .results import CheckRow, Outcome, draft_row, outcome_for
 from .state import CHECKS_KEY, RESULTS_KEY, ROWS_ATTR, ROWS_KEY, STATE_KEY, state
 
 if TYPE_CHECKING:
@@ -83,35 +83,9 @@ def _interrupted_rows(item: pytest.Item, checks: list[Check], index: int, exc: B
 
 
 def _error_row(item: pytest.Item, index: int, check: Check, reason: str, candidate: str = "") -> None:
-    row = CheckRow.from_dict(
-        {
-            "test": item.nodeid,
-            "task": check.task,
-            "split": check.split,
-            "metric": check.metric or "-",
-            "kind": check.kind,
-            "candidate": candidate,
-            "n": 0,
-            "base": None,
-            "tuned": None,
-            "drop": None,
-            "ci_low": None,
-            "ci_high": None,
-            "margin": check.margin,
-            "relative": check.relative,
-            "nfr": None,
-            "verdict": Verdict.ERROR,
-            "reason": reason,
-            "n_needed": None,
-            "worst_classes": [],
-            "flipped_ids": [],
-            "base_cached": False,
-            "base_eval_s": 0.0,
-            "tuned_eval_s": 0.0,
-            "higher_is_better": True,
-            "outcome": Outcome.ERROR,
-        }
-    )
+    row = draft_row(check, test=item.nodeid, candidate=candidate, metric=check.metric or "-")
+    row.update(reason=reason, outcome=Outcome.ERROR)
+    row = CheckRow.from_dict(row)
     record_row(item, index, row)
 
 

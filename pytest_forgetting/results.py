@@ -21,7 +21,7 @@ import dataclasses
 import numbers
 from collections.abc import Iterator, Mapping
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 __all__ = [
     "ABSENT",
@@ -363,3 +363,56 @@ class CheckRow(_Record):
     def min_gain(self) -> Any:
         """An ``improves`` row's required gain (:func:`min_gain`)."""
         return min_gain(self.margin)
+
+
+class _CheckLike(Protocol):
+    """What :func:`draft_row` reads of a ``checks.Check`` (no import of checks.py here)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def split(self) -> str: ...
+    @property
+    def metric(self) -> str: ...
+    @property
+    def margin(self) -> float: ...
+    @property
+    def relative(self) -> bool: ...
+
+
+def draft_row(
+    check: _CheckLike, *, test: str, candidate: str, metric: str, higher_is_better: bool = True
+) -> dict[str, Any]:
+    """The one draft of a row: every required field of :class:`CheckRow`, from the check and nothing decided yet
+    (``n`` 0, no numbers, verdict ``error``). The pipeline adds its optional fields and fills it as the check runs
+    (``engine.decision.row_skeleton``); a check that could not run keeps it, with its reason
+    (``phases._error_row``)."""
+    return {
+        "test": test,
+        "task": check.task,
+        "split": check.split,
+        "metric": metric,
+        "kind": check.kind,
+        "candidate": candidate,
+        "n": 0,
+        "base": None,
+        "tuned": None,
+        "drop": None,
+        "ci_low": None,
+        "ci_high": None,
+        "margin": check.margin,
+        "relative": check.relative,
+        "nfr": None,
+        "verdict": Verdict.ERROR,
+        "reason": "",
+        "n_needed": None,
+        "worst_classes": [],
+        "flipped_ids": [],
+        "base_cached": False,
+        "base_eval_s": 0.0,
+        "tuned_eval_s": 0.0,
+        "higher_is_better": higher_is_better,
+        "outcome": Outcome.NONE,
+    }

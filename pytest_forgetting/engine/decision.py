@@ -27,7 +27,7 @@ from .. import stats
 from ..checks import Check
 from ..errors import ConfigError
 from ..metrics import AggregateMetric, Metric, PerExampleMetric
-from ..results import CheckRow
+from ..results import CheckKind, CheckRow, Verdict, draft_row
 from ..tasks.base import EvalResult, Task
 
 N_FLIPPED_IDS = 5
@@ -57,48 +57,26 @@ class CheckResult:
 
 
 def row_skeleton(check: Check, metric: Metric, test: str, candidate: str) -> dict[str, Any]:
-    """The draft of a check's row (every key a ``results.CheckRow`` field), frozen by ``CheckResult``."""
-    return {
-        "test": test,
-        "task": check.task,
-        "split": check.split,
-        "metric": metric.name,
-        "kind": check.kind,
-        "candidate": candidate,
-        "n": 0,
-        "base": None,
-        "tuned": None,
-        "drop": None,
-        "ci_low": None,
-        "ci_high": None,
-        "margin": check.margin,
-        "relative": check.relative,
-        "nfr": None,
-        "verdict": "error",
-        "reason": "",
-        "n_needed": None,
-        "worst_classes": [],
-        "flipped_ids": [],
-        "base_cached": False,
-        "base_eval_s": 0.0,
-        "tuned_eval_s": 0.0,
-        "base_reuse": "",
-        "tuned_reuse": "",
-        "higher_is_better": metric.higher_is_better,
-        "bounded": metric.bounded,
-        "max_class_drop": check.max_class_drop,
-        "max_nfr": check.max_nfr,
-        "slices": check.slices,
-        "outcome": "",
-        "max_gap_increase": check.max_gap_increase,
-    }
+    """The draft of a check's row (``results.draft_row`` with the pipeline's optional fields), frozen by
+    ``CheckResult``."""
+    row = draft_row(check, test=test, candidate=candidate, metric=metric.name, higher_is_better=metric.higher_is_better)
+    row.update(
+        base_reuse="",
+        tuned_reuse="",
+        bounded=metric.bounded,
+        max_class_drop=check.max_class_drop,
+        max_nfr=check.max_nfr,
+        slices=check.slices,
+        max_gap_increase=check.max_gap_increase,
+    )
+    return row
 
 
 def chance(check: Check, task: Task, metric: Metric) -> Any:
     """``row["_chance"]``: the level of a classifier that guesses, for ``retains`` checks (warned at the end)."""
     from ..mismatch import chance_level
 
-    return chance_level(task, check.split, metric.name) if check.kind == "retains" else None
+    return chance_level(task, check.split, metric.name) if check.kind == CheckKind.RETAINS else None
 
 
 def tuned_broken(check: Check, metric: Metric, b: EvalResult, row: dict[str, Any], exc: BaseException) -> CheckResult:
@@ -143,12 +121,12 @@ def decide(
     # The check FAILs when any of its parts proves a regression (a union of claims), so the FAIL
     # side's alpha is split over those parts; each PASS bound keeps the full alpha (every part
     # must pass: an intersection, which needs no correction).
-    gates_nfr = check.max_nfr is not None and check.kind == "retains"
+    gates_nfr = check.max_nfr is not None and check.kind == CheckKind.RETAINS
     fail_alpha = alpha / (
         1
         + (check.max_class_drop is not None)
         + gates_nfr
-        + (check.max_gap_increase is not None and check.kind == "retains")
+        + (check.max_gap_increase is not None and check.kind == CheckKind.RETAINS)
     )  # the slice-gap part (issue 17)
     common: dict[str, Any] = dict(
         max_drop=check.margin,
@@ -187,7 +165,7 @@ def decide(
     if bc is not None:
         tc = cast(np.ndarray, tc)  # correctness() gives both or neither
         _record_flips(row, b.ids, bc, tc)
-        if check.kind == "retains" and labels is not None:
+        if check.kind == CheckKind.RETAINS and labels is not None:
             names = task.class_names()
             groups, group_names = labels, names
             if check.slices:
@@ -240,7 +218,7 @@ def decide(
                 ]
                 if check.max_class_drop is not None:
                     budgets.extend(per_class)
-                    broken = [c for c in per_class if c.verdict != "pass"]
+                    broken = [c for c in per_class if c.verdict != Verdict.PASS]
                     if broken:
                         what = "slice" if check.slices else "class"
                         reasons.append(
@@ -265,7 +243,7 @@ def decide(
             )
             budgets.append(nb)
             verdicts.append(nb.verdict)
-            if nb.verdict != "pass":
+            if nb.verdict != Verdict.PASS:
                 reasons.append(
                     f"negative-flip rate {nb.value:.3f} [{nb.ci_low:.3f}, {nb.ci_high:.3f}] "
                     f"vs budget {check.max_nfr:g}: {nb.verdict}"
@@ -281,7 +259,7 @@ def decide(
             "max_class_drop / max_nfr need per-example right/wrong outcomes; "
             f"task {task.name!r} metric {metric.name!r} has none"
         )
-    if check.max_gap_increase is not None and check.kind == "retains":
+    if check.max_gap_increase is not None and check.kind == CheckKind.RETAINS:
         verdicts.append(
             _decide_gap(check, task, metric, b, t, bc, tc, row, budgets, reasons, fail_alpha, alpha=alpha, seed=seed)
         )
@@ -363,7 +341,7 @@ def _decide_gap(
             gap.n,
         )
     )
-    if gap.verdict != "pass":
+    if gap.verdict != Verdict.PASS:
         reasons.append(describe(gap, what))
     return gap.verdict
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 from pytest_forgetting import escape
-from pytest_forgetting.results import ABSENT, CheckRow, ClassDrop
+from pytest_forgetting.results import ABSENT, CheckRow, ClassDrop, Outcome, Verdict
 
 __all__ = [
     "DASH",
@@ -184,7 +184,7 @@ def counts_phrase(rows: list[CheckRow]) -> str:
     for verdict in VERDICTS:
         if counts[verdict]:
             word = PAST[verdict]
-            if verdict == "error" and counts[verdict] > 1:
+            if verdict == Verdict.ERROR and counts[verdict] > 1:
                 word = "errors"
             parts.append(f"{counts[verdict]} {word}")
     return ", ".join(parts)
@@ -342,7 +342,7 @@ def verdict_text(row: CheckRow) -> str:
 
 def soft_inconclusive(row: CheckRow) -> bool:
     """An INCONCLUSIVE verdict that did not fail its test (--forgetting-inconclusive warn|pass)."""
-    return verdict_of(row) == "inconclusive" and row.outcome in ("passed", "warned")
+    return verdict_of(row) == Verdict.INCONCLUSIVE and row.outcome in (Outcome.PASSED, Outcome.WARNED)
 
 
 # --------------------------------------------------------------------------- test names

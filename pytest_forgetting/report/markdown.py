@@ -15,6 +15,7 @@ from pytest_forgetting import escape
 from pytest_forgetting._util import atomic_write
 from pytest_forgetting.results import CheckRow
 
+from ..results import Verdict
 from .format import (
     ICONS,
     NAME_LIMIT,
@@ -146,7 +147,7 @@ def format_markdown(header: Mapping[str, Any], rows: Iterable[Row]) -> str:
         out.append("")
         out.extend(f"- {line}" for line in ranking_lines(checks, escape.markdown))
 
-    bad = [r for r in checks if verdict_of(r) != "pass"]
+    bad = [r for r in checks if verdict_of(r) != Verdict.PASS]
     if bad:
         out.append("")
         out.append("#### Details")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pytest_forgetting import escape
-from pytest_forgetting.results import CheckRow, ClassDrop, gain_triple, min_gain
+from pytest_forgetting.results import CheckRow, ClassDrop, Verdict, gain_triple, min_gain
 
 from .format import (
     LABELS,
@@ -47,7 +47,7 @@ def _first_line(row: CheckRow) -> str:
     head = f"{task_text(row)} {escape.terminal(row.metric or '?', NAME_LIMIT)}"
     verdict = verdict_of(row)
     reason = _reason_text(row)
-    if verdict == "error" or row.drop is None:
+    if verdict == Verdict.ERROR or row.drop is None:
         return f"{head} could not be compared: {reason or 'no result'}"
     values = _values_phrase(row)
     margin = row.margin
@@ -56,9 +56,9 @@ def _first_line(row: CheckRow) -> str:
     if row.is_improves:
         gain = interval_text(row, *row.gain, signed=True)
         required = margin_cell(row).removeprefix("≥ ")
-        if verdict == "pass":
+        if verdict == Verdict.PASS:
             return f"{head} gained {gain} > required {required} ({values})"
-        if verdict == "inconclusive":
+        if verdict == Verdict.INCONCLUSIVE:
             return f"{head} gain {gain} not clearly above required {required} ({values})"
         if finite(ci_low) and finite(margin) and float(ci_low) > float(margin):
             return f"{head} gain {gain} < required {required} ({values})"
@@ -67,9 +67,9 @@ def _first_line(row: CheckRow) -> str:
     moved = "dropped" if row.higher_is_better else "rose"
     drop = interval_text(row, row.drop, ci_low, row.ci_high, signed=False)
     limit = margin_cell(row)
-    if verdict == "pass":
+    if verdict == Verdict.PASS:
         return f"{head} kept: drop {drop} < margin {limit} ({values})"
-    if verdict == "inconclusive":
+    if verdict == Verdict.INCONCLUSIVE:
         return f"{head} inconclusive: drop {drop} straddles margin {limit} ({values})"
     if finite(ci_low) and finite(margin) and float(ci_low) > float(margin):
         return f"{head} {moved} {drop} > margin {limit} ({values})"
@@ -179,7 +179,7 @@ def failure_message(row: Row, *, max_classes: int = 3, max_ids: int = 5) -> str:
     )
     if row.nfr is not None:
         lines.append(f"  NFR:      {nfr_text(row)} of examples flipped from right (base) to wrong (tuned)")
-    if verdict == "inconclusive" and row.n_needed:
+    if verdict == Verdict.INCONCLUSIVE and row.n_needed:
         lines.append(f"  settle:   about {int(row.n_needed):,} examples would settle it (n={n_text(row)} now)")
     classes = sorted((as_class(c) for c in (row.worst_classes or []) if isinstance(c, Mapping)), key=_worst_first)
     if classes:

@@ -13,7 +13,7 @@ from typing import Any, cast
 from pytest_forgetting import escape
 from pytest_forgetting._util import atomic_write
 from pytest_forgetting.errors import ConfigError
-from pytest_forgetting.results import CheckRow
+from pytest_forgetting.results import CheckRow, Verdict
 
 from .format import (
     LABELS,
@@ -173,7 +173,7 @@ def write_plot(path: str | os.PathLike[str], rows: Iterable[Row], *, alpha: floa
                 ha="left",
                 fontsize=9,
                 color=colour,
-                fontweight="bold" if verdict != "pass" else "normal",
+                fontweight="bold" if verdict != Verdict.PASS else "normal",
             )
 
         labels = []

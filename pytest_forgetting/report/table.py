@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pytest_forgetting import escape
-from pytest_forgetting.results import CheckRow
+from pytest_forgetting.results import CheckRow, Verdict
 
 from .format import (
     NAME_LIMIT,
@@ -131,7 +131,7 @@ def ranking_lines(rows: list[CheckRow], esc: Any = escape.terminal) -> list[str]
         passing, not_passing = [], []
         for candidate in candidates(task_rows):
             mine = [r for r in task_rows if str(r.candidate or "") == candidate]
-            bad = sum(verdict_of(r) != "pass" for r in mine)
+            bad = sum(verdict_of(r) != Verdict.PASS for r in mine)
             name = esc(candidate, NAME_LIMIT) if candidate else "(unnamed)"
             if bad:
                 not_passing.append(f"{name} ({bad}/{len(mine)} not passed)")
@@ -160,7 +160,7 @@ def _overall_line(rows: list[CheckRow], esc: Any = escape.terminal) -> str:
     counts = {}
     for candidate in names:
         mine = [r for r in rows if str(r.candidate or "") == candidate]
-        counts[candidate] = (sum(verdict_of(r) != "pass" for r in mine), len(mine))
+        counts[candidate] = (sum(verdict_of(r) != Verdict.PASS for r in mine), len(mine))
     shown = {c: esc(c, NAME_LIMIT) if c else "(unnamed)" for c in names}
     if any(bad == 0 for bad, _ in counts.values()):
         return ""  # the task lines name who passes every check

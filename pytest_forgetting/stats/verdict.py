@@ -238,7 +238,7 @@ def combine_verdicts(*verdicts: str) -> str:
 
     PASS only when every component passes (an intersection-union test, which needs no
     multiplicity correction); any proven failure fails the whole -- a union of FAIL claims, so
-    the caller splits ``fail_alpha`` over them (``ForgettingSession._decide`` does).
+    the caller splits ``fail_alpha`` over them (``engine.decision.decide`` does).
     """
     if not verdicts:
         raise ValueError("combine_verdicts needs at least one verdict")

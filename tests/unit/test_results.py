@@ -11,11 +11,22 @@ from pytest_forgetting import stats
 from pytest_forgetting.results import CheckKind, Outcome, Verdict, gain_triple, min_gain, outcome_for
 
 
-@pytest.mark.parametrize("member, text", [
-    (Verdict.PASS, "pass"), (Verdict.FAIL, "fail"), (Verdict.INCONCLUSIVE, "inconclusive"), (Verdict.ERROR, "error"),
-    (Outcome.NONE, ""), (Outcome.PASSED, "passed"), (Outcome.WARNED, "warned"), (Outcome.FAILED, "failed"),
-    (Outcome.ERROR, "error"), (CheckKind.RETAINS, "retains"), (CheckKind.IMPROVES, "improves"),
-])
+@pytest.mark.parametrize(
+    "member, text",
+    [
+        (Verdict.PASS, "pass"),
+        (Verdict.FAIL, "fail"),
+        (Verdict.INCONCLUSIVE, "inconclusive"),
+        (Verdict.ERROR, "error"),
+        (Outcome.NONE, ""),
+        (Outcome.PASSED, "passed"),
+        (Outcome.WARNED, "warned"),
+        (Outcome.FAILED, "failed"),
+        (Outcome.ERROR, "error"),
+        (CheckKind.RETAINS, "retains"),
+        (CheckKind.IMPROVES, "improves"),
+    ],
+)
 def test_members_are_their_strings(member, text):
     assert member == text and text == member and isinstance(member, str)
     assert str(member) == text and f"{member}" == text and f"{member:>14}" == f"{text:>14}" and "%s" % member == text
@@ -39,8 +50,11 @@ def _old_enforce(verdict, action):
 
 
 def _old_assert(verdict, action):
-    return "failed" if verdict == "fail" or (verdict == "inconclusive" and action == "fail") else (
-        "warned" if verdict == "inconclusive" and action == "warn" else "passed")
+    return (
+        "failed"
+        if verdict == "fail" or (verdict == "inconclusive" and action == "fail")
+        else ("warned" if verdict == "inconclusive" and action == "warn" else "passed")
+    )
 
 
 @pytest.mark.parametrize("verdict", ["pass", "fail", "inconclusive"])
@@ -78,36 +92,97 @@ from pytest_forgetting.results import ABSENT, CheckRow, ClassDrop, Provenance  #
 def _full_row() -> dict:
     """A row with every key a check can give (the session's skeleton, then everything added after it)."""
     return {
-        "test": "tests/test_x.py::test_keeps[naive]", "task": "mnist", "split": "test", "metric": "accuracy",
-        "kind": "retains", "candidate": "naive", "n": 1000, "base": 0.97, "tuned": 0.91, "drop": 0.06,
-        "ci_low": 0.045, "ci_high": 0.075, "margin": 0.02, "relative": False, "nfr": 0.07, "verdict": "fail",
-        "reason": "lower bound of the drop 0.045 > margin 0.020 (proven regression)", "n_needed": None,
+        "test": "tests/test_x.py::test_keeps[naive]",
+        "task": "mnist",
+        "split": "test",
+        "metric": "accuracy",
+        "kind": "retains",
+        "candidate": "naive",
+        "n": 1000,
+        "base": 0.97,
+        "tuned": 0.91,
+        "drop": 0.06,
+        "ci_low": 0.045,
+        "ci_high": 0.075,
+        "margin": 0.02,
+        "relative": False,
+        "nfr": 0.07,
+        "verdict": "fail",
+        "reason": "lower bound of the drop 0.045 > margin 0.020 (proven regression)",
+        "n_needed": None,
         "worst_classes": [
             {"name": "7", "drop": 0.3, "ci_low": 0.2, "ci_high": 0.4, "verdict": "fail", "n": 100},
-            {"name": "1", "metric": "precision", "drop": 0.1, "ci_low": 0.0, "ci_high": 0.2, "verdict": "", "n": 90,
-             "n_tuned": 80, "base": 0.9, "tuned": 0.8},
+            {
+                "name": "1",
+                "metric": "precision",
+                "drop": 0.1,
+                "ci_low": 0.0,
+                "ci_high": 0.2,
+                "verdict": "",
+                "n": 90,
+                "n_tuned": 80,
+                "base": 0.9,
+                "tuned": 0.8,
+            },
         ],
-        "flipped_ids": ["a", 3], "base_cached": True, "base_eval_s": 0.0, "tuned_eval_s": 1.25, "base_reuse": "cache",
-        "tuned_reuse": "computed", "higher_is_better": True, "bounded": True, "max_class_drop": 0.1, "max_nfr": None,
-        "slices": None, "outcome": "failed", "max_gap_increase": 0.05, "class_metric": "precision",
-        "fraction_used": 0.5, "weight_drift": [{"block": "fc", "rel": 0.1}], "representation_cka": None,
-        "gap": {"best": "1", "worst": "7", "increase": 0.2, "verdict": "fail", "of": "class"}, "examples": 3,
-        "pytest_outcome": "failed", "_chance": [0.1, "10 classes"], "_device": "cpu",
+        "flipped_ids": ["a", 3],
+        "base_cached": True,
+        "base_eval_s": 0.0,
+        "tuned_eval_s": 1.25,
+        "base_reuse": "cache",
+        "tuned_reuse": "computed",
+        "higher_is_better": True,
+        "bounded": True,
+        "max_class_drop": 0.1,
+        "max_nfr": None,
+        "slices": None,
+        "outcome": "failed",
+        "max_gap_increase": 0.05,
+        "class_metric": "precision",
+        "fraction_used": 0.5,
+        "weight_drift": [{"block": "fc", "rel": 0.1}],
+        "representation_cka": None,
+        "gap": {"best": "1", "worst": "7", "increase": 0.2, "verdict": "fail", "of": "class"},
+        "examples": 3,
+        "pytest_outcome": "failed",
+        "_chance": [0.1, "10 classes"],
+        "_device": "cpu",
         "_fingerprints": {"base.safetensors": "sha256:ab"},
     }
 
 
 def _error_row() -> dict:
-    """runner._error_row's keys: fewer than a row that ran (no reuse, bounded or budget keys)."""
+    """phases._error_row's keys: fewer than a row that ran (no reuse, bounded or budget keys)."""
     return {
-        "test": "t", "task": "mnist", "split": "test", "metric": "-", "kind": "improves", "candidate": "", "n": 0,
-        "base": None, "tuned": None, "drop": None, "ci_low": None, "ci_high": None, "margin": -0.1, "relative": False,
-        "nfr": None, "verdict": "error", "reason": "boom", "n_needed": None, "worst_classes": [], "flipped_ids": [],
-        "base_cached": False, "base_eval_s": 0.0, "tuned_eval_s": 0.0, "higher_is_better": True, "outcome": "error",
+        "test": "t",
+        "task": "mnist",
+        "split": "test",
+        "metric": "-",
+        "kind": "improves",
+        "candidate": "",
+        "n": 0,
+        "base": None,
+        "tuned": None,
+        "drop": None,
+        "ci_low": None,
+        "ci_high": None,
+        "margin": -0.1,
+        "relative": False,
+        "nfr": None,
+        "verdict": "error",
+        "reason": "boom",
+        "n_needed": None,
+        "worst_classes": [],
+        "flipped_ids": [],
+        "base_cached": False,
+        "base_eval_s": 0.0,
+        "tuned_eval_s": 0.0,
+        "higher_is_better": True,
+        "outcome": "error",
     }
 
 
-def _channel(row) -> str:  # runner.attach_rows' encoding
+def _channel(row) -> str:  # phases.attach_rows' encoding
     return json.dumps([{"index": 0, "row": row}], sort_keys=True)
 
 
@@ -146,8 +221,14 @@ def test_unknown_or_missing_keys_are_errors():
     with pytest.raises(ValueError):
         CheckRow.from_dict({**_error_row(), "verdict": "maybe"})
     with pytest.raises(ValueError, match="ClassDrop has no field for 'colour'"):
-        CheckRow.from_dict({**_error_row(), "worst_classes": [{"name": "a", "drop": 0, "ci_low": 0, "ci_high": 0,
-                                                               "verdict": "", "n": 1, "colour": "red"}]})
+        CheckRow.from_dict(
+            {
+                **_error_row(),
+                "worst_classes": [
+                    {"name": "a", "drop": 0, "ci_low": 0, "ci_high": 0, "verdict": "", "n": 1, "colour": "red"}
+                ],
+            }
+        )
 
 
 def test_rows_are_frozen_and_change_by_replace():
@@ -171,9 +252,15 @@ def test_public_drops_only_the_controllers_fields():
 
 def test_provenance_and_gain_views():
     row = CheckRow.from_dict(_full_row())
-    assert row.provenance == Provenance(device="cpu", fingerprints={"base.safetensors": "sha256:ab"},
-                                        base_reuse="cache", tuned_reuse="computed", base_cached=True,
-                                        base_eval_s=0.0, tuned_eval_s=1.25)
+    assert row.provenance == Provenance(
+        device="cpu",
+        fingerprints={"base.safetensors": "sha256:ab"},
+        base_reuse="cache",
+        tuned_reuse="computed",
+        base_cached=True,
+        base_eval_s=0.0,
+        tuned_eval_s=1.25,
+    )
     imp = CheckRow.from_dict({**_error_row(), "drop": -0.2, "ci_low": -0.3, "ci_high": -0.1})
     assert imp.is_improves and not row.is_improves
     assert imp.gain == (0.2, 0.1, 0.3) and math.isclose(imp.min_gain, 0.1)

@@ -13,7 +13,7 @@ import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...results import CheckKind, gain_triple
+from ...results import CheckKind, Verdict, gain_triple
 from ..spec import FinetuneError, float_option
 from .base import FinishContext, StrategyBase
 
@@ -147,7 +147,7 @@ def _wise_ft_search(
         for check in bound:
             row = session.run_check(check, test="<finetune wise_ft>", base=base_slot, tuned=slot).row
             point["checks"].append({k: row.get(k) for k in _CURVE_KEYS})
-            ok = ok and row["verdict"] == "pass"
+            ok = ok and row["verdict"] == Verdict.PASS
         if bound_track is not None:
             row = session.run_check(bound_track, test="<finetune wise_ft>", base=base_slot, tuned=slot).row
             gain = None if row["drop"] is None else -row["drop"]
