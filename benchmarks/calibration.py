@@ -40,8 +40,8 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -286,20 +286,41 @@ def _fast(fn: Callable, kw: dict) -> dict:
     return kw
 
 
-def decide_scores(base: np.ndarray, tuned: np.ndarray, *, max_drop: float, relative: bool = False,
-                  higher_is_better: bool = True, fail_alpha: float | None = None) -> stats.Comparison:
+def decide_scores(
+    base: np.ndarray,
+    tuned: np.ndarray,
+    *,
+    max_drop: float,
+    relative: bool = False,
+    higher_is_better: bool = True,
+    fail_alpha: float | None = None,
+) -> stats.Comparison:
     """``Session._decide`` for a per-example metric."""
-    kw = {"max_drop": max_drop, "relative": relative, "alpha": ALPHA, "higher_is_better": higher_is_better, "seed": SEED}
+    kw = {
+        "max_drop": max_drop,
+        "relative": relative,
+        "alpha": ALPHA,
+        "higher_is_better": higher_is_better,
+        "seed": SEED,
+    }
     if fail_alpha is not None and _accepts(stats.compare_scores, "fail_alpha"):
         kw["fail_alpha"] = fail_alpha
     return stats.compare_scores(base, tuned, **_fast(stats.compare_scores, kw))
 
 
-def decide_aggregate(metric, ob: dict, ot: dict, n: int, *, max_drop: float, relative: bool = False) -> stats.Comparison:
+def decide_aggregate(
+    metric, ob: dict, ot: dict, n: int, *, max_drop: float, relative: bool = False
+) -> stats.Comparison:
     """``Session._decide`` for an aggregate metric: the black-box statistic, plus its ratio form and
     the bounded flag where this version of the plugin has them."""
     agg = metric.aggregate
-    kw = {"max_drop": max_drop, "relative": relative, "alpha": ALPHA, "higher_is_better": metric.higher_is_better, "seed": SEED}
+    kw = {
+        "max_drop": max_drop,
+        "relative": relative,
+        "alpha": ALPHA,
+        "higher_is_better": metric.higher_is_better,
+        "seed": SEED,
+    }
     if _accepts(stats.compare_statistic, "fail_alpha"):
         kw["fail_alpha"] = ALPHA  # a check with no budgets: the FAIL side keeps the whole alpha
     if _accepts(stats.compare_statistic, "ratio"):
@@ -338,7 +359,9 @@ class Path:
 BASE_ACC = 0.8
 
 
-def paired_01(rng: np.random.Generator, n: int, p_neg: float, p_pos: float, acc: float = BASE_ACC) -> tuple[np.ndarray, np.ndarray]:
+def paired_01(
+    rng: np.random.Generator, n: int, p_neg: float, p_pos: float, acc: float = BASE_ACC
+) -> tuple[np.ndarray, np.ndarray]:
     """Base correct w.p. acc; negative flips w.p. p_neg, positive flips w.p. p_pos (of all examples)."""
     base = rng.random(n) < acc
     u = rng.random(n)
@@ -368,9 +391,11 @@ _tables: dict[tuple, ThresholdTable] = {}
 def _table_01(n: int) -> ThresholdTable:
     key = ("01", n)
     if key not in _tables:
+
         def verdict(b: int, c: int) -> str:
             base, tuned = paired_arrays(b, c, n)
             return decide_scores(base, tuned, max_drop=M01).verdict
+
         _tables[key] = ThresholdTable(verdict, n)
     return _tables[key]
 
@@ -552,8 +577,14 @@ def sim_range(rng: np.random.Generator, n: int, sc: Scenario, at_margin: bool) -
     shift = target - p_bad * big
     bad = rng.random(n) < p_bad
     tuned = base + shift + rng.uniform(-w, w, n) + np.where(bad, big, 0.0)
-    kw = {"max_drop": MRANGE, "relative": rel, "alpha": ALPHA, "higher_is_better": False, "seed": SEED,
-          "score_range": RANGE}
+    kw = {
+        "max_drop": MRANGE,
+        "relative": rel,
+        "alpha": ALPHA,
+        "higher_is_better": False,
+        "seed": SEED,
+        "score_range": RANGE,
+    }
     r = stats.compare_scores(base, tuned, **_fast(stats.compare_scores, kw))
     return r.verdict, r.method, ""
 
@@ -728,12 +759,22 @@ def exact_classes(k: int) -> Callable[[int, Scenario], Cell]:
             fail_none *= (1 - f_lim) ** count
             pass_all_zero *= p0**count
         p_lim_pass, _ = cv.probabilities(int(sizes.max()), p_pos + MCLASS, p_pos)
-        note = (f"{kk} classes present, sizes {sizes.min()}-{sizes.max()}; false PASS: the largest class at the budget, "
-                "the others certain to pass; false FAIL: every class at the budget")
+        note = (
+            f"{kk} classes present, sizes {sizes.min()}-{sizes.max()}; false PASS: the largest class at the budget, "
+            "the others certain to pass; false FAIL: every class at the budget"
+        )
         if not _class_check_separable(cv):
             note += "; WARNING: class verdicts not separable, exact batching invalid"
-        return Cell(f"per-class budget, {k} classes", sc.name, n, Rate(p_lim_pass, 0, 0), Rate(1 - fail_none, 0, 0),
-                    Rate(pass_all_zero, 0, 0), "class_drops", note)
+        return Cell(
+            f"per-class budget, {k} classes",
+            sc.name,
+            n,
+            Rate(p_lim_pass, 0, 0),
+            Rate(1 - fail_none, 0, 0),
+            Rate(pass_all_zero, 0, 0),
+            "class_drops",
+            note,
+        )
 
     return run
 
@@ -785,19 +826,32 @@ def exact_nfr(n: int, sc: Scenario) -> Cell:
 
     fp, ff = probs(limit)
     pw, _ = probs(limit / 2)
-    return Cell("NFR budget", sc.name, n, Rate(fp, 0, 0), Rate(ff, 0, 0), Rate(pw, 0, 0), "nfr_budget",
-                f"PASS iff flips <= {t_pass}, FAIL iff flips >= {t_fail}; power at NFR = {limit / 2:g}")
+    return Cell(
+        "NFR budget",
+        sc.name,
+        n,
+        Rate(fp, 0, 0),
+        Rate(ff, 0, 0),
+        Rate(pw, 0, 0),
+        "nfr_budget",
+        f"PASS iff flips <= {t_pass}, FAIL iff flips >= {t_fail}; power at NFR = {limit / 2:g}",
+    )
 
 
-SCEN_NFR = [Scenario("budget 0.01", {"limit": 0.01}), Scenario("budget 0.05", {"limit": 0.05}), Scenario("budget 0.20", {"limit": 0.20})]
+SCEN_NFR = [
+    Scenario("budget 0.01", {"limit": 0.01}),
+    Scenario("budget 0.05", {"limit": 0.05}),
+    Scenario("budget 0.20", {"limit": 0.20}),
+]
 
 
 # -- path: the combined check (main drop + class budget + NFR), as session._decide does it -------
 COMB_K = 10
 
 
-def decide_combined(base: np.ndarray, tuned: np.ndarray, labels: np.ndarray, *, margin: float, class_limit: float,
-                    nfr_limit: float) -> tuple[str, str]:
+def decide_combined(
+    base: np.ndarray, tuned: np.ndarray, labels: np.ndarray, *, margin: float, class_limit: float, nfr_limit: float
+) -> tuple[str, str]:
     """Mirror of ``Session._decide`` for a 0/1 task with max_drop, max_class_drop and max_nfr: the
     FAIL side's alpha split over the check's three FAIL parts (where this version supports it),
     each PASS bound at the full alpha, verdicts combined fail > inconclusive > pass."""
@@ -812,7 +866,9 @@ def decide_combined(base: np.ndarray, tuned: np.ndarray, labels: np.ndarray, *, 
     extra = {"fail_alpha": fail_alpha} if _accepts(stats.nfr_budget, "fail_alpha") and split else {}
     nb = stats.nfr_budget(bc.astype(float), tc.astype(float), limit=nfr_limit, alpha=ALPHA, **extra)
     verdicts.append(nb.verdict)
-    return stats.combine_verdicts(*verdicts), cmp.method + (" + alpha/3 per FAIL part" if split else " + full alpha per part")
+    return stats.combine_verdicts(*verdicts), cmp.method + (
+        " + alpha/3 per FAIL part" if split else " + full alpha per part"
+    )
 
 
 SCEN_COMB = [
@@ -849,7 +905,9 @@ def sim_combined(rng: np.random.Generator, n: int, sc: Scenario, at_margin: bool
     pos = (u >= p_neg) & (u < p_neg + p_pos)
     base = np.where(neg, 1.0, np.where(pos, 0.0, (rng.random(n) < BASE_ACC).astype(float)))
     tuned = np.where(neg, 0.0, np.where(pos, 1.0, base))
-    verdict, method = decide_combined(base, tuned, labels, margin=COMB_MARGIN, class_limit=COMB_CLASS_LIMIT, nfr_limit=nfr)
+    verdict, method = decide_combined(
+        base, tuned, labels, margin=COMB_MARGIN, class_limit=COMB_CLASS_LIMIT, nfr_limit=nfr
+    )
     return verdict, method, ""
 
 
@@ -887,7 +945,9 @@ def sequential_cell(n: int, sc: Scenario, reps: int, seed: int) -> Cell:
     pw = rate_of(out["zero"][0], out["zero"][2])
     used_txt = f"mean share of the set used: {out['zero'][3]:.0%} at drop 0, {out['margin'][3]:.0%} at the margin; chunk {chunk}"
     refused = refused_01(M01)(n)
-    return Cell("sequential (early stop)", sc.name, n, fp, ff, pw, "betting CS", "; ".join(x for x in (refused, used_txt) if x))
+    return Cell(
+        "sequential (early stop)", sc.name, n, fp, ff, pw, "betting CS", "; ".join(x for x in (refused, used_txt) if x)
+    )
 
 
 # =============================================================================================
@@ -902,58 +962,136 @@ SCEN_CHURN_Q = [
 PATHS: list[Path] = [
     Path("abs01", "0/1 absolute", f"accuracy, max_drop {M01}", SCEN_01, exact=exact_01, refused=refused_01(M01)),
     Path("rel01", "0/1 relative", f"accuracy {BASE_ACC}, max_drop {MREL} relative", SCEN_01, simulate=sim_rel),
-    Path("macro_f1", "macro-F1", f"{K_F1} classes, accuracy {BASE_ACC}, max_drop {MF1}",
-         SCEN_CHURN_Q + [Scenario("skewed: Zipf class sizes", {"q_pos": 0.05, "classes": "zipf", "skewed": False})], simulate=sim_f1),
-    Path("entity_f1", "entity F1", f"{WORDS} words/sentence, recall {RECALL_B}, max_drop {MENT}",
-         SCEN_CHURN_Q + [Scenario("skewed: dense/sparse sentences", {"q_pos": 0.05, "classes": "balanced", "skewed": True})], simulate=sim_entity),
-    Path("nll", "per-example NLL", f"continuous, max_drop {MNLL} nats", [
-        Scenario("churn low", {"noise": 0.2}),
-        Scenario("churn high", {"noise": 1.0}),
-        Scenario("skewed: few much worse", {"noise": 0.2, "p_bad": 0.02, "big": 4.0}),
-        Scenario("skewed: few much better", {"noise": 0.2, "p_bad": 0.02, "big": -4.0}),
-        Scenario("skewed: 0.5 % 8 nats worse", {"noise": 0.2, "p_bad": 0.005, "big": 8.0}),
-        Scenario("skewed: 0.5 % 16 nats worse", {"noise": 0.2, "p_bad": 0.005, "big": 16.0}),
-        Scenario("skewed: 0.5 % 8 nats better", {"noise": 0.2, "p_bad": 0.005, "big": -8.0}),
-        Scenario("skewed: 1 % 8 nats worse, heavy noise", {"noise": 1.0, "p_bad": 0.01, "big": 8.0}),
-        Scenario("light: t5 noise", {"noise": 0.5, "noise_df": 5}),
-        Scenario("heavy: 1 % worse by Pareto 1.5 amounts", {"noise": 0.2, "p_bad": 0.01, "big": 4.0, "sizes": "pareto", "tail": 1.5}),
-        Scenario("heavy: 5 % worse by Pareto 1.5 amounts", {"noise": 0.2, "p_bad": 0.05, "big": 2.0, "sizes": "pareto", "tail": 1.5}),
-        Scenario("heavy: 1 % better by Pareto 1.5 amounts", {"noise": 0.2, "p_bad": 0.01, "big": -4.0, "sizes": "pareto", "tail": 1.5}),
-        Scenario("heavy: 1 % worse by Pareto 2.5 amounts", {"noise": 0.2, "p_bad": 0.01, "big": 4.0, "sizes": "pareto", "tail": 2.5}),
-        Scenario("heavy: 5 % worse by Pareto 2.5 amounts", {"noise": 0.2, "p_bad": 0.05, "big": 2.0, "sizes": "pareto", "tail": 2.5}),
-        Scenario("heavy: 2 % worse by log-normal amounts, sd 1", {"noise": 0.2, "p_bad": 0.02, "big": 4.0, "sizes": "lognormal", "sigma": 1.0}),
-        Scenario("heavy: 1 % worse by log-normal amounts, sd 2", {"noise": 0.2, "p_bad": 0.01, "big": 8.0, "sizes": "lognormal", "sigma": 2.0}),
-    ], simulate=sim_nll),
-    Path("range", "scores in a declared range", f"score_range {RANGE}, loss-like, max_drop {MRANGE}", [
-        Scenario("churn low", {"noise": 0.05}),
-        Scenario("churn high", {"noise": 0.1}),
-        Scenario("skewed: 2 % much worse", {"noise": 0.05, "p_bad": 0.02, "big": 0.4}),
-        Scenario("skewed: 0.5 % much worse", {"noise": 0.05, "p_bad": 0.005, "big": 0.4}),
-        Scenario("skewed: 2 % much better", {"noise": 0.05, "p_bad": 0.02, "big": -0.4}),
-        Scenario("relative, skewed: 2 % much worse", {"noise": 0.05, "p_bad": 0.02, "big": 0.4, "relative": True}),
-    ], simulate=sim_range),
-    Path("ppl", "perplexity", f"ratio of sums, max_drop {MPPL} relative", [
-        Scenario("churn low", {"noise": 0.1}),
-        Scenario("churn high", {"noise": 0.5}),
-        Scenario("skewed: few much worse, long-tailed lengths", {"noise": 0.1, "p_bad": 0.02, "big": 2.0, "skewed": True}),
-        Scenario("skewed: 0.5 % 4 nats worse, long-tailed lengths", {"noise": 0.1, "p_bad": 0.005, "big": 4.0, "skewed": True}),
-        Scenario("skewed: 2 % 2 nats better, long-tailed lengths", {"noise": 0.1, "p_bad": 0.02, "big": -2.0, "skewed": True}),
-        Scenario("light: long-tailed lengths (sd 1), no rare change", {"noise": 0.1, "skewed": True}),
-        Scenario("light: lengths sd 1.5, no rare change", {"noise": 0.1, "skewed": True, "len_sd": 1.5}),
-        Scenario("skewed: 0.5 % 4 nats worse, lengths sd 1.5", {"noise": 0.1, "p_bad": 0.005, "big": 4.0, "skewed": True, "len_sd": 1.5}),
-        Scenario("heavy: 1 % worse by Pareto 1.5 amounts", {"noise": 0.1, "p_bad": 0.01, "big": 2.0, "sizes": "pareto", "tail": 1.5}),
-        Scenario("heavy: 2 % worse by Pareto 2.5 amounts, long-tailed lengths", {"noise": 0.1, "p_bad": 0.02, "big": 2.0, "skewed": True, "sizes": "pareto", "tail": 2.5}),
-    ], simulate=sim_ppl),
-    Path("wer", "WER", f"errors/words, WER {WER_B}, max_drop {MWER}", [
-        Scenario("churn low", {"q_pos": 0.05, "skewed": False}),
-        Scenario("churn high", {"q_pos": 0.30, "skewed": False}),
-        Scenario("skewed: long-tailed lengths and WER", {"q_pos": 0.05, "skewed": True}),
-    ], simulate=sim_wer),
+    Path(
+        "macro_f1",
+        "macro-F1",
+        f"{K_F1} classes, accuracy {BASE_ACC}, max_drop {MF1}",
+        SCEN_CHURN_Q + [Scenario("skewed: Zipf class sizes", {"q_pos": 0.05, "classes": "zipf", "skewed": False})],
+        simulate=sim_f1,
+    ),
+    Path(
+        "entity_f1",
+        "entity F1",
+        f"{WORDS} words/sentence, recall {RECALL_B}, max_drop {MENT}",
+        SCEN_CHURN_Q
+        + [Scenario("skewed: dense/sparse sentences", {"q_pos": 0.05, "classes": "balanced", "skewed": True})],
+        simulate=sim_entity,
+    ),
+    Path(
+        "nll",
+        "per-example NLL",
+        f"continuous, max_drop {MNLL} nats",
+        [
+            Scenario("churn low", {"noise": 0.2}),
+            Scenario("churn high", {"noise": 1.0}),
+            Scenario("skewed: few much worse", {"noise": 0.2, "p_bad": 0.02, "big": 4.0}),
+            Scenario("skewed: few much better", {"noise": 0.2, "p_bad": 0.02, "big": -4.0}),
+            Scenario("skewed: 0.5 % 8 nats worse", {"noise": 0.2, "p_bad": 0.005, "big": 8.0}),
+            Scenario("skewed: 0.5 % 16 nats worse", {"noise": 0.2, "p_bad": 0.005, "big": 16.0}),
+            Scenario("skewed: 0.5 % 8 nats better", {"noise": 0.2, "p_bad": 0.005, "big": -8.0}),
+            Scenario("skewed: 1 % 8 nats worse, heavy noise", {"noise": 1.0, "p_bad": 0.01, "big": 8.0}),
+            Scenario("light: t5 noise", {"noise": 0.5, "noise_df": 5}),
+            Scenario(
+                "heavy: 1 % worse by Pareto 1.5 amounts",
+                {"noise": 0.2, "p_bad": 0.01, "big": 4.0, "sizes": "pareto", "tail": 1.5},
+            ),
+            Scenario(
+                "heavy: 5 % worse by Pareto 1.5 amounts",
+                {"noise": 0.2, "p_bad": 0.05, "big": 2.0, "sizes": "pareto", "tail": 1.5},
+            ),
+            Scenario(
+                "heavy: 1 % better by Pareto 1.5 amounts",
+                {"noise": 0.2, "p_bad": 0.01, "big": -4.0, "sizes": "pareto", "tail": 1.5},
+            ),
+            Scenario(
+                "heavy: 1 % worse by Pareto 2.5 amounts",
+                {"noise": 0.2, "p_bad": 0.01, "big": 4.0, "sizes": "pareto", "tail": 2.5},
+            ),
+            Scenario(
+                "heavy: 5 % worse by Pareto 2.5 amounts",
+                {"noise": 0.2, "p_bad": 0.05, "big": 2.0, "sizes": "pareto", "tail": 2.5},
+            ),
+            Scenario(
+                "heavy: 2 % worse by log-normal amounts, sd 1",
+                {"noise": 0.2, "p_bad": 0.02, "big": 4.0, "sizes": "lognormal", "sigma": 1.0},
+            ),
+            Scenario(
+                "heavy: 1 % worse by log-normal amounts, sd 2",
+                {"noise": 0.2, "p_bad": 0.01, "big": 8.0, "sizes": "lognormal", "sigma": 2.0},
+            ),
+        ],
+        simulate=sim_nll,
+    ),
+    Path(
+        "range",
+        "scores in a declared range",
+        f"score_range {RANGE}, loss-like, max_drop {MRANGE}",
+        [
+            Scenario("churn low", {"noise": 0.05}),
+            Scenario("churn high", {"noise": 0.1}),
+            Scenario("skewed: 2 % much worse", {"noise": 0.05, "p_bad": 0.02, "big": 0.4}),
+            Scenario("skewed: 0.5 % much worse", {"noise": 0.05, "p_bad": 0.005, "big": 0.4}),
+            Scenario("skewed: 2 % much better", {"noise": 0.05, "p_bad": 0.02, "big": -0.4}),
+            Scenario("relative, skewed: 2 % much worse", {"noise": 0.05, "p_bad": 0.02, "big": 0.4, "relative": True}),
+        ],
+        simulate=sim_range,
+    ),
+    Path(
+        "ppl",
+        "perplexity",
+        f"ratio of sums, max_drop {MPPL} relative",
+        [
+            Scenario("churn low", {"noise": 0.1}),
+            Scenario("churn high", {"noise": 0.5}),
+            Scenario(
+                "skewed: few much worse, long-tailed lengths", {"noise": 0.1, "p_bad": 0.02, "big": 2.0, "skewed": True}
+            ),
+            Scenario(
+                "skewed: 0.5 % 4 nats worse, long-tailed lengths",
+                {"noise": 0.1, "p_bad": 0.005, "big": 4.0, "skewed": True},
+            ),
+            Scenario(
+                "skewed: 2 % 2 nats better, long-tailed lengths",
+                {"noise": 0.1, "p_bad": 0.02, "big": -2.0, "skewed": True},
+            ),
+            Scenario("light: long-tailed lengths (sd 1), no rare change", {"noise": 0.1, "skewed": True}),
+            Scenario("light: lengths sd 1.5, no rare change", {"noise": 0.1, "skewed": True, "len_sd": 1.5}),
+            Scenario(
+                "skewed: 0.5 % 4 nats worse, lengths sd 1.5",
+                {"noise": 0.1, "p_bad": 0.005, "big": 4.0, "skewed": True, "len_sd": 1.5},
+            ),
+            Scenario(
+                "heavy: 1 % worse by Pareto 1.5 amounts",
+                {"noise": 0.1, "p_bad": 0.01, "big": 2.0, "sizes": "pareto", "tail": 1.5},
+            ),
+            Scenario(
+                "heavy: 2 % worse by Pareto 2.5 amounts, long-tailed lengths",
+                {"noise": 0.1, "p_bad": 0.02, "big": 2.0, "skewed": True, "sizes": "pareto", "tail": 2.5},
+            ),
+        ],
+        simulate=sim_ppl,
+    ),
+    Path(
+        "wer",
+        "WER",
+        f"errors/words, WER {WER_B}, max_drop {MWER}",
+        [
+            Scenario("churn low", {"q_pos": 0.05, "skewed": False}),
+            Scenario("churn high", {"q_pos": 0.30, "skewed": False}),
+            Scenario("skewed: long-tailed lengths and WER", {"q_pos": 0.05, "skewed": True}),
+        ],
+        simulate=sim_wer,
+    ),
     Path("class10", "per-class budget, 10 classes", f"max_class_drop {MCLASS}", SCEN_CLASS, exact=exact_classes(10)),
     Path("class100", "per-class budget, 100 classes", f"max_class_drop {MCLASS}", SCEN_CLASS, exact=exact_classes(100)),
     Path("nfr", "NFR budget", "max_nfr as in the scenario", SCEN_NFR, exact=exact_nfr),
-    Path("combined", "combined check", f"max_drop {COMB_MARGIN} + max_class_drop {COMB_CLASS_LIMIT} ({COMB_K} classes) + max_nfr", SCEN_COMB,
-         simulate=sim_combined),
+    Path(
+        "combined",
+        "combined check",
+        f"max_drop {COMB_MARGIN} + max_class_drop {COMB_CLASS_LIMIT} ({COMB_K} classes) + max_nfr",
+        SCEN_COMB,
+        simulate=sim_combined,
+    ),
     Path("sequential", "sequential (early stop)", f"accuracy, max_drop {M01}, chunks of max(64, n/20)", SCEN_01),
 ]
 
@@ -990,10 +1128,21 @@ def simulate_cell(path: Path, sc: Scenario, n: int, reps: int, cell_seconds: flo
             counts[label][2] += 1
     m = counts["margin"]
     z = counts["zero"]
-    method = ", ".join(f"{k}" if len(methods) == 1 else f"{k} {v / sum(methods.values()):.0%}"
-                       for k, v in sorted(methods.items(), key=lambda kv: -kv[1]))
-    return Cell(path.title, sc.name, n, rate_of(m[0], m[2]), rate_of(m[1], m[2]), rate_of(z[0], z[2]), method,
-                path.refused(n), time.perf_counter() - t0)
+    method = ", ".join(
+        f"{k}" if len(methods) == 1 else f"{k} {v / sum(methods.values()):.0%}"
+        for k, v in sorted(methods.items(), key=lambda kv: -kv[1])
+    )
+    return Cell(
+        path.title,
+        sc.name,
+        n,
+        rate_of(m[0], m[2]),
+        rate_of(m[1], m[2]),
+        rate_of(z[0], z[2]),
+        method,
+        path.refused(n),
+        time.perf_counter() - t0,
+    )
 
 
 def run_cell(args: tuple) -> Cell:
@@ -1032,24 +1181,42 @@ def format_table(cells: list[Cell]) -> str:
         reps = "exact" if c.false_pass.reps == 0 else f"{c.false_pass.reps}/{c.power.reps}"
         flags = c.flags()
         notes = "; ".join(([f"**{f}**" for f in flags]) + ([c.note] if c.note else []))
-        rows.append(f"| {c.path} | {c.scenario} | {c.n} | {c.false_pass.text()} | {c.false_fail.text()} | {c.power.text()} | {reps} | {c.method} | {notes} |")
+        rows.append(
+            f"| {c.path} | {c.scenario} | {c.n} | {c.false_pass.text()} | {c.false_fail.text()} | {c.power.text()} | {reps} | {c.method} | {notes} |"
+        )
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: n in {50, 300, 1000}, at most 60 reps, 1 s a cell")
     ap.add_argument("--reps", type=int, default=2000, help="target repetitions per simulated rate (default 2000)")
-    ap.add_argument("--min-reps", type=int, default=30, help="at least this many per rate even past the time budget (default 30)")
-    ap.add_argument("--budget-minutes", type=float, default=35.0,
-                    help="wall-clock budget shared by the simulated cells (default 35; exact cells are extra, seconds)")
-    ap.add_argument("--cell-seconds", type=float, default=None,
-                    help="time budget of one simulated cell, both rates (default: the budget over the simulated cells)")
+    ap.add_argument(
+        "--min-reps", type=int, default=30, help="at least this many per rate even past the time budget (default 30)"
+    )
+    ap.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=35.0,
+        help="wall-clock budget shared by the simulated cells (default 35; exact cells are extra, seconds)",
+    )
+    ap.add_argument(
+        "--cell-seconds",
+        type=float,
+        default=None,
+        help="time budget of one simulated cell, both rates (default: the budget over the simulated cells)",
+    )
     ap.add_argument("--paths", default="all", help="comma-separated subset of: " + ", ".join(p.key for p in PATHS))
     ap.add_argument("--sizes", default=None, help="comma-separated n values (default 50,100,300,1000,5000)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
-    ap.add_argument("--scenarios", default=None, help="comma-separated substrings: only scenarios whose name contains one")
-    ap.add_argument("--seed-offset", type=int, default=0, help="independent repetitions with other seeds (default 0: the table's)")
+    ap.add_argument(
+        "--scenarios", default=None, help="comma-separated substrings: only scenarios whose name contains one"
+    )
+    ap.add_argument(
+        "--seed-offset", type=int, default=0, help="independent repetitions with other seeds (default 0: the table's)"
+    )
     args = ap.parse_args(argv)
     global SEED_OFFSET
     SEED_OFFSET = args.seed_offset
@@ -1066,26 +1233,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.cell_seconds is None:
         args.cell_seconds = max(1.0, 0.92 * args.budget_minutes * 60 * max(args.jobs, 1) / max(n_sim, 1))
     wanted = None if args.scenarios is None else [w.strip() for w in args.scenarios.split(",")]
-    jobs = [(p.key, i, n, args.reps, args.cell_seconds, args.min_reps)
-            for p in PATHS if p.key in keys for i in range(len(p.scenarios)) for n in sizes
-            if wanted is None or any(w in p.scenarios[i].name for w in wanted)]
+    jobs = [
+        (p.key, i, n, args.reps, args.cell_seconds, args.min_reps)
+        for p in PATHS
+        if p.key in keys
+        for i in range(len(p.scenarios))
+        for n in sizes
+        if wanted is None or any(w in p.scenarios[i].name for w in wanted)
+    ]
     t0 = time.perf_counter()
     print(f"# Calibration of every decision path (alpha = {ALPHA})\n")
     print(f"machine: {machine()}")
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
-    print(f"settings: reps target {args.reps}, at least {args.min_reps}, {args.cell_seconds:g} s per simulated cell, jobs {args.jobs}\n")
+    print(
+        f"settings: reps target {args.reps}, at least {args.min_reps}, {args.cell_seconds:g} s per simulated cell, jobs {args.jobs}\n"
+    )
     print("paths and margins:")
     for p in PATHS:
         if p.key in keys:
-            print(f"- {p.title} [{p.key}]: {p.margin_text}; scenarios: " + "; ".join(f"{s.name} {s.params}" for s in p.scenarios))
+            print(
+                f"- {p.title} [{p.key}]: {p.margin_text}; scenarios: "
+                + "; ".join(f"{s.name} {s.params}" for s in p.scenarios)
+            )
     print()
     sys.stdout.flush()
     cells: list[Cell] = []
 
     def emit(cell: Cell) -> None:  # progress (and the row, should the run be cut short) on stderr
         cells.append(cell)
-        print(f"[{time.perf_counter() - t0:6.0f} s] {len(cells)}/{len(jobs)} " + format_table([cell]).split("\n", 2)[2],
-              file=sys.stderr, flush=True)
+        print(
+            f"[{time.perf_counter() - t0:6.0f} s] {len(cells)}/{len(jobs)} " + format_table([cell]).split("\n", 2)[2],
+            file=sys.stderr,
+            flush=True,
+        )
 
     # the slowest cells first (large n, exact enumeration), so the workers finish together
     order = sorted(range(len(jobs)), key=lambda i: (-jobs[i][2], jobs[i][0] not in ("abs01", "class10", "class100")))
@@ -1098,15 +1278,24 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for i in order:
             emit(run_cell(jobs[i]))
-    rank = {(p.title, s.name, n): (pi, si, n) for pi, p in enumerate(PATHS) for si, s in enumerate(p.scenarios) for n in sizes}
+    rank = {
+        (p.title, s.name, n): (pi, si, n)
+        for pi, p in enumerate(PATHS)
+        for si, s in enumerate(p.scenarios)
+        for n in sizes
+    }
     cells.sort(key=lambda c: rank[(c.path, c.scenario, c.n)])
     print(format_table(cells))
     over = [c for c in cells if c.flags()]
     print()
-    print(f"{len(cells)} cells in {time.perf_counter() - t0:.0f} s; {len(over)} above alpha + 3 SE (exact: above alpha)")
+    print(
+        f"{len(cells)} cells in {time.perf_counter() - t0:.0f} s; {len(over)} above alpha + 3 SE (exact: above alpha)"
+    )
     for c in over:
-        print(f"- {c.path} / {c.scenario} / n={c.n}: {', '.join(c.flags())} "
-              f"(false PASS {c.false_pass.text()}, false FAIL {c.false_fail.text()})")
+        print(
+            f"- {c.path} / {c.scenario} / n={c.n}: {', '.join(c.flags())} "
+            f"(false PASS {c.false_pass.text()}, false FAIL {c.false_fail.text()})"
+        )
     return 0
 
 

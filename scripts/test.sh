@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# ruff (format and lint) and mypy, at the versions of requirements-lint.txt: a finding stops the run here
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-lint.txt
+bash scripts/lint.sh
 # pytest-randomly for the compatibility matrix only: installed in .venv it would reorder every run
 if [ ! -d .venv/compat-plugins/pytest_randomly ]; then
     .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt --no-deps \

@@ -39,6 +39,7 @@ def _private_user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: p
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
     monkeypatch.delenv("FORGETTING_CACHE_DIR", raising=False)
 
+
 # Property tests explore a fixed, seeded sequence of examples: CI must not turn red by chance.
 # (Run with HYPOTHESIS_PROFILE=explore to search with fresh randomness.)
 import hypothesis  # noqa: E402

@@ -5,8 +5,9 @@ Everything is built in memory or in tmp_path in well under a second; nothing is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,11 @@ def bert_config(**overrides: Any) -> Any:
 
 def labelled(names: Sequence[str]) -> dict[str, Any]:
     """Config kwargs naming the labels."""
-    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
 
 
 def tiny_bert(cls_name: str = "BertForSequenceClassification", seed: int = 0, **config: Any) -> Any:
@@ -77,7 +82,13 @@ def session(base: Any, tuned: Any, tmp_path: Path, **settings: Any) -> Any:
     from pytest_forgetting.options import Settings
     from pytest_forgetting.session import ForgettingSession
 
-    opts = dict(base_ckpt=str(base), tuned_ckpts=(str(tuned),), device="cpu", cache_dir=str(tmp_path / "cache"), rootdir=str(tmp_path))
+    opts = dict(
+        base_ckpt=str(base),
+        tuned_ckpts=(str(tuned),),
+        device="cpu",
+        cache_dir=str(tmp_path / "cache"),
+        rootdir=str(tmp_path),
+    )
     opts.update(settings)
     return ForgettingSession(Settings(**opts))
 

@@ -65,7 +65,9 @@ def make_adapter(bert_dir: Path, folder: Path) -> torch.Tensor:
     """Save a LoRA adapter (with a retrained head) for bert_dir; returns its logits on bert_inputs()."""
     peft = pytest.importorskip("peft")
     model = transformers.BertForSequenceClassification.from_pretrained(bert_dir)
-    config = peft.LoraConfig(r=2, target_modules=["query", "value"], modules_to_save=["classifier"], task_type="SEQ_CLS")
+    config = peft.LoraConfig(
+        r=2, target_modules=["query", "value"], modules_to_save=["classifier"], task_type="SEQ_CLS"
+    )
     adapted = peft.get_peft_model(model, config)
     torch.manual_seed(3)
     for name, param in adapted.named_parameters():

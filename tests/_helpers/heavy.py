@@ -17,7 +17,6 @@ import pytest_forgetting.api  # noqa: F401
 import pytest_forgetting.checkpoints  # noqa: F401
 import pytest_forgetting.session  # noqa: F401
 import pytest_forgetting.tasks  # noqa: F401
-
 from _helpers.pytester_modules import keep_heavy_modules
 
 keep_heavy_modules()

@@ -12,7 +12,8 @@ import pytest
 
 K = 4  # classes of the synthetic task
 
-TINY_MODELS = '''
+TINY_MODELS = (
+    '''
 import torch
 from torch import nn
 
@@ -22,9 +23,11 @@ K = %d
 def build():
     """One linear layer over K+1 features: K one-hot class features and a 'trap' flag."""
     return nn.Sequential(nn.Flatten(), nn.Linear(K + 1, K))
-''' % K
+'''
+    % K
+)
 
-CONFTEST = '''
+CONFTEST = """
 import numpy as np
 import pytest_forgetting as pf
 
@@ -52,7 +55,7 @@ def synth():
 def synth_small():
     x, y = _data(40, 0, 1)
     return pf.ImageClassificationTask(x, y)
-'''
+"""
 
 
 def linear_weights(trap_weight: float = 0.0, scale: float = 5.0, swap: bool = False):
@@ -87,7 +90,14 @@ class Project:
         return save_weights(self.path / f"{name}.safetensors", linear_weights(**kw))
 
     def args(self, tuned: Path | None = None, *extra: str) -> list[str]:
-        out = ["--base-ckpt", str(self.base), "--model-factory", "tinymodels:build", "--forgetting-cache-dir", str(self.path / "cache")]
+        out = [
+            "--base-ckpt",
+            str(self.base),
+            "--model-factory",
+            "tinymodels:build",
+            "--forgetting-cache-dir",
+            str(self.path / "cache"),
+        ]
         if tuned is not None:
             out += ["--tuned-ckpt", str(tuned)]
         return out + list(extra)

@@ -4,8 +4,26 @@ from __future__ import annotations
 
 import sys
 
-_HEAVY = ("torch", "transformers", "safetensors", "peft", "accelerate", "datasets", "sklearn", "scipy", "numpy",
-          "pandas", "pyarrow", "tokenizers", "huggingface_hub", "matplotlib", "PIL", "pytest_forgetting", "filelock", "sympy")
+_HEAVY = (
+    "torch",
+    "transformers",
+    "safetensors",
+    "peft",
+    "accelerate",
+    "datasets",
+    "sklearn",
+    "scipy",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "tokenizers",
+    "huggingface_hub",
+    "matplotlib",
+    "PIL",
+    "pytest_forgetting",
+    "filelock",
+    "sympy",
+)
 
 
 def keep_heavy_modules() -> None:

@@ -191,7 +191,9 @@ def test_labels_map_by_index_or_by_name(pytester, topic_model, tmp_path):
     rows = [(f"t{i}", t, int(y)) for i, (t, y) in enumerate(zip(texts, pred))]
     _csv(pytester.path / "ints.csv", rows)  # integer labels: the model's label ids
     top2 = [int(c) for c in np.argsort(-np.bincount(pred, minlength=5))[:2]]
-    _csv(pytester.path / "subset.csv", [(i, t, TOPICS[y]) for i, t, y in rows if y in top2])  # 2 of the 5 classes, by name
+    _csv(
+        pytester.path / "subset.csv", [(i, t, TOPICS[y]) for i, t, y in rows if y in top2]
+    )  # 2 of the 5 classes, by name
     _csv(pytester.path / "too-many.csv", [*rows[:80], ("t-x", "the movie", 7)])
     _csv(pytester.path / "other-names.csv", [(i, t, TOPICS[y].upper()) for i, t, y in rows])
     reversed_names = TOPICS[::-1]  # a ClassLabel whose ids are not the model's: names decide
@@ -259,10 +261,14 @@ def test_finetune_trains_the_logits_the_labels_name():
     reversed_model = tiny_bert(**labelled(POLARITY[::-1])).config  # id 0 is "pos"
     _, labels = as_data(task, tokenizer=make_tokenizer(), config=reversed_model).batch(np.arange(20))
     assert labels.tolist() == (1 - y).tolist()
-    _, same = as_data(task, tokenizer=make_tokenizer(), config=tiny_bert(**labelled(POLARITY)).config).batch(np.arange(20))
+    _, same = as_data(task, tokenizer=make_tokenizer(), config=tiny_bert(**labelled(POLARITY)).config).batch(
+        np.arange(20)
+    )
     assert same.tolist() == y.tolist()
     with pytest.raises(FinetuneError, match=r"classes \['neutral'\] that are not labels of the model"):
-        wide = TextClassificationTask(splits={"train": (texts, ["neutral"] * 20)}, class_names=["neg", "neutral", "pos"])
+        wide = TextClassificationTask(
+            splits={"train": (texts, ["neutral"] * 20)}, class_names=["neg", "neutral", "pos"]
+        )
         as_data(wide, tokenizer=make_tokenizer(), config=reversed_model)
 
 
@@ -278,12 +284,17 @@ def _data_project(pytester, hf_project):
     data.mkdir()
     _csv(data / "news_test.csv", [(f"n{i}", t, int(y)) for i, (t, y) in enumerate(zip(texts, pred))])  # default columns
     with (data / "tickets.csv").open("w") as fh:
-        fh.write("ticket,body,topic\n" + "".join(f"k{i},{t},{POLARITY[int(y)]}\n" for i, (t, y) in enumerate(zip(texts, pred))))
+        fh.write(
+            "ticket,body,topic\n"
+            + "".join(f"k{i},{t},{POLARITY[int(y)]}\n" for i, (t, y) in enumerate(zip(texts, pred)))
+        )
     with (data / "reviews.jsonl").open("w") as fh:
         for i, (t, y) in enumerate(zip(texts, pred)):
             fh.write(json.dumps({"uid": f"r{i}", "review": t, "sentiment": int(y)}) + "\n")
     features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=POLARITY)})
-    datasets.Dataset.from_dict({"text": texts, "label": pred.tolist()}, features=features).save_to_disk(str(data / "saved"))
+    datasets.Dataset.from_dict({"text": texts, "label": pred.tolist()}, features=features).save_to_disk(
+        str(data / "saved")
+    )
     pytester.makepyprojecttoml(
         """
         [tool.pytest_forgetting.tasks.feedback]
@@ -324,7 +335,12 @@ def test_data_tasks_without_python(pytester, hf_project, tmp_path):
         "test_keeps_tickets *tickets *accuracy*120*100.0%*PASS",
     ])  # fmt: skip
 
-    listed = pytester.runpytest("--forgetting-list-tasks", "--forgetting-task=tickets=data/tickets.csv,text=body,label=topic", "-p", "no:cacheprovider")
+    listed = pytester.runpytest(
+        "--forgetting-list-tasks",
+        "--forgetting-task=tickets=data/tickets.csv,text=body,label=topic",
+        "-p",
+        "no:cacheprovider",
+    )
     assert listed.ret == 0
     listed.stdout.fnmatch_lines([
         "forgetting: * tasks",
@@ -338,16 +354,27 @@ def test_data_tasks_without_python(pytester, hf_project, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--forgetting-task=t=csv:data/nope.csv"], "*--forgetting-task 't=csv:data/nope.csv': data file */data/nope.csv does not exist*"),
-        (["--forgetting-task=t=csv:data/tickets.csv,txt=body"], "*unknown key 'txt' for a csv task (did you mean 'text'?)*"),
-        (["--forgetting-task=t=csv:data/tickets.csv,text=bdy,label=topic"], "*data/tickets.csv has no column 'bdy' (did you mean 'body'?)*name it with text=...*"),
+        (
+            ["--forgetting-task=t=csv:data/nope.csv"],
+            "*--forgetting-task 't=csv:data/nope.csv': data file */data/nope.csv does not exist*",
+        ),
+        (
+            ["--forgetting-task=t=csv:data/tickets.csv,txt=body"],
+            "*unknown key 'txt' for a csv task (did you mean 'text'?)*",
+        ),
+        (
+            ["--forgetting-task=t=csv:data/tickets.csv,text=bdy,label=topic"],
+            "*data/tickets.csv has no column 'bdy' (did you mean 'body'?)*name it with text=...*",
+        ),
         (["--forgetting-task=t=cvs:data/tickets.csv"], "*unknown format 'cvs' (did you mean 'csv'?)*"),
         (["--retains=data/news_tset.csv:0.02"], "*task 'data/news_tset.csv' names a data file, but there is none*"),
     ],
 )
 def test_declared_task_mistakes_are_usage_errors(pytester, hf_project, args, message):
     _data_project(pytester, hf_project)
-    result = pytester.runpytest(f"--base-ckpt={hf_project['base']}", f"--tuned-ckpt={hf_project['base']}", *args, "-p", "no:cacheprovider")
+    result = pytester.runpytest(
+        f"--base-ckpt={hf_project['base']}", f"--tuned-ckpt={hf_project['base']}", *args, "-p", "no:cacheprovider"
+    )
     assert result.ret == 4
     result.stderr.fnmatch_lines([message])
     assert len([ln for ln in result.stderr.lines if ln.strip()]) == 1, result.stderr.str()
@@ -356,7 +383,9 @@ def test_declared_task_mistakes_are_usage_errors(pytester, hf_project, args, mes
 # -- 4. a marker name close to retains / improves is a usage error --------------------------------
 
 
-@pytest.mark.parametrize(("mark", "meant"), [("retain", "retains"), ("retainss", "retains"), ("improve", "improves"), ("Retains", "retains")])
+@pytest.mark.parametrize(
+    ("mark", "meant"), [("retain", "retains"), ("retainss", "retains"), ("improve", "improves"), ("Retains", "retains")]
+)
 def test_marker_typo_is_a_usage_error(pytester, mark, meant):
     pytester.makepyfile(
         f"""
@@ -381,7 +410,9 @@ def test_marker_typo_is_a_usage_error(pytester, mark, meant):
 
 def test_a_registered_marker_of_a_close_name_is_left_alone(pytester):
     pytester.makeini("[pytest]\nmarkers =\n    retain: another plugin's marker\n")
-    pytester.makepyfile("import pytest\n\n@pytest.mark.retain\ndef test_x():\n    pass\n\n@pytest.mark.remote\ndef test_y():\n    pass\n")
+    pytester.makepyfile(
+        "import pytest\n\n@pytest.mark.retain\ndef test_x():\n    pass\n\n@pytest.mark.remote\ndef test_y():\n    pass\n"
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
 
@@ -412,10 +443,15 @@ TWO_MARKED = """
 
 
 def _mismatch_run(pytester, hf_project, tmp_path, base, tuned, task="reviews.csv"):
-    _csv(pytester.path / "reviews.csv", [(f"r{i}", t, int(y)) for i, (t, y) in enumerate(zip(hf_project["texts"], hf_project["pred"]))])
+    _csv(
+        pytester.path / "reviews.csv",
+        [(f"r{i}", t, int(y)) for i, (t, y) in enumerate(zip(hf_project["texts"], hf_project["pred"]))],
+    )
     pytester.makepyfile(test_mismatch=TWO_MARKED.format(task=task))
     args = [f"--base-ckpt={base}"] + ([f"--tuned-ckpt={tuned}"] if tuned else [])
-    return pytester.runpytest(*args, "--forgetting-device=cpu", f"--forgetting-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider")
+    return pytester.runpytest(
+        *args, "--forgetting-device=cpu", f"--forgetting-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider"
+    )
 
 
 def test_a_headless_encoder_says_use_a_probe_or_save_the_classifier(pytester, hf_project, mismatch_models, tmp_path):
@@ -430,7 +466,9 @@ def test_a_headless_encoder_says_use_a_probe_or_save_the_classifier(pytester, hf
     assert "AttributeError" not in result.stdout.str()
 
 
-def test_an_image_task_on_a_text_model_says_task_expects_images_model_takes_tokens(pytester, hf_project, mismatch_models, tmp_path):
+def test_an_image_task_on_a_text_model_says_task_expects_images_model_takes_tokens(
+    pytester, hf_project, mismatch_models, tmp_path
+):
     base = mismatch_models["base"]
     result = _mismatch_run(pytester, hf_project, tmp_path, base, base, task="digits")
     result.assert_outcomes(errors=2)
@@ -454,19 +492,30 @@ def test_a_tuned_folder_without_tokenizer_names_it_and_the_fix(pytester, hf_proj
 @pytest.mark.parametrize("case", ["file in the folder", "missing path", "missing option"])
 def test_configuration_errors_are_usage_errors_reported_once(pytester, hf_project, mismatch_models, tmp_path, case):
     base = mismatch_models["base"]
-    tuned = {"file in the folder": base / "model.safetensors", "missing path": pytester.path / "tuned-nope", "missing option": None}[case]
+    tuned = {
+        "file in the folder": base / "model.safetensors",
+        "missing path": pytester.path / "tuned-nope",
+        "missing option": None,
+    }[case]
     result = _mismatch_run(pytester, hf_project, tmp_path, base, tuned)
     assert result.ret == 4, result.stdout.str()
     lines = [ln for ln in result.stderr.lines if ln.strip()]
     assert len(lines) == 1, lines  # once for the run, not once per test
     line = lines[0]
     if case == "file in the folder":
-        assert f"--tuned-ckpt: tuned checkpoint {tuned}: a weights file inside the Hugging Face model folder {base}" in line
+        assert (
+            f"--tuned-ckpt: tuned checkpoint {tuned}: a weights file inside the Hugging Face model folder {base}"
+            in line
+        )
         assert line.endswith(f"pass the folder, {base}, not a file inside it"), line
     elif case == "missing path":
-        assert f"--tuned-ckpt: tuned checkpoint not found: nothing at {tuned};" in line and line.count("tuned-nope") == 1, line
+        assert (
+            f"--tuned-ckpt: tuned checkpoint not found: nothing at {tuned};" in line and line.count("tuned-nope") == 1
+        ), line
     else:
-        assert "no tuned checkpoint: pass --tuned-ckpt=REF" in line and "2 tests (test_mismatch.py::test_first" in line, line
+        assert (
+            "no tuned checkpoint: pass --tuned-ckpt=REF" in line and "2 tests (test_mismatch.py::test_first" in line
+        ), line
 
 
 def test_deselected_checks_need_no_checkpoints(pytester):
@@ -535,7 +584,13 @@ def test_report_details(pytester, hf_project, tmp_path):
         """
     )
     twin = shutil.copytree(hf_project["base"], tmp_path / "twin")  # the base's files under another name
-    common = ["--forgetting-device=cpu", f"--forgetting-cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider", "-rA"]
+    common = [
+        "--forgetting-device=cpu",
+        f"--forgetting-cache-dir={tmp_path / 'cache'}",
+        "-p",
+        "no:cacheprovider",
+        "-rA",
+    ]
     report, plot = tmp_path / "r.json", tmp_path / "plot.png"
     result = pytester.runpytest(f"--base-ckpt={hf_project['base']}", f"--tuned-ckpt={twin}", f"--forgetting-json={report}",
                                 f"--forgetting-plot={plot}", *common)  # fmt: skip
@@ -558,7 +613,9 @@ def test_report_details(pytester, hf_project, tmp_path):
     # two candidates, both flipping every prediction: named once in the plot, and a ranking line without a winner
     shutil.copytree(hf_project["swapped"], tmp_path / "flipper")
     pytester.makepyprojecttoml("")
-    pytester.makepyfile(test_reviews="import pytest\n\n@pytest.mark.retains(task='reviews.csv', max_drop=0.1)\ndef test_keeps_reviews():\n    pass\n")
+    pytester.makepyfile(
+        test_reviews="import pytest\n\n@pytest.mark.retains(task='reviews.csv', max_drop=0.1)\ndef test_keeps_reviews():\n    pass\n"
+    )
     result = pytester.runpytest(f"--base-ckpt={hf_project['base']}", f"--tuned-ckpt={hf_project['swapped']}",
                                 f"--tuned-ckpt={tmp_path / 'flipper'}", f"--forgetting-plot={plot}", *common)  # fmt: skip
     result.assert_outcomes(failed=2)
@@ -576,10 +633,16 @@ def test_improves_lines_speak_of_gains():
                tuned=0.634, n=200, verdict="inconclusive", metric="accuracy", task="fashion", test="t.py::test_x",
                reason="interval [-0.221, -0.047] contains the margin -0.100; about 2,565 examples would settle it")  # fmt: skip
     lines = failure_message(row).splitlines()
-    assert lines[1] == "  verdict:  INCONCLUSIVE - gain interval [+4.7 pp, +22.1 pp] contains the required +10.0 pp; about 2,565 examples would settle it"
+    assert (
+        lines[1]
+        == "  verdict:  INCONCLUSIVE - gain interval [+4.7 pp, +22.1 pp] contains the required +10.0 pp; about 2,565 examples would settle it"
+    )
     assert "-0." not in "\n".join(lines), lines
     row.update(verdict="fail", margin=-0.3, reason="lower bound of the drop -0.015 > margin -0.300 (proven regression)")
-    assert failure_message(row).splitlines()[1] == "  verdict:  FAIL - upper bound of the gain +1.5 pp < required +30.0 pp (proven: it gains less)"
+    assert (
+        failure_message(row).splitlines()[1]
+        == "  verdict:  FAIL - upper bound of the gain +1.5 pp < required +30.0 pp (proven: it gains less)"
+    )
 
 
 def test_readme_options_table_lists_the_newcomer_options():
@@ -589,7 +652,11 @@ def test_readme_options_table_lists_the_newcomer_options():
     readme = (Path(pytest_forgetting.__file__).resolve().parents[1] / "README.md").read_text()  # the checkout's
     section = readme[readme.index("\n## Options\n") : readme.index("\n## ", readme.index("\n## Options\n") + 5)]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
-    for flag, ini in (("--forgetting-task=", ""), ("--forgetting-list-tasks", ""), ("--forgetting-early-stop", "`forgetting_early_stop`")):
+    for flag, ini in (
+        ("--forgetting-task=", ""),
+        ("--forgetting-list-tasks", ""),
+        ("--forgetting-early-stop", "`forgetting_early_stop`"),
+    ):
         row = next((r for r in rows if r.startswith(f"| `{flag}")), None)
         assert row is not None, f"{flag} is not in the Options table"
         assert ini in row
@@ -635,7 +702,10 @@ def test_example_project_is_derandomised_and_counts_only_real_candidates(pyteste
     )  # fmt: skip
     out = result.stdout.str()
     assert "test_hypothesis_profile_is_derandomised PASSED" in out, out
-    assert "test_lora_keeps_mnist_and_learns_digits PASSED" in out or "test_lora_keeps_mnist_and_learns_digits FAILED" in out
+    assert (
+        "test_lora_keeps_mnist_and_learns_digits PASSED" in out
+        or "test_lora_keeps_mnist_and_learns_digits FAILED" in out
+    )
     assert "test_lora_keeps_mnist_and_learns_digits[" not in out  # fine-tunes the base: once, not per candidate
     result.stdout.fnmatch_lines([
         "forgetting: 4 checks on 2 candidates, *",

@@ -45,7 +45,9 @@ def _articles(n: int, seed: int, *, topics: list[int] | None = None) -> tuple[li
     texts, labels = [], []
     for i in range(n):
         y = topics[i % len(topics)] if topics else i % len(TOPICS)
-        words = list(rng.choice(TOPIC_WORDS[TOPICS[y]], size=2)) + list(rng.choice(FILLER, size=int(rng.integers(2, 5))))
+        words = list(rng.choice(TOPIC_WORDS[TOPICS[y]], size=2)) + list(
+            rng.choice(FILLER, size=int(rng.integers(2, 5)))
+        )
         if rng.random() < 0.3:  # a distractor: the headline mentions another topic once
             other = TOPICS[(y + int(rng.integers(1, len(TOPICS)))) % len(TOPICS)]
             words.append(str(rng.choice(TOPIC_WORDS[other])))
@@ -79,7 +81,9 @@ def _hand_loop(folder: Path, texts: list[str], labels: np.ndarray, batch_size: i
     preds = []
     with torch.no_grad():
         for lo in range(0, len(texts), batch_size):
-            enc = tokenizer(texts[lo : lo + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            enc = tokenizer(
+                texts[lo : lo + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt"
+            )
             preds.append(model(**enc).logits.argmax(dim=1).numpy())
     return (np.concatenate(preds) == labels).astype(float)  # integer labels are the model's label ids
 
@@ -120,9 +124,14 @@ def newcomer(tmp_path_factory):
 
     base_ok, tuned_ok = _hand_loop(root / "base", texts, labels), _hand_loop(root / "tuned", texts, labels)
     expected = {}
-    for name, max_drop in CHECKS:
+    for _name, max_drop in CHECKS:
         cmp = pf.compare_scores(base_ok, tuned_ok, max_drop=max_drop, alpha=0.05)
-        expected[max_drop] = {"n": len(labels), "base": float(base_ok.mean()), "tuned": float(tuned_ok.mean()), "verdict": cmp.verdict}
+        expected[max_drop] = {
+            "n": len(labels),
+            "base": float(base_ok.mean()),
+            "tuned": float(tuned_ok.mean()),
+            "verdict": cmp.verdict,
+        }
     assert base_ok.mean() > 0.7 and tuned_ok.mean() < 0.5, (base_ok.mean(), tuned_ok.mean())  # a real forgetting case
     assert [expected[m]["verdict"] for _, m in CHECKS] == ["fail", "pass"], expected
     return {"root": root, "expected": expected}
@@ -133,10 +142,13 @@ PYPROJECT_TASK = """
 path = "data/news_test.csv"
 """
 
-PYPROJECT_CHECKS = PYPROJECT_TASK + """
+PYPROJECT_CHECKS = (
+    PYPROJECT_TASK
+    + """
 [tool.pytest_forgetting]
 retains = [{ task = "news", max_drop = 0.02 }, { task = "news", max_drop = 0.9 }]
 """
+)
 
 MARKERS = """
 import pytest
@@ -186,5 +198,7 @@ def test_newcomer_scenario(pytester, newcomer, tmp_path, style):
     assert set(got) == set(expected)
     for margin, want in expected.items():
         assert got[margin]["verdict"] == want["verdict"] and got[margin]["n"] == want["n"], (margin, got, want)
-        assert got[margin]["base"] == pytest.approx(want["base"], abs=1e-9) and got[margin]["tuned"] == pytest.approx(want["tuned"], abs=1e-9)
+        assert got[margin]["base"] == pytest.approx(want["base"], abs=1e-9) and got[margin]["tuned"] == pytest.approx(
+            want["tuned"], abs=1e-9
+        )
     result.stdout.fnmatch_lines(["forgetting: 2 checks, 1 passed, 1 failed*"])

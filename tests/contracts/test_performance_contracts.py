@@ -198,10 +198,16 @@ def test_prepared_cache_round_trip_and_refusals(tmp_path):
     from pytest_forgetting.cache import EvalCache
 
     cache = EvalCache(tmp_path)
-    tree = {"tensors": {"input_ids": torch.arange(6).view(2, 3), "mask": torch.ones(2, 3, dtype=torch.bool)}, "lengths": np.array([3, 2])}
+    tree = {
+        "tensors": {"input_ids": torch.arange(6).view(2, 3), "mask": torch.ones(2, 3, dtype=torch.bool)},
+        "lengths": np.array([3, 2]),
+    }
     assert cache.store_prepared("k", tree)
     back = cache.load_prepared("k")
-    assert torch.equal(back["tensors"]["input_ids"], tree["tensors"]["input_ids"]) and back["tensors"]["mask"].dtype == torch.bool
+    assert (
+        torch.equal(back["tensors"]["input_ids"], tree["tensors"]["input_ids"])
+        and back["tensors"]["mask"].dtype == torch.bool
+    )
     assert isinstance(back["lengths"], np.ndarray) and back["lengths"].tolist() == [3, 2]
     # anything that is not a mapping of arrays is not stored (word-id lists, objects, non-str keys)
     assert not cache.store_prepared("a", {"words": [[0, 1], [None]]})
@@ -312,7 +318,10 @@ def test_batches_reach_cuda_through_pinned_memory_and_non_blocking_copies(monkey
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
     monkeypatch.setattr(torch.Tensor, "to", to)
-    batch = {"input_ids": torch.zeros((2, 3), dtype=torch.int64), "pixel_values": torch.zeros((2, 1, 2, 2), dtype=torch.float64)}
+    batch = {
+        "input_ids": torch.zeros((2, 3), dtype=torch.int64),
+        "pixel_values": torch.zeros((2, 1, 2, 2), dtype=torch.float64),
+    }
     out = _to_device(batch, torch.device("cuda"), torch.float32)
     assert sorted(pinned) == [(2, 1, 2, 2), (2, 3)]
     assert len(moved) == 2 and all(kw.get("non_blocking") is True for kw in moved)
@@ -330,7 +339,16 @@ def test_every_batch_goes_through_the_device_copy(monkeypatch):
     monkeypatch.setattr(evaluate, "_to_device", spy)
     task = ImageClassificationTask(np.zeros((50, 1, 2, 2), dtype=np.float32), np.arange(50) % 3)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
-    run_model(task, model, task.prepare("test", ModelMeta()), np.arange(50), task.ids("test"), device="cpu", dtype="float32", batch_size=16)
+    run_model(
+        task,
+        model,
+        task.prepare("test", ModelMeta()),
+        np.arange(50),
+        task.ids("test"),
+        device="cpu",
+        dtype="float32",
+        batch_size=16,
+    )
     assert len(spy.calls) == 4
 
 

@@ -63,8 +63,10 @@ def test_space_form_outside_the_project_is_a_usage_error(make_project, tmp_path_
     assert json.loads(js.read_text())["rows"][0]["verdict"] == "fail"
 
     # the space form: pytest would pick its rootdir from the checkpoint's folder and skip pyproject.toml
-    for args in (["--base-ckpt", str(base), f"--tuned-ckpt={tuned}"],
-                 [f"--base-ckpt={base}", f"--tuned-ckpt={tuned}", "--forgetting-json", str(js)]):
+    for args in (
+        ["--base-ckpt", str(base), f"--tuned-ckpt={tuned}"],
+        [f"--base-ckpt={base}", f"--tuned-ckpt={tuned}", "--forgetting-json", str(js)],
+    ):
         result = p.pytester.runpytest(*args, *common)
         assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
         err = result.stderr.str()
@@ -114,14 +116,14 @@ def build():
     return Odd()
 '''
 
-ODD_TASK = '''
+ODD_TASK = """
 
 @pf.task("odd")
 def odd():
     x, y = _data(400, 0, 2)
     x[:, 0, 0, K] = 7.0
     return pf.ImageClassificationTask(x, y)
-'''
+"""
 
 TWO_CHECKS = """
     import pytest
@@ -146,16 +148,24 @@ def _odd_project(make_project):
     save_weights(p.path / "odd.safetensors", state)
     p.test_file(TWO_CHECKS)
     js = p.path / "r.json"
-    args = [f"--base-ckpt={p.path / 'odd.safetensors'}", f"--tuned-ckpt={p.path / 'odd.safetensors'}",
-            "--model-factory=oddmodels:build", "--forgetting-no-cache", f"--forgetting-json={js}"]
+    args = [
+        f"--base-ckpt={p.path / 'odd.safetensors'}",
+        f"--tuned-ckpt={p.path / 'odd.safetensors'}",
+        "--model-factory=oddmodels:build",
+        "--forgetting-no-cache",
+        f"--forgetting-json={js}",
+    ]
     return p, args, js
 
 
-@pytest.mark.parametrize("mode, outcome, reason", [
-    ("fail", {"passed": 1, "errors": 1}, "Failed: stopped from inside the model"),
-    ("skip", {"passed": 1, "skipped": 1}, "Skipped: skipped from inside the model"),
-    ("sleep", {"passed": 1, "errors": 1}, "Timeout"),
-])
+@pytest.mark.parametrize(
+    "mode, outcome, reason",
+    [
+        ("fail", {"passed": 1, "errors": 1}, "Failed: stopped from inside the model"),
+        ("skip", {"passed": 1, "skipped": 1}, "Skipped: skipped from inside the model"),
+        ("sleep", {"passed": 1, "errors": 1}, "Timeout"),
+    ],
+)
 def test_interrupted_check_gets_an_error_row(make_project, monkeypatch, mode, outcome, reason):
     p, args, js = _odd_project(make_project)
     monkeypatch.setenv("ODD_MODE", mode)
@@ -218,7 +228,9 @@ def test_junit_properties_once_per_check_on_the_testsuite(make_project, family):
     """)
     xml = p.path / "junit.xml"
     tuned = p.tuned(trap_weight=10.0)
-    result = p.pytester.runpytest(*_eq_args(p, tuned), f"--junitxml={xml}", "-o", f"junit_family={family}", "--reruns", "2")
+    result = p.pytester.runpytest(
+        *_eq_args(p, tuned), f"--junitxml={xml}", "-o", f"junit_family={family}", "--reruns", "2"
+    )
     result.assert_outcomes(passed=1, failed=1)
     assert result.parseoutcomes().get("rerun") == 2
     cases, props = _junit(xml)
@@ -254,7 +266,9 @@ def test_declared_check_ids_round_trip(make_project):
     run = p.pytester.runpytest
 
     result = run(*args, "--co", "-q")
-    result.stdout.fnmatch_lines(["pyproject.toml::retains:synth", "pyproject.toml::retains:synth:f1_macro", "4 tests collected*"])
+    result.stdout.fnmatch_lines(
+        ["pyproject.toml::retains:synth", "pyproject.toml::retains:synth:f1_macro", "4 tests collected*"]
+    )
     result = run(*args)
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["collected 4 items"])  # the declared checks are counted
@@ -343,17 +357,32 @@ def test_collect_only_does_not_import_torch(make_project):
     p = make_project(n=400)
     p.pytester.makefile(".toml", pyproject=textwrap.dedent(DECLARED))
     p.test_file(LOOSE_AND_PLAIN)
-    code = ("import sys, pytest; rc = pytest.main(['--co', '-p', 'no:cacheprovider', *sys.argv[1:]]); "
-            "print('torch imported:', 'torch' in sys.modules, 'rc:', int(rc))")
+    code = (
+        "import sys, pytest; rc = pytest.main(['--co', '-p', 'no:cacheprovider', *sys.argv[1:]]); "
+        "print('torch imported:', 'torch' in sys.modules, 'rc:', int(rc))"
+    )
     out = subprocess.run([sys.executable, "-c", code, *_eq_args(p, p.base)], cwd=p.path, capture_output=True, text=True)
     assert "4 tests collected" in out.stdout, out.stdout + out.stderr
     assert "torch imported: False rc: 0" in out.stdout, out.stdout + out.stderr
 
 
-
 # -- the compatibility matrix: each way of running pytest gives the table and JSON of a plain run ---
-_STABLE = ("test", "task", "metric", "kind", "candidate", "n", "base", "tuned", "drop", "ci_low", "ci_high",
-           "margin", "nfr", "verdict")
+_STABLE = (
+    "test",
+    "task",
+    "metric",
+    "kind",
+    "candidate",
+    "n",
+    "base",
+    "tuned",
+    "drop",
+    "ci_low",
+    "ci_high",
+    "margin",
+    "nfr",
+    "verdict",
+)
 COMPAT_PLUGINS = Path(__file__).resolve().parents[2] / ".venv" / "compat-plugins"  # pytest-randomly (scripts/test.sh)
 
 
@@ -364,8 +393,11 @@ def _rows(js: Path) -> dict[str, dict]:
 def _table(result) -> list[str]:
     lines = result.stdout.lines
     start = next(i for i, line in enumerate(lines) if "forgetting summary" in line)
-    return [line for line in lines[start + 1:]
-            if line.startswith(("forgetting: ", "test ", "retains:", "test_")) and not line.startswith("forgetting: wrote")]
+    return [
+        line
+        for line in lines[start + 1 :]
+        if line.startswith(("forgetting: ", "test ", "retains:", "test_")) and not line.startswith("forgetting: wrote")
+    ]
 
 
 # name, extra args, "same" | "subset", how to run, what else to check
@@ -386,8 +418,12 @@ MATRIX = [
 
 @pytest.mark.parametrize("name, extra, expect, how", MATRIX, ids=[m[0] for m in MATRIX])
 def test_compat_matrix(make_project, monkeypatch, name, extra, expect, how):
-    plugin = {"pytest-rerunfailures": "pytest_rerunfailures", "pytest-timeout": "pytest_timeout",
-              "pytest-html": "pytest_html", "pytest-xdist -n 2": "xdist"}.get(name)
+    plugin = {
+        "pytest-rerunfailures": "pytest_rerunfailures",
+        "pytest-timeout": "pytest_timeout",
+        "pytest-html": "pytest_html",
+        "pytest-xdist -n 2": "xdist",
+    }.get(name)
     if plugin:
         pytest.importorskip(plugin)
     if name == "pytest-randomly":

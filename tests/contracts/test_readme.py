@@ -41,7 +41,7 @@ def fences(text: str) -> list[tuple[int, str, str, str | None]]:
             j = i + 1
             while not lines[j].startswith("```"):
                 j += 1
-            out.append((i + 1, lines[i][3:].strip(), "\n".join(lines[i + 1:j]), lines[i - 1] if i else None))
+            out.append((i + 1, lines[i][3:].strip(), "\n".join(lines[i + 1 : j]), lines[i - 1] if i else None))
             i = j + 1
         else:
             i += 1
@@ -82,8 +82,10 @@ def test_every_block_is_an_output_or_tested_or_illustrative():
             assert len(what.split()) >= 3, f"README.md:{line}: an illustrative block needs a reason"
         for path, name in refs:
             _check_reference(path.rstrip("."), name or None, f"README.md:{line}")
-    assert not unmarked, (f"README.md blocks at lines {unmarked} are neither a readme-output nor marked "
-                          "<!-- readme-tested: ... --> / <!-- readme-illustrative: REASON --> on the line before")
+    assert not unmarked, (
+        f"README.md blocks at lines {unmarked} are neither a readme-output nor marked "
+        "<!-- readme-tested: ... --> / <!-- readme-illustrative: REASON --> on the line before"
+    )
 
 
 def test_every_output_block_is_one_the_script_makes():
@@ -98,6 +100,7 @@ def test_cheap_outputs_are_regenerated_and_match(name):
     if name == "list-tasks":
         from pytest_forgetting.errors import TaskError
         from pytest_forgetting.tasks.builtin import find_fashion_mnist
+
         try:
             find_fashion_mnist()
         except TaskError:
@@ -105,7 +108,8 @@ def test_cheap_outputs_are_regenerated_and_match(name):
     body = readme_outputs.generate(name)
     assert readme_outputs.readme_blocks(README.read_text())[name] == body, (
         f"README block {name!r} is not what `{readme_outputs.OUTPUTS[name].command_line}` prints: "
-        f"run .venv/bin/python scripts/readme_outputs.py {name}")
+        f"run .venv/bin/python scripts/readme_outputs.py {name}"
+    )
 
 
 @pytest.mark.parametrize("name", [n for n, o in readme_outputs.OUTPUTS.items() if not o.cheap])
@@ -117,10 +121,15 @@ def test_expensive_outputs_are_the_scripts_committed_output(name):
     header, body = readme_outputs.parse_file(committed.read_text())
     assert header.get("command") == output.command_line, f"{name}: written by another command: {rerun}"
     assert header.get("env") == readme_outputs.env_line(), f"{name}: written with another environment: {rerun}"
-    assert header.get("output-sha256") == readme_outputs.body_hash(body), f"{name}: the committed output was edited by hand: {rerun}"
+    assert header.get("output-sha256") == readme_outputs.body_hash(body), (
+        f"{name}: the committed output was edited by hand: {rerun}"
+    )
     assert header.get("inputs-sha256") == readme_outputs.inputs_hash(output), (
-        f"{name}: the example project changed since the output was made ({', '.join(output.inputs)}): {rerun}")
-    assert readme_outputs.readme_blocks(README.read_text())[name] == body, f"README block {name!r} differs from {committed.name}: {rerun}"
+        f"{name}: the example project changed since the output was made ({', '.join(output.inputs)}): {rerun}"
+    )
+    assert readme_outputs.readme_blocks(README.read_text())[name] == body, (
+        f"README block {name!r} differs from {committed.name}: {rerun}"
+    )
 
 
 def test_extractors_cut_the_parts_the_readme_shows():
@@ -139,15 +148,29 @@ def test_extractors_cut_the_parts_the_readme_shows():
         forgetting: wrote x.json
         """)
     assert readme_outputs.summary_table(run).splitlines()[1:] == [
-        "forgetting: 2 checks", "row", "drop > 0 is worse; legend", "ranking:", "  mnist: every check passed by replay"]
-    assert readme_outputs.failure("test_keeps_mnist_accuracy")(run) == "mnist/test accuracy dropped 15.3 pp\n  weights:  most change: 7 (+50 %)"
-    assert readme_outputs.failure_line("test_keeps_mnist_accuracy", "weights:")(run) == "  weights:  most change: 7 (+50 %)"
+        "forgetting: 2 checks",
+        "row",
+        "drop > 0 is worse; legend",
+        "ranking:",
+        "  mnist: every check passed by replay",
+    ]
+    assert (
+        readme_outputs.failure("test_keeps_mnist_accuracy")(run)
+        == "mnist/test accuracy dropped 15.3 pp\n  weights:  most change: 7 (+50 %)"
+    )
+    assert (
+        readme_outputs.failure_line("test_keeps_mnist_accuracy", "weights:")(run)
+        == "  weights:  most change: 7 (+50 %)"
+    )
 
 
 def _tested_by(test_name: str) -> list[str]:
     text = README.read_text()
-    return [body for _line, info, body, before in fences(text)
-            if info == "python" and before and f"tests/contracts/test_readme.py::{test_name}" in before]
+    return [
+        body
+        for _line, info, body, before in fences(text)
+        if info == "python" and before and f"tests/contracts/test_readme.py::{test_name}" in before
+    ]
 
 
 def test_marker_snippets_collect(pytester):
@@ -173,7 +196,7 @@ def test_compare_scores_snippet_runs():
 def test_the_two_setup_commands_exist():
     """README "Set-up on a fresh machine: two commands": scripts/premerge.sh and scripts/test.sh."""
     text = README.read_text()
-    section = text[text.index("## Set-up on a fresh machine"):text.index("## Installing in your own repo")]
+    section = text[text.index("## Set-up on a fresh machine") : text.index("## Installing in your own repo")]
     commands = re.findall(r"^bash (scripts/\S+)", section, re.M)
     assert commands == ["scripts/premerge.sh", "scripts/test.sh"]
     for script in commands:
@@ -186,8 +209,7 @@ def test_the_two_setup_commands_exist():
 def test_the_candidates_command_is_the_one_the_script_runs():
     """The README's three-candidate command is the command behind the "candidates" output."""
     text = README.read_text()
-    (block,) = [body for _line, _info, body, before in fences(text)
-                if before and 'output "candidates"' in before]
+    (block,) = [body for _line, _info, body, before in fences(text) if before and 'output "candidates"' in before]
     shown = block.replace("\\\n", " ").split()
     assert shown[0] == "pytest"
     run = readme_outputs.OUTPUTS["candidates"].command

@@ -15,8 +15,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "tests" / "unit"
-FAST = ["test_bounded.py", "test_metrics_records.py", "test_report.py", "test_results.py", "test_torchfree.py",
-        "test_util.py"]
+FAST = [
+    "test_bounded.py",
+    "test_metrics_records.py",
+    "test_report.py",
+    "test_results.py",
+    "test_torchfree.py",
+    "test_util.py",
+]
 
 
 def _run_unit(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:

@@ -15,7 +15,9 @@ from pytest_forgetting.finetune import STRATEGIES, STRATEGY_OPTIONS, FinetuneErr
 
 def _mlp(seed: int = 0):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)
+    ).eval()
 
 
 def _data(n: int = 192, seed: int = 1):
@@ -50,7 +52,9 @@ def test_adalora_prunes_to_the_budget_keeps_the_base_and_reloads(tmp_path):
     kept = [sum(v) for v in pattern.values()]
     assert sum(kept) == 2 * len(kept), pattern  # on average target_r of init_r ranks per module
     unloaded = copy.deepcopy(tuned).unload()
-    assert all(torch.equal(a, b) for a, b in zip(_state(unloaded).values(), _state(base).values())), "base weights unchanged"
+    assert all(torch.equal(a, b) for a, b in zip(_state(unloaded).values(), _state(base).values())), (
+        "base weights unchanged"
+    )
     with torch.no_grad():
         expected = tuned(x)
         assert not torch.allclose(expected, base(x)), "the adapters trained"
@@ -77,6 +81,8 @@ def test_adalora_drift_reads_the_adapter_per_target_module():
 
     base = _mlp()
     x, y = _data()
-    tuned = finetune(base, (x, y), strategy="adalora", init_r=4, target_r=2, lr=0.02, max_steps=12, batch_size=16, seed=0)
+    tuned = finetune(
+        base, (x, y), strategy="adalora", init_r=4, target_r=2, lr=0.02, max_steps=12, batch_size=16, seed=0
+    )
     table = {b.block: b for b in drift.drift_table(base, tuned).blocks}
     assert set(table) == {"1", "3"} and all(b.adapter and b.rel > 0 for b in table.values()), table

@@ -13,7 +13,7 @@ from pytest_forgetting.tasks.batching import trimmed_batches  # noqa: E402
 from pytest_forgetting.tasks.classification import padded_batches  # noqa: E402
 
 
-def _padded(lengths: np.ndarray, left: bool, seed: int) -> dict[str, "torch.Tensor"]:
+def _padded(lengths: np.ndarray, left: bool, seed: int) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(seed)
     width = int(lengths.max(initial=1))
     ids = np.zeros((len(lengths), width), dtype=np.int64)
@@ -49,8 +49,12 @@ def test_batches_equal_the_reference(left, batch_size, order):
     lengths = rng.integers(0, 30, 41)  # an empty text among them: a batch keeps one column
     lengths[5] = 0
     tensors = _padded(lengths, left, seed=batch_size)
-    indices = {"contiguous": np.arange(41), "shuffled": rng.permutation(41), "sorted": np.argsort(lengths, kind="stable"),
-               "subset": np.array([40, 3, 5, 17, 5 + 1])}[order]
+    indices = {
+        "contiguous": np.arange(41),
+        "shuffled": rng.permutation(41),
+        "sorted": np.argsort(lengths, kind="stable"),
+        "subset": np.array([40, 3, 5, 17, 5 + 1]),
+    }[order]
     got = list(trimmed_batches(tensors, lengths, indices, batch_size, left=left))
     want = _reference(tensors, lengths, indices, batch_size, left)
     assert len(got) == len(want)
@@ -64,7 +68,9 @@ def test_batches_equal_the_reference(left, batch_size, order):
     if not left:
         prepared = {"tensors": tensors, "lengths": lengths}
         plain = list(padded_batches(prepared, indices, batch_size))
-        assert len(plain) == len(got) and all(torch.equal(a["input_ids"], b[2]["input_ids"]) for a, b in zip(plain, got))
+        assert len(plain) == len(got) and all(
+            torch.equal(a["input_ids"], b[2]["input_ids"]) for a, b in zip(plain, got)
+        )
 
 
 def test_no_indices_no_batches():

@@ -7,7 +7,8 @@ tolerance, and verdicts are identical.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,13 +16,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from text_helpers import make_tokenizer, sentiment_texts, tiny_bert  # noqa: E402
+
 from pytest_forgetting.evaluate import bucket_order, evaluate, restore_order, run_model  # noqa: E402
 from pytest_forgetting.tasks.base import ModelMeta, Task  # noqa: E402
 from pytest_forgetting.tasks.classification import TextClassificationTask, logits_of  # noqa: E402
 from pytest_forgetting.tasks.lm import GenerationExactMatchTask, LanguageModelingTask  # noqa: E402
 from pytest_forgetting.tasks.token import TokenClassificationTask  # noqa: E402
-
-from text_helpers import make_tokenizer, sentiment_texts, tiny_bert  # noqa: E402
 
 
 class Recorder(Task):
@@ -128,7 +129,9 @@ def word_tokenizer(words: list[str]) -> Any:
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def tiny_llama(tok: Any) -> Any:
@@ -162,7 +165,9 @@ def test_language_modelling_same_nll(monkeypatch):
     assert sorted_res.outputs["ntok"].tolist() == plain.outputs["ntok"].tolist()
 
 
-def _reference_scores(model: Any, rows: list[tuple[list[int], int]], targets: list[list[int]]) -> tuple[list[float], list[bool], list[bool]]:
+def _reference_scores(
+    model: Any, rows: list[tuple[list[int], int]], targets: list[list[int]]
+) -> tuple[list[float], list[bool], list[bool]]:
     """Each row on its own (no padding): log-softmax over its whole logits, its last n positions."""
     lls, greedy, finite = [], [], []
     for (ids, n), tgt in zip(rows, targets):
@@ -196,14 +201,18 @@ def test_scoring_sends_only_the_scored_positions_to_the_log_softmax(monkeypatch)
     rows, targets = _rows(0)
     shapes = []
     real = torch.nn.functional.log_softmax
-    monkeypatch.setattr(torch.nn.functional, "log_softmax", lambda x, *a, **k: shapes.append(tuple(x.shape)) or real(x, *a, **k))
+    monkeypatch.setattr(
+        torch.nn.functional, "log_softmax", lambda x, *a, **k: shapes.append(tuple(x.shape)) or real(x, *a, **k)
+    )
     with torch.inference_mode():
         lls, greedy, finite = loglik.score_rows(model, rows, targets, 0, chunk=4, greedy=True)
         lls2, none, finite2 = loglik.score_rows(model, rows, targets, 0, chunk=5)
     monkeypatch.setattr(torch.nn.functional, "log_softmax", real)
     with torch.inference_mode():
         ref_ll, ref_greedy, ref_finite = _reference_scores(model, rows, targets)
-    assert shapes == [(n, len(tok)) for _, n in rows] * 2  # per row, over its scored positions only (not the chunk's width)
+    assert (
+        shapes == [(n, len(tok)) for _, n in rows] * 2
+    )  # per row, over its scored positions only (not the chunk's width)
     np.testing.assert_allclose(lls.numpy(), ref_ll, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(lls2.numpy(), ref_ll, rtol=1e-5, atol=1e-4)
     assert lls.dtype == torch.float64 and ref_ll[[n for _, n in rows].index(0)] == 0.0
@@ -261,11 +270,17 @@ def test_token_classification_same_tags(monkeypatch):
     rng = np.random.default_rng(4)
     words = ["alice", "bob", "paris", "rome", "the", "movie", "was", "good"]
     sents = [list(rng.choice(words, size=int(rng.choice([2, 3, 12])))) for _ in range(30)]
-    tags = [["B-PER" if w in ("alice", "bob") else "B-LOC" if w in ("paris", "rome") else "O" for w in s] for s in sents]
+    tags = [
+        ["B-PER" if w in ("alice", "bob") else "B-LOC" if w in ("paris", "rome") else "O" for w in s] for s in sents
+    ]
     names = ["O", "B-LOC", "B-PER"]
     task = TokenClassificationTask(sents, tags, tag_names=names)
-    model = tiny_bert("BertForTokenClassification", num_labels=len(names), id2label=dict(enumerate(names)),
-                      label2id={n: i for i, n in enumerate(names)})
+    model = tiny_bert(
+        "BertForTokenClassification",
+        num_labels=len(names),
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
+    )
     meta = ModelMeta(tokenizer=tok, config=model.config)
     sorted_res = evaluate(task, model, split="test", meta=meta, batch_size=8)
     _no_lengths(monkeypatch, task)
@@ -275,9 +290,10 @@ def test_token_classification_same_tags(monkeypatch):
 
 def test_verdicts_identical_with_and_without_buckets(tmp_path, monkeypatch):
     """A whole retains check (base and tuned BERTs from folders): the same row either way."""
+    from text_helpers import check, save, session
+
     import pytest_forgetting as pf
     from pytest_forgetting.registry import REGISTRY
-    from text_helpers import check, save, session
 
     texts, labels = _texts(120, 5)
     base = save(tiny_bert(num_labels=2, seed=0), tmp_path / "base")
@@ -379,5 +395,7 @@ def test_f1_macro_with_n_classes_scores_absent_classes_like_sklearn():
     o = {"label": y, "pred": p}
     sk = pytest.importorskip("sklearn.metrics")
     assert f1_macro(o, idx) == pytest.approx(sk.f1_score(y, p, average="macro"))
-    assert f1_macro(o, idx, n_classes=5) == pytest.approx(sk.f1_score(y, p, labels=range(5), average="macro", zero_division=0))
+    assert f1_macro(o, idx, n_classes=5) == pytest.approx(
+        sk.f1_score(y, p, labels=range(5), average="macro", zero_division=0)
+    )
     assert f1_macro(o, idx, n_classes=5) == pytest.approx(f1_macro(o, idx) * 3 / 5)

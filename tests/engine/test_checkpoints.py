@@ -506,7 +506,9 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
 def test_hub_id_not_in_cache_is_a_clear_error(hf_cache, allow_download):
     with pytest.raises(CheckpointError) as info:
         load_checkpoint("some-org/not-cached-model", allow_download=allow_download)
-    assert "not in the local Hugging Face cache and downloads are off (HF_HUB_OFFLINE / local_files_only)" in one_line(info)
+    assert "not in the local Hugging Face cache and downloads are off (HF_HUB_OFFLINE / local_files_only)" in one_line(
+        info
+    )
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
         fingerprint_ref("some-org/not-cached-model")
 
@@ -544,15 +546,22 @@ def test_pickles_are_refused_by_default_with_a_conversion_command(tmp_path):
         with pytest.raises(CheckpointError) as info:
             load_checkpoint(ref, model_factory=build_cnn)
         message = one_line(info)
-        assert "pickle checkpoints can run code when loaded; convert to safetensors: python -c 'import torch; " in message
-        assert f'save_file(torch.load("{tmp_path / "cnn.pt"}", weights_only=True), "{tmp_path / "cnn.safetensors"}")' in message
+        assert (
+            "pickle checkpoints can run code when loaded; convert to safetensors: python -c 'import torch; " in message
+        )
+        assert (
+            f'save_file(torch.load("{tmp_path / "cnn.pt"}", weights_only=True), "{tmp_path / "cnn.safetensors"}")'
+            in message
+        )
         assert "or pass --forgetting-allow-pickle" in message
         with pytest.raises(CheckpointError, match="pickle checkpoints can run code"):
             fingerprint_ref(ref)
     folder = tmp_path / "hf_bin"
     folder.mkdir()
     save_bert_config(folder)
-    torch.save(transformers.BertForSequenceClassification(tiny_bert_config()).state_dict(), folder / "pytorch_model.bin")
+    torch.save(
+        transformers.BertForSequenceClassification(tiny_bert_config()).state_dict(), folder / "pytorch_model.bin"
+    )
     with pytest.raises(CheckpointError, match="pickle checkpoints can run code"):
         load_checkpoint(folder)
 
@@ -835,7 +844,9 @@ def test_file_digests_are_remembered_only_for_settled_unchanged_files(bert_dir, 
     monkeypatch.setattr(checkpoints.FileDigests, "RACY_NS", 0)  # as if the files were written long ago
     assert fingerprint_ref(copy, digests=checkpoints.FileDigests(store)) == plain
     remembered = json.loads(store.read_text())
-    assert len(remembered) == len([p for p in copy.iterdir() if p.name != "README.md"]) and all(len(v) == 64 for v in remembered.values())
+    assert len(remembered) == len([p for p in copy.iterdir() if p.name != "README.md"]) and all(
+        len(v) == 64 for v in remembered.values()
+    )
 
     # a new process (fresh memo, same store): the same fingerprint without reading one weight byte
     spy = _OpenSpy()
@@ -875,7 +886,9 @@ def test_one_placeholder_label_rule_for_checkpoints_and_tasks():
     assert placeholder_labels({0: "LABEL_1", 1: "LABEL_0"}) is False  # names, even if they look like placeholders
     assert _label_map_from_dict(placeholder) is None and _label_map_from_dict(named) == named
     assert class_lookup(SimpleNamespace(id2label=placeholder), ["c", "b", "a"], "t", n_outputs=3) is None
-    assert class_lookup(SimpleNamespace(id2label={0: "a", 1: "b", 2: "c"}), ["c", "b", "a"], "t", n_outputs=3).tolist() == [2, 1, 0]
+    assert class_lookup(
+        SimpleNamespace(id2label={0: "a", 1: "b", 2: "c"}), ["c", "b", "a"], "t", n_outputs=3
+    ).tolist() == [2, 1, 0]
     table = TagTable.from_tags(["O", "I-PER", "B-PER"])
     model = SimpleNamespace(config=SimpleNamespace(id2label=placeholder))
     assert label_lookup(model, 3, table, "t").tolist() == [0, 1, 2]

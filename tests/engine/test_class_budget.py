@@ -178,8 +178,11 @@ def _register_tiny(name: str):
     from pytest_forgetting.registry import REGISTRY
 
     if name not in REGISTRY:
-        REGISTRY.register(name, lambda: pf.ImageClassificationTask(images=np.zeros((4, 2, 2)), labels=[0, 1, 0, 1]),
-                          origin="test_class_budget")
+        REGISTRY.register(
+            name,
+            lambda: pf.ImageClassificationTask(images=np.zeros((4, 2, 2)), labels=[0, 1, 0, 1]),
+            origin="test_class_budget",
+        )
 
 
 def test_class_metric_is_validated_at_collection():
@@ -190,7 +193,9 @@ def test_class_metric_is_validated_at_collection():
     base = {"task": "cb-validate", "max_drop": 0.02, "max_class_drop": 0.1}
     assert parse_check("retains", base, "t").class_metric == "recall"
     assert parse_check("retains", {**base, "class_metric": "precision"}, "t").class_metric == "precision"
-    with pytest.raises(ConfigError, match=r"class_metric='precison' is not one of recall, precision \(did you mean 'precision'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"class_metric='precison' is not one of recall, precision \(did you mean 'precision'\?\)"
+    ):
         parse_check("retains", {**base, "class_metric": "precison"}, "t")
     with pytest.raises(ConfigError, match="add max_class_drop="):
         parse_check("retains", {"task": "cb-validate", "max_drop": 0.02, "class_metric": "precision"}, "t")
@@ -213,7 +218,9 @@ def _run(task_name: str, base, tuned, **kwargs):
 
     sess = ForgettingSession(Settings(device="cpu", no_cache=True))
     check = bind_task(parse_check("retains", {"task": task_name, **kwargs}, "test"), "test", sess.task(task_name))
-    return sess.run_check(check, test="test", base=sess.module_slot("base", base), tuned=sess.module_slot("tuned", tuned)).row
+    return sess.run_check(
+        check, test="test", base=sess.module_slot("base", base), tuned=sess.module_slot("tuned", tuned)
+    ).row
 
 
 def test_precision_budget_fails_where_the_recall_budget_passes():
@@ -227,8 +234,11 @@ def test_precision_budget_fails_where_the_recall_budget_passes():
     rng = np.random.default_rng(0)
     y = np.arange(n) % k
     x = np.arange(n, dtype=np.float32).reshape(n, 1, 1)
-    REGISTRY.register("cb-e2e", lambda: pf.ImageClassificationTask(images=x, labels=y, class_names=[f"c{i}" for i in range(k)]),
-                      origin="test_class_budget")
+    REGISTRY.register(
+        "cb-e2e",
+        lambda: pf.ImageClassificationTask(images=x, labels=y, class_names=[f"c{i}" for i in range(k)]),
+        origin="test_class_budget",
+    )
     base_pred = y.copy()
     tuned_pred = y.copy()
     tuned_pred[(y != 0) & (rng.random(n) < 0.05)] = 0
@@ -240,7 +250,9 @@ def test_precision_budget_fails_where_the_recall_budget_passes():
     worst = row["worst_classes"][0]
     assert worst["name"] == "c0" and worst["verdict"] == "fail" and worst["metric"] == "precision"
     assert worst["base"] == 1.0 and worst["tuned"] == pytest.approx(600 / (600 + int((tuned_pred == 0).sum()) - 600))
-    assert "class precision drop budget 0.1: c0 precision 1.000 -> 0.6" in row["reason"] and "lower bound" in row["reason"]
+    assert (
+        "class precision drop budget 0.1: c0 precision 1.000 -> 0.6" in row["reason"] and "lower bound" in row["reason"]
+    )
     same = _run("cb-e2e", base, base, max_drop=0.2, max_class_drop=0.1, class_metric="precision")
     assert same["verdict"] == "pass", same
 
@@ -261,10 +273,16 @@ def test_marker_through_pytest_reports_the_precision_budget(make_project):
     )
     tuned = proj.tuned(trap_weight=20.0)
     md = proj.path / "r.md"
-    result = proj.pytester.runpytest(*proj.args(tuned, "--forgetting-json", str(proj.path / "r.json"), "--forgetting-markdown", str(md)))
+    result = proj.pytester.runpytest(
+        *proj.args(tuned, "--forgetting-json", str(proj.path / "r.json"), "--forgetting-markdown", str(md))
+    )
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*class precision drop budget 0.1: 1 precision 1.000 -> 0.667 (300/300 -> 300/450)*fail: lower bound*",
-                                "*classes:  worst precision 1 +33.3 pp*FAIL*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*class precision drop budget 0.1: 1 precision 1.000 -> 0.667 (300/300 -> 300/450)*fail: lower bound*",
+            "*classes:  worst precision 1 +33.3 pp*FAIL*",
+        ]
+    )
     row = json.loads((proj.path / "r.json").read_text())["rows"][0]
     assert row["class_metric"] == "precision" and row["worst_classes"][0]["name"] == "1"
     assert row["worst_classes"][0]["verdict"] == "fail" and row["worst_classes"][0]["n_tuned"] == 450
@@ -281,9 +299,25 @@ def test_class_metric_from_a_declaration_and_a_task_without_predictions():
     assert parse_check(d.kind, d.kwargs, d.where).class_metric == "precision"
     labels = np.array([0, 1, 1])
     with pytest.raises(ConfigError, match="needs one predicted class per example; task 'x' has none"):
-        cb.precision_part({"label": labels}, {"label": labels}, limit=0.1, alpha=0.05, fail_alpha=0.05,
-                          class_names=None, top=3, task="x")
-    part = cb.precision_part({"label": labels, "pred": labels}, {"label": labels, "pred": labels}, limit=None,
-                             alpha=0.05, fail_alpha=0.05, class_names=["a", "b"], top=3, task="x")
+        cb.precision_part(
+            {"label": labels},
+            {"label": labels},
+            limit=0.1,
+            alpha=0.05,
+            fail_alpha=0.05,
+            class_names=None,
+            top=3,
+            task="x",
+        )
+    part = cb.precision_part(
+        {"label": labels, "pred": labels},
+        {"label": labels, "pred": labels},
+        limit=None,
+        alpha=0.05,
+        fail_alpha=0.05,
+        class_names=["a", "b"],
+        top=3,
+        task="x",
+    )
     assert part.budgets == [] and part.verdicts == [] and part.reason == ""  # shown, not gated
     assert {r["name"] for r in part.rows} == {"a", "b"} and all(r["verdict"] == "" for r in part.rows)

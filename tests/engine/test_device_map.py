@@ -130,7 +130,9 @@ def test_other_checkpoint_kinds_are_refused_in_one_line(folder, tmp_path):
     from safetensors.torch import save_file
 
     save_file({"weight": torch.zeros(2, 3), "bias": torch.zeros(2)}, str(weights))
-    with pytest.raises(CheckpointError, match=r"needs a Hugging Face model folder .* not a bare \.safetensors file") as info:
+    with pytest.raises(
+        CheckpointError, match=r"needs a Hugging Face model folder .* not a bare \.safetensors file"
+    ) as info:
         load_checkpoint(str(weights), model_factory=lambda: torch.nn.Linear(3, 2), device_map="auto")
     assert "\n" not in str(info.value)
     with pytest.raises(CheckpointError, match="needs a Hugging Face model folder"):
@@ -156,7 +158,10 @@ def _resolve(cli=None, env=None, ini=None, **where):
 
 
 def test_options_come_from_cli_env_or_ini(tmp_path):
-    assert {o.cli: (o.ini, o.env) for o in OPTIONS}["--forgetting-device-map"] == ("forgetting_device_map", "FORGETTING_DEVICE_MAP")
+    assert {o.cli: (o.ini, o.env) for o in OPTIONS}["--forgetting-device-map"] == (
+        "forgetting_device_map",
+        "FORGETTING_DEVICE_MAP",
+    )
     assert _resolve().device_map is None
     s = _resolve({"forgetting_device_map": "Balanced", "forgetting_max_memory": "cpu=40MiB, 0=1.5GiB"})
     assert (s.device_map, s.sources["device_map"], s.max_memory) == ("balanced", "cli", "cpu=40MiB, 0=1.5GiB")
@@ -164,22 +169,40 @@ def test_options_come_from_cli_env_or_ini(tmp_path):
     _map_file(tmp_path)
     s = _resolve(ini={"forgetting_device_map": "map.json"}, ini_dir=tmp_path, invocation_dir=tmp_path / "elsewhere")
     assert s.device_map == str(tmp_path / "map.json") and s.sources["device_map"] == "ini"
-    s = _resolve(env={"FORGETTING_DEVICE_MAP": "sequential"}, ini={"forgetting_device_map": "map.json"}, ini_dir=tmp_path)
+    s = _resolve(
+        env={"FORGETTING_DEVICE_MAP": "sequential"}, ini={"forgetting_device_map": "map.json"}, ini_dir=tmp_path
+    )
     assert (s.device_map, s.sources["device_map"]) == ("sequential", "env")
 
 
 @pytest.mark.parametrize(
     "cli, content, message",
     [
-        ({"forgetting_device_map": "everywhere"}, None, "--forgetting-device-map='everywhere': expected auto, balanced, balanced_low_0, sequential or a JSON file"),
+        (
+            {"forgetting_device_map": "everywhere"},
+            None,
+            "--forgetting-device-map='everywhere': expected auto, balanced, balanced_low_0, sequential or a JSON file",
+        ),
         ({"forgetting_device_map": "map.json"}, "{not json", "is not valid JSON: Expecting property name"),
-        ({"forgetting_device_map": "map.json"}, "[]", "must be a non-empty JSON object mapping module names to devices"),
+        (
+            {"forgetting_device_map": "map.json"},
+            "[]",
+            "must be a non-empty JSON object mapping module names to devices",
+        ),
         ({"forgetting_device_map": "map.json"}, '{"bert": "gpu"}', "module 'bert' -> 'gpu' is not a device"),
-        ({"forgetting_device_map": "auto", "forgetting_max_memory": "cpu:40GiB"}, None, "--forgetting-max-memory='cpu:40GiB': 'cpu:40GiB': expected DEVICE=SIZE"),
+        (
+            {"forgetting_device_map": "auto", "forgetting_max_memory": "cpu:40GiB"},
+            None,
+            "--forgetting-max-memory='cpu:40GiB': 'cpu:40GiB': expected DEVICE=SIZE",
+        ),
         ({"forgetting_device_map": "auto", "forgetting_max_memory": "tpu=1GiB"}, None, "unknown device 'tpu'"),
         ({"forgetting_device_map": "auto", "forgetting_max_memory": "cpu=lots"}, None, "expected DEVICE=SIZE"),
         ({"forgetting_max_memory": "cpu=1GiB"}, None, "only applies with --forgetting-device-map auto"),
-        ({"forgetting_device_map": "map.json", "forgetting_max_memory": "cpu=1GiB"}, "{\"\": \"cpu\"}", "an explicit JSON map already places every module"),
+        (
+            {"forgetting_device_map": "map.json", "forgetting_max_memory": "cpu=1GiB"},
+            '{"": "cpu"}',
+            "an explicit JSON map already places every module",
+        ),
     ],
 )
 def test_bad_values_are_one_line_config_errors(tmp_path, cli, content, message):
@@ -202,13 +225,15 @@ def test_markers_run_with_a_device_map_from_the_ini(pytester, folder):
     """)
     pytester.makefile(".json", map=json.dumps(SPLIT_MAP))
     pytester.makeini("[pytest]\nforgetting_device_map = map.json\n")
-    pytester.makepyfile(textwrap.dedent("""
+    pytester.makepyfile(
+        textwrap.dedent("""
         import pytest
 
         @pytest.mark.retains(task="dm-texts", max_drop=0.05)
         def test_keeps_sentiment():
             pass
-    """))
+    """)
+    )
     local = shutil.copytree(folder, pytester.path / "bert")  # checkpoints outside would move the rootdir (and ini) up
     report = pytester.path / "r.json"
     args = ["--base-ckpt", str(local), "--tuned-ckpt", str(local), "--forgetting-device", "cpu",
@@ -217,9 +242,14 @@ def test_markers_run_with_a_device_map_from_the_ini(pytester, folder):
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines([f"forgetting: device_map={pytester.path / 'map.json'} (ini)"])
     data = json.loads(report.read_text())
-    assert data["settings_sources"]["device_map"] == "ini" and data["device"] == f"cpu, device_map {pytester.path / 'map.json'}"
+    assert (
+        data["settings_sources"]["device_map"] == "ini"
+        and data["device"] == f"cpu, device_map {pytester.path / 'map.json'}"
+    )
     bad = pytester.runpytest(*args, "--forgetting-device-map", "everywhere")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in bad.stderr.lines if "forgetting-device-map" in line]
-    assert errors == ["ERROR: pytest-forgetting: --forgetting-device-map='everywhere': expected auto, balanced, balanced_low_0, "
-                      "sequential or a JSON file mapping module names to devices; no such file " + str(pytester.path / "everywhere")]
+    assert errors == [
+        "ERROR: pytest-forgetting: --forgetting-device-map='everywhere': expected auto, balanced, balanced_low_0, "
+        "sequential or a JSON file mapping module names to devices; no such file " + str(pytester.path / "everywhere")
+    ]

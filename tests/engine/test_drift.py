@@ -90,7 +90,9 @@ def test_lora_adapter_is_read_as_its_update_per_target_module():
     from text_helpers import tiny_bert
 
     base = tiny_bert(num_labels=2)
-    tuned = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=2, target_modules=["query", "value"], init_lora_weights=False))
+    tuned = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(r=2, target_modules=["query", "value"], init_lora_weights=False)
+    )
     table = {b.block: b for b in drift.drift_table(base, tuned).blocks}
     layer = table["bert.encoder.layer.0"]
     assert layer.adapter and layer.rel > 0
@@ -132,7 +134,10 @@ def test_representation_cka_per_layer_on_hidden_states():
     with torch.no_grad():
         w = tuned.bert.encoder.layer[1].output.dense.weight
         w.add_(2.0 * torch.randn(w.shape, generator=gen))
-    batch = {"input_ids": torch.randint(5, 30, (16, 7), generator=gen), "attention_mask": torch.ones(16, 7, dtype=torch.long)}
+    batch = {
+        "input_ids": torch.randint(5, 30, (16, 7), generator=gen),
+        "attention_mask": torch.ones(16, 7, dtype=torch.long),
+    }
     cka = drift.representation_cka(base, tuned, [batch])
     assert [c["layer"] for c in cka] == [0, 1, 2]
     assert cka[0]["cka"] == pytest.approx(1.0) and cka[1]["cka"] == pytest.approx(1.0)
@@ -162,7 +167,9 @@ def test_fail_message_and_json_carry_the_most_changed_blocks(tmp_path):
         tuned[9].weight.mul_(-1.0)  # the head flips: a FAIL, and the head is where it moved
     sess = ForgettingSession(Settings(device="cpu", no_cache=True))
     check = bind_task(parse_check("retains", {"task": "drift-msg", "max_drop": 0.02}, "t"), "t", sess.task("drift-msg"))
-    row = sess.run_check(check, test="t", base=sess.module_slot("base", base), tuned=sess.module_slot("tuned", tuned)).row
+    row = sess.run_check(
+        check, test="t", base=sess.module_slot("base", base), tuned=sess.module_slot("tuned", tuned)
+    ).row
     assert row["verdict"] == "fail"
     assert [b["block"] for b in row["weight_drift"]] == ["0", "3", "7", "9"]
     msg = report.failure_message(row)
@@ -206,8 +213,15 @@ def test_drift_plot_replaces_a_planted_link_and_draws_hostile_block_names(tmp_pa
     victim.write_text("keep me")
     target = tmp_path / "plot.drift.png"
     target.symlink_to(victim)
-    rows = [{"test": "t $\\frac{", "weight_drift": [{"block": "a$\\sqrt{$", "rel": 0.5, "cos": 0.9},
-                                                     {"block": "b\x1b[31m", "rel": 0.0, "cos": 1.0}]}]
+    rows = [
+        {
+            "test": "t $\\frac{",
+            "weight_drift": [
+                {"block": "a$\\sqrt{$", "rel": 0.5, "cos": 0.9},
+                {"block": "b\x1b[31m", "rel": 0.0, "cos": 1.0},
+            ],
+        }
+    ]
     assert write_drift_plot(str(target), rows) is True
     assert victim.read_text() == "keep me"
     assert not target.is_symlink() and target.read_bytes().startswith(b"\x89PNG")

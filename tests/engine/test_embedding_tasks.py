@@ -27,7 +27,9 @@ def sentiment_task(**options) -> EmbeddingProbeTask:
     x_test, y_test = sentiment_texts(200, 1)
     group = np.where(np.arange(200) % 4 == 0, "tagged", "plain")
     return EmbeddingProbeTask(
-        splits={"train": (x_train, y_train), "test": (x_test, y_test, None, {"group": group})}, class_names=CLASSES, **options
+        splits={"train": (x_train, y_train), "test": (x_test, y_test, None, {"group": group})},
+        class_names=CLASSES,
+        **options,
     )
 
 
@@ -119,7 +121,11 @@ def test_probe_settings_and_subsample_are_part_of_the_fingerprint(task):
     small = sentiment_task(probe_size=40)
     assert small.probe_size == 40
     assert np.bincount(small.labels("train")[small._probe_idx]).tolist() == [20, 20]  # stratified
-    fingerprints = {task.data_fingerprint("test"), small.data_fingerprint("test"), sentiment_task(probe="knn").data_fingerprint("test")}
+    fingerprints = {
+        task.data_fingerprint("test"),
+        small.data_fingerprint("test"),
+        sentiment_task(probe="knn").data_fingerprint("test"),
+    }
     assert len(fingerprints) == 3
     assert sentiment_task().data_fingerprint("test") == task.data_fingerprint("test")
 
@@ -127,7 +133,11 @@ def test_probe_settings_and_subsample_are_part_of_the_fingerprint(task):
 def test_probe_reads_the_backbone_whatever_the_head(task):
     """Encoder, 2-label and 5-label classifiers with the same backbone weights: same probe, same predictions."""
     outputs = []
-    for cls_name, names in (("BertModel", None), ("BertForSequenceClassification", CLASSES), ("BertForSequenceClassification", list("abcde"))):
+    for cls_name, names in (
+        ("BertModel", None),
+        ("BertForSequenceClassification", CLASSES),
+        ("BertForSequenceClassification", list("abcde")),
+    ):
         model = tiny_bert(cls_name, seed=0, **(labelled(names) if names else {}))
         if cls_name != "BertModel":
             model.bert.load_state_dict(tiny_bert("BertModel", seed=0).state_dict())

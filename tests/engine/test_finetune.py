@@ -23,12 +23,11 @@ from torch import nn
 import pytest_forgetting as pf
 from pytest_forgetting.finetune import (
     STRATEGIES,
-    STRATEGY_OPTIONS,
     FinetuneError,
     _lr_factor,
-    fisher_diagonal,
     as_data,
     finetune,
+    fisher_diagonal,
     interpolate,
     parameter_blocks,
 )
@@ -73,7 +72,9 @@ def blob_task(shift: float = 0.0, n: int = 96, seed: int = 0) -> pf.ImageClassif
 
 def mlp(seed: int = 0, dropout: float = 0.1) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Dropout(dropout), nn.Linear(12, K))
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Dropout(dropout), nn.Linear(12, K)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,9 @@ def test_the_base_model_is_never_mutated(tiny_base, new_task, old_task, strategy
     before = state(tiny_base)
     flags = [p.requires_grad for p in tiny_base.parameters()]
     tiny_base.eval()
-    tuned = finetune(tiny_base, new_task, strategy=strategy, lr=0.05, max_steps=4, batch_size=8, **options_for(strategy, old_task))
+    tuned = finetune(
+        tiny_base, new_task, strategy=strategy, lr=0.05, max_steps=4, batch_size=8, **options_for(strategy, old_task)
+    )
     assert same(state(tiny_base), before)
     assert [p.requires_grad for p in tiny_base.parameters()] == flags
     assert not tiny_base.training
@@ -159,7 +162,9 @@ def test_the_base_model_is_never_mutated(tiny_base, new_task, old_task, strategy
 
 def test_parameter_blocks_follow_depth():
     assert [b for b, _ in parameter_blocks(mlp())] == ["1", "3", "6"]
-    blocks = dict(parameter_blocks(nn.ModuleDict({"enc": nn.ModuleDict({"emb": nn.Embedding(3, 2)}), "head": nn.Linear(2, 2)})))
+    blocks = dict(
+        parameter_blocks(nn.ModuleDict({"enc": nn.ModuleDict({"emb": nn.Embedding(3, 2)}), "head": nn.Linear(2, 2)}))
+    )
     assert blocks == {"enc.emb": ["enc.emb.weight"], "head": ["head.weight", "head.bias"]}
 
 
@@ -173,7 +178,9 @@ def test_freeze_leaves_frozen_parameters_and_buffers_bit_identical(tiny_base, ne
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen), "frozen weights and BatchNorm statistics"
     assert not torch.equal(before["4.weight"], after["4.weight"]), "the head trains"
 
-    by_pattern = finetune(tiny_base, new_task, strategy="freeze", freeze=["1.*", "3.weight"], lr=0.05, epochs=1, batch_size=16)
+    by_pattern = finetune(
+        tiny_base, new_task, strategy="freeze", freeze=["1.*", "3.weight"], lr=0.05, epochs=1, batch_size=16
+    )
     b, a = state(tiny_base), state(by_pattern)
     assert torch.equal(b["1.weight"], a["1.weight"]) and torch.equal(b["3.weight"], a["3.weight"])
     assert not torch.equal(b["3.bias"], a["3.bias"]) and not torch.equal(b["6.weight"], a["6.weight"])
@@ -188,7 +195,9 @@ def test_gradual_unfreeze_adds_one_block_per_epoch_from_the_head(tiny_base, new_
     b, a = state(tiny_base), state(tuned)
     assert torch.equal(b["1.weight"], a["1.weight"]), "the deepest block never unfroze in 2 epochs"
     assert not torch.equal(b["3.weight"], a["3.weight"]) and not torch.equal(b["6.weight"], a["6.weight"])
-    three = finetune(tiny_base, new_task, strategy="gradual_unfreeze", blocks_per_epoch=2, lr=0.05, epochs=3, batch_size=16)
+    three = finetune(
+        tiny_base, new_task, strategy="gradual_unfreeze", blocks_per_epoch=2, lr=0.05, epochs=3, batch_size=16
+    )
     assert three.finetune_info.trainable_blocks_per_epoch == [2, 3, 3]
 
 
@@ -255,7 +264,9 @@ def test_ewc_holds_the_weights_the_retained_task_needs_and_frees_the_others():
 
 
 def test_replay_mixes_the_given_fraction_of_every_batch(tiny_base, new_task, old_task):
-    tuned = finetune(tiny_base, new_task, strategy="replay", retain=old_task, fraction=0.3, lr=0.02, epochs=2, batch_size=10)
+    tuned = finetune(
+        tiny_base, new_task, strategy="replay", retain=old_task, fraction=0.3, lr=0.02, epochs=2, batch_size=10
+    )
     info = tuned.finetune_info
     per_batch_replayed, per_batch_new = 3, 7
     assert info.steps == 2 * math.ceil(96 / per_batch_new)
@@ -325,7 +336,9 @@ def test_wise_ft_auto_needs_keep_and_a_session(tiny_base, new_task):
 
 
 def test_early_stopping_holds_out_a_validation_split_and_restores_the_best(tiny_base, new_task, old_task):
-    tuned = finetune(tiny_base, new_task, lr=0.05, epochs=6, batch_size=16, early_stopping={"patience": 1, "val_fraction": 0.25})
+    tuned = finetune(
+        tiny_base, new_task, lr=0.05, epochs=6, batch_size=16, early_stopping={"patience": 1, "val_fraction": 0.25}
+    )
     info = tuned.finetune_info
     assert info.new_examples <= info.epochs * 72, "a quarter of the 96 examples is held out"
     assert info.validation[0]["step"] == 0 and len(info.validation) >= 2
@@ -407,7 +420,9 @@ def test_text_classification_trains_with_full_and_lora():
         b = finetune(model, task, strategy=strategy, lr=3e-3, epochs=2, batch_size=8, tokenizer=tokenizer, seed=0)
         assert same(state(a), state(b))
         assert a.finetune_info.steps == 6
-    mixed = finetune(model, task, strategy="replay", retain=task, fraction=0.5, max_steps=2, batch_size=4, tokenizer=tokenizer)
+    mixed = finetune(
+        model, task, strategy="replay", retain=task, fraction=0.5, max_steps=2, batch_size=4, tokenizer=tokenizer
+    )
     assert mixed.finetune_info.replayed_examples == 4
     with pytest.raises(FinetuneError, match="tokenizer"):
         finetune(model, task, max_steps=1)
@@ -497,14 +512,14 @@ def test_scenario_wise_ft_auto_picks_the_largest_alpha_that_keeps_mnist(scenario
 
 # -- through pytest: the finetune + forgetting fixtures, save_to, then --tuned-ckpt ---------------
 
-PROJECT_MODELS = '''
+PROJECT_MODELS = """
 import torch
 from torch import nn
 
 
 def build():
     return nn.Sequential(nn.Flatten(), nn.Linear(8, 4))
-'''
+"""
 
 PROJECT_CONFTEST = '''
 import numpy as np
@@ -562,7 +577,8 @@ def project(pytester):
 
 def test_fixture_run_and_cli_run_of_the_saved_checkpoint_agree(project):
     pytester, base = project
-    pytester.makepyfile(test_tune=textwrap.dedent('''
+    pytester.makepyfile(
+        test_tune=textwrap.dedent("""
         def test_lora_keeps_old(finetune, forgetting, base_model):
             before = {k: v.clone() for k, v in base_model.state_dict().items()}
             tuned = finetune(train="new", strategy="lora", r=2, lr=0.05, epochs=3, batch_size=16, seed=0,
@@ -573,13 +589,15 @@ def test_fixture_run_and_cli_run_of_the_saved_checkpoint_agree(project):
 
         def test_full_saved_as_safetensors(finetune):
             finetune(train="new", lr=0.05, epochs=2, batch_size=16, save_to="full.safetensors")
-    '''))
+    """)
+    )
     result = pytester.runpytest(*base, *_plugin_args(), "--forgetting-json", "fixture.json")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*finetune[[]lora[]] step 10/39 epoch*loss*"])
     rows = {r["task"]: r for r in json.loads((pytester.path / "fixture.json").read_text())["rows"]}
 
-    pytester.makepyfile(test_tune='''
+    pytester.makepyfile(
+        test_tune="""
         import pytest
 
         @pytest.mark.retains(task="old", max_drop=0.05)
@@ -587,19 +605,24 @@ def test_fixture_run_and_cli_run_of_the_saved_checkpoint_agree(project):
 
         @pytest.mark.improves(task="new", min_gain=0.2)
         def test_new(): pass
-    ''')
+    """
+    )
     for tuned in ("adapter", "full.safetensors"):
         result = pytester.runpytest(*base, "--tuned-ckpt", tuned, "--forgetting-json", "cli.json")
         result.assert_outcomes(passed=2)
         if tuned == "adapter":
             cli = {r["task"]: r for r in json.loads((pytester.path / "cli.json").read_text())["rows"]}
             for task in ("old", "new"):
-                assert cli[task]["tuned"] == pytest.approx(rows[task]["tuned"]) and cli[task]["verdict"] == rows[task]["verdict"]
+                assert (
+                    cli[task]["tuned"] == pytest.approx(rows[task]["tuned"])
+                    and cli[task]["verdict"] == rows[task]["verdict"]
+                )
 
 
 def test_property_over_configs_runs_under_given_and_shows_the_shrunk_config(project):
     pytester, base = project
-    pytester.makepyfile(test_property=textwrap.dedent('''
+    pytester.makepyfile(
+        test_property=textwrap.dedent("""
         from hypothesis import given, settings
         import pytest_forgetting.hyperparams as hp
 
@@ -614,22 +637,28 @@ def test_property_over_configs_runs_under_given_and_shows_the_shrunk_config(proj
                                        extra={"weight_decay": 0.0}))
         def test_relabelling_forgets(finetune, forgetting, cfg):
             forgetting.assert_retains(finetune(train="swap", **cfg), task="old", max_drop=0.05)
-    '''))
+    """)
+    )
     result = pytester.runpytest(*base, *_plugin_args())
     result.assert_outcomes(passed=1, failed=1)
     out = result.stdout.str()
     assert "FailedHealthCheck" not in out
-    failure = out[out.index("_ test_relabelling_forgets _"):]
+    failure = out[out.index("_ test_relabelling_forgets _") :]
     failure = failure[: failure.index("forgetting summary")]
     # the verdict and the shrunk configuration, in the failure itself ("Falsifying example" in older Hypothesis)
     assert "verdict:  FAIL" in failure and "margin 5.0 pp" in failure, failure
     assert re.search(r"(Failing test case|Falsifying example): test_relabelling_forgets\(", failure), failure
-    assert re.search(r"cfg=\{'strategy': 'wise_ft', 'lr': 0\.5, 'epochs': [123], 'batch_size': 16, 'seed': 0, "
-                     r"'weight_decay': 0\.0, 'alpha': (0\.\d+|1\.0)\}", failure), failure
+    assert re.search(
+        r"cfg=\{'strategy': 'wise_ft', 'lr': 0\.5, 'epochs': [123], 'batch_size': 16, 'seed': 0, "
+        r"'weight_decay': 0\.0, 'alpha': (0\.\d+|1\.0)\}",
+        failure,
+    ), failure
 
 
 def test_the_plugin_registers_the_finetune_fixture():
     """``pytest_forgetting.plugin`` must import ``finetune`` from fixtures.py (pytest only sees the plugin's names)."""
     import pytest_forgetting.plugin as plugin
 
-    assert hasattr(plugin, "finetune"), "add `finetune` to the `from .fixtures import ...` line of pytest_forgetting/plugin.py"
+    assert hasattr(plugin, "finetune"), (
+        "add `finetune` to the `from .fixtures import ...` line of pytest_forgetting/plugin.py"
+    )

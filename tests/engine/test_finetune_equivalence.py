@@ -38,14 +38,21 @@ def _one_thread():
 
 def _model():
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 12), torch.nn.ReLU(), torch.nn.Dropout(0.1),
-                               torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 12),
+        torch.nn.ReLU(),
+        torch.nn.Dropout(0.1),
+        torch.nn.Linear(12, 8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 3),
+    ).eval()
 
 
 def _data(n, seed, shift):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 1, 4, 4)).astype(np.float32)
-    y = x.reshape(n, -1)[:, shift:shift + 3].argmax(1).astype(np.int64)
+    y = x.reshape(n, -1)[:, shift : shift + 3].argmax(1).astype(np.int64)
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -77,9 +84,9 @@ def _reference(strategy, penalty=0.0, train_last=1, fraction=0.0, fisher_example
             model.eval()
             for i in idx:
                 model.zero_grad(set_to_none=True)
-                torch.nn.functional.cross_entropy(model(OLD[0][i:i + 1]), OLD[1][i:i + 1]).backward()
+                torch.nn.functional.cross_entropy(model(OLD[0][i : i + 1]), OLD[1][i : i + 1]).backward()
                 for n, p in params.items():
-                    fisher[n] += p.grad ** 2
+                    fisher[n] += p.grad**2
             model.zero_grad(set_to_none=True)
             fisher = {n: f / len(idx) for n, f in fisher.items()}
             mean = float(torch.cat([f.reshape(-1) for f in fisher.values()]).mean())
@@ -92,8 +99,10 @@ def _reference(strategy, penalty=0.0, train_last=1, fraction=0.0, fisher_example
             opt = torch.optim.AdamW(trained, lr=LR, weight_decay=0.0)
         else:
             depth = {n: len(BLOCKS) - 1 - i for i, names in enumerate(BLOCKS) for n in names}
-            groups = [{"params": [p], "lr": LR * sgd["decay"] ** depth[n],
-                       "weight_decay": sgd["wd"] if p.ndim >= 2 else 0.0} for n, p in params.items()]
+            groups = [
+                {"params": [p], "lr": LR * sgd["decay"] ** depth[n], "weight_decay": sgd["wd"] if p.ndim >= 2 else 0.0}
+                for n, p in params.items()
+            ]
             opt = torch.optim.SGD(groups, lr=LR, momentum=0.9)
             base_lrs = [g["lr"] for g in groups]
             total = EPOCHS * -(-len(NEW[1]) // BATCH)
@@ -104,27 +113,33 @@ def _reference(strategy, penalty=0.0, train_last=1, fraction=0.0, fisher_example
         model.train()
         for epoch in range(EPOCHS):
             if strategy == "gradual_unfreeze":
-                live = {n for names in BLOCKS[-(epoch + 1):] for n in names}
+                live = {n for names in BLOCKS[-(epoch + 1) :] for n in names}
                 for n, p in params.items():
                     p.requires_grad_(n in live)
             perm = torch.randperm(len(NEW[1]), generator=order)
             for lo in range(0, len(perm), n_new):
-                x, y = NEW[0][perm[lo:lo + n_new]], NEW[1][perm[lo:lo + n_new]]
+                x, y = NEW[0][perm[lo : lo + n_new]], NEW[1][perm[lo : lo + n_new]]
                 if n_replay:
                     while len(replay_queue) < n_replay:
                         replay_queue += torch.randperm(len(OLD[1]), generator=replay_gen).tolist()
                     ridx, replay_queue = replay_queue[:n_replay], replay_queue[n_replay:]
                     x, y = torch.cat([x, OLD[0][ridx]]), torch.cat([y, OLD[1][ridx]])
                 if sgd is not None:  # warm-up, then cosine
-                    factor = ((step + 1) / warm if step < warm
-                              else 0.5 * (1 + math.cos(math.pi * min((step - warm) / (total - warm), 1.0))))
+                    factor = (
+                        (step + 1) / warm
+                        if step < warm
+                        else 0.5 * (1 + math.cos(math.pi * min((step - warm) / (total - warm), 1.0)))
+                    )
                     for g, lr in zip(opt.param_groups, base_lrs):
                         g["lr"] = lr * factor
                 opt.zero_grad(set_to_none=True)
                 loss = torch.nn.functional.cross_entropy(model(x), y)
                 if strategy in ("l2sp", "ewc"):
-                    terms = [((p - anchor[n]) ** 2 * (weights[n] if weights else 1)).sum()
-                             for n, p in params.items() if p.requires_grad]
+                    terms = [
+                        ((p - anchor[n]) ** 2 * (weights[n] if weights else 1)).sum()
+                        for n, p in params.items()
+                        if p.requires_grad
+                    ]
                     total = terms[0]
                     for t in terms[1:]:
                         total = total + t
@@ -151,9 +166,17 @@ CASES = {
     "ewc": ({"retain": OLD, "penalty": 10.0, "fisher_examples": 20}, {"penalty": 10.0, "fisher_examples": 20}),
     "replay": ({"retain": OLD, "fraction": 0.3}, {"fraction": 0.3}),
     "wise_ft": ({"alpha": 0.3}, {"alpha": 0.3}),
-    "full_sgd": ({"optimizer": "sgd", "lr_schedule": "cosine", "warmup": 0.25, "max_grad_norm": 0.5,
-                  "weight_decay": 0.01, "layer_lr_decay": 0.5},
-                 {"sgd": {"decay": 0.5, "wd": 0.01, "warmup": 0.25, "clip": 0.5}}),
+    "full_sgd": (
+        {
+            "optimizer": "sgd",
+            "lr_schedule": "cosine",
+            "warmup": 0.25,
+            "max_grad_norm": 0.5,
+            "weight_decay": 0.01,
+            "layer_lr_decay": 0.5,
+        },
+        {"sgd": {"decay": 0.5, "wd": 0.01, "warmup": 0.25, "clip": 0.5}},
+    ),
 }
 
 

@@ -125,7 +125,9 @@ def _run(task_name: str, base, tuned, **kwargs):
 
     sess = ForgettingSession(Settings(device="cpu", no_cache=True))
     check = bind_task(parse_check("retains", {"task": task_name, **kwargs}, "test"), "test", sess.task(task_name))
-    return sess.run_check(check, test="test", base=sess.module_slot("base", base), tuned=sess.module_slot("tuned", tuned)).row
+    return sess.run_check(
+        check, test="test", base=sess.module_slot("base", base), tuned=sess.module_slot("tuned", tuned)
+    ).row
 
 
 def test_widened_slice_gap_fails_while_the_overall_drop_passes():
@@ -163,8 +165,12 @@ def test_max_gap_increase_is_validated_at_collection():
     if name not in REGISTRY:
         import pytest_forgetting as pf
 
-        REGISTRY.register(name, lambda: pf.ImageClassificationTask(images=np.zeros((4, 2, 2)), labels=[0, 1, 0, 1]), origin="test_gap")
-    assert parse_check("retains", {"task": name, "max_drop": 0.02, "max_gap_increase": 0.03}, "t").max_gap_increase == 0.03
+        REGISTRY.register(
+            name, lambda: pf.ImageClassificationTask(images=np.zeros((4, 2, 2)), labels=[0, 1, 0, 1]), origin="test_gap"
+        )
+    assert (
+        parse_check("retains", {"task": name, "max_drop": 0.02, "max_gap_increase": 0.03}, "t").max_gap_increase == 0.03
+    )
     with pytest.raises(ConfigError, match="max_gap_increase"):
         parse_check("retains", {"task": name, "max_drop": 0.02, "max_gap_increase": -0.1}, "t")
     with pytest.raises(ConfigError, match="did you mean"):

@@ -100,7 +100,9 @@ def test_every_config_passes_the_runners_validation(cfg):
     common = {k: cfg.pop(k) for k in ("lr", "epochs", "batch_size", "seed")}
     assert strategy in STRATEGIES
     _check_options(strategy, cfg)
-    _check_common(common["lr"], common["epochs"], None, common["batch_size"], 0.0, "constant", 0, "adamw", None, None, None)
+    _check_common(
+        common["lr"], common["epochs"], None, common["batch_size"], 0.0, "constant", 0, "adamw", None, None, None
+    )
 
 
 @given(cfg=hp.finetune_configs(["full", "l2sp"], steps=(1, 20)))
@@ -110,7 +112,14 @@ def test_steps_replace_epochs(cfg):
 
 def test_configs_shrink_to_the_gentlest_fine_tune():
     configs = hp.finetune_configs(["l2sp", "lora", "replay"], retain="mnist")
-    assert find(configs, lambda c: True) == {"strategy": "l2sp", "lr": 1e-4, "epochs": 1, "batch_size": 32, "seed": 0, "penalty": 10.0}
+    assert find(configs, lambda c: True) == {
+        "strategy": "l2sp",
+        "lr": 1e-4,
+        "epochs": 1,
+        "batch_size": 32,
+        "seed": 0,
+        "penalty": 10.0,
+    }
     replay = find(configs, lambda c: c["strategy"] == "replay")
     assert replay["fraction"] == 0.5 and replay["retain"] == "mnist"
     lora = find(configs, lambda c: c["strategy"] == "lora" and c["lr"] > 1e-3 and c["epochs"] > 1)
@@ -123,7 +132,10 @@ def test_configs_shrink_to_the_gentlest_fine_tune():
         hp.finetune_configs(
             ["lora", "wise_ft"],
             lr=st.sampled_from([1e-4, 1e-3]),
-            options={"lora": {"r": st.just(4), "dropout": 0.1}, "wise_ft": {"alpha": "auto", "keep": [{"task": "mnist", "max_drop": 0.02}]}},
+            options={
+                "lora": {"r": st.just(4), "dropout": 0.1},
+                "wise_ft": {"alpha": "auto", "keep": [{"task": "mnist", "max_drop": 0.02}]},
+            },
             extra={"weight_decay": st.sampled_from([0.0, 0.01]), "lr_schedule": "cosine"},
         ),
         st.builds(dict, strategy=st.just("freeze"), lr=hp.learning_rates(), train_last=st.integers(1, 2)),
@@ -178,4 +190,3 @@ def test_finetune_runs_under_given(tiny_model, cfg):
     assert tuned.finetune_info.steps == cfg["max_steps"] or cfg["strategy"] == "wise_ft"
     assert all(bool((a == b).all()) for a, b in zip(before, tiny_model.parameters()))
     assert math.isfinite(tuned.finetune_info.final_loss)
-

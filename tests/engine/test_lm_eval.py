@@ -22,7 +22,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 lm_eval = pytest.importorskip("lm_eval")
 # imported here, before any in-process pytester run (those restore sys.modules afterwards)
-import lm_eval.evaluator  # noqa: E402,F401
+import lm_eval.evaluator  # noqa: E402,F401,F811
 import lm_eval.models.huggingface  # noqa: E402,F401
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
@@ -134,13 +134,23 @@ def test_per_document_numbers_equal_simple_evaluate(world, name, metrics):
     for model in (base, degrade(base)):
         task = LmEvalTask(name, include=[str(root / "tasks")])
         assert task.metrics.keys() >= set(metrics) and task.default_metric == metrics[0]
-        got = task.evaluate_model(model, ModelMeta(tokenizer=tok), "test", np.arange(task.size("test")), device="cpu", dtype="float32", batch_size=8)
+        got = task.evaluate_model(
+            model,
+            ModelMeta(tokenizer=tok),
+            "test",
+            np.arange(task.size("test")),
+            device="cpu",
+            dtype="float32",
+            batch_size=8,
+        )
         want = {s["doc_id"]: s for s in direct(model, tok, name, root / "tasks")[name]}
         assert got.ids.tolist() == [f"{name}:{i}" for i in range(len(COUNTRIES))]
         for metric in metrics:
             assert got.outputs[metric].tolist() == [float(want[i][metric]) for i in range(len(COUNTRIES))], metric
     # a subset (--forgetting-limit) is the same documents' numbers
-    sub = task.evaluate_model(model, ModelMeta(tokenizer=tok), "test", np.array([1, 4, 9]), device="cpu", dtype="float32", batch_size=8)
+    sub = task.evaluate_model(
+        model, ModelMeta(tokenizer=tok), "test", np.array([1, 4, 9]), device="cpu", dtype="float32", batch_size=8
+    )
     assert sub.ids.tolist() == [f"{name}:{i}" for i in (1, 4, 9)]
     assert sub.outputs[metrics[0]].tolist() == [float(want[i][metrics[0]]) for i in (1, 4, 9)]
 
@@ -151,7 +161,9 @@ def test_fewshot_and_fingerprint(world):
     zero, two = LmEvalTask("tiny_mc", include=include), LmEvalTask("tiny_mc", include=include, num_fewshot=2)
     assert zero.data_fingerprint("test") != two.data_fingerprint("test")  # few-shot settings are in the cache key
     assert LmEvalTask("tiny_mc", include=include).data_fingerprint("test") == zero.data_fingerprint("test")
-    got = two.evaluate_model(base, ModelMeta(tokenizer=tok), "test", np.arange(two.size("test")), device="cpu", dtype="float32", batch_size=4)
+    got = two.evaluate_model(
+        base, ModelMeta(tokenizer=tok), "test", np.arange(two.size("test")), device="cpu", dtype="float32", batch_size=4
+    )
     want = {s["doc_id"]: s for s in direct(base, tok, "tiny_mc", root / "tasks", num_fewshot=2)["tiny_mc"]}
     assert got.outputs["acc_norm"].tolist() == [float(want[i]["acc_norm"]) for i in range(len(COUNTRIES))]
     with pytest.raises(ConfigError, match="unknown lm-eval task 'tiny_mcc'.*did you mean 'tiny_mc'"):
@@ -191,7 +203,21 @@ def test_suite():
     pass
 """
 
-KEYS = ("test", "task", "metric", "n", "base", "tuned", "drop", "ci_low", "ci_high", "verdict", "nfr", "worst_classes", "flipped_ids")
+KEYS = (
+    "test",
+    "task",
+    "metric",
+    "n",
+    "base",
+    "tuned",
+    "drop",
+    "ci_low",
+    "ci_high",
+    "verdict",
+    "nfr",
+    "worst_classes",
+    "flipped_ids",
+)
 
 
 def run(pytester, root, tuned: str, *extra: str, subprocess_run: bool = False):
@@ -212,7 +238,11 @@ def test_identical_pass_degraded_fails_and_base_is_cached(pytester, world):
     result, rows = run(pytester, root, "base", cache)
     result.assert_outcomes(passed=3)
     assert {r["verdict"] for r in rows.values()} == {"pass"}
-    assert rows["test_mc"]["n"] == len(COUNTRIES) and rows["test_mc"]["metric"] == "acc" and rows["test_gen"]["metric"] == "exact_match"
+    assert (
+        rows["test_mc"]["n"] == len(COUNTRIES)
+        and rows["test_mc"]["metric"] == "acc"
+        and rows["test_gen"]["metric"] == "exact_match"
+    )
     result, rows = run(pytester, root, "degraded", cache)
     result.assert_outcomes(failed=3)
     assert all(r["base_cached"] and r["base_eval_s"] == 0.0 for r in rows.values()), rows  # only the tuned model ran
@@ -221,7 +251,9 @@ def test_identical_pass_degraded_fails_and_base_is_cached(pytester, world):
     suite = rows["test_suite"]
     assert suite["n"] == 2 * len(COUNTRIES) and suite["verdict"] == "fail"
     assert sorted(c["name"] for c in suite["worst_classes"]) == ["tiny_mc", "tiny_mc_short"], suite  # a row per subtask
-    assert all(c["n"] == len(COUNTRIES) and c["verdict"] in ("fail", "inconclusive", "pass") for c in suite["worst_classes"])
+    assert all(
+        c["n"] == len(COUNTRIES) and c["verdict"] in ("fail", "inconclusive", "pass") for c in suite["worst_classes"]
+    )
     assert suite["flipped_ids"] and all(i.split(":")[0] in ("tiny_mc", "tiny_mc_short") for i in suite["flipped_ids"])
 
 
@@ -232,7 +264,9 @@ def test_xdist_gives_the_same_table(pytester, world):
     _, plain = run(pytester, root, "degraded", "--forgetting-no-cache")
     result, spread = run(pytester, root, "degraded", "--forgetting-no-cache", "-n", "2", subprocess_run=True)
     result.assert_outcomes(failed=3)
-    assert {k: {f: r[f] for f in KEYS} for k, r in spread.items()} == {k: {f: r[f] for f in KEYS} for k, r in plain.items()}
+    assert {k: {f: r[f] for f in KEYS} for k, r in spread.items()} == {
+        k: {f: r[f] for f in KEYS} for k, r in plain.items()
+    }
 
 
 def test_declared_on_the_command_line(pytester, world):
@@ -241,13 +275,17 @@ def test_declared_on_the_command_line(pytester, world):
     result, rows = run(pytester, root, "degraded", "--forgetting-no-cache", "--retains=lm-eval:tiny_mc:0.3,metric=acc_norm",
                        "--forgetting-lm-eval-fewshot=1")  # fmt: skip
     (row,) = rows.values()
-    assert row["task"] == "lm-eval:tiny_mc" and row["metric"] == "acc_norm" and row["verdict"] in ("fail", "inconclusive"), row
+    assert (
+        row["task"] == "lm-eval:tiny_mc" and row["metric"] == "acc_norm" and row["verdict"] in ("fail", "inconclusive")
+    ), row
     result.assert_outcomes(passed=1, failed=1)
 
 
 def test_unknown_lm_eval_task_is_a_usage_error(pytester, world):
     root, _, _ = world
-    pytester.makepyfile(test_bad='import pytest\n\n@pytest.mark.retains(task="lm-eval:tiny_mcq", max_drop=0.1)\ndef test_x():\n    pass\n')
+    pytester.makepyfile(
+        test_bad='import pytest\n\n@pytest.mark.retains(task="lm-eval:tiny_mcq", max_drop=0.1)\ndef test_x():\n    pass\n'
+    )
     result = pytester.runpytest(f"--forgetting-lm-eval-include={root / 'tasks'}", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*unknown lm-eval task 'tiny_mcq'*did you mean 'tiny_mc'*"])

@@ -19,8 +19,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from pytest_forgetting.checks import bind_task, parse_check  # noqa: E402
 from pytest_forgetting.checkpoints import load_checkpoint  # noqa: E402
+from pytest_forgetting.checks import bind_task, parse_check  # noqa: E402
 from pytest_forgetting.errors import ConfigError, TaskError  # noqa: E402
 from pytest_forgetting.evaluate import NonFiniteOutputs, evaluate  # noqa: E402
 from pytest_forgetting.metrics import LM_METRICS  # noqa: E402
@@ -58,7 +58,9 @@ def word_tokenizer():
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
 
 
 def tiny_llama(tok, seed: int = 0):
@@ -73,7 +75,14 @@ def tiny_llama(tok, seed: int = 0):
 def tiny_gpt2(tok, seed: int = 0):
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
-        vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2, pad_token_id=0
+        vocab_size=len(tok),
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=64,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     return transformers.GPT2LMHeadModel(config).eval()
 
@@ -104,7 +113,10 @@ def lm(tmp_path_factory):
     tok.save_pretrained(root / "base")
     torch.manual_seed(1)
     lora = peft.get_peft_model(
-        fit_copy(base), peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
+        fit_copy(base),
+        peft.LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
+        ),
     )
     fit(lora, tok, DOMAIN, steps=80, lr=3e-2, params=[p for p in lora.parameters() if p.requires_grad])
     lora.save_pretrained(root / "lora")
@@ -162,7 +174,9 @@ def test_nan_logits_are_reported_per_example(lm):
             logits[(input_ids == tok.convert_tokens_to_ids("capital")).any(dim=1)] = float("nan")
             return logits
 
-    task = named(LanguageModelingTask(["the capital of vel is orin", "the colour of vel is red"], ids=["cap", "col"]), "lm")
+    task = named(
+        LanguageModelingTask(["the capital of vel is orin", "the colour of vel is red"], ids=["cap", "col"]), "lm"
+    )
     with pytest.raises(NonFiniteOutputs) as exc:
         evaluate(task, Broken(), split="test", meta=meta(tok))
     assert exc.value.ids == ["cap"]
@@ -183,7 +197,9 @@ def test_language_modelling_task_validation(tmp_path):
     assert task.ids("test").tolist() == ["doc.txt:0", "doc.txt:1"]
     split = LanguageModelingTask.from_text_file(doc, min_chars=10, test_fraction=0.5)
     assert sorted(split.split_names()) == ["test", "train"] and split.size("test") == 1
-    assert task.data_fingerprint("test") != LanguageModelingTask(task.texts("test"), max_length=8).data_fingerprint("test")
+    assert task.data_fingerprint("test") != LanguageModelingTask(task.texts("test"), max_length=8).data_fingerprint(
+        "test"
+    )
 
 
 def test_builtin_python_docs_text():
@@ -204,8 +220,13 @@ def test_perplexity_margins_are_in_perplexity_units():
         check = parse_check("retains", {"task": "tiny-heldout", "metric": "perplexity", "max_drop": 5.0}, "here")
         assert bind_task(check, "here", task).margin == 5.0
         with pytest.raises(ConfigError, match="outside"):
-            parse_check("retains", {"task": "tiny-heldout", "metric": "perplexity", "max_drop": 5.0, "relative": True}, "here")
-        assert bind_task(parse_check("retains", {"task": "tiny-heldout", "max_drop": 1.0}, "here"), "here", task).metric == "perplexity"
+            parse_check(
+                "retains", {"task": "tiny-heldout", "metric": "perplexity", "max_drop": 5.0, "relative": True}, "here"
+            )
+        assert (
+            bind_task(parse_check("retains", {"task": "tiny-heldout", "max_drop": 1.0}, "here"), "here", task).metric
+            == "perplexity"
+        )
 
 
 # -- greedy generation ---------------------------------------------------------------------------
@@ -337,8 +358,12 @@ def test_lora_adapter_end_to_end(pytester, lm):
     # perplexity is decided by a bootstrap, which needs at least 1,000 texts (issue 11): with 16 texts the
     # honest verdict is INCONCLUSIVE, however large the change, and the reason says how many are needed
     assert colours["metric"] == "perplexity" and colours["verdict"] == "inconclusive", colours
-    assert "weigh like" in colours["reason"] and "examples are needed" in colours["reason"], colours  # stats._MIN_UNBOUNDED_N
+    assert "weigh like" in colours["reason"] and "examples are needed" in colours["reason"], (
+        colours
+    )  # stats._MIN_UNBOUNDED_N
     assert colours["base"] - colours["tuned"] > 2.0 and colours["higher_is_better"] is False
-    assert facts["drop"] == pytest.approx((facts["tuned"] - facts["base"]) / facts["base"]), facts  # lower is better, relative
+    assert facts["drop"] == pytest.approx((facts["tuned"] - facts["base"]) / facts["base"]), (
+        facts
+    )  # lower is better, relative
     assert facts["drop"] > 0.5 and facts["verdict"] == "inconclusive", facts
     result.assert_outcomes(failed=3)  # INCONCLUSIVE fails by default

@@ -120,12 +120,23 @@ def test_from_csv_string_labels_and_explicit_class_names_and_columns(tmp_path):
 
 
 def test_from_csv_embedding_kind_needs_and_uses_two_splits(tmp_path):
-    task = pf.from_csv(write_csv(tmp_path / "r.csv"), kind="embedding", text="review", label="stars", split_column="split", probe="knn", k=1)
+    task = pf.from_csv(
+        write_csv(tmp_path / "r.csv"),
+        kind="embedding",
+        text="review",
+        label="stars",
+        split_column="split",
+        probe="knn",
+        k=1,
+    )
     assert isinstance(task, EmbeddingProbeTask) and task.probe == "knn" and task.probe_size == 2
 
 
 def test_from_jsonl_text_and_token_kinds(tmp_path):
-    text = write_jsonl(tmp_path / "t.jsonl", [{"text": "good", "label": "pos", "meta": {"x": 1}}, {"text": "bad", "label": "neg", "meta": None}])
+    text = write_jsonl(
+        tmp_path / "t.jsonl",
+        [{"text": "good", "label": "pos", "meta": {"x": 1}}, {"text": "bad", "label": "neg", "meta": None}],
+    )
     task = pf.from_jsonl(text)
     assert task.class_names() == ["neg", "pos"]
     assert "meta" not in task.split("test").columns  # a dict column is not a slice
@@ -175,10 +186,16 @@ def hf_dict():
         "domain": datasets.ClassLabel(names=["books", "films"]),
         "score": datasets.Value("float32"),
     })  # fmt: skip
+
     def part(n, seed):
         rng = np.random.default_rng(seed)
         return datasets.Dataset.from_dict(
-            {"sentence": [f"text {i}" for i in range(n)], "label": (np.arange(n) % 2).tolist(), "domain": rng.integers(0, 2, n).tolist(), "score": rng.random(n).tolist()},
+            {
+                "sentence": [f"text {i}" for i in range(n)],
+                "label": (np.arange(n) % 2).tolist(),
+                "domain": rng.integers(0, 2, n).tolist(),
+                "score": rng.random(n).tolist(),
+            },
             features=features,
         )
 
@@ -197,7 +214,9 @@ def test_from_hf_dataset_in_memory_uses_classlabel_names(hf_dict):
 
 def test_from_hf_dataset_on_disk(hf_dict, tmp_path):
     hf_dict.save_to_disk(str(tmp_path / "saved"))
-    task = pf.from_hf_dataset(tmp_path / "saved", text="sentence", kind="embedding", splits={"train": "train", "validation": "test"})
+    task = pf.from_hf_dataset(
+        tmp_path / "saved", text="sentence", kind="embedding", splits={"train": "train", "validation": "test"}
+    )
     assert isinstance(task, EmbeddingProbeTask) and task.size("test") == 4
     with pytest.raises(TaskError, match="save_to_disk"):
         pf.from_hf_dataset(tmp_path / "nowhere", text="sentence")
@@ -231,8 +250,12 @@ def test_from_hf_dataset_data_files(builder, tmp_path):
 def test_from_hf_dataset_token_kind_with_sequence_classlabels(tmp_path):
     datasets = pytest.importorskip("datasets")
     names = ["O", "B-PER", "I-PER", "B-LOC"]
-    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")), "ner_tags": datasets.List(datasets.ClassLabel(names=names))})
-    ds = datasets.Dataset.from_dict({"tokens": [["Alice", "Smith", "left"], ["Rome"]], "ner_tags": [[1, 2, 0], [3]]}, features=features)
+    features = datasets.Features(
+        {"tokens": datasets.List(datasets.Value("string")), "ner_tags": datasets.List(datasets.ClassLabel(names=names))}
+    )
+    ds = datasets.Dataset.from_dict(
+        {"tokens": [["Alice", "Smith", "left"], ["Rome"]], "ner_tags": [[1, 2, 0], [3]]}, features=features
+    )
     task = pf.from_hf_dataset(ds, kind="token")
     assert task.table.tags == tuple(names)
     assert task.tags("test") == [["B-PER", "I-PER", "O"], ["B-LOC"]]
@@ -243,7 +266,10 @@ def test_from_hf_dataset_image_kind(tmp_path):
     from PIL import Image
 
     images = [Image.fromarray(np.full((4, 4, 3), 50 * i, dtype=np.uint8)) for i in range(3)]
-    ds = datasets.Dataset.from_dict({"image": images, "label": [0, 1, 0]}, features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}))
+    ds = datasets.Dataset.from_dict(
+        {"image": images, "label": [0, 1, 0]},
+        features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")}),
+    )
     task = pf.from_hf_dataset(ds, kind="image")
     assert task.split("test").inputs.shape == (3, 3, 4, 4)
 
@@ -268,12 +294,20 @@ def test_from_hub_loads_a_cached_snapshot_without_network(tmp_path):
     pytest.importorskip("datasets")
     _fake_hub_cache(tmp_path / "hub", "someone/reviews")
     task = pf.from_hub(
-        "someone/reviews", cache_dir=tmp_path / "hub", datasets_cache_dir=tmp_path / "datasets-cache", text="review", label="stars", id="uid"
+        "someone/reviews",
+        cache_dir=tmp_path / "hub",
+        datasets_cache_dir=tmp_path / "datasets-cache",
+        text="review",
+        label="stars",
+        id="uid",
     )
     assert set(task.split_names()) == {"train", "test"} and task.ids("test").tolist() == ["r3", "r4", "r5"]
 
 
 def test_from_hub_not_cached_is_a_clear_error(tmp_path):
     pytest.importorskip("datasets")
-    with pytest.raises(TaskError, match=r"'nobody/absent' is not cached locally .*hf download nobody/absent --repo-type dataset.*allow_download=True"):
+    with pytest.raises(
+        TaskError,
+        match=r"'nobody/absent' is not cached locally .*hf download nobody/absent --repo-type dataset.*allow_download=True",
+    ):
         pf.from_hub("nobody/absent", cache_dir=tmp_path / "empty", datasets_cache_dir=tmp_path / "datasets-cache")

@@ -49,9 +49,17 @@ def mc_records():
     rows = []
     for i, (country, city) in enumerate(zip(COUNTRIES, CITIES)):
         others = [c for c in CITIES if c != city]
-        choices = [city, others[i % 7], f"{others[(i + 3) % 9]} {others[(i + 5) % 11]}"][: 2 + i % 2]  # 2 or 3 choices, of 1-2 words
+        choices = [city, others[i % 7], f"{others[(i + 3) % 9]} {others[(i + 5) % 11]}"][
+            : 2 + i % 2
+        ]  # 2 or 3 choices, of 1-2 words
         choices = choices[i % len(choices) :] + choices[: i % len(choices)]
-        rows.append({"q": f"the capital of {country} is" + (" " if i % 4 == 0 else ""), "choices": choices, "gold": choices.index(city)})
+        rows.append(
+            {
+                "q": f"the capital of {country} is" + (" " if i % 4 == 0 else ""),
+                "choices": choices,
+                "gold": choices.index(city),
+            }
+        )
     return rows
 
 
@@ -117,13 +125,17 @@ def test_multiple_choice_equals_lm_eval(models, tmp_path, arch, dtype):
         lls = [r[0] for r in sample["filtered_resps"]]
         np.testing.assert_allclose(got.outputs["ll"][i, : len(lls)], lls, rtol=0, atol=tol)
         assert got.outputs["acc"][i] == sample["acc"] and got.outputs["acc_norm"][i] == sample["acc_norm"], i
-    assert 0 < got.outputs["acc"].mean() <= 1 and task.metrics["acc_norm"].value(got.outputs) == np.mean([s["acc_norm"] for s in want])
+    assert 0 < got.outputs["acc"].mean() <= 1 and task.metrics["acc_norm"].value(got.outputs) == np.mean(
+        [s["acc_norm"] for s in want]
+    )
 
 
 def long_texts():
     texts = []
     for k in range(6):
-        words = " ".join(FACTS[(k + j) % len(FACTS)] if j % 2 else DOMAIN[(k * 3 + j) % len(DOMAIN)] for j in range(3 + 6 * k))
+        words = " ".join(
+            FACTS[(k + j) % len(FACTS)] if j % 2 else DOMAIN[(k * 3 + j) % len(DOMAIN)] for j in range(3 + 6 * k)
+        )
         texts.append(words)
     return texts  # 15 to 230 words: one window, then several of 64 tokens
 
@@ -152,8 +164,12 @@ def test_rolling_perplexity_equals_lm_eval(models, tmp_path, arch):
     words = np.array([s["word_perplexity"][1] for s in want])
     nbytes = np.array([s["byte_perplexity"][1] for s in want])
     assert LM_METRICS["word_perplexity"].value(got.outputs) == pytest.approx(np.exp(-lls.sum() / words.sum()), rel=1e-9)
-    assert LM_METRICS["byte_perplexity"].value(got.outputs) == pytest.approx(np.exp(-lls.sum() / nbytes.sum()), rel=1e-9)
-    assert LM_METRICS["bits_per_byte"].value(got.outputs) == pytest.approx(-lls.sum() / nbytes.sum() / np.log(2), rel=1e-9)
+    assert LM_METRICS["byte_perplexity"].value(got.outputs) == pytest.approx(
+        np.exp(-lls.sum() / nbytes.sum()), rel=1e-9
+    )
+    assert LM_METRICS["bits_per_byte"].value(got.outputs) == pytest.approx(
+        -lls.sum() / nbytes.sum() / np.log(2), rel=1e-9
+    )
     # batch size does not change anything
     one = evaluate(task, model, split="test", meta=meta(tok, model), batch_size=1)
     np.testing.assert_allclose(one.outputs["nll"], got.outputs["nll"], rtol=0, atol=1e-9)
@@ -180,7 +196,10 @@ def test_text_past_the_window_counts_and_truncation_is_reported(models):
 def test_multiple_choice_loaders_and_validation(tmp_path):
     rows = mc_records()[:4]
     csv = tmp_path / "mc.csv"
-    csv.write_text("q,a,b,gold\n" + "".join(f"{r['q'].strip()},{r['choices'][0]},{r['choices'][1]},{r['choices'][0]}\n" for r in rows))
+    csv.write_text(
+        "q,a,b,gold\n"
+        + "".join(f"{r['q'].strip()},{r['choices'][0]},{r['choices'][1]},{r['choices'][0]}\n" for r in rows)
+    )
     task = MultipleChoiceTask.from_csv(csv, context="q", choices=["a", "b"], gold="gold")
     assert task.size("test") == 4 and task.static_outputs("test")["label"].tolist() == [0, 0, 0, 0]
     datasets = pytest.importorskip("datasets")

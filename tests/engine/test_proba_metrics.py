@@ -13,7 +13,9 @@ sklearn_metrics = pytest.importorskip("sklearn.metrics")
 TOL = 1e-9
 
 
-def _outputs(n: int, k: int, seed: int, *, missing: tuple[int, ...] = (), extra_pred: int | None = None) -> dict[str, np.ndarray]:
+def _outputs(
+    n: int, k: int, seed: int, *, missing: tuple[int, ...] = (), extra_pred: int | None = None
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     logits = rng.normal(size=(n, k)) * 2.0
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
@@ -63,7 +65,10 @@ def test_auc_with_ties_equals_sklearn():
 def test_precision_recall_equal_sklearn(k, missing, extra):
     o = _outputs(250, k, seed=20 + k, missing=missing, extra_pred=extra)
     y, p = o["label"], o["pred"]
-    for ours, ref in ((pm.PRECISION_MACRO, sklearn_metrics.precision_score), (pm.RECALL_MACRO, sklearn_metrics.recall_score)):
+    for ours, ref in (
+        (pm.PRECISION_MACRO, sklearn_metrics.precision_score),
+        (pm.RECALL_MACRO, sklearn_metrics.recall_score),
+    ):
         assert abs(ours.value(o) - ref(y, p, average="macro", zero_division=0)) < TOL
     labels = np.unique(np.r_[y, p])
     per_p = sklearn_metrics.precision_score(y, p, average=None, labels=labels, zero_division=0)
@@ -147,7 +152,9 @@ def _decide(sess, task: str, base, tuned, **kwargs):
 
     check = parse_check("retains", {"task": task, **kwargs}, "test")
     check = bind_task(check, "test", sess.task(task))
-    return sess.run_check(check, test="test", base=sess.module_slot("base", base), tuned=sess.module_slot("tuned", tuned)).row
+    return sess.run_check(
+        check, test="test", base=sess.module_slot("base", base), tuned=sess.module_slot("tuned", tuned)
+    ).row
 
 
 def test_classification_task_keeps_float32_probabilities_and_bumps_its_version():
@@ -225,8 +232,14 @@ def test_identical_models_on_the_probability_metrics():
     from pytest_forgetting import stats
 
     def compare(o, metric, n, margin=0.02):
-        return stats.compare_statistic(lambda idx: (metric.aggregate(o, idx), metric.aggregate(o, idx)), n, max_drop=margin,
-                                       higher_is_better=metric.higher_is_better, bounded=True, sensitivity=metric.sensitivity(o, o))
+        return stats.compare_statistic(
+            lambda idx: (metric.aggregate(o, idx), metric.aggregate(o, idx)),
+            n,
+            max_drop=margin,
+            higher_is_better=metric.higher_is_better,
+            bounded=True,
+            sensitivity=metric.sensitivity(o, o),
+        )
 
     o = _outputs(400, 3, seed=5)
     s = pm.BRIER.per_example(o)  # Brier's own range [0, 2] bounds a change: valid at every n

@@ -35,7 +35,7 @@ def one_thread():
         torch.set_num_threads(before)
 
 
-def tiny_resnet(seed: int = 0) -> "transformers.ResNetForImageClassification":
+def tiny_resnet(seed: int = 0) -> transformers.ResNetForImageClassification:
     torch.manual_seed(seed)
     config = transformers.ResNetConfig(
         num_channels=1, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], num_labels=10,
@@ -94,7 +94,7 @@ def test_hf_folder_loads_and_evaluates_like_the_module(checkpoints):
     np.testing.assert_array_equal(result.outputs["pred"][few], again.outputs["pred"])
 
 
-CONFTEST = '''
+CONFTEST = """
 import numpy as np
 import pytest_forgetting as pf
 from pytest_forgetting.registry import REGISTRY
@@ -108,9 +108,9 @@ def relabelled():
         d = base.split(name)
         splits[name] = (d.inputs, (d.labels + 1) % 10, d.ids)
     return pf.ImageClassificationTask(splits=splits)
-'''
+"""
 
-TESTS = '''
+TESTS = """
 import pytest
 
 
@@ -127,7 +127,7 @@ def test_learns_relabelled():
 @pytest.mark.retains(task="digits-28", metric="f1_macro", max_drop=0.05)
 def test_keeps_macro_f1():
     pass
-'''
+"""
 
 
 def test_frozen_then_unfrozen_resnet_end_to_end(pytester, checkpoints):

@@ -82,7 +82,9 @@ def shifted(text: str) -> str:
 def tokenizer(folder: Path):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(VOCAB))
-    return transformers.Wav2Vec2CTCTokenizer(str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|")
+    return transformers.Wav2Vec2CTCTokenizer(
+        str(folder / "vocab.json"), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|"
+    )
 
 
 def tiny_wav2vec2():
@@ -142,7 +144,9 @@ def speech(tmp_path_factory):
                 fit_head(model, train, [shifted(t) for t in train])
             model.save_pretrained(root / name)
             tokenizer(root / name).save_pretrained(root / name)
-            transformers.Wav2Vec2FeatureExtractor(sampling_rate=SR, do_normalize=True, return_attention_mask=True).save_pretrained(root / name)
+            transformers.Wav2Vec2FeatureExtractor(
+                sampling_rate=SR, do_normalize=True, return_attention_mask=True
+            ).save_pretrained(root / name)
     finally:
         torch.set_num_threads(before)
     # bootstrap paths (WER, CER) decide from 100 examples on, counted by the effective size of their
@@ -164,7 +168,12 @@ def test_error_rates_known_values():
     # corpus rates pool the edits (a long utterance weighs more), they are not a mean of ratios
     assert wer(["a b c d", "e"], ["a b c d", "x"]) == pytest.approx(1 / 5)
     assert cer(["abcd"], ["abxd"]) == pytest.approx(1 / 4)
-    outputs = {"word_errors": np.array([0, 1]), "ref_words": np.array([4, 1]), "char_errors": np.array([0, 1]), "ref_chars": np.array([7, 1])}
+    outputs = {
+        "word_errors": np.array([0, 1]),
+        "ref_words": np.array([4, 1]),
+        "char_errors": np.array([0, 1]),
+        "ref_chars": np.array([7, 1]),
+    }
     assert SPEECH_METRICS["wer"].value(outputs) == pytest.approx(1 / 5)
     assert SPEECH_METRICS["cer"].value(outputs, np.array([1])) == pytest.approx(1.0)
     assert not SPEECH_METRICS["wer"].higher_is_better
@@ -248,7 +257,9 @@ def test_wav2vec2_folder_transcribes_tone_speech(speech):
     assert SPEECH_METRICS["cer"].value(many.outputs) < 0.05
     assert SPEECH_METRICS["wer"].value(many.outputs) < 0.15
     hyps = task.transcribe(loaded.model, "test", meta)
-    assert wer(task.transcripts("test"), [hyps[i] for i in task.ids("test")]) == pytest.approx(SPEECH_METRICS["wer"].value(many.outputs))
+    assert wer(task.transcripts("test"), [hyps[i] for i in task.ids("test")]) == pytest.approx(
+        SPEECH_METRICS["wer"].value(many.outputs)
+    )
 
 
 CONFTEST = """

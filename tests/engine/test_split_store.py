@@ -16,10 +16,16 @@ from pytest_forgetting.tasks.speech import SpeechRecognitionTask
 
 
 def _tasks():
-    lm = LanguageModelingTask(splits={"a": (["x y z", "hello there"], ["i1", "i2"], {"src": ["p", "q"]}), "b": (["more text"],)})
-    gen = GenerationExactMatchTask(splits={"test": ([("2+2?", "4"), ("cap?", ("Paris", "paris"))], None, {"k": [1, 2]})})
+    lm = LanguageModelingTask(
+        splits={"a": (["x y z", "hello there"], ["i1", "i2"], {"src": ["p", "q"]}), "b": (["more text"],)}
+    )
+    gen = GenerationExactMatchTask(
+        splits={"test": ([("2+2?", "4"), ("cap?", ("Paris", "paris"))], None, {"k": [1, 2]})}
+    )
     rng = np.random.default_rng(0)
-    speech = SpeechRecognitionTask([rng.normal(size=800).astype(np.float32), rng.normal(size=1200).astype(np.float32)], ["hi there", "bye"])
+    speech = SpeechRecognitionTask(
+        [rng.normal(size=800).astype(np.float32), rng.normal(size=1200).astype(np.float32)], ["hi there", "bye"]
+    )
     return lm, gen, speech
 
 
@@ -35,7 +41,11 @@ def test_one_record_per_split():
     lm, gen, speech = _tasks()
     assert lm.split_names() == ("a", "b") and gen.split_names() == ("test",)
     record = lm.split("a")
-    assert isinstance(record, SplitRecord) and record.ids.tolist() == ["i1", "i2"] and record.fields == {"texts": ["x y z", "hello there"]}
+    assert (
+        isinstance(record, SplitRecord)
+        and record.ids.tolist() == ["i1", "i2"]
+        and record.fields == {"texts": ["x y z", "hello there"]}
+    )
     assert lm.ids("b").tolist() == ["b/0"] and lm.texts("b") == ["more text"]
     assert gen.prompts("test") == ["2+2?", "cap?"] and gen.targets("test") == [("4",), ("Paris", "paris")]
     assert speech.transcripts("test") == ["hi there", "bye"] and [len(w) for w in speech.audio("test")] == [800, 1200]
@@ -57,10 +67,17 @@ def test_unknown_splits_and_columns_are_one_line_errors():
 def test_multiple_choice_splits_are_in_the_same_store():
     from pytest_forgetting.tasks.multiple_choice import MultipleChoiceTask
 
-    task = MultipleChoiceTask(splits={"test": (["q1", "q2"], [["a", "b"], ["c", "d", "e"]], [1, "e"], ["x", "y"], {"g": ["u", "v"]}),
-                                      "dev": (["q"], [["a", "b"]], [0])})
+    task = MultipleChoiceTask(
+        splits={
+            "test": (["q1", "q2"], [["a", "b"], ["c", "d", "e"]], [1, "e"], ["x", "y"], {"g": ["u", "v"]}),
+            "dev": (["q"], [["a", "b"]], [0]),
+        }
+    )
     assert task.split_names() == ("test", "dev") and task.split("dev")["ids"].tolist() == ["dev/0"]
-    assert task.static_outputs("test")["label"].tolist() == [1, 2] and task.slice_column("test", "g").tolist() == ["u", "v"]
+    assert task.static_outputs("test")["label"].tolist() == [1, 2] and task.slice_column("test", "g").tolist() == [
+        "u",
+        "v",
+    ]
     assert task.data_fingerprint("test") == "c9d866978d000dffd50add79c4086fc54a610f189a2ed231802a26faf0f6b6d9"
     assert task.data_fingerprint("dev") == "ce203ddde298a27939f693679de201a1b12f1f1ddbdbb467321d14168be335dc"
     with pytest.raises(ConfigError, match="has no split 'nope'; splits: test, dev"):

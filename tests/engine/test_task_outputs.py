@@ -7,7 +7,8 @@ of their own choosing: a task that names its outputs otherwise gets the same ver
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,15 +27,33 @@ def test_builtin_declarations():
     from pytest_forgetting.tasks.speech import SpeechRecognitionTask
     from pytest_forgetting.tasks.token import TokenClassificationTask
 
-    declared = {cls: (cls.label_key, cls.pred_key, cls.finite_key) for cls in (
-        Task, ImageClassificationTask, TextClassificationTask, EmbeddingProbeTask, LanguageModelingTask,
-        GenerationExactMatchTask, SpeechRecognitionTask, TokenClassificationTask, MultipleChoiceTask, LmEvalTask)}
+    declared = {
+        cls: (cls.label_key, cls.pred_key, cls.finite_key)
+        for cls in (
+            Task,
+            ImageClassificationTask,
+            TextClassificationTask,
+            EmbeddingProbeTask,
+            LanguageModelingTask,
+            GenerationExactMatchTask,
+            SpeechRecognitionTask,
+            TokenClassificationTask,
+            MultipleChoiceTask,
+            LmEvalTask,
+        )
+    }
     classify = ("label", "pred", "finite")
     assert declared == {
-        Task: classify, ImageClassificationTask: classify, TextClassificationTask: classify, EmbeddingProbeTask: classify,
-        LanguageModelingTask: (None, None, "finite"), GenerationExactMatchTask: (None, None, "finite"),
-        SpeechRecognitionTask: (None, None, "finite"), TokenClassificationTask: (None, None, "finite"),
-        MultipleChoiceTask: ("label", None, "finite"), LmEvalTask: ("label", None, None),
+        Task: classify,
+        ImageClassificationTask: classify,
+        TextClassificationTask: classify,
+        EmbeddingProbeTask: classify,
+        LanguageModelingTask: (None, None, "finite"),
+        GenerationExactMatchTask: (None, None, "finite"),
+        SpeechRecognitionTask: (None, None, "finite"),
+        TokenClassificationTask: (None, None, "finite"),
+        MultipleChoiceTask: ("label", None, "finite"),
+        LmEvalTask: ("label", None, None),
     }
 
 
@@ -44,10 +63,18 @@ class _Named(Task):
 
 def test_labels_and_predictions_follow_the_declaration():
     task = _Named()
-    out = {"gold": np.array([0, 1, 2]), "guess": np.array([0, 2, 2]), "label": np.array([9, 9, 9]), "pred": np.array([9, 9, 9])}
+    out = {
+        "gold": np.array([0, 1, 2]),
+        "guess": np.array([0, 2, 2]),
+        "label": np.array([9, 9, 9]),
+        "pred": np.array([9, 9, 9]),
+    }
     assert task.class_labels(out).tolist() == [0, 1, 2] and task.predictions(out).tolist() == [0, 2, 2]
     assert task.predictions({**out, "guess": np.array([[0], [2], [2]])}) is None  # not one class per example
-    assert task.class_labels({**out, "gold": np.zeros((3, 2))}) is None and task.predictions({**out, "gold": np.zeros((3, 2))}) is None
+    assert (
+        task.class_labels({**out, "gold": np.zeros((3, 2))}) is None
+        and task.predictions({**out, "gold": np.zeros((3, 2))}) is None
+    )
     assert task.class_labels({"label": out["label"]}) is None
     plain = Task()
     assert plain.class_labels(out).tolist() == [9, 9, 9] and plain.predictions(out).tolist() == [9, 9, 9]
@@ -131,7 +158,9 @@ def _tasks(n: int, k: int) -> tuple[Any, Any, Any]:
 
     class Renamed(ImageClassificationTask):
         label_key, pred_key, finite_key = "gold", "guess", "ok"
-        metrics = {"accuracy": PerExampleMetric("accuracy", True, True, lambda o: (o["guess"] == o["gold"]).astype(np.float64))}
+        metrics = {
+            "accuracy": PerExampleMetric("accuracy", True, True, lambda o: (o["guess"] == o["gold"]).astype(np.float64))
+        }
 
         def static_outputs(self, split: str) -> dict[str, np.ndarray]:
             return {"gold": self.split(split).labels}
@@ -156,7 +185,9 @@ def _row(task: Any, base: Any, tuned: Any, **kwargs: Any) -> Any:
     with REGISTRY.temporary("outputs-e2e", lambda: task, origin="test_task_outputs") as name:
         sess = ForgettingSession(Settings(device="cpu", no_cache=True))
         check = bind_task(parse_check("retains", {"task": name, **kwargs}, "test"), "test", sess.task(name))
-        return sess.run_check(check, test="test", base=sess.module_slot("base", base), tuned=sess.module_slot("tuned", tuned)).row
+        return sess.run_check(
+            check, test="test", base=sess.module_slot("base", base), tuned=sess.module_slot("tuned", tuned)
+        ).row
 
 
 KEYS = ("verdict", "n", "base", "tuned", "drop", "ci_low", "ci_high", "nfr", "flipped_ids", "worst_classes", "reason")
@@ -172,8 +203,13 @@ def test_a_task_naming_its_outputs_otherwise_gets_the_same_rows():
     tuned_pred = base_pred.copy()
     tuned_pred[(y == 2) & (rng.random(n) < 0.3)] = 0  # class 2 loses recall, class 0 precision
     base, tuned = _table(base_pred, k), _table(tuned_pred, k)
-    for kwargs in ({"max_drop": 0.2}, {"max_drop": 0.2, "max_class_drop": 0.1}, {"max_drop": 0.2, "max_nfr": 0.02},
-                   {"max_drop": 0.2, "max_class_drop": 0.1, "class_metric": "precision"}, {"max_drop": 0.2, "max_gap_increase": 0.05}):
+    for kwargs in (
+        {"max_drop": 0.2},
+        {"max_drop": 0.2, "max_class_drop": 0.1},
+        {"max_drop": 0.2, "max_nfr": 0.02},
+        {"max_drop": 0.2, "max_class_drop": 0.1, "class_metric": "precision"},
+        {"max_drop": 0.2, "max_gap_increase": 0.05},
+    ):
         want, got = _row(plain, base, tuned, **kwargs), _row(renamed, base, tuned, **kwargs)
         assert {key: got.get(key) for key in KEYS} == {key: want.get(key) for key in KEYS}, kwargs
         assert got.get("gap") == want.get("gap")

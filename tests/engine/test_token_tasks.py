@@ -33,7 +33,14 @@ from pytest_forgetting.tasks.token import (
 )
 
 TAGS = ["O", "B-LOC", "I-LOC", "B-PER"]
-WORD_TAGS = {**{p: "B-PER" for p in PEOPLE}, "new": "B-LOC", "york": "I-LOC", "paris": "B-LOC", "rome": "B-LOC", "lima": "B-LOC"}
+WORD_TAGS = {
+    **{p: "B-PER" for p in PEOPLE},
+    "new": "B-LOC",
+    "york": "I-LOC",
+    "paris": "B-LOC",
+    "rome": "B-LOC",
+    "lima": "B-LOC",
+}
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -45,7 +52,11 @@ def ner_sentences(n: int, seed: int) -> tuple[list[list[str]], list[list[str]]]:
         words = [str(w) for w in rng.choice(NEUTRAL + ["filming"], size=int(rng.integers(2, 6)))]
         for _ in range(int(rng.integers(1, 3))):
             r = rng.random()
-            entity = [str(rng.choice(PEOPLE))] if r < 0.4 else (["new", "york"] if r < 0.7 else [str(rng.choice(["paris", "rome", "lima"]))])
+            entity = (
+                [str(rng.choice(PEOPLE))]
+                if r < 0.4
+                else (["new", "york"] if r < 0.7 else [str(rng.choice(["paris", "rome", "lima"]))])
+            )
             pos = int(rng.integers(0, len(words) + 1))
             words[pos:pos] = entity
         sentences.append(words)
@@ -121,7 +132,9 @@ def _tags_strategy():
     tags = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "L-LOC", "U-LOC", "B-MISC", "I-MISC"]
     sentence = st.lists(st.sampled_from(tags), min_size=1, max_size=9)
     pairs = st.lists(sentence, min_size=1, max_size=6).flatmap(
-        lambda gold: st.tuples(st.just(gold), st.tuples(*[st.lists(st.sampled_from(tags), min_size=len(g), max_size=len(g)) for g in gold]))
+        lambda gold: st.tuples(
+            st.just(gold), st.tuples(*[st.lists(st.sampled_from(tags), min_size=len(g), max_size=len(g)) for g in gold])
+        )
     )
     return tags, pairs
 
@@ -169,7 +182,9 @@ def test_aggregate_metric_on_resampled_sentences_equals_recomputing(ner_task):
     direct = entity_scores(entity_counts(pred[idx], gold[idx], ner_task.table))
     assert ner_task.metrics["f1"].value(outputs, idx) == pytest.approx(direct["f1"])
     assert ner_task.metrics["f1_macro"].value(outputs, idx) == pytest.approx(direct["f1_macro"])
-    assert ner_task.metrics["f1:PER"].value(outputs, idx) == pytest.approx(direct["per_type_f1"][ner_task.table.types.index("PER")])
+    assert ner_task.metrics["f1:PER"].value(outputs, idx) == pytest.approx(
+        direct["per_type_f1"][ner_task.table.types.index("PER")]
+    )
 
 
 # -- the task ---------------------------------------------------------------------------------
@@ -190,7 +205,12 @@ def test_task_validates_its_data():
 
 def test_words_align_to_first_subwords_and_truncated_words_are_outside():
     tok = make_tokenizer()
-    task = TokenClassificationTask([["alice", "filming", "in", "new", "york"]], [["B-PER", "O", "O", "B-LOC", "I-LOC"]], tag_names=TAGS, max_length=6)
+    task = TokenClassificationTask(
+        [["alice", "filming", "in", "new", "york"]],
+        [["B-PER", "O", "O", "B-LOC", "I-LOC"]],
+        tag_names=TAGS,
+        max_length=6,
+    )
     prepared = task.prepare("test", meta(tok))
     # [CLS] alice film ##ing [UNK] new | [SEP]: "york" is cut by max_length=6
     assert prepared["first"].tolist() == [[1, 2, 4, -1, -1]]

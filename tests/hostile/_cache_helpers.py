@@ -124,21 +124,25 @@ def make_victim(path: Path, text: str = "victim: must never change\n") -> tuple[
     return snapshot(path)
 
 
-PEAK_HOOK = '''
+PEAK_HOOK = """
 
 def pytest_unconfigure(config):
     import resource
     print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-'''
+"""
 
 
-def run_subprocess(p: Any, argv: list[str], *, timeout: float, preexec: Any = None, prefix: list[str] | None = None) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def run_subprocess(
+    p: Any, argv: list[str], *, timeout: float, preexec: Any = None, prefix: list[str] | None = None
+) -> tuple[subprocess.CompletedProcess, list[dict]]:
     """The same run in a fresh interpreter (for resource limits and dropped privileges); output through pipes."""
     report = p.path / "report.json"
     if report.exists():
         report.unlink()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
     cmd = [*(prefix or []), sys.executable, "-m", "pytest", *argv]
-    proc = subprocess.run(cmd, cwd=p.path, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec, check=False)
+    proc = subprocess.run(
+        cmd, cwd=p.path, env=env, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec, check=False
+    )
     rows = json.loads(report.read_text())["rows"] if report.exists() else []
     return proc, rows

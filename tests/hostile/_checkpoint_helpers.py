@@ -20,7 +20,7 @@ from typing import Any
 SECRET = "ghp_FAKEforgettingSECRET0123456789abcdef"
 SECRET_ENV = "FORGETTING_TEST_FAKE_TOKEN"
 
-TEXT_CONFTEST = '''
+TEXT_CONFTEST = """
 import pytest_forgetting as pf
 
 WORDS = [f"w{i}" for i in range(40)]
@@ -38,7 +38,7 @@ def words():
 @pf.task("words2")
 def words2():
     return pf.TextClassificationTask(_texts(300, 3), [(i // 2) % 3 for i in range(300)], class_names=["negative", "neutral", "positive"])
-'''
+"""
 
 TEXT_CHECKS = """
     import pytest
@@ -115,7 +115,9 @@ class Outcome:
         return self.report["rows"]
 
 
-def assert_safe_and_clear(run: Outcome, needle: str, hint: str, *, n: int = 2, secret_values: tuple[str, ...] = ()) -> str:
+def assert_safe_and_clear(
+    run: Outcome, needle: str, hint: str, *, n: int = 2, secret_values: tuple[str, ...] = ()
+) -> str:
     """Every check ERRORs with one and the same one-line reason naming ``needle`` and ``hint``; SAFE."""
     rows = run.rows()
     assert len(rows) == n, rows

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _cache_helpers import (
     HONEST,
     PEAK_HOOK,
@@ -80,7 +79,11 @@ def test_symlinked_lock_file_is_refused_with_one_warning(make_project, tmp_path)
     result, rows = run(p, tuned, cache)
     assert_honest(result, rows)
     assert warning_count(result) == 1
-    result.stdout.fnmatch_lines([f"*cache folder {cache} holds a lock file .{entry.stem}.lock that is a symbolic link*running without the cache*"])
+    result.stdout.fnmatch_lines(
+        [
+            f"*cache folder {cache} holds a lock file .{entry.stem}.lock that is a symbolic link*running without the cache*"
+        ]
+    )
     assert snapshot(victim) == before
     assert not entries(cache)  # uncached: nothing stored after the refusal
 
@@ -90,7 +93,7 @@ def test_planted_digest_store_and_temporary_names_are_not_followed(make_project,
     predict) with ``Path.write_text``; now ``mkstemp`` (random name, O_EXCL | O_NOFOLLOW) and a rename."""
     from pytest_forgetting.checkpoints import FileDigests
 
-    monkeypatch.setattr(FileDigests, "RACY_NS", -10**12)  # remember fresh files: the store is written now
+    monkeypatch.setattr(FileDigests, "RACY_NS", -(10**12))  # remember fresh files: the store is written now
     p, tuned = setup(make_project)
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o700)
@@ -106,7 +109,9 @@ def test_planted_digest_store_and_temporary_names_are_not_followed(make_project,
         assert snapshot(victim) == before
     store = cache / "file-digests.json"
     assert store.is_file() and not store.is_symlink() and len(json_load(store)) >= 2
-    assert not [f for f in cache.iterdir() if f.name.endswith(".tmp") and not f.is_symlink()]  # no temporary left behind
+    assert not [
+        f for f in cache.iterdir() if f.name.endswith(".tmp") and not f.is_symlink()
+    ]  # no temporary left behind
 
 
 def json_load(path: Path) -> dict:
@@ -255,15 +260,55 @@ def _write_zip(path: Path, stored: dict[str, bytes], deflated: list[tuple[str, b
         central = []
         for name, data in stored.items():
             central.append((name.encode(), 0, zlib.crc32(data) & 0xFFFFFFFF, len(data), len(data), fh.tell()))
-            fh.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 0, 0, 0x21, central[-1][2], len(data), len(data), len(central[-1][0]), 0))
+            fh.write(
+                struct.pack(
+                    "<IHHHHHIIIHH",
+                    0x04034B50,
+                    20,
+                    0,
+                    0,
+                    0,
+                    0x21,
+                    central[-1][2],
+                    len(data),
+                    len(data),
+                    len(central[-1][0]),
+                    0,
+                )
+            )
             fh.write(central[-1][0] + data)
         for name, stream, crc, size in deflated:
             central.append((name.encode(), 8, crc, len(stream), size, fh.tell()))
-            fh.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, len(stream), size, len(central[-1][0]), 0))
+            fh.write(
+                struct.pack(
+                    "<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0x21, crc, len(stream), size, len(central[-1][0]), 0
+                )
+            )
             fh.write(central[-1][0] + stream)
         start = fh.tell()
         for name, method, crc, csize, usize, offset in central:
-            fh.write(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, crc, csize, usize, len(name), 0, 0, 0, 0, 0, offset))
+            fh.write(
+                struct.pack(
+                    "<IHHHHHHIIIHHHHHII",
+                    0x02014B50,
+                    20,
+                    20,
+                    0,
+                    method,
+                    0,
+                    0x21,
+                    crc,
+                    csize,
+                    usize,
+                    len(name),
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    offset,
+                )
+            )
             fh.write(name)
         size = fh.tell() - start
         fh.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(central), len(central), size, start, 0))
@@ -392,11 +437,19 @@ def test_default_cache_folder_is_the_platform_user_cache_folder(tmp_path):
     from pytest_forgetting.options import default_cache_dir
 
     home = str(tmp_path / "home")
-    assert default_cache_dir({"HOME": home, "XDG_CACHE_HOME": str(tmp_path / "xdg")}, "linux") == tmp_path / "xdg" / "pytest-forgetting"
-    assert default_cache_dir({"HOME": home, "XDG_CACHE_HOME": "relative/xdg"}, "linux") == Path(home, ".cache", "pytest-forgetting")
+    assert (
+        default_cache_dir({"HOME": home, "XDG_CACHE_HOME": str(tmp_path / "xdg")}, "linux")
+        == tmp_path / "xdg" / "pytest-forgetting"
+    )
+    assert default_cache_dir({"HOME": home, "XDG_CACHE_HOME": "relative/xdg"}, "linux") == Path(
+        home, ".cache", "pytest-forgetting"
+    )
     assert default_cache_dir({"HOME": home}, "linux") == Path(home, ".cache", "pytest-forgetting")
     assert default_cache_dir({"HOME": home}, "darwin") == Path(home, "Library", "Caches", "pytest-forgetting")
-    assert default_cache_dir({"USERPROFILE": home, "LOCALAPPDATA": str(tmp_path / "local")}, "win32") == tmp_path / "local" / "pytest-forgetting"
+    assert (
+        default_cache_dir({"USERPROFILE": home, "LOCALAPPDATA": str(tmp_path / "local")}, "win32")
+        == tmp_path / "local" / "pytest-forgetting"
+    )
 
 
 def test_cache_folder_from_env_and_ini_never_the_rootdir_by_default(make_project, tmp_path, monkeypatch):

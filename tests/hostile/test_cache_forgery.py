@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _cache_helpers import (
     HONEST,
     assert_honest,
@@ -33,8 +32,16 @@ from _cache_helpers import (
 
 
 def _git(cwd: Path, *argv: str) -> None:
-    env = dict(os.environ, GIT_AUTHOR_NAME="pr", GIT_AUTHOR_EMAIL="pr@example.org", GIT_COMMITTER_NAME="pr", GIT_COMMITTER_EMAIL="pr@example.org")
-    subprocess.run(["git", "-c", "init.defaultBranch=main", *argv], cwd=cwd, env=env, check=True, capture_output=True, timeout=60)
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="pr",
+        GIT_AUTHOR_EMAIL="pr@example.org",
+        GIT_COMMITTER_NAME="pr",
+        GIT_COMMITTER_EMAIL="pr@example.org",
+    )
+    subprocess.run(
+        ["git", "-c", "init.defaultBranch=main", *argv], cwd=cwd, env=env, check=True, capture_output=True, timeout=60
+    )
 
 
 def _checkout_with_forged_cache(p, tuned, tmp_path) -> Path:
@@ -99,7 +106,11 @@ def test_tracked_cache_folder_is_refused_with_one_line(make_project, tmp_path, h
     assert_honest(result, rows)
     assert not base_cached(rows)
     assert warning_count(result) == 1
-    result.stdout.fnmatch_lines(["*pytest-forgetting: cache folder *.forgetting_cache holds 1 file(s) tracked by git*use the default user cache folder*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-forgetting: cache folder *.forgetting_cache holds 1 file(s) tracked by git*use the default user cache folder*"
+        ]
+    )
     assert sorted(f.name for f in shipped.iterdir()) == before  # nothing written into it
 
 
@@ -213,12 +224,15 @@ def test_changing_the_model_factory_source_invalidates_the_entry(make_project, t
     assert base_cached(rows)
     # new factory code: the flag feature now pushes to class 1 in *every* model built by it
     source = (p.path / "tinymodels.py").read_text()
-    p.pytester.makepyfile(tinymodels=source + '''
+    p.pytester.makepyfile(
+        tinymodels=source
+        + """
 
 class _Shift(nn.Module):
     def forward(self, logits):
         return logits + 0.0  # same outputs, different source: the entry must still be recomputed
-''')
+"""
+    )
     result, rows = run(p, tuned, cache)
     assert_honest(result, rows)
     assert not base_cached(rows)
@@ -238,7 +252,9 @@ def test_library_and_plugin_versions_are_in_the_key(make_project, tmp_path, monk
     for part in ("base", "model_code", "task", "task_class", "task_version", "data", "split", "indices", "device", "dtype",
                  "batch_size", "libraries", "plugin", "eval_version"):  # fmt: skip
         assert part in key, part
-    assert key["model_code"]["factory"] == "tinymodels:build" and key["model_code"]["factory_source"].startswith("sha256:")
+    assert key["model_code"]["factory"] == "tinymodels:build" and key["model_code"]["factory_source"].startswith(
+        "sha256:"
+    )
     assert {"torch", "transformers", "peft", "tokenizers"} <= set(key["libraries"])
     versions = keys.library_versions()
     for lib in ("transformers", "peft", "torch"):

@@ -196,7 +196,9 @@ def test_attn_implementation_naming_a_hub_kernel_is_remote_code(text_project):
     config = json.loads((tuned / "config.json").read_text())
     config["attn_implementation"] = "kernels-community/evil-attention"
     (tuned / "config.json").write_text(json.dumps(config))
-    reason = refused(run(pytester, base, tuned), "attn_implementation='kernels-community/evil-att", "--forgetting-trust-remote-code")
+    reason = refused(
+        run(pytester, base, tuned), "attn_implementation='kernels-community/evil-att", "--forgetting-trust-remote-code"
+    )
     assert "own Python code" in reason
 
 
@@ -216,7 +218,10 @@ def test_builtin_attn_implementation_is_kept(text_project):
 def test_attn_implementation_checks_sub_configs_and_dicts():
     from pytest_forgetting.checkpoints import _attn_kwarg, _unknown_attn_implementations
 
-    assert _unknown_attn_implementations({"attn_implementation": "sdpa", "text_config": {"attn_implementation": None}}) == []
+    assert (
+        _unknown_attn_implementations({"attn_implementation": "sdpa", "text_config": {"attn_implementation": None}})
+        == []
+    )
     assert _unknown_attn_implementations({"text_config": {"_attn_implementation": "org/kernel"}}) == ["org/kernel"]
     assert _unknown_attn_implementations({"attn_implementation": {"": "eager", "vision_config": "org/k"}}) == ["org/k"]
     assert _attn_kwarg({"attn_implementation": "eager"}, False) == {"attn_implementation": "eager"}

@@ -17,12 +17,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from _helpers.project import linear_weights, save_weights
 
 #: a forward pass that raises on the batch holding the last examples (fewer than 64 rows), but
 #: only for a model whose 'armed' buffer is set: the base runs, the hostile tuned model crashes
-CRASHING_MODELS = '''
+CRASHING_MODELS = """
 import torch
 from torch import nn
 
@@ -44,15 +43,15 @@ class Crashing(nn.Module):
 
 def build():
     return Crashing()
-'''
+"""
 
-EXTRA_TASK = '''
+EXTRA_TASK = """
 
 @pf.task("synth2")
 def synth2():
     x, y = _data(400, 0, 7)
     return pf.ImageClassificationTask(x, y, ids=[f"b{i}" for i in range(len(y))])
-'''
+"""
 
 TWO_CHECKS = """
     import pytest
@@ -127,8 +126,14 @@ def test_tuned_forward_error_names_model_task_and_batch_on_every_check(crash_pro
     first, second = (r["reason"] for r in rows)
     # the model is named as its reference was written (relative or absolute, by where pytest runs;
     # a long path is cut to 120 characters with a count of what was cut)
-    assert first.startswith("tuned model '") and "' failed on task 'synth' batch 6 (examples 384-399, ids ex384..ex399): RuntimeError: boom" in first
-    assert second.startswith("tuned model '") and "' failed on task 'synth2' batch 6 (examples 384-399, ids b384..b399): RuntimeError: boom" in second
+    assert (
+        first.startswith("tuned model '")
+        and "' failed on task 'synth' batch 6 (examples 384-399, ids ex384..ex399): RuntimeError: boom" in first
+    )
+    assert (
+        second.startswith("tuned model '")
+        and "' failed on task 'synth2' batch 6 (examples 384-399, ids b384..b399): RuntimeError: boom" in second
+    )
     for reason in (first, second):
         assert "\n" not in reason and "\\n" in reason and "\\x1b[32m" in reason and "\\u202e" in reason
     _assert_escaped(out)
@@ -143,7 +148,9 @@ def test_base_forward_error_names_the_base(crash_project):
     result, out, report = _run(p, p.bad, p.good)
     result.assert_outcomes(errors=2, passed=1)
     reasons = [r["reason"] for r in report["rows"]]
-    assert reasons[0].startswith("base model failed on task 'synth' batch 6 (examples 384-399, ids ex384..ex399): RuntimeError: boom")
+    assert reasons[0].startswith(
+        "base model failed on task 'synth' batch 6 (examples 384-399, ids ex384..ex399): RuntimeError: boom"
+    )
     assert reasons[1].startswith("base model failed on task 'synth2' batch 6")
     _assert_escaped(out)
 
@@ -220,7 +227,16 @@ def test_evaluation_error_is_one_line_unit():
     prepared = task.prepare("test", ModelMeta())
     ids = task.ids("test")
     with pytest.raises(BatchFailure) as info:
-        run_model(task, Boom(ValueError("bad\nline")), prepared, np.arange(10), ids, device="cpu", dtype="float32", batch_size=4)
+        run_model(
+            task,
+            Boom(ValueError("bad\nline")),
+            prepared,
+            np.arange(10),
+            ids,
+            device="cpu",
+            dtype="float32",
+            batch_size=4,
+        )
     message = str(info.value)
     assert message.startswith("failed on task 't\\n\\x1b[31mx' batch 2 (examples 8-9, ids "), message
     assert "\n" not in message and "\x1b" not in message and message.endswith("ValueError: bad\\nline")
@@ -310,7 +326,7 @@ def test_interrupted_run_writes_reports_that_say_so(make_project, monkeypatch):
 
 # -- a tokenizer that crashes while the task's inputs are prepared --------------------------------
 
-TEXT_CONFTEST = '''
+TEXT_CONFTEST = """
 import pytest_forgetting as pf
 
 WORDS = [f"w{i}" for i in range(40)]
@@ -320,7 +336,7 @@ WORDS = [f"w{i}" for i in range(40)]
 def words():
     texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(4)) for i in range(300)]
     return pf.TextClassificationTask(texts, [i % 3 for i in range(300)], class_names=["negative", "neutral", "positive"])
-'''
+"""
 
 
 def test_crashing_tokenizer_names_the_model_and_the_task(pytester):
@@ -376,7 +392,9 @@ def test_crashing_tokenizer_names_the_model_and_the_task(pytester):
     result.assert_outcomes(failed=2, passed=1)
     reasons = [r["reason"] for r in json.loads(js.read_text())["rows"]]
     assert len(reasons) == 2 and len(set(reasons)) == 1, reasons
-    assert reasons[0].startswith("tuned model '<in-memory BertForSequenceClassification>' failed preparing task 'words'"), reasons
+    assert reasons[0].startswith(
+        "tuned model '<in-memory BertForSequenceClassification>' failed preparing task 'words'"
+    ), reasons
     assert "ValueError: tokenizer exploded\\n\\x1b[32m" in reasons[0]
     out = result.stdout.str()
     _assert_escaped(out)

@@ -96,7 +96,15 @@ def test_fake_oom_halves_batch_for_both_models(make_project, monkeypatch):
     base = save_weights(p.path / "b.safetensors", state)
     tuned = save_weights(p.path / "t.safetensors", state)
     monkeypatch.setenv("FAKE_OOM_LIMIT", "16")
-    args = ["--base-ckpt", str(base), "--tuned-ckpt", str(tuned), "--model-factory", "flaky:oom", "--forgetting-no-cache"]
+    args = [
+        "--base-ckpt",
+        str(base),
+        "--tuned-ckpt",
+        str(tuned),
+        "--model-factory",
+        "flaky:oom",
+        "--forgetting-no-cache",
+    ]
     result = p.pytester.runpytest(*args, "--forgetting-batch-size", "auto")
     result.assert_outcomes(passed=1)
     sizes = [int(x) for f in (p.path / "batches").glob("*.log") for x in f.read_text().split()]
@@ -122,8 +130,18 @@ def test_interrupted_base_evaluation_leaves_no_cache_entry(make_project, monkeyp
     base = save_weights(p.path / "b.safetensors", state)
     cache = p.path / "cache"
     js = p.path / "r.json"
-    args = ["--base-ckpt", str(base), "--tuned-ckpt", str(base), "--model-factory", "flaky:interrupting",
-            "--forgetting-cache-dir", str(cache), "--forgetting-json", str(js)]
+    args = [
+        "--base-ckpt",
+        str(base),
+        "--tuned-ckpt",
+        str(base),
+        "--model-factory",
+        "flaky:interrupting",
+        "--forgetting-cache-dir",
+        str(cache),
+        "--forgetting-json",
+        str(js),
+    ]
     monkeypatch.setenv("INTERRUPT_EVAL", "1")
     result = p.pytester.runpytest_subprocess(*args)
     assert result.ret == pytest.ExitCode.INTERRUPTED
@@ -137,13 +155,16 @@ def test_interrupted_base_evaluation_leaves_no_cache_entry(make_project, monkeyp
 
 def test_duplicate_ids_are_an_error_on_the_test(make_project):
     p = make_project(n=400)
-    p.pytester.makeconftest(p.path.joinpath("conftest.py").read_text() + '''
+    p.pytester.makeconftest(
+        p.path.joinpath("conftest.py").read_text()
+        + """
 
 @pf.task("dups")
 def dups():
     x, y = _data(200, 0, 0)
     return pf.ImageClassificationTask(x, y, ids=["same"] * 200)
-''')
+"""
+    )
     p.test_file("""
         import pytest
 
@@ -159,12 +180,15 @@ def dups():
 
 def test_empty_eval_set_is_a_usage_error(make_project):
     p = make_project(n=400)
-    p.pytester.makeconftest(p.path.joinpath("conftest.py").read_text() + '''
+    p.pytester.makeconftest(
+        p.path.joinpath("conftest.py").read_text()
+        + """
 
 @pf.task("empty")
 def empty():
     return pf.ImageClassificationTask(np.zeros((0, 1, 1, K + 1), dtype=np.float32), np.zeros(0, dtype=np.int64))
-''')
+"""
+    )
     p.test_file("""
         import pytest
 
@@ -253,7 +277,6 @@ def test_pickle_refused_by_default_and_code_never_runs(make_project):
     import pickle
 
     import torch
-
     from _helpers.project import linear_weights
 
     p = make_project(n=400)
@@ -280,7 +303,6 @@ def test_pickle_refused_by_default_and_code_never_runs(make_project):
 
 def test_factory_key_mismatch_lists_keys(make_project):
     import torch
-
     from _helpers.project import save_weights
 
     p = make_project(n=400)
@@ -291,7 +313,7 @@ def test_factory_key_mismatch_lists_keys(make_project):
     _expect_error(p.pytester.runpytest(*p.args(shape)), "1.weight", "(3, 5)")
 
 
-TEXT_CONFTEST = '''
+TEXT_CONFTEST = """
 import pytest_forgetting as pf
 from _helpers.checkpoint_models import WORDS
 
@@ -299,7 +321,7 @@ from _helpers.checkpoint_models import WORDS
 def words():
     texts = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(4)) for i in range(300)]
     return pf.TextClassificationTask(texts, [i % 3 for i in range(300)], class_names=["negative", "neutral", "positive"])
-'''
+"""
 
 
 @pytest.fixture
@@ -310,13 +332,15 @@ def text_project(pytester, request):
     from _helpers.checkpoint_models import save_bert
 
     pytester.makeconftest(TEXT_CONFTEST)
-    pytester.makepyfile(test_words="""
+    pytester.makepyfile(
+        test_words="""
         import pytest
 
         @pytest.mark.retains(task="words", max_drop=0.2)
         def test_keeps():
             pass
-    """)
+    """
+    )
     base = pytester.path / "base"
     save_bert(base)
     yield pytester, base, save_bert
@@ -333,7 +357,9 @@ def test_remote_code_refused(text_project):
     tuned = pytester.path / "tuned"
     save_bert(tuned)
     (tuned / "modeling_evil.py").write_text("import os\nos.system('touch pwned')\n")
-    _expect_error(pytester.runpytest("--base-ckpt", str(base), "--tuned-ckpt", str(tuned)), "--forgetting-trust-remote-code")
+    _expect_error(
+        pytester.runpytest("--base-ckpt", str(base), "--tuned-ckpt", str(tuned)), "--forgetting-trust-remote-code"
+    )
     assert not (pytester.path / "pwned").exists()
 
 
@@ -344,7 +370,9 @@ def test_label_map_difference(text_project):
     args = ["--base-ckpt", str(base), "--tuned-ckpt", str(tuned), "--forgetting-cache-dir", str(pytester.path / "c")]
     _expect_error(pytester.runpytest(*args), "id2label")
     # also when the base evaluation comes from the cache and the base model is never loaded
-    pytester.runpytest("--base-ckpt", str(base), "--tuned-ckpt", str(base), "--forgetting-cache-dir", str(pytester.path / "c"))
+    pytester.runpytest(
+        "--base-ckpt", str(base), "--tuned-ckpt", str(base), "--forgetting-cache-dir", str(pytester.path / "c")
+    )
     _expect_error(pytester.runpytest(*args), "id2label")
 
 
@@ -361,7 +389,9 @@ def test_vocabulary_difference(text_project):
 def test_model_labels_that_are_not_task_classes(text_project):
     pytester, base, _ = text_project
     pytester.makeconftest(TEXT_CONFTEST.replace('"negative", "neutral", "positive"', '"spam", "ham", "eggs"'))
-    _expect_error(pytester.runpytest("--base-ckpt", str(base), "--tuned-ckpt", str(base)), "are not labels of the model")
+    _expect_error(
+        pytester.runpytest("--base-ckpt", str(base), "--tuned-ckpt", str(base)), "are not labels of the model"
+    )
 
 
 def test_alignment_is_by_id_never_by_position():

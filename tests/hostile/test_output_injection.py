@@ -26,20 +26,22 @@ import pytest
 FORGED = "ALL CHECKS PASSED"
 # what a hostile name carries: a forged green line, a hidden carriage-return overwrite, HTML,
 # Markdown link / image / table / code, an @mention and a right-to-left override
-EVIL = (f"\n\x1b[32m{FORGED}\x1b[0m\r\x1b[2K<img src=x onerror=alert(1)><b>bold</b>"
-        "[click](https://evil.example) ![i](https://evil.example/i.png) | `code` @octocat \u202eexe.txt")
+EVIL = (
+    f"\n\x1b[32m{FORGED}\x1b[0m\r\x1b[2K<img src=x onerror=alert(1)><b>bold</b>"
+    "[click](https://evil.example) ![i](https://evil.example/i.png) | `code` @octocat \u202eexe.txt"
+)
 # the same, as far as a file name can hold it (no "/")
 EVIL_FILE = EVIL.replace("/", "_")
 
-MODELS = '''
+MODELS = """
 from torch import nn
 
 
 def build():
     return nn.Sequential(nn.Flatten(), nn.Linear(5, 4))
-'''
+"""
 
-CONFTEST = '''
+CONFTEST = """
 import numpy as np
 import pytest_forgetting as pf
 
@@ -67,9 +69,9 @@ def synth():
 def plain():
     x, y = _data(400, 0)
     return pf.ImageClassificationTask(x, y)
-'''
+"""
 
-CONTRACT = '''
+CONTRACT = """
 import pytest
 
 EVIL = {evil!r}
@@ -97,7 +99,7 @@ def test_unrelated_with_hostile_id(value):
 
 def test_unrelated():
     pass
-'''
+"""
 
 
 def _weights(trap_weight: float = 0.0, extra: str | None = None) -> dict:
@@ -151,11 +153,17 @@ def _hostile_run(pytester):
     except ImportError:
         pass
     result = pytester.runpytest(
-        f"--base-ckpt={base}", *[f"--tuned-ckpt={t}" for t in tuned],
-        "--model-factory=tinymodels:build", f"--forgetting-cache-dir={path / 'cache'}",
+        f"--base-ckpt={base}",
+        *[f"--tuned-ckpt={t}" for t in tuned],
+        "--model-factory=tinymodels:build",
+        f"--forgetting-cache-dir={path / 'cache'}",
         f"--forgetting-json={path / 'out' / 'report.json'}",
         f"--forgetting-markdown={path / 'out' / 'report.md'}",
-        f"--junitxml={path / 'out' / 'junit.xml'}", "-rA", "-p", "no:cacheprovider", *plot,
+        f"--junitxml={path / 'out' / 'junit.xml'}",
+        "-rA",
+        "-p",
+        "no:cacheprovider",
+        *plot,
     )
     return result, path
 
@@ -200,8 +208,7 @@ def test_json_keeps_the_raw_values(hostile_run):
     assert f"named{EVIL_FILE}" in {c.rsplit("/", 1)[-1] for c in candidates}
     flipped = [i for row in report["rows"] for i in row.get("flipped_ids") or []]
     assert flipped and all(i.endswith(EVIL) for i in flipped)
-    classes = [c["name"] for row in report["rows"] if row["task"] != "plain"
-               for c in row.get("worst_classes") or []]
+    classes = [c["name"] for row in report["rows"] if row["task"] != "plain" for c in row.get("worst_classes") or []]
     assert classes and all(c.endswith(EVIL) for c in classes)
     errors = [row["reason"] for row in report["rows"] if row["verdict"] == "error"]
     assert errors and all("head.weight" in r for r in errors)
@@ -263,11 +270,19 @@ def test_plain_project_has_the_same_verdicts(pytester):
     pytester.makepyfile(test_contract=plain)
     path = pytester.path
     base = _save(path / "base.safetensors", _weights())
-    tuned = [_save(path / "trap.safetensors", _weights(trap_weight=10.0)),
-             _save(path / "named.safetensors", _weights(trap_weight=10.0)),
-             _save(path / "badkeys.safetensors", _weights(extra="head.weight"))]
-    result = pytester.runpytest(f"--base-ckpt={base}", *[f"--tuned-ckpt={t}" for t in tuned],
-                                "--model-factory=tinymodels:build", "--forgetting-no-cache", "-p", "no:cacheprovider")
+    tuned = [
+        _save(path / "trap.safetensors", _weights(trap_weight=10.0)),
+        _save(path / "named.safetensors", _weights(trap_weight=10.0)),
+        _save(path / "badkeys.safetensors", _weights(extra="head.weight")),
+    ]
+    result = pytester.runpytest(
+        f"--base-ckpt={base}",
+        *[f"--tuned-ckpt={t}" for t in tuned],
+        "--model-factory=tinymodels:build",
+        "--forgetting-no-cache",
+        "-p",
+        "no:cacheprovider",
+    )
     result.assert_outcomes(passed=4, failed=4, errors=3)
 
 
@@ -279,8 +294,7 @@ def test_terminal_escapes_make_every_hidden_character_visible():
 
     assert escape.terminal(f"a\n\x1b[32m{FORGED}\r\t") == f"a\\n\\x1b[32m{FORGED}\\r\\t"
     assert escape.terminal("\x9b2J\x7f\x00") == "\\x9b2J\\x7f\\x00"  # C1 CSI, DEL, NUL
-    assert escape.terminal("\u202eexe.txt\u2066\u200b\u2028\ufeff") == (
-        "\\u202eexe.txt\\u2066\\u200b\\u2028\\ufeff")
+    assert escape.terminal("\u202eexe.txt\u2066\u200b\u2028\ufeff") == ("\\u202eexe.txt\\u2066\\u200b\\u2028\\ufeff")
     assert escape.terminal("\ud800\U000e0041") == "\\ud800\\U000e0041"
     assert escape.terminal("é ≥ 数字 ✅ naïve") == "é ≥ 数字 ✅ naïve"  # printable text stays
     assert escape.terminal("x" * 500, 10) == "x" * 9 + "…(+491 chars)"
@@ -306,12 +320,33 @@ def test_json_text_escapes_hidden_characters_and_keeps_the_values():
     text.encode("utf-8")  # a lone surrogate can no longer break the write
 
 
-@pytest.mark.parametrize("name", [
-    "<script>alert(1)</script>", "[x](https://evil.example)", "![i](x.png)", "a | b", "`code`",
-    "**bold** _it_ ~~s~~", "# heading", "> quote", "- item", "+ item", "1. one", "1) one",
-    "&lt;b&gt;", "https://evil.example/x", "www.evil.example", "@octocat", "$x^2$", "a\\|b",
-    "back\\slash\\", "<https://evil.example>", "[ref]: https://evil.example", "html <!-- c -->",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "<script>alert(1)</script>",
+        "[x](https://evil.example)",
+        "![i](x.png)",
+        "a | b",
+        "`code`",
+        "**bold** _it_ ~~s~~",
+        "# heading",
+        "> quote",
+        "- item",
+        "+ item",
+        "1. one",
+        "1) one",
+        "&lt;b&gt;",
+        "https://evil.example/x",
+        "www.evil.example",
+        "@octocat",
+        "$x^2$",
+        "a\\|b",
+        "back\\slash\\",
+        "<https://evil.example>",
+        "[ref]: https://evil.example",
+        "html <!-- c -->",
+    ],
+)
 def test_markdown_escape_renders_as_the_literal_text(name):
     markdown_it = pytest.importorskip("markdown_it")
     import html

@@ -39,7 +39,7 @@ K = 4
 N = 400
 TRAP = 40  # class-0 examples with the flag set: a tuned model that maps the flag to class 1 loses 10 points
 
-TINY_MODELS = f'''
+TINY_MODELS = f"""
 from torch import nn
 
 K = {K}
@@ -47,9 +47,9 @@ K = {K}
 
 def build():
     return nn.Sequential(nn.Flatten(), nn.Linear(K + 1, K))
-'''
+"""
 
-TASKS = f'''
+TASKS = f"""
 import numpy as np
 import pytest_forgetting as pf
 
@@ -74,9 +74,9 @@ def synth():
 def plain():
     x, y = _data({N}, 0)
     return pf.ImageClassificationTask(x, y)
-'''
+"""
 
-CONTRACT = '''
+CONTRACT = """
 import pytest
 
 
@@ -93,21 +93,21 @@ def test_keeps_synth_f1():
 @pytest.mark.retains(task="plain", max_drop=0.05)
 def test_learns_plain():
     pass
-'''
+"""
 
-UNRELATED = '''
+UNRELATED = """
 def test_unrelated():
     assert 1 + 1 == 2
-'''
+"""
 
-PYPROJECT = '''
+PYPROJECT = """
 [tool.pytest.ini_options]
 testpaths = ["tests"]
 forgetting_model_factory = "tinymodels:build"
-'''
+"""
 
 # the base branch's build script: the trusted base weights (used when the branch does not commit them)
-BUILD = f'''
+BUILD = f"""
 import argparse
 from pathlib import Path
 
@@ -123,7 +123,7 @@ out.mkdir(parents=True, exist_ok=True)
 w = torch.zeros(K, K + 1)
 w[:, :K] = torch.eye(K) * 5.0
 save_file({{"1.weight": w, "1.bias": torch.zeros(K)}}, str(out / "base.safetensors"))
-'''
+"""
 
 
 def _weights(trap_weight: float) -> dict:
@@ -147,7 +147,7 @@ def _hostile_files(marker: Path) -> dict[str, str]:
     m = repr(str(marker))
     write = f"open({m}, 'a').write(__file__ + '\\n')\n"
     sh_write = f"echo \"$0\" >> '{marker}'\n"
-    force_pass = write + textwrap.dedent('''
+    force_pass = write + textwrap.dedent("""
         import pytest
 
 
@@ -155,7 +155,7 @@ def _hostile_files(marker: Path) -> dict[str, str]:
         def pytest_runtest_makereport(item, call):
             outcome = yield
             outcome.get_result().outcome = "passed"
-    ''')
+    """)
     ini_opts = "addopts = -k learns\nforgetting_model_factory = evil:build\n"
     return {
         "conftest.py": force_pass,
@@ -163,8 +163,7 @@ def _hostile_files(marker: Path) -> dict[str, str]:
         "pytest.ini": "[pytest]\n" + ini_opts,
         "tox.ini": "[pytest]\n" + ini_opts,
         "setup.cfg": "[tool:pytest]\n" + ini_opts,
-        "pyproject.toml": PYPROJECT.replace("tinymodels:build", "evil:build")
-        + 'addopts = "-k learns"\n',
+        "pyproject.toml": PYPROJECT.replace("tinymodels:build", "evil:build") + 'addopts = "-k learns"\n',
         "evil.py": write + TINY_MODELS,
         "sitecustomize.py": write,
         "tests/test_retention.py": CONTRACT.replace("max_drop=0.05", "max_drop=0.99"),
@@ -175,9 +174,15 @@ def _hostile_files(marker: Path) -> dict[str, str]:
 
 
 def _git(cwd: Path, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com", GIT_CONFIG_NOSYSTEM="1",
-               HOME=str(cwd))
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+        GIT_CONFIG_NOSYSTEM="1",
+        HOME=str(cwd),
+    )
     out = subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
     return out.stdout
 
@@ -203,14 +208,17 @@ class Repo:
         self.marker = root / "pwned.txt"
         self.repo.mkdir(parents=True)
         _git(self.repo, "init", "-q", "-b", "main")
-        _write(self.repo, {
-            "pyproject.toml": PYPROJECT,
-            "tinymodels.py": TINY_MODELS,
-            "tests/conftest.py": TASKS,
-            "tests/test_retention.py": CONTRACT,
-            "tests/test_unrelated.py": UNRELATED,
-            "build_checkpoints.py": BUILD,
-        })
+        _write(
+            self.repo,
+            {
+                "pyproject.toml": PYPROJECT,
+                "tinymodels.py": TINY_MODELS,
+                "tests/conftest.py": TASKS,
+                "tests/test_retention.py": CONTRACT,
+                "tests/test_unrelated.py": UNRELATED,
+                "build_checkpoints.py": BUILD,
+            },
+        )
         (self.repo / "ci").mkdir()
         shutil.copy2(GATE, self.repo / "ci" / "gate.sh")
         (self.repo / ".github" / "workflows").mkdir(parents=True)
@@ -268,8 +276,9 @@ def run_gate(ws: Path) -> subprocess.CompletedProcess:
     env = _env(ws)
     for key, value in step.get("env", {}).items():
         env[key] = str(value).replace("${{ github.workspace }}", str(ws))
-    return subprocess.run(["bash", "-e", "-c", step["run"]], cwd=ws, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        ["bash", "-e", "-c", step["run"]], cwd=ws, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def outcome(ws: Path, proc: subprocess.CompletedProcess) -> dict:
@@ -344,9 +353,18 @@ def test_workflow_runs_only_base_branch_code():
 
 def test_gate_script_options_use_the_equals_form():
     text = GATE.read_text()
-    for option in ("--config-file=", "--rootdir=", "--confcutdir=", "--override-ini=addopts=",
-                   "--base-ckpt=", "--tuned-ckpt=", "--forgetting-cache-dir=", "--forgetting-json=",
-                   "--forgetting-markdown=", "--junitxml="):
+    for option in (
+        "--config-file=",
+        "--rootdir=",
+        "--confcutdir=",
+        "--override-ini=addopts=",
+        "--base-ckpt=",
+        "--tuned-ckpt=",
+        "--forgetting-cache-dir=",
+        "--forgetting-json=",
+        "--forgetting-markdown=",
+        "--junitxml=",
+    ):
         assert option in text
     assert "-p no:cacheprovider" in text
     assert "unset PYTEST_ADDOPTS PYTEST_PLUGINS" in text
@@ -402,10 +420,21 @@ def test_the_hostile_files_are_live_outside_the_gate(repo):
     env = _env(ws)
     del env["PYTEST_ADDOPTS"]
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-         f"--base-ckpt={ws / 'pr' / 'checkpoints' / 'base.safetensors'}",
-         f"--tuned-ckpt={ws / 'pr' / 'checkpoints' / 'tuned.safetensors'}"],
-        cwd=ws / "pr", env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            f"--base-ckpt={ws / 'pr' / 'checkpoints' / 'base.safetensors'}",
+            f"--tuned-ckpt={ws / 'pr' / 'checkpoints' / 'tuned.safetensors'}",
+        ],
+        cwd=ws / "pr",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     try:
         assert repo.marker.exists()
         assert "3 deselected" in proc.stdout, proc.stdout + proc.stderr

@@ -16,10 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from _checkpoint_helpers import TEXT_CONFTEST  # the two text tasks of the hostile suites
 from _helpers.project import linear_weights, save_weights
-
 
 TWO_CHECKS = """
     import pytest
@@ -84,7 +82,9 @@ class Run:
         assert "Traceback" not in self.stdout and "INTERNALERROR" not in self.stdout, self.stdout
 
 
-def assert_refused_every_time(run: Run, verdict: str, needle: str, hint: str, *, candidate: str | None = None, n: int = 2) -> str:
+def assert_refused_every_time(
+    run: Run, verdict: str, needle: str, hint: str, *, candidate: str | None = None, n: int = 2
+) -> str:
     """Every check (of ``candidate``) has ``verdict`` with the same one-line reason naming ``needle`` and ``hint``."""
     rows = run.rows(candidate)
     assert len(rows) == n, rows
@@ -220,13 +220,13 @@ def build():
     return nn.Sequential(nn.Flatten(), nn.Linear(K + 1, K))
 '''
 
-EXTRA_TASK = '''
+EXTRA_TASK = """
 
 @pf.task("synth2")
 def synth2():
     x, y = _data(400, 0, 7)
     return pf.ImageClassificationTask(x, y, ids=[f"b{i}" for i in range(len(y))])
-'''
+"""
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import resource
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -49,7 +48,7 @@ pytestmark = pytest.mark.skipif(
 MEMORY_LIMIT = 3 << 30
 TIMEOUT_S = 90
 
-ZYGOTE = r'''
+ZYGOTE = r"""
 import json, os, resource, signal, sys, time, traceback
 sys.dont_write_bytecode = True
 import numpy, scipy.stats, torch, transformers, safetensors.torch  # the heavy imports, once
@@ -120,7 +119,7 @@ for line in sys.stdin:
     else:
         answer = {"exit": os.WEXITSTATUS(status)}
     print(json.dumps(answer), flush=True)
-'''
+"""
 
 
 class Zygote:
@@ -240,7 +239,9 @@ def test_tiny_gguf_without_size_metadata_is_not_built_at_llama_7b_size(zygote, s
     """transformers fills missing sizes with LlamaConfig's defaults: 6.6 billion parameters."""
     tuned = _gguf(synth.path / "tiny.gguf")
     assert tuned.stat().st_size < 600
-    reason = refused(zygote, synth.path, synth_args(synth, tuned), "the config does not belong to these weights", "32 values")
+    reason = refused(
+        zygote, synth.path, synth_args(synth, tuned), "the config does not belong to these weights", "32 values"
+    )
     assert "GGUF file" in reason
 
 
@@ -254,7 +255,9 @@ def test_gguf_header_claiming_more_than_the_file_is_refused(zygote, synth):
 
     tuned = synth.path / "liar.gguf"
     # version 3, 1 tensor, 1 metadata entry whose string claims 2**40 bytes
-    tuned.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + struct.pack("<Q", 4) + b"name" + struct.pack("<IQ", 8, 1 << 40))
+    tuned.write_bytes(
+        b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + struct.pack("<Q", 4) + b"name" + struct.pack("<IQ", 8, 1 << 40)
+    )
     refused(zygote, synth.path, synth_args(synth, tuned), "is not a valid GGUF file", "more than the file holds")
 
 
@@ -307,7 +310,13 @@ def test_peft_adapter_targeting_more_modules_than_its_weights_is_refused(zygote,
     config = json.loads((adapter / "adapter_config.json").read_text())
     config["target_modules"] = ["query", "key", "value", "dense"]
     (adapter / "adapter_config.json").write_text(json.dumps(config))
-    refused(zygote, pytester.path, [f"--base-ckpt={base}", f"--tuned-ckpt={adapter}"], "missing", "does not fit the base model")
+    refused(
+        zygote,
+        pytester.path,
+        [f"--base-ckpt={base}", f"--tuned-ckpt={adapter}"],
+        "missing",
+        "does not fit the base model",
+    )
 
 
 # -- Hugging Face folders ----------------------------------------------------------------------
@@ -331,7 +340,13 @@ def test_config_with_a_huge_layer_count_is_refused(zygote, text):
     config = json.loads((tuned / "config.json").read_text())
     config.update(num_hidden_layers=200 * 8192)
     (tuned / "config.json").write_text(json.dumps(config))
-    refused(zygote, pytester.path, [f"--base-ckpt={base}", f"--tuned-ckpt={tuned}"], "num_hidden_layers=1638400", "implausible")
+    refused(
+        zygote,
+        pytester.path,
+        [f"--base-ckpt={base}", f"--tuned-ckpt={tuned}"],
+        "num_hidden_layers=1638400",
+        "implausible",
+    )
 
 
 def test_config_describing_a_7b_model_over_tiny_weights_is_refused(zygote, text):
@@ -339,9 +354,17 @@ def test_config_describing_a_7b_model_over_tiny_weights_is_refused(zygote, text)
     tuned = pytester.path / "tuned"
     tc.save_bert(tuned)
     config = json.loads((tuned / "config.json").read_text())
-    config.update(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000)
+    config.update(
+        hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32, vocab_size=32000
+    )
     (tuned / "config.json").write_text(json.dumps(config))
-    refused(zygote, pytester.path, [f"--base-ckpt={base}", f"--tuned-ckpt={tuned}"], "does not belong to these weights", "hidden_size=4096")
+    refused(
+        zygote,
+        pytester.path,
+        [f"--base-ckpt={base}", f"--tuned-ckpt={tuned}"],
+        "does not belong to these weights",
+        "hidden_size=4096",
+    )
 
 
 def test_config_linked_to_proc_pagemap_does_not_hang(zygote, text):
@@ -350,7 +373,9 @@ def test_config_linked_to_proc_pagemap_does_not_hang(zygote, text):
     tc.save_bert(tuned)
     (tuned / "config.json").unlink()
     (tuned / "config.json").symlink_to("/proc/self/pagemap")
-    refused(zygote, pytester.path, [f"--base-ckpt={base}", f"--tuned-ckpt={tuned}"], "leads into /proc", "replace the link")
+    refused(
+        zygote, pytester.path, [f"--base-ckpt={base}", f"--tuned-ckpt={tuned}"], "leads into /proc", "replace the link"
+    )
 
 
 # -- weights rewritten while the run loads them --------------------------------------------------
@@ -403,7 +428,13 @@ def test_weights_rewritten_in_place_during_loading_never_kill_the_run(zygote, te
         assert_safe(outcome)
         for row in outcome.rows():  # each check either evaluated a consistent copy or says what happened
             assert row["verdict"] != "error" or any(
-                s in row["reason"] for s in ("changed while it was being read", "not a valid safetensors file", "Git LFS", "is not a regular file")
+                s in row["reason"]
+                for s in (
+                    "changed while it was being read",
+                    "not a valid safetensors file",
+                    "Git LFS",
+                    "is not a regular file",
+                )
             ), row["reason"]
         outcomes.append(counts)
     assert outcomes

@@ -38,11 +38,14 @@ def test_cli_checks_in_a_directory_without_tests(make_project):
 def test_pyproject_declarations_alongside_ordinary_tests(make_project):
     p = make_project(n=400)
     p.pytester.makepyfile(test_plain="def test_plain():\n    assert 1 + 1 == 2\n")
-    p.pytester.makefile(".toml", pyproject="""
+    p.pytester.makefile(
+        ".toml",
+        pyproject="""
         [tool.pytest_forgetting]
         retains = [{ task = "synth", max_drop = 0.02 }, { task = "synth", metric = "f1_macro", max_drop = 0.03, max_class_drop = 0.10 }]
         improves = [{ task = "synth", min_gain = 0.0 }]
-    """)
+    """,
+    )
     result = p.pytester.runpytest(*p.args(p.base), "--forgetting-inconclusive", "pass")
     result.assert_outcomes(passed=4)
 
@@ -54,7 +57,10 @@ def test_pyproject_declarations_alongside_ordinary_tests(make_project):
         ('retain = [{ task = "synth", max_drop = 0.02 }]', "unknown key 'retain' (did you mean 'retains'?)"),
         ('retains = ["synth"]', "retains[0]: expected an inline table"),
         ('retains = [{ task = "synth", max_drop = 2 }]', "retains[0]: max_drop=2 is outside [0, 1]"),
-        ('retains = [{ task = "synth", max_drop = 0.02 }, { task = "synth", max_drop = 0.02 }]', "retains[1]: the same check is already declared"),
+        (
+            'retains = [{ task = "synth", max_drop = 0.02 }, { task = "synth", max_drop = 0.02 }]',
+            "retains[1]: the same check is already declared",
+        ),
         ("retains = [", "pyproject.toml: Invalid value"),  # pytest itself reads the file first
     ],
 )
@@ -90,14 +96,29 @@ def test_three_candidates_under_xdist(make_project):
             assert tuned_model is not None
     """)
     cands = _three_candidates(p)
-    args = ["--base-ckpt", str(p.base), "--model-factory", "tinymodels:build", "--forgetting-cache-dir", str(p.path / "cache")]
+    args = [
+        "--base-ckpt",
+        str(p.base),
+        "--model-factory",
+        "tinymodels:build",
+        "--forgetting-cache-dir",
+        str(p.path / "cache"),
+    ]
     for c in cands:
         args += ["--tuned-ckpt", str(c)]
     js = p.path / "r.json"
-    result = p.pytester.runpytest_subprocess(*args, "--improves", "synth:0.0", "--forgetting-json", str(js), "-n", "2", "-v")
+    result = p.pytester.runpytest_subprocess(
+        *args, "--improves", "synth:0.0", "--forgetting-json", str(js), "-n", "2", "-v"
+    )
     result.assert_outcomes(passed=5, failed=4)
     out = result.stdout.str()
-    for name in ("test_keeps[clean]", "test_keeps[trap]", "test_keeps[swap]", "test_body_runs_per_candidate[swap]", "improves:synth@trap"):
+    for name in (
+        "test_keeps[clean]",
+        "test_keeps[trap]",
+        "test_keeps[swap]",
+        "test_body_runs_per_candidate[swap]",
+        "improves:synth@trap",
+    ):
         assert name in out
     assert "candidate clean:" in out and "ranking:" in out
     data = json.loads(js.read_text())

@@ -24,7 +24,7 @@ if not dist.is_available():  # pragma: no cover - a torch built without distribu
 
 from pytest_forgetting import distributed  # noqa: E402
 
-COUNTED = '''
+COUNTED = """
 import atexit, json, os
 from torch import nn
 import tinymodels
@@ -46,9 +46,9 @@ def build():
 def _dump():
     with open(os.environ["SEEN_FILE"], "w") as fh:
         json.dump(SEEN, fh)
-'''
+"""
 
-TESTS = '''
+TESTS = """
 import pytest
 
 
@@ -65,7 +65,7 @@ def test_small_margin_fails():
 @pytest.mark.retains("synth", max_drop=0.3, metric="f1_macro")
 def test_keeps_macro_f1():
     pass
-'''
+"""
 
 
 def _free_port() -> int:
@@ -103,10 +103,19 @@ def test_two_gloo_ranks_give_the_json_of_one_process(make_project):
     out_single, _ = single.communicate(timeout=300)
     port = str(_free_port())
     ranks = [
-        _pytest(path, [*args, "--forgetting-json=dist.json"], {
-            "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": port, "SEEN_FILE": str(path / f"seen-{r}.json"),
-        })  # fmt: skip
+        _pytest(
+            path,
+            [*args, "--forgetting-json=dist.json"],
+            {
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+                "SEEN_FILE": str(path / f"seen-{r}.json"),
+            },
+        )  # fmt: skip
         for r in range(2)
     ]
     outs = [p.communicate(timeout=300)[0] for p in ranks]
@@ -118,7 +127,9 @@ def test_two_gloo_ranks_give_the_json_of_one_process(make_project):
 
     one, two = _rows(path / "single.json"), _rows(path / "dist.json")
     assert two == one
-    assert [r["verdict"] for r in two["rows"]] == ["pass", "pass", "fail"] or sorted(r["verdict"] for r in two["rows"]) == ["fail", "pass", "pass"]
+    assert [r["verdict"] for r in two["rows"]] == ["pass", "pass", "fail"] or sorted(
+        r["verdict"] for r in two["rows"]
+    ) == ["fail", "pass", "pass"]
 
     seen = {k: json.loads((path / f"seen-{k}.json").read_text())["examples"] for k in ("single", "0", "1")}
     assert seen["single"] == 800  # base and tuned on 400 examples (no cache: the base once, memoised)

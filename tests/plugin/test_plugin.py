@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -204,15 +203,41 @@ def test_json_markdown_and_junit(make_project):
     p = make_project(n=400, trap=40)
     p.test_file(RETAINS)
     js, md, xml = p.path / "r.json", p.path / "r.md", p.path / "junit.xml"
-    result = p.pytester.runpytest(*p.args(p.tuned(trap_weight=10.0), "--forgetting-json", str(js), "--forgetting-markdown", str(md), f"--junitxml={xml}"))
+    result = p.pytester.runpytest(
+        *p.args(
+            p.tuned(trap_weight=10.0),
+            "--forgetting-json",
+            str(js),
+            "--forgetting-markdown",
+            str(md),
+            f"--junitxml={xml}",
+        )
+    )
     result.assert_outcomes(failed=1)
     data = json.loads(js.read_text())
     for key in ("base_ckpt", "tuned_ckpts", "device", "dtype", "alpha", "torch_version", "plugin_version"):
         assert key in data
     assert data["base_ckpt"]["fingerprint"].startswith("sha256:")
     row = data["rows"][0]
-    for key in ("test", "task", "metric", "n", "base", "tuned", "drop", "ci_low", "ci_high", "margin", "relative", "nfr",
-                "verdict", "reason", "base_cached", "base_eval_s", "tuned_eval_s"):
+    for key in (
+        "test",
+        "task",
+        "metric",
+        "n",
+        "base",
+        "tuned",
+        "drop",
+        "ci_low",
+        "ci_high",
+        "margin",
+        "relative",
+        "nfr",
+        "verdict",
+        "reason",
+        "base_cached",
+        "base_eval_s",
+        "tuned_eval_s",
+    ):
         assert key in row
     assert row["verdict"] == "fail" and row["n"] == 400 and abs(row["drop"] - 0.1) < 1e-12
     assert "| synth" in md.read_text()
@@ -239,7 +264,9 @@ def test_class_and_nfr_budgets(make_project):
     """)
     result = p.pytester.runpytest(*p.args(p.tuned(trap_weight=10.0)))
     result.assert_outcomes(failed=2, passed=1)
-    result.stdout.fnmatch_lines(["*class drop budget 0.1: 0 +0.300*fail*", "*negative-flip rate 0.075*budget 0.02: fail*"])
+    result.stdout.fnmatch_lines(
+        ["*class drop budget 0.1: 0 +0.300*fail*", "*negative-flip rate 0.075*budget 0.02: fail*"]
+    )
 
 
 def test_relative_drop(make_project):
@@ -327,7 +354,11 @@ def test_xdist_summary_identical(make_project):
         js = p.path / f"r{len(extra)}.json"
         result = p.pytester.runpytest_subprocess(*p.args(tuned, "--forgetting-json", str(js), *extra))
         lines = result.stdout.str().split("forgetting summary")[1].splitlines()
-        summary = [l for l in lines if l.strip() and not l.startswith(("forgetting: wrote", "=", "FAILED", "ERROR"))]
+        summary = [
+            line
+            for line in lines
+            if line.strip() and not line.startswith(("forgetting: wrote", "=", "FAILED", "ERROR"))
+        ]
         rows = json.loads(js.read_text())["rows"]
         for r in rows:
             r.pop("base_eval_s"), r.pop("tuned_eval_s"), r.pop("base_cached")

@@ -13,7 +13,7 @@ import pytest
 
 from pytest_forgetting import progress
 
-SLOW = '''
+SLOW = """
 import time
 from torch import nn
 import tinymodels
@@ -27,9 +27,9 @@ class Slow(nn.Sequential):
 
 def build():
     return Slow(*tinymodels.build())
-'''
+"""
 
-TESTS = '''
+TESTS = """
 import pytest
 
 
@@ -37,7 +37,7 @@ import pytest
 def test_fails_and_prints():
     print("hello from the test body")
     assert False
-'''
+"""
 
 LINE = re.compile(r"forgetting: (base|tuned) model.* on task 'synth': \d+/400 examples")
 

@@ -141,13 +141,19 @@ def _rows(p, js: str) -> dict[str, dict]:
 def _table(result) -> list[str]:
     lines = result.stdout.lines
     start = next(i for i, line in enumerate(lines) if "forgetting summary" in line)
-    return [line for line in lines[start + 1:] if line.startswith(("forgetting: ", "test")) and not line.startswith("forgetting: wrote")]
+    return [
+        line
+        for line in lines[start + 1 :]
+        if line.startswith(("forgetting: ", "test")) and not line.startswith("forgetting: wrote")
+    ]
 
 
 def test_a_second_worker_reuses_the_tuned_evaluation(counting):
     p, tuned, log, _ = counting
     p.test_file(SPLIT_BY_USER)
-    result = p.pytester.runpytest_subprocess(*_args(p, tuned, "cache", "r.json", "-n", "2", f"--forgetting-markdown={p.path / 'r.md'}"))
+    result = p.pytester.runpytest_subprocess(
+        *_args(p, tuned, "cache", "r.json", "-n", "2", f"--forgetting-markdown={p.path / 'r.md'}")
+    )
     result.assert_outcomes(passed=2)
     rows = _rows(p, "r.json")
     forwards = _forwards(log)
@@ -166,7 +172,9 @@ def test_a_second_worker_reuses_the_tuned_evaluation(counting):
     entries = sorted(f.name for f in (p.path / "cache").glob("*.npz") if not f.name.startswith("prepared-"))
     assert len(entries) == 2 and sum(n.startswith("tuned-") for n in entries) == 1, entries
     md = (p.path / "r.md").read_text()
-    assert "Evaluations per check: base 1 computed, 1 read from the cache; tuned 1 computed, 1 read from the cache." in md
+    assert (
+        "Evaluations per check: base 1 computed, 1 read from the cache; tuned 1 computed, 1 read from the cache." in md
+    )
 
     # a rerun reads both from the cache: no forward pass at all, the same verdicts
     log.unlink()
@@ -187,7 +195,9 @@ def test_checks_of_one_task_share_a_worker_and_the_table_is_that_of_n0(counting)
     plain_forwards = _forwards(log)
     log.unlink()
     where.unlink()
-    result = p.pytester.runpytest_subprocess(*_args(p, tuned, "cache", "r.json", "-n", "2", "-v", f"--forgetting-markdown={p.path / 'r.md'}"))
+    result = p.pytester.runpytest_subprocess(
+        *_args(p, tuned, "cache", "r.json", "-n", "2", "-v", f"--forgetting-markdown={p.path / 'r.md'}")
+    )
     result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["scheduling tests via TaskGroupScheduling"])
 
@@ -206,10 +216,25 @@ def test_checks_of_one_task_share_a_worker_and_the_table_is_that_of_n0(counting)
         for k in _TIMING:
             r.pop(k)
     assert rows == want
-    assert [want[t]["base_reuse"] for t in ("test_a", "test_b_small", "test_c", "test_e")] == ["computed", "computed", "memory", "memory"]
-    assert [want[t]["tuned_reuse"] for t in ("test_a", "test_b_small", "test_c", "test_e")] == ["computed", "computed", "memory", "memory"]
+    assert [want[t]["base_reuse"] for t in ("test_a", "test_b_small", "test_c", "test_e")] == [
+        "computed",
+        "computed",
+        "memory",
+        "memory",
+    ]
+    assert [want[t]["tuned_reuse"] for t in ("test_a", "test_b_small", "test_c", "test_e")] == [
+        "computed",
+        "computed",
+        "memory",
+        "memory",
+    ]
     # issue 14.7: on a cold run without the cache, base_cached is true only where the evaluation was reused
-    assert [want[t]["base_cached"] for t in ("test_a", "test_b_small", "test_c", "test_e")] == [False, False, True, True]
+    assert [want[t]["base_cached"] for t in ("test_a", "test_b_small", "test_c", "test_e")] == [
+        False,
+        False,
+        True,
+        True,
+    ]
     md = (p.path / "r.md").read_text()
     assert "Evaluations per check: base 2 computed, 2 reused in memory; tuned 2 computed, 2 reused in memory." in md
 
@@ -224,7 +249,9 @@ def test_an_explicit_dist_keeps_xdists_scheduler(counting):
     rows = _rows(p, "r.json")
     assert {r["verdict"] for r in rows.values()} == {"pass"}
     assert all(r["tuned_reuse"] in ("computed", "memory", "cache") for r in rows.values())
-    assert sum(r["tuned_reuse"] == "computed" for r in rows.values() if r["task"] == "synth") == 1  # the cache and its lock
+    assert (
+        sum(r["tuned_reuse"] == "computed" for r in rows.values() if r["task"] == "synth") == 1
+    )  # the cache and its lock
 
 
 def test_a_forged_or_foreign_tuned_entry_is_recomputed(counting):
@@ -294,5 +321,8 @@ def test_the_candidates_of_one_task_run_on_two_workers(counting):
     for r in (*rows.values(), *want.values()):
         for k in (*_TIMING, "base_reuse", "base_cached", "weight_drift"):
             r.pop(k)
-    differ = {t: {k: (r.get(k), want[t].get(k)) for k in {*r, *want[t]} if r.get(k) != want[t].get(k)} for t, r in rows.items()}
+    differ = {
+        t: {k: (r.get(k), want[t].get(k)) for k in {*r, *want[t]} if r.get(k) != want[t].get(k)}
+        for t, r in rows.items()
+    }
     assert not any(differ.values()), differ

@@ -22,7 +22,12 @@ def test_unrelated():
 def test_missing_checkpoint_is_one_usage_error(pytester, workers):
     pytester.makepyfile(test_gate=TESTS)
     result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", "-n", workers, "--base-ckpt=nothing/base.safetensors", "--tuned-ckpt=nothing/tuned.safetensors",
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        workers,
+        "--base-ckpt=nothing/base.safetensors",
+        "--tuned-ckpt=nothing/tuned.safetensors",
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     err = result.stderr.str()
@@ -34,7 +39,9 @@ def test_missing_checkpoint_is_one_usage_error(pytester, workers):
 def test_marker_typo_is_one_usage_error_on_workers(pytester):
     pytester.makepyfile(test_gate=TESTS.replace("mark.retains", "mark.retain"))
     (pytester.path / "w.safetensors").write_bytes(b"")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--base-ckpt=w.safetensors", "--tuned-ckpt=w.safetensors")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-n", "2", "--base-ckpt=w.safetensors", "--tuned-ckpt=w.safetensors"
+    )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     result.stderr.fnmatch_lines(["*unknown marker @pytest.mark.retain (did you mean @pytest.mark.retains?)*"])

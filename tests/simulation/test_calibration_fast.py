@@ -89,9 +89,9 @@ def test_no_flip_pass_is_exact_at_the_smallest_n():
     # probability is 0.98^149 <= alpha, while the old bound passed it from n = 133 (0.068).
     n = stats.min_n_to_pass(0.02)
     assert n == 149
-    assert 0.98 ** n <= ALPHA < 0.98 ** (n - 1)
+    assert 0.98**n <= ALPHA < 0.98 ** (n - 1)
     worst_pass, _ = exact_rates(n, 0.02, np.array([0.0]))
-    assert worst_pass == pytest.approx(0.98 ** n, rel=1e-9)
+    assert worst_pass == pytest.approx(0.98**n, rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------------
@@ -153,14 +153,16 @@ def relative_zero_one(n: int, margin: float, base_value: float, churn: float, hi
             return "inconclusive"
         base = np.r_[np.ones(n11 + n10), np.zeros(n01 + n00)]
         tuned = np.r_[np.ones(n11), np.zeros(n10), np.ones(n01), np.zeros(n00)]
-        return stats.compare_scores(base, tuned, max_drop=margin, relative=True,
-                                    higher_is_better=hib, n_needed=False).verdict
+        return stats.compare_scores(
+            base, tuned, max_drop=margin, relative=True, higher_is_better=hib, n_needed=False
+        ).verdict
 
     return decide
 
 
-@pytest.mark.parametrize("n,base_value,churn,hib", [(100, 0.8, 0.02, True), (300, 0.8, 0.1, True),
-                                                   (300, 0.2, 0.02, False)])
+@pytest.mark.parametrize(
+    "n,base_value,churn,hib", [(100, 0.8, 0.02, True), (300, 0.8, 0.1, True), (300, 0.2, 0.02, False)]
+)
 def test_relative_zero_one_at_the_margin(n, base_value, churn, hib):
     pass_rate, fail_rate = _rate(relative_zero_one(n, 0.1, base_value, churn, hib), REPS, seed=n)
     assert pass_rate <= _limit(REPS)
@@ -181,8 +183,7 @@ def skewed_nll(n: int, margin: float, sign: float):
         big = rng.random(n) < 0.05
         change = np.where(big, sign * 2.0, 0.0) + rng.normal(0.0, 0.1, size=n)
         change += margin - sign * 2.0 * 0.05
-        return stats.compare_scores(base, base + change, max_drop=margin, higher_is_better=False,
-                                    n_boot=N_BOOT).verdict
+        return stats.compare_scores(base, base + change, max_drop=margin, higher_is_better=False, n_boot=N_BOOT).verdict
 
     return decide
 
@@ -201,13 +202,15 @@ def test_unbounded_scores_are_refused_below_the_floor():
     rng = np.random.default_rng(0)
     for n in (100, 300, stats._MIN_UNBOUNDED_N - 1):
         base = rng.gamma(2.0, 1.0, size=n)
-        res = stats.compare_scores(base, base + rng.normal(0.0, 0.1, size=n), max_drop=0.1,
-                                   higher_is_better=False, n_boot=N_BOOT)
+        res = stats.compare_scores(
+            base, base + rng.normal(0.0, 0.1, size=n), max_drop=0.1, higher_is_better=False, n_boot=N_BOOT
+        )
         assert res.method == "refused" and res.n_needed == stats._MIN_UNBOUNDED_N
         tokens = rng.integers(20, 200, size=n).astype(float)
         ratio = Ratio(base * tokens, tokens, (base + 0.01) * tokens, tokens, transform="exp", den_fixed=True)
-        res = stats.compare_statistic(None, n, max_drop=0.1, relative=True, higher_is_better=False,
-                                      ratio=ratio, n_boot=N_BOOT)
+        res = stats.compare_statistic(
+            None, n, max_drop=0.1, relative=True, higher_is_better=False, ratio=ratio, n_boot=N_BOOT
+        )
         assert res.method == "refused" and "weigh like" in res.reason
     # a ratio's floor counts effective examples: 1,000 texts of which a few hold most of the tokens
     n = 1000
@@ -220,8 +223,9 @@ def test_unbounded_scores_are_refused_below_the_floor():
 # -- the tail rule of the unbounded paths (pytest_forgetting/tail_rule.py) ---------------------
 
 
-def heavy_tailed_nll(n: int, margin: float, *, p_bad: float = 0.01, big: float = 4.0, tail: float = 1.5,
-                     noise: float = 0.2):
+def heavy_tailed_nll(
+    n: int, margin: float, *, p_bad: float = 0.01, big: float = 4.0, tail: float = 1.5, noise: float = 0.2
+):
     """benchmarks/calibration.py's ``heavy: 1 % worse by Pareto 1.5 amounts`` (``sim_nll`` with
     ``change_sizes``): a fraction ``p_bad`` of the examples worse by a classic Pareto amount of
     tail index ``tail`` (infinite variance below 2) and mean ``big``, the rest by normal noise;
@@ -278,8 +282,9 @@ def skewed_in_range(n: int, margin: float, p_bad: float, big: float, relative: b
         base = centre + 0.4 * rng.beta(2.0, 2.0, size=n)
         target = drop * (centre + 0.2 if relative else 1.0)
         change = target - p_bad * big + rng.uniform(-0.05, 0.05, size=n) + np.where(rng.random(n) < p_bad, big, 0.0)
-        return stats.compare_scores(base, base + change, max_drop=margin, relative=relative,
-                                    higher_is_better=False, score_range=(0.0, 1.0)).verdict
+        return stats.compare_scores(
+            base, base + change, max_drop=margin, relative=relative, higher_is_better=False, score_range=(0.0, 1.0)
+        ).verdict
 
     return decide
 
@@ -316,8 +321,10 @@ def test_declared_range_extreme_two_point():
         def decide(rng):
             d = np.where(rng.random(n) < (1.0 + true_drop) / 2.0, 1.0, -1.0)  # base - tuned
             base = np.where(d > 0, 1.0, 0.0)
-            return stats.compare_scores(base * 0.5 + 0.25, (base - d) * 0.5 + 0.25, max_drop=margin * 0.5,
-                                        score_range=(0.0, 1.0)).verdict
+            return stats.compare_scores(
+                base * 0.5 + 0.25, (base - d) * 0.5 + 0.25, max_drop=margin * 0.5, score_range=(0.0, 1.0)
+            ).verdict
+
         return decide
 
     pass_rate, fail_rate = _rate(two_point(margin), REPS, seed=3)
@@ -335,11 +342,11 @@ def relative_perplexity(n: int, margin: float):
     def decide(rng):
         tokens = rng.integers(20, 200, size=n).astype(float)
         base = tokens * rng.normal(2.0, 0.3, size=n)
-        tuned = base + tokens * (np.where(rng.random(n) < 0.05, per_token, 0.0)
-                                 + rng.normal(0.0, 0.05, size=n))
+        tuned = base + tokens * (np.where(rng.random(n) < 0.05, per_token, 0.0) + rng.normal(0.0, 0.05, size=n))
         ratio = Ratio(base, tokens, tuned, tokens, transform="exp", den_fixed=True)
-        return stats.compare_statistic(None, n, max_drop=margin, relative=True,
-                                       higher_is_better=False, ratio=ratio, n_boot=N_BOOT).verdict
+        return stats.compare_statistic(
+            None, n, max_drop=margin, relative=True, higher_is_better=False, ratio=ratio, n_boot=N_BOOT
+        ).verdict
 
     return decide
 
@@ -359,8 +366,9 @@ def word_error_rate(n: int, margin: float):
         base = rng.binomial(words.astype(int), 0.15).astype(float)
         extra = np.where(rng.random(n) < margin / 0.2, rng.binomial(words.astype(int), 0.2), 0)
         ratio = Ratio(base, words, base + extra, words, den_fixed=True)
-        return stats.compare_statistic(None, n, max_drop=margin, higher_is_better=False,
-                                       ratio=ratio, bounded=True, n_boot=N_BOOT).verdict
+        return stats.compare_statistic(
+            None, n, max_drop=margin, higher_is_better=False, ratio=ratio, bounded=True, n_boot=N_BOOT
+        ).verdict
 
     return decide
 
@@ -407,8 +415,7 @@ def macro_f1(n: int, margin: float, k: int = 10):
         pb = np.minimum((u[:, None] > cum_b[y]).sum(axis=1), k - 1)
         pt = np.minimum((u[:, None] > cum_t[y]).sum(axis=1), k - 1)
         ratio = ratio_of(F1_MACRO, {"label": y, "pred": pb}, {"label": y, "pred": pt})
-        return stats.compare_statistic(None, n, max_drop=margin, ratio=ratio, bounded=True,
-                                       n_boot=N_BOOT).verdict
+        return stats.compare_statistic(None, n, max_drop=margin, ratio=ratio, bounded=True, n_boot=N_BOOT).verdict
 
     return decide
 
@@ -446,8 +453,9 @@ def test_combined_check_fail_rate_with_alpha_split():
         tuned = np.where(base, u >= p12 / 0.9, u < p21 / 0.1)
         fa = ALPHA / 3
         parts = [
-            stats.compare_scores(base.astype(float), tuned.astype(float), max_drop=margin,
-                                 fail_alpha=fa, n_needed=False).verdict,
+            stats.compare_scores(
+                base.astype(float), tuned.astype(float), max_drop=margin, fail_alpha=fa, n_needed=False
+            ).verdict,
             stats.nfr_budget(base, tuned, limit=nfr, fail_alpha=fa).verdict,
             *(c.verdict for c in stats.class_drops(base, tuned, labels, limit=limit, fail_alpha=fa)),
         ]
@@ -470,9 +478,16 @@ def _ba_outputs(n0: int, n1: int, tuned_wrong: tuple[bool, bool] = (False, False
 
 def _agg_verdict(metric, ob, ot, margin):
     agg = metric.aggregate
-    return stats.compare_statistic(lambda idx: (agg(ob, idx), agg(ot, idx)), len(ob["label"]), ratio=ratio_of(metric, ob, ot),
-                                   bounded=True, sensitivity=metric.sensitivity(ob, ot), max_drop=margin, n_boot=N_BOOT,
-                                   n_needed=False)
+    return stats.compare_statistic(
+        lambda idx: (agg(ob, idx), agg(ot, idx)),
+        len(ob["label"]),
+        ratio=ratio_of(metric, ob, ot),
+        bounded=True,
+        sensitivity=metric.sensitivity(ob, ot),
+        max_drop=margin,
+        n_boot=N_BOOT,
+        n_needed=False,
+    )
 
 
 @pytest.mark.parametrize("n", [59, 60, 75, 99])
@@ -486,7 +501,7 @@ def test_balanced_accuracy_no_change_rule_is_exact_at_the_margin(n):
     for n0 in range(1, n):
         ob, ot = _ba_outputs(n0, n - n0)
         if _agg_verdict(BALANCED_ACCURACY, ob, ot, 0.05).verdict == PASS:
-            rate += binom.pmf(n0, n, 0.5) * 0.95 ** n
+            rate += binom.pmf(n0, n, 0.5) * 0.95**n
     assert rate <= ALPHA
 
 

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _helpers.pytester_modules import keep_heavy_modules
 
 keep_heavy_modules()  # in-process pytester runs keep installed libraries (torch-free itself)

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from pytest_forgetting import bounded, stats
+from pytest_forgetting import bounded
 from pytest_forgetting.checks import parse_check
 from pytest_forgetting.errors import ConfigError
 from pytest_forgetting.stats import FAIL, INCONCLUSIVE, PASS, compare_scores
@@ -96,7 +96,7 @@ def test_exact_false_pass_rate_of_the_extreme_two_point_distribution():
         d = np.array(signs)
         k = int(np.count_nonzero(d > 0))
         if bounded._Capital(d, 1.0, margin, ALPHA, 0).excess(m0, False) > 0.0:
-            total += p_plus ** k * (1.0 - p_plus) ** (n - k)
+            total += p_plus**k * (1.0 - p_plus) ** (n - k)
     assert 0.0 < total <= ALPHA
 
 
@@ -132,8 +132,7 @@ def test_betting_path_relative():
     assert res.verdict == PASS and res.method == "betting" and res.ci_high < 0.05
     assert res.drop == pytest.approx((base.mean() - tuned.mean()) / base.mean())
     # the same drop on scores in [-1, 0] (negated) is decided the same way
-    neg = compare_scores(-base, -tuned, max_drop=0.05, relative=True, higher_is_better=False,
-                         score_range=(-1.0, 0.0))
+    neg = compare_scores(-base, -tuned, max_drop=0.05, relative=True, higher_is_better=False, score_range=(-1.0, 0.0))
     assert neg.verdict == PASS and neg.drop == pytest.approx(res.drop)
     with pytest.raises(ValueError, match="one side of 0"):
         compare_scores(base - 0.5, tuned - 0.5, max_drop=0.05, relative=True, score_range=(-1.0, 1.0))
@@ -174,26 +173,32 @@ def test_binary_scores_with_a_range_use_the_range():
     assert compare_scores(base, base.copy(), max_drop=0.05).method == "tango"
 
 
-@pytest.mark.parametrize("score_range, match", [
-    ((0.0, math.inf), "finite"),
-    ((-math.inf, 1.0), "finite"),
-    ((math.nan, 1.0), "NaN"),
-    ((1.0, 1.0), "low < high"),
-    ((2.0, 1.0), "low < high"),
-    ((0.0,), "pair"),
-    ("01", "pair"),
-    (5, "pair"),
-    (("a", 1), "pair"),
-    ((-1e308, 1e308), "too wide"),
-])
+@pytest.mark.parametrize(
+    "score_range, match",
+    [
+        ((0.0, math.inf), "finite"),
+        ((-math.inf, 1.0), "finite"),
+        ((math.nan, 1.0), "NaN"),
+        ((1.0, 1.0), "low < high"),
+        ((2.0, 1.0), "low < high"),
+        ((0.0,), "pair"),
+        ("01", "pair"),
+        (5, "pair"),
+        (("a", 1), "pair"),
+        ((-1e308, 1e308), "too wide"),
+    ],
+)
 def test_bad_score_ranges(score_range, match):
     with pytest.raises(ValueError, match=match):
         compare_scores(np.zeros(5), np.zeros(5), max_drop=0.1, score_range=score_range)
 
 
 def test_scores_outside_the_range_are_one_clear_error():
-    with pytest.raises(ValueError, match=r"tuned scores fall outside the declared score_range \(0, 1\): "
-                                         r"2 value\(s\), first 1.5 at index 1$"):
+    with pytest.raises(
+        ValueError,
+        match=r"tuned scores fall outside the declared score_range \(0, 1\): "
+        r"2 value\(s\), first 1.5 at index 1$",
+    ):
         compare_scores(np.zeros(4), np.array([0.0, 1.5, 0.2, -0.1]), max_drop=0.1, score_range=(0, 1))
     with pytest.raises(ValueError, match="base scores fall outside"):
         compare_scores(np.array([2.0, 0.0]), np.zeros(2), max_drop=0.1, score_range=(0, 1))
@@ -209,7 +214,10 @@ def test_scores_outside_the_range_are_one_clear_error():
 def test_marker_score_range_is_validated_at_collection():
     check = parse_check("retains", {"task": "digits", "max_drop": 0.02, "score_range": (0, 2)}, "here")
     assert check.score_range == (0.0, 2.0)
-    assert parse_check("improves", {"task": "digits", "min_gain": 0.02, "score_range": [0, 1]}, "here").score_range == (0.0, 1.0)
+    assert parse_check("improves", {"task": "digits", "min_gain": 0.02, "score_range": [0, 1]}, "here").score_range == (
+        0.0,
+        1.0,
+    )
     assert parse_check("retains", {"task": "digits", "max_drop": 0.02}, "here").score_range is None
     for bad, match in (((0, math.inf), "finite"), ((1, 1), "low < high"), (3, "pair"), ((True, 2), "pair")):
         with pytest.raises(ConfigError, match=match) as info:
@@ -221,7 +229,9 @@ def test_declared_check_in_pyproject_carries_its_range(tmp_path):
     from pytest_forgetting.declarations import load_pyproject
 
     path = tmp_path / "pyproject.toml"
-    path.write_text('[tool.pytest_forgetting]\nretains = [{ task = "digits", max_drop = 0.02, score_range = [0, 2] }]\n')
+    path.write_text(
+        '[tool.pytest_forgetting]\nretains = [{ task = "digits", max_drop = 0.02, score_range = [0, 2] }]\n'
+    )
     (decl,) = load_pyproject(path)
     assert parse_check(decl.kind, decl.kwargs, decl.where).score_range == (0.0, 2.0)
 
@@ -239,8 +249,11 @@ def test_score_range_on_an_aggregate_metric_is_a_usage_error():
         def check_split(self, split):
             return None
 
-    check = parse_check("retains", {"task": "digits", "max_drop": 0.1, "metric": "perplexity", "relative": True,
-                                    "score_range": (0, 20)}, "here")
+    check = parse_check(
+        "retains",
+        {"task": "digits", "max_drop": 0.1, "metric": "perplexity", "relative": True, "score_range": (0, 20)},
+        "here",
+    )
     with pytest.raises(ConfigError, match="score_range applies to per-example metrics"):
         bind_task(check, "here", FakeTask())
 

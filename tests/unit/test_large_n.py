@@ -31,13 +31,13 @@ def test_plain_mean_terms_are_students_t_skewness_correction():
     d = rng.exponential(1.0, 5000) - 0.9
     value, sigma, k12, k31, second = stats._edgeworth_terms(stats._mean_smooth(np.zeros_like(d), d, False))
     c = d - d.mean()
-    gamma = np.mean(c ** 3) / np.mean(c ** 2) ** 1.5
+    gamma = np.mean(c**3) / np.mean(c**2) ** 1.5
     assert value == pytest.approx(d.mean(), rel=1e-12)
     assert sigma == pytest.approx(d.std(), rel=1e-12)
     assert k12 == pytest.approx(-gamma / 2.0, rel=1e-9)
     assert k31 == pytest.approx(-2.0 * gamma, rel=1e-9)
-    kurt = np.mean(c ** 4) / np.mean(c ** 2) ** 2 - 3.0
-    assert second == pytest.approx((gamma ** 2 + abs(kurt)) / d.size, rel=1e-9)
+    kurt = np.mean(c**4) / np.mean(c**2) ** 2 - 3.0
+    assert second == pytest.approx((gamma**2 + abs(kurt)) / d.size, rel=1e-9)
 
 
 def test_numerical_hessian_matches_the_analytic_one_of_a_relative_mean():
@@ -48,16 +48,16 @@ def test_numerical_hessian_matches_the_analytic_one_of_a_relative_mean():
     d = 0.3 * b + rng.normal(0, 0.5, 4000)
     sm = stats._mean_smooth(b, d, True)
     mb, md = b.mean(), d.mean()
-    hess = np.array([[2 * md / mb ** 3, -1 / mb ** 2], [-1 / mb ** 2, 0.0]])
+    hess = np.array([[2 * md / mb**3, -1 / mb**2], [-1 / mb**2, 0.0]])
     z = sm.z - sm.z.mean(axis=0)
     cov = z.T @ z / z.shape[0]
     a = sm.grad(sm.z.mean(axis=0))[1]
     psi = z @ a
-    sigma = math.sqrt(np.mean(psi ** 2))
-    m3 = np.mean(psi ** 3)
+    sigma = math.sqrt(np.mean(psi**2))
+    m3 = np.mean(psi**3)
     q = (cov @ a) @ hess @ (cov @ a)
-    k12 = np.sum(hess * cov) / (2 * sigma) - (m3 + 2 * q) / (2 * sigma ** 3)
-    k31 = -(2 * m3 + 3 * q) / sigma ** 3
+    k12 = np.sum(hess * cov) / (2 * sigma) - (m3 + 2 * q) / (2 * sigma**3)
+    k31 = -(2 * m3 + 3 * q) / sigma**3
     _, s_got, k12_got, k31_got, _ = stats._edgeworth_terms(sm)
     assert s_got == pytest.approx(sigma, rel=1e-12)
     assert k12_got == pytest.approx(k12, rel=1e-6)
@@ -126,7 +126,8 @@ def _cases(n: int, seed: int):
         "mean absolute": lambda: stats.compare_scores(b, t, max_drop=0.06, **common),
         "mean relative": lambda: stats.compare_scores(b, t, max_drop=0.02, relative=True, **common),
         "perplexity relative": lambda: stats.compare_statistic(
-            None, n, ratio=ratio_of(PERPLEXITY, ob, ot), max_drop=0.01, relative=True, **common),
+            None, n, ratio=ratio_of(PERPLEXITY, ob, ot), max_drop=0.01, relative=True, **common
+        ),
     }
 
 
@@ -189,8 +190,16 @@ def test_very_skewed_scores_keep_the_bootstrap():
     se = d.std(ddof=1) / math.sqrt(n)
     assert stats._edgeworth_bounds(sm, float(d.mean()), se, 0.05, 0.05) is None
     mild = rng.normal(0, 1, n)
-    assert stats._edgeworth_bounds(stats._mean_smooth(np.zeros(n), mild, False), float(mild.mean()),
-                                   mild.std(ddof=1) / math.sqrt(n), 0.05, 0.05) is not None
+    assert (
+        stats._edgeworth_bounds(
+            stats._mean_smooth(np.zeros(n), mild, False),
+            float(mild.mean()),
+            mild.std(ddof=1) / math.sqrt(n),
+            0.05,
+            0.05,
+        )
+        is not None
+    )
 
 
 def test_repeated_scores_keep_the_multinomial_bootstrap_at_large_n():
@@ -263,12 +272,22 @@ def test_entity_ratio_forms_equal_the_metric_on_every_subset(name):
 def test_entity_f1_decides_through_the_ratio_path_and_keeps_identical_taggers_inconclusive():
     metrics, ob, ot = _taggers(3000, 3)
     f1 = metrics["f1"]
-    res = stats.compare_statistic(lambda idx: (f1.aggregate(ob, idx), f1.aggregate(ot, idx)), 3000,
-                                  ratio=ratio_of(f1, ob, ot), bounded=True, max_drop=0.05)
+    res = stats.compare_statistic(
+        lambda idx: (f1.aggregate(ob, idx), f1.aggregate(ot, idx)),
+        3000,
+        ratio=ratio_of(f1, ob, ot),
+        bounded=True,
+        max_drop=0.05,
+    )
     assert res.method == "bootstrap-t" and res.drop == pytest.approx(f1.value(ob) - f1.value(ot), rel=1e-12)
     assert ratio_of(f1, ob, ob) is None  # identical taggers: the black box (no spread: INCONCLUSIVE)
-    same = stats.compare_statistic(lambda idx: (f1.aggregate(ob, idx), f1.aggregate(ob, idx)), 3000,
-                                   ratio=ratio_of(f1, ob, ob), bounded=True, max_drop=0.05)
+    same = stats.compare_statistic(
+        lambda idx: (f1.aggregate(ob, idx), f1.aggregate(ob, idx)),
+        3000,
+        ratio=ratio_of(f1, ob, ob),
+        bounded=True,
+        max_drop=0.05,
+    )
     assert same.verdict == stats.INCONCLUSIVE and same.drop == 0.0
 
 
@@ -304,7 +323,9 @@ def test_class_drops_worst_keeps_the_worst_classes_with_the_same_bounds():
             tc = bc.copy()  # every drop 0: ties everywhere, the lower bounds order them
         full = stats.class_drops(bc.astype(float), tc.astype(float), labels, limit=0.1, fail_alpha=0.025)
         for worst in (1, 3, 100):
-            top = stats.class_drops(bc.astype(float), tc.astype(float), labels, limit=0.1, fail_alpha=0.025, worst=worst)
+            top = stats.class_drops(
+                bc.astype(float), tc.astype(float), labels, limit=0.1, fail_alpha=0.025, worst=worst
+            )
             assert top == full[:worst]
     with pytest.raises(ValueError, match="worst"):
         stats.class_drops([1, 0], [1, 1], [0, 1], limit=0.1, worst=0)
@@ -358,7 +379,11 @@ def test_class_drops_integer_labels_by_bincount_equal_the_sorted_path():
             lab = rng.integers(0, hi, 2000).astype(dt)
             bc = rng.random(2000) < 0.8
             tc = np.where(rng.random(2000) < 0.1, ~bc, bc)
-            got = stats.class_drops(bc.astype(float), tc.astype(float), lab, limit=0.1, class_names=[f"c{i}" for i in range(hi)])
+            got = stats.class_drops(
+                bc.astype(float), tc.astype(float), lab, limit=0.1, class_names=[f"c{i}" for i in range(hi)]
+            )
             ref = stats.class_drops(bc.astype(float), tc.astype(float), lab.astype(float), limit=0.1)
-            assert [(g.value, g.ci_low, g.ci_high, g.verdict, g.n) for g in got] == [(r.value, r.ci_low, r.ci_high, r.verdict, r.n) for r in ref]
+            assert [(g.value, g.ci_low, g.ci_high, g.verdict, g.n) for g in got] == [
+                (r.value, r.ci_low, r.ci_high, r.verdict, r.n) for r in ref
+            ]
             assert [g.name for g in got] == [f"c{int(float(r.name))}" for r in ref]

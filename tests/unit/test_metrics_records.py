@@ -19,8 +19,21 @@ from pytest_forgetting import proba_metrics as pm
 from pytest_forgetting.metrics import AggregateMetric, Metric, PerExampleMetric, ratio_of
 
 PER_EXAMPLE = {"accuracy", "error_rate", "exact_match", "log_loss", "brier"}
-AGGREGATE = {"f1_macro", "balanced_accuracy", "nll", "perplexity", "wer", "cer", "word_perplexity", "byte_perplexity",
-             "bits_per_byte", "auc", "ece", "precision_macro", "recall_macro"}
+AGGREGATE = {
+    "f1_macro",
+    "balanced_accuracy",
+    "nll",
+    "perplexity",
+    "wer",
+    "cer",
+    "word_perplexity",
+    "byte_perplexity",
+    "bits_per_byte",
+    "auc",
+    "ece",
+    "precision_macro",
+    "recall_macro",
+}
 
 
 def _builtin() -> dict[str, Metric]:
@@ -34,11 +47,18 @@ def _outputs(n: int = 60, k: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
     logits = rng.normal(size=(n, k))
     proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     return {
-        "label": rng.integers(0, k, n), "pred": proba.argmax(axis=1), "proba": proba,
-        "nll": rng.gamma(2.0, 1.0, n), "ntok": rng.integers(1, 20, n), "nwords": rng.integers(1, 8, n),
-        "nbytes": rng.integers(5, 60, n), "exact": rng.random(n) < 0.5,
-        "word_errors": rng.integers(0, 4, n), "ref_words": rng.integers(3, 9, n),
-        "char_errors": rng.integers(0, 9, n), "ref_chars": rng.integers(10, 40, n),
+        "label": rng.integers(0, k, n),
+        "pred": proba.argmax(axis=1),
+        "proba": proba,
+        "nll": rng.gamma(2.0, 1.0, n),
+        "ntok": rng.integers(1, 20, n),
+        "nwords": rng.integers(1, 8, n),
+        "nbytes": rng.integers(5, 60, n),
+        "exact": rng.random(n) < 0.5,
+        "word_errors": rng.integers(0, 4, n),
+        "ref_words": rng.integers(3, 9, n),
+        "char_errors": rng.integers(0, 9, n),
+        "ref_chars": rng.integers(10, 40, n),
     }
 
 
@@ -47,7 +67,11 @@ def test_every_builtin_metric_is_one_of_the_two_kinds():
     assert set(found) == PER_EXAMPLE | AGGREGATE
     for name, metric in found.items():
         assert isinstance(metric, PerExampleMetric if name in PER_EXAMPLE else AggregateMetric), name
-        assert isinstance(metric, Metric) and isinstance(metric.higher_is_better, bool) and isinstance(metric.bounded, bool)
+        assert (
+            isinstance(metric, Metric)
+            and isinstance(metric.higher_is_better, bool)
+            and isinstance(metric.bounded, bool)
+        )
     assert pytest_forgetting.Metric is Metric
 
 
@@ -80,25 +104,46 @@ def test_the_pre_split_constructor_builds_the_matching_kind():
     o = _outputs()
     legacy = Metric("acc", True, True, per_example=m.ACCURACY.per_example, description="d", score_range=(0.0, 1.0))
     assert type(legacy) is PerExampleMetric
-    assert legacy == PerExampleMetric("acc", True, True, m.ACCURACY.per_example, description="d", score_range=(0.0, 1.0))
+    assert legacy == PerExampleMetric(
+        "acc", True, True, m.ACCURACY.per_example, description="d", score_range=(0.0, 1.0)
+    )
     positional = Metric("acc", True, True, m.ACCURACY.per_example)  # per_example was the fourth field
     assert type(positional) is PerExampleMetric and positional.value(o) == m.ACCURACY.value(o)
     f1 = m.F1_MACRO
-    legacy_f1 = Metric("f1_macro", True, True, aggregate=f1.aggregate, description=f1.description, ratio=f1.ratio,
-                       sensitivity=f1.sensitivity)
+    legacy_f1 = Metric(
+        "f1_macro",
+        True,
+        True,
+        aggregate=f1.aggregate,
+        description=f1.description,
+        ratio=f1.ratio,
+        sensitivity=f1.sensitivity,
+    )
     assert type(legacy_f1) is AggregateMetric and legacy_f1 == f1
-    ppl = Metric("perplexity", False, False, None, m.PERPLEXITY.aggregate, ratio=m.PERPLEXITY.ratio, transform="exp",
-                 ratio_den_fixed=True, ratio_no_change=False)
+    ppl = Metric(
+        "perplexity",
+        False,
+        False,
+        None,
+        m.PERPLEXITY.aggregate,
+        ratio=m.PERPLEXITY.ratio,
+        transform="exp",
+        ratio_den_fixed=True,
+        ratio_no_change=False,
+    )
     assert type(ppl) is AggregateMetric and ppl.value(o) == m.PERPLEXITY.value(o)
     assert (ppl.transform, ppl.ratio_den_fixed, ppl.ratio_no_change) == ("exp", True, False)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({}, "give exactly one of per_example= or aggregate="),
-    ({"per_example": len, "aggregate": len}, "give exactly one of per_example= or aggregate="),
-    ({"per_example": len, "ratio": len}, "ratio: only for aggregate= metrics"),
-    ({"aggregate": len, "score_range": (0.0, 1.0)}, "score_range applies to per_example= metrics"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({}, "give exactly one of per_example= or aggregate="),
+        ({"per_example": len, "aggregate": len}, "give exactly one of per_example= or aggregate="),
+        ({"per_example": len, "ratio": len}, "ratio: only for aggregate= metrics"),
+        ({"aggregate": len, "score_range": (0.0, 1.0)}, "score_range applies to per_example= metrics"),
+    ],
+)
 def test_the_pre_split_constructor_refuses_what_has_no_kind(kwargs, message):
     with pytest.raises(TypeError, match=message) as exc:
         Metric("x", True, True, **kwargs)

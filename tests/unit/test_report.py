@@ -52,9 +52,19 @@ def make_row(**overrides):
 
 def passing_row(**overrides):
     values = dict(
-        test="tests/test_model.py::test_keeps_sklearn_digits", task="digits", n=360,
-        base=0.964, tuned=0.958, drop=0.006, ci_low=-0.006, ci_high=0.017, margin=0.03,
-        nfr=0.011, verdict="pass", reason="", outcome="passed",
+        test="tests/test_model.py::test_keeps_sklearn_digits",
+        task="digits",
+        n=360,
+        base=0.964,
+        tuned=0.958,
+        drop=0.006,
+        ci_low=-0.006,
+        ci_high=0.017,
+        margin=0.03,
+        nfr=0.011,
+        verdict="pass",
+        reason="",
+        outcome="passed",
     )
     values.update(overrides)
     return make_row(**values)
@@ -62,9 +72,19 @@ def passing_row(**overrides):
 
 def inconclusive_row(**overrides):
     values = dict(
-        test="tests/test_model.py::test_keeps_news", task="news", metric="f1_macro", n=400,
-        base=0.812, tuned=0.797, drop=0.015, ci_low=-0.004, ci_high=0.034, margin=0.03,
-        nfr=None, verdict="inconclusive", reason="the interval of the drop contains the margin",
+        test="tests/test_model.py::test_keeps_news",
+        task="news",
+        metric="f1_macro",
+        n=400,
+        base=0.812,
+        tuned=0.797,
+        drop=0.015,
+        ci_low=-0.004,
+        ci_high=0.034,
+        margin=0.03,
+        nfr=None,
+        verdict="inconclusive",
+        reason="the interval of the drop contains the margin",
         n_needed=1650,
     )
     values.update(overrides)
@@ -73,9 +93,20 @@ def inconclusive_row(**overrides):
 
 def improves_row(**overrides):
     values = dict(
-        test="tests/test_model.py::test_learns_fashion", task="fashion-mnist", kind="improves",
-        n=2000, base=0.702, tuned=0.783, drop=-0.081, ci_low=-0.110, ci_high=-0.052,
-        margin=-0.05, nfr=0.03, verdict="pass", reason="", outcome="passed",
+        test="tests/test_model.py::test_learns_fashion",
+        task="fashion-mnist",
+        kind="improves",
+        n=2000,
+        base=0.702,
+        tuned=0.783,
+        drop=-0.081,
+        ci_low=-0.110,
+        ci_high=-0.052,
+        margin=-0.05,
+        nfr=0.03,
+        verdict="pass",
+        reason="",
+        outcome="passed",
     )
     values.update(overrides)
     return make_row(**values)
@@ -83,10 +114,23 @@ def improves_row(**overrides):
 
 def perplexity_row(**overrides):
     values = dict(
-        test="tests/test_lm.py::test_wiki_perplexity", task="wiki", metric="perplexity", n=500,
-        base=12.34, tuned=13.15, drop=0.81, ci_low=0.40, ci_high=1.22, margin=0.5, nfr=None,
-        bounded=False, higher_is_better=False, verdict="inconclusive",
-        reason="the interval of the drop contains the margin", n_needed=900, outcome="warned",
+        test="tests/test_lm.py::test_wiki_perplexity",
+        task="wiki",
+        metric="perplexity",
+        n=500,
+        base=12.34,
+        tuned=13.15,
+        drop=0.81,
+        ci_low=0.40,
+        ci_high=1.22,
+        margin=0.5,
+        nfr=None,
+        bounded=False,
+        higher_is_better=False,
+        verdict="inconclusive",
+        reason="the interval of the drop contains the margin",
+        n_needed=900,
+        outcome="warned",
     )
     values.update(overrides)
     return make_row(**values)
@@ -101,9 +145,7 @@ def rows():
 def header():
     return {
         "base_ckpt": {"ref": "ckpts/base", "fingerprint": "sha256:0123456789abcdef0123"},
-        "tuned_ckpts": [
-            {"ref": "ckpts/tuned", "fingerprint": "sha256:fedcba9876543210ffff", "name": ""}
-        ],
+        "tuned_ckpts": [{"ref": "ckpts/tuned", "fingerprint": "sha256:fedcba9876543210ffff", "name": ""}],
         "device": "cpu",
         "dtype": "float32",
         "alpha": 0.05,
@@ -123,19 +165,15 @@ def line_for(lines, needle):
 
 def test_table_title_counts_verdicts(rows):
     lines = report.format_table(rows, alpha=0.05)
-    assert lines[0] == (
-        "forgetting: 5 checks, 2 passed, 1 failed, 2 inconclusive (alpha=0.05, one-sided)"
-    )
+    assert lines[0] == ("forgetting: 5 checks, 2 passed, 1 failed, 2 inconclusive (alpha=0.05, one-sided)")
 
 
 def test_table_has_the_contract_columns_aligned(rows):
     lines = report.format_table(rows, alpha=0.05)
     head = lines[1]
-    assert head.split() == [
-        "test", "task", "metric", "n", "base", "tuned", "drop", "[CI]", "margin", "NFR", "verdict"
-    ]
+    assert head.split() == ["test", "task", "metric", "n", "base", "tuned", "drop", "[CI]", "margin", "NFR", "verdict"]
     assert set(lines[2]) == {"-", " "}
-    body = lines[3:3 + len(rows)]
+    body = lines[3 : 3 + len(rows)]
     # Every column starts where its heading starts (left-aligned verdict) or ends where
     # its heading ends (right-aligned numbers).
     verdict_at = head.index("verdict")
@@ -161,10 +199,15 @@ def test_table_is_the_same_whatever_the_input_order(rows):
 
 def test_table_sorts_by_candidate_then_test(rows):
     lines = report.format_table(rows, alpha=0.05, width=200)
-    order = [line.split()[0] for line in lines[3:3 + len(rows)]]
+    order = [line.split()[0] for line in lines[3 : 3 + len(rows)]]
     # test_lm.py sorts before test_model.py: the full node id decides, not the short name.
-    assert order == ["test_wiki_perplexity", "test_keeps_digits", "test_keeps_news",
-                     "test_keeps_sklearn_digits", "test_learns_fashion"]
+    assert order == [
+        "test_wiki_perplexity",
+        "test_keeps_digits",
+        "test_keeps_news",
+        "test_keeps_sklearn_digits",
+        "test_learns_fashion",
+    ]
 
 
 def test_bounded_metrics_in_percent_and_points(rows):
@@ -206,8 +249,16 @@ def test_split_other_than_test_is_shown():
 
 
 def test_verdicts_upper_case_and_error_rows():
-    row = make_row(verdict="error", base=None, tuned=None, drop=None, ci_low=None,
-                   ci_high=None, nfr=None, reason="tuned model produced NaN")
+    row = make_row(
+        verdict="error",
+        base=None,
+        tuned=None,
+        drop=None,
+        ci_low=None,
+        ci_high=None,
+        nfr=None,
+        reason="tuned model produced NaN",
+    )
     lines = report.format_table([row], alpha=0.05)
     assert lines[0].endswith("1 check, 1 error (alpha=0.05, one-sided)")
     assert lines[3].rstrip().endswith("ERROR")
@@ -250,12 +301,13 @@ def test_empty_rows_give_no_table():
 
 def several_candidates():
     out = []
-    for name, keeps, learns, drop in (("ft-a", "pass", "pass", -0.081),
-                                      ("ft-b", "pass", "fail", -0.030),
-                                      ("ft-c", "fail", "pass", -0.101)):
+    for name, keeps, learns, drop in (
+        ("ft-a", "pass", "pass", -0.081),
+        ("ft-b", "pass", "fail", -0.030),
+        ("ft-c", "fail", "pass", -0.101),
+    ):
         out.append(make_row(candidate=name, verdict=keeps))
-        out.append(improves_row(candidate=name, verdict=learns, drop=drop,
-                                ci_low=drop - 0.03, ci_high=drop + 0.03))
+        out.append(improves_row(candidate=name, verdict=learns, drop=drop, ci_low=drop - 0.03, ci_high=drop + 0.03))
     return out
 
 
@@ -267,10 +319,9 @@ def test_several_candidates_grouped_with_a_ranking():
     headings = [i for i, line in enumerate(lines) if line.startswith("candidate ")]
     assert [lines[i] for i in headings] == ["candidate ft-a:", "candidate ft-b:", "candidate ft-c:"]
     assert headings[1] - headings[0] == 3  # two checks under each heading
-    ranking = lines[lines.index("ranking:") + 1:]
+    ranking = lines[lines.index("ranking:") + 1 :]
     assert ranking == [
-        "  fashion-mnist: every check passed by ft-a, ft-c; not by ft-b (1/1 not passed);"
-        " best gain ft-c +10.1 pp",
+        "  fashion-mnist: every check passed by ft-a, ft-c; not by ft-b (1/1 not passed); best gain ft-c +10.1 pp",
         "  mnist: every check passed by ft-a, ft-b; not by ft-c (1/1 not passed)",
     ]
 
@@ -278,12 +329,14 @@ def test_several_candidates_grouped_with_a_ranking():
 def test_ranking_says_when_no_candidate_passes():
     rows = [make_row(candidate="a"), make_row(candidate="b", verdict="inconclusive")]
     lines = report.format_table(rows, alpha=0.05)
-    assert lines[-2] == ("  mnist: no candidate passes every check; "
-                         "not by a (1/1 not passed), b (1/1 not passed)")
+    assert lines[-2] == ("  mnist: no candidate passes every check; not by a (1/1 not passed), b (1/1 not passed)")
     # and the ranking still names the closest (issue 14, point 7): fewest not passed, then the smallest share
     assert lines[-1] == "  overall: no candidate passes every check; closest: a (1/1 not passed), b (1/1 not passed)"
     rows.append(make_row(candidate="a", task="fashion-mnist", verdict="pass"))
-    assert report.format_table(rows, alpha=0.05)[-1] == "  overall: no candidate passes every check; closest: a (1/2 not passed)"
+    assert (
+        report.format_table(rows, alpha=0.05)[-1]
+        == "  overall: no candidate passes every check; closest: a (1/2 not passed)"
+    )
 
 
 # --------------------------------------------------------------------------- failure message
@@ -291,8 +344,7 @@ def test_ranking_says_when_no_candidate_passes():
 
 def test_failure_message_first_line_is_a_summary():
     first = report.failure_message(make_row()).splitlines()[0]
-    assert first == ("mnist/test accuracy dropped 4.1 pp [2.9, 5.3] > margin 2.0 pp "
-                     "(base 97.8%, tuned 93.7%, n=1000)")
+    assert first == ("mnist/test accuracy dropped 4.1 pp [2.9, 5.3] > margin 2.0 pp (base 97.8%, tuned 93.7%, n=1000)")
 
 
 def test_failure_message_has_every_detail():
@@ -301,8 +353,7 @@ def test_failure_message_has_every_detail():
             {"name": "4", "drop": 0.01, "ci_low": -0.02, "ci_high": 0.05, "verdict": "pass"},
             {"name": "7", "drop": 0.082, "ci_low": 0.031, "ci_high": 0.13, "verdict": "fail"},
             {"name": "9", "drop": 0.03, "ci_low": -0.02, "ci_high": 0.08, "verdict": "pass"},
-            {"name": "2", "drop": 0.06, "ci_low": 0.01, "ci_high": 0.11,
-             "verdict": "inconclusive"},
+            {"name": "2", "drop": 0.06, "ci_low": 0.01, "ci_high": 0.11, "verdict": "inconclusive"},
         ],
         flipped_ids=["img-17", "img-203", "img-981"],
     )
@@ -320,24 +371,26 @@ def test_failure_message_has_every_detail():
 def test_failure_message_of_an_inconclusive_check_says_how_many_examples():
     message = report.failure_message(inconclusive_row())
     first = message.splitlines()[0]
-    assert first == ("news/test f1_macro inconclusive: drop 1.5 pp [-0.4, 3.4] straddles "
-                     "margin 3.0 pp (base 81.2%, tuned 79.7%, n=400)")
+    assert first == (
+        "news/test f1_macro inconclusive: drop 1.5 pp [-0.4, 3.4] straddles "
+        "margin 3.0 pp (base 81.2%, tuned 79.7%, n=400)"
+    )
     assert "about 1,650 examples would settle it" in message
 
 
 def test_failure_message_of_lower_is_better_metric():
     row = perplexity_row(verdict="fail", ci_low=0.6)
     first = report.failure_message(row).splitlines()[0]
-    assert first == ("wiki/test perplexity rose 0.81 [0.60, 1.22] > margin 0.5 "
-                     "(base 12.34, tuned 13.15, n=500)")
+    assert first == ("wiki/test perplexity rose 0.81 [0.60, 1.22] > margin 0.5 (base 12.34, tuned 13.15, n=500)")
 
 
 def test_failure_message_of_improves_check():
     # gain +1 pp with interval [-1, +3] pp: its upper end is below the required +5 pp.
     row = improves_row(verdict="fail", tuned=0.712, drop=-0.01, ci_low=-0.03, ci_high=0.01)
     first = report.failure_message(row).splitlines()[0]
-    assert first == ("fashion-mnist/test accuracy gain +1.0 pp [-1.0, +3.0] < required "
-                     "+5.0 pp (base 70.2%, tuned 71.2%, n=2000)")
+    assert first == (
+        "fashion-mnist/test accuracy gain +1.0 pp [-1.0, +3.0] < required +5.0 pp (base 70.2%, tuned 71.2%, n=2000)"
+    )
 
 
 def test_failure_message_of_a_broken_budget_gives_the_reason():
@@ -349,7 +402,8 @@ def test_failure_message_of_a_broken_budget_gives_the_reason():
 def test_failure_message_of_an_error():
     row = make_row(verdict="error", drop=None, reason="tuned model produced NaN")
     assert report.failure_message(row).splitlines()[0] == (
-        "mnist/test accuracy could not be compared: tuned model produced NaN")
+        "mnist/test accuracy could not be compared: tuned model produced NaN"
+    )
 
 
 # --------------------------------------------------------------------------- JSON
@@ -365,16 +419,35 @@ def test_json_has_header_rows_and_summary(header, rows):
     assert data["summary"]["fail"] == 1
     assert data["summary"]["inconclusive"] == 2
     assert data["summary"]["error"] == 0
-    for key in ("test", "task", "metric", "n", "base", "tuned", "drop", "ci_low", "ci_high",
-                "margin", "relative", "nfr", "verdict", "reason", "base_cached",
-                "base_eval_s", "tuned_eval_s"):
+    for key in (
+        "test",
+        "task",
+        "metric",
+        "n",
+        "base",
+        "tuned",
+        "drop",
+        "ci_low",
+        "ci_high",
+        "margin",
+        "relative",
+        "nfr",
+        "verdict",
+        "reason",
+        "base_cached",
+        "base_eval_s",
+        "tuned_eval_s",
+    ):
         assert key in data["rows"][0]
 
 
 def test_json_turns_nan_and_inf_into_null(tmp_path, header):
-    row = make_row(tuned=float("nan"), drop=float("inf"), ci_high=float("-inf"),
-                   worst_classes=[{"name": "7", "drop": float("nan"), "ci_low": 0.0,
-                                   "ci_high": 1.0, "verdict": "fail"}])
+    row = make_row(
+        tuned=float("nan"),
+        drop=float("inf"),
+        ci_high=float("-inf"),
+        worst_classes=[{"name": "7", "drop": float("nan"), "ci_low": 0.0, "ci_high": 1.0, "verdict": "fail"}],
+    )
     path = tmp_path / "report.json"
     report.write_json(path, header, [row])
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -440,8 +513,7 @@ def test_markdown_shape(header, rows):
     assert "alpha 0.05 (one-sided)" in text
     lines = table_lines(text)
     assert len(lines) == 2 + len(rows)
-    assert lines[0] == ("| Test | Task | Metric | n | Base | Tuned | Drop [CI] | Margin | NFR "
-                        "| Verdict |")
+    assert lines[0] == ("| Test | Task | Metric | n | Base | Tuned | Drop [CI] | Margin | NFR | Verdict |")
     assert set(lines[1]) <= set("|-:")
     assert len({unescaped_pipes(line) for line in lines}) == 1
     assert "❌ FAIL" in text and "✅ PASS" in text and "⚠️ INCONCLUSIVE" in text
@@ -481,8 +553,16 @@ def test_markdown_written_atomically(tmp_path, header, rows):
 
 def test_plot_writes_a_png(tmp_path, rows):
     pytest.importorskip("matplotlib")
-    error = make_row(test="tests/test_model.py::test_broken", verdict="error", base=None,
-                     tuned=None, drop=None, ci_low=None, ci_high=None, reason="NaN logits")
+    error = make_row(
+        test="tests/test_model.py::test_broken",
+        verdict="error",
+        base=None,
+        tuned=None,
+        drop=None,
+        ci_low=None,
+        ci_high=None,
+        reason="NaN logits",
+    )
     path = tmp_path / "plot.png"
     report.write_plot(path, rows + [error] + several_candidates(), alpha=0.05)
     data = path.read_bytes()
@@ -523,9 +603,11 @@ def test_junit_properties_are_prefixed_strings():
 
 
 def test_importing_report_is_cheap():
-    code = ("import sys, pytest_forgetting.report; "
-            "heavy = {'matplotlib', 'torch', 'transformers', 'datasets'} & set(sys.modules); "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, pytest_forgetting.report; "
+        "heavy = {'matplotlib', 'torch', 'transformers', 'datasets'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
@@ -535,8 +617,16 @@ def test_class_drops_of_an_unbounded_metric_read_as_accuracy_points():
     """Per-class drops are of per-class accuracy whatever the check's metric: a log-loss check's
     classes line says so, in points, not in nats."""
     classes = [{"name": "business", "drop": 0.0196, "ci_low": -0.0673, "ci_high": 0.0759}]
-    row = make_row(metric="log_loss", bounded=False, higher_is_better=False, drop=0.78, ci_low=0.11, ci_high=1.87,
-                   margin=0.05, worst_classes=classes)
+    row = make_row(
+        metric="log_loss",
+        bounded=False,
+        higher_is_better=False,
+        drop=0.78,
+        ci_low=0.11,
+        ci_high=1.87,
+        margin=0.05,
+        worst_classes=classes,
+    )
     line = [x for x in report.failure_message(row).splitlines() if x.lstrip().startswith("classes:")][0]
     assert line == "  classes:  worst accuracy business +2.0 pp [-6.7, +7.6]", line
     same = make_row(worst_classes=classes)  # an accuracy check: the line as it always was

@@ -79,13 +79,17 @@ def old_stop_rates(drops: np.ndarray, margin: float) -> tuple[float, float, np.n
     passed, failed = hi[..., looks - 1] < margin, lo[..., looks - 1] > margin
     settled = passed | failed
     first = np.where(settled.any(-1), settled.argmax(-1), -1)
-    code = np.where(first < 0, 0, np.where(np.take_along_axis(passed, np.maximum(first, 0)[..., None], -1)[..., 0], 1, -1))
+    code = np.where(
+        first < 0, 0, np.where(np.take_along_axis(passed, np.maximum(first, 0)[..., None], -1)[..., 0], 1, -1)
+    )
     used = np.where(first >= 0, looks[np.maximum(first, 0)], n) / n
     return float(np.mean(code == 1)), float(np.mean(code == -1)), used
 
 
 # -- an independent, straightforward implementation: one example at a time, plain floats ---------
-def reference_capitals(drops: list[float], margin: float, m: float, alpha: float = ALPHA, bound: float = 1.0) -> list[tuple[float, float]]:
+def reference_capitals(
+    drops: list[float], margin: float, m: float, alpha: float = ALPHA, bound: float = 1.0
+) -> list[tuple[float, float]]:
     """(K+, K-) at the candidate mean ``m`` (on the [0, 1] scale) after each example, betting as the
     module documents: weight MARGIN_WEIGHT on aGRAPA bets aimed at the margin, the rest on the
     predictable plug-in bets; each bet truncated at MAX_BET / m (K+) or MAX_BET / (1 - m) (K-)."""
@@ -105,8 +109,12 @@ def reference_capitals(drops: list[float], margin: float, m: float, alpha: float
         flat_up *= 1 + min(bet_plug, c / m) * (x - m)
         grow_down *= 1 - min(bet_down, c / (1 - m)) * (x - m)
         flat_down *= 1 - min(bet_plug, c / (1 - m)) * (x - m)
-        out.append((MARGIN_WEIGHT * grow_up + (1 - MARGIN_WEIGHT) * flat_up,
-                    MARGIN_WEIGHT * grow_down + (1 - MARGIN_WEIGHT) * flat_down))
+        out.append(
+            (
+                MARGIN_WEIGHT * grow_up + (1 - MARGIN_WEIGHT) * flat_up,
+                MARGIN_WEIGHT * grow_down + (1 - MARGIN_WEIGHT) * flat_down,
+            )
+        )
         total += x
         mean = (0.5 + total) / (t + 1)
         squares += (x - mean) ** 2
@@ -231,7 +239,9 @@ def test_regressions_are_found_sooner_than_with_the_old_sequence():
 
 
 # -- reference values ----------------------------------------------------------------------------
-@pytest.mark.parametrize(("neg", "pos", "margin"), [(0.08, 0.03, 0.02), (0.01, 0.01, 0.02), (0.3, 0.1, 0.1), (0.05, 0.10, -0.03)])
+@pytest.mark.parametrize(
+    ("neg", "pos", "margin"), [(0.08, 0.03, 0.02), (0.01, 0.01, 0.02), (0.3, 0.1, 0.1), (0.05, 0.10, -0.03)]
+)
 def test_capital_matches_an_independent_implementation(neg, pos, margin):
     drops = paired_flips(np.random.default_rng(31), (400,), neg, pos)
     log_fail, log_pass = log_capital(drops, margin=margin, alpha=ALPHA)
@@ -240,7 +250,10 @@ def test_capital_matches_an_independent_implementation(neg, pos, margin):
     assert np.allclose(log_pass, [math.log(k) for _, k in ref], rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize(("neg", "pos", "margin", "n"), [(0.08, 0.03, 0.02, 300), (0.0, 0.0, 0.02, 250), (0.3, 0.1, 0.1, 120), (0.5, 0.4, 0.0, 60)])
+@pytest.mark.parametrize(
+    ("neg", "pos", "margin", "n"),
+    [(0.08, 0.03, 0.02, 300), (0.0, 0.0, 0.02, 250), (0.3, 0.1, 0.1, 120), (0.5, 0.4, 0.0, 60)],
+)
 def test_bounds_match_an_independent_implementation(neg, pos, margin, n):
     drops = paired_flips(np.random.default_rng(32), (n,), neg, pos)
     lo, hi = confidence_bounds(drops, margin=margin, at=[n], alpha=ALPHA, intersect=False)
@@ -335,7 +348,12 @@ def test_stops_only_at_the_given_looks_and_is_consistent_chunk_by_chunk():
         if step.done:
             break
         assert step.verdict == "inconclusive" and not step.settled and step.n_used == seen
-    assert (step.verdict, step.n_used, step.ci_low, step.ci_high) == (full.verdict, full.n_used, full.ci_low, full.ci_high)
+    assert (step.verdict, step.n_used, step.ci_low, step.ci_high) == (
+        full.verdict,
+        full.n_used,
+        full.ci_low,
+        full.ci_high,
+    )
     assert seen == full.n_used
 
 

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import norm
 
+from pytest_forgetting import stats
 from pytest_forgetting.stats import (
     FAIL,
     INCONCLUSIVE,
@@ -23,6 +24,7 @@ from pytest_forgetting.stats import (
     Budget,
     Comparison,
     Ratio,
+    _paired_bounds,
     class_drops,
     clopper_pearson,
     combine_verdicts,
@@ -34,8 +36,6 @@ from pytest_forgetting.stats import (
     tango_interval,
     wilson_bounds,
 )
-from pytest_forgetting import stats
-from pytest_forgetting.stats import _paired_bounds
 
 RANK = {FAIL: 0, INCONCLUSIVE: 1, PASS: 2}
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -100,8 +100,15 @@ def test_tango_all_flipped_edges():
 
 @pytest.mark.parametrize(
     "b,c,n,alpha",
-    [(40, 20, 160, 0.025), (3, 0, 40, 0.05), (0, 4, 25, 0.05), (7, 7, 30, 0.05),
-     (1, 0, 1, 0.05), (12, 1, 13, 0.01), (2.5, 1.25, 60.0, 0.05)],
+    [
+        (40, 20, 160, 0.025),
+        (3, 0, 40, 0.05),
+        (0, 4, 25, 0.05),
+        (7, 7, 30, 0.05),
+        (1, 0, 1, 0.05),
+        (12, 1, 13, 0.01),
+        (2.5, 1.25, 60.0, 0.05),
+    ],
 )
 def test_tango_matches_brute_force_inversion(b, c, n, alpha):
     """The interval is exactly the set of deltas the score test does not reject."""
@@ -357,8 +364,7 @@ def test_more_negative_flips_never_better(cells, alpha, margin):
     if n11 == 0:
         n11 = 1
     before = compare_scores(*paired(n11, n10, n01, n00), max_drop=margin, alpha=alpha, n_needed=False)
-    after = compare_scores(*paired(n11 - 1, n10 + 1, n01, n00), max_drop=margin, alpha=alpha,
-                           n_needed=False)
+    after = compare_scores(*paired(n11 - 1, n10 + 1, n01, n00), max_drop=margin, alpha=alpha, n_needed=False)
     assert RANK[after.verdict] <= RANK[before.verdict]
     assert after.ci_low >= before.ci_low - 1e-12
     assert after.ci_high >= before.ci_high - 1e-12
@@ -379,8 +385,16 @@ def test_identical_inputs_never_fail(xs, margin, alpha, higher, relative):
     x = np.array(xs)
     if relative and x.mean() == 0:
         x = x + 1.0
-    res = compare_scores(x, x.copy(), max_drop=margin, alpha=alpha, higher_is_better=higher,
-                         relative=relative, n_boot=500, n_needed=False)
+    res = compare_scores(
+        x,
+        x.copy(),
+        max_drop=margin,
+        alpha=alpha,
+        higher_is_better=higher,
+        relative=relative,
+        n_boot=500,
+        n_needed=False,
+    )
     assert res.verdict != FAIL
     assert res.drop == 0
 
@@ -394,13 +408,15 @@ def test_interval_contains_point_estimate_tango(cells, alpha):
 
 
 @FAST
-@given(st.lists(st.tuples(st.floats(0.01, 10), st.floats(0.01, 10)), min_size=100, max_size=130),
-       st.booleans(), st.booleans())
+@given(
+    st.lists(st.tuples(st.floats(0.01, 10), st.floats(0.01, 10)), min_size=100, max_size=130),
+    st.booleans(),
+    st.booleans(),
+)
 def test_interval_contains_point_estimate_bootstrap(pairs, relative, higher):
     base = np.array([p[0] for p in pairs])
     tuned = np.array([p[1] for p in pairs])
-    res = compare_scores(base, tuned, max_drop=0.05, relative=relative,
-                         higher_is_better=higher, n_boot=100)
+    res = compare_scores(base, tuned, max_drop=0.05, relative=relative, higher_is_better=higher, n_boot=100)
     assert res.ci_low <= res.drop <= res.ci_high
 
 
@@ -409,17 +425,21 @@ def test_interval_contains_point_estimate_bootstrap(pairs, relative, higher):
 def test_lower_is_better_mirrors_higher_is_better_binary(cells, alpha, margin):
     base, tuned = paired(*cells)
     hib = compare_scores(base, tuned, max_drop=margin, alpha=alpha, n_needed=False)
-    lib = compare_scores(1 - base, 1 - tuned, max_drop=margin, alpha=alpha,
-                         higher_is_better=False, n_needed=False)
+    lib = compare_scores(1 - base, 1 - tuned, max_drop=margin, alpha=alpha, higher_is_better=False, n_needed=False)
     assert lib.method == "tango"
     assert (lib.verdict, lib.drop, lib.ci_low, lib.ci_high, lib.nfr, lib.pfr) == (
-        hib.verdict, hib.drop, hib.ci_low, hib.ci_high, hib.nfr, hib.pfr)
+        hib.verdict,
+        hib.drop,
+        hib.ci_low,
+        hib.ci_high,
+        hib.nfr,
+        hib.pfr,
+    )
     assert lib.base == pytest.approx(1 - hib.base) and lib.tuned == pytest.approx(1 - hib.tuned)
 
 
 @FAST
-@given(st.lists(st.tuples(st.floats(-10, 10), st.floats(-10, 10)), min_size=100, max_size=130),
-       st.floats(-1, 1))
+@given(st.lists(st.tuples(st.floats(-10, 10), st.floats(-10, 10)), min_size=100, max_size=130), st.floats(-1, 1))
 def test_lower_is_better_mirrors_higher_is_better_continuous(pairs, margin):
     base = np.array([p[0] for p in pairs])
     tuned = np.array([p[1] for p in pairs])
@@ -515,8 +535,7 @@ def test_compare_statistic_identical_never_fails(seed):
     ratio = ratio_of(F1_MACRO, {"label": y, "pred": p}, {"label": y, "pred": p})
     for margin in (0.0, 0.01, 0.2):
         # a black-box statistic with no spread proves nothing
-        res = compare_statistic(lambda i: (macro_f1(y[i], p[i], k),) * 2, n, max_drop=margin,
-                                n_boot=200, seed=seed)
+        res = compare_statistic(lambda i: (macro_f1(y[i], p[i], k),) * 2, n, max_drop=margin, n_boot=200, seed=seed)
         assert res.verdict == INCONCLUSIVE and res.drop == 0.0
         # the ratio form knows the metric moves by a bounded amount per changed example
         exact = compare_statistic(None, n, max_drop=margin, ratio=ratio, bounded=True)
@@ -532,12 +551,18 @@ def test_compare_statistic_of_means_reproduces_compare_scores(relative, higher):
     rng = np.random.default_rng(11)
     base = rng.gamma(2.0, size=250)
     tuned = base * rng.uniform(0.8, 1.1, size=250)
-    a = compare_scores(base, tuned, max_drop=0.02, relative=relative, higher_is_better=higher,
-                       n_boot=300, seed=9)
+    a = compare_scores(base, tuned, max_drop=0.02, relative=relative, higher_is_better=higher, n_boot=300, seed=9)
     ones = np.ones(250)
-    b = compare_statistic(lambda i: (base[i].mean(), tuned[i].mean()), 250, max_drop=0.02,
-                          relative=relative, higher_is_better=higher, n_boot=300, seed=9,
-                          ratio=Ratio(base, ones, tuned, ones, den_fixed=True))
+    b = compare_statistic(
+        lambda i: (base[i].mean(), tuned[i].mean()),
+        250,
+        max_drop=0.02,
+        relative=relative,
+        higher_is_better=higher,
+        n_boot=300,
+        seed=9,
+        ratio=Ratio(base, ones, tuned, ones, den_fixed=True),
+    )
     assert a.method == b.method == "bootstrap-t"
     for field in ("drop", "ci_low", "ci_high", "base", "tuned"):
         assert getattr(b, field) == pytest.approx(getattr(a, field), abs=1e-10)
@@ -552,15 +577,12 @@ def test_perplexity_style_lower_is_better_relative():
     nll_t = nll_b + tokens * rng.normal(0.3, 0.05, size=n)  # per-token NLL up 0.3 -> ppl x1.35
 
     def ppl(idx):
-        return (math.exp(nll_b[idx].sum() / tokens[idx].sum()),
-                math.exp(nll_t[idx].sum() / tokens[idx].sum()))
+        return (math.exp(nll_b[idx].sum() / tokens[idx].sum()), math.exp(nll_t[idx].sum() / tokens[idx].sum()))
 
-    res = compare_statistic(ppl, n, max_drop=0.10, relative=True, higher_is_better=False,
-                            n_boot=300)
+    res = compare_statistic(ppl, n, max_drop=0.10, relative=True, higher_is_better=False, n_boot=300)
     assert res.drop == pytest.approx(res.tuned / res.base - 1)
     assert res.verdict == FAIL
-    ok = compare_statistic(ppl, n, max_drop=0.6, relative=True, higher_is_better=False,
-                           n_boot=300)
+    ok = compare_statistic(ppl, n, max_drop=0.6, relative=True, higher_is_better=False, n_boot=300)
     assert ok.verdict == PASS
 
 
@@ -716,8 +738,7 @@ def test_speed_on_ten_thousand_examples():
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("a,b", [(0.5, 0.5), (1.0, 3.0), (3.0, 18.0), (11.0, 990.0), (500.0, 501.0),
-                                 (2.0, 200000.0)])
+@pytest.mark.parametrize("a,b", [(0.5, 0.5), (1.0, 3.0), (3.0, 18.0), (11.0, 990.0), (500.0, 501.0), (2.0, 200000.0)])
 def test_incomplete_beta_and_its_quantile_match_scipy(a, b):
     from scipy.special import betainc
     from scipy.stats import beta
@@ -728,8 +749,7 @@ def test_incomplete_beta_and_its_quantile_match_scipy(a, b):
         assert stats._beta_quantile(p, a, b) == pytest.approx(beta.ppf(p, a, b), rel=1e-9, abs=1e-14)
 
 
-@pytest.mark.parametrize("k,n", [(0, 1), (0, 22), (1, 22), (3, 20), (10, 1000), (999, 1000), (50, 50),
-                                 (7, 100000)])
+@pytest.mark.parametrize("k,n", [(0, 1), (0, 22), (1, 22), (3, 20), (10, 1000), (999, 1000), (50, 50), (7, 100000)])
 @pytest.mark.parametrize("alpha", [0.0005, 0.025, 0.05])
 def test_clopper_pearson_matches_scipy(k, n, alpha):
     from scipy.stats import beta
@@ -771,14 +791,19 @@ def _reference_ratio_score(theta, cells):
         return -np.sum(np.where(c > 0, c * np.log(np.maximum(p, 1e-300)), 0.0))
 
     cons = [{"type": "eq", "fun": lambda p: p.sum() - 1}, {"type": "eq", "fun": lambda p: a @ p}]
-    best = min((minimize(nll, x0, constraints=cons, bounds=[(0, 1)] * 4, method="SLSQP",
-                         options={"ftol": 1e-14, "maxiter": 500})
-                for x0 in (np.full(4, 0.25), (c + 0.5) / (c + 0.5).sum())), key=lambda r: r.fun)
+    best = min(
+        (
+            minimize(
+                nll, x0, constraints=cons, bounds=[(0, 1)] * 4, method="SLSQP", options={"ftol": 1e-14, "maxiter": 500}
+            )
+            for x0 in (np.full(4, 0.25), (c + 0.5) / (c + 0.5).sum())
+        ),
+        key=lambda r: r.fun,
+    )
     return float(a @ c) / math.sqrt(c.sum() * float(np.sum(a * a * best.x)))
 
 
-@pytest.mark.parametrize("cells", [(40, 10, 5, 45), (59, 16, 6, 80), (20, 3, 0, 10), (5, 0, 2, 30),
-                                   (300, 12, 3, 85)])
+@pytest.mark.parametrize("cells", [(40, 10, 5, 45), (59, 16, 6, 80), (20, 3, 0, 10), (5, 0, 2, 30), (300, 12, 3, 85)])
 def test_ratio_score_interval_matches_a_numerical_mle(cells):
     from scipy.optimize import brentq
 
@@ -857,8 +882,7 @@ def test_one_clear_error_per_bad_input():
     with pytest.raises(ValueError, match="one row per example"):
         compare_statistic(None, 3, max_drop=0.1, ratio=Ratio([1, 2], [1, 1], [1, 2], [1, 1]))
     with pytest.raises(ValueError, match="different metrics"):
-        compare_statistic(lambda i: (0.5, 0.5), 2, max_drop=0.1,
-                          ratio=Ratio([1.0, 2.0], [1, 1], [1.0, 2.0], [1, 1]))
+        compare_statistic(lambda i: (0.5, 0.5), 2, max_drop=0.1, ratio=Ratio([1.0, 2.0], [1, 1], [1.0, 2.0], [1, 1]))
 
 
 def test_fail_alpha_only_moves_the_fail_bound():
@@ -899,7 +923,7 @@ def test_bootstrap_refuses_below_its_smallest_n():
     n = stats._MIN_UNBOUNDED_N
     base = rng.normal(size=n)
     assert compare_scores(base, base + 5.0 + rng.normal(size=n), max_drop=0.1).verdict == PASS
-    assert compare_scores(base[:n - 1], base[:n - 1] + 5.0, max_drop=0.1).method == "refused"
+    assert compare_scores(base[: n - 1], base[: n - 1] + 5.0, max_drop=0.1).method == "refused"
     same = compare_scores(base, base, max_drop=0.1)
     assert same.verdict == PASS and same.method == "no-change-sample-range"
 
@@ -931,8 +955,7 @@ def test_bootstrap_n_needed_settles_about_080_of_the_time():
     settled = 0
     for _ in range(60):
         pick = rng.integers(0, 200, size=res.n_needed)
-        again = compare_scores(diff[pick], np.zeros(res.n_needed), max_drop=0.1, n_boot=400,
-                               n_needed=False)
+        again = compare_scores(diff[pick], np.zeros(res.n_needed), max_drop=0.1, n_boot=400, n_needed=False)
         settled += again.verdict != INCONCLUSIVE
     assert settled / 60 >= 0.65
 
@@ -948,15 +971,26 @@ def _agg_compare(metric, ob, ot, margin, **kw):
     from pytest_forgetting.metrics import ratio_of
 
     agg = metric.aggregate
-    return stats.compare_statistic(lambda idx: (agg(ob, idx), agg(ot, idx)), len(ob["label"]), ratio=ratio_of(metric, ob, ot),
-                                   bounded=True, sensitivity=metric.sensitivity(ob, ot), max_drop=margin, **kw)
+    return stats.compare_statistic(
+        lambda idx: (agg(ob, idx), agg(ot, idx)),
+        len(ob["label"]),
+        ratio=ratio_of(metric, ob, ot),
+        bounded=True,
+        sensitivity=metric.sensitivity(ob, ot),
+        max_drop=margin,
+        **kw,
+    )
 
 
 def test_stratified_upper_is_clopper_pearson_for_one_stratum_and_the_optimum_for_several():
     from pytest_forgetting.stats import _stratified_upper
 
-    assert _stratified_upper(np.array([149.0]), np.array([1.0]), 0.05) == pytest.approx(1 - 0.05 ** (1 / 149), rel=1e-12)
-    assert _stratified_upper(np.array([100.0]), np.array([2.5]), 0.05) == pytest.approx(2.5 * (1 - 0.05 ** 0.01), rel=1e-12)
+    assert _stratified_upper(np.array([149.0]), np.array([1.0]), 0.05) == pytest.approx(
+        1 - 0.05 ** (1 / 149), rel=1e-12
+    )
+    assert _stratified_upper(np.array([100.0]), np.array([2.5]), 0.05) == pytest.approx(
+        2.5 * (1 - 0.05**0.01), rel=1e-12
+    )
     counts, slopes = np.array([30.0, 120.0, 50.0]), np.array([0.5, 0.2, 0.9])
     best = _stratified_upper(counts, slopes, 0.05)
     rng = np.random.default_rng(0)  # no feasible point (P(no change) >= alpha) does better
@@ -984,7 +1018,11 @@ def test_identical_macro_f1_and_balanced_accuracy_pass_from_their_exact_smallest
         yy = np.tile(np.arange(5), n // 5)
         cmp = _agg_compare(F1_MACRO, *_class_outputs(yy, yy, yy), 0.05)
         assert cmp.verdict == verdict, (n, cmp)
-    assert cmp.n == 150 and "if, as here, no example changes" in _agg_compare(F1_MACRO, *_class_outputs(yy[:145], yy[:145], yy[:145]), 0.05).reason
+    assert (
+        cmp.n == 150
+        and "if, as here, no example changes"
+        in _agg_compare(F1_MACRO, *_class_outputs(yy[:145], yy[:145], yy[:145]), 0.05).reason
+    )
 
 
 def test_a_collapsed_head_fails_macro_f1_exactly_although_the_bootstrap_has_no_spread():
@@ -996,7 +1034,9 @@ def test_a_collapsed_head_fails_macro_f1_exactly_although_the_bootstrap_has_no_s
     y = np.repeat(np.arange(3), 80)
     ob, ot = _class_outputs(y, y, (y + 1) % 3)
     agg = F1_MACRO.aggregate
-    plain = stats.compare_statistic(lambda idx: (agg(ob, idx), agg(ot, idx)), 240, ratio=ratio_of(F1_MACRO, ob, ot), bounded=True, max_drop=0.05)
+    plain = stats.compare_statistic(
+        lambda idx: (agg(ob, idx), agg(ot, idx)), 240, ratio=ratio_of(F1_MACRO, ob, ot), bounded=True, max_drop=0.05
+    )
     assert plain.verdict == "inconclusive" and "standard error of the drop is 0" in plain.reason
     for metric in (F1_MACRO, BALANCED_ACCURACY):
         cmp = _agg_compare(metric, ob, ot, 0.05)
@@ -1022,8 +1062,14 @@ def test_relative_macro_f1_bootstrap_raises_no_runtime_warning():
     agg = F1_MACRO.aggregate
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        cmp = stats.compare_statistic(lambda idx: (agg(ob, idx), agg(ot, idx)), 200, ratio=ratio_of(F1_MACRO, ob, ot), bounded=True,
-                                      max_drop=0.05, relative=True)
+        cmp = stats.compare_statistic(
+            lambda idx: (agg(ob, idx), agg(ot, idx)),
+            200,
+            ratio=ratio_of(F1_MACRO, ob, ot),
+            bounded=True,
+            max_drop=0.05,
+            relative=True,
+        )
     assert cmp.verdict in ("inconclusive", "fail")
 
 

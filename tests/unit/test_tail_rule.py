@@ -17,12 +17,15 @@ from pytest_forgetting.stats.ratio import _RatioParts
 # -- reference values, by hand ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values, expected", [
-    ([1.0, -1.0, 1.0, -1.0], 4.0),                      # z^2 = 1 each: 4^2 / 4
-    ([1.0, 2.0, 3.0, 4.0, 5.0], 100.0 / 34.0),          # z = -2..2: 10^2 / 34
-    ([0.0, 0.0, 0.0, 1.0], 12.0 / 7.0),                 # z = (-1, -1, -1, 3) / 4: 0.75^2 / 0.328125
-    ([5.0, 5.0, 5.0], 0.0),                             # no spread
-])
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        ([1.0, -1.0, 1.0, -1.0], 4.0),  # z^2 = 1 each: 4^2 / 4
+        ([1.0, 2.0, 3.0, 4.0, 5.0], 100.0 / 34.0),  # z = -2..2: 10^2 / 34
+        ([0.0, 0.0, 0.0, 1.0], 12.0 / 7.0),  # z = (-1, -1, -1, 3) / 4: 0.75^2 / 0.328125
+        ([5.0, 5.0, 5.0], 0.0),  # no spread
+    ],
+)
 def test_influence_size_reference_values(values, expected):
     assert tail_rule.influence_size(np.array(values)) == pytest.approx(expected, rel=1e-12)
 
@@ -117,14 +120,16 @@ def test_perplexity_refused_when_a_few_texts_carry_the_change():
     mu = 3.0 + rng.normal(0, 0.3, n)
     ob = {"nll": tok * mu, "ntok": tok}
     light = {"nll": tok * (mu + rng.normal(0, 0.1, n)), "ntok": tok}
-    res = stats.compare_statistic(None, n, max_drop=0.05, relative=True, higher_is_better=False,
-                                  ratio=ratio_of(PERPLEXITY, ob, light))
+    res = stats.compare_statistic(
+        None, n, max_drop=0.05, relative=True, higher_is_better=False, ratio=ratio_of(PERPLEXITY, ob, light)
+    )
     assert res.method == "bootstrap-t" and res.verdict == PASS
     bad = rng.random(n) < 0.01
     size = 2.0 * (1.0 + rng.pareto(1.5, n)) / 3.0
     heavy = {"nll": tok * (mu - 0.02 + rng.normal(0, 0.1, n) + np.where(bad, size, 0.0)), "ntok": tok}
-    res = stats.compare_statistic(None, n, max_drop=0.05, relative=True, higher_is_better=False,
-                                  ratio=ratio_of(PERPLEXITY, ob, heavy))
+    res = stats.compare_statistic(
+        None, n, max_drop=0.05, relative=True, higher_is_better=False, ratio=ratio_of(PERPLEXITY, ob, heavy)
+    )
     assert res.verdict == INCONCLUSIVE and res.method == "refused" and res.n_needed is None
     assert "effective size of the change" in res.reason and "unbounded ratio metric" in res.reason
 
@@ -135,6 +140,7 @@ def test_one_constant_score_says_what_settles_it(n):
     res = stats.compare_scores(np.full(n, 2.5), np.full(n, 2.5), max_drop=0.1, higher_is_better=False)
     assert res.verdict == INCONCLUSIVE and res.n_needed is None
     assert "score_range" in res.reason and "more examples of one constant score cannot settle it" in res.reason
-    ranged = stats.compare_scores(np.full(n, 2.5), np.full(n, 2.5), max_drop=0.1, higher_is_better=False,
-                                  score_range=(0.0, 5.0))
+    ranged = stats.compare_scores(
+        np.full(n, 2.5), np.full(n, 2.5), max_drop=0.1, higher_is_better=False, score_range=(0.0, 5.0)
+    )
     assert ranged.verdict in (PASS, INCONCLUSIVE) and ranged.method != "refused"

@@ -23,8 +23,10 @@ pytest_plugins = ["pytester"]  # also under --noconftest
 
 
 def test_plugin_import_needs_no_torch():
-    code = ("import sys, pytest_forgetting, pytest_forgetting.plugin, pytest_forgetting.declarations, pytest_forgetting.stats; "
-            "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))")
+    code = (
+        "import sys, pytest_forgetting, pytest_forgetting.plugin, pytest_forgetting.declarations, pytest_forgetting.stats; "
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -35,11 +37,17 @@ def _resolve(cli: dict | None = None, ini: dict | None = None, environ: dict | N
 
 
 def test_option_precedence_and_errors(tmp_path):
-    s = _resolve({"forgetting_alpha": "0.01"}, {"forgetting_alpha": "0.2", "forgetting_device": "cpu"}, rootdir=tmp_path)
+    s = _resolve(
+        {"forgetting_alpha": "0.01"}, {"forgetting_alpha": "0.2", "forgetting_device": "cpu"}, rootdir=tmp_path
+    )
     assert s.alpha == 0.01 and s.sources["alpha"] == "cli"
     assert s.device == "cpu" and s.sources["device"] == "ini"
-    s = _resolve(ini={"forgetting_base_ckpt": "ckpt/base.safetensors"}, environ={"FORGETTING_BASE_CKPT": "/data/b.safetensors"},
-                 rootdir=tmp_path, ini_dir=tmp_path)
+    s = _resolve(
+        ini={"forgetting_base_ckpt": "ckpt/base.safetensors"},
+        environ={"FORGETTING_BASE_CKPT": "/data/b.safetensors"},
+        rootdir=tmp_path,
+        ini_dir=tmp_path,
+    )
     assert s.base_ckpt == "/data/b.safetensors" and s.sources["base_ckpt"] == "env"
     with pytest.raises(ConfigError, match="--forgetting-alpha='2': alpha must be a number in"):
         _resolve({"forgetting_alpha": "2"})
@@ -53,14 +61,18 @@ def test_declarations_from_the_command_line_and_pyproject(tmp_path):
     with pytest.raises(ConfigError, match="expected TASK:MAX_DROP"):
         parse_spec("retains", "news")
     pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text(textwrap.dedent("""
+    pyproject.write_text(
+        textwrap.dedent("""
         [tool.pytest_forgetting]
         retains = [{ task = "mnist", max_drop = 0.02 }]
         improves = { task = "fashion-mnist", min_gain = 0.1 }
-    """))
+    """)
+    )
     decls = load_pyproject(pyproject)  # tomllib on 3.11+, tomli on 3.10
     assert [(x.kind, x.kwargs) for x in decls] == [
-        ("retains", {"task": "mnist", "max_drop": 0.02}), ("improves", {"task": "fashion-mnist", "min_gain": 0.1})]
+        ("retains", {"task": "mnist", "max_drop": 0.02}),
+        ("improves", {"task": "fashion-mnist", "min_gain": 0.1}),
+    ]
     pyproject.write_text("[tool.pytest_forgetting\n")
     with pytest.raises(ConfigError, match="cannot read TOML"):
         load_pyproject(pyproject)
@@ -106,17 +118,18 @@ def test_space_form_guard_needs_no_torch(pytester, tmp_path_factory):
 
 
 def test_marker_keyword_errors_need_no_model(pytester):
-    pytester.makepyfile(test_m="""
+    pytester.makepyfile(
+        test_m="""
         import pytest
 
         @pytest.mark.retains(task="mnist", max_dorp=0.02)
         def test_m():
             pass
-    """)
+    """
+    )
     result = pytester.runpytest("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown keyword 'max_dorp' for retains() (did you mean 'max_drop'?)" in result.stderr.str()
-
 
 
 @pytest.mark.skipif(not os.environ.get("FORGETTING_WHEEL_SMOKE"), reason="only in scripts/test.sh's wheel smoke test")
@@ -131,7 +144,9 @@ def test_plugin_comes_from_the_installed_wheel(pytester):
 
     clone = Path(os.environ["FORGETTING_WHEEL_SMOKE"]).resolve()
     package = Path(pytest_forgetting.__file__).resolve()
-    assert clone / "pytest_forgetting" not in package.parents, f"pytest_forgetting imported from the source tree ({package})"
+    assert clone / "pytest_forgetting" not in package.parents, (
+        f"pytest_forgetting imported from the source tree ({package})"
+    )
     assert "site-packages" in package.parts
     dist = importlib.metadata.distribution("pytest-forgetting")
     direct = json.loads(dist.read_text("direct_url.json") or "{}")

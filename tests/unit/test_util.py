@@ -57,9 +57,19 @@ def _imports(path: Path) -> set[str]:
 def test_registry_and_task_base_do_not_import_each_other():
     assert "pytest_forgetting.registry" not in _imports(PACKAGE / "tasks" / "base.py")
     assert "pytest_forgetting._util" in _imports(PACKAGE / "tasks" / "base.py")
-    assert _imports(PACKAGE / "_util.py") <= {"__future__", "__future__.annotations", "os", "secrets", "difflib",
-                                              "typing", "typing.IO", "typing.Any", "typing.Callable",
-                                              "typing.Sequence", "typing.Union"}
+    assert _imports(PACKAGE / "_util.py") <= {
+        "__future__",
+        "__future__.annotations",
+        "os",
+        "secrets",
+        "difflib",
+        "typing",
+        "typing.IO",
+        "typing.Any",
+        "typing.Callable",
+        "typing.Sequence",
+        "typing.Union",
+    }
 
 
 # -- atomic_write ---------------------------------------------------------------------------------
@@ -74,7 +84,7 @@ def test_atomic_write_bytes_text_and_writer(tmp_path):
     atomic_write(path, b"\x00\x01")
     assert path.read_bytes() == b"\x00\x01"
     atomic_write(path, "é\n")
-    assert path.read_bytes() == "é\n".encode("utf-8")
+    assert path.read_bytes() == "é\n".encode()
     atomic_write(str(path), lambda fh: fh.write(b"from a writer"), fsync=True)
     assert path.read_bytes() == b"from a writer"
     atomic_write(path, lambda name: Path(name).write_bytes(b"by name"), by_name=True)
@@ -94,8 +104,11 @@ def test_atomic_write_failure_keeps_the_old_file_and_no_temporary(tmp_path, monk
         atomic_write(path, broken)
     assert path.read_text() == "old" and _listing(tmp_path) == ["out.json"]
     with pytest.raises(RuntimeError, match="by name"):
-        atomic_write(path, lambda name: (Path(name).write_text("x"), (_ for _ in ()).throw(RuntimeError("by name"))),
-                     by_name=True)
+        atomic_write(
+            path,
+            lambda name: (Path(name).write_text("x"), (_ for _ in ()).throw(RuntimeError("by name"))),
+            by_name=True,
+        )
     assert path.read_text() == "old" and _listing(tmp_path) == ["out.json"]
 
     def no_replace(*args, **kwargs):
@@ -129,8 +142,14 @@ def test_atomic_write_permissions(tmp_path):
     finally:
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
-    assert modes == {"private": 0o600, "report": 0o644, "umask": 0o644, "named": 0o640, "report2": 0o644,
-                     "umask2": 0o600}
+    assert modes == {
+        "private": 0o600,
+        "report": 0o644,
+        "umask": 0o644,
+        "named": 0o640,
+        "report2": 0o644,
+        "umask2": 0o600,
+    }
 
 
 @posix_only
@@ -233,8 +252,11 @@ def test_temporary_registration_restores_the_registry():
 
 def test_task_registry_checks_what_a_factory_returns():
     with REGISTRY.temporary("util-not-a-task", lambda: object(), origin="test_util"):
-        with pytest.raises(TaskError, match=r"task factory 'util-not-a-task' \(test_util\) returned object, "
-                                            "not a pytest_forgetting Task"):
+        with pytest.raises(
+            TaskError,
+            match=r"task factory 'util-not-a-task' \(test_util\) returned object, "
+            "not a pytest_forgetting Task",
+        ):
             REGISTRY.get("util-not-a-task")
 
 
@@ -242,12 +264,14 @@ def test_the_pf_task_decorator_registers_under_the_module_and_name():
     import pytest_forgetting as pf
 
     try:
+
         @pf.task("util-decorated")
         def factory():  # pragma: no cover - not built
             raise AssertionError
 
-        assert REGISTRY.entries["util-decorated"].origin.endswith("test_util.test_the_pf_task_decorator_registers"
-                                                                  "_under_the_module_and_name.<locals>.factory")
+        assert REGISTRY.entries["util-decorated"].origin.endswith(
+            "test_util.test_the_pf_task_decorator_registers_under_the_module_and_name.<locals>.factory"
+        )
     finally:
         REGISTRY.unregister("util-decorated")
 
