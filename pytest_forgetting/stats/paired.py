@@ -425,6 +425,10 @@ def _no_change_upper(n: int, alpha: float) -> float:
     return _cp_upper(0.0, float(n), alpha)
 
 
+#: no eval set is larger: a margin that needs more examples than this (one within the tie tolerance of 0) never passes
+_MAX_PASS_N = 2**53
+
+
 def min_n_to_pass(max_drop: float, alpha: float = 0.05) -> int | None:
     """Smallest eval-set size at which even two *identical* models could PASS a bounded metric.
 
@@ -432,7 +436,8 @@ def min_n_to_pass(max_drop: float, alpha: float = 0.05) -> int | None:
     model that changed a fraction ``max_drop`` of the answers shows no change with
     probability (1 - max_drop)^n); below the returned n no sample can pass, so the plugin
     rejects such a marker at collection time instead of loading two checkpoints to report
-    INCONCLUSIVE. Returns None when ``max_drop <= 0``: then nothing can pass. At
+    INCONCLUSIVE. Returns None when ``max_drop <= 0``, or when it is so small that no n below
+    2^53 passes (a margin within the float tie tolerance of 0): then nothing can pass. At
     max_drop = 0.02 and alpha = 0.05 this is 149.
     """
     a = _check_alpha(alpha)
@@ -441,11 +446,28 @@ def min_n_to_pass(max_drop: float, alpha: float = 0.05) -> int | None:
         return None
     if m >= 1.0:
         return 1
-    # Closed form n > log(alpha) / log(1 - m), then nudged so it agrees exactly with the
-    # floating-point rule the comparisons apply.
-    n = max(1, int(math.floor(math.log(a) / math.log1p(-m))) + 1)
-    while n > 1 and _below(_no_change_upper(n - 1, a), m):
-        n -= 1
-    while not _below(_no_change_upper(n, a), m):
-        n += 1
-    return n
+
+    def passes(k: int) -> bool:  # the floating-point rule the comparisons apply (tie tolerance included)
+        return bool(_below(_no_change_upper(k, a), m))
+
+    # Closed form n > log(alpha) / log(1 - m), then the exact boundary of the rule by bisection (the
+    # bound falls with n): a margin within the tie tolerance of 0 passes at no n below _MAX_PASS_N.
+    guess = math.log(a) / math.log1p(-m)  # inf for a subnormal margin
+    n = int(min(max(1.0, guess + 1.0), float(_MAX_PASS_N)))
+    if passes(n):
+        if n == 1 or not passes(n - 1):
+            return n
+        low, high = 0, n  # passes(high); low fails (0 stands for "below 1")
+    else:
+        low, high = n, n
+        while not passes(high):
+            if high >= _MAX_PASS_N:
+                return None
+            low, high = high, min(2 * high, _MAX_PASS_N)
+    while high - low > 1:
+        mid = (low + high) // 2
+        if passes(mid):
+            high = mid
+        else:
+            low = mid
+    return high
