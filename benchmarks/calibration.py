@@ -13,7 +13,9 @@ budgets, the NFR budget) are computed by **exact enumeration** of the count dist
 the verdict is assumed monotone in the number of negative flips for a fixed number of positive
 flips (it is for every interval used), which is what lets a threshold search replace the full
 table. Everything else is simulated (seeded), with the standard error of each rate printed.
-A rate is flagged ``OVER`` when it exceeds alpha + 3 SE (exact cells: alpha + 1e-9).
+A rate is flagged ``OVER`` when it exceeds alpha + 3 SE (exact cells: alpha + 1e-9), where SE is the
+larger of the observed rate's SE and sqrt(alpha (1 - alpha) / reps), the SE of a rate equal to alpha
+(the flag names which one applied): with few reps the observed SE alone could not flag even 0.30.
 
 Every verdict comes from the public functions the plugin itself calls:
 ``pytest_forgetting.stats`` (``compare_scores``, ``compare_statistic``, ``class_drops``,
@@ -74,10 +76,20 @@ class Rate:
             return f"{self.p:.4f} (exact)"
         return f"{self.p:.3f} ({self.se:.3f})"
 
-    def over(self, alpha: float = ALPHA) -> bool:
+    def se_flag(self, alpha: float = ALPHA) -> tuple[float, str]:
+        """The SE the flag rule uses: the larger of the observed rate's and the SE a rate equal to
+        alpha would have at these reps, sqrt(alpha (1 - alpha) / reps). From the observed rate
+        alone, a few dozen reps could not flag even a rate of 0.30 (its own SE is large too)."""
+        at_alpha = math.sqrt(alpha * (1 - alpha) / self.reps)
+        return (self.se, "observed") if self.se >= at_alpha else (at_alpha, "at alpha")
+
+    def limit(self, alpha: float = ALPHA) -> float:
         if self.reps == 0:
-            return self.p > alpha + EXACT_TOL
-        return self.p > alpha + 3 * self.se
+            return alpha + EXACT_TOL
+        return alpha + 3 * self.se_flag(alpha)[0]
+
+    def over(self, alpha: float = ALPHA) -> bool:
+        return self.p > self.limit(alpha)
 
 
 def rate_of(hits: int, reps: int) -> Rate:
@@ -101,10 +113,10 @@ class Cell:
 
     def flags(self) -> list[str]:
         out = []
-        if self.false_pass.over():
-            out.append("OVER: false PASS")
-        if self.false_fail.over():
-            out.append("OVER: false FAIL")
+        for name, r in (("false PASS", self.false_pass), ("false FAIL", self.false_fail)):
+            if r.over():
+                why = "" if r.reps == 0 else f" > {r.limit():.3f} = alpha + 3 SE ({r.se_flag()[1]})"
+                out.append(f"OVER: {name}{why}")
         return out
 
 
@@ -1103,6 +1115,8 @@ PATHS: list[Path] = [
 
 #: --seed-offset: independent repetitions of cells (0, the default, keeps the table's own seeds)
 SEED_OFFSET = 0
+#: --min-reps given on the command line: the rate at drop 0 gets as many as the rate at the margin
+MIN_REPS_GIVEN = False
 
 
 def _cell_seed(path: str, scenario: str, n: int) -> list[int]:
@@ -1117,7 +1131,8 @@ def simulate_cell(path: Path, sc: Scenario, n: int, reps: int, cell_seconds: flo
     for label, at_margin in (("margin", True), ("zero", False)):
         rng = np.random.default_rng(_cell_seed(path.key, sc.name, n) + [int(at_margin)])
         start = time.perf_counter()
-        need = min_reps if label == "margin" else max(min_reps // 2, 1)
+        # --min-reps given: both rates get that many (fixed reps; with --reps equal to it, exactly that many)
+        need = min_reps if label == "margin" or MIN_REPS_GIVEN else max(min_reps // 2, 1)
         while counts[label][2] < reps:
             if counts[label][2] >= need and time.perf_counter() - start > budget[label]:
                 break
@@ -1194,7 +1209,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: n in {50, 300, 1000}, at most 60 reps, 1 s a cell")
     ap.add_argument("--reps", type=int, default=2000, help="target repetitions per simulated rate (default 2000)")
     ap.add_argument(
-        "--min-reps", type=int, default=30, help="at least this many per rate even past the time budget (default 30)"
+        "--min-reps",
+        type=int,
+        default=None,
+        help="at least this many per rate even past the time budget (default 30, and half of it at drop 0; "
+        "given: this many for both rates, so --reps N --min-reps N fixes every simulated cell at N)",
     )
     ap.add_argument(
         "--budget-minutes",
@@ -1218,8 +1237,11 @@ def main(argv: list[str] | None = None) -> int:
         "--seed-offset", type=int, default=0, help="independent repetitions with other seeds (default 0: the table's)"
     )
     args = ap.parse_args(argv)
-    global SEED_OFFSET
+    global SEED_OFFSET, MIN_REPS_GIVEN
     SEED_OFFSET = args.seed_offset
+    MIN_REPS_GIVEN = args.min_reps is not None
+    if args.min_reps is None:
+        args.min_reps = 30
     sizes = SIZES
     if args.quick:
         sizes, args.reps, args.min_reps, args.cell_seconds = (50, 300, 1000), 60, 20, 1.0
@@ -1289,7 +1311,8 @@ def main(argv: list[str] | None = None) -> int:
     over = [c for c in cells if c.flags()]
     print()
     print(
-        f"{len(cells)} cells in {time.perf_counter() - t0:.0f} s; {len(over)} above alpha + 3 SE (exact: above alpha)"
+        f"{len(cells)} cells in {time.perf_counter() - t0:.0f} s; {len(over)} above alpha + 3 SE (exact: above alpha; "
+        "SE: the larger of the observed rate's and sqrt(alpha (1 - alpha) / reps))"
     )
     for c in over:
         print(
