@@ -84,18 +84,27 @@ def check_within(scores: np.ndarray, lo: float, hi: float, what: str) -> None:
         )
 
 
+def orders_at(n: int) -> int:
+    """How many seeded orders the capital of n examples averages over."""
+    return max(1, min(ORDERS, _MAX_FACTORS // max(n, 1)))
+
+
+def _unit_aim(aim: float, bound: float) -> float:
+    return min(max((aim + bound) / (2.0 * bound), 1e-9), 1.0 - 1e-9)
+
+
 class _Capital:
     """The averaged betting capital of one sequence ``y`` in ``[-bound, bound]``, bets aimed at ``aim``."""
 
     def __init__(self, y: np.ndarray, bound: float, aim: float, alpha: float, seed: int) -> None:
         x = _seq._to_unit(y, bound)
         n = x.size
-        orders = max(1, min(ORDERS, _MAX_FACTORS // max(n, 1)))
+        orders = orders_at(n)
         rng = np.random.default_rng(seed)
         self.x = np.stack([x[rng.permutation(n)] for _ in range(orders)])
         self.bound = bound
         self.threshold = math.log(1.0 / alpha)
-        m0 = min(max((aim + bound) / (2.0 * bound), 1e-9), 1.0 - 1e-9)
+        m0 = _unit_aim(aim, bound)
         self.up, self.down, self.plug = _seq._bets(self.x, m0, alpha)
 
     def excess(self, m: float, upward: bool) -> float:
@@ -222,3 +231,17 @@ def relative_bounds(
     high = min(high, pass_at) if passed else max(high, pass_at)
     low = max(low, fail_at) if failed else min(low, fail_at)
     return min(low, est), max(high, est), passed, failed
+
+
+def settles(
+    y: np.ndarray, *, bound: float, margin: float, alpha: float, at: float, upward: bool, seed: int = 0
+) -> bool:
+    """Whether :func:`mean_bounds` on ``y`` (bets aimed at ``margin``) puts its upper bound below
+    ``at`` (``upward`` False: the test of "mean >= at" at ``alpha`` rejects) or its lower bound
+    above it (``upward`` True), with the sample mean on the same side: the decision's own test,
+    evaluated once at ``at`` (the bound is its inversion)."""
+    mean = float(np.mean(y))
+    if not (mean > at if upward else mean < at):
+        return False
+    cap = _Capital(np.clip(y, -bound, bound), bound, margin, alpha, seed)
+    return cap.excess(_unit_aim(at, bound), upward) > 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .bootstrap import (
 from .no_change import _no_change
 from .paired import _CC_FAIL, _paired_bounds, _ratio_bound, min_n_to_pass
 from .refusals import _influence_refusal, _unbounded_refusal
-from .settle import _normal_settle, _tango_settle
+from .settle import _betting_settle, _normal_settle, _tango_settle
 from .special import _cp_upper, _z
 from .validation import _as_pair, _check_common, _is_binary
 from .verdict import (
@@ -37,6 +37,7 @@ from .verdict import (
     _drop_of,
     _result,
     _Settle,
+    _tie_scale,
     _tol,
 )
 
@@ -82,10 +83,28 @@ def compare_scores(
         raise ValueError("relative drop is undefined: the base model's metric value is 0")
     common = _Common(n=n, base=base_value, tuned=tuned_value, margin=m, relative=rel, alpha=a, fail_alpha=af, hib=hib)
 
+    binary = _is_binary(b_arr) and _is_binary(t_arr)
+    with _tie_scale(_data_scale(b_arr, t_arr, declared, binary, rel, base_value)):
+        return _decide_scores(b_arr, t_arr, declared, binary, common, seed=seed, n_boot=n_boot, n_needed=n_needed)
+
+
+def _decide_scores(
+    b_arr: np.ndarray,
+    t_arr: np.ndarray,
+    declared: tuple[float, float] | None,
+    binary: bool,
+    common: _Common,
+    *,
+    seed: int,
+    n_boot: int,
+    n_needed: bool,
+) -> Comparison:
+    """The body of :func:`compare_scores` once the inputs are checked (under their tie scale)."""
+    n, m, a, af = common["n"], common["margin"], common["alpha"], common["fail_alpha"]
+    base_value, tuned_value, hib, rel = common["base"], common["tuned"], common["hib"], common["relative"]
     nfr = pfr = None
     if declared is not None:
-        return _range_comparison(b_arr, t_arr, declared, seed=seed, **common)
-    binary = _is_binary(b_arr) and _is_binary(t_arr)
+        return _range_comparison(b_arr, t_arr, declared, seed=seed, n_needed=n_needed, **common)
     if binary:
         # "good" = correct for accuracy-like scores, = 0 for error-like (lower-is-better) ones.
         good_b = b_arr == (1.0 if hib else 0.0)
@@ -185,6 +204,22 @@ def compare_scores(
     drop0, se0 = (float(v[0]) for v in batch(full))
     replicates, smooth = _moment_plan(b_arr, t_arr, diff, rel, hib, n_boot, seed)
     return _studentized_comparison(drop=drop0, se=se0, replicates=replicates, smooth=smooth, nfr=nfr, pfr=pfr, **common)
+
+
+def _data_scale(
+    b: np.ndarray, t: np.ndarray, declared: tuple[float, float] | None, binary: bool, rel: bool, base_value: float
+) -> float:
+    """The magnitude of the numbers the drop is computed from, for the tie tolerance: 1 for 0/1
+    scores, else the larger mean absolute score (with a declared range, at least its width, the
+    scale of the betting bounds' arithmetic), divided by |mean base| for a relative drop."""
+    if binary and declared is None:
+        return 1.0
+    scale = max(float(np.mean(np.abs(b))), float(np.mean(np.abs(t))))
+    if declared is not None:
+        scale = max(scale, declared[1] - declared[0])
+    if rel:
+        scale /= abs(base_value)
+    return scale if math.isfinite(scale) else 1.0
 
 
 def _moment_replicates(
@@ -323,8 +358,8 @@ def _ratio_comparison(
     settle = None
     if verdict == INCONCLUSIVE:
         if flips == 0 and hib and margin > 0:  # nothing flips at these rates: the exact bound decides
-            need = cast(int, min_n_to_pass(margin, alpha))  # an int: margin > 0 here
-            settle = _Settle(n=max(n + 1, int(math.ceil(need * n / nb))), prob=1.0)
+            need = min_n_to_pass(margin, alpha)  # None: a margin within the tie tolerance of 0 never passes
+            settle = _Settle(why="tie") if need is None else _Settle(n=max(n + 1, math.ceil(need * n / nb)), prob=1.0)
         else:
             settle = _normal_settle(n, drop, low, high, margin, alpha, fail_alpha)
     return _result(
@@ -353,6 +388,7 @@ def _range_comparison(
     declared: tuple[float, float],
     *,
     seed: int,
+    n_needed: bool = True,
     n: int,
     base: float,
     tuned: float,
@@ -394,6 +430,10 @@ def _range_comparison(
         low, high = min(low, drop), max(high, drop)
         verdict = _decide(low, high, margin)
     settle = None
-    if verdict == INCONCLUSIVE:
+    if verdict == INCONCLUSIVE and n_needed:
         settle = _normal_settle(n, drop, low, high, margin, alpha, fail_alpha)
+        if not relative:
+            settle = _betting_settle(
+                d, bound=width, margin=margin, alpha=alpha, fail_alpha=fail_alpha, seed=seed, guess=settle
+            )
     return _result(verdict=verdict, drop=drop, low=low, high=high, method="betting", settle=settle, **common)

@@ -5,6 +5,9 @@ the three-way rule with its tie tolerance, the reason text, and :func:`combine_v
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypedDict
 
@@ -23,6 +26,22 @@ _N_NEEDED_CAP = 10**9
 #: A bound within this (relative) distance of the margin is a tie: it proves nothing. Float
 #: rounding alone makes mean(0.5) - mean(0.48) exceed 0.02.
 _TIE_RTOL = 1e-9
+
+#: The magnitude of the numbers the drop is computed from (the scale of its rounding error): 1 for
+#: 0/1 scores and everything that does not say otherwise; :func:`compare_scores` sets the scores'
+#: own, so that a metric of tiny scale with a tiny margin is decided and one of huge scale is not
+#: decided by rounding.
+_SCALE: ContextVar[float] = ContextVar("pytest_forgetting_tie_scale", default=1.0)
+
+
+@contextmanager
+def _tie_scale(scale: float) -> Iterator[None]:
+    """Within the block, ties are judged at the data scale ``scale`` (instead of 1)."""
+    token = _SCALE.set(float(scale) if math.isfinite(scale) and scale >= 0.0 else 1.0)
+    try:
+        yield
+    finally:
+        _SCALE.reset(token)
 
 
 class _Common(TypedDict):
@@ -158,7 +177,9 @@ def _drop_of(base: Any, tuned: Any, relative: bool, higher_is_better: bool) -> A
 
 
 def _tol(limit: float) -> float:
-    return _TIE_RTOL * max(1.0, abs(limit))
+    """How close to ``limit`` a bound is a tie: 1e-9 of the larger of the limit and the data scale
+    (:func:`_tie_scale`; rounding errs in proportion to the numbers subtracted, not to the margin)."""
+    return _TIE_RTOL * max(_SCALE.get(), abs(limit))
 
 
 def _below(x: Any, limit: float) -> Any:
