@@ -20,7 +20,7 @@ from .bootstrap import (
     _too_many_groups,
 )
 from .no_change import _no_change
-from .paired import _CC_FAIL, _paired_bounds, _ratio_bound, min_n_to_pass
+from .paired import _CC_FAIL, _CC_RATIO_PASS, _paired_bounds, _ratio_bound, min_n_to_pass
 from .refusals import _influence_refusal, _unbounded_refusal
 from .settle import _betting_settle, _normal_settle, _tango_settle
 from .special import _cp_upper, _z
@@ -343,12 +343,12 @@ def _ratio_comparison(
     zp, zf = _z(alpha), _z(fail_alpha)
     flips = cells[1] + cells[2]
     if hib:  # drop = 1 - theta: PASS needs theta's lower end, FAIL its upper end
-        high = 1.0 - _ratio_bound(cells, zp, upper=False)
+        high = 1.0 - _ratio_bound(cells, zp, upper=False, cc=_CC_RATIO_PASS)
         low = 1.0 - _ratio_bound(cells, zf, upper=True, cc=_CC_FAIL)
         if flips == 0:  # exact, conditional on which examples the base got right
             high = max(high, _cp_upper(0.0, nb, alpha))
     else:  # drop = theta - 1
-        high = _ratio_bound(cells, zp, upper=True) - 1.0
+        high = _ratio_bound(cells, zp, upper=True, cc=_CC_RATIO_PASS) - 1.0
         low = _ratio_bound(cells, zf, upper=False, cc=_CC_FAIL) - 1.0
         if flips == 0 and n > nb:
             high = max(high, _cp_upper(0.0, n - nb, alpha) * (n - nb) / nb)
