@@ -81,8 +81,9 @@ from .special import (  # noqa: F401
     _per_distinct,
 )
 from .paired import (  # noqa: F401
-    _Z_CLIP, _CC_FAIL, _CC_PASS, _decreasing_root, _tango_score, _tango_lower, _tango_bound, _tango_lower_arr,
-    _paired_high_arr, tango_interval, _check_counts, _paired_bounds, _tango_lower_vec, _paired_bounds_vec,
+    _Z_CLIP, _CC_FAIL, _CC_PASS, _CC_RATIO_PASS, _decreasing_root, _tango_score, _tango_lower, _tango_bound,
+    _tango_lower_arr, _paired_high_arr, tango_interval, _check_counts, _paired_bounds, _tango_lower_vec,
+    _paired_bounds_vec,
     _restricted_mle, _constrained_score, _ratio_cells_a, _ratio_bound, _ratio_bound_cached,
     ratio_score_interval, wilson_bounds, _no_change_upper, min_n_to_pass,
 )
